@@ -1,0 +1,89 @@
+"""Turn the places a handshake can carry context into plain carriers.
+
+Every source (an HTTP header list or mapping, a query string, a subprotocol
+list) becomes a ``dict[str, str]`` with lowercase keys, holding only the
+fields the global propagator reads, each capped in size. Propagators then
+work on that dict with OpenTelemetry's default getter and setter.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Collection, Iterable, Mapping, Sequence, Union
+from urllib.parse import parse_qsl
+
+from wstrace.semconv import SUBPROTOCOL_PREFIX
+
+
+__all__ = ["HeaderSource", "headers_carrier", "query_carrier", "split_subprotocols"]
+
+HeaderSource = Union[Mapping[str, str], Iterable[tuple[Union[str, bytes], Union[str, bytes]]]]
+"""Headers as a mapping (case-insensitive lookup is not assumed) or as a list of pairs."""
+
+MAX_VALUE_BYTES = 8192
+"""Longest header value copied into a carrier; W3C baggage allows 8192 bytes."""
+
+
+def _text(value: str | bytes) -> str:
+    return value if isinstance(value, str) else value.decode("latin-1")
+
+
+def _pairs(headers: Any) -> Iterable[tuple[Any, Any]]:
+    raw_items = getattr(headers, "raw_items", None)  # websockets.datastructures.Headers
+    if callable(raw_items):
+        return raw_items()  # type: ignore[no-any-return]
+    if isinstance(headers, Mapping):
+        return headers.items()
+    return headers  # type: ignore[no-any-return]
+
+
+def headers_carrier(
+    headers: HeaderSource, fields: Collection[str], *, max_value: int = MAX_VALUE_BYTES
+) -> dict[str, str]:
+    """Collect the propagator's ``fields`` from headers; repeated headers join with ``,``."""
+    wanted = {f.lower() for f in fields}
+    carrier: dict[str, str] = {}
+    for name, value in _pairs(headers):
+        key = _text(name).lower()
+        if key not in wanted:
+            continue
+        text = _text(value)
+        if key in carrier:
+            text = f"{carrier[key]},{text}"
+        if len(text) <= max_value:
+            carrier[key] = text
+        else:
+            carrier.pop(key, None)
+    return carrier
+
+
+def query_carrier(query: str | bytes, fields: Collection[str], *, max_value: int = MAX_VALUE_BYTES) -> dict[str, str]:
+    """Collect the propagator's ``fields`` from a URL query string (without ``?``)."""
+    if isinstance(query, bytes):
+        query = query.decode("latin-1")
+    if not query or len(query) > 4 * max_value:
+        return {}
+    wanted = {f.lower() for f in fields}
+    carrier: dict[str, str] = {}
+    for name, value in parse_qsl(query, keep_blank_values=False):
+        key = name.lower()
+        if key in wanted and key not in carrier and len(value) <= max_value:
+            carrier[key] = value
+    return carrier
+
+
+def split_subprotocols(offered: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    """Separate a ``wstrace.tp.<traceparent>`` token from the application's subprotocols.
+
+    Browsers cannot set headers on the upgrade request, but they can offer
+    subprotocols. Returns the carrier and the offered list without our tokens.
+    """
+    carrier: dict[str, str] = {}
+    rest: list[str] = []
+    for token in offered:
+        if token.startswith(SUBPROTOCOL_PREFIX):
+            value = token[len(SUBPROTOCOL_PREFIX) :]
+            if value and len(value) <= 128 and "traceparent" not in carrier:
+                carrier["traceparent"] = value
+        else:
+            rest.append(token)
+    return carrier, rest

@@ -1,0 +1,152 @@
+"""Options, settable by keyword and by ``WSTRACE_*`` environment variables.
+
+A keyword wins over the environment, which wins over the default. A bad
+keyword raises :class:`~wstrace.exceptions.ConfigError` (the caller can fix
+it); a bad environment value is logged once and replaced by the default,
+because an instrumentation must never stop the host application from starting.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, fields, replace
+from typing import Any, Callable, Literal, Mapping, get_args
+
+from wstrace.envelope import DEFAULT_JSON_FIELD, DEFAULT_MAX_HEADER_BYTES
+from wstrace.exceptions import ConfigError
+
+
+__all__ = ["Config", "EnvelopeFormat", "EnvelopeMode", "HandshakeSource", "Model", "Trust"]
+
+_log = logging.getLogger(__name__)
+
+Model = Literal["message", "connection"]
+EnvelopeMode = Literal["off", "negotiate", "always"]
+EnvelopeFormat = Literal["frame", "json"]
+Trust = Literal["parent", "link", "ignore"]
+HandshakeSource = Literal["headers", "query", "subprotocol"]
+
+
+def _choice(kind: Any) -> Callable[[str], str]:
+    allowed = get_args(kind)
+
+    def parse(value: str) -> str:
+        if not isinstance(value, str):
+            raise ConfigError(f"expected one of {', '.join(allowed)}, got {value!r}")
+        value = value.strip().lower()
+        if value not in allowed:
+            raise ConfigError(f"expected one of {', '.join(allowed)}, got {value!r}")
+        return value
+
+    return parse
+
+
+def _sources(value: str | tuple[str, ...]) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else value
+    result = tuple(dict.fromkeys(s.strip().lower() for s in items if s.strip()))
+    allowed = get_args(HandshakeSource)
+    bad = [s for s in result if s not in allowed]
+    if bad:
+        raise ConfigError(f"handshake sources must be among {', '.join(allowed)}, got {', '.join(bad)}")
+    return result
+
+
+def _bool(value: str | bool) -> bool:
+    if isinstance(value, bool):
+        return value
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"expected a boolean, got {value!r}")
+
+
+def _size(value: str | int) -> int:
+    try:
+        size = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"expected a whole number of bytes, got {value!r}") from None
+    if not 0 <= size <= 0xFFFF:
+        raise ConfigError(f"expected a size within 0..65535 bytes, got {size}")
+    return size
+
+
+def _field(value: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError("the JSON field name must be a non-empty string")
+    return value
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every wstrace option. Build one with :meth:`Config.load`."""
+
+    model: Model = "message"
+    """``message``: each inbound message (and its replies) is its own trace, linked to
+    the handshake. ``connection``: one trace per connection. Env ``WSTRACE_MODEL``."""
+
+    envelope: EnvelopeMode = "negotiate"
+    """``off``, ``negotiate`` (in the handshake) or ``always`` (both ends forced on,
+    for browsers). Env ``WSTRACE_ENVELOPE``."""
+
+    envelope_format: EnvelopeFormat = "frame"
+    """``frame`` (a prefix on every data frame) or ``json`` (a member of JSON-object
+    messages). Env ``WSTRACE_ENVELOPE_FORMAT``."""
+
+    json_field: str = DEFAULT_JSON_FIELD
+    """Member name for the ``json`` format. Env ``WSTRACE_JSON_FIELD``."""
+
+    max_envelope_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    """Cap on an envelope header, both ways. Env ``WSTRACE_MAX_ENVELOPE_BYTES``."""
+
+    trust: Trust = "parent"
+    """What to do with incoming context: ``parent`` on it, ``link`` to it, or
+    ``ignore`` it. Env ``WSTRACE_TRUST``."""
+
+    handshake_sources: tuple[HandshakeSource, ...] = ("headers",)
+    """Where a server looks for handshake context: ``headers``, ``query``,
+    ``subprotocol`` (comma-separated in env ``WSTRACE_HANDSHAKE_SOURCES``)."""
+
+    message_spans: bool = True
+    """Whether to make a span per message (off: handshake, connection and close
+    spans only). Env ``WSTRACE_MESSAGE_SPANS``."""
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
+        """Read the environment, then apply keyword overrides (``None`` means unset)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f"WSTRACE_{f.name.upper()}")
+            if raw is None or not raw.strip():
+                continue
+            try:
+                values[f.name] = _PARSERS[f.name](raw)
+            except ConfigError as exc:
+                _log.warning("ignoring WSTRACE_%s: %s", f.name.upper(), exc)
+        unknown = set(overrides) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown wstrace option(s): {', '.join(sorted(unknown))}")
+        for name, value in overrides.items():
+            if value is not None:
+                values[name] = _PARSERS[name](value)
+        return replace(cls(), **values)
+
+    @property
+    def sends_envelope_offer(self) -> bool:
+        """Whether a client offers the envelope in its handshake."""
+        return self.envelope != "off"
+
+
+_PARSERS: dict[str, Callable[[Any], Any]] = {
+    "model": _choice(Model),
+    "envelope": _choice(EnvelopeMode),
+    "envelope_format": _choice(EnvelopeFormat),
+    "json_field": _field,
+    "max_envelope_bytes": _size,
+    "trust": _choice(Trust),
+    "handshake_sources": _sources,
+    "message_spans": _bool,
+}

@@ -1,0 +1,84 @@
+"""What every adapter's instrumentor shares: options, the tracer, and patch bookkeeping."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import fields
+from typing import Any, Callable, Collection
+
+import wrapt
+from opentelemetry import trace
+from opentelemetry.instrumentation.dependencies import DependencyConflictError, get_dependency_conflicts
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled, unwrap
+
+from wstrace.config import Config
+from wstrace.version import __version__
+
+
+__all__ = ["Settings", "WstraceInstrumentor", "is_instrumentation_enabled"]
+
+_CONFIG_KEYS = frozenset(f.name for f in fields(Config))
+
+
+class Settings:
+    """The tracer and options an adapter's wrappers read, fixed at ``instrument()``."""
+
+    __slots__ = ("config", "tracer")
+
+    def __init__(self, tracer: trace.Tracer, config: Config) -> None:
+        self.tracer = tracer
+        self.config = config
+
+
+class WstraceInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+    """Base of the ``<Lib>Instrumentor`` classes.
+
+    Subclasses name their library and version range and implement
+    :meth:`_patch`, calling :meth:`_wrap` for each patch so that
+    ``uninstrument()`` restores exactly the originals.
+    """
+
+    _module: str = ""
+    """Import name of the instrumented library."""
+    _instruments: Collection[str] = ()
+    """Requirement strings of the supported versions (read by ``opentelemetry-instrument``)."""
+
+    @property
+    def _patched(self) -> list[tuple[Any, str]]:
+        # BaseInstrumentor is a singleton whose __init__ runs on every call,
+        # so the list lives in the instance dict, created once.
+        return self.__dict__.setdefault("_wstrace_patched", [])  # type: ignore[no-any-return]
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return self._instruments
+
+    def _instrument(self, **kwargs: Any) -> None:
+        # opentelemetry-instrument skips the version check for each entry point
+        # of a distribution that declares several, so check here: both errors
+        # make it skip this adapter instead of aborting start-up.
+        importlib.import_module(self._module)
+        conflict = get_dependency_conflicts(self._instruments)
+        if conflict is not None:
+            raise DependencyConflictError(conflict)
+        options = {k: v for k, v in kwargs.items() if k in _CONFIG_KEYS}
+        config = Config.load(**options)
+        tracer = trace.get_tracer(
+            "wstrace",
+            __version__,
+            tracer_provider=kwargs.get("tracer_provider"),
+            schema_url="https://opentelemetry.io/schemas/1.26.0",
+        )
+        self._patch(Settings(tracer, config))
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        while self._patched:
+            owner, name = self._patched.pop()
+            unwrap(owner, name)
+
+    def _patch(self, settings: Settings) -> None:
+        raise NotImplementedError
+
+    def _wrap(self, owner: Any, name: str, wrapper: Callable[..., Any]) -> None:
+        wrapt.wrap_function_wrapper(owner, name, wrapper)
+        self._patched.append((owner, name))

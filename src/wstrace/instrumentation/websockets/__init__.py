@@ -1,0 +1,72 @@
+"""Instrumentation for `websockets <https://websockets.readthedocs.io/>`_ (asyncio and sync).
+
+Usage::
+
+    from wstrace.instrumentation.websockets import WebsocketsInstrumentor
+
+    WebsocketsInstrumentor().instrument(model="message", envelope="negotiate")
+
+or, with no code change, ``opentelemetry-instrument python app.py`` (entry
+point ``wstrace-websockets``).
+
+Covered: ``websockets.asyncio.client.connect``, ``websockets.asyncio.server.serve``,
+``websockets.sync.client.connect`` and ``websockets.sync.server.serve``; on their
+connections ``send``, ``recv``, ``recv_streaming``, iteration and ``close``.
+Not covered: ``broadcast()``, which writes frames without going through
+``send`` (its frames carry no envelope, and receivers deliver them as they
+are), and the deprecated ``websockets.legacy`` implementation.
+
+Options (keyword or environment variable) are listed in ``docs/configuration.md``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from wstrace.instrumentation._instrumentor import Settings, WstraceInstrumentor
+from wstrace.instrumentation.websockets import _client, _connection, _server
+from wstrace.instrumentation.websockets.package import _instruments
+
+
+__all__ = ["WebsocketsInstrumentor"]
+
+
+class WebsocketsInstrumentor(WstraceInstrumentor):
+    """Instruments every websockets client and server connection (asyncio and sync)."""
+
+    _module = "websockets"
+    _instruments = _instruments
+
+    def _patch(self, settings: Settings) -> None:
+        # Imported here, not at the top: importing the adapter must not import
+        # the library (opentelemetry-instrument loads every entry point).
+        import websockets.asyncio.client as aclient  # noqa: PLC0415
+        import websockets.asyncio.connection as aconnection  # noqa: PLC0415
+        import websockets.asyncio.server as aserver  # noqa: PLC0415
+        import websockets.sync.client as sclient  # noqa: PLC0415
+        import websockets.sync.connection as sconnection  # noqa: PLC0415
+        import websockets.sync.server as sserver  # noqa: PLC0415
+
+        self._wrap(aclient, "ClientConnection.handshake", _client.async_handshake(settings))
+        self._wrap(aserver, "ServerConnection.handshake", _server.async_handshake(settings))
+        self._wrap(sclient, "ClientConnection.handshake", _client.sync_handshake(settings))
+        self._wrap(sserver, "ServerConnection.handshake", _server.sync_handshake(settings))
+        wrappers: dict[Any, dict[str, Any]] = {
+            aconnection: {
+                "send": _connection.async_send,
+                "recv": _connection.async_recv,
+                "recv_streaming": _connection.async_recv_streaming,
+                "close": _connection.async_close,
+                "connection_lost": _connection.async_connection_lost,
+            },
+            sconnection: {
+                "send": _connection.sync_send,
+                "recv": _connection.sync_recv,
+                "recv_streaming": _connection.sync_recv_streaming,
+                "close": _connection.sync_close,
+                "close_socket": _connection.sync_close_socket,
+            },
+        }
+        for module, methods in wrappers.items():
+            for name, wrapper in methods.items():
+                self._wrap(module, f"Connection.{name}", wrapper)

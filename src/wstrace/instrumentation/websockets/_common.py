@@ -1,0 +1,136 @@
+"""Translation between websockets objects and core events, shared by its asyncio and sync layers."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from opentelemetry import context as otel_context
+from opentelemetry.context import Context
+
+from wstrace.carriers import split_subprotocols
+from wstrace.instrumentation._instrumentor import Settings
+from wstrace.semconv import SUBPROTOCOL_PREFIX
+from wstrace.session import ConnectionTracer
+
+
+__all__ = ["ATTR", "close_event", "merged_headers", "new_client_tracer", "new_server_tracer", "tracer_of"]
+
+ATTR = "_wstrace"
+"""Attribute under which a connection object holds its ConnectionTracer."""
+
+
+def tracer_of(connection: Any) -> Optional[ConnectionTracer]:
+    return getattr(connection, ATTR, None)
+
+
+def new_client_tracer(settings: Settings, connection: Any) -> ConnectionTracer:
+    uri = connection.protocol.uri
+    scheme = "wss" if uri.secure else "ws"
+    url = f"{scheme}://{uri.host}:{uri.port}{uri.path or '/'}"
+    return ConnectionTracer.client(
+        settings.tracer, settings.config, url=url, scheme=scheme, host=uri.host, port=uri.port, path=uri.path or "/"
+    )
+
+
+def merged_headers(additional: Any, ours: dict[str, str]) -> list[tuple[str, str]]:
+    """The caller's extra headers plus ours; a header the caller set wins."""
+    if additional is None:
+        pairs: list[tuple[str, str]] = []
+    elif hasattr(additional, "raw_items"):
+        pairs = list(additional.raw_items())
+    elif hasattr(additional, "items"):
+        pairs = list(additional.items())
+    else:
+        pairs = list(additional)
+    taken = {name.lower() for name, _ in pairs}
+    pairs.extend((name, value) for name, value in ours.items() if name not in taken)
+    return pairs
+
+
+def new_server_tracer(settings: Settings, connection: Any, request: Any) -> ConnectionTracer:
+    """Start the handshake span and hide our subprotocol tokens from the application."""
+    path, _, query = request.path.partition("?")
+    headers = request.headers
+    offered = [p.strip() for v in headers.get_all("Sec-WebSocket-Protocol") for p in v.split(",") if p.strip()]
+    server = _address(connection, "local_address")
+    client = _address(connection, "remote_address")
+    ct = ConnectionTracer.server(
+        settings.tracer,
+        settings.config,
+        path=path or "/",
+        query=query,
+        headers=headers,
+        subprotocols=offered,
+        scheme="wss" if _secure(connection) else "ws",
+        server_address=server[0],
+        server_port=server[1],
+        client_address=client[0],
+        client_port=client[1],
+    )
+    tokens = [p for p in offered if p.startswith(SUBPROTOCOL_PREFIX)]
+    if tokens:
+        # The application negotiates subprotocols without ours; a browser that
+        # offered only ours gets it echoed so that its handshake succeeds.
+        rest = split_subprotocols(offered)[1]
+        del headers["Sec-WebSocket-Protocol"]
+        if rest:
+            headers["Sec-WebSocket-Protocol"] = ", ".join(rest)
+        else:
+            setattr(connection, ATTR + "_echo", tokens[0])
+    return ct
+
+
+def add_response_headers(connection: Any, ct: ConnectionTracer, response: Any) -> None:
+    if response is None or response.status_code != 101:
+        return
+    for name, value in ct.response_headers().items():
+        response.headers[name] = value
+    echo = getattr(connection, ATTR + "_echo", None)
+    if echo and "Sec-WebSocket-Protocol" not in response.headers:
+        response.headers["Sec-WebSocket-Protocol"] = echo
+
+
+def _secure(connection: Any) -> bool:
+    transport = getattr(connection, "transport", None)  # asyncio
+    if transport is not None:
+        return transport.get_extra_info("ssl_object") is not None
+    return hasattr(getattr(connection, "socket", None), "getpeercert")  # sync: an ssl.SSLSocket
+
+
+def _address(connection: Any, name: str) -> tuple[Optional[str], Optional[int]]:
+    try:
+        value = getattr(connection, name)
+    except Exception:
+        return None, None
+    if isinstance(value, tuple) and len(value) >= 2:
+        return str(value[0]), int(value[1])
+    return None, None
+
+
+def close_event(connection: Any) -> dict[str, Any]:
+    """Keyword arguments for ``ConnectionTracer.closed`` from a closed connection."""
+    protocol = connection.protocol
+    rcvd, sent = protocol.close_rcvd, protocol.close_sent
+    if rcvd is None:
+        # No close frame from the peer: the TCP connection dropped (code 1006),
+        # even if we had started the closing handshake.
+        return {"code": 1006, "reason": "", "initiator": "local" if sent is not None else None}
+    if sent is None or protocol.close_rcvd_then_sent:
+        return {"code": int(rcvd.code), "reason": rcvd.reason, "initiator": "remote"}
+    return {"code": int(sent.code), "reason": sent.reason, "initiator": "local"}
+
+
+def handshake_status(connection: Any) -> Optional[int]:
+    response = getattr(connection, "response", None)
+    return getattr(response, "status_code", None)
+
+
+def attach_for_handler(ct: ConnectionTracer) -> None:
+    """In the connection model, make the connection span current for the server's handler.
+
+    websockets runs the handshake and the handler in the same task (or
+    thread), which ends with the connection, so this is never detached.
+    """
+    ctx: Optional[Context] = ct.connection_context
+    if ctx is not None:
+        otel_context.attach(ctx)

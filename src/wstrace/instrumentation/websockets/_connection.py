@@ -1,0 +1,160 @@
+"""Message wrappers on ``Connection`` (asyncio and sync): send, recv, iteration, close.
+
+Each wrapper looks up the connection's ConnectionTracer; connections opened
+before ``instrument()`` (or with instrumentation suppressed) have none and
+pass straight through.
+"""
+
+from __future__ import annotations
+
+from typing import Any, AsyncIterator, Callable, Iterator
+
+from wstrace.instrumentation._instrumentor import is_instrumentation_enabled
+from wstrace.instrumentation.websockets._common import close_event, tracer_of
+
+
+__all__ = [
+    "async_close",
+    "async_connection_lost",
+    "async_recv",
+    "async_recv_streaming",
+    "async_send",
+    "sync_close",
+    "sync_close_socket",
+    "sync_recv",
+    "sync_recv_streaming",
+    "sync_send",
+]
+
+Wrapped = Callable[..., Any]
+
+
+def _text_flag(kwargs: dict[str, Any]) -> Any:
+    return kwargs.get("text")
+
+
+def _message(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return args[0] if args else kwargs.get("message")
+
+
+def _replace_message(args: tuple[Any, ...], kwargs: dict[str, Any], message: Any) -> tuple[Any, ...]:
+    if args:
+        return (message, *args[1:])
+    kwargs["message"] = message
+    return args
+
+
+async def async_send(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    ct = tracer_of(instance)
+    if ct is None:
+        return await wrapped(*args, **kwargs)
+    wire, handle = ct.send_start(_message(args, kwargs), text=_text_flag(kwargs), record=is_instrumentation_enabled())
+    args = _replace_message(args, kwargs, wire)
+    try:
+        result = await wrapped(*args, **kwargs)
+    except BaseException as exc:
+        ct.send_end(handle, exc)
+        raise
+    ct.send_end(handle)
+    return result
+
+
+def sync_send(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    ct = tracer_of(instance)
+    if ct is None:
+        return wrapped(*args, **kwargs)
+    wire, handle = ct.send_start(_message(args, kwargs), text=_text_flag(kwargs), record=is_instrumentation_enabled())
+    args = _replace_message(args, kwargs, wire)
+    try:
+        result = wrapped(*args, **kwargs)
+    except BaseException as exc:
+        ct.send_end(handle, exc)
+        raise
+    ct.send_end(handle)
+    return result
+
+
+async def async_recv(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    ct = tracer_of(instance)
+    if ct is None:
+        return await wrapped(*args, **kwargs)
+    ct.receive_done()
+    wire = await wrapped(*args, **kwargs)
+    return ct.received(wire, record=is_instrumentation_enabled())
+
+
+def sync_recv(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    ct = tracer_of(instance)
+    if ct is None:
+        return wrapped(*args, **kwargs)
+    ct.receive_done()
+    wire = wrapped(*args, **kwargs)
+    return ct.received(wire, record=is_instrumentation_enabled())
+
+
+def async_recv_streaming(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    ct = tracer_of(instance)
+    if ct is None:
+        return wrapped(*args, **kwargs)
+
+    async def fragments() -> AsyncIterator[Any]:
+        # The envelope travels in the first fragment; the span starts with it.
+        ct.receive_done()
+        first = True
+        async for fragment in wrapped(*args, **kwargs):
+            if first:
+                first = False
+                fragment = ct.received(fragment, record=is_instrumentation_enabled())
+            yield fragment
+
+    return fragments()
+
+
+def sync_recv_streaming(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    ct = tracer_of(instance)
+    if ct is None:
+        return wrapped(*args, **kwargs)
+
+    def fragments() -> Iterator[Any]:
+        ct.receive_done()
+        first = True
+        for fragment in wrapped(*args, **kwargs):
+            if first:
+                first = False
+                fragment = ct.received(fragment, record=is_instrumentation_enabled())
+            yield fragment
+
+    return fragments()
+
+
+async def async_close(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    ct = tracer_of(instance)
+    if ct is not None:
+        ct.receive_done()  # in the caller's context, where the receive span was attached
+    return await wrapped(*args, **kwargs)
+
+
+def sync_close(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    ct = tracer_of(instance)
+    if ct is not None:
+        ct.receive_done()
+    return wrapped(*args, **kwargs)
+
+
+def async_connection_lost(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    try:
+        return wrapped(*args, **kwargs)
+    finally:
+        ct = tracer_of(instance)
+        if ct is not None:
+            exc = args[0] if args else kwargs.get("exc")
+            ct.closed(error=exc if isinstance(exc, BaseException) else None, **close_event(instance))
+
+
+def sync_close_socket(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    try:
+        return wrapped(*args, **kwargs)
+    finally:
+        ct = tracer_of(instance)
+        if ct is not None:
+            ct.closed(**close_event(instance))

@@ -1,0 +1,122 @@
+"""Server handshakes, asyncio and sync: extract context, answer the envelope offer.
+
+The handshake span starts inside ``process_request`` (when the upgrade
+request has arrived) and is current while the application's own
+``process_request`` and ``process_response`` run.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Awaitable, Callable, Optional
+
+from opentelemetry import context as otel_context
+from opentelemetry.context import Context
+
+from wstrace.instrumentation._instrumentor import Settings, is_instrumentation_enabled
+from wstrace.instrumentation.websockets._client import Wrapper
+from wstrace.instrumentation.websockets._common import (
+    ATTR,
+    add_response_headers,
+    attach_for_handler,
+    handshake_status,
+    new_server_tracer,
+    tracer_of,
+)
+
+
+__all__ = ["async_handshake", "sync_handshake"]
+
+
+def _call_in(ctx: Context, hook: Optional[Callable[..., Any]], *args: Any) -> Any:
+    """Call an application hook with ``ctx`` current, for sync and async hooks alike."""
+    if hook is None:
+        return None
+    token = otel_context.attach(ctx)
+    try:
+        result = hook(*args)
+    finally:
+        otel_context.detach(token)
+    if inspect.isawaitable(result):
+        return _await_in(ctx, result)
+    return result
+
+
+async def _await_in(ctx: Context, awaitable: Awaitable[Any]) -> Any:
+    token = otel_context.attach(ctx)
+    try:
+        return await awaitable
+    finally:
+        otel_context.detach(token)
+
+
+def _hooks(settings: Settings, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Replace ``process_request`` and ``process_response`` with ours, which call the originals."""
+    names = ("process_request", "process_response")
+    given = list(args[:2]) + [None] * (2 - len(args[:2]))
+    for i, name in enumerate(names):
+        if name in kwargs:
+            given[i] = kwargs.pop(name)
+    user_request, user_response = given
+
+    def process_request(connection: Any, request: Any) -> Any:
+        ct = new_server_tracer(settings, connection, request)
+        setattr(connection, ATTR, ct)
+        return _call_in(ct.handshake_context, user_request, connection, request)
+
+    def process_response(connection: Any, request: Any, response: Any) -> Any:
+        ct = tracer_of(connection)
+        if ct is None:
+            return user_response(connection, request, response) if user_response else None
+        add_response_headers(connection, ct, response)
+        return _call_in(ct.handshake_context, user_response, connection, request, response)
+
+    return (process_request, process_response, *args[2:]), kwargs
+
+
+def _finish(instance: Any) -> None:
+    ct = tracer_of(instance)
+    if ct is None:
+        return
+    response = instance.response
+    if response is not None and response.status_code == 101 and instance.protocol.handshake_exc is None:
+        ct.opened(response_headers=response.headers, subprotocol=instance.subprotocol)
+        attach_for_handler(ct)
+    else:
+        ct.handshake_failed(status=handshake_status(instance), error=instance.protocol.handshake_exc)
+
+
+def async_handshake(settings: Settings) -> Wrapper:
+    async def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if not is_instrumentation_enabled():
+            return await wrapped(*args, **kwargs)
+        args, kwargs = _hooks(settings, args, kwargs)
+        try:
+            result = await wrapped(*args, **kwargs)
+        except BaseException as exc:
+            ct = tracer_of(instance)
+            if ct is not None:
+                ct.handshake_failed(status=handshake_status(instance), error=exc)
+            raise
+        _finish(instance)
+        return result
+
+    return wrapper
+
+
+def sync_handshake(settings: Settings) -> Wrapper:
+    def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if not is_instrumentation_enabled():
+            return wrapped(*args, **kwargs)
+        args, kwargs = _hooks(settings, args, kwargs)
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            ct = tracer_of(instance)
+            if ct is not None:
+                ct.handshake_failed(status=handshake_status(instance), error=exc)
+            raise
+        _finish(instance)
+        return result
+
+    return wrapper

@@ -1,0 +1,47 @@
+"""Attribute keys and header names, as plain strings.
+
+OpenTelemetry semantic-convention names are reused where they exist; the
+``websocket.*`` names are our own until the conventions define them
+(semantic-conventions issue #2841). ``docs/semantic-conventions.md`` lists
+every one of them with its meaning.
+"""
+
+from __future__ import annotations
+
+
+__all__: list[str] = []  # constants only, imported by name inside the package
+
+# OpenTelemetry semantic conventions (HTTP, URL, network, messaging).
+HTTP_REQUEST_METHOD = "http.request.method"
+HTTP_RESPONSE_STATUS_CODE = "http.response.status_code"
+HTTP_ROUTE = "http.route"
+URL_FULL = "url.full"
+URL_PATH = "url.path"
+URL_SCHEME = "url.scheme"
+SERVER_ADDRESS = "server.address"
+SERVER_PORT = "server.port"
+CLIENT_ADDRESS = "client.address"
+CLIENT_PORT = "client.port"
+NETWORK_PROTOCOL_NAME = "network.protocol.name"
+MESSAGING_MESSAGE_BODY_SIZE = "messaging.message.body.size"
+ERROR_TYPE = "error.type"
+
+# wstrace's own names.
+SESSION_ID = "websocket.session.id"
+MESSAGE_TYPE = "websocket.message.type"
+MESSAGE_ORDINAL = "websocket.message.ordinal"
+CLOSE_CODE = "websocket.close.code"
+CLOSE_REASON = "websocket.close.reason"
+CLOSE_INITIATOR = "websocket.close.initiator"
+SUBPROTOCOL = "websocket.subprotocol"
+ENVELOPE = "websocket.envelope"
+CONTEXT_SOURCE = "wstrace.context.source"
+LINK_KIND = "wstrace.link.kind"
+
+# Handshake headers of the envelope negotiation and the shared session id.
+ENVELOPE_HEADER = "wstrace-envelope"
+SESSION_HEADER = "wstrace-session"
+ENVELOPE_VERSION = "1"
+
+# Prefix of a Sec-WebSocket-Protocol token that carries a traceparent (browsers).
+SUBPROTOCOL_PREFIX = "wstrace.tp."
