@@ -80,5 +80,9 @@ class WstraceInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         raise NotImplementedError
 
     def _wrap(self, owner: Any, name: str, wrapper: Callable[..., Any]) -> None:
-        wrapt.wrap_function_wrapper(owner, name, wrapper)
-        self._patched.append((owner, name))
+        """Patch ``owner.<name>`` (``name`` may be dotted, as ``Class.method``)."""
+        *path, leaf = name.split(".")
+        for part in path:
+            owner = getattr(owner, part)
+        wrapt.wrap_function_wrapper(owner, leaf, wrapper)
+        self._patched.append((owner, leaf))

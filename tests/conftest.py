@@ -1,0 +1,68 @@
+"""Shared fixtures: a real SDK tracer provider with in-memory export, and span helpers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from opentelemetry import propagate
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+
+class OpenSpans(SpanProcessor):
+    """Tracks spans that were started and not yet ended, to prove none is left open."""
+
+    def __init__(self) -> None:
+        self.open: dict[int, Span] = {}
+
+    def on_start(self, span: Span, parent_context: Any = None) -> None:
+        self.open[span.get_span_context().span_id] = span
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.open.pop(span.get_span_context().span_id, None)
+
+    def names(self) -> list[str]:
+        return sorted(s.name for s in self.open.values())
+
+
+class Telemetry:
+    """A tracer provider plus what it recorded."""
+
+    def __init__(self, sampler: Any = None) -> None:
+        self.exporter = InMemorySpanExporter()
+        self.open_spans = OpenSpans()
+        self.provider = TracerProvider(sampler=sampler) if sampler is not None else TracerProvider()
+        self.provider.add_span_processor(self.open_spans)
+        self.provider.add_span_processor(SimpleSpanProcessor(self.exporter))
+
+    @property
+    def spans(self) -> list[ReadableSpan]:
+        return list(self.exporter.get_finished_spans())
+
+    def named(self, name: str) -> list[ReadableSpan]:
+        return [s for s in self.spans if s.name == name]
+
+    def one(self, name: str, **attributes: Any) -> ReadableSpan:
+        found = [s for s in self.named(name) if all((s.attributes or {}).get(k) == v for k, v in attributes.items())]
+        assert len(found) == 1, f"expected one {name!r} span with {attributes}, got {[s.name for s in self.spans]}"
+        return found[0]
+
+
+@pytest.fixture
+def telemetry() -> Telemetry:
+    return Telemetry()
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No WSTRACE_* or OTEL_* setting leaks into a test, and the propagator is the default."""
+    for name in list(os.environ):
+        if name.startswith(("WSTRACE_", "OTEL_")):
+            monkeypatch.delenv(name)
+    saved = propagate.get_global_textmap()
+    yield
+    propagate.set_global_textmap(saved)

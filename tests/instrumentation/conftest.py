@@ -1,0 +1,145 @@
+"""Un-instrumented (or separately instrumented) peers in their own processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.peers.bare import restore
+
+
+PEER = Path(__file__).resolve().parent.parent / "peers" / "bare.py"
+ROOT = PEER.parents[2]
+BIN = Path(sys.executable).parent
+
+
+class PeerProcess:
+    """A running ``peers/bare.py`` and everything it printed."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def events(self) -> list[dict[str, Any]]:
+        return [json.loads(line[5:]) for line in list(self.lines) if line.startswith("PEER ")]
+
+    def wait_for(self, event: str, timeout: float = 20.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for item in self.events():
+                if item["event"] == event:
+                    return item
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise AssertionError(f"peer printed no {event!r} event:\n" + "\n".join(self.lines))
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.wait_for('listening')['port']}/chat"
+
+    def opened(self) -> dict[str, Any]:
+        return self.wait_for("open")
+
+    def received(self) -> list[str | bytes]:
+        return [restore(e) for e in self.events() if e["event"] == "message"]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)  # a clean exit flushes the exporter
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._reader.join(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+    def exported_spans(self) -> list[dict[str, Any]]:
+        """Spans the console exporter printed (needs the process stopped, to flush)."""
+        self.stop()
+        text = "\n".join(line for line in self.lines if not line.startswith("PEER "))
+        decoder = json.JSONDecoder()
+        spans, i = [], 0
+        while (start := text.find("{", i)) >= 0:
+            try:
+                obj, i = decoder.raw_decode(text, start)
+            except json.JSONDecodeError:
+                i = start + 1
+                continue
+            if isinstance(obj, dict) and "context" in obj:
+                spans.append(obj)
+        return spans
+
+
+def peer_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WSTRACE_", "OTEL_"))}
+    env["PYTHONPATH"] = str(ROOT)
+    env.update(extra or {})
+    return env
+
+
+@pytest.fixture
+def bare_server() -> Iterator[Callable[..., PeerProcess]]:
+    started: list[PeerProcess] = []
+
+    def start(instrumented: dict[str, str] | None = None) -> PeerProcess:
+        args = [sys.executable, str(PEER), "server"]
+        env = peer_env()
+        if instrumented is not None:
+            args = [str(BIN / "opentelemetry-instrument"), *args]
+            env.update(
+                OTEL_TRACES_EXPORTER="console",
+                OTEL_METRICS_EXPORTER="none",
+                OTEL_LOGS_EXPORTER="none",
+                OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="asyncio,threading",
+                **instrumented,
+            )
+        peer = PeerProcess(args, env)
+        started.append(peer)
+        return peer
+
+    yield start
+    for peer in started:
+        peer.stop()
+
+
+@pytest.fixture
+def bare_client() -> Callable[[str, list[str | bytes]], list[str | bytes]]:
+    def run(url: str, payloads: list[str | bytes]) -> list[str | bytes]:
+        from tests.peers.bare import describe
+
+        items = json.dumps([describe(p) for p in payloads])
+        out = subprocess.run(
+            [sys.executable, str(PEER), "client", url, items],
+            capture_output=True,
+            text=True,
+            env=peer_env(),
+            cwd=ROOT,
+            timeout=60,
+            check=True,
+        )
+        replies = [json.loads(line[5:]) for line in out.stdout.splitlines() if line.startswith("PEER ")]
+        return [restore(r) for r in replies]
+
+    return run

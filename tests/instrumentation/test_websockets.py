@@ -1,0 +1,521 @@
+"""The websockets adapter against real loopback clients and servers (asyncio and sync)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.instrumentation.utils import suppress_instrumentation
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
+from opentelemetry.trace import SpanKind, StatusCode
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect as sync_connect
+from websockets.sync.server import serve as sync_serve
+
+from tests.conftest import Telemetry
+from wstrace.instrumentation.websockets import WebsocketsInstrumentor
+
+
+Handler = Callable[[ServerConnection], Awaitable[None]]
+
+
+@pytest.fixture
+def instrument(telemetry: Telemetry) -> Iterator[Callable[..., None]]:
+    instrumentor = WebsocketsInstrumentor()
+
+    def do(**options: Any) -> None:
+        options.setdefault("tracer_provider", telemetry.provider)
+        instrumentor.instrument(**options)
+
+    yield do
+    instrumentor.uninstrument()
+
+
+@asynccontextmanager
+async def server(handler: Handler) -> AsyncIterator[str]:
+    async with serve(handler, "127.0.0.1", 0) as srv:
+        yield f"ws://127.0.0.1:{srv.sockets[0].getsockname()[1]}/chat"
+
+
+async def echo(ws: ServerConnection) -> None:
+    async for message in ws:
+        await ws.send(message)
+
+
+def run(coro: Awaitable[Any]) -> Any:
+    async def main() -> Any:
+        result = await coro
+        await asyncio.sleep(0.05)  # let connection_lost callbacks run
+        return result
+
+    return asyncio.run(main())
+
+
+def parent_id(span: ReadableSpan) -> int | None:
+    return span.parent.span_id if span.parent else None
+
+
+def span_id(span: ReadableSpan) -> int:
+    return span.get_span_context().span_id
+
+
+def trace_id(span: ReadableSpan) -> int:
+    return span.get_span_context().trace_id
+
+
+def linked_to(span: ReadableSpan, target: ReadableSpan) -> bool:
+    return any(link.context.span_id == span_id(target) for link in span.links)
+
+
+# Models ----------------------------------------------------------------------
+
+
+def test_connection_model_one_trace(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """In the connection model the client span, both handshakes and all message spans share one trace."""
+    instrument(model="connection", envelope="off")
+    tracer = telemetry.provider.get_tracer("test")
+
+    async def scenario() -> None:
+        async with server(echo) as url:
+            with tracer.start_as_current_span("client-op"):
+                async with connect(url) as ws:
+                    for text in ("a", "b"):
+                        await ws.send(text)
+                        assert await ws.recv() == text
+
+    run(scenario())
+    root = telemetry.one("client-op")
+    assert len(telemetry.named("GET /chat")) == 2
+    server_hs = next(s for s in telemetry.named("GET /chat") if s.kind is SpanKind.SERVER)
+    client_hs = next(s for s in telemetry.named("GET /chat") if s.kind is SpanKind.CLIENT)
+    connections = telemetry.named("websocket /chat")
+    assert len(connections) == 2
+    server_conn = next(s for s in connections if parent_id(s) == span_id(server_hs))
+    assert parent_id(client_hs) == span_id(root)
+    assert parent_id(server_hs) == span_id(client_hs)
+    receives = [s for s in telemetry.named("receive /chat") if trace_id(s) == trace_id(root)]
+    assert len(receives) == 4  # two on each side
+    server_receives = [s for s in receives if parent_id(s) == span_id(server_conn)]
+    assert len(server_receives) == 2
+    assert {trace_id(s) for s in telemetry.spans} == {trace_id(root)}
+    assert server_hs.attributes["http.response.status_code"] == 101
+    assert server_hs.end_time < server_receives[0].start_time  # the handshake span ends at 101
+    assert server_conn.attributes["websocket.close.code"] == 1000
+
+
+def test_message_model_each_message_its_own_trace(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """In the message model each inbound message is a root linked to the handshake, tagged with the session id."""
+    instrument(model="message", envelope="off")
+
+    async def scenario() -> None:
+        async with server(echo) as url, connect(url) as ws:
+            for text in ("a", "b", "c"):
+                await ws.send(text)
+                await ws.recv()
+
+    run(scenario())
+    server_hs = next(s for s in telemetry.named("GET /chat") if s.kind is SpanKind.SERVER)
+    session = server_hs.attributes["websocket.session.id"]
+    server_receives = [s for s in telemetry.named("receive /chat") if linked_to(s, server_hs)]
+    assert len(server_receives) == 3
+    assert len({trace_id(s) for s in server_receives} | {trace_id(server_hs)}) == 4
+    for receive in server_receives:
+        assert receive.parent is None
+        assert receive.kind is SpanKind.CONSUMER
+        assert receive.attributes["websocket.session.id"] == session
+        replies = [s for s in telemetry.named("send /chat") if parent_id(s) == span_id(receive)]
+        assert len(replies) == 1, "the echo is a child of the message it answers"
+    assert [r.attributes["websocket.message.ordinal"] for r in server_receives] == [1, 2, 3]
+    client_hs = next(s for s in telemetry.named("GET /chat") if s.kind is SpanKind.CLIENT)
+    assert client_hs.attributes["websocket.session.id"] == session, "both ends share the session id"
+
+
+# Envelope propagation ---------------------------------------------------------
+
+
+def test_envelope_carries_client_send_to_server_receive(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """A client send inside a client span continues on the server's receive span."""
+    instrument(model="message", envelope="negotiate")
+    tracer = telemetry.provider.get_tracer("test")
+    seen: list[Any] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        async for message in ws:
+            seen.append(message)
+            seen.append(trace.get_current_span().get_span_context().trace_id)
+            await ws.send(message)
+
+    async def scenario() -> None:
+        async with server(handler) as url, connect(url) as ws:
+            with tracer.start_as_current_span("ask"):
+                await ws.send("question")
+                assert await ws.recv() == "question"
+
+    run(scenario())
+    ask = telemetry.one("ask")
+    client_send = next(s for s in telemetry.named("send /chat") if parent_id(s) == span_id(ask))
+    server_receive = next(s for s in telemetry.named("receive /chat") if parent_id(s) == span_id(client_send))
+    assert seen == ["question", trace_id(ask)], "the app sees the bare payload, inside the client's trace"
+    assert server_receive.attributes["messaging.message.body.size"] == len("question")
+    server_hs = next(s for s in telemetry.named("GET /chat") if s.kind is SpanKind.SERVER)
+    assert server_hs.attributes["websocket.envelope"] == "frame"
+    assert linked_to(server_receive, server_hs)
+
+
+def test_server_push_continues_on_client_receive(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """Reverse propagation: a server-initiated message continues on the client's receive span."""
+    instrument(model="message", envelope="negotiate")
+    tracer = telemetry.provider.get_tracer("test")
+
+    async def handler(ws: ServerConnection) -> None:
+        with tracer.start_as_current_span("server-push"):
+            await ws.send(b"\x00binary push")
+        await ws.wait_closed()
+
+    async def scenario() -> Any:
+        async with server(handler) as url, connect(url) as ws:
+            return await ws.recv()
+
+    assert run(scenario()) == b"\x00binary push"
+    push = telemetry.one("server-push")
+    server_send = next(s for s in telemetry.named("send /chat") if parent_id(s) == span_id(push))
+    client_receive = telemetry.one("receive /chat")
+    assert parent_id(client_receive) == span_id(server_send)
+    assert client_receive.attributes["websocket.message.type"] == "binary"
+    assert client_receive.attributes["messaging.message.body.size"] == len(b"\x00binary push")
+
+
+def test_payloads_survive_negotiated_envelope(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """Look-alike, empty, unicode and binary payloads arrive exactly as sent through a negotiated envelope."""
+    instrument(envelope="negotiate")
+    payloads: list[str | bytes] = [
+        "",
+        "\x1ewt1\x1e",
+        "héllo ✓",
+        '{"a":1}',
+        b"",
+        b"\x1ewt\x01\x00\x00x",
+        bytes(range(256)),
+    ]
+    received: list[Any] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        async for message in ws:
+            received.append(message)
+            await ws.send(message)
+
+    async def scenario() -> list[Any]:
+        replies = []
+        async with server(handler) as url, connect(url) as ws:
+            for payload in payloads:
+                await ws.send(payload)
+                replies.append(await ws.recv())
+        return replies
+
+    assert run(scenario()) == payloads
+    assert received == payloads
+
+
+# Un-instrumented and refusing peers --------------------------------------------
+
+
+def test_instrumented_client_against_bare_server(
+    telemetry: Telemetry, instrument: Callable[..., None], bare_server: Any
+) -> None:
+    """An un-instrumented server receives byte-identical payloads; the handshake still carries context."""
+    instrument(envelope="negotiate")
+    payloads: list[str | bytes] = ["hello", b"\x00\x01", "\x1ewt1\x1e", '{"x":[1,2]}']
+    peer = bare_server()
+
+    async def scenario() -> list[Any]:
+        async with connect(peer.url) as ws:
+            replies = []
+            for payload in payloads:
+                await ws.send(payload)
+                replies.append(await ws.recv())
+            return replies
+
+    assert run(scenario()) == payloads
+    assert peer.received() == payloads
+    client_hs = telemetry.one("GET /chat")
+    assert client_hs.attributes["websocket.envelope"] == "none"
+    traceparent = peer.opened()["traceparent"]
+    assert traceparent.split("-")[1] == f"{trace_id(client_hs):032x}"
+
+
+def test_bare_client_against_instrumented_server(
+    telemetry: Telemetry, instrument: Callable[..., None], bare_client: Any
+) -> None:
+    """An un-instrumented client gets byte-identical replies, including server pushes."""
+    instrument(envelope="negotiate")
+    payloads: list[str | bytes] = ["hello", b"\x00\x01", "push"]
+
+    async def handler(ws: ServerConnection) -> None:
+        async for message in ws:
+            await ws.send(message)
+
+    async def scenario() -> list[Any]:
+        async with server(handler) as url:
+            return await asyncio.to_thread(bare_client, url, payloads)
+
+    assert run(scenario()) == payloads
+    server_hs = telemetry.one("GET /chat")
+    assert server_hs.attributes["websocket.envelope"] == "none"
+    assert len(telemetry.named("receive /chat")) == 3
+
+
+def test_server_that_refuses_the_envelope(
+    telemetry: Telemetry, instrument: Callable[..., None], bare_server: Any
+) -> None:
+    """A server instrumented with envelope=off gets plain payloads and still continues the handshake trace."""
+    instrument(envelope="negotiate")
+    peer = bare_server(instrumented={"WSTRACE_ENVELOPE": "off"})
+    payloads: list[str | bytes] = ["one", b"two"]
+
+    async def scenario() -> list[Any]:
+        async with connect(peer.url) as ws:
+            replies = []
+            for payload in payloads:
+                await ws.send(payload)
+                replies.append(await ws.recv())
+            return replies
+
+    assert run(scenario()) == payloads
+    assert peer.received() == payloads
+    client_hs = telemetry.one("GET /chat")
+    assert client_hs.attributes["websocket.envelope"] == "none"
+    exported = peer.exported_spans()
+    server_hs = next(s for s in exported if s["name"] == "GET /chat")
+    assert server_hs["context"]["trace_id"] == f"0x{trace_id(client_hs):032x}"
+    assert server_hs["attributes"]["websocket.envelope"] == "none"
+    assert sum(1 for s in exported if s["name"] == "receive /chat") == 2
+
+
+# Close, failures, sampling ------------------------------------------------------
+
+
+def test_close_code_and_reason_recorded(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """A close frame's code and reason land on both sides' close spans, with who started it."""
+    instrument(model="message")
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.recv()
+        await ws.close(4001, "bye now")
+
+    async def scenario() -> None:
+        async with server(handler) as url, connect(url) as ws:
+            await ws.send("hi")
+            with pytest.raises(ConnectionClosed):
+                await ws.recv()
+
+    run(scenario())
+    closes = {s.attributes["websocket.close.initiator"]: s for s in telemetry.named("close /chat")}
+    assert set(closes) == {"local", "remote"}
+    for close in closes.values():
+        assert close.attributes["websocket.close.code"] == 4001
+        assert close.attributes["websocket.close.reason"] == "bye now"
+        assert close.status.status_code is StatusCode.UNSET
+    assert telemetry.open_spans.names() == []
+
+
+def test_dropped_tcp_connection_leaves_no_open_span(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """A peer that drops TCP mid-message ends every span, the open receive span with an error."""
+    instrument(model="connection")
+    handled = asyncio.Event()
+
+    async def handler(ws: ServerConnection) -> None:
+        try:
+            async for _message in ws:
+                handled.set()
+                await asyncio.sleep(0.2)  # still handling when the peer vanishes
+        except ConnectionClosed:
+            pass
+
+    async def scenario() -> None:
+        async with server(handler) as url:
+            ws = await connect(url)
+            await ws.send("work")
+            await handled.wait()
+            ws.transport.abort()  # TCP reset, no close frame
+            await asyncio.sleep(0.4)
+
+    run(scenario())
+    assert telemetry.open_spans.names() == []
+    server_hs = next(s for s in telemetry.named("GET /chat") if s.kind is SpanKind.SERVER)
+    server_conn = next(s for s in telemetry.named("websocket /chat") if parent_id(s) == span_id(server_hs))
+    assert server_conn.attributes["websocket.close.initiator"] == "none"
+    assert server_conn.attributes["websocket.close.code"] == 1006
+    assert server_conn.status.status_code is StatusCode.ERROR
+    server_receive = next(s for s in telemetry.named("receive /chat") if parent_id(s) == span_id(server_conn))
+    assert server_receive.status.status_code is StatusCode.ERROR
+
+
+def test_sampled_out_handshake_makes_no_message_traces(instrument: Callable[..., None]) -> None:
+    """A server handshake sampled out by its parent produces no server spans, not even message roots."""
+    sampled = Telemetry(sampler=ParentBased(ALWAYS_ON))
+    instrument(tracer_provider=sampled.provider, model="message")
+
+    async def scenario() -> None:
+        async with server(echo) as url:
+            headers = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"}
+            async with connect(url, additional_headers=headers) as ws:
+                for text in ("a", "b"):
+                    await ws.send(text)
+                    assert await ws.recv() == text
+
+    run(scenario())
+    # Only the client's own spans exist (its handshake is a sampled root of its own).
+    assert [s.kind for s in sampled.named("GET /chat")] == [SpanKind.CLIENT]
+    client_hs = sampled.one("GET /chat")
+    assert len(sampled.spans) == 6  # client: handshake, 2 sends, 2 receives, close
+    assert all(s is client_hs or linked_to(s, client_hs) for s in sampled.spans)
+
+
+def test_rejected_handshake_is_recorded(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """A handshake the server rejects ends both handshake spans with its status; the client span is an error."""
+    instrument()
+
+    def reject(connection: ServerConnection, request: Any) -> Any:
+        return connection.respond(403, "no")
+
+    async def scenario() -> None:
+        async with serve(echo, "127.0.0.1", 0, process_request=reject) as srv:
+            port = srv.sockets[0].getsockname()[1]
+            with pytest.raises(Exception, match="403"):
+                await connect(f"ws://127.0.0.1:{port}/chat")
+
+    run(scenario())
+    spans = {s.kind: s for s in telemetry.named("GET /chat")}
+    assert spans[SpanKind.SERVER].attributes["http.response.status_code"] == 403
+    assert spans[SpanKind.SERVER].status.status_code is StatusCode.UNSET  # 4xx is the client's fault
+    assert spans[SpanKind.CLIENT].attributes["http.response.status_code"] == 403
+    assert spans[SpanKind.CLIENT].status.status_code is StatusCode.ERROR
+    assert telemetry.open_spans.names() == []
+
+
+def test_handshake_span_current_in_process_request(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """The application's process_request hook runs inside the server handshake span."""
+    instrument()
+    inside: list[int] = []
+
+    async def process_request(connection: ServerConnection, request: Any) -> None:
+        inside.append(trace.get_current_span().get_span_context().span_id)
+
+    async def scenario() -> None:
+        async with serve(echo, "127.0.0.1", 0, process_request=process_request) as srv:
+            async with connect(f"ws://127.0.0.1:{srv.sockets[0].getsockname()[1]}/chat"):
+                pass
+
+    run(scenario())
+    server_hs = next(s for s in telemetry.named("GET /chat") if s.kind is SpanKind.SERVER)
+    assert inside == [span_id(server_hs)]
+
+
+# Sync API -----------------------------------------------------------------------
+
+
+@contextmanager
+def sync_server(handler: Callable[[Any], None]) -> Iterator[str]:
+    with sync_serve(handler, "127.0.0.1", 0) as srv:
+        thread = threading.Thread(target=srv.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"ws://127.0.0.1:{srv.socket.getsockname()[1]}/sync"
+        finally:
+            srv.shutdown()
+            thread.join(5)
+
+
+def test_sync_client_and_server(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """The sync client and server propagate through the handshake and the envelope, both ways."""
+    instrument(model="message", envelope="negotiate")
+    tracer = telemetry.provider.get_tracer("test")
+
+    def handler(ws: Any) -> None:
+        for message in ws:
+            ws.send(message)
+
+    with sync_server(handler) as url:
+        with tracer.start_as_current_span("ask"), sync_connect(url) as ws:
+            ws.send("sync hello")
+            assert ws.recv() == "sync hello"
+            ws.send(b"\x01\x02")
+            assert ws.recv() == b"\x01\x02"
+        assert trace.get_current_span() is trace.INVALID_SPAN, "no receive span is left current after close"
+    ask = telemetry.one("ask")
+    first_send = next(s for s in telemetry.named("send /sync") if parent_id(s) == span_id(ask))
+    server_receive = next(s for s in telemetry.named("receive /sync") if parent_id(s) == span_id(first_send))
+    echo_send = next(s for s in telemetry.named("send /sync") if parent_id(s) == span_id(server_receive))
+    client_receive = next(s for s in telemetry.named("receive /sync") if parent_id(s) == span_id(echo_send))
+    assert client_receive.attributes["websocket.message.type"] == "text"
+    sync_hs = [s for s in telemetry.named("GET /sync") if s.kind is SpanKind.SERVER]
+    assert len(sync_hs) == 1 and sync_hs[0].attributes["websocket.envelope"] == "frame"
+    for _ in range(50):  # the server thread records its close a moment after the client returns
+        if not telemetry.open_spans.names():
+            break
+        threading.Event().wait(0.02)
+    assert telemetry.open_spans.names() == []
+    assert len(telemetry.named("close /sync")) == 2
+
+
+# The standard instrumentor contract ---------------------------------------------------
+
+
+def _roundtrip() -> list[Any]:
+    async def scenario() -> list[Any]:
+        async with server(echo) as url, connect(url) as ws:
+            await ws.send("ping")
+            return [await ws.recv()]
+
+    return list(run(scenario()))
+
+
+def test_uninstrument_restores_everything(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """After uninstrument() no span is made and no header is added."""
+    instrument()
+    WebsocketsInstrumentor().uninstrument()
+    seen_headers: list[Any] = []
+
+    def process_request(connection: ServerConnection, request: Any) -> None:
+        seen_headers.extend(name.lower() for name in request.headers)
+
+    async def scenario() -> None:
+        async with serve(echo, "127.0.0.1", 0, process_request=process_request) as srv:
+            async with connect(f"ws://127.0.0.1:{srv.sockets[0].getsockname()[1]}/") as ws:
+                await ws.send("x")
+                assert await ws.recv() == "x"
+
+    run(scenario())
+    assert telemetry.spans == []
+    assert not [h for h in seen_headers if h in ("traceparent", "wstrace-envelope", "wstrace-session")]
+
+
+def test_instrument_twice_is_a_noop(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """Instrumenting twice wraps once: one span per event, not two."""
+    instrument()
+    instrument()
+    assert _roundtrip() == ["ping"]
+    assert len(telemetry.named("receive /chat")) == 2
+    assert len(telemetry.named("send /chat")) == 2
+
+
+def test_no_op_tracer_provider(instrument: Callable[..., None]) -> None:
+    """With a no-op tracer provider nothing is recorded and messages still flow."""
+    instrument(tracer_provider=trace.NoOpTracerProvider())
+    assert _roundtrip() == ["ping"]
+
+
+def test_suppressed_instrumentation(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """Inside suppress_instrumentation() the client makes no span and injects nothing."""
+    instrument()
+    with suppress_instrumentation():
+        assert _roundtrip() == ["ping"]
+    assert not [s for s in telemetry.spans if s.kind is SpanKind.CLIENT or s.name.startswith("send")]
