@@ -15,7 +15,7 @@ from websockets.asyncio.server import ServerConnection, serve
 
 async def echo(ws: ServerConnection) -> None:
     async for message in ws:
-        await ws.send(f"echo: {message}")
+        await ws.send("echo: " + (message if isinstance(message, str) else message.hex()))
 
 
 async def main() -> None:

@@ -42,9 +42,10 @@ def headers_carrier(
     """Collect the propagator's ``fields`` from headers; repeated headers join with ``,``."""
     wanted = {f.lower() for f in fields}
     carrier: dict[str, str] = {}
+    dropped: set[str] = set()  # an oversized field stays dropped: later repeats must not revive a part of it
     for name, value in _pairs(headers):
         key = _text(name).lower()
-        if key not in wanted:
+        if key not in wanted or key in dropped:
             continue
         text = _text(value)
         if key in carrier:
@@ -53,6 +54,7 @@ def headers_carrier(
             carrier[key] = text
         else:
             carrier.pop(key, None)
+            dropped.add(key)
     return carrier
 
 

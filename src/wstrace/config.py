@@ -44,6 +44,8 @@ def _choice(kind: Any) -> Callable[[str], str]:
 
 def _sources(value: str | tuple[str, ...]) -> tuple[str, ...]:
     items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(s, str) for s in items):
+        raise ConfigError(f"handshake sources must be a comma-separated string or a sequence of strings, got {value!r}")
     result = tuple(dict.fromkeys(s.strip().lower() for s in items if s.strip()))
     allowed = get_args(HandshakeSource)
     bad = [s for s in result if s not in allowed]
@@ -55,6 +57,8 @@ def _sources(value: str | tuple[str, ...]) -> tuple[str, ...]:
 def _bool(value: str | bool) -> bool:
     if isinstance(value, bool):
         return value
+    if not isinstance(value, str):
+        raise ConfigError(f"expected a boolean, got {value!r}")
     lowered = value.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
         return True
@@ -64,6 +68,8 @@ def _bool(value: str | bool) -> bool:
 
 
 def _size(value: str | int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ConfigError(f"expected a whole number of bytes, got {value!r}")
     try:
         size = int(value)
     except (TypeError, ValueError):

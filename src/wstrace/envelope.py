@@ -116,7 +116,10 @@ def _header(carrier: Mapping[str, str] | None, max_header: int) -> str:
             raise EnvelopeEncodeError("carrier keys and values must be str")
         if not _KEY.match(key):
             raise EnvelopeEncodeError(f"carrier key {key!r} is not a lowercase token")
-        parts.append(f"{key}={quote(value, safe='')}")
+        try:
+            parts.append(f"{key}={quote(value, safe='')}")
+        except UnicodeEncodeError as exc:  # a lone surrogate has no UTF-8 form
+            raise EnvelopeEncodeError(f"carrier value of {key!r} is not encodable as UTF-8") from exc
     header = "&".join(parts)
     if len(header) > _check_max(max_header):
         raise EnvelopeEncodeError(f"carrier of {len(header)} bytes exceeds the {max_header}-byte header cap")
@@ -274,7 +277,10 @@ def encode_json_field(
     if start < 0:
         return payload
     _header(carrier, max_header)  # same validation and cap as the framed forms
-    member = json.dumps(field) + ":" + json.dumps(dict(carrier or {}), separators=(",", ":"))
+    obj = json.dumps(dict(carrier or {}), separators=(",", ":"))
+    if len(obj) > max_header:  # the decoder applies the cap to the object's JSON text
+        raise EnvelopeEncodeError(f"carrier of {len(obj)} bytes of JSON exceeds the {max_header}-byte header cap")
+    member = json.dumps(field) + ":" + obj
     if isinstance(payload, str):
         rest = payload[start + 1 :]
         comma = "" if rest.lstrip(_JSON_WS)[:1] == "}" else ","
@@ -336,7 +342,7 @@ def _json_carrier(window: str, max_header: int) -> tuple[dict[str, str] | None, 
     """Parse the carrier object at the start of ``window``; ``(None, 0)`` if it is not one."""
     try:
         value, length = json.JSONDecoder().raw_decode(window)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: deeply nested arrays or objects
         return None, 0
     if length > max_header or not isinstance(value, dict) or "\ufffd" in window[:length]:
         return None, 0

@@ -379,7 +379,9 @@ class ConnectionTracer:
             if record and self._recording and self.config.message_spans and not self._closed:
                 span = self._start_send(payload, is_text)
             if self.envelope is not None and isinstance(payload, (str, bytes, bytearray, memoryview)):
-                payload = self._wrap(payload, is_text, span)
+                # Without a send span (message spans off), the current context still travels.
+                carry = span is not None or (record and self._recording)
+                payload = self._wrap(payload, is_text, span, carry)
         except Exception as exc:
             _warn_once("tracing an outbound message", exc)
         return payload, _SendHandle(span)
@@ -405,8 +407,12 @@ class ConnectionTracer:
             self._send_name, context=parent, kind=SpanKind.PRODUCER, attributes=attributes, links=links
         )
 
-    def _wrap(self, payload: Any, is_text: bool, span: Optional[Span]) -> Any:
-        carrier = propagation.inject(trace.set_span_in_context(span)) if span is not None else None
+    def _wrap(self, payload: Any, is_text: bool, span: Optional[Span], carry: bool) -> Any:
+        carrier = None
+        if span is not None:
+            carrier = propagation.inject(trace.set_span_in_context(span))
+        elif carry:
+            carrier = propagation.inject()
         cap = self.config.max_envelope_bytes
         try:
             if self.envelope == "json":

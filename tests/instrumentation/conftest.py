@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.peers.bare import restore
+from tests.peers.bare import describe, restore
 
 
 PEER = Path(__file__).resolve().parent.parent / "peers" / "bare.py"
@@ -127,8 +127,6 @@ def bare_server() -> Iterator[Callable[..., PeerProcess]]:
 @pytest.fixture
 def bare_client() -> Callable[[str, list[str | bytes]], list[str | bytes]]:
     def run(url: str, payloads: list[str | bytes]) -> list[str | bytes]:
-        from tests.peers.bare import describe
-
         items = json.dumps([describe(p) for p in payloads])
         out = subprocess.run(
             [sys.executable, str(PEER), "client", url, items],

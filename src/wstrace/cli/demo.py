@@ -30,7 +30,7 @@ _SHOWN = (
 async def _conversation(tracer: Tracer, messages: int) -> None:
     async def echo(ws: ServerConnection) -> None:
         async for message in ws:
-            await ws.send(f"echo: {message}")
+            await ws.send("echo: " + (message if isinstance(message, str) else message.hex()))
 
     async with serve(echo, "127.0.0.1", 0) as server:
         url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/chat"
@@ -53,7 +53,8 @@ def render(spans: Sequence[ReadableSpan]) -> str:
 
     def walk(span: ReadableSpan, depth: int, origin: int) -> None:
         start, end = span.start_time or 0, span.end_time or 0
-        shown = " ".join(f"{k.rsplit('.', 1)[-1]}={span.attributes[k]}" for k in _SHOWN if k in (span.attributes or {}))
+        attributes = span.attributes or {}
+        shown = " ".join(f"{k.rsplit('.', 1)[-1]}={attributes[k]!s}" for k in _SHOWN if k in attributes)
         links = f" links={len(span.links)}" if span.links else ""
         lines.append(
             f"{'  ' * depth}{span.name:<{max(1, 28 - 2 * depth)}} +{(start - origin) / 1e6:7.2f} ms"

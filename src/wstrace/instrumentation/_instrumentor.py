@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 from dataclasses import fields
 from typing import Any, Callable, Collection
 
@@ -19,6 +20,8 @@ from wstrace.version import __version__
 __all__ = ["Settings", "WstraceInstrumentor", "is_instrumentation_enabled"]
 
 _CONFIG_KEYS = frozenset(f.name for f in fields(Config))
+_OTHER_KEYS = frozenset({"tracer_provider", "meter_provider", "skip_dep_check"})
+_log = logging.getLogger(__name__)
 
 
 class Settings:
@@ -61,6 +64,11 @@ class WstraceInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         conflict = get_dependency_conflicts(self._instruments)
         if conflict is not None:
             raise DependencyConflictError(conflict)
+        unknown = set(kwargs) - _CONFIG_KEYS - _OTHER_KEYS
+        if unknown:
+            # A warning, not an error: a distro may pass keywords of its own, and
+            # raising here would abort the application's start-up.
+            _log.warning("wstrace: ignoring unknown instrument() option(s): %s", ", ".join(sorted(unknown)))
         options = {k: v for k, v in kwargs.items() if k in _CONFIG_KEYS}
         config = Config.load(**options)
         tracer = trace.get_tracer(

@@ -1,0 +1,94 @@
+"""Zero-code instrumentation: ``opentelemetry-instrument`` runs apps unchanged and skips what it cannot instrument."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+ROOT = Path(__file__).resolve().parents[2]
+INSTRUMENT = str(Path(sys.executable).parent / "opentelemetry-instrument")
+
+
+def instrumented(args: list[str], extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WSTRACE_", "OTEL_"))}
+    env.update(
+        OTEL_TRACES_EXPORTER="console",
+        OTEL_METRICS_EXPORTER="none",
+        OTEL_LOGS_EXPORTER="none",
+        OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="asyncio,threading",
+    )
+    env.update(extra_env or {})
+    return subprocess.run([INSTRUMENT, *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+
+
+def console_spans(text: str) -> list[dict[str, Any]]:
+    decoder, spans, i = json.JSONDecoder(), [], 0
+    while (start := text.find("{", i)) >= 0:
+        try:
+            obj, i = decoder.raw_decode(text, start)
+        except json.JSONDecodeError:
+            i = start + 1
+            continue
+        if isinstance(obj, dict) and "context" in obj:
+            spans.append(obj)
+    return spans
+
+
+def test_example_app_is_traced_with_no_code_change() -> None:
+    """The plain echo example, run under opentelemetry-instrument, is traced end to end."""
+    result = instrumented([sys.executable, "examples/echo_app.py"])
+    assert result.returncode == 0, result.stderr
+    assert "echo: hello" in result.stdout and "echo: world" in result.stdout
+    spans = console_spans(result.stdout)
+    by_id = {s["context"]["span_id"]: s for s in spans}
+    receives = [s for s in spans if s["name"] == "receive /echo" and s["kind"] == "SpanKind.CONSUMER"]
+    assert len(receives) == 4  # two on each side
+    # Every server receive continues a client send through the negotiated envelope.
+    continued = [r for r in receives if by_id.get(r["parent_id"] or "", {}).get("name") == "send /echo"]
+    assert len(continued) == 4
+    assert {s["attributes"].get("websocket.envelope") for s in spans if s["name"] == "GET /echo"} == {"frame"}
+
+
+def test_env_options_reach_the_instrumentor() -> None:
+    """WSTRACE_MODEL and WSTRACE_ENVELOPE configure the zero-code path."""
+    result = instrumented(
+        [sys.executable, "examples/echo_app.py"], {"WSTRACE_MODEL": "connection", "WSTRACE_ENVELOPE": "off"}
+    )
+    assert result.returncode == 0, result.stderr
+    spans = console_spans(result.stdout)
+    assert len({s["context"]["trace_id"] for s in spans}) == 1, "connection model: one trace"
+    assert sum(1 for s in spans if s["name"] == "websocket /echo") == 2
+    assert {s["attributes"].get("websocket.envelope") for s in spans if s["name"] == "GET /echo"} == {"none"}
+
+
+PROBE = (
+    "from wstrace.instrumentation.websockets import WebsocketsInstrumentor as I; "
+    "print('instrumented', I().is_instrumented_by_opentelemetry)"
+)
+
+
+@pytest.mark.parametrize(("case", "expected"), [("installed", True), ("missing", False), ("out-of-range", False)])
+def test_unusable_library_is_skipped_not_fatal(tmp_path: Path, case: str, expected: bool) -> None:
+    """A missing websockets, or one outside the declared range, is skipped and the app still starts."""
+    if case == "missing":
+        # A package that shadows websockets and fails to import, as if it were absent.
+        (tmp_path / "websockets").mkdir()
+        (tmp_path / "websockets" / "__init__.py").write_text(
+            'raise ModuleNotFoundError("No module named websockets")\n'
+        )
+    elif case == "out-of-range":
+        # Metadata found first on the path claims a version the adapter does not support.
+        dist = tmp_path / "websockets-1.0.dist-info"
+        dist.mkdir()
+        (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: websockets\nVersion: 1.0\n")
+    result = instrumented([sys.executable, "-c", PROBE], {"PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == f"instrumented {expected}"
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,297 @@
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import pytest
+
+from wstrace.config import Config
+from wstrace.envelope import DEFAULT_JSON_FIELD, DEFAULT_MAX_HEADER_BYTES
+from wstrace.exceptions import ConfigError, WstraceError
+
+
+# (option, environment text, parsed value): every value differs from the default.
+SETTINGS: list[tuple[str, str, Any]] = [
+    ("model", "connection", "connection"),
+    ("envelope", "always", "always"),
+    ("envelope_format", "json", "json"),
+    ("json_field", "_trace", "_trace"),
+    ("max_envelope_bytes", "1024", 1024),
+    ("trust", "link", "link"),
+    ("handshake_sources", "query,subprotocol", ("query", "subprotocol")),
+    ("message_spans", "false", False),
+]
+
+# (option, a value neither the environment nor a keyword may use). json_field has none:
+# its only bad value is the empty string, which in the environment means "unset".
+BAD_VALUES: list[tuple[str, Any]] = [
+    ("model", "trace"),
+    ("envelope", "sometimes"),
+    ("envelope_format", "xml"),
+    ("max_envelope_bytes", "lots"),
+    ("max_envelope_bytes", "65536"),
+    ("max_envelope_bytes", "-1"),
+    ("trust", "everyone"),
+    ("handshake_sources", "headers,cookies"),
+    ("message_spans", "maybe"),
+]
+
+
+def env_name(option: str) -> str:
+    """The environment variable that sets ``option``."""
+    return f"WSTRACE_{option.upper()}"
+
+
+def test_defaults() -> None:
+    """With no environment and no keyword every option has its documented default."""
+    config = Config.load(environ={})
+    assert config == Config()
+    assert config.model == "message"
+    assert config.envelope == "negotiate"
+    assert config.envelope_format == "frame"
+    assert config.json_field == DEFAULT_JSON_FIELD == "_wstrace"
+    assert config.max_envelope_bytes == DEFAULT_MAX_HEADER_BYTES == 8192
+    assert config.trust == "parent"
+    assert config.handshake_sources == ("headers",)
+    assert config.message_spans is True
+    assert config.sends_envelope_offer is True
+
+
+def test_the_table_covers_every_option() -> None:
+    """The parametrised cases below name every Config field, so a new option cannot go untested."""
+    assert {name for name, _, _ in SETTINGS} == {f.name for f in dataclasses.fields(Config)}
+
+
+@pytest.mark.parametrize(("option", "text", "expected"), SETTINGS)
+def test_option_from_environment(option: str, text: str, expected: Any) -> None:
+    """Each option is read from its WSTRACE_<NAME> variable."""
+    config = Config.load(environ={env_name(option): text})
+    assert getattr(config, option) == expected
+    assert getattr(config, option) != getattr(Config(), option)
+
+
+@pytest.mark.parametrize(("option", "text", "expected"), SETTINGS)
+def test_option_from_keyword(option: str, text: str, expected: Any) -> None:
+    """Each option is set by its keyword, given either the parsed value or the environment text."""
+    assert getattr(Config.load(environ={}, **{option: expected}), option) == expected
+    assert getattr(Config.load(environ={}, **{option: text}), option) == expected
+
+
+def test_real_os_environ_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without environ=, load() reads os.environ."""
+    monkeypatch.setenv("WSTRACE_MODEL", "connection")
+    monkeypatch.setenv("WSTRACE_TRUST", "ignore")
+    monkeypatch.setenv("WSTRACE_MAX_ENVELOPE_BYTES", "512")
+    config = Config.load()
+    assert (config.model, config.trust, config.max_envelope_bytes) == ("connection", "ignore", 512)
+
+
+def test_explicit_environ_replaces_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An explicit environ mapping is used instead of os.environ, not merged with it."""
+    monkeypatch.setenv("WSTRACE_MODEL", "connection")
+    assert Config.load(environ={}).model == "message"
+
+
+@pytest.mark.parametrize(("option", "text", "expected"), SETTINGS)
+def test_keyword_beats_environment(option: str, text: str, expected: Any) -> None:
+    """A keyword wins over the environment variable of the same option."""
+    default = getattr(Config(), option)
+    config = Config.load(environ={env_name(option): text}, **{option: default})
+    assert getattr(config, option) == default
+
+
+def test_keyword_and_environment_combine() -> None:
+    """Options from the environment and from keywords are merged."""
+    config = Config.load(environ={"WSTRACE_MODEL": "connection", "WSTRACE_TRUST": "link"}, trust="ignore")
+    assert config.model == "connection"
+    assert config.trust == "ignore"
+
+
+def test_none_keyword_means_unset() -> None:
+    """A None keyword leaves the environment value (or the default) in place."""
+    config = Config.load(environ={"WSTRACE_MODEL": "connection"}, model=None, trust=None)
+    assert config.model == "connection"
+    assert config.trust == "parent"
+
+
+@pytest.mark.parametrize("blank", ["", "   "])
+def test_blank_environment_value_means_unset(blank: str) -> None:
+    """An empty or whitespace-only variable is treated as unset, silently."""
+    assert Config.load(environ={"WSTRACE_MODEL": blank, "WSTRACE_MESSAGE_SPANS": blank}) == Config()
+
+
+def test_environment_values_are_case_and_space_insensitive() -> None:
+    """Choice values from the environment are stripped and lowercased."""
+    config = Config.load(environ={"WSTRACE_MODEL": "  Connection ", "WSTRACE_ENVELOPE": "OFF"})
+    assert config.model == "connection"
+    assert config.envelope == "off"
+    assert config.sends_envelope_offer is False
+
+
+@pytest.mark.parametrize(("option", "bad"), BAD_VALUES)
+def test_bad_environment_value_warns_and_keeps_default(option: str, bad: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A bad environment value is logged as a warning naming the variable, and the default stays."""
+    with caplog.at_level(logging.WARNING, logger="wstrace.config"):
+        config = Config.load(environ={env_name(option): bad})
+    assert getattr(config, option) == getattr(Config(), option)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "wstrace.config"]
+    assert len(warnings) == 1
+    assert env_name(option) in warnings[0].getMessage()
+
+
+def test_bad_environment_value_does_not_spoil_the_others(caplog: pytest.LogCaptureFixture) -> None:
+    """One bad variable is skipped while the good ones still apply."""
+    with caplog.at_level(logging.WARNING, logger="wstrace.config"):
+        config = Config.load(environ={"WSTRACE_MODEL": "nonsense", "WSTRACE_TRUST": "link"})
+    assert config.model == "message"
+    assert config.trust == "link"
+    assert "WSTRACE_MODEL" in caplog.text
+
+
+def test_bad_environment_value_overridden_by_keyword(caplog: pytest.LogCaptureFixture) -> None:
+    """A valid keyword still applies when the environment value for it is bad."""
+    with caplog.at_level(logging.WARNING, logger="wstrace.config"):
+        config = Config.load(environ={"WSTRACE_MODEL": "nonsense"}, model="connection")
+    assert config.model == "connection"
+
+
+@pytest.mark.parametrize(("option", "bad"), BAD_VALUES)
+def test_bad_keyword_raises_config_error(option: str, bad: str) -> None:
+    """A bad keyword value raises ConfigError, which is a ValueError and a WstraceError."""
+    with pytest.raises(ConfigError) as info:
+        Config.load(environ={}, **{option: bad})
+    assert isinstance(info.value, ValueError)
+    assert isinstance(info.value, WstraceError)
+
+
+@pytest.mark.parametrize(
+    ("option", "bad"),
+    [
+        ("model", 3),
+        ("json_field", ""),
+        ("json_field", 7),
+        ("max_envelope_bytes", 65536),
+        ("max_envelope_bytes", -1),
+        ("max_envelope_bytes", 1.5),
+        ("max_envelope_bytes", True),
+        ("handshake_sources", 5),
+        ("handshake_sources", ["headers", 1]),
+        ("handshake_sources", ("headers", "body")),
+        ("message_spans", 1),
+        ("message_spans", "sometimes"),
+    ],
+)
+def test_keyword_of_wrong_type_raises_config_error(option: str, bad: Any) -> None:
+    """A keyword of the wrong type raises ConfigError too, never TypeError or AttributeError."""
+    with pytest.raises(ConfigError):
+        Config.load(environ={}, **{option: bad})
+
+
+def test_config_error_is_catchable_as_value_error() -> None:
+    """Callers may catch a bad option as a plain ValueError."""
+    with pytest.raises(ValueError, match="message, connection"):
+        Config.load(environ={}, model="trace")
+
+
+def test_unknown_keyword_raises() -> None:
+    """An unknown keyword raises ConfigError naming it."""
+    with pytest.raises(ConfigError, match="modle"):
+        Config.load(environ={}, modle="connection")
+
+
+def test_unknown_environment_variable_is_ignored() -> None:
+    """A WSTRACE_ variable that names no option is ignored."""
+    assert Config.load(environ={"WSTRACE_MODLE": "connection"}) == Config()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("headers", ("headers",)),
+        ("query, subprotocol", ("query", "subprotocol")),
+        (" Subprotocol ,HEADERS , query ", ("subprotocol", "headers", "query")),
+        ("query,Query,headers,query", ("query", "headers")),
+        ("headers,,  ,query,", ("headers", "query")),
+    ],
+)
+def test_handshake_sources_from_comma_list(text: str, expected: tuple[str, ...]) -> None:
+    """A comma list is split, stripped, lowercased and de-duplicated, keeping the first order."""
+    assert Config.load(environ={"WSTRACE_HANDSHAKE_SOURCES": text}).handshake_sources == expected
+    assert Config.load(environ={}, handshake_sources=text).handshake_sources == expected
+
+
+def test_handshake_sources_from_sequence() -> None:
+    """A keyword list or tuple is normalised the same way and stored as a tuple."""
+    config = Config.load(environ={}, handshake_sources=["Query", "headers", "query"])
+    assert config.handshake_sources == ("query", "headers")
+    assert isinstance(config.handshake_sources, tuple)
+
+
+def test_handshake_sources_bad_entry_names_it(caplog: pytest.LogCaptureFixture) -> None:
+    """An unknown source is rejected as a whole, and the warning names it."""
+    with caplog.at_level(logging.WARNING, logger="wstrace.config"):
+        config = Config.load(environ={"WSTRACE_HANDSHAKE_SOURCES": "query,cookie"})
+    assert config.handshake_sources == ("headers",)
+    assert "cookie" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1", True),
+        ("true", True),
+        ("TRUE", True),
+        ("yes", True),
+        (" on ", True),
+        ("0", False),
+        ("false", False),
+        ("False", False),
+        ("no", False),
+        ("off", False),
+    ],
+)
+def test_message_spans_booleans(text: str, expected: bool) -> None:
+    """message_spans accepts 1/true/yes/on and 0/false/no/off in any case."""
+    assert Config.load(environ={"WSTRACE_MESSAGE_SPANS": text}).message_spans is expected
+    assert Config.load(environ={}, message_spans=text).message_spans is expected
+
+
+def test_message_spans_keyword_bool() -> None:
+    """message_spans takes a real bool as a keyword."""
+    assert Config.load(environ={"WSTRACE_MESSAGE_SPANS": "off"}, message_spans=True).message_spans is True
+    assert Config.load(environ={}, message_spans=False).message_spans is False
+
+
+@pytest.mark.parametrize("size", [0, 1, 8192, 65535])
+def test_max_envelope_bytes_bounds_accepted(size: int) -> None:
+    """max_envelope_bytes accepts 0 to 65535 inclusive, as text or int."""
+    assert Config.load(environ={"WSTRACE_MAX_ENVELOPE_BYTES": str(size)}).max_envelope_bytes == size
+    assert Config.load(environ={}, max_envelope_bytes=size).max_envelope_bytes == size
+
+
+@pytest.mark.parametrize("size", [-1, 65536, 1 << 20])
+def test_max_envelope_bytes_bounds_rejected(size: int, caplog: pytest.LogCaptureFixture) -> None:
+    """Sizes outside 0..65535 raise as keywords and fall back to the default from the environment."""
+    with pytest.raises(ConfigError, match="65535"):
+        Config.load(environ={}, max_envelope_bytes=size)
+    with caplog.at_level(logging.WARNING, logger="wstrace.config"):
+        config = Config.load(environ={"WSTRACE_MAX_ENVELOPE_BYTES": str(size)})
+    assert config.max_envelope_bytes == DEFAULT_MAX_HEADER_BYTES
+    assert "WSTRACE_MAX_ENVELOPE_BYTES" in caplog.text
+
+
+def test_config_is_frozen() -> None:
+    """A Config cannot be changed after it is built."""
+    config = Config.load(environ={})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.model = "connection"  # type: ignore[misc]
+    assert config.model == "message"
+
+
+def test_config_is_hashable_and_comparable() -> None:
+    """Two loads with the same inputs give equal, hashable configs."""
+    first = Config.load(environ={"WSTRACE_HANDSHAKE_SOURCES": "query"})
+    second = Config.load(environ={}, handshake_sources=("query",))
+    assert first == second
+    assert hash(first) == hash(second)

@@ -1,0 +1,277 @@
+"""ConnectionTracer round trips in memory: a client and a server tracer talking without sockets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from opentelemetry import baggage, context as otel_context
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import SpanKind, StatusCode
+
+from tests.conftest import Telemetry
+from wstrace import envelope as codec
+from wstrace.config import Config
+from wstrace.session import ConnectionTracer
+
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+REMOTE_TRACE = 0x0AF7651916CD43DD8448EB211C80319C
+REMOTE_SPAN = 0xB7AD6B7169203331
+
+
+def client(telemetry: Telemetry, **options: Any) -> ConnectionTracer:
+    return ConnectionTracer.client(
+        telemetry.provider.get_tracer("t"),
+        Config.load({}, **options),
+        url="ws://example.test:8080/chat?token=secret",
+        scheme="ws",
+        host="example.test",
+        port=8080,
+        path="/chat",
+    )
+
+
+def server(telemetry: Telemetry, headers: Any = (), **options: Any) -> ConnectionTracer:
+    query = options.pop("query", "")
+    subprotocols = options.pop("subprotocols", ())
+    return ConnectionTracer.server(
+        telemetry.provider.get_tracer("t"),
+        Config.load({}, **options),
+        path="/chat",
+        query=query,
+        headers=headers,
+        subprotocols=subprotocols,
+    )
+
+
+def connect(telemetry: Telemetry, client_options: Any = None, server_options: Any = None) -> tuple[Any, Any]:
+    """Run a whole handshake between a client and a server tracer."""
+    c = client(telemetry, **(client_options or {}))
+    s = server(telemetry, c.request_headers(), **(server_options or {}))
+    response = s.response_headers()
+    s.opened(response_headers=response)
+    c.opened(response_headers=response)
+    return c, s
+
+
+def handshake(telemetry: Telemetry, kind: SpanKind) -> ReadableSpan:
+    return next(s for s in telemetry.named("GET /chat") if s.kind is kind)
+
+
+def test_handshake_propagates_and_records_http_attributes(telemetry: Telemetry) -> None:
+    """The server handshake continues the client's, and both carry HTTP attributes and the shared session id."""
+    c, s = connect(telemetry)
+    client_hs, server_hs = handshake(telemetry, SpanKind.CLIENT), handshake(telemetry, SpanKind.SERVER)
+    assert server_hs.parent is not None and server_hs.parent.span_id == client_hs.context.span_id
+    assert client_hs.attributes["url.full"] == "ws://example.test:8080/chat", "the query (a token) is not recorded"
+    assert server_hs.attributes["http.response.status_code"] == 101
+    assert server_hs.attributes["wstrace.context.source"] == "headers"
+    assert c.session_id == s.session_id == server_hs.attributes["websocket.session.id"]
+    assert c.envelope == s.envelope == "frame"
+
+
+def test_envelope_not_agreed_when_server_refuses(telemetry: Telemetry) -> None:
+    """A server with envelope=off does not answer the offer, and neither end envelopes frames."""
+    c, s = connect(telemetry, server_options={"envelope": "off"})
+    assert c.envelope is None and s.envelope is None
+    wire, handle = c.send_start("plain")
+    c.send_end(handle)
+    assert wire == "plain"
+
+
+def test_envelope_forced_with_always(telemetry: Telemetry) -> None:
+    """envelope=always on both ends works with no offer (a browser cannot send or read the headers)."""
+    c = client(telemetry, envelope="always")
+    s = server(telemetry, [], envelope="always")  # the browser sent no wstrace headers
+    s.opened(response_headers={})
+    c.opened(response_headers={})
+    assert c.envelope == s.envelope == "frame"
+
+
+@pytest.mark.parametrize("fmt", ["frame", "json"])
+def test_message_context_round_trip(telemetry: Telemetry, fmt: str) -> None:
+    """A client send continues on the server receive through either envelope format, with baggage."""
+    c, s = connect(telemetry, client_options={"envelope_format": fmt})
+    assert s.envelope == fmt
+    token = otel_context.attach(baggage.set_baggage("tenant", "acme"))
+    try:
+        wire, handle = c.send_start('{"ask":"hi"}')
+        c.send_end(handle)
+    finally:
+        otel_context.detach(token)
+    assert wire != '{"ask":"hi"}'
+    payload = s.received(wire)
+    assert payload == '{"ask":"hi"}'
+    assert baggage.get_baggage("tenant") == "acme", "the sender's baggage is current while handling"
+    s.receive_done()
+    assert baggage.get_baggage("tenant") is None, "receive_done restores the context"
+    send = telemetry.one("send /chat")
+    receive = telemetry.one("receive /chat")
+    assert receive.parent is not None and receive.parent.span_id == send.context.span_id
+    assert send.kind is SpanKind.PRODUCER and receive.kind is SpanKind.CONSUMER
+
+
+@pytest.mark.parametrize(
+    ("trust", "parented", "linked"),
+    [("parent", True, False), ("link", False, True), ("ignore", False, False)],
+)
+def test_trust_policy_for_the_handshake(telemetry: Telemetry, trust: str, parented: bool, linked: bool) -> None:
+    """trust decides whether incoming handshake context becomes the parent, a link, or nothing."""
+    s = server(telemetry, [("traceparent", TRACEPARENT)], trust=trust)
+    s.opened()
+    hs = telemetry.one("GET /chat")
+    assert (hs.context.trace_id == REMOTE_TRACE) is parented
+    assert any(link.context.span_id == REMOTE_SPAN for link in hs.links) is linked
+
+
+def test_trust_link_for_messages_drops_baggage(telemetry: Telemetry) -> None:
+    """With trust=link a message's context is linked, not parented, and its baggage is not applied."""
+    c, s = connect(telemetry, server_options={"trust": "link"})
+    token = otel_context.attach(baggage.set_baggage("user", "mallory"))
+    try:
+        wire, handle = c.send_start(b"\x00data")
+        c.send_end(handle)
+    finally:
+        otel_context.detach(token)
+    assert s.received(wire) == b"\x00data"
+    assert baggage.get_baggage("user") is None
+    s.receive_done()
+    send, receive = telemetry.one("send /chat"), telemetry.one("receive /chat")
+    assert receive.parent is None
+    assert any(link.context.span_id == send.context.span_id for link in receive.links)
+
+
+@pytest.mark.parametrize(
+    ("sources", "query", "subprotocols", "expected"),
+    [
+        ("query", f"traceparent={TRACEPARENT}&x=1", (), "query"),
+        ("subprotocol", "", ("chat", f"wstrace.tp.{TRACEPARENT}"), "subprotocol"),
+        ("headers", f"traceparent={TRACEPARENT}", (), None),  # not configured: ignored
+    ],
+)
+def test_browser_handshake_sources(
+    telemetry: Telemetry, sources: str, query: str, subprotocols: tuple[str, ...], expected: str | None
+) -> None:
+    """Context in the query string or a subprotocol token is used only when that source is configured."""
+    s = server(telemetry, [], handshake_sources=sources, query=query, subprotocols=subprotocols)
+    s.opened()
+    hs = telemetry.one("GET /chat")
+    assert hs.attributes.get("wstrace.context.source") == expected
+    assert (hs.context.trace_id == REMOTE_TRACE) is (expected is not None)
+
+
+def test_ordinals_count_each_direction(telemetry: Telemetry) -> None:
+    """Sent and received messages are numbered separately from 1."""
+    c, s = connect(telemetry)
+    for text in ("a", "b", "c"):
+        wire, handle = c.send_start(text)
+        c.send_end(handle)
+        s.received(wire)
+        s.receive_done()
+    _reply, handle = s.send_start("r")
+    s.send_end(handle)
+    ordinals = sorted(
+        (span.name, span.attributes["websocket.message.ordinal"], span.kind.name)
+        for span in telemetry.spans
+        if span.kind in (SpanKind.PRODUCER, SpanKind.CONSUMER)
+    )
+    assert [o for o in ordinals if o[2] == "CONSUMER"] == [("receive /chat", n, "CONSUMER") for n in (1, 2, 3)]
+    assert [o[1] for o in ordinals if o[2] == "PRODUCER"] == [1, 1, 2, 3]
+
+
+def test_oversized_carrier_still_delivers_the_payload(telemetry: Telemetry) -> None:
+    """Baggage over the envelope cap is dropped from the frame, never the payload."""
+    c, s = connect(telemetry, client_options={"max_envelope_bytes": 200})
+    token = otel_context.attach(baggage.set_baggage("big", "x" * 500))
+    try:
+        wire, handle = c.send_start("payload")
+        c.send_end(handle)
+    finally:
+        otel_context.detach(token)
+    assert codec.decode(wire) == codec.Decoded("payload", {})
+    assert s.received(wire) == "payload"
+
+
+def test_foreign_frame_on_negotiated_connection_is_delivered(telemetry: Telemetry) -> None:
+    """A frame without the prefix on an enveloped connection (say, from broadcast) arrives unchanged."""
+    _, s = connect(telemetry)
+    assert s.received("no envelope here") == "no envelope here"
+    assert s.received(b"\x1ewt\x01\xff\xff truncated") == b"\x1ewt\x01\xff\xff truncated"
+
+
+@pytest.mark.parametrize(
+    ("code", "initiator", "error"),
+    [(1000, "remote", False), (1001, "local", False), (1011, "remote", True), (4000, "local", False)],
+)
+def test_close_codes(telemetry: Telemetry, code: int, initiator: Any, error: bool) -> None:
+    """Close codes are recorded; protocol and server errors mark the close span as an error."""
+    _, s = connect(telemetry)
+    s.closed(code=code, reason="why", initiator=initiator)
+    s.closed(code=1000, initiator="local")  # idempotent
+    close = telemetry.one("close /chat")
+    assert close.attributes["websocket.close.code"] == code
+    assert close.attributes["websocket.close.reason"] == "why"
+    assert (close.status.status_code is StatusCode.ERROR) is error
+
+
+def test_abnormal_close_ends_open_receive_with_error(telemetry: Telemetry) -> None:
+    """A dropped connection ends the receive span being handled with an error, and the connection span too."""
+    c, s = connect(telemetry, server_options={"model": "connection"})
+    wire, handle = c.send_start("work")
+    c.send_end(handle)
+    s.received(wire)
+    s.closed(initiator=None)
+    s.receive_done()
+    receive = telemetry.one("receive /chat")
+    conn = next(x for x in telemetry.named("websocket /chat") if x.attributes["websocket.close.code"] == 1006)
+    assert receive.status.status_code is StatusCode.ERROR
+    assert conn.status.status_code is StatusCode.ERROR
+    assert telemetry.open_spans.names() == []
+
+
+def test_failed_handshake(telemetry: Telemetry) -> None:
+    """A handshake with no 101 ends with the status; a server 500 and a client error are errors."""
+    s = server(telemetry, [])
+    s.handshake_failed(status=500)
+    c = client(telemetry)
+    c.handshake_failed(error=ConnectionRefusedError("refused"))
+    server_hs, client_hs = handshake(telemetry, SpanKind.SERVER), handshake(telemetry, SpanKind.CLIENT)
+    assert server_hs.status.status_code is StatusCode.ERROR
+    assert client_hs.attributes["error.type"] == "ConnectionRefusedError"
+    assert s.send_start("late")[0] == "late", "a tracer that never opened still passes payloads through"
+
+
+def test_message_spans_off(telemetry: Telemetry) -> None:
+    """message_spans=False keeps handshakes and close but makes no message spans, and still strips envelopes."""
+    c, s = connect(telemetry, server_options={"message_spans": False})
+    wire, handle = c.send_start("x")
+    c.send_end(handle)
+    assert s.received(wire) == "x"
+    s.receive_done()
+    assert [sp.name for sp in telemetry.spans if sp.name.startswith("receive")] == []
+
+
+def test_no_context_leak_without_receive_done(telemetry: Telemetry) -> None:
+    """A receive span attached then ended by close is not detached from a foreign context."""
+    c, s = connect(telemetry)
+    wire, handle = c.send_start("x")
+    c.send_end(handle)
+    s.received(wire)
+    inner = otel_context.attach(otel_context.set_value("app", 1))  # the app attached something since
+    s.receive_done()
+    assert otel_context.get_value("app") == 1, "our stale token did not roll back the app's context"
+    otel_context.detach(inner)
+    assert telemetry.one("receive /chat").end_time is not None, "the span itself was ended"
+
+
+def test_message_spans_off_still_carries_the_current_context(telemetry: Telemetry) -> None:
+    """With message spans off, the envelope carries the span current at send, so the trace goes on."""
+    c, s = connect(telemetry, client_options={"message_spans": False})
+    with telemetry.provider.get_tracer("t").start_as_current_span("user-work") as work:
+        wire, handle = c.send_start("x")
+        c.send_end(handle)
+    assert s.received(wire) == "x"
+    s.receive_done()
+    receive = telemetry.one("receive /chat")
+    assert receive.parent is not None and receive.parent.span_id == work.get_span_context().span_id
