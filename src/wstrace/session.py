@@ -25,7 +25,7 @@ import itertools
 import logging
 import re
 import uuid
-from typing import Any, Literal, Mapping, Optional, Sequence, Union
+from typing import Any, Literal, Mapping, Optional, Sequence
 
 from opentelemetry import context as otel_context, trace
 from opentelemetry.context import Context
@@ -42,7 +42,6 @@ __all__ = ["ConnectionTracer", "Side"]
 _log = logging.getLogger(__name__)
 
 Side = Literal["client", "server"]
-Payload = Union[str, bytes]
 
 _SESSION_ID = re.compile(r"[0-9a-f]{32}\Z")
 _NORMAL_CLOSE_CODES = frozenset({1000, 1001, 1005, 1012, 1013})
@@ -69,7 +68,7 @@ def _parse_offer(value: Optional[str]) -> Optional[EnvelopeFormat]:
 
 
 class _SendHandle:
-    """An outbound message in flight: its span and the context to restore."""
+    """An outbound message in flight, opaque to adapters: pass it back to ``send_end``."""
 
     __slots__ = ("span",)
 
@@ -105,6 +104,7 @@ class ConnectionTracer:
         self._handshake_link: Sequence[Link] = ()
         self._connection: Optional[Span] = None
         self._connection_ctx: Optional[Context] = None
+        self._connection_trace = 0
         self._recording = False
         self._sent = itertools.count(1)
         self._received = itertools.count(1)
@@ -325,6 +325,7 @@ class ConnectionTracer:
                     attributes=self._base_attributes,
                 )
                 self._connection_ctx = trace.set_span_in_context(self._connection)
+                self._connection_trace = self._connection.get_span_context().trace_id
         except Exception as exc:
             _warn_once("recording the opened connection", exc)
 
@@ -396,8 +397,9 @@ class ConnectionTracer:
             attributes[sc.MESSAGING_MESSAGE_BODY_SIZE] = size
         if self._connection_ctx is not None:
             parent = self._connection_ctx
-            current = trace.get_current_span().get_span_context()
-            if current.is_valid and current.trace_id == self._connection.get_span_context().trace_id:  # type: ignore[union-attr]
+            # A reply inside a receive span (or any span of this connection's
+            # trace) keeps its parent; anything else hangs off the connection.
+            if trace.get_current_span().get_span_context().trace_id == self._connection_trace:
                 parent = otel_context.get_current()
             links: Sequence[Link] = ()
         else:

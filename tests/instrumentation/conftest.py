@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.console import console_spans
 from tests.peers.bare import describe, restore
 
 
@@ -78,18 +79,7 @@ class PeerProcess:
     def exported_spans(self) -> list[dict[str, Any]]:
         """Spans the console exporter printed (needs the process stopped, to flush)."""
         self.stop()
-        text = "\n".join(line for line in self.lines if not line.startswith("PEER "))
-        decoder = json.JSONDecoder()
-        spans, i = [], 0
-        while (start := text.find("{", i)) >= 0:
-            try:
-                obj, i = decoder.raw_decode(text, start)
-            except json.JSONDecodeError:
-                i = start + 1
-                continue
-            if isinstance(obj, dict) and "context" in obj:
-                spans.append(obj)
-        return spans
+        return console_spans("\n".join(line for line in self.lines if not line.startswith("PEER ")))
 
 
 def peer_env(extra: dict[str, str] | None = None) -> dict[str, str]:

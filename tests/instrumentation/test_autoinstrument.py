@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
+
+from tests.console import console_spans
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,19 +26,6 @@ def instrumented(args: list[str], extra_env: dict[str, str] | None = None) -> su
     )
     env.update(extra_env or {})
     return subprocess.run([INSTRUMENT, *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
-
-
-def console_spans(text: str) -> list[dict[str, Any]]:
-    decoder, spans, i = json.JSONDecoder(), [], 0
-    while (start := text.find("{", i)) >= 0:
-        try:
-            obj, i = decoder.raw_decode(text, start)
-        except json.JSONDecodeError:
-            i = start + 1
-            continue
-        if isinstance(obj, dict) and "context" in obj:
-            spans.append(obj)
-    return spans
 
 
 def test_example_app_is_traced_with_no_code_change() -> None:
