@@ -21,6 +21,7 @@ from websockets.sync.client import connect as sync_connect
 from websockets.sync.server import serve as sync_serve
 
 from tests.conftest import Telemetry
+from tests.instrumentation import contract
 from wstrace.instrumentation.websockets import WebsocketsInstrumentor
 
 
@@ -513,3 +514,25 @@ def test_suppressed_instrumentation(telemetry: Telemetry, instrument: Callable[.
     with suppress_instrumentation():
         assert _roundtrip() == ["ping"]
     assert not [s for s in telemetry.spans if s.kind is SpanKind.CLIENT or s.name.startswith("send")]
+
+
+def test_shared_contract(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """The websockets adapter meets the span contract every adapter is held to."""
+    instrument(model="message", envelope="negotiate")
+    payloads: list[str | bytes] = ["text", b"\x00binary"]
+
+    async def scenario() -> list[Any]:
+        async with server(echo) as url:
+            return await exchange(url, payloads)
+
+    assert run(scenario()) == payloads
+    client_hs = contract.handshake(telemetry, "/chat", SpanKind.CLIENT)
+    server_hs = contract.handshake(telemetry, "/chat", SpanKind.SERVER)
+    types = ["text", "binary"]
+    client_sends = contract.messages(telemetry, "/chat", "send", client_hs, types)
+    server_receives = contract.messages(telemetry, "/chat", "receive", server_hs, types)
+    server_sends = contract.messages(telemetry, "/chat", "send", server_hs, types)
+    client_receives = contract.messages(telemetry, "/chat", "receive", client_hs, types)
+    contract.continued(client_sends, server_receives)
+    contract.continued(server_sends, client_receives)
+    contract.no_open_spans(telemetry)
