@@ -101,6 +101,8 @@ class ConnectionTracer:
         """The envelope format in force once open, or ``None`` for plain frames."""
         self._tracer = tracer
         self._handshake: Optional[Span] = None
+        self._owns_handshake = True
+        self._owns_connection = True
         self._handshake_link: Sequence[Link] = ()
         self._connection: Optional[Span] = None
         self._connection_ctx: Optional[Context] = None
@@ -179,11 +181,17 @@ class ConnectionTracer:
         client_address: Optional[str] = None,
         client_port: Optional[int] = None,
         route: Optional[str] = None,
+        server_span: Optional[Span] = None,
     ) -> ConnectionTracer:
         """Start the server's handshake span from an upgrade request.
 
         Context is looked for in the configured handshake sources, in order,
         and used as the trust policy says.
+
+        ``server_span`` adopts a SERVER span another instrumentation already
+        made for this request (OpenTelemetry's ASGI middleware): no second
+        handshake span is made, the adopted span gets the WebSocket attributes,
+        and its owner, not wstrace, ends it.
         """
         pairs = _pairs(headers)
         offered_session = None
@@ -217,6 +225,9 @@ class ConnectionTracer:
                 attributes[sc.CLIENT_PORT] = client_port
             if source:
                 attributes[sc.CONTEXT_SOURCE] = source
+            if server_span is not None and server_span.get_span_context().is_valid:
+                self._adopt(server_span)
+                return self
             parent, links = self._apply_trust(remote, otel_context.get_current())
             self._start_handshake(parent, links, attributes, SpanKind.SERVER)
         except Exception as exc:
@@ -251,6 +262,14 @@ class ConnectionTracer:
         remote_span = propagation.remote_span_context(remote)
         links = (Link(remote_span, {sc.LINK_KIND: "remote"}),) if remote_span is not None else ()
         return ambient, links
+
+    def _adopt(self, span: Span) -> None:
+        self._handshake = span
+        self._owns_handshake = False
+        self._recording = span.is_recording()
+        if self._recording:
+            span.set_attribute(sc.SESSION_ID, self.session_id)
+            self._handshake_link = (Link(span.get_span_context(), {sc.LINK_KIND: "handshake"}),)
 
     def _start_handshake(
         self, parent: Context, links: Sequence[Link], attributes: dict[str, Any], kind: SpanKind
@@ -316,6 +335,14 @@ class ConnectionTracer:
                 )
                 if subprotocol:
                     span.set_attribute(sc.SUBPROTOCOL, subprotocol)
+            if not self._owns_handshake:
+                # An adopted span lasts as long as the connection: it is the
+                # connection span too, and its owner ends it.
+                if self._recording and self.config.model == "connection":
+                    self._connection, self._owns_connection = span, False
+                    self._connection_ctx = trace.set_span_in_context(span)
+                    self._connection_trace = span.get_span_context().trace_id
+                return
             span.end()
             if self._recording and self.config.model == "connection":
                 self._connection = self._tracer.start_span(
@@ -345,7 +372,8 @@ class ConnectionTracer:
                 if failed:
                     span.set_attribute(sc.ERROR_TYPE, type(error).__qualname__ if error else str(status))
                     span.set_status(Status(StatusCode.ERROR, str(error) if error else f"HTTP {status}"))
-            span.end()
+            if self._owns_handshake:
+                span.end()
         except Exception as exc:
             _warn_once("recording a failed handshake", exc)
 
@@ -571,7 +599,8 @@ class ConnectionTracer:
             if abnormal:
                 span.set_attribute(sc.ERROR_TYPE, type(error).__qualname__ if error else str(code))
                 span.set_status(Status(StatusCode.ERROR, message))
-            span.end()
+            if span is not self._connection or self._owns_connection:
+                span.end()
         except Exception as exc:
             _warn_once("recording the close", exc)
 
