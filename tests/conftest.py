@@ -7,7 +7,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from opentelemetry import propagate
+from opentelemetry import context as otel_context, propagate
+from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -64,5 +65,8 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         if name.startswith(("WSTRACE_", "OTEL_")):
             monkeypatch.delenv(name)
     saved = propagate.get_global_textmap()
+    # Each test starts from an empty context, and whatever it left attached is dropped.
+    token = otel_context.attach(Context())
     yield
+    otel_context.detach(token)
     propagate.set_global_textmap(saved)

@@ -21,6 +21,12 @@ SETTINGS: list[tuple[str, str, Any]] = [
     ("trust", "link", "link"),
     ("handshake_sources", "query,subprotocol", ("query", "subprotocol")),
     ("message_spans", "false", False),
+    ("streams", "off", False),
+    ("chunk_spans", "yes", True),
+    ("stream_idle", "0.25", 0.25),
+    ("stall_threshold", "2", 2.0),
+    ("stream_end", "builtins:bool", bool),
+    ("stream_key", "builtins:len", len),
 ]
 
 # (option, a value neither the environment nor a keyword may use). json_field has none:
@@ -35,6 +41,13 @@ BAD_VALUES: list[tuple[str, Any]] = [
     ("trust", "everyone"),
     ("handshake_sources", "headers,cookies"),
     ("message_spans", "maybe"),
+    ("streams", "maybe"),
+    ("stream_idle", "soon"),
+    ("stream_idle", "-1"),
+    ("stall_threshold", "nan"),
+    ("stream_end", "no_such_module_here:f"),
+    ("stream_key", "builtins:no_such_function"),
+    ("stream_key", "not a path"),
 ]
 
 
@@ -97,8 +110,10 @@ def test_explicit_environ_replaces_os_environ(monkeypatch: pytest.MonkeyPatch) -
 def test_keyword_beats_environment(option: str, text: str, expected: Any) -> None:
     """A keyword wins over the environment variable of the same option."""
     default = getattr(Config(), option)
-    config = Config.load(environ={env_name(option): text}, **{option: default})
-    assert getattr(config, option) == default
+    # None means "unset" for a keyword, so options defaulting to None are overridden by another value.
+    override = default if default is not None else (lambda payload: None)
+    config = Config.load(environ={env_name(option): text}, **{option: override})
+    assert getattr(config, option) == override
 
 
 def test_keyword_and_environment_combine() -> None:

@@ -20,6 +20,7 @@ def test_public_names_are_pinned() -> None:
         "EnvelopeError",
         "WstraceError",
         "__version__",
+        "stream",
     ]
     assert wstrace.instrumentation.websockets.__all__ == ["WebsocketsInstrumentor"]
     for name in wstrace.__all__:

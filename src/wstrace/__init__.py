@@ -16,6 +16,7 @@ from wstrace.exceptions import (
     WstraceError,
 )
 from wstrace.session import ConnectionTracer
+from wstrace.streams import stream
 from wstrace.version import __version__
 
 
@@ -28,4 +29,5 @@ __all__ = [
     "EnvelopeError",
     "WstraceError",
     "__version__",
+    "stream",
 ]

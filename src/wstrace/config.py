@@ -8,10 +8,11 @@ because an instrumentation must never stop the host application from starting.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from dataclasses import dataclass, fields, replace
-from typing import Any, Callable, Literal, Mapping, get_args
+from typing import Any, Callable, Hashable, Literal, Mapping, Optional, get_args
 
 from wstrace.envelope import DEFAULT_JSON_FIELD, DEFAULT_MAX_HEADER_BYTES
 from wstrace.exceptions import ConfigError
@@ -79,6 +80,34 @@ def _size(value: str | int) -> int:
     return size
 
 
+def _seconds(value: str | float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(f"expected a number of seconds, got {value!r}")
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ConfigError(f"expected a number of seconds, got {value!r}") from None
+    if not 0 <= seconds <= 86400 or seconds != seconds:
+        raise ConfigError(f"expected seconds within 0..86400, got {value!r}")
+    return seconds
+
+
+def _callable(value: Any) -> Callable[..., Any]:
+    """A callable, or ``module:attribute`` naming one (how an environment variable gives it)."""
+    if callable(value):
+        return value  # type: ignore[no-any-return]
+    if not isinstance(value, str) or ":" not in value:
+        raise ConfigError(f"expected a callable or 'module:function', got {value!r}")
+    module, _, name = value.strip().partition(":")
+    try:
+        found = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"cannot import {value!r}: {exc}") from None
+    if not callable(found):
+        raise ConfigError(f"{value!r} is not callable")
+    return found  # type: ignore[no-any-return]
+
+
 def _field(value: str) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError("the JSON field name must be a non-empty string")
@@ -116,8 +145,31 @@ class Config:
     ``subprotocol`` (comma-separated in env ``WSTRACE_HANDSHAKE_SOURCES``)."""
 
     message_spans: bool = True
-    """Whether to make a span per message (off: handshake, connection and close
+    """Whether to make message spans at all (off: handshake, connection and close
     spans only). Env ``WSTRACE_MESSAGE_SPANS``."""
+
+    streams: bool = True
+    """Whether replies form streams: a server's messages sent while it handles one
+    inbound message, and a client's messages received after it sent one, become one
+    span with stream metrics instead of a span each. Env ``WSTRACE_STREAMS``."""
+
+    chunk_spans: bool = False
+    """Also make a span per chunk of a stream (costly). Env ``WSTRACE_CHUNK_SPANS``."""
+
+    stream_idle: float = 5.0
+    """A gap between chunks longer than this (seconds) ends a stream. Env ``WSTRACE_STREAM_IDLE``."""
+
+    stall_threshold: float = 1.0
+    """A gap between chunks longer than this (seconds) is a stall event. Env ``WSTRACE_STALL_THRESHOLD``."""
+
+    stream_end: Optional[Callable[[Any], bool]] = None
+    """Called with each streamed payload; true means it is the last chunk. Env
+    ``WSTRACE_STREAM_END`` names one as ``module:function``."""
+
+    stream_key: Optional[Callable[[Any], Optional[Hashable]]] = None
+    """Called with each client payload sent and received; pairs replies with their
+    request when several are in flight (``None``: not a keyed message). Env
+    ``WSTRACE_STREAM_KEY`` names one as ``module:function``."""
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
@@ -155,4 +207,10 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "trust": _choice(Trust),
     "handshake_sources": _sources,
     "message_spans": _bool,
+    "streams": _bool,
+    "chunk_spans": _bool,
+    "stream_idle": _seconds,
+    "stall_threshold": _seconds,
+    "stream_end": _callable,
+    "stream_key": _callable,
 }

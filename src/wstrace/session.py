@@ -24,8 +24,10 @@ from __future__ import annotations
 import itertools
 import logging
 import re
+import time
 import uuid
-from typing import Any, Literal, Mapping, Optional, Sequence
+from collections import OrderedDict
+from typing import Any, Callable, Hashable, Literal, Mapping, Optional, Sequence
 
 from opentelemetry import context as otel_context, trace
 from opentelemetry.context import Context
@@ -35,6 +37,8 @@ from wstrace import envelope as codec, propagation, semconv as sc
 from wstrace.carriers import HeaderSource, headers_carrier, query_carrier, split_subprotocols
 from wstrace.config import Config, EnvelopeFormat
 from wstrace.exceptions import EnvelopeEncodeError
+from wstrace.metrics import Instruments
+from wstrace.streams import Stream, StreamStats, wall_ns
 
 
 __all__ = ["ConnectionTracer", "Side"]
@@ -48,6 +52,13 @@ _NORMAL_CLOSE_CODES = frozenset({1000, 1001, 1005, 1012, 1013})
 _ERROR_CLOSE_CODES = frozenset({1002, 1003, 1006, 1007, 1008, 1009, 1010, 1011, 1014, 1015})
 
 _warned: set[str] = set()
+
+# Context key under which a message being handled offers itself as the owner of replies.
+_OWNER = otel_context.create_key("wstrace-inbound")
+_OUT = "sent"
+_IN = "received"
+_FLUSH_EVERY = 1000
+_MAX_PENDING_REQUESTS = 1024
 
 
 def _warn_once(what: str, exc: BaseException) -> None:
@@ -70,10 +81,54 @@ def _parse_offer(value: Optional[str]) -> Optional[EnvelopeFormat]:
 class _SendHandle:
     """An outbound message in flight, opaque to adapters: pass it back to ``send_end``."""
 
-    __slots__ = ("span",)
+    __slots__ = ("ends_stream", "span", "stream")
 
     def __init__(self, span: Optional[Span]) -> None:
         self.span = span
+        self.stream: Optional[Stream] = None
+        self.ends_stream = False
+
+
+class _Inbound:
+    """A message being handled on the server: the owner of the reply stream sent while it is current."""
+
+    __slots__ = ("carrier", "ctx", "start_ns", "stream", "tracer")
+
+    def __init__(self, tracer: ConnectionTracer, ctx: Context, start_ns: int) -> None:
+        self.tracer = tracer
+        self.ctx = ctx
+        self.start_ns = start_ns
+        self.stream: Optional[Stream] = None
+        self.carrier: Optional[dict[str, str]] = None
+
+
+class _Request:
+    """A message a client sent: the messages answering it form its reply stream."""
+
+    __slots__ = ("base", "ctx", "done", "start_ns", "stream")
+
+    def __init__(self, ctx: Context, start_ns: int) -> None:
+        self.ctx = ctx
+        self.start_ns = start_ns
+        self.stream: Optional[Stream] = None
+        self.base: Optional[Context] = None
+        self.done = False
+
+
+def _safe_predicate(predicate: Callable[[Any], bool], payload: Any) -> bool:
+    try:
+        return bool(predicate(payload))
+    except Exception as exc:
+        _warn_once("the stream_end predicate", exc)
+        return False
+
+
+def _safe_key(key_of: Callable[[Any], Optional[Hashable]], payload: Any) -> Optional[Hashable]:
+    try:
+        return key_of(payload)
+    except Exception as exc:
+        _warn_once("the stream_key function", exc)
+        return None
 
 
 class ConnectionTracer:
@@ -90,6 +145,7 @@ class ConnectionTracer:
         *,
         route: str,
         session_id: Optional[str] = None,
+        instruments: Optional[Instruments] = None,
     ) -> None:
         self.side: Side = side
         self.config = config
@@ -118,6 +174,20 @@ class ConnectionTracer:
         self._send_name = f"send {route}"
         self._receive_name = f"receive {route}"
         self._base_attributes: dict[str, Any] = {}
+        self._instruments = instruments
+        self._started_ns = time.monotonic_ns()
+        self._opened_ns = 0
+        self._counts: dict[tuple[str, bool], int] = {}
+        self._bytes: dict[tuple[str, bool], int] = {}
+        self._unflushed = 0
+        streams = config.streams and config.message_spans
+        self._server_streams = streams and side == "server"
+        self._client_streams = streams and side == "client"
+        self._idle_ns = int(config.stream_idle * 1e9)
+        self._streams: list[Stream] = []
+        self._last_request: Optional[_Request] = None
+        self._requests: OrderedDict[Hashable, _Request] = OrderedDict()
+        self._recv_ends_stream: Optional[Stream] = None
 
     # Handshake ---------------------------------------------------------------
 
@@ -132,9 +202,10 @@ class ConnectionTracer:
         host: Optional[str],
         port: Optional[int],
         path: str,
+        instruments: Optional[Instruments] = None,
     ) -> ConnectionTracer:
         """Start the client's handshake span as a child of the current context."""
-        self = cls("client", tracer, config, route=path or "/")
+        self = cls("client", tracer, config, route=path or "/", instruments=instruments)
         try:
             attributes: dict[str, Any] = {
                 sc.HTTP_REQUEST_METHOD: "GET",
@@ -182,6 +253,7 @@ class ConnectionTracer:
         client_port: Optional[int] = None,
         route: Optional[str] = None,
         server_span: Optional[Span] = None,
+        instruments: Optional[Instruments] = None,
     ) -> ConnectionTracer:
         """Start the server's handshake span from an upgrade request.
 
@@ -204,7 +276,7 @@ class ConnectionTracer:
         session_id = None
         if config.trust != "ignore" and offered_session and _SESSION_ID.match(offered_session):
             session_id = offered_session
-        self = cls("server", tracer, config, route=route or path or "/", session_id=session_id)
+        self = cls("server", tracer, config, route=route or path or "/", session_id=session_id, instruments=instruments)
         self._offered = offer
         try:
             remote, source = self._extract_handshake(pairs, query, subprotocols)
@@ -322,6 +394,11 @@ class ConnectionTracer:
                 sc.NETWORK_PROTOCOL_NAME: "websocket",
                 sc.SESSION_ID: self.session_id,
             }
+            self._opened_ns = time.monotonic_ns()
+            if self._instruments is not None and self._recording:
+                attributes = self._metric_attributes()
+                self._instruments.handshake_duration.record((self._opened_ns - self._started_ns) / 1e9, attributes)
+                self._instruments.active_connections.add(1, attributes)
             span = self._handshake
             if span is None:
                 return
@@ -395,7 +472,7 @@ class ConnectionTracer:
     # Messages ----------------------------------------------------------------
 
     def send_start(self, payload: Any, *, text: Optional[bool] = None, record: bool = True) -> tuple[Any, _SendHandle]:
-        """Start the send span and return the frame to put on the wire.
+        """Start tracing an outbound message and return the frame to put on the wire.
 
         ``payload`` is what the application passed; it is returned unchanged
         unless the envelope is in force. ``text`` is the frame type when the
@@ -403,46 +480,78 @@ class ConnectionTracer:
         ``record=False`` (instrumentation suppressed) still applies the envelope.
         """
         is_text = isinstance(payload, str) if text is None else text
-        span: Optional[Span] = None
+        handle = _SendHandle(None)
         try:
+            carrier: Optional[dict[str, str]] = None
             if record and self._recording and self.config.message_spans and not self._closed:
-                span = self._start_send(payload, is_text)
+                size = _size(payload)
+                self._count(_OUT, is_text, size)
+                owner = otel_context.get_value(_OWNER) if self._server_streams else None
+                if isinstance(owner, _Inbound) and owner.tracer is self:
+                    carrier = self._stream_chunk(owner, handle, payload, is_text, size)
+                else:
+                    handle.span = self._start_send(is_text, size, otel_context.get_current())
+                    if self.side == "client" and self._client_streams:
+                        self._track_request(handle.span, payload)
+                if handle.span is not None and self.envelope is not None:
+                    carrier = propagation.inject(trace.set_span_in_context(handle.span))
+            elif record and self._recording and self.envelope is not None:
+                # Without message spans the current context still travels.
+                carrier = propagation.inject()
             if self.envelope is not None and isinstance(payload, (str, bytes, bytearray, memoryview)):
-                # Without a send span (message spans off), the current context still travels.
-                carry = span is not None or (record and self._recording)
-                payload = self._wrap(payload, is_text, span, carry)
+                payload = self._wrap(payload, is_text, carrier)
         except Exception as exc:
             _warn_once("tracing an outbound message", exc)
-        return payload, _SendHandle(span)
+        return payload, handle
 
-    def _start_send(self, payload: Any, is_text: bool) -> Span:
-        ordinal = next(self._sent)
+    def _start_send(self, is_text: bool, size: Optional[int], current: Context) -> Span:
         attributes = dict(self._base_attributes)
         attributes[sc.MESSAGE_TYPE] = "text" if is_text else "binary"
-        attributes[sc.MESSAGE_ORDINAL] = ordinal
-        size = _size(payload)
+        attributes[sc.MESSAGE_ORDINAL] = next(self._sent)
         if size is not None:
             attributes[sc.MESSAGING_MESSAGE_BODY_SIZE] = size
         if self._connection_ctx is not None:
             parent = self._connection_ctx
             # A reply inside a receive span (or any span of this connection's
             # trace) keeps its parent; anything else hangs off the connection.
-            if trace.get_current_span().get_span_context().trace_id == self._connection_trace:
-                parent = otel_context.get_current()
+            if trace.get_current_span(current).get_span_context().trace_id == self._connection_trace:
+                parent = current
             links: Sequence[Link] = ()
         else:
-            parent = otel_context.get_current()
+            parent = current
             links = self._handshake_link
         return self._tracer.start_span(
             self._send_name, context=parent, kind=SpanKind.PRODUCER, attributes=attributes, links=links
         )
 
-    def _wrap(self, payload: Any, is_text: bool, span: Optional[Span], carry: bool) -> Any:
-        carrier = None
-        if span is not None:
-            carrier = propagation.inject(trace.set_span_in_context(span))
-        elif carry:
-            carrier = propagation.inject()
+    def _stream_chunk(
+        self, owner: _Inbound, handle: _SendHandle, payload: Any, is_text: bool, size: Optional[int]
+    ) -> Optional[dict[str, str]]:
+        """Server side: an outbound message sent while ``owner`` is handled joins its reply stream."""
+        now = time.monotonic_ns()
+        stream = owner.stream
+        if stream is not None and not stream.ended and now - stream.stats.last_ns > self._idle_ns:
+            stream.end(at_last_chunk=True)  # an idle gap ends a stream; this chunk starts the next
+            stream = None
+        if stream is None or stream.ended:
+            ordinal = next(self._sent)
+            span = self._start_stream_span(owner.ctx, is_text, ordinal, now)
+            stream = owner.stream = self._new_stream(span, owner.start_ns, "outbound")
+            stream_carrier = propagation.inject(trace.set_span_in_context(span)) if self.envelope else None
+            owner.carrier = stream_carrier
+        else:
+            ordinal = next(self._sent)
+        stream.chunk(size or 0, now)
+        handle.stream = stream
+        if self.config.stream_end is not None and _safe_predicate(self.config.stream_end, payload):
+            handle.ends_stream = True
+        if self.config.chunk_spans:
+            chunk = self._start_chunk_span(self._send_name, SpanKind.PRODUCER, stream.span, is_text, size, ordinal)
+            handle.span = chunk
+            return None  # the chunk span's own context travels (set by the caller)
+        return owner.carrier
+
+    def _wrap(self, payload: Any, is_text: bool, carrier: Optional[dict[str, str]]) -> Any:
         cap = self.config.max_envelope_bytes
         try:
             if self.envelope == "json":
@@ -459,24 +568,28 @@ class ConnectionTracer:
 
     def send_end(self, handle: _SendHandle, error: Optional[BaseException] = None) -> None:
         """The outbound message was handed to the transport, or failed with ``error``."""
-        span = handle.span
-        if span is None:
+        span, stream = handle.span, handle.stream
+        if span is None and stream is None:
             return
         try:
-            if error is not None:
-                span.record_exception(error)
-                span.set_attribute(sc.ERROR_TYPE, type(error).__qualname__)
-                span.set_status(Status(StatusCode.ERROR, str(error)))
-            span.end()
+            if span is not None:
+                if error is not None:
+                    span.record_exception(error)
+                    span.set_attribute(sc.ERROR_TYPE, type(error).__qualname__)
+                    span.set_status(Status(StatusCode.ERROR, str(error)))
+                span.end()
+            if stream is not None and (error is not None or handle.ends_stream):
+                stream.end(error)
         except Exception as exc:
             _warn_once("ending a send span", exc)
 
     def receive_done(self) -> None:
         """The application finished handling the last message (it asks for the next one)."""
         span, ctx, token = self._recv_span, self._recv_ctx, self._recv_token
-        if span is None and token is None:
+        ending = self._recv_ends_stream
+        if span is None and token is None and ending is None:
             return
-        self._recv_span = self._recv_ctx = self._recv_token = None
+        self._recv_span = self._recv_ctx = self._recv_token = self._recv_ends_stream = None
         try:
             # Detach only if nothing was attached after us: resetting a stale
             # token would roll back whatever the application attached since.
@@ -484,6 +597,8 @@ class ConnectionTracer:
                 otel_context.detach(token)  # type: ignore[arg-type]
             if span is not None and span.is_recording():
                 span.end()
+            if ending is not None:
+                ending.end()
         except Exception as exc:
             _warn_once("ending a receive span", exc)
 
@@ -509,41 +624,244 @@ class ConnectionTracer:
             _warn_once("tracing an inbound message", exc)
         return payload
 
-    def _start_receive(self, payload: Any, carrier: Optional[dict[str, str]]) -> None:
+    def _remote(self, carrier: Optional[dict[str, str]]) -> tuple[Optional[Context], Optional[trace.SpanContext]]:
         remote = propagation.extract(carrier) if carrier and self.config.trust != "ignore" else None
-        remote_span = propagation.remote_span_context(remote) if remote is not None else None
-        attributes = dict(self._base_attributes)
-        attributes[sc.MESSAGE_TYPE] = "text" if isinstance(payload, str) else "binary"
-        attributes[sc.MESSAGE_ORDINAL] = next(self._received)
+        return remote, propagation.remote_span_context(remote) if remote is not None else None
+
+    def _start_receive(self, payload: Any, carrier: Optional[dict[str, str]]) -> None:
+        now = time.monotonic_ns()
+        is_text = isinstance(payload, str)
         size = _size(payload)
+        self._count(_IN, is_text, size)
+        ambient = otel_context.get_current()
+        request = self._request_for(payload, now) if self._client_streams else None
+        if request is not None:
+            span, base = self._client_stream_chunk(request, payload, carrier, is_text, size, now, ambient)
+        else:
+            span, base = self._start_receive_span(carrier, is_text, size, ambient)
+        ctx = trace.set_span_in_context(span, base)
+        if self._server_streams:
+            ctx = otel_context.set_value(_OWNER, _Inbound(self, ctx, now), ctx)
+        self._recv_span = span if request is None or self.config.chunk_spans else None
+        self._recv_ctx = ctx
+        self._recv_token = otel_context.attach(ctx)
+
+    def _start_receive_span(
+        self, carrier: Optional[dict[str, str]], is_text: bool, size: Optional[int], ambient: Context
+    ) -> tuple[Span, Context]:
+        remote, remote_span = self._remote(carrier)
+        attributes = dict(self._base_attributes)
+        attributes[sc.MESSAGE_TYPE] = "text" if is_text else "binary"
+        attributes[sc.MESSAGE_ORDINAL] = next(self._received)
         if size is not None:
             attributes[sc.MESSAGING_MESSAGE_BODY_SIZE] = size
-        ambient = otel_context.get_current()
+        parent, base, links = self._receive_parent(remote, remote_span, ambient, None)
+        span = self._tracer.start_span(
+            self._receive_name, context=parent, kind=SpanKind.CONSUMER, attributes=attributes, links=links
+        )
+        return span, base
+
+    def _receive_parent(
+        self,
+        remote: Optional[Context],
+        remote_span: Optional[trace.SpanContext],
+        ambient: Context,
+        fallback: Optional[Context],
+    ) -> tuple[Context, Context, list[Link]]:
+        """Parent, attach base and links of an inbound span, per model and trust policy."""
         links: list[Link] = []
         if self._connection_ctx is not None:
             # Connection model: the connection span is the parent; the sender's
             # context, if any, is a link (messaging conventions, ambient parent).
-            parent = self._connection_ctx
             if remote_span is not None:
                 links.append(Link(remote_span, {sc.LINK_KIND: "creation"}))
-            attach_base = ambient
-        else:
-            links.extend(self._handshake_link)
-            if remote is not None and remote_span is not None and self.config.trust == "parent":
-                parent = remote
-                attach_base = remote  # carries the sender's baggage
-            else:
-                if remote_span is not None:
-                    links.append(Link(remote_span, {sc.LINK_KIND: "remote"}))
-                parent = Context()
-                attach_base = ambient
-        span = self._tracer.start_span(
-            self._receive_name, context=parent, kind=SpanKind.CONSUMER, attributes=attributes, links=links
+            return self._connection_ctx, ambient, links
+        links.extend(self._handshake_link)
+        if remote is not None and remote_span is not None and self.config.trust == "parent":
+            return remote, remote, links  # the remote context carries the sender's baggage
+        if remote_span is not None:
+            links.append(Link(remote_span, {sc.LINK_KIND: "remote"}))
+        return (fallback if fallback is not None else Context()), ambient, links
+
+    # Streams -----------------------------------------------------------------
+
+    def _new_stream(self, span: Span, start_ns: int, direction: str) -> Stream:
+        stream = Stream(
+            span,
+            StreamStats(start_ns, self.config.stall_threshold),
+            instruments=self._instruments,
+            metric_attributes={sc.HTTP_ROUTE: self.route, sc.STREAM_DIRECTION: direction},
+            body_size=True,
         )
-        ctx = trace.set_span_in_context(span, attach_base)
-        self._recv_span = span
-        self._recv_ctx = ctx
-        self._recv_token = otel_context.attach(ctx)
+        self._streams.append(stream)
+        if len(self._streams) > 64:
+            self._streams = [s for s in self._streams if not s.ended]
+        return stream
+
+    def _start_stream_span(self, parent: Context, is_text: bool, ordinal: int, now: int) -> Span:
+        """The span of a server's reply stream: it starts with its first chunk."""
+        attributes = dict(self._base_attributes)
+        attributes[sc.MESSAGE_TYPE] = "text" if is_text else "binary"
+        attributes[sc.MESSAGE_ORDINAL] = ordinal
+        return self._tracer.start_span(
+            self._send_name,
+            context=parent,
+            kind=SpanKind.PRODUCER,
+            attributes=attributes,
+            links=() if self._connection_ctx is not None else self._handshake_link,
+            start_time=wall_ns(now),
+        )
+
+    def _start_chunk_span(
+        self,
+        name: str,
+        kind: SpanKind,
+        stream_span: Span,
+        is_text: bool,
+        size: Optional[int],
+        ordinal: int,
+        sender: Optional[trace.SpanContext] = None,
+    ) -> Span:
+        """A span for one chunk, under its stream's span (``chunk_spans``); linked to the sender's chunk."""
+        attributes = dict(self._base_attributes)
+        attributes[sc.MESSAGE_TYPE] = "text" if is_text else "binary"
+        attributes[sc.MESSAGE_ORDINAL] = ordinal
+        if size is not None:
+            attributes[sc.MESSAGING_MESSAGE_BODY_SIZE] = size
+        links = (Link(sender, {sc.LINK_KIND: "creation"}),) if sender is not None else ()
+        return self._tracer.start_span(
+            name, context=trace.set_span_in_context(stream_span), kind=kind, attributes=attributes, links=links
+        )
+
+    def _track_request(self, span: Span, payload: Any) -> None:
+        """Client side: a request was sent; the messages that answer it form its reply stream."""
+        request = _Request(trace.set_span_in_context(span), time.monotonic_ns())
+        key_of = self.config.stream_key
+        if key_of is None:
+            previous = self._last_request
+            if previous is not None and previous.stream is not None:
+                previous.stream.end(at_last_chunk=True)  # "up to the next send"
+            self._last_request = request
+            return
+        key = _safe_key(key_of, payload)
+        if key is None:
+            return
+        requests = self._requests
+        old = requests.pop(key, None)
+        if old is not None and old.stream is not None:
+            old.stream.end(at_last_chunk=True)
+        requests[key] = request
+        if len(requests) > _MAX_PENDING_REQUESTS:
+            _, evicted = requests.popitem(last=False)
+            if evicted.stream is not None:
+                evicted.stream.end(at_last_chunk=True)
+
+    def _request_for(self, payload: Any, now: int) -> Optional[_Request]:
+        """Client side: the request an inbound message answers, if it is still streaming."""
+        key_of = self.config.stream_key
+        if key_of is None:
+            request = self._last_request
+        else:
+            key = _safe_key(key_of, payload)
+            request = self._requests.get(key) if key is not None else None
+        if request is None or request.done:
+            return None
+        stream = request.stream
+        if stream is not None and (stream.ended or now - stream.stats.last_ns > self._idle_ns):
+            stream.end(at_last_chunk=True)
+            request.done = True
+            return None
+        return request
+
+    def _client_stream_chunk(
+        self,
+        request: _Request,
+        payload: Any,
+        carrier: Optional[dict[str, str]],
+        is_text: bool,
+        size: Optional[int],
+        now: int,
+        ambient: Context,
+    ) -> tuple[Span, Context]:
+        ordinal = next(self._received)
+        stream = request.stream
+        if stream is None:
+            remote, remote_span = self._remote(carrier)
+            # Without the server's context, the reply still belongs to the request.
+            parent, base, links = self._receive_parent(remote, remote_span, ambient, request.ctx)
+            span = self._tracer.start_span(
+                self._receive_name,
+                context=parent,
+                kind=SpanKind.CONSUMER,
+                attributes={
+                    **self._base_attributes,
+                    sc.MESSAGE_TYPE: "text" if is_text else "binary",
+                    sc.MESSAGE_ORDINAL: ordinal,
+                },
+                links=links,
+                start_time=wall_ns(now),
+            )
+            stream = request.stream = self._new_stream(span, request.start_ns, "inbound")
+            request.base = base
+        stream.chunk(size or 0, now)
+        if self.config.stream_end is not None and _safe_predicate(self.config.stream_end, payload):
+            request.done = True
+            self._recv_ends_stream = stream
+        if self.config.chunk_spans:
+            sender = self._remote(carrier)[1]
+            chunk = self._start_chunk_span(
+                self._receive_name, SpanKind.CONSUMER, stream.span, is_text, size, ordinal, sender
+            )
+            return chunk, request.base or ambient
+        return stream.span, request.base or ambient
+
+    # Metrics -----------------------------------------------------------------
+
+    def _metric_attributes(self) -> dict[str, Any]:
+        return {sc.HTTP_ROUTE: self.route, sc.SIDE: self.side}
+
+    def _record_close(self, code: Optional[int], abnormal: bool) -> None:
+        instruments = self._instruments
+        if instruments is None:
+            return
+        self._flush_counts()
+        attributes = self._metric_attributes()
+        if self._opened_ns:
+            instruments.active_connections.add(-1, attributes)
+            closing = {**attributes, sc.CLOSE_CODE: code if code is not None else 1006}
+            instruments.connection_duration.record((time.monotonic_ns() - self._opened_ns) / 1e9, closing)
+            instruments.closes.add(1, closing)
+
+    def _count(self, direction: str, is_text: bool, size: Optional[int]) -> None:
+        """Count a message locally; counters are flushed in batches (an SDK add costs ~5 µs)."""
+        if self._instruments is None:
+            return
+        key = (direction, is_text)
+        counts = self._counts
+        counts[key] = counts.get(key, 0) + 1
+        if size:
+            self._bytes[key] = self._bytes.get(key, 0) + size
+        self._unflushed += 1
+        if self._unflushed >= _FLUSH_EVERY:
+            self._flush_counts()
+
+    def _flush_counts(self) -> None:
+        instruments = self._instruments
+        self._unflushed = 0
+        if instruments is None:
+            return
+        for (direction, is_text), count in self._counts.items():
+            attributes = {
+                sc.HTTP_ROUTE: self.route,
+                sc.MESSAGE_DIRECTION: direction,
+                sc.MESSAGE_TYPE: "text" if is_text else "binary",
+            }
+            instruments.messages.add(count, attributes)
+            size = self._bytes.get((direction, is_text), 0)
+            if size:
+                instruments.message_bytes.add(size, attributes)
+        self._counts.clear()
+        self._bytes.clear()
 
     # Close -------------------------------------------------------------------
 
@@ -575,8 +893,15 @@ class ConnectionTracer:
                     open_recv.set_status(Status(StatusCode.ERROR, message))
                 open_recv.end()
             self._recv_span = None  # the token stays: only the owning context may detach it
+            self._recv_ends_stream = None
+            # Streams still open end here; an abnormal close fails them, with their partial metrics.
+            for stream in self._streams:
+                if not stream.ended:
+                    stream.end(f"close {code}" if abnormal else None, at_last_chunk=not abnormal)
+            self._streams.clear()
             if not self._recording:
                 return
+            self._record_close(code, abnormal)
             attributes: dict[str, Any] = dict(self._base_attributes)
             attributes[sc.CLOSE_INITIATOR] = initiator or "none"
             if code is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import logging
 from dataclasses import fields
-from typing import Any, Callable, Collection
+from typing import Any, Callable, Collection, Optional
 
 import wrapt
 from opentelemetry import trace
@@ -14,6 +14,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled, unwrap
 
 from wstrace.config import Config
+from wstrace.metrics import Instruments
 from wstrace.version import __version__
 
 
@@ -27,11 +28,12 @@ _log = logging.getLogger(__name__)
 class Settings:
     """The tracer and options an adapter's wrappers read, fixed at ``instrument()``."""
 
-    __slots__ = ("config", "tracer")
+    __slots__ = ("config", "instruments", "tracer")
 
-    def __init__(self, tracer: trace.Tracer, config: Config) -> None:
+    def __init__(self, tracer: trace.Tracer, config: Config, instruments: Optional[Instruments] = None) -> None:
         self.tracer = tracer
         self.config = config
+        self.instruments = instruments
 
 
 class WstraceInstrumentor(BaseInstrumentor):  # type: ignore[misc]
@@ -77,7 +79,7 @@ class WstraceInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             tracer_provider=kwargs.get("tracer_provider"),
             schema_url="https://opentelemetry.io/schemas/1.26.0",
         )
-        self._patch(Settings(tracer, config))
+        self._patch(Settings(tracer, config, Instruments(kwargs.get("meter_provider"))))
 
     def _uninstrument(self, **kwargs: Any) -> None:
         while self._patched:

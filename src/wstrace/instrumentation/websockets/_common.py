@@ -28,7 +28,14 @@ def new_client_tracer(settings: Settings, connection: Any) -> ConnectionTracer:
     scheme = "wss" if uri.secure else "ws"
     url = f"{scheme}://{uri.host}:{uri.port}{uri.path or '/'}"
     return ConnectionTracer.client(
-        settings.tracer, settings.config, url=url, scheme=scheme, host=uri.host, port=uri.port, path=uri.path or "/"
+        settings.tracer,
+        settings.config,
+        url=url,
+        scheme=scheme,
+        host=uri.host,
+        port=uri.port,
+        path=uri.path or "/",
+        instruments=settings.instruments,
     )
 
 
@@ -66,6 +73,7 @@ def new_server_tracer(settings: Settings, connection: Any, request: Any) -> Conn
         server_port=server[1],
         client_address=client[0],
         client_port=client[1],
+        instruments=settings.instruments,
     )
     tokens = [p for p in offered if p.startswith(SUBPROTOCOL_PREFIX)]
     if tokens:

@@ -1,0 +1,332 @@
+"""Stream metrics: a request answered by many chunks, measured without a span per chunk.
+
+A stream starts at its *request* (the inbound message a server answers, the
+message a client sent, or the call of an explicit :func:`stream`) and is fed
+each chunk. It records time to first chunk, time to last chunk, chunk count,
+bytes, the interval between chunks (mean, max, p50, p95) and stalls (gaps over
+a threshold, as span events), onto its span and into histograms.
+
+:func:`stream` is the explicit API; the adapters make streams automatically
+(see ``docs/streams.md``).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import weakref
+from array import array
+from types import TracebackType
+from typing import Any, Optional
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.metrics import MeterProvider
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+from wstrace.exceptions import WstraceError
+from wstrace.metrics import Instruments
+from wstrace.version import __version__
+
+
+__all__ = ["Stream", "StreamStats", "stream"]
+
+MAX_INTERVALS = 65536
+"""Intervals kept per stream for percentiles; beyond it a uniform sample is kept."""
+
+MAX_STALL_EVENTS = 32
+"""Stall events recorded on one span; further stalls are only counted."""
+
+_NS = 1e-9
+
+
+class StreamStats:
+    """Timing and size of one stream's chunks. Pure bookkeeping, no telemetry."""
+
+    __slots__ = ("count", "first_ns", "intervals", "last_ns", "max_gap_ns", "size", "stall_ns", "stalls", "start_ns")
+
+    def __init__(self, start_ns: int, stall_threshold: float) -> None:
+        self.start_ns = start_ns
+        self.first_ns = 0
+        self.last_ns = 0
+        self.count = 0
+        self.size = 0
+        self.max_gap_ns = 0
+        self.stall_ns = int(stall_threshold * 1e9) if stall_threshold > 0 else 0
+        self.stalls = 0
+        self.intervals = array("q")
+
+    def add(self, size: int, now_ns: int) -> int:
+        """Count a chunk; returns the gap before it in ns if that gap was a stall, else 0."""
+        self.count += 1
+        self.size += size
+        if self.count == 1:
+            self.first_ns = self.last_ns = now_ns
+            return 0
+        gap = now_ns - self.last_ns
+        self.last_ns = now_ns
+        if gap > self.max_gap_ns:
+            self.max_gap_ns = gap
+        intervals = self.intervals
+        if len(intervals) < MAX_INTERVALS:
+            intervals.append(gap)
+        else:
+            # Reservoir sampling keeps percentiles honest for very long streams.
+            slot = random.randrange(self.count - 1)
+            if slot < MAX_INTERVALS:
+                intervals[slot] = gap
+        if self.stall_ns and gap > self.stall_ns:
+            self.stalls += 1
+            return gap
+        return 0
+
+    @property
+    def time_to_first_chunk(self) -> Optional[float]:
+        return (self.first_ns - self.start_ns) * _NS if self.count else None
+
+    @property
+    def time_to_last_chunk(self) -> Optional[float]:
+        return (self.last_ns - self.start_ns) * _NS if self.count else None
+
+    @property
+    def mean_interval(self) -> Optional[float]:
+        return (self.last_ns - self.first_ns) * _NS / (self.count - 1) if self.count > 1 else None
+
+    def percentile(self, q: float) -> Optional[float]:
+        """Nearest-rank percentile of the intervals, in seconds."""
+        if not self.intervals:
+            return None
+        ordered = sorted(self.intervals)
+        rank = max(0, min(len(ordered) - 1, int(q * len(ordered) + 0.999999) - 1))
+        return ordered[rank] * _NS
+
+    def attributes(self) -> dict[str, Any]:
+        """Span attributes summarising the stream (``wstrace.stream.*``)."""
+        result: dict[str, Any] = {"wstrace.stream.chunk_count": self.count, "wstrace.stream.size": self.size}
+        if self.count:
+            result["wstrace.stream.time_to_first_chunk"] = self.time_to_first_chunk
+            result["wstrace.stream.time_to_last_chunk"] = self.time_to_last_chunk
+        if self.count > 1:
+            result["wstrace.stream.chunk_interval.mean"] = self.mean_interval
+            result["wstrace.stream.chunk_interval.max"] = self.max_gap_ns * _NS
+            result["wstrace.stream.chunk_interval.p50"] = self.percentile(0.50)
+            result["wstrace.stream.chunk_interval.p95"] = self.percentile(0.95)
+        result["wstrace.stream.stalls"] = self.stalls
+        return result
+
+
+class Stream:
+    """A stream bound to a span: feed it chunks, then end it once.
+
+    Ending records the summary on the span, ends the span at the last chunk
+    (or now, if it had none), and records the histograms.
+    """
+
+    __slots__ = ("_body_size", "_genai", "_instruments", "_metric_attributes", "_owns_span", "ended", "span", "stats")
+
+    def __init__(
+        self,
+        span: Span,
+        stats: StreamStats,
+        *,
+        instruments: Optional[Instruments] = None,
+        metric_attributes: Optional[dict[str, Any]] = None,
+        gen_ai_operation: Optional[str] = None,
+        owns_span: bool = True,
+        body_size: bool = False,
+    ) -> None:
+        self.span = span
+        self.stats = stats
+        self.ended = False
+        self._instruments = instruments
+        self._metric_attributes = metric_attributes or {}
+        self._genai = gen_ai_operation
+        self._owns_span = owns_span
+        self._body_size = body_size
+
+    def chunk(self, size: int = 0, now_ns: Optional[int] = None) -> None:
+        """Count one chunk of ``size`` bytes, arriving or sent now."""
+        if self.ended:
+            return
+        now = time.monotonic_ns() if now_ns is None else now_ns
+        gap = self.stats.add(size, now)
+        if gap and self.stats.stalls <= MAX_STALL_EVENTS and self.span.is_recording():
+            self.span.add_event(
+                "wstrace.stream.stall",
+                {"wstrace.stream.stall.duration": gap * _NS, "wstrace.stream.chunk.index": self.stats.count},
+            )
+
+    def end(self, error: Optional[BaseException | str] = None, *, at_last_chunk: bool = False) -> None:
+        """End the stream; idempotent. ``error`` marks it failed (partial metrics are kept)."""
+        if self.ended:
+            return
+        self.ended = True
+        stats = self.stats
+        span = self.span
+        if span.is_recording():
+            span.set_attributes(self._span_attributes())
+            if error is not None:
+                if isinstance(error, BaseException):
+                    span.record_exception(error)
+                span.set_attribute(
+                    "error.type", type(error).__qualname__ if isinstance(error, BaseException) else error
+                )
+                span.set_status(Status(StatusCode.ERROR, str(error)))
+        if self._owns_span:
+            if at_last_chunk and stats.count:
+                span.end(end_time=wall_ns(stats.last_ns))
+            else:
+                span.end()
+        self._record(error)
+
+    def _span_attributes(self) -> dict[str, Any]:
+        attributes = self.stats.attributes()
+        if self._body_size:
+            # A stream of WebSocket messages: its body is all of their payloads.
+            attributes["messaging.message.body.size"] = self.stats.size
+        if self._genai is not None:
+            attributes["gen_ai.request.stream"] = True
+            if self.stats.count:
+                attributes["gen_ai.response.time_to_first_chunk"] = self.stats.time_to_first_chunk
+        return attributes
+
+    def _record(self, error: Optional[BaseException | str]) -> None:
+        instruments = self._instruments
+        stats = self.stats
+        if instruments is None or not stats.count:
+            return
+        attributes = self._metric_attributes
+        if error is not None:
+            attributes = {
+                **attributes,
+                "error.type": type(error).__qualname__ if isinstance(error, BaseException) else error,
+            }
+        instruments.stream_ttfc.record(stats.time_to_first_chunk or 0.0, attributes)
+        instruments.stream_ttlc.record(stats.time_to_last_chunk or 0.0, attributes)
+        instruments.stream_chunks.record(stats.count, attributes)
+        instruments.stream_size.record(stats.size, attributes)
+        if stats.count > 1:
+            instruments.stream_interval.record(stats.mean_interval or 0.0, attributes)
+        if stats.stalls:
+            instruments.stream_stalls.add(stats.stalls, attributes)
+        if self._genai is not None:
+            genai = {"gen_ai.operation.name": self._genai}
+            if error is not None:
+                genai["error.type"] = str(attributes["error.type"])
+            instruments.genai_ttfc.record(stats.time_to_first_chunk or 0.0, genai)
+            instruments.genai_duration.record(stats.time_to_last_chunk or 0.0, genai)
+            for gap in stats.intervals:
+                instruments.genai_tpoc.record(gap * _NS, genai)
+
+
+# The wall clock and the monotonic clock differ by a constant for a process's
+# lifetime (barring clock steps); spans need wall-clock ends.
+_OFFSET_NS = time.time_ns() - time.monotonic_ns()
+
+
+def wall_ns(monotonic_ns: int) -> int:
+    """The wall-clock time (as spans use) of a ``time.monotonic_ns()`` reading."""
+    return monotonic_ns + _OFFSET_NS
+
+
+class _ExplicitStream:
+    """What :func:`stream` returns: a context manager around a :class:`Stream`."""
+
+    __slots__ = ("_stream",)
+
+    def __init__(self, stream: Stream) -> None:
+        self._stream = stream
+
+    @property
+    def span(self) -> Span:
+        """The stream's span, to add attributes or parent work on."""
+        return self._stream.span
+
+    @property
+    def stats(self) -> StreamStats:
+        return self._stream.stats
+
+    def chunk(self, size: int = 0) -> None:
+        """Count one chunk of ``size`` bytes; cheap enough to call for every token or audio frame."""
+        self._stream.chunk(size)
+
+    def end(self, error: Optional[BaseException | str] = None) -> None:
+        """End the stream now (also done on leaving the ``with`` block)."""
+        self._stream.end(error)
+
+    def __enter__(self) -> _ExplicitStream:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stream.end(exc)
+
+
+def stream(
+    name: str,
+    *,
+    tracer_provider: Optional[trace.TracerProvider] = None,
+    meter_provider: Optional[MeterProvider] = None,
+    context: Optional[Context] = None,
+    gen_ai_operation: Optional[str] = None,
+    stall_threshold: float = 1.0,
+    attributes: Optional[dict[str, Any]] = None,
+    metric_attributes: Optional[dict[str, Any]] = None,
+) -> _ExplicitStream:
+    """Start an explicit stream now: its span starts, and the clock for time to first chunk.
+
+    Use it as a context manager, or call ``end()``::
+
+        with wstrace.stream("chat gpt-4o", gen_ai_operation="chat") as s:
+            async for token in llm.stream(prompt):
+                s.chunk(len(token))
+
+    ``gen_ai_operation`` (``chat``, ``speech_to_text``, ``text_to_speech``…)
+    also records the GenAI client metrics and ``gen_ai.response.time_to_first_chunk``.
+    The span is a child of ``context`` (default: the current context).
+    """
+    if not isinstance(name, str) or not name:
+        raise WstraceError("a stream needs a non-empty name")
+    if stall_threshold < 0:
+        raise WstraceError("stall_threshold must be >= 0 seconds")
+    tracer = trace.get_tracer("wstrace", __version__, tracer_provider)
+    span_attributes = dict(attributes or {})
+    if gen_ai_operation is not None:
+        span_attributes.setdefault("gen_ai.operation.name", gen_ai_operation)
+    span = tracer.start_span(
+        name,
+        context=context,
+        kind=SpanKind.CLIENT if gen_ai_operation else SpanKind.INTERNAL,
+        attributes=span_attributes,
+    )
+    instruments = _instruments_for(meter_provider)
+    meter_attributes = dict(metric_attributes or {})
+    if gen_ai_operation is not None:
+        meter_attributes.setdefault("gen_ai.operation.name", gen_ai_operation)
+    return _ExplicitStream(
+        Stream(
+            span,
+            StreamStats(time.monotonic_ns(), stall_threshold),
+            instruments=instruments,
+            metric_attributes=meter_attributes,
+            gen_ai_operation=gen_ai_operation,
+        )
+    )
+
+
+_INSTRUMENTS: weakref.WeakKeyDictionary[MeterProvider, Instruments] = weakref.WeakKeyDictionary()
+_GLOBAL_INSTRUMENTS: list[Instruments] = []
+
+
+def _instruments_for(meter_provider: Optional[MeterProvider]) -> Instruments:
+    """One set of instruments per meter provider (creating them costs more than a stream)."""
+    if meter_provider is None:
+        # A meter from the global provider follows it even when it is set later.
+        if not _GLOBAL_INSTRUMENTS:
+            _GLOBAL_INSTRUMENTS.append(Instruments(None))
+        return _GLOBAL_INSTRUMENTS[0]
+    found = _INSTRUMENTS.get(meter_provider)
+    if found is None:
+        found = _INSTRUMENTS[meter_provider] = Instruments(meter_provider)
+    return found

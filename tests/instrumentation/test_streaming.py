@@ -1,0 +1,335 @@
+"""Automatic reply streams and connection metrics, over real websockets connections.
+
+Timings are checked against brackets the test measures itself: a chunk
+recorded inside ``send`` lies between the clock readings just before and just
+after that call, so each recorded figure must fall inside the bracket, widened
+only by the monotonic clock's resolution.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
+from opentelemetry.trace import SpanKind, StatusCode
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection, serve
+
+from tests.conftest import Telemetry
+from tests.instrumentation.contract import parent_id, span_id
+from wstrace.instrumentation.websockets import WebsocketsInstrumentor
+from wstrace.metrics import DURATION_BUCKETS, INTERVAL_BUCKETS
+
+
+RESOLUTION = time.get_clock_info("monotonic").resolution
+EPS = 2 * RESOLUTION + 1e-6  # two clock readings, plus float rounding of ns → s
+
+
+@pytest.fixture
+def meter() -> InMemoryMetricReader:
+    return InMemoryMetricReader()
+
+
+@pytest.fixture
+def instrument(telemetry: Telemetry, meter: InMemoryMetricReader) -> Iterator[Callable[..., None]]:
+    instrumentor = WebsocketsInstrumentor()
+
+    def do(**options: Any) -> None:
+        instrumentor.instrument(
+            tracer_provider=telemetry.provider, meter_provider=MeterProvider(metric_readers=[meter]), **options
+        )
+
+    yield do
+    instrumentor.uninstrument()
+
+
+def within(value: float, low: float, high: float) -> bool:
+    return low - EPS <= value <= high + EPS
+
+
+def metric_points(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
+    data = reader.get_metrics_data()
+    found: dict[str, list[Any]] = {}
+    for resource in data.resource_metrics if data else ():
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                found.setdefault(metric.name, []).extend((metric.unit, p) for p in metric.data.data_points)
+    return found
+
+
+GAPS = [0.03, 0.01, 0.02, 0.12, 0.01]  # seconds between chunks; one stall over 0.1 s
+
+
+def test_stream_timings_match_measured_brackets(
+    telemetry: Telemetry, instrument: Callable[..., None], meter: InMemoryMetricReader
+) -> None:
+    """TTFC, TTLC, count, bytes and interval statistics of a server reply stream match the real timings."""
+    instrument(stall_threshold=0.1)
+    brackets: list[tuple[int, int]] = []  # (before, after) each send, monotonic ns
+    got_request: list[int] = []
+    sizes = [10, 200, 3000, 5, 70, 1]
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.recv()
+        got_request.append(time.monotonic_ns())
+        await asyncio.sleep(0.05)
+        for n, size in enumerate(sizes):
+            if n:
+                await asyncio.sleep(GAPS[n - 1])
+            before = time.monotonic_ns()
+            await ws.send(b"x" * size)
+            brackets.append((before, time.monotonic_ns()))
+        await ws.wait_closed()
+
+    client_marks: dict[str, Any] = {}
+
+    async def scenario() -> None:
+        async with serve(handler, "127.0.0.1", 0) as srv:
+            async with connect(f"ws://127.0.0.1:{srv.sockets[0].getsockname()[1]}/stream") as ws:
+                client_marks["send_before"] = time.monotonic_ns()
+                await ws.send("go")
+                client_marks["send_after"] = time.monotonic_ns()
+                arrivals = []
+                for _ in sizes:
+                    await ws.recv()
+                    arrivals.append(time.monotonic_ns())
+                client_marks["arrivals"] = arrivals
+            await asyncio.sleep(0.05)
+
+    asyncio.run(scenario())
+    server_stream = next(s for s in telemetry.named("send /stream") if s.attributes.get("wstrace.stream.chunk_count"))
+    attributes = server_stream.attributes
+    assert attributes["wstrace.stream.chunk_count"] == len(sizes)
+    assert attributes["wstrace.stream.size"] == sum(sizes)
+    assert attributes["messaging.message.body.size"] == sum(sizes)
+    ns = 1e-9
+    start_low, start_high = client_marks["send_before"], got_request[0]  # the request arrived in between
+    first, last = brackets[0], brackets[-1]
+    assert within(
+        attributes["wstrace.stream.time_to_first_chunk"], (first[0] - start_high) * ns, (first[1] - start_low) * ns
+    )
+    assert within(
+        attributes["wstrace.stream.time_to_last_chunk"], (last[0] - start_high) * ns, (last[1] - start_low) * ns
+    )
+    gaps = [((b[0] - a[1]) * ns, (b[1] - a[0]) * ns) for a, b in itertools.pairwise(brackets)]
+    lows, highs = sorted(g[0] for g in gaps), sorted(g[1] for g in gaps)
+    assert within(attributes["wstrace.stream.chunk_interval.max"], lows[-1], highs[-1])
+    assert within(attributes["wstrace.stream.chunk_interval.mean"], sum(lows) / len(lows), sum(highs) / len(highs))
+    # Nearest rank over 5 intervals: p50 is the 3rd smallest, p95 the largest.
+    assert within(attributes["wstrace.stream.chunk_interval.p50"], lows[2], highs[2])
+    assert within(attributes["wstrace.stream.chunk_interval.p95"], lows[4], highs[4])
+    # One stall: the 0.12 s gap before the 5th chunk.
+    assert attributes["wstrace.stream.stalls"] == 1
+    (stall,) = [e for e in server_stream.events if e.name == "wstrace.stream.stall"]
+    assert stall.attributes["wstrace.stream.chunk.index"] == 5
+    assert within(stall.attributes["wstrace.stream.stall.duration"], *gaps[3])
+    # The client's reply stream is timed from its own request.
+    client_stream = next(s for s in telemetry.named("receive /stream") if parent_id(s) == span_id(server_stream))
+    c = client_stream.attributes
+    assert c["wstrace.stream.chunk_count"] == len(sizes)
+    arrivals = client_marks["arrivals"]
+    assert within(
+        c["wstrace.stream.time_to_first_chunk"],
+        (first[0] - client_marks["send_after"]) * ns,
+        (arrivals[0] - client_marks["send_before"]) * ns,
+    )
+    assert within(
+        c["wstrace.stream.time_to_last_chunk"],
+        (last[0] - client_marks["send_after"]) * ns,
+        (arrivals[-1] - client_marks["send_before"]) * ns,
+    )
+    # Span ends at the last chunk, and no chunk has a span of its own.
+    assert server_stream.end_time >= server_stream.start_time
+    assert len(telemetry.named("send /stream")) == 2  # the client's request and the server's stream
+
+    points = metric_points(meter)
+    for name, buckets in (
+        ("wstrace.stream.time_to_first_chunk", DURATION_BUCKETS),
+        ("wstrace.stream.time_to_last_chunk", DURATION_BUCKETS),
+        ("wstrace.stream.chunk_interval", INTERVAL_BUCKETS),
+    ):
+        unit, point = next((u, p) for u, p in points[name] if p.attributes["wstrace.stream.direction"] == "outbound")
+        assert unit == "s"
+        assert isinstance(point, HistogramDataPoint)
+        assert tuple(point.explicit_bounds) == buckets
+        assert point.count == 1
+    ttfc = next(
+        p
+        for _, p in points["wstrace.stream.time_to_first_chunk"]
+        if p.attributes["wstrace.stream.direction"] == "outbound"
+    )
+    assert ttfc.sum == pytest.approx(attributes["wstrace.stream.time_to_first_chunk"])
+    chunks = next(
+        p for u, p in points["wstrace.stream.chunks"] if p.attributes["wstrace.stream.direction"] == "inbound"
+    )
+    assert chunks.sum == len(sizes)
+    assert next(u for u, _ in points["wstrace.stream.size"]) == "By"
+
+
+def test_interleaved_streams_paired_by_key(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """Two requests in flight on one connection: replies pair with their request through stream_key."""
+    instrument(stream_key=lambda payload: json.loads(payload)["id"], stream_end=lambda p: json.loads(p).get("done"))
+
+    async def reply(ws: ServerConnection, request: dict[str, Any]) -> None:
+        for n in range(request["chunks"]):
+            await asyncio.sleep(0.005)
+            await ws.send(json.dumps({"id": request["id"], "n": n}))
+        await ws.send(json.dumps({"id": request["id"], "done": True}))
+
+    async def handler(ws: ServerConnection) -> None:
+        tasks = [asyncio.create_task(reply(ws, json.loads(message))) async for message in _take(ws, 2)]
+        await asyncio.gather(*tasks)
+        await ws.wait_closed()
+
+    async def scenario() -> dict[int, int]:
+        counts = {1: 0, 2: 0}
+        async with serve(handler, "127.0.0.1", 0) as srv:
+            async with connect(f"ws://127.0.0.1:{srv.sockets[0].getsockname()[1]}/multi") as ws:
+                await ws.send(json.dumps({"id": 1, "chunks": 6}))
+                await ws.send(json.dumps({"id": 2, "chunks": 3}))
+                done = 0
+                while done < 2:
+                    message = json.loads(await ws.recv())
+                    counts[message["id"]] += 1
+                    done += bool(message.get("done"))
+            await asyncio.sleep(0.05)
+        return counts
+
+    assert asyncio.run(scenario()) == {1: 7, 2: 4}
+    streams = [s for s in telemetry.spans if "wstrace.stream.chunk_count" in (s.attributes or {})]
+    server = {s.attributes["wstrace.stream.chunk_count"]: s for s in streams if s.kind is SpanKind.PRODUCER}
+    client = {s.attributes["wstrace.stream.chunk_count"]: s for s in streams if s.kind is SpanKind.CONSUMER}
+    assert set(server) == set(client) == {7, 4}
+    server_receives = {
+        s.attributes["websocket.message.ordinal"]: s
+        for s in telemetry.named("receive /multi")
+        if "wstrace.stream.chunk_count" not in s.attributes
+    }
+    # Request 1 (7 chunks with its end marker) was the first message the server handled.
+    assert parent_id(server[7]) == span_id(server_receives[1])
+    assert parent_id(server[4]) == span_id(server_receives[2])
+    for count in (7, 4):
+        assert parent_id(client[count]) == span_id(server[count]), "each client stream continues its own reply"
+        assert server[count].status.status_code is StatusCode.UNSET
+
+
+async def _take(ws: ServerConnection, count: int) -> Any:
+    for _ in range(count):
+        yield await ws.recv()
+
+
+def test_abnormal_close_fails_the_stream_with_partial_metrics(
+    telemetry: Telemetry, instrument: Callable[..., None], meter: InMemoryMetricReader
+) -> None:
+    """A client that vanishes mid-stream leaves the server's stream ended, in error, with what was sent."""
+    instrument()
+    sent = asyncio.Event()
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.recv()
+        try:
+            for n in range(1000):
+                await ws.send(f"chunk {n}")
+                if n == 2:
+                    sent.set()
+                await asyncio.sleep(0.01)
+        except Exception:
+            pass
+
+    async def scenario() -> None:
+        async with serve(handler, "127.0.0.1", 0) as srv:
+            ws = await connect(f"ws://127.0.0.1:{srv.sockets[0].getsockname()[1]}/drop")
+            await ws.send("go")
+            await sent.wait()
+            ws.transport.abort()
+            await asyncio.sleep(0.1)
+
+    asyncio.run(scenario())
+    stream = next(s for s in telemetry.named("send /drop") if "wstrace.stream.chunk_count" in s.attributes)
+    assert stream.status.status_code is StatusCode.ERROR
+    assert 3 <= stream.attributes["wstrace.stream.chunk_count"] < 1000
+    assert telemetry.open_spans.names() == []
+    points = metric_points(meter)
+    (_, chunks) = next(
+        (u, p) for u, p in points["wstrace.stream.chunks"] if p.attributes["wstrace.stream.direction"] == "outbound"
+    )
+    assert "error.type" in chunks.attributes
+    assert chunks.sum == stream.attributes["wstrace.stream.chunk_count"]
+
+
+def test_connection_metrics(telemetry: Telemetry, instrument: Callable[..., None], meter: InMemoryMetricReader) -> None:
+    """Active connections, handshake and connection durations, message counts and close codes are recorded."""
+    instrument()
+
+    async def handler(ws: ServerConnection) -> None:
+        async for message in ws:
+            await ws.send(message)
+
+    async def scenario() -> None:
+        async with serve(handler, "127.0.0.1", 0) as srv:
+            async with connect(f"ws://127.0.0.1:{srv.sockets[0].getsockname()[1]}/m") as ws:
+                for payload in ("a", b"bb", "ccc"):
+                    await ws.send(payload)
+                    await ws.recv()
+                during = metric_points(meter)["wstrace.connection.active"]
+                assert sum(p.value for _, p in during) == 2  # both ends are open
+            await asyncio.sleep(0.05)
+
+    asyncio.run(scenario())
+    points = metric_points(meter)
+    assert sum(p.value for _, p in points["wstrace.connection.active"]) == 0
+    durations = points["wstrace.connection.duration"]
+    assert {p.attributes["websocket.side"] for _, p in durations} == {"client", "server"}
+    assert all(u == "s" and p.attributes["websocket.close.code"] == 1000 for u, p in durations)
+    assert sum(p.count for _, p in points["wstrace.handshake.duration"]) == 2
+
+    def total(name: str, direction: str, kind: str | None = None) -> int:
+        return sum(
+            p.value
+            for _, p in points[name]
+            if p.attributes["websocket.message.direction"] == direction
+            and kind in (None, p.attributes["websocket.message.type"])
+        )
+
+    assert total("wstrace.message.count", "sent", "text") == 4  # 2 requests and their 2 echoes
+    assert total("wstrace.message.count", "received", "binary") == 2
+    assert total("wstrace.message.size", "received") == 2 * (1 + 2 + 3)  # each end receives each payload once
+    assert total("wstrace.message.size", "sent") == 2 * (1 + 2 + 3)
+    for name, series in points.items():
+        for _, point in series:
+            assert "websocket.session.id" not in point.attributes, f"{name} carries a session id"
+
+
+def test_chunk_spans_option(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """chunk_spans=True adds a span per chunk under the stream span, and the client continues each chunk."""
+    instrument(chunk_spans=True)
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.recv()
+        for n in range(3):
+            await ws.send(f"c{n}")
+        await ws.wait_closed()
+
+    async def scenario() -> None:
+        async with serve(handler, "127.0.0.1", 0) as srv:
+            async with connect(f"ws://127.0.0.1:{srv.sockets[0].getsockname()[1]}/c") as ws:
+                await ws.send("go")
+                for _ in range(3):
+                    await ws.recv()
+            await asyncio.sleep(0.05)
+
+    asyncio.run(scenario())
+    stream = next(s for s in telemetry.named("send /c") if s.attributes.get("wstrace.stream.chunk_count") == 3)
+    chunks = [s for s in telemetry.named("send /c") if parent_id(s) == span_id(stream)]
+    assert [c.attributes["websocket.message.ordinal"] for c in chunks] == [1, 2, 3]
+    client_stream = next(s for s in telemetry.named("receive /c") if s.attributes.get("wstrace.stream.chunk_count"))
+    assert parent_id(client_stream) == span_id(chunks[0]), "the client stream continues the first chunk"
+    client_chunks = [s for s in telemetry.named("receive /c") if parent_id(s) == span_id(client_stream)]
+    assert [[link.context.span_id for link in c.links] for c in client_chunks] == [[span_id(c)] for c in chunks]
