@@ -41,6 +41,7 @@ __all__ = [
     "DEFAULT_MAX_HEADER_BYTES",
     "TEXT_MAGIC",
     "Decoded",
+    "binary_prefix",
     "decode",
     "decode_json_field",
     "encode",
@@ -48,6 +49,7 @@ __all__ = [
     "encode_json_field",
     "encode_text",
     "parse",
+    "text_prefix",
 ]
 
 Payload = Union[str, bytes]
@@ -143,15 +145,26 @@ def _parse_header(header: str) -> dict[str, str]:
     return carrier
 
 
+def text_prefix(carrier: Mapping[str, str] | None, *, max_header: int = DEFAULT_MAX_HEADER_BYTES) -> str:
+    """Everything a text envelope puts before the payload; for senders that reuse one carrier."""
+    return f"{TEXT_MAGIC}{_header(carrier, max_header)}{_SEP}"
+
+
+def binary_prefix(carrier: Mapping[str, str] | None, *, max_header: int = DEFAULT_MAX_HEADER_BYTES) -> bytes:
+    """Everything a binary envelope puts before the payload; for senders that reuse one carrier."""
+    raw = _header(carrier, max_header).encode("ascii")
+    return b"".join((BINARY_MAGIC, len(raw).to_bytes(2, "big"), raw))
+
+
 def encode_text(
     payload: Payload, carrier: Mapping[str, str] | None, *, max_header: int = DEFAULT_MAX_HEADER_BYTES
 ) -> Payload:
     """Wrap a text-frame payload; the result has the payload's type (``str`` or UTF-8 ``bytes``)."""
-    header = _header(carrier, max_header)
+    prefix = text_prefix(carrier, max_header=max_header)
     if isinstance(payload, str):
-        return f"{TEXT_MAGIC}{header}{_SEP}{payload}"
+        return prefix + payload
     if isinstance(payload, (bytes, bytearray, memoryview)):
-        return b"".join((_TEXT_MAGIC_B, header.encode("ascii"), _SEP_B, payload))
+        return b"".join((prefix.encode("ascii"), payload))
     raise EnvelopeEncodeError(f"cannot encode a {type(payload).__name__} payload")
 
 
@@ -164,8 +177,7 @@ def encode_binary(
     """Wrap a binary-frame payload."""
     if not isinstance(payload, (bytes, bytearray, memoryview)):
         raise EnvelopeEncodeError(f"cannot encode a {type(payload).__name__} payload as binary")
-    raw = _header(carrier, max_header).encode("ascii")
-    return b"".join((BINARY_MAGIC, len(raw).to_bytes(2, "big"), raw, payload))
+    return b"".join((binary_prefix(carrier, max_header=max_header), payload))
 
 
 def encode(

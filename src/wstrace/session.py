@@ -55,6 +55,8 @@ _warned: set[str] = set()
 
 # Context key under which a message being handled offers itself as the owner of replies.
 _OWNER = otel_context.create_key("wstrace-inbound")
+# The key suppress_instrumentation() sets; read from the same context lookup as _OWNER.
+_SUPPRESS = otel_context._SUPPRESS_INSTRUMENTATION_KEY
 _OUT = "sent"
 _IN = "received"
 _FLUSH_EVERY = 1000
@@ -92,14 +94,15 @@ class _SendHandle:
 class _Inbound:
     """A message being handled on the server: the owner of the reply stream sent while it is current."""
 
-    __slots__ = ("carrier", "ctx", "start_ns", "stream", "tracer")
+    __slots__ = ("ctx", "prefixes", "start_ns", "stream", "tracer")
 
     def __init__(self, tracer: ConnectionTracer, ctx: Context, start_ns: int) -> None:
         self.tracer = tracer
         self.ctx = ctx
         self.start_ns = start_ns
         self.stream: Optional[Stream] = None
-        self.carrier: Optional[dict[str, str]] = None
+        self.prefixes: Optional[tuple[str, bytes]] = None
+        """The stream's envelope prefixes (text, binary), encoded once."""
 
 
 class _Request:
@@ -113,6 +116,10 @@ class _Request:
         self.stream: Optional[Stream] = None
         self.base: Optional[Context] = None
         self.done = False
+
+
+NOTHING_TO_END = _SendHandle(None)
+"""The handle of a send that needs no ``send_end`` (a stream chunk, or nothing recorded)."""
 
 
 def _safe_predicate(predicate: Callable[[Any], bool], payload: Any) -> bool:
@@ -477,27 +484,33 @@ class ConnectionTracer:
         ``payload`` is what the application passed; it is returned unchanged
         unless the envelope is in force. ``text`` is the frame type when the
         library lets the caller choose it (default: ``str`` means text).
-        ``record=False`` (instrumentation suppressed) still applies the envelope.
+        ``record=False``, like ``suppress_instrumentation()``, still applies the envelope.
+        When the returned handle is :data:`NOTHING_TO_END`, ``send_end`` may be skipped.
         """
         is_text = isinstance(payload, str) if text is None else text
-        handle = _SendHandle(None)
+        handle = NOTHING_TO_END
         try:
             carrier: Optional[dict[str, str]] = None
-            if record and self._recording and self.config.message_spans and not self._closed:
-                size = _size(payload)
-                self._count(_OUT, is_text, size)
-                owner = otel_context.get_value(_OWNER) if self._server_streams else None
-                if isinstance(owner, _Inbound) and owner.tracer is self:
-                    carrier = self._stream_chunk(owner, handle, payload, is_text, size)
-                else:
-                    handle.span = self._start_send(is_text, size, otel_context.get_current())
-                    if self.side == "client" and self._client_streams:
-                        self._track_request(handle.span, payload)
-                if handle.span is not None and self.envelope is not None:
-                    carrier = propagation.inject(trace.set_span_in_context(handle.span))
-            elif record and self._recording and self.envelope is not None:
-                # Without message spans the current context still travels.
-                carrier = propagation.inject()
+            if self._recording and not self._closed:
+                current = otel_context.get_current()
+                if not record or current.get(_SUPPRESS):
+                    record = False
+                elif self._server_streams:
+                    owner: Optional[_Inbound] = current.get(_OWNER)  # type: ignore[assignment]
+                    if owner is not None and owner.tracer is self:
+                        # Hot path: a chunk of a reply stream, with no span of its own.
+                        return self._stream_chunk(owner, payload, is_text)
+                if record and self.config.message_spans:
+                    size = _size(payload)
+                    self._count(_OUT, is_text, size)
+                    handle = _SendHandle(self._start_send(is_text, size, current))
+                    if self._client_streams:
+                        self._track_request(handle.span, payload)  # type: ignore[arg-type]
+                    if self.envelope is not None:
+                        carrier = propagation.inject(trace.set_span_in_context(handle.span))  # type: ignore[arg-type]
+                elif record and self.envelope is not None:
+                    # Without message spans the current context still travels.
+                    carrier = propagation.inject(current)
             if self.envelope is not None and isinstance(payload, (str, bytes, bytearray, memoryview)):
                 payload = self._wrap(payload, is_text, carrier)
         except Exception as exc:
@@ -524,32 +537,57 @@ class ConnectionTracer:
             self._send_name, context=parent, kind=SpanKind.PRODUCER, attributes=attributes, links=links
         )
 
-    def _stream_chunk(
-        self, owner: _Inbound, handle: _SendHandle, payload: Any, is_text: bool, size: Optional[int]
-    ) -> Optional[dict[str, str]]:
+    def _stream_chunk(self, owner: _Inbound, payload: Any, is_text: bool) -> tuple[Any, _SendHandle]:
         """Server side: an outbound message sent while ``owner`` is handled joins its reply stream."""
         now = time.monotonic_ns()
         stream = owner.stream
         if stream is not None and not stream.ended and now - stream.stats.last_ns > self._idle_ns:
             stream.end(at_last_chunk=True)  # an idle gap ends a stream; this chunk starts the next
-            stream = None
+        ordinal = next(self._sent)
         if stream is None or stream.ended:
-            ordinal = next(self._sent)
             span = self._start_stream_span(owner.ctx, is_text, ordinal, now)
-            stream = owner.stream = self._new_stream(span, owner.start_ns, "outbound")
-            stream_carrier = propagation.inject(trace.set_span_in_context(span)) if self.envelope else None
-            owner.carrier = stream_carrier
-        else:
-            ordinal = next(self._sent)
+            stream = owner.stream = self._new_stream(span, owner.start_ns, "outbound", is_text)
+            owner.prefixes = None
+        size = _size(payload)
         stream.chunk(size or 0, now)
-        handle.stream = stream
+        handle = NOTHING_TO_END
         if self.config.stream_end is not None and _safe_predicate(self.config.stream_end, payload):
-            handle.ends_stream = True
+            handle = _SendHandle(None)
+            handle.stream, handle.ends_stream = stream, True
         if self.config.chunk_spans:
             chunk = self._start_chunk_span(self._send_name, SpanKind.PRODUCER, stream.span, is_text, size, ordinal)
+            if handle is NOTHING_TO_END:
+                handle = _SendHandle(None)
             handle.span = chunk
-            return None  # the chunk span's own context travels (set by the caller)
-        return owner.carrier
+            if self.envelope is not None:
+                payload = self._wrap(payload, is_text, propagation.inject(trace.set_span_in_context(chunk)))
+            return payload, handle
+        if self.envelope is not None:
+            payload = self._wrap_in_stream(owner, stream, payload, is_text)
+        return payload, handle
+
+    def _wrap_in_stream(self, owner: _Inbound, stream: Stream, payload: Any, is_text: bool) -> Any:
+        """Envelope a chunk with its stream's context, encoded once per stream."""
+        if self.envelope != "frame" or not isinstance(payload, (str, bytes, bytearray, memoryview)):
+            carrier = propagation.inject(trace.set_span_in_context(stream.span))
+            return self._wrap(payload, is_text, carrier) if isinstance(payload, (str, bytes)) else payload
+        prefixes = owner.prefixes
+        if prefixes is None:
+            carrier = propagation.inject(trace.set_span_in_context(stream.span))
+            cap = self.config.max_envelope_bytes
+            try:
+                prefixes = (codec.text_prefix(carrier, max_header=cap), codec.binary_prefix(carrier, max_header=cap))
+            except EnvelopeEncodeError as exc:
+                _warn_once("encoding the envelope (carrier over the cap)", exc)
+                prefixes = (codec.text_prefix(None), codec.binary_prefix(None))
+            owner.prefixes = prefixes
+        if is_text:
+            if isinstance(payload, str):
+                return prefixes[0] + payload
+            return prefixes[0].encode("ascii") + bytes(payload)
+        if isinstance(payload, str):
+            payload = payload.encode("utf-8")
+        return prefixes[1] + bytes(payload)
 
     def _wrap(self, payload: Any, is_text: bool, carrier: Optional[dict[str, str]]) -> Any:
         cap = self.config.max_envelope_bytes
@@ -589,11 +627,14 @@ class ConnectionTracer:
         ending = self._recv_ends_stream
         if span is None and token is None and ending is None:
             return
-        self._recv_span = self._recv_ctx = self._recv_token = self._recv_ends_stream = None
+        self._recv_span = self._recv_ends_stream = None
         try:
             # Detach only if nothing was attached after us: resetting a stale
             # token would roll back whatever the application attached since.
+            # Called from another thread or task, the token is kept for the
+            # owner's own next call.
             if token is not None and otel_context.get_current() is ctx:
+                self._recv_ctx = self._recv_token = None
                 otel_context.detach(token)  # type: ignore[arg-type]
             if span is not None and span.is_recording():
                 span.end()
@@ -602,11 +643,12 @@ class ConnectionTracer:
         except Exception as exc:
             _warn_once("ending a receive span", exc)
 
-    def received(self, wire: Any, *, record: bool = True) -> Any:
+    def received(self, wire: Any, *, text: Optional[bool] = None, record: bool = True) -> Any:
         """A message arrived: strip the envelope, start its span and make it current.
 
         Returns the application's payload. Call :meth:`receive_done` when the
-        application is done with it.
+        application is done with it. ``text`` is the frame type, for libraries
+        that hand text frames over as bytes (default: ``str`` means text).
         """
         payload = wire
         carrier: Optional[dict[str, str]] = None
@@ -619,7 +661,7 @@ class ConnectionTracer:
                     decoded = codec.decode(wire, max_header=cap)
                 payload, carrier = decoded.payload, decoded.carrier
             if record and self._recording and self.config.message_spans and not self._closed:
-                self._start_receive(payload, carrier)
+                self._start_receive(payload, carrier, isinstance(payload, str) if text is None else text)
         except Exception as exc:
             _warn_once("tracing an inbound message", exc)
         return payload
@@ -628,16 +670,15 @@ class ConnectionTracer:
         remote = propagation.extract(carrier) if carrier and self.config.trust != "ignore" else None
         return remote, propagation.remote_span_context(remote) if remote is not None else None
 
-    def _start_receive(self, payload: Any, carrier: Optional[dict[str, str]]) -> None:
+    def _start_receive(self, payload: Any, carrier: Optional[dict[str, str]], is_text: bool) -> None:
         now = time.monotonic_ns()
-        is_text = isinstance(payload, str)
         size = _size(payload)
-        self._count(_IN, is_text, size)
         ambient = otel_context.get_current()
         request = self._request_for(payload, now) if self._client_streams else None
         if request is not None:
             span, base = self._client_stream_chunk(request, payload, carrier, is_text, size, now, ambient)
         else:
+            self._count(_IN, is_text, size)  # stream chunks are counted when their stream ends
             span, base = self._start_receive_span(carrier, is_text, size, ambient)
         ctx = trace.set_span_in_context(span, base)
         if self._server_streams:
@@ -685,13 +726,20 @@ class ConnectionTracer:
 
     # Streams -----------------------------------------------------------------
 
-    def _new_stream(self, span: Span, start_ns: int, direction: str) -> Stream:
+    def _new_stream(self, span: Span, start_ns: int, direction: str, is_text: bool) -> Stream:
+        message_direction = _OUT if direction == "outbound" else _IN
+
+        def tally(stats: StreamStats) -> None:
+            # Chunks are counted once per stream, under the first chunk's type.
+            self._count(message_direction, is_text, stats.size, stats.count)
+
         stream = Stream(
             span,
             StreamStats(start_ns, self.config.stall_threshold),
             instruments=self._instruments,
             metric_attributes={sc.HTTP_ROUTE: self.route, sc.STREAM_DIRECTION: direction},
             body_size=True,
+            on_end=tally,
         )
         self._streams.append(stream)
         if len(self._streams) > 64:
@@ -801,7 +849,7 @@ class ConnectionTracer:
                 links=links,
                 start_time=wall_ns(now),
             )
-            stream = request.stream = self._new_stream(span, request.start_ns, "inbound")
+            stream = request.stream = self._new_stream(span, request.start_ns, "inbound", is_text)
             request.base = base
         stream.chunk(size or 0, now)
         if self.config.stream_end is not None and _safe_predicate(self.config.stream_end, payload):
@@ -832,16 +880,16 @@ class ConnectionTracer:
             instruments.connection_duration.record((time.monotonic_ns() - self._opened_ns) / 1e9, closing)
             instruments.closes.add(1, closing)
 
-    def _count(self, direction: str, is_text: bool, size: Optional[int]) -> None:
-        """Count a message locally; counters are flushed in batches (an SDK add costs ~5 µs)."""
+    def _count(self, direction: str, is_text: bool, size: Optional[int], messages: int = 1) -> None:
+        """Count messages locally; counters are flushed in batches (an SDK add costs ~5 µs)."""
         if self._instruments is None:
             return
         key = (direction, is_text)
         counts = self._counts
-        counts[key] = counts.get(key, 0) + 1
+        counts[key] = counts.get(key, 0) + messages
         if size:
             self._bytes[key] = self._bytes.get(key, 0) + size
-        self._unflushed += 1
+        self._unflushed += messages
         if self._unflushed >= _FLUSH_EVERY:
             self._flush_counts()
 

@@ -17,7 +17,7 @@ import time
 import weakref
 from array import array
 from types import TracebackType
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -122,7 +122,17 @@ class Stream:
     (or now, if it had none), and records the histograms.
     """
 
-    __slots__ = ("_body_size", "_genai", "_instruments", "_metric_attributes", "_owns_span", "ended", "span", "stats")
+    __slots__ = (
+        "_body_size",
+        "_genai",
+        "_instruments",
+        "_metric_attributes",
+        "_on_end",
+        "_owns_span",
+        "ended",
+        "span",
+        "stats",
+    )
 
     def __init__(
         self,
@@ -134,6 +144,7 @@ class Stream:
         gen_ai_operation: Optional[str] = None,
         owns_span: bool = True,
         body_size: bool = False,
+        on_end: Optional[Callable[[StreamStats], None]] = None,
     ) -> None:
         self.span = span
         self.stats = stats
@@ -143,6 +154,7 @@ class Stream:
         self._genai = gen_ai_operation
         self._owns_span = owns_span
         self._body_size = body_size
+        self._on_end = on_end
 
     def chunk(self, size: int = 0, now_ns: Optional[int] = None) -> None:
         """Count one chunk of ``size`` bytes, arriving or sent now."""
@@ -178,6 +190,8 @@ class Stream:
             else:
                 span.end()
         self._record(error)
+        if self._on_end is not None:
+            self._on_end(stats)
 
     def _span_attributes(self) -> dict[str, Any]:
         attributes = self.stats.attributes()

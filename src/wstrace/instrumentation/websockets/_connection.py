@@ -7,10 +7,11 @@ pass straight through.
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 from wstrace.instrumentation._instrumentor import is_instrumentation_enabled
 from wstrace.instrumentation.websockets._common import close_event, tracer_of
+from wstrace.session import NOTHING_TO_END, ConnectionTracer
 
 
 __all__ = [
@@ -44,14 +45,22 @@ def _replace_message(args: tuple[Any, ...], kwargs: dict[str, Any], message: Any
     return args
 
 
-async def async_send(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def async_send(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    # A plain function returning an awaitable: a stream chunk needs nothing after
+    # the send, so it gets the library's own coroutine, without a second frame.
     ct = tracer_of(instance)
     if ct is None:
-        return await wrapped(*args, **kwargs)
-    wire, handle = ct.send_start(_message(args, kwargs), text=_text_flag(kwargs), record=is_instrumentation_enabled())
+        return wrapped(*args, **kwargs)
+    wire, handle = ct.send_start(_message(args, kwargs), text=_text_flag(kwargs))
     args = _replace_message(args, kwargs, wire)
+    if handle is NOTHING_TO_END:
+        return wrapped(*args, **kwargs)
+    return _send_and_end(ct, handle, wrapped(*args, **kwargs))
+
+
+async def _send_and_end(ct: ConnectionTracer, handle: Any, sending: Awaitable[Any]) -> Any:
     try:
-        result = await wrapped(*args, **kwargs)
+        result = await sending
     except BaseException as exc:
         ct.send_end(handle, exc)
         raise
@@ -63,8 +72,10 @@ def sync_send(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: di
     ct = tracer_of(instance)
     if ct is None:
         return wrapped(*args, **kwargs)
-    wire, handle = ct.send_start(_message(args, kwargs), text=_text_flag(kwargs), record=is_instrumentation_enabled())
+    wire, handle = ct.send_start(_message(args, kwargs), text=_text_flag(kwargs))
     args = _replace_message(args, kwargs, wire)
+    if handle is NOTHING_TO_END:
+        return wrapped(*args, **kwargs)
     try:
         result = wrapped(*args, **kwargs)
     except BaseException as exc:

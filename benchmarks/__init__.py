@@ -1,0 +1,1 @@
+"""wstrace benchmarks: bare and instrumented variants, interleaved, on loopback."""

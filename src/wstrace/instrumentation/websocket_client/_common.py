@@ -1,0 +1,139 @@
+"""Translation between websocket-client objects and core events."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Optional
+from urllib.parse import urlsplit
+
+from wstrace.instrumentation._instrumentor import Settings
+from wstrace.session import ConnectionTracer
+
+
+__all__ = [
+    "ATTR",
+    "CLOSING",
+    "OPCODE_BINARY",
+    "OPCODE_CLOSE",
+    "OPCODE_TEXT",
+    "close_frame_args",
+    "connection_lost",
+    "done_here",
+    "handshake_status",
+    "mark_receiver",
+    "merged_header",
+    "new_client_tracer",
+    "tracer_of",
+]
+
+ATTR = "_wstrace"
+"""Attribute under which a ``WebSocket`` holds its ConnectionTracer."""
+CLOSING = "_wstrace_closing"
+"""Set on a ``WebSocket`` to ``(status, reason)`` while its ``close()`` runs."""
+_RECEIVER = "_wstrace_receiver"
+"""Identity of the thread that last had a message returned (and its receive span attached)."""
+
+# RFC 6455 opcodes, as in websocket.ABNF; repeated here so that importing the
+# adapter does not import the library.
+OPCODE_TEXT = 0x1
+OPCODE_BINARY = 0x2
+OPCODE_CLOSE = 0x8
+
+
+def tracer_of(ws: Any) -> Optional[ConnectionTracer]:
+    return getattr(ws, ATTR, None)
+
+
+def new_client_tracer(settings: Settings, url: Any) -> Optional[ConnectionTracer]:
+    """Start the handshake span for ``url``; ``None`` if the URL cannot be read (the library will say why)."""
+    try:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        host = parts.hostname
+        port = parts.port or (443 if scheme == "wss" else 80)
+        path = parts.path or "/"
+    except (TypeError, ValueError, AttributeError):
+        return None
+    return ConnectionTracer.client(
+        settings.tracer,
+        settings.config,
+        url=url,
+        scheme=scheme,
+        host=host,
+        port=port,
+        path=path,
+        instruments=settings.instruments,
+    )
+
+
+def merged_header(header: Any, ours: dict[str, str]) -> Any:
+    """The caller's ``header`` option plus ours, in the caller's shape; a header the caller set wins.
+
+    websocket-client takes a dict or a list of ``"Name: value"`` lines. A dict
+    stays a dict because the library looks ``Sec-WebSocket-Key`` up in it.
+    Any other shape is returned untouched (nothing injected) rather than guessed at.
+    """
+    if header is None:
+        return [f"{name}: {value}" for name, value in ours.items()]
+    if isinstance(header, dict):
+        merged = dict(header)
+        taken = {str(name).lower() for name in merged}
+        merged.update({name: value for name, value in ours.items() if name not in taken})
+        return merged
+    if isinstance(header, (list, tuple)):
+        lines = list(header)
+        taken = {line.split(":", 1)[0].strip().lower() for line in lines if isinstance(line, str)}
+        lines.extend(f"{name}: {value}" for name, value in ours.items() if name not in taken)
+        return lines
+    return header
+
+
+def handshake_status(ws: Any, error: BaseException) -> Optional[int]:
+    """The HTTP status of a failed handshake, when there was a response."""
+    status = getattr(error, "status_code", None)  # WebSocketBadStatusException
+    if isinstance(status, int):
+        return status
+    response = getattr(ws, "handshake_response", None)
+    status = getattr(response, "status", None)
+    return int(status) if isinstance(status, int) and status != 101 else None
+
+
+def close_frame_args(data: Any) -> tuple[int, str]:
+    """Code and reason from a close frame's payload: 2 bytes big-endian code, then UTF-8 reason."""
+    if isinstance(data, str):
+        data = data.encode("latin-1", "replace")
+    if not data or len(data) < 2:
+        return 1005, ""  # no status code in the frame
+    return int.from_bytes(data[:2], "big"), bytes(data[2:]).decode("utf-8", "replace")
+
+
+def close_reason_text(reason: Any) -> str:
+    if isinstance(reason, (bytes, bytearray)):
+        return bytes(reason).decode("utf-8", "replace")
+    return reason if isinstance(reason, str) else ""
+
+
+def connection_lost(error: BaseException) -> bool:
+    """Whether a receive error means the connection is gone (a timeout or protocol error does not)."""
+    from websocket import WebSocketConnectionClosedException  # noqa: PLC0415 - only imported once instrumented
+
+    if isinstance(error, WebSocketConnectionClosedException):
+        return True
+    return isinstance(error, OSError) and not isinstance(error, (TimeoutError, BlockingIOError, InterruptedError))
+
+
+def mark_receiver(ws: Any) -> None:
+    """Remember which thread the receive span was attached in."""
+    setattr(ws, _RECEIVER, threading.get_ident())
+
+
+def done_here(ws: Any, ct: ConnectionTracer) -> None:
+    """End the last receive span if this thread attached it.
+
+    From another thread (a ``close()`` while a reader thread handles a message)
+    this does nothing: ending it there would drop the context token that only
+    the reader thread can detach; ``closed()`` ends the span instead and the
+    reader detaches on its next receive.
+    """
+    if getattr(ws, _RECEIVER, None) in (None, threading.get_ident()):
+        ct.receive_done()

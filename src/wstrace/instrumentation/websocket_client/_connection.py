@@ -1,0 +1,185 @@
+"""Message and close wrappers on ``WebSocket``, and the end of each ``WebSocketApp`` read step.
+
+- ``send_frame`` is the one path every outbound message takes (``send``,
+  ``send_text``, ``send_bytes``, ``send_binary``, ``WebSocketApp.send*``, and
+  frames the application builds itself); the frame's opcode says text or binary.
+- ``recv_data_frame`` is the one path every inbound message takes (``recv``,
+  ``recv_data``, iteration, and ``WebSocketApp``'s read loop); it also sees the
+  peer's close frame and a dropped connection.
+- ``close`` and ``shutdown`` end the connection from this side.
+
+A ``WebSocket`` with no ConnectionTracer (opened before ``instrument()`` or
+with instrumentation suppressed) passes straight through.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable, Optional
+
+from wstrace.instrumentation._instrumentor import is_instrumentation_enabled
+from wstrace.instrumentation.websocket_client._common import (
+    CLOSING,
+    OPCODE_BINARY,
+    OPCODE_CLOSE,
+    OPCODE_TEXT,
+    close_frame_args,
+    close_reason_text,
+    connection_lost,
+    done_here,
+    mark_receiver,
+    tracer_of,
+)
+from wstrace.session import ConnectionTracer
+
+
+__all__ = ["close", "dispatcher_read", "recv_data_frame", "send_frame", "shutdown"]
+
+Wrapped = Callable[..., Any]
+_DATA = (OPCODE_TEXT, OPCODE_BINARY)
+
+
+def send_frame(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    ct = tracer_of(instance)
+    frame: Any = args[0] if args else kwargs.get("frame")
+    opcode = getattr(frame, "opcode", None)
+    # Control frames and continuation frames pass unchanged: the envelope of a
+    # fragmented message is at the start of its first frame.
+    if ct is None or opcode not in _DATA:
+        return wrapped(*args, **kwargs)
+    text = opcode == OPCODE_TEXT
+    payload = frame.data
+    if not text and isinstance(payload, str):
+        # The library turns a str in a binary frame into bytes this way (masked
+        # client frames: latin-1); doing the same keeps the bytes on the wire.
+        try:
+            payload = payload.encode("latin-1" if getattr(frame, "mask_value", 1) else "utf-8")
+        except UnicodeEncodeError:
+            return wrapped(*args, **kwargs)  # the library raises its own error
+    wire, handle = ct.send_start(payload, text=text, record=is_instrumentation_enabled())
+    if wire is not frame.data:
+        # A copy: the application may send the same frame object again.
+        frame = copy.copy(frame)
+        frame.data = wire
+        if args:
+            args = (frame, *args[1:])
+        else:
+            kwargs["frame"] = frame
+    try:
+        result = wrapped(*args, **kwargs)
+    except BaseException as exc:
+        ct.send_end(handle, exc)
+        raise
+    ct.send_end(handle)
+    return result
+
+
+def recv_data_frame(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    ct = tracer_of(instance)
+    if ct is None:
+        return wrapped(*args, **kwargs)
+    ct.receive_done()  # the application asks for the next message: the last one is handled
+    try:
+        result = wrapped(*args, **kwargs)
+    except BaseException as exc:
+        if connection_lost(exc) and getattr(instance, CLOSING, None) is None:
+            ct.closed(error=exc)  # no close frame: code 1006, initiator none
+        raise
+    opcode, frame = result
+    if opcode in _DATA:
+        _strip(instance, ct, opcode, frame)
+    elif opcode == OPCODE_CLOSE:
+        code, reason = close_frame_args(frame.data)
+        closing = getattr(instance, CLOSING, None)
+        if closing is not None:
+            # Another thread's close() is waiting for this very frame: the answer to ours.
+            ct.closed(code=_as_code(closing[0]), reason=closing[1], initiator="local")
+        else:
+            # The library has already answered it (send_close): the closing handshake is done.
+            ct.closed(code=code, reason=reason, initiator="remote")
+    return result
+
+
+def _strip(instance: Any, ct: ConnectionTracer, opcode: int, frame: Any) -> None:
+    """Strip the envelope from a data frame in place and start its receive span."""
+    if ct.envelope is None and not ct.recording:
+        return  # nothing to strip and nothing to record
+    data = frame.data
+    mark_receiver(instance)
+    record = is_instrumentation_enabled()
+    # Text frames come back as UTF-8 bytes (recv() decodes them later), so the frame type is passed.
+    payload = ct.received(data, text=opcode == OPCODE_TEXT, record=record)
+    if payload is not data:
+        frame.data = payload
+
+
+def close(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    ct = tracer_of(instance)
+    if ct is None:
+        return wrapped(*args, **kwargs)
+    done_here(instance, ct)
+    was_open = bool(getattr(instance, "connected", False))
+    status = args[0] if args else kwargs.get("status", 1000)
+    reason = close_reason_text(args[1] if len(args) > 1 else kwargs.get("reason", b""))
+    setattr(instance, CLOSING, (status, reason))
+    try:
+        result = wrapped(*args, **kwargs)
+    finally:
+        setattr(instance, CLOSING, None)
+    if was_open:  # close() returns at once on a connection that is already closed
+        if getattr(instance, "close_frame", None) is not None:
+            ct.closed(code=_as_code(status), reason=reason, initiator="local")
+        else:
+            # The peer never answered our close frame (timeout or dropped TCP).
+            ct.closed(code=1006, reason=reason, initiator="local")
+    return result
+
+
+def _as_code(status: Any) -> Optional[int]:
+    """The close code the application passed to ``close()``, as an int (the library accepted it)."""
+    try:
+        return int(status)
+    except (TypeError, ValueError):
+        return None
+
+
+def shutdown(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    ct = tracer_of(instance)
+    if ct is None or getattr(instance, CLOSING, None) is not None:
+        return wrapped(*args, **kwargs)  # close() calls shutdown() and records the close itself
+    was_open = getattr(instance, "sock", None) is not None
+    try:
+        return wrapped(*args, **kwargs)
+    finally:
+        if was_open:
+            # The socket closed with no closing handshake (shutdown() without close(),
+            # or WebSocketApp dropping the old socket to reconnect).
+            done_here(instance, ct)
+            ct.closed()
+
+
+def dispatcher_read(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``WebSocketApp``: end each receive span when its read step (``on_data``, ``on_message``) returns.
+
+    The step runs in the dispatcher's thread, right after ``recv_data_frame``
+    attached the receive span there, so the callbacks see it current; ending
+    it at the next ``recv_data_frame`` instead would count the idle wait for
+    the next frame as handling.
+    """
+    ws = getattr(getattr(instance, "app", None), "sock", None)
+    ct = tracer_of(ws)
+    read_callback = args[1] if len(args) > 1 else kwargs.get("read_callback")
+    if ct is None or read_callback is None:
+        return wrapped(*args, **kwargs)
+
+    def read_step() -> Any:
+        try:
+            return read_callback()
+        finally:
+            ct.receive_done()  # same thread as the receive: the step ran here
+
+    if len(args) > 1:
+        args = (args[0], read_step, *args[2:])
+    else:
+        kwargs["read_callback"] = read_step
+    return wrapped(*args, **kwargs)
