@@ -1,0 +1,52 @@
+"""Client handshakes (``ClientSession.ws_connect``): inject context, offer the envelope, read the answer."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from opentelemetry import context as otel_context
+
+from wstrace.instrumentation._instrumentor import Settings, is_instrumentation_enabled
+from wstrace.instrumentation.aiohttp._common import (
+    ATTR,
+    failure_status,
+    merged_headers,
+    new_client_tracer,
+    on_connection_lost,
+)
+
+
+__all__ = ["Wrapper", "ws_connect"]
+
+Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
+
+
+def ws_connect(settings: Settings) -> Wrapper:
+    """Wrap ``ClientSession._ws_connect``, the coroutine behind ``ws_connect()`` and its context manager."""
+
+    async def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if not is_instrumentation_enabled():
+            return await wrapped(*args, **kwargs)
+        try:
+            ct = new_client_tracer(settings, instance, args[0] if args else kwargs.get("url"))
+        except Exception:
+            # A URL we cannot read: aiohttp rejects it with its own exception.
+            return await wrapped(*args, **kwargs)
+        kwargs["headers"] = merged_headers(kwargs.get("headers"), ct.request_headers())
+        # Current during the upgrade request, so that an HTTP client
+        # instrumentation's span for it nests under the handshake span.
+        token = otel_context.attach(ct.handshake_context)
+        try:
+            ws = await wrapped(*args, **kwargs)
+        except BaseException as exc:
+            ct.handshake_failed(status=failure_status(exc), error=exc)
+            raise
+        finally:
+            otel_context.detach(token)
+        response = getattr(ws, "_response", None)
+        ct.opened(response_headers=getattr(response, "headers", ()), subprotocol=ws.protocol)
+        setattr(ws, ATTR, ct)
+        on_connection_lost(ws, ct)
+        return ws
+
+    return wrapper

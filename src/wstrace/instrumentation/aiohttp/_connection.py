@@ -1,0 +1,183 @@
+"""Message wrappers on ``ClientWebSocketResponse`` and ``web.WebSocketResponse``: send, receive, close.
+
+Both classes have the same message API, so one set of wrappers serves both.
+``send_json`` and ``send_json_bytes`` call ``send_str`` and ``send_bytes``;
+``receive_str``, ``receive_bytes``, ``receive_json`` and ``async for`` call
+``receive``. The wrappers look up the connection's ConnectionTracer;
+connections opened before ``instrument()`` (or with instrumentation
+suppressed) have none and pass straight through.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from wstrace.instrumentation._instrumentor import is_instrumentation_enabled
+from wstrace.instrumentation.aiohttp._common import (
+    BINARY,
+    CLOSE,
+    CLOSED,
+    ERROR,
+    LOCAL_CLOSE,
+    TEXT,
+    in_receive,
+    in_send,
+    tracer_of,
+)
+from wstrace.session import ConnectionTracer
+
+
+__all__ = ["WRAPPERS", "close", "receive", "send_bytes", "send_frame", "send_str"]
+
+Wrapped = Callable[..., Any]
+
+
+def _argument(args: tuple[Any, ...], kwargs: dict[str, Any], index: int, name: str) -> Any:
+    return args[index] if len(args) > index else kwargs.get(name)
+
+
+def _replace(args: tuple[Any, ...], kwargs: dict[str, Any], index: int, name: str, value: Any) -> tuple[Any, ...]:
+    if len(args) > index:
+        return (*args[:index], value, *args[index + 1 :])
+    kwargs[name] = value
+    return args
+
+
+async def _send(
+    ct: ConnectionTracer,
+    wrapped: Wrapped,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    name: str,
+    text: bool,
+) -> Any:
+    wire, handle = ct.send_start(_argument(args, kwargs, 0, name), text=text, record=is_instrumentation_enabled())
+    args = _replace(args, kwargs, 0, name, wire)
+    token = in_send.set(True)
+    try:
+        result = await wrapped(*args, **kwargs)
+    except BaseException as exc:
+        ct.send_end(handle, exc)
+        raise
+    finally:
+        in_send.reset(token)
+    ct.send_end(handle)
+    return result
+
+
+async def send_str(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    ct = tracer_of(instance)
+    # Anything but a str is aiohttp's TypeError to raise, about the caller's own value.
+    if ct is None or in_send.get() or not isinstance(_argument(args, kwargs, 0, "data"), str):
+        return await wrapped(*args, **kwargs)
+    return await _send(ct, wrapped, args, kwargs, "data", True)
+
+
+async def send_bytes(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    ct = tracer_of(instance)
+    data = _argument(args, kwargs, 0, "data")
+    if ct is None or in_send.get() or not isinstance(data, (bytes, bytearray, memoryview)):
+        return await wrapped(*args, **kwargs)
+    return await _send(ct, wrapped, args, kwargs, "data", False)
+
+
+async def send_frame(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``send_frame(message, opcode)``: only TEXT and BINARY frames are messages; control frames pass."""
+    ct = tracer_of(instance)
+    opcode = _argument(args, kwargs, 1, "opcode")
+    message = _argument(args, kwargs, 0, "message")
+    if (
+        ct is None
+        or in_send.get()
+        or opcode not in (TEXT, BINARY)
+        or not isinstance(message, (bytes, bytearray, memoryview))
+    ):
+        return await wrapped(*args, **kwargs)
+    return await _send(ct, wrapped, args, kwargs, "message", opcode == TEXT)
+
+
+async def receive(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    ct = tracer_of(instance)
+    if ct is None or in_receive.get():
+        return await wrapped(*args, **kwargs)
+    ct.receive_done()
+    token = in_receive.set(True)
+    try:
+        msg = await wrapped(*args, **kwargs)
+    except BaseException as exc:
+        # A receive timeout leaves the connection open; only a closed one has ended.
+        if getattr(instance, "closed", False) and not getattr(instance, LOCAL_CLOSE, False):
+            ct.closed(initiator=None, error=exc)
+        raise
+    finally:
+        in_receive.reset(token)
+    kind = msg.type
+    if kind == TEXT or kind == BINARY:
+        payload = ct.received(msg.data, text=kind == TEXT, record=is_instrumentation_enabled())
+        return msg if payload is msg.data else msg._replace(data=payload)
+    if kind == CLOSE:
+        # The peer's close frame; aiohttp has already answered it (autoclose).
+        ct.closed(code=_int(msg.data), reason=msg.extra or "", initiator="remote")
+    elif kind == CLOSED:
+        # No close frame came first (it would have been returned as CLOSE):
+        # the TCP connection ended, unless our own close() is under way.
+        if not getattr(instance, LOCAL_CLOSE, False):
+            ct.closed(initiator=None)
+    elif kind == ERROR:
+        ct.closed(**_error_event(msg.data))
+    return msg
+
+
+def _error_event(error: Any) -> dict[str, Any]:
+    from aiohttp.http import WebSocketError  # noqa: PLC0415 - loaded with the connection; the adapter must not import it
+
+    if isinstance(error, WebSocketError):
+        # A protocol error in the peer's frames: aiohttp closed with its code.
+        return {"code": error.code, "initiator": "local", "error": error}
+    # Anything else (a heartbeat timeout, a transport error) ends it with no close frame.
+    return {"initiator": None, "error": error if isinstance(error, BaseException) else None}
+
+
+async def close(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    ct = tracer_of(instance)
+    if ct is None or in_receive.get():
+        return await wrapped(*args, **kwargs)
+    ct.receive_done()  # in the caller's context, where the receive span was attached
+    setattr(instance, LOCAL_CLOSE, True)
+    code = _int(kwargs.get("code", 1000))
+    try:
+        result = await wrapped(*args, **kwargs)
+    except BaseException as exc:
+        ct.closed(code=code, reason=_text(kwargs.get("message")), initiator="local", error=exc)
+        raise
+    if result:
+        failure = instance.exception() if instance.close_code == 1006 else None
+        ct.closed(code=code, reason=_text(kwargs.get("message")), initiator="local", error=failure)
+    else:
+        # It was closed already, by a path that returned nothing to receive()
+        # (a heartbeat timeout); if that was recorded, this is a no-op.
+        ct.closed(initiator=None, error=instance.exception())
+    return result
+
+
+def _int(value: Any) -> Optional[int]:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _text(message: Any) -> str:
+    if isinstance(message, (bytes, bytearray)):
+        return bytes(message).decode("utf-8", "replace")
+    return message if isinstance(message, str) else ""
+
+
+WRAPPERS: dict[str, Callable[..., Any]] = {
+    "send_str": send_str,
+    "send_bytes": send_bytes,
+    "send_frame": send_frame,
+    "receive": receive,
+    "close": close,
+}
+"""Method name to wrapper, for both WebSocket classes (``send_frame`` exists since aiohttp 3.11)."""
