@@ -261,6 +261,7 @@ class ConnectionTracer:
         route: Optional[str] = None,
         server_span: Optional[Span] = None,
         instruments: Optional[Instruments] = None,
+        start_time: Optional[int] = None,
     ) -> ConnectionTracer:
         """Start the server's handshake span from an upgrade request.
 
@@ -270,7 +271,8 @@ class ConnectionTracer:
         ``server_span`` adopts a SERVER span another instrumentation already
         made for this request (OpenTelemetry's ASGI middleware): no second
         handshake span is made, the adopted span gets the WebSocket attributes,
-        and its owner, not wstrace, ends it.
+        and its owner, not wstrace, ends it. ``start_time`` (ns since the epoch)
+        backdates the handshake span, for adapters that learn the route late.
         """
         pairs = _pairs(headers)
         offered_session = None
@@ -308,7 +310,7 @@ class ConnectionTracer:
                 self._adopt(server_span)
                 return self
             parent, links = self._apply_trust(remote, otel_context.get_current())
-            self._start_handshake(parent, links, attributes, SpanKind.SERVER)
+            self._start_handshake(parent, links, attributes, SpanKind.SERVER, start_time)
         except Exception as exc:
             _warn_once("starting the server handshake span", exc)
         return self
@@ -347,14 +349,19 @@ class ConnectionTracer:
         self._owns_handshake = False
         self._recording = span.is_recording()
         if self._recording:
-            span.set_attribute(sc.SESSION_ID, self.session_id)
+            span.set_attributes({sc.SESSION_ID: self.session_id, sc.HTTP_ROUTE: self.route})
             self._handshake_link = (Link(span.get_span_context(), {sc.LINK_KIND: "handshake"}),)
 
     def _start_handshake(
-        self, parent: Context, links: Sequence[Link], attributes: dict[str, Any], kind: SpanKind
+        self,
+        parent: Context,
+        links: Sequence[Link],
+        attributes: dict[str, Any],
+        kind: SpanKind,
+        start_time: Optional[int] = None,
     ) -> None:
         span = self._tracer.start_span(
-            f"GET {self.route}", context=parent, kind=kind, attributes=attributes, links=links
+            f"GET {self.route}", context=parent, kind=kind, attributes=attributes, links=links, start_time=start_time
         )
         self._handshake = span
         self._recording = span.is_recording()

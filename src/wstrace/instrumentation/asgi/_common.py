@@ -1,0 +1,149 @@
+"""Translation between ASGI ``websocket`` scopes and events and the core's vocabulary."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Awaitable, Callable, MutableMapping, Optional
+
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind
+
+from wstrace.carriers import split_subprotocols
+from wstrace.semconv import SUBPROTOCOL_PREFIX
+
+
+__all__ = [
+    "MARK",
+    "ASGIApp",
+    "Message",
+    "Receive",
+    "Scope",
+    "Send",
+    "address",
+    "adoptable_server_span",
+    "current_server_span",
+    "current_task",
+    "disconnect_event",
+    "encode_headers",
+    "offered_subprotocols",
+    "route_template",
+    "strip_subprotocols",
+]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+MARK = "wstrace.asgi"
+"""Scope key set on a traced connection, so that a second wstrace middleware (a
+mounted sub-application, or the middleware added both by hand and by the
+instrumentor) passes it through instead of tracing it twice."""
+
+
+def offered_subprotocols(scope: Scope) -> list[str]:
+    offered = scope.get("subprotocols") or ()
+    return [str(p) for p in offered]
+
+
+def strip_subprotocols(offered: list[str]) -> tuple[list[str], Optional[str]]:
+    """The list the application should see, and the token to echo if it was the only one offered.
+
+    A browser that offered only our ``wstrace.tp.`` token fails the handshake
+    unless a subprotocol is selected, so that token is echoed back when the
+    application selects none.
+    """
+    rest = split_subprotocols(offered)[1]
+    echo = None
+    if not rest:
+        echo = next((p for p in offered if p.startswith(SUBPROTOCOL_PREFIX)), None)
+    return rest, echo
+
+
+def address(value: Any) -> tuple[Optional[str], Optional[int]]:
+    """``scope["server"]`` / ``scope["client"]``: ``(host, port)``, ``(path, None)`` for a Unix socket, or ``None``."""
+    if isinstance(value, (tuple, list)) and len(value) >= 2:
+        host, port = value[0], value[1]
+        return (str(host) if host is not None else None), (int(port) if isinstance(port, int) else None)
+    return None, None
+
+
+def route_template(scope: Scope, entry_root_path: str) -> Optional[str]:
+    """The matched route's path template, if a router recorded one in the scope.
+
+    Starlette's router (and FastAPI's) sets ``scope["route"]`` when it matches,
+    in the same scope dict. A route inside a mounted sub-application is relative
+    to the mount: the prefix the mounts added to ``root_path`` (as matched) is put
+    in front. A ``Mount`` that handed the connection to a non-router application
+    names no endpoint, so it gives no template.
+    """
+    route = scope.get("route")
+    template = getattr(route, "path", None)
+    if not isinstance(template, str) or not template or hasattr(route, "routes"):
+        return None
+    root_path = scope.get("root_path") or ""
+    prefix = root_path[len(entry_root_path) :] if root_path.startswith(entry_root_path) else ""
+    return f"{prefix.rstrip('/')}{template}"
+
+
+def adoptable_server_span(span: Span) -> Optional[Span]:
+    """The span current at entry, if it is a SERVER span another instrumentation made for this connection.
+
+    The rule: the current span is recording and of kind SERVER. Only an
+    outer HTTP instrumentation (OpenTelemetry's ASGI middleware, FastAPI's
+    native telemetry) makes such a span around an ASGI call; an ASGI server
+    makes none.
+    """
+    if span.is_recording() and getattr(span, "kind", None) is SpanKind.SERVER:
+        return span
+    return None
+
+
+def current_server_span() -> Optional[Span]:
+    return adoptable_server_span(trace.get_current_span())
+
+
+def disconnect_event(message: Message) -> dict[str, Any]:
+    """Keyword arguments for ``ConnectionTracer.closed`` from a ``websocket.disconnect`` event.
+
+    A disconnect the peer caused by a close frame carries its code and a
+    ``reason`` key. One without ``reason`` was made up by the server: 1006,
+    or 1005 (uvicorn's ``websockets-sansio`` reports a lost TCP connection
+    so), means no close frame arrived; 1012 is the server's own shutdown.
+    """
+    code = message.get("code")
+    if not isinstance(code, int):
+        code = 1005
+    if "reason" not in message:
+        if code in (1005, 1006):
+            return {"code": None, "reason": "", "initiator": None}
+        if code == 1012:
+            return {"code": 1012, "reason": "", "initiator": "local"}
+    elif code == 1006:
+        return {"code": None, "reason": "", "initiator": None}
+    return {"code": code, "reason": str(message.get("reason") or ""), "initiator": "remote"}
+
+
+def encode_headers(pairs: Any, ours: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    """The application's accept headers plus ours; a header the application set wins."""
+    headers = [(_bytes(name), _bytes(value)) for name, value in pairs or ()]
+    taken = {name.lower() for name, _ in headers}
+    for name, value in ours.items():
+        key = name.encode("latin-1")
+        if key not in taken:
+            headers.append((key, value.encode("latin-1")))
+    return headers
+
+
+def _bytes(value: Any) -> bytes:
+    # ASGI says bytes; a str is tolerated rather than failing the application's accept.
+    return value.encode("latin-1") if isinstance(value, str) else bytes(value)
+
+
+def current_task() -> Optional[object]:
+    """The running asyncio task, or ``None`` (another async library, or none running)."""
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None

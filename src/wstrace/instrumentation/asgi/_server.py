@@ -1,0 +1,159 @@
+"""The server handshake of one ASGI connection: upgrade request, accept, refusal.
+
+The handshake span starts when the application takes the connection (it
+receives ``websocket.connect`` or sends its first event), not when the
+middleware is called: only then has a router matched, so only then is the
+route template known, and span names must use the template, never the path.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+
+from opentelemetry import context as otel_context
+from opentelemetry.context import Context
+from opentelemetry.trace import Span
+
+from wstrace.instrumentation._instrumentor import Settings
+from wstrace.instrumentation.asgi._common import (
+    Message,
+    Scope,
+    address,
+    encode_headers,
+    route_template,
+)
+from wstrace.session import ConnectionTracer
+
+
+__all__ = ["Handshake", "denial_status"]
+
+
+class Handshake:
+    """What is known of the upgrade request, and the ConnectionTracer once it exists."""
+
+    __slots__ = (
+        "_entered",
+        "_entry",
+        "_offered",
+        "_root_path",
+        "_server_span",
+        "_settings",
+        "_token",
+        "_token_ctx",
+        "ct",
+        "echo",
+        "ended",
+        "open",
+        "scope",
+    )
+
+    def __init__(
+        self,
+        settings: Settings,
+        scope: Scope,
+        offered: list[str],
+        echo: Optional[str],
+        entry: Context,
+        server_span: Optional[Span],
+    ) -> None:
+        self._settings = settings
+        self.scope = scope
+        """The scope passed to the application; a router records the matched route in it."""
+        self._offered = offered
+        self.echo = echo
+        self._entry = entry
+        # The span is created once routing has named it, but dated from here.
+        self._entered = time.time_ns()
+        self._server_span = server_span
+        self._root_path = str(scope.get("root_path") or "")
+        self._token: Optional[object] = None
+        self._token_ctx: Optional[Context] = None
+        self.ct: Optional[ConnectionTracer] = None
+        self.open = False
+        """The application accepted and the 101 went out."""
+        self.ended = False
+        """The handshake failed, or the connection was recorded as closed."""
+
+    def tracer(self) -> ConnectionTracer:
+        """The connection's ConnectionTracer, started on first use."""
+        ct = self.ct
+        if ct is None:
+            ct = self.ct = self._start()
+        return ct
+
+    def _start(self) -> ConnectionTracer:
+        scope = self.scope
+        path = str(scope.get("path") or "/")
+        server = address(scope.get("server"))
+        client = address(scope.get("client"))
+        query = scope.get("query_string") or b""
+        # The application's task may have attached context of its own since
+        # entry; the handshake belongs to the context the request arrived in.
+        token = otel_context.attach(self._entry)
+        try:
+            return ConnectionTracer.server(
+                self._settings.tracer,
+                self._settings.config,
+                path=path,
+                query=query.decode("latin-1") if isinstance(query, bytes) else str(query),
+                headers=scope.get("headers") or (),
+                subprotocols=self._offered,
+                scheme=str(scope.get("scheme") or "ws"),
+                server_address=server[0],
+                server_port=server[1],
+                client_address=client[0],
+                client_port=client[1],
+                route=route_template(scope, self._root_path),
+                server_span=self._server_span,
+                instruments=self._settings.instruments,
+                start_time=self._entered,
+            )
+        finally:
+            otel_context.detach(token)
+
+    def connected(self) -> None:
+        """The application took ``websocket.connect``: start, and make the handshake span current until it answers."""
+        ct = self.tracer()
+        ctx = ct.handshake_context
+        self._token_ctx = ctx
+        self._token = otel_context.attach(ctx)
+
+    def release(self) -> None:
+        """Detach the handshake context, unless the application attached something since."""
+        token, ctx = self._token, self._token_ctx
+        self._token = self._token_ctx = None
+        if token is not None and otel_context.get_current() is ctx:
+            otel_context.detach(token)  # type: ignore[arg-type]
+
+    def accept_message(self, message: Message) -> Message:
+        """A copy of the ``websocket.accept`` event with our headers (and the echoed token) added."""
+        ct = self.tracer()
+        accept = dict(message)
+        accept["headers"] = encode_headers(message.get("headers"), ct.response_headers())
+        if self.echo is not None and not message.get("subprotocol"):
+            accept["subprotocol"] = self.echo
+        return accept
+
+    def accepted(self, accept: Message) -> None:
+        self.release()
+        self.open = True
+        self.tracer().opened(response_headers=accept["headers"], subprotocol=accept.get("subprotocol"))
+
+    def refused(self, status: Optional[int], error: Optional[BaseException] = None) -> None:
+        """The application closed before accepting (403), sent a denial response, or failed."""
+        self.release()
+        if not self.ended:
+            self.ended = True
+            self.tracer().handshake_failed(status=status, error=error)
+
+    def abandoned(self, error: Optional[BaseException]) -> None:
+        """The application returned or raised without answering; ASGI servers then send a 500."""
+        # A cancelled task (server shutdown) gets no response at all.
+        status = 500 if error is None or isinstance(error, Exception) else None
+        self.refused(status, error)
+
+
+def denial_status(message: Message) -> Optional[int]:
+    status: Any = message.get("status")
+    return status if isinstance(status, int) else None

@@ -1,0 +1,86 @@
+"""``WstraceASGIMiddleware``: traces the WebSocket connections of any ASGI application."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from opentelemetry import context as otel_context, trace
+from opentelemetry.metrics import MeterProvider
+
+from wstrace.config import Config
+from wstrace.instrumentation._instrumentor import Settings, is_instrumentation_enabled
+from wstrace.instrumentation.asgi._common import (
+    MARK,
+    ASGIApp,
+    Receive,
+    Scope,
+    Send,
+    current_server_span,
+    offered_subprotocols,
+    strip_subprotocols,
+)
+from wstrace.instrumentation.asgi._connection import Connection
+from wstrace.instrumentation.asgi._server import Handshake
+from wstrace.metrics import Instruments
+from wstrace.version import __version__
+
+
+__all__ = ["WstraceASGIMiddleware"]
+
+
+class WstraceASGIMiddleware:
+    """ASGI middleware that traces ``websocket`` connections and passes everything else through.
+
+    Args:
+        app: The ASGI application to wrap.
+        tracer_provider: Provider of the tracer; the global one if omitted.
+        meter_provider: Provider of the meter; the global one if omitted.
+        **options: :class:`~wstrace.config.Config` keywords (``model``,
+            ``envelope``, ``trust``, ...); the ``WSTRACE_*`` environment fills
+            in the rest. A bad keyword raises :class:`~wstrace.exceptions.ConfigError`.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        tracer_provider: Optional[trace.TracerProvider] = None,
+        meter_provider: Optional[MeterProvider] = None,
+        **options: Any,
+    ) -> None:
+        self.app = app  # ``app``, like every ASGI middleware, so that stack walkers find what is inside
+        tracer = trace.get_tracer(
+            "wstrace",
+            __version__,
+            tracer_provider=tracer_provider,
+            schema_url="https://opentelemetry.io/schemas/1.26.0",
+        )
+        self._settings = Settings(tracer, Config.load(**options), Instruments(meter_provider))
+        self._active: Optional[Callable[[], bool]] = None
+
+    @classmethod
+    def _installed(cls, app: ASGIApp, settings: Settings, active: Callable[[], bool]) -> WstraceASGIMiddleware:
+        """The middleware as an instrumentor installs it: its settings, and on only while ``active()``."""
+        self = cls.__new__(cls)
+        self.app = app
+        self._settings = settings
+        self._active = active
+        return self
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket" or MARK in scope or not self._enabled():
+            await self.app(scope, receive, send)
+            return
+        offered = offered_subprotocols(scope)
+        rest, echo = strip_subprotocols(offered)
+        # ASGI: a middleware copies the scope before changing it, so nothing leaks upstream.
+        scope = dict(scope)
+        scope[MARK] = True
+        if len(rest) != len(offered):
+            scope["subprotocols"] = rest
+        handshake = Handshake(self._settings, scope, offered, echo, otel_context.get_current(), current_server_span())
+        await Connection(handshake, receive, send).run(self.app)
+
+    def _enabled(self) -> bool:
+        active = self._active
+        return (active is None or active()) and is_instrumentation_enabled()
