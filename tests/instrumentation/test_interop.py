@@ -18,14 +18,16 @@ import aiohttp
 import pytest
 import websocket
 from aiohttp import WSMsgType, web
+from fastapi import FastAPI, WebSocket
 from opentelemetry.trace import SpanKind
 from websockets.asyncio.client import connect as async_connect
 from websockets.asyncio.server import serve
 from websockets.sync.client import connect as sync_connect
 
 from tests.conftest import Telemetry
-from tests.instrumentation import contract
+from tests.instrumentation import contract, uvicorn_server
 from wstrace.instrumentation.aiohttp import AiohttpInstrumentor
+from wstrace.instrumentation.starlette import StarletteInstrumentor
 from wstrace.instrumentation.websocket_client import WebsocketClientInstrumentor
 from wstrace.instrumentation.websockets import WebsocketsInstrumentor
 
@@ -76,9 +78,29 @@ async def aiohttp_server() -> AsyncIterator[str]:
         await runner.cleanup()
 
 
+@asynccontextmanager
+async def starlette_server() -> AsyncIterator[str]:
+    with uvicorn_server.serve(uvicorn_server.starlette_app([(ROUTE, uvicorn_server.echo)])) as base:
+        yield base + ROUTE
+
+
+@asynccontextmanager
+async def fastapi_server() -> AsyncIterator[str]:
+    app = FastAPI()
+
+    @app.websocket(ROUTE)
+    async def matrix(ws: WebSocket) -> None:
+        await uvicorn_server.echo(ws)
+
+    with uvicorn_server.serve(app) as base:
+        yield base + ROUTE
+
+
 SERVERS: dict[str, Callable[[], Any]] = {
     "websockets": websockets_server,
     "aiohttp": aiohttp_server,
+    "starlette-uvicorn": starlette_server,
+    "fastapi-uvicorn": fastapi_server,
 }
 
 
@@ -146,7 +168,12 @@ CLIENTS: dict[str, Client] = {
 
 @pytest.fixture
 def instrumented(telemetry: Telemetry) -> Iterator[Telemetry]:
-    instrumentors = [WebsocketsInstrumentor(), AiohttpInstrumentor(), WebsocketClientInstrumentor()]
+    instrumentors = [
+        WebsocketsInstrumentor(),
+        AiohttpInstrumentor(),
+        WebsocketClientInstrumentor(),
+        StarletteInstrumentor(),
+    ]
     for instrumentor in instrumentors:
         instrumentor.instrument(tracer_provider=telemetry.provider)
     yield telemetry
