@@ -12,15 +12,22 @@ import wstrace.instrumentation.websockets
 def test_public_names_are_pinned() -> None:
     """Adding or removing a public name is a deliberate change to this list."""
     assert sorted(wstrace.__all__) == [
+        "Carried",
         "Config",
         "ConfigError",
         "ConnectionTracer",
         "EnvelopeDecodeError",
         "EnvelopeEncodeError",
         "EnvelopeError",
+        "TracedAsyncQueue",
+        "TracedQueue",
+        "TracedThreadPoolExecutor",
         "WstraceError",
         "__version__",
+        "carry",
+        "restore",
         "stream",
+        "submit",
     ]
     assert wstrace.instrumentation.websockets.__all__ == ["WebsocketsInstrumentor"]
     for name in wstrace.__all__:
@@ -35,9 +42,13 @@ def _loaded_after(statement: str) -> set[str]:
 
 def test_import_loads_no_websocket_library_and_no_sdk() -> None:
     """``import wstrace`` (and the adapter module) loads neither websockets nor the OpenTelemetry SDK."""
-    for statement in ("import wstrace", "import wstrace.instrumentation.websockets"):
+    for statement in ("import wstrace", "import wstrace.instrumentation.websockets", "import wstrace.redis"):
         loaded = _loaded_after(statement)
         assert "wstrace" in loaded
-        heavy = {m for m in loaded if m.split(".")[0] in ("websockets", "aiohttp", "tornado", "starlette", "websocket")}
+        heavy = {
+            m
+            for m in loaded
+            if m.split(".")[0] in ("websockets", "aiohttp", "tornado", "starlette", "websocket", "redis")
+        }
         assert heavy == set(), f"{statement} loaded {sorted(heavy)}"
         assert not {m for m in loaded if m.startswith("opentelemetry.sdk")}, statement

@@ -24,6 +24,13 @@ CLIENT_ADDRESS = "client.address"
 CLIENT_PORT = "client.port"
 NETWORK_PROTOCOL_NAME = "network.protocol.name"
 MESSAGING_MESSAGE_BODY_SIZE = "messaging.message.body.size"
+MESSAGING_SYSTEM = "messaging.system"
+MESSAGING_OPERATION_NAME = "messaging.operation.name"
+MESSAGING_OPERATION_TYPE = "messaging.operation.type"
+MESSAGING_DESTINATION_NAME = "messaging.destination.name"
+MESSAGING_MESSAGE_ID = "messaging.message.id"
+MESSAGING_CONSUMER_GROUP_NAME = "messaging.consumer.group.name"
+MESSAGING_BATCH_MESSAGE_COUNT = "messaging.batch.message_count"
 ERROR_TYPE = "error.type"
 
 # wstrace's own names.

@@ -457,7 +457,12 @@ class ConnectionTracer:
             if self._recording:
                 if status is not None:
                     span.set_attribute(sc.HTTP_RESPONSE_STATUS_CODE, status)
-                failed = error is not None or (status is not None and status >= (500 if self.side == "server" else 400))
+                # A client that gets no 101 has failed whatever the status; a
+                # server's 4xx refusal is the client's fault, not the server's.
+                if self.side == "client":
+                    failed = error is not None or status is not None
+                else:
+                    failed = error is not None or (status is not None and status >= 500)
                 if error is not None:
                     span.record_exception(error)
                 if failed:
@@ -628,8 +633,11 @@ class ConnectionTracer:
         except Exception as exc:
             _warn_once("ending a send span", exc)
 
-    def receive_done(self) -> None:
-        """The application finished handling the last message (it asks for the next one)."""
+    def receive_done(self, error: Optional[BaseException] = None) -> None:
+        """The application finished handling the last message (it asks for the next one).
+
+        ``error`` is an exception the application's handler raised, recorded on the span.
+        """
         span, ctx, token = self._recv_span, self._recv_ctx, self._recv_token
         ending = self._recv_ends_stream
         if span is None and token is None and ending is None:
@@ -644,9 +652,13 @@ class ConnectionTracer:
                 self._recv_ctx = self._recv_token = None
                 otel_context.detach(token)  # type: ignore[arg-type]
             if span is not None and span.is_recording():
+                if error is not None:
+                    span.record_exception(error)
+                    span.set_attribute(sc.ERROR_TYPE, type(error).__qualname__)
+                    span.set_status(Status(StatusCode.ERROR, str(error)))
                 span.end()
             if ending is not None:
-                ending.end()
+                ending.end(error)
         except Exception as exc:
             _warn_once("ending a receive span", exc)
 

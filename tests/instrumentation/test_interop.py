@@ -25,9 +25,10 @@ from websockets.asyncio.server import serve
 from websockets.sync.client import connect as sync_connect
 
 from tests.conftest import Telemetry
-from tests.instrumentation import contract, uvicorn_server
+from tests.instrumentation import contract, tornado_app, uvicorn_server
 from wstrace.instrumentation.aiohttp import AiohttpInstrumentor
 from wstrace.instrumentation.starlette import StarletteInstrumentor
+from wstrace.instrumentation.tornado import TornadoInstrumentor
 from wstrace.instrumentation.websocket_client import WebsocketClientInstrumentor
 from wstrace.instrumentation.websockets import WebsocketsInstrumentor
 
@@ -96,11 +97,18 @@ async def fastapi_server() -> AsyncIterator[str]:
         yield base + ROUTE
 
 
+@asynccontextmanager
+async def tornado_server() -> AsyncIterator[str]:
+    async with tornado_app.server(tornado_app.Echo, ROUTE) as url:
+        yield url
+
+
 SERVERS: dict[str, Callable[[], Any]] = {
     "websockets": websockets_server,
     "aiohttp": aiohttp_server,
     "starlette-uvicorn": starlette_server,
     "fastapi-uvicorn": fastapi_server,
+    "tornado": tornado_server,
 }
 
 
@@ -159,6 +167,7 @@ async def websocket_client_client(url: str, payloads: list[str | bytes]) -> list
 
 
 CLIENTS: dict[str, Client] = {
+    "tornado": tornado_app.exchange,
     "websockets-asyncio": websockets_async_client,
     "websockets-sync": websockets_sync_client,
     "aiohttp": aiohttp_client,
@@ -173,6 +182,7 @@ def instrumented(telemetry: Telemetry) -> Iterator[Telemetry]:
         AiohttpInstrumentor(),
         WebsocketClientInstrumentor(),
         StarletteInstrumentor(),
+        TornadoInstrumentor(),
     ]
     for instrumentor in instrumentors:
         instrumentor.instrument(tracer_provider=telemetry.provider)

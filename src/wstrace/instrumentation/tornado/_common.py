@@ -1,0 +1,196 @@
+"""Translation between tornado's objects and core events, shared by its client and server sides."""
+
+from __future__ import annotations
+
+import logging
+from contextvars import Token
+from typing import Any, Callable, Literal, Optional
+from urllib.parse import urlsplit
+
+from opentelemetry import context as otel_context, trace
+from opentelemetry.context import Context
+
+from wstrace.carriers import split_subprotocols
+from wstrace.instrumentation._instrumentor import Settings
+from wstrace.semconv import SUBPROTOCOL_PREFIX
+from wstrace.session import ConnectionTracer
+
+
+__all__ = [
+    "ATTR",
+    "Traced",
+    "Wrapper",
+    "add_request_headers",
+    "hide_subprotocol_tokens",
+    "new_client_tracer",
+    "new_server_tracer",
+    "traced",
+]
+
+Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
+
+ATTR = "_wstrace"
+"""Attribute under which a ``WebSocketHandler`` or ``WebSocketClientConnection`` holds its :class:`Traced`."""
+
+_SUBPROTOCOL = "Sec-WebSocket-Protocol"
+_log = logging.getLogger(__name__)
+
+
+class Traced:
+    """One traced connection: its ConnectionTracer, and the state tornado does not keep for us.
+
+    The protocol object (``WebSocketProtocol13``) reaches it through its
+    ``handler``, which is the ``WebSocketHandler`` on a server and the
+    ``WebSocketClientConnection`` on a client.
+    """
+
+    __slots__ = (
+        "_token",
+        "_token_ctx",
+        "ct",
+        "initiator",
+        "loop_delivers",
+        "loop_receive",
+        "opened",
+        "received",
+        "sent",
+        "settled",
+    )
+
+    def __init__(self, ct: ConnectionTracer, *, loop_delivers: bool) -> None:
+        self.ct = ct
+        self.loop_delivers = loop_delivers
+        """Whether the frame loop hands each message to application code (server ``on_message``,
+        client ``on_message_callback``), rather than queueing it for ``read_message``."""
+        self.loop_receive = False
+        """A receive span the frame loop ends once the application's ``on_message`` coroutine is done."""
+        self.settled = False
+        """The handshake's outcome (``opened`` or ``handshake_failed``) has been reported."""
+        self.opened = False
+        self.sent: Optional[tuple[Optional[int], str]] = None
+        """Code and reason of the close frame this end sent, if any."""
+        self.received: Optional[tuple[Optional[int], str]] = None
+        """Code and reason of the close frame the peer sent, if any."""
+        self.initiator: Optional[Literal["local", "remote"]] = None
+        self._token: Optional[Token[Context]] = None
+        self._token_ctx: Optional[Context] = None
+
+    def enter(self, ctx: Optional[Context]) -> None:
+        """Make ``ctx`` current in the handler's task, in place of what this object attached before."""
+        self.leave()
+        # A no-op tracer's invalid span would only hide the ambient one.
+        if ctx is not None and trace.get_current_span(ctx).get_span_context().is_valid:
+            self._token_ctx = ctx
+            self._token = otel_context.attach(ctx)
+
+    def leave(self) -> None:
+        """Detach what :meth:`enter` attached, unless the application attached something since."""
+        token, ctx = self._token, self._token_ctx
+        self._token = self._token_ctx = None
+        # Resetting a stale token would roll back whatever was attached after it
+        # (OpenTelemetry's tornado instrumentation detaches its own at on_close).
+        if token is not None and otel_context.get_current() is ctx:
+            otel_context.detach(token)
+
+    def close_event(self) -> dict[str, Any]:
+        """Keyword arguments for ``ConnectionTracer.closed``."""
+        received, sent = self.received, self.sent
+        if received is None:
+            # No close frame from the peer: the TCP connection dropped (1006),
+            # even if this end had started the closing handshake.
+            return {"code": 1006, "reason": "", "initiator": "local" if sent is not None else None}
+        code, reason = sent if self.initiator == "local" and sent is not None else received
+        # A close frame without a status code is 1005 (RFC 6455, section 7.1.5).
+        return {"code": 1005 if code is None else code, "reason": reason, "initiator": self.initiator or "remote"}
+
+
+def traced(delegate: Any) -> Optional[Traced]:
+    """The :class:`Traced` of a handler or client connection, or ``None`` if it is not traced."""
+    return getattr(delegate, ATTR, None)
+
+
+def new_client_tracer(settings: Settings, request: Any) -> ConnectionTracer:
+    """Start the client's handshake span from the ``HTTPRequest`` (its URL is still ``ws://`` or ``wss://``)."""
+    url = str(request.url)
+    try:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower() or "ws"
+        host = parts.hostname
+        port = parts.port or (443 if scheme == "wss" else 80)
+        path = parts.path or "/"
+    except ValueError:  # a malformed URL: tornado will refuse it, the span records that
+        scheme, host, port, path = "ws", None, None, "/"
+    return ConnectionTracer.client(
+        settings.tracer, settings.config, url=url, scheme=scheme, host=host, port=port, path=path
+    )
+
+
+def add_request_headers(request: Any, ours: dict[str, str]) -> None:
+    """Add our headers to the upgrade request; a header the caller set wins."""
+    try:
+        headers = request.headers
+        for name, value in ours.items():
+            if name not in headers:
+                headers[name] = value
+    except Exception:  # headers that cannot take ours: the request goes out as the caller made it
+        _log.debug("wstrace: could not add handshake headers", exc_info=True)
+
+
+def _offered(headers: Any) -> list[str]:
+    get_list = getattr(headers, "get_list", None)
+    values = get_list(_SUBPROTOCOL) if callable(get_list) else [headers.get(_SUBPROTOCOL) or ""]
+    return [p.strip() for v in values for p in v.split(",") if p.strip()]
+
+
+def new_server_tracer(settings: Settings, handler: Any) -> ConnectionTracer:
+    """Start the server's handshake span from the handler's ``HTTPServerRequest``."""
+    request = handler.request
+    server_host, server_port = _host_and_port(getattr(request, "host", None))
+    client_address = getattr(request, "remote_ip", None)
+    client_port = None
+    socket_address = getattr(getattr(request.connection, "context", None), "address", None)
+    if isinstance(socket_address, tuple) and len(socket_address) >= 2 and socket_address[0] == client_address:
+        client_port = int(socket_address[1])  # unless xheaders replaced the peer address
+    return ConnectionTracer.server(
+        settings.tracer,
+        settings.config,
+        path=request.path or "/",
+        query=request.query or "",
+        headers=request.headers,
+        subprotocols=_offered(request.headers),
+        method=request.method or "GET",
+        scheme="wss" if request.protocol == "https" else "ws",
+        server_address=server_host,
+        server_port=server_port,
+        client_address=client_address,
+        client_port=client_port,
+    )
+
+
+def hide_subprotocol_tokens(handler: Any) -> None:
+    """Remove our ``wstrace.tp.`` tokens before the application's ``select_subprotocol`` sees the offer.
+
+    A browser that offered only our token gets it echoed back, so that its
+    handshake succeeds (``docs/protocol.md``, section 4).
+    """
+    headers = handler.request.headers
+    offered = _offered(headers)
+    tokens = [p for p in offered if p.startswith(SUBPROTOCOL_PREFIX)]
+    if not tokens:
+        return
+    rest = split_subprotocols(offered)[1]
+    del headers[_SUBPROTOCOL]
+    if rest:
+        headers[_SUBPROTOCOL] = ", ".join(rest)
+    else:
+        handler.set_header(_SUBPROTOCOL, tokens[0])
+
+
+def _host_and_port(host: Optional[str]) -> tuple[Optional[str], Optional[int]]:
+    if not host:
+        return None, None
+    try:
+        parts = urlsplit(f"//{host}")
+        return parts.hostname, parts.port
+    except ValueError:
+        return None, None

@@ -1,0 +1,231 @@
+"""Message and close wrappers, on ``WebSocketProtocol13`` (both sides) and the client connection.
+
+The application's ``on_message`` is overridden in every ``WebSocketHandler``
+subclass, so it cannot be wrapped on the class: the wrappers sit where tornado
+calls it instead. The frame loop, one task per connection, runs
+``_receive_frame`` for each frame; ``_handle_message`` dispatches a complete
+one and passes data to ``on_message`` through ``_run_callback``, which runs a
+coroutine ``on_message`` as a task of its own that the loop awaits.
+
+Each wrapper finds the connection's :class:`Traced` through the protocol's
+``handler``; a connection opened before ``instrument()`` (or with
+instrumentation suppressed) has none and passes straight through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable, Generator
+
+from wstrace.instrumentation._instrumentor import is_instrumentation_enabled
+from wstrace.instrumentation.tornado._common import Traced, traced
+from wstrace.session import ConnectionTracer
+
+
+__all__ = [
+    "client_close",
+    "handle_message",
+    "protocol_close",
+    "read_message",
+    "receive_frame",
+    "receive_frame_loop",
+    "run_callback",
+    "write_message",
+]
+
+Wrapped = Callable[..., Any]
+
+_CLOSE = 0x8
+
+
+def write_message(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``WebSocketProtocol13.write_message(message, binary=False)``, under both sides' ``write_message``."""
+    t = traced(instance.handler)
+    if t is None:
+        return wrapped(*args, **kwargs)
+    message = args[0] if args else kwargs.get("message")
+    binary = args[1] if len(args) > 1 else kwargs.get("binary", False)
+    if isinstance(message, dict):
+        # tornado sends a dict as JSON text; encode it as tornado does, so that the envelope wraps the text.
+        from tornado.escape import json_encode  # noqa: PLC0415 - only dict messages need it
+
+        message = json_encode(message)
+    if not isinstance(message, (str, bytes)):
+        return wrapped(*args, **kwargs)  # tornado refuses it; its own error, unchanged
+    # tornado picks the frame type from ``binary``, not from the payload's type.
+    wire, handle = t.ct.send_start(message, text=not binary, record=is_instrumentation_enabled())
+    if args:
+        args = (wire, *args[1:])
+    else:
+        kwargs["message"] = wire
+    try:
+        result = wrapped(*args, **kwargs)
+    except BaseException as exc:
+        t.ct.send_end(handle, exc)
+        raise
+    # The frame is in the stream's buffer; the returned future only tracks the flush.
+    t.ct.send_end(handle)
+    return result
+
+
+def run_callback(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``WebSocketProtocol._run_callback(callback, *args)``: the call of ``on_message`` with a data message."""
+    handler = instance.handler
+    t = traced(handler)
+    if t is None or not t.loop_delivers or len(args) != 2 or kwargs or args[0] != handler.on_message:
+        # Not a data message, or a client whose messages wait for read_message.
+        return wrapped(*args, **kwargs)
+    ct = t.ct
+    _end_loop_receive(t)
+    payload = ct.received(args[1], record=is_instrumentation_enabled())
+    result = wrapped(args[0], payload)
+    if result is None:
+        ct.receive_done()  # on_message returned (or raised, which tornado logs)
+    else:
+        # A coroutine: its task copied the context with the receive span;
+        # the loop awaits it and ends the span in receive_frame.
+        t.loop_receive = True
+    return result
+
+
+def _end_loop_receive(t: Traced) -> None:
+    if t.loop_receive:
+        t.loop_receive = False
+        t.ct.receive_done()
+
+
+async def receive_frame(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``WebSocketProtocol13._receive_frame``: one frame read and handled, in the frame loop's task.
+
+    The receive span of a coroutine ``on_message`` ends here, in the task
+    that attached it, once the loop has awaited the coroutine.
+    """
+    try:
+        return await wrapped(*args, **kwargs)
+    finally:
+        t = traced(instance.handler)
+        if t is not None:
+            _end_loop_receive(t)
+
+
+async def receive_frame_loop(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``WebSocketProtocol13._receive_frame_loop``: it ends when the connection does, after ``on_close``."""
+    try:
+        return await wrapped(*args, **kwargs)
+    finally:
+        t = traced(instance.handler)
+        if t is not None:
+            _end_loop_receive(t)
+            t.ct.closed(**t.close_event())
+
+
+def handle_message(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``WebSocketProtocol13._handle_message(opcode, data)``: notes the peer's close frame."""
+    opcode = args[0] if args else kwargs.get("opcode")
+    if opcode != _CLOSE or instance.client_terminated:  # tornado ignores frames after a close
+        return wrapped(*args, **kwargs)
+    t = traced(instance.handler)
+    if t is not None and t.initiator is None:
+        t.initiator = "remote"
+    try:
+        return wrapped(*args, **kwargs)
+    finally:
+        if t is not None:
+            t.received = (instance.close_code, instance.close_reason or "")
+
+
+def protocol_close(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``WebSocketProtocol13.close(code, reason)``: notes the close frame this end sends.
+
+    tornado calls it for the application's ``close``, for its own reasons (ping
+    timeout, message too big), to echo the peer's close, and to abort.
+    """
+    t = traced(instance.handler)
+    stream = instance.stream
+    if t is not None and t.sent is None and not instance.server_terminated and stream is not None:
+        if not stream.closed():
+            code = args[0] if args else kwargs.get("code")
+            reason = args[1] if len(args) > 1 else kwargs.get("reason")
+            if code is None and reason is not None:
+                code = 1000  # as tornado does
+            t.sent = (code, reason or "")
+            if t.initiator is None and not instance.client_terminated:
+                t.initiator = "local"
+    return wrapped(*args, **kwargs)
+
+
+def client_close(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``WebSocketClientConnection.close``: the application is done with the message it read."""
+    t = traced(instance)
+    if t is not None and not t.loop_delivers:
+        t.ct.receive_done()  # in the application's task, where read_message attached the span
+    return wrapped(*args, **kwargs)
+
+
+def read_message(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``WebSocketClientConnection.read_message(callback=None)``: the next message from the queue."""
+    t = traced(instance)
+    if t is None or t.loop_delivers:
+        return wrapped(*args, **kwargs)
+    callback = args[0] if args else kwargs.get("callback")
+    t.ct.receive_done()
+    message = _Message(t.ct, asyncio.ensure_future(wrapped()))
+    if callback is not None:
+        instance.io_loop.add_future(message, callback)
+    return message
+
+
+class _Message(asyncio.Future[Any]):
+    """What ``read_message`` returns: a future of the application's payload.
+
+    The envelope is stripped, and the receive span started and attached, the
+    first time the result is read. Awaiting it reads the result in the
+    awaiting task (its wake-up and its resumption both run there), so the
+    span is current where the application handles the message. It stays a
+    real future, for ``asyncio.wait``, callbacks and ``result()``.
+    """
+
+    def __init__(self, ct: ConnectionTracer, source: asyncio.Future[Any]) -> None:
+        super().__init__(loop=source.get_loop())
+        self._ct = ct
+        self._source = source
+        self._delivered = False
+        self._payload: Any = None
+        source.add_done_callback(self._copy)
+        self.add_done_callback(self._cancel_source)
+
+    def _copy(self, source: asyncio.Future[Any]) -> None:
+        if self.done():
+            return
+        if source.cancelled():
+            self.cancel()
+            return
+        error = source.exception()
+        if error is not None:
+            self.set_exception(error)
+        else:
+            super().set_result(source.result())
+
+    def _cancel_source(self, _: asyncio.Future[Any]) -> None:
+        # A cancelled read must not take the next message off the queue.
+        if self.cancelled():
+            self._source.cancel()
+
+    def result(self) -> Any:
+        wire = super().result()
+        if not self._delivered:
+            self._delivered = True
+            # None: the connection closed; it is not a message.
+            self._payload = None if wire is None else self._ct.received(wire, record=is_instrumentation_enabled())
+        return self._payload
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        # asyncio.Future.__await__, reading the result through our result().
+        if not self.done():
+            self._asyncio_future_blocking = True
+            yield self
+        if not self.done():
+            raise RuntimeError("await wasn't used with future")
+        return self.result()
+
+    __iter__ = __await__

@@ -1,0 +1,421 @@
+"""Trace context across in-process hops: queues, thread pools, threads and processes.
+
+``contextvars`` already follow a value into an ``asyncio`` task (copied at
+creation), into ``asyncio.to_thread`` and into loop callbacks. They do not
+follow it into a queue, a ``ThreadPoolExecutor.submit``, a
+``loop.run_in_executor`` or a ``threading.Thread``. This module closes those
+gaps (``docs/howto/async-and-queues.md`` lists every hop):
+
+* :func:`carry` captures the current context with an item, :func:`restore`
+  starts the ``process`` span from it where the item is handled;
+* :class:`TracedQueue` and :class:`TracedAsyncQueue` do both inside
+  ``put`` and ``get``: drop-in ``queue.Queue`` and ``asyncio.Queue``;
+* :class:`TracedThreadPoolExecutor` and :func:`submit` run a function in the
+  context of its caller, as ``asyncio.to_thread`` does.
+
+Standard library and ``opentelemetry-api`` only. Like the rest of the core,
+nothing here raises into the host application because of tracing: a failure
+is logged once and the item still gets through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import logging
+import os
+import queue
+import sys
+import threading
+from concurrent.futures import Executor, Future
+from concurrent.futures.thread import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generic, Iterator, Literal, Mapping, Optional, ParamSpec, TypeVar, cast, get_args
+
+from opentelemetry import context as otel_context, trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+from opentelemetry.util.types import AttributeValue
+
+from wstrace import propagation, semconv as sc
+from wstrace.exceptions import ConfigError
+from wstrace.version import __version__
+
+
+__all__ = [
+    "CARRY_LINK_ENV",
+    "CarryLink",
+    "Carried",
+    "TracedAsyncQueue",
+    "TracedQueue",
+    "TracedThreadPoolExecutor",
+    "carry",
+    "restore",
+    "submit",
+]
+
+_log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+P = ParamSpec("P")
+
+CarryLink = Literal["parent", "link"]
+"""How a ``process`` span relates to the context its item was enqueued in.
+
+``parent``: it is the child of that context (one trace), and links to it.
+``link``: it starts a new trace and only links to it.
+"""
+
+CARRY_LINK_ENV = "WSTRACE_CARRY_LINK"
+"""Environment variable giving the default :data:`CarryLink` (``parent`` if unset)."""
+
+_warned: set[str] = set()
+
+
+def _warn_once(what: str, exc: BaseException | None = None) -> None:
+    """Log an internal failure once per kind, never once per item."""
+    if what not in _warned:
+        _warned.add(what)
+        _log.warning("wstrace: %s; tracing continues without it", what, exc_info=exc)
+
+
+def _carry_link(value: Optional[str]) -> CarryLink:
+    """The keyword if given (a bad one raises), else ``WSTRACE_CARRY_LINK``, else ``parent``."""
+    allowed = get_args(CarryLink)
+    if value is not None:
+        if value not in allowed:
+            raise ConfigError(f"carry_link must be one of {', '.join(allowed)}, got {value!r}")
+        return cast(CarryLink, value)
+    raw = os.environ.get(CARRY_LINK_ENV, "").strip().lower()
+    if not raw:
+        return "parent"
+    if raw not in allowed:
+        # Like config.py: a bad environment value must not stop the application.
+        _warn_once(f"ignoring {CARRY_LINK_ENV}={raw!r} (expected one of {', '.join(allowed)})")
+        return "parent"
+    return cast(CarryLink, raw)
+
+
+@functools.lru_cache(maxsize=32)
+def _tracer(provider: Optional[trace.TracerProvider]) -> trace.Tracer:
+    return trace.get_tracer(
+        "wstrace", __version__, tracer_provider=provider, schema_url="https://opentelemetry.io/schemas/1.26.0"
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class Carried(Generic[T]):
+    """An item and the context it was enqueued (or written to Redis) in."""
+
+    item: T
+    """The application's item, exactly as it was given."""
+
+    context: Context = field(default_factory=Context)
+    """The creation context: the producer's context in-process, the extracted one
+    across processes; empty when the item came with none (a foreign Redis entry)."""
+
+    destination: Optional[str] = None
+    """Queue, list, stream or channel name: ``messaging.destination.name``."""
+
+    attributes: Mapping[str, AttributeValue] = field(default_factory=dict)
+    """Extra attributes for the ``process`` span (set by the Redis helpers)."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A Context holds live spans and cannot be pickled: across a process
+        # boundary (multiprocessing.Queue, ProcessPoolExecutor) it travels as
+        # a propagation carrier and comes back as the remote context.
+        carrier = propagation.inject(self.context)
+        return (_revive, (self.item, carrier, self.destination, dict(self.attributes)))
+
+
+def _revive(
+    item: Any, carrier: dict[str, str], destination: Optional[str], attributes: dict[str, AttributeValue]
+) -> Carried[Any]:
+    return Carried(item, propagation.extract(carrier), destination, attributes)
+
+
+def carry(item: T, *, destination: Optional[str] = None) -> Carried[T]:
+    """Wrap ``item`` with the current context, at enqueue time."""
+    return Carried(item, otel_context.get_current(), destination)
+
+
+class _Processing:
+    """A started ``process`` span, attached as the current context."""
+
+    __slots__ = ("ctx", "ended", "span", "token")
+
+    def __init__(self, span: Span, ctx: Context, token: object) -> None:
+        self.span = span
+        self.ctx = ctx
+        self.token = token
+        self.ended = False
+
+    def fail(self, exc: BaseException) -> None:
+        try:
+            if self.span.is_recording():
+                self.span.record_exception(exc)
+                self.span.set_attribute(sc.ERROR_TYPE, type(exc).__qualname__)
+                self.span.set_status(Status(StatusCode.ERROR, str(exc)))
+        except Exception as err:  # pragma: no cover - defensive
+            _warn_once("recording a processing error failed", err)
+
+    def finish(self, *, detach: bool = True) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        try:
+            # Detach only if nothing was attached since: resetting a stale
+            # token would roll back what the application attached after us.
+            if detach and otel_context.get_current() is self.ctx:
+                otel_context.detach(self.token)  # type: ignore[arg-type]
+            self.span.end()
+        except Exception as exc:  # pragma: no cover - defensive
+            _warn_once("ending a process span failed", exc)
+
+
+def _begin(
+    tracer: trace.Tracer, carried: Carried[Any], destination: Optional[str], mode: CarryLink
+) -> Optional[_Processing]:
+    """Start the ``process`` span for one item and make it current."""
+    try:
+        creation = propagation.remote_span_context(carried.context)
+        links = (Link(creation, {sc.LINK_KIND: "creation"}),) if creation is not None else ()
+        if mode == "parent":
+            # The creation context is the parent and the base: the producer's
+            # baggage comes along, as with a WebSocket envelope under trust=parent.
+            parent = base = carried.context
+        else:
+            parent, base = Context(), otel_context.get_current()
+        name = destination or carried.destination
+        attributes: dict[str, AttributeValue] = {
+            sc.MESSAGING_OPERATION_TYPE: "process",
+            sc.MESSAGING_OPERATION_NAME: "process",
+        }
+        if name:
+            attributes[sc.MESSAGING_DESTINATION_NAME] = name
+        attributes.update(carried.attributes)
+        span = tracer.start_span(
+            f"process {name}" if name else "process",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
+            links=links,
+        )
+        ctx = trace.set_span_in_context(span, base)
+        return _Processing(span, ctx, otel_context.attach(ctx))
+    except Exception as exc:
+        _warn_once("starting a process span failed", exc)
+        return None
+
+
+@contextmanager
+def restore(
+    carried: Carried[T],
+    destination: Optional[str] = None,
+    *,
+    carry_link: Optional[CarryLink] = None,
+    tracer_provider: Optional[trace.TracerProvider] = None,
+) -> Iterator[T]:
+    """Handle a carried item inside its ``process`` span; yields the item.
+
+    The span is ``process {destination}`` (``destination`` defaults to the
+    carried one), kind ``CONSUMER``, current for the body of the ``with``, and
+    records an exception that escapes it. ``carry_link`` (default: env
+    ``WSTRACE_CARRY_LINK``, else ``parent``) chooses between parenting on the
+    creation context and only linking to it. Anything that is not a
+    :class:`Carried` is yielded as it is, in a span with no parent.
+    """
+    if not isinstance(carried, Carried):
+        carried = Carried(carried)
+    processing = _begin(_tracer(tracer_provider), carried, destination, _carry_link(carry_link))
+    try:
+        yield carried.item
+    except Exception as exc:
+        if processing is not None:
+            processing.fail(exc)
+        raise
+    finally:
+        if processing is not None:
+            processing.finish()
+
+
+def _owner() -> object:
+    """Who is consuming: the running asyncio task, else the thread."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no running loop in this thread
+        task = None
+    return task if task is not None else threading.current_thread()
+
+
+def _gone(owner: object) -> bool:
+    if isinstance(owner, asyncio.Future):
+        return owner.done()
+    if isinstance(owner, threading.Thread):
+        return not owner.is_alive()
+    return True  # pragma: no cover - owners are tasks or threads
+
+
+class _Consumers:
+    """The open ``process`` span of each consumer (thread or task) of one queue.
+
+    A drop-in queue has no callback around the handling of an item, so its
+    span lasts from ``get`` until that consumer calls ``task_done`` or ``get``
+    again, as a WebSocket receive span lasts until the next ``recv``.
+    """
+
+    def __init__(self, tracer: trace.Tracer, name: Optional[str], mode: CarryLink) -> None:
+        self.tracer = tracer
+        self.name = name
+        self.mode = mode
+        self._open: dict[object, _Processing] = {}
+        self._lock = threading.Lock()
+
+    def begin(self, entry: Any) -> Any:
+        carried = entry if isinstance(entry, Carried) else Carried(entry)
+        processing = _begin(self.tracer, carried, self.name, self.mode)
+        if processing is not None:
+            with self._lock:
+                self._open[_owner()] = processing
+        return carried.item
+
+    def finish(self) -> None:
+        """End the caller's open span, and those of consumers that are gone."""
+        try:
+            owner = _owner()
+            with self._lock:
+                mine = self._open.pop(owner, None)
+                # A consumer that ended without task_done(), or a get() run in
+                # a task of its own (asyncio.wait_for before Python 3.12),
+                # would otherwise leave its span open for ever.
+                orphans = [self._open.pop(o) for o in list(self._open) if _gone(o)]
+            if mine is not None:
+                mine.finish()
+            for processing in orphans:
+                processing.finish(detach=False)
+        except Exception as exc:  # pragma: no cover - defensive
+            _warn_once("ending a queue's process span failed", exc)
+
+
+class TracedQueue(queue.Queue[T]):
+    """A ``queue.Queue`` whose items keep the context they were put in.
+
+    ``put`` captures the producer's context; ``get`` starts the
+    ``process {name}`` span and makes it current in the consumer's thread until
+    it calls :meth:`task_done` or ``get`` again. ``q.queue`` holds
+    :class:`Carried` wrappers, not the bare items.
+    """
+
+    def __init__(
+        self,
+        maxsize: int = 0,
+        *,
+        name: Optional[str] = None,
+        carry_link: Optional[CarryLink] = None,
+        tracer_provider: Optional[trace.TracerProvider] = None,
+    ) -> None:
+        super().__init__(maxsize)
+        self.name = name
+        self._consumers = _Consumers(_tracer(tracer_provider), name, _carry_link(carry_link))
+
+    def _put(self, item: T) -> None:
+        # Runs in the producer's thread, inside put(): its context is current.
+        super()._put(cast(T, Carried(item, otel_context.get_current(), self.name)))
+
+    def get(self, block: bool = True, timeout: Optional[float] = None) -> T:
+        """Remove and return an item, as ``queue.Queue.get``, inside its process span."""
+        self._consumers.finish()  # the previous item is handled: don't count the wait
+        return cast(T, self._consumers.begin(super().get(block, timeout)))
+
+    def task_done(self) -> None:
+        """End the caller's process span, then ``queue.Queue.task_done``."""
+        self._consumers.finish()
+        super().task_done()
+
+
+class TracedAsyncQueue(asyncio.Queue[T]):
+    """An ``asyncio.Queue`` whose items keep the context they were put in.
+
+    As :class:`TracedQueue`, per consumer task. ``get`` must run in the
+    consumer's own task for the span to be current there: wrap it in
+    ``asyncio.timeout()``, not ``asyncio.wait_for()`` (which runs it in a task
+    of its own before Python 3.12).
+    """
+
+    def __init__(
+        self,
+        maxsize: int = 0,
+        *,
+        name: Optional[str] = None,
+        carry_link: Optional[CarryLink] = None,
+        tracer_provider: Optional[trace.TracerProvider] = None,
+    ) -> None:
+        super().__init__(maxsize)
+        self.name = name
+        self._consumers = _Consumers(_tracer(tracer_provider), name, _carry_link(carry_link))
+
+    def _put(self, item: T) -> None:
+        super()._put(cast(T, Carried(item, otel_context.get_current(), self.name)))
+
+    async def get(self) -> T:
+        """Remove and return an item, as ``asyncio.Queue.get``, inside its process span."""
+        self._consumers.finish()
+        return await super().get()  # which calls get_nowait()
+
+    def get_nowait(self) -> T:
+        """Remove and return an item if one is ready, inside its process span."""
+        self._consumers.finish()
+        return cast(T, self._consumers.begin(super().get_nowait()))
+
+    def task_done(self) -> None:
+        """End the calling task's process span, then ``asyncio.Queue.task_done``."""
+        self._consumers.finish()
+        super().task_done()
+
+
+class TracedThreadPoolExecutor(ThreadPoolExecutor):
+    """A ``ThreadPoolExecutor`` that runs each call in a copy of its submitter's context.
+
+    Covers ``submit``, ``map`` and ``loop.run_in_executor(pool, ...)``; pass
+    one to ``loop.set_default_executor`` to cover ``run_in_executor(None, ...)``.
+    """
+
+    def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
+        return super().submit(functools.partial(contextvars.copy_context().run, fn, *args, **kwargs))
+
+
+class _Remote(Generic[R]):
+    """A call that re-attaches its submitter's context in a worker process (picklable)."""
+
+    def __init__(self, fn: Callable[..., R], carrier: dict[str, str]) -> None:
+        self.fn = fn
+        self.carrier = carrier
+
+    def __call__(self, *args: Any, **kwargs: Any) -> R:
+        token = otel_context.attach(propagation.extract(self.carrier))
+        try:
+            return self.fn(*args, **kwargs)
+        finally:
+            otel_context.detach(token)
+
+
+def _is_process_pool(executor: Executor) -> bool:
+    # Looked up, not imported: importing multiprocessing would double this module's import
+    # time, and no executor can be a process pool if its module was never imported.
+    process = sys.modules.get("concurrent.futures.process")
+    return process is not None and isinstance(executor, process.ProcessPoolExecutor)
+
+
+def submit(executor: Executor, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
+    """``executor.submit(fn, ...)``, with ``fn`` running in the caller's context.
+
+    A thread pool gets a copy of every context variable, as ``asyncio.to_thread``
+    does. A ``ProcessPoolExecutor`` gets the trace context as a propagation
+    carrier (``fn`` and its arguments must be picklable, as always there).
+    """
+    if _is_process_pool(executor):
+        return executor.submit(_Remote(fn, propagation.inject()), *args, **kwargs)
+    return executor.submit(functools.partial(contextvars.copy_context().run, fn, *args, **kwargs))
