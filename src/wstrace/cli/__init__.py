@@ -1,4 +1,4 @@
-"""The ``wstrace`` command line: ``wstrace demo``.
+"""The ``wstrace`` command line: ``wstrace demo`` and ``wstrace view``.
 
 The CLI needs the ``cli`` extra (the OpenTelemetry SDK and websockets);
 without it, it says how to install it instead of failing with a traceback.
@@ -23,16 +23,32 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", choices=("message", "connection"), default=None, help="tracing model")
     demo.add_argument("--envelope", choices=("off", "negotiate", "always"), default=None, help="envelope mode")
     demo.add_argument("--messages", type=int, default=3, help="messages the client sends (default 3)")
+    view = commands.add_parser("view", help="show the traces in an OTLP/JSON lines file (wstrace or Collector)")
+    view.add_argument("file", help="the file, one OTLP/JSON ExportTraceServiceRequest per line")
+    view.add_argument("--trace", metavar="ID", help="only the trace whose id starts with ID")
+    view.add_argument("--session", metavar="ID", help="only traces with a span whose websocket.session.id is ID")
+    view.add_argument("--width", metavar="N", type=int, help="terminal width in columns (default: detected)")
+    view.add_argument("--html", metavar="OUT", help="write a self-contained HTML page to OUT instead")
     return parser
+
+
+def _needs_extra(exc: ImportError) -> int:
+    print(f"wstrace: the command line needs the cli extra ({exc.name} is missing):", file=sys.stderr)
+    print("    pip install 'wstrace[cli]'", file=sys.stderr)
+    return 1
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
+    if args.command == "view":
+        try:
+            from wstrace.cli import view  # noqa: PLC0415 - needs the [cli] extra
+        except ImportError as exc:
+            return _needs_extra(exc)
+        return view.main(args)
     try:
         from wstrace.cli import demo  # noqa: PLC0415 - needs the [cli] extra
     except ImportError as exc:
-        print(f"wstrace: the command line needs the cli extra ({exc.name} is missing):", file=sys.stderr)
-        print("    pip install 'wstrace[cli]'", file=sys.stderr)
-        return 1
+        return _needs_extra(exc)
     return demo.run(model=args.model, envelope=args.envelope, messages=args.messages)

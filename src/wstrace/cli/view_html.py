@@ -1,0 +1,418 @@
+"""``wstrace view --html``: one self-contained page with a waterfall per trace and a details panel per span.
+
+The page loads nothing: CSS and JavaScript are inline, and its Content-Security-Policy allows only those two
+blocks (by hash), so even a span name that slipped past escaping could run no script. The spans travel as
+JSON in a ``<script type="application/json">`` block and are put on the page with ``textContent`` only.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import json
+import re
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+
+if TYPE_CHECKING:
+    from wstrace.cli.view import Trace
+
+
+__all__ = ["format_value", "render_html", "value_type"]
+
+
+def value_type(value: Any) -> str:
+    """The OTLP type name of an attribute value."""
+    if value is None:
+        return "empty"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "double"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bytes):
+        return "bytes"
+    if isinstance(value, Mapping):
+        return "map"
+    return "array"
+
+
+def format_value(value: Any) -> str:
+    """An attribute value as text: strings as they are, arrays and maps with quoted strings inside."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, bytes):
+        return "0x" + value.hex()
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{json.dumps(str(k))}: {_inner(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_inner(item) for item in value) + "]"
+    return str(value)
+
+
+def _inner(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, str) else format_value(value)
+
+
+def _attributes(attributes: Mapping[str, Any]) -> list[list[str]]:
+    return [[str(key), value_type(value), format_value(value)] for key, value in attributes.items()]
+
+
+def _ms(ns: int) -> float:
+    return round(ns / 1e6, 6)
+
+
+def _page_data(traces: Sequence[Trace], source: str) -> dict[str, Any]:
+    shown = {row.span.span_id for trace in traces for row in trace.rows}
+    resources: dict[str, int] = {}
+    resource_list: list[list[list[str]]] = []
+    out: list[dict[str, Any]] = []
+    for trace in traces:
+        total = trace.duration_ns
+        spans = []
+        for row in trace.rows:
+            span = row.span
+            offset = span.start_ns - trace.start_ns
+            resource = _attributes(span.resource)
+            key = json.dumps(resource)
+            if key not in resources:  # every span of a process carries the same resource: send it once
+                resources[key] = len(resource_list)
+                resource_list.append(resource)
+            spans.append(
+                {
+                    "name": span.name,
+                    "spanId": span.span_id,
+                    "parentSpanId": span.parent_span_id or "",
+                    "kind": span.kind.lower(),
+                    "depth": row.depth,
+                    "orphan": row.orphan,
+                    "status": span.status,
+                    "statusMessage": span.status_message,
+                    "scope": " ".join(filter(None, (span.scope, span.scope_version))),
+                    "offsetMs": _ms(offset),
+                    "durationMs": _ms(span.duration_ns),
+                    "left": 100 * offset / total if total else 0,
+                    "width": 100 * span.duration_ns / total if total else 100,
+                    "attributes": _attributes(span.attributes),
+                    "events": [
+                        {
+                            "name": event.name,
+                            "offsetMs": _ms(event.time_ns - trace.start_ns),
+                            "attributes": _attributes(event.attributes),
+                        }
+                        for event in span.events
+                    ],
+                    "links": [
+                        {
+                            "traceId": link.trace_id,
+                            "spanId": link.span_id,
+                            "inPage": link.span_id in shown,
+                            "attributes": _attributes(link.attributes),
+                        }
+                        for link in span.links
+                    ],
+                    "resource": resources[key],
+                }
+            )
+        started = datetime.fromtimestamp(trace.start_ns / 1e9, tz=timezone.utc)
+        out.append(
+            {
+                "traceId": trace.trace_id,
+                "root": trace.root_name,
+                "started": started.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC",
+                "durationMs": _ms(total),
+                "sessions": list(trace.sessions),
+                "spans": spans,
+            }
+        )
+    return {"source": source, "traces": out, "resources": resource_list}
+
+
+def _script_json(data: object) -> str:
+    # "<" as \u003c: no "</script>" or "<!--" can end or confuse the data block, and JSON.parse reads it back.
+    return json.dumps(data, ensure_ascii=False, allow_nan=False).replace("<", "\\u003c")
+
+
+def _hash(source: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(source.encode("utf-8")).digest()).decode("ascii") + "'"
+
+
+def render_html(traces: Sequence[Trace], *, source: str = "") -> str:
+    """The whole page for ``traces``; ``source`` (the file name) goes in its title."""
+    spans = sum(len(t.rows) for t in traces)
+    summary = f"{source + ' · ' if source else ''}{len(traces)} traces · {spans} spans"
+    policy = (
+        f"default-src 'none'; style-src {_hash(_STYLE)}; script-src {_hash(_SCRIPT)}; "
+        "img-src 'none'; base-uri 'none'; form-action 'none'"
+    )
+    values = {
+        "policy": html.escape(policy),
+        "title": html.escape(f"wstrace · {source}" if source else "wstrace"),
+        "summary": html.escape(summary),
+        "style": _STYLE,
+        "script": _SCRIPT,
+        "data": _script_json(_page_data(traces, source)),
+    }
+    # One pass over the template, so no value (a file name holding "{data}", say) is substituted into again.
+    return _FIELD.sub(lambda match: values[match.group(1)], _PAGE)
+
+
+_FIELD = re.compile(r"\{(policy|title|summary|style|script|data)\}")
+_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta http-equiv="Content-Security-Policy" content="{policy}">
+<title>{title}</title>
+<style>{style}</style>
+</head>
+<body>
+<header><h1>wstrace</h1><p class="summary">{summary}</p></header>
+<main id="traces"></main>
+<noscript><p>This page draws the traces with JavaScript; please enable it.</p></noscript>
+<script type="application/json" id="wstrace-data">{data}</script>
+<script>{script}</script>
+</body>
+</html>
+"""
+
+_STYLE = """
+:root {
+  --bg: #ffffff; --fg: #1f2328; --muted: #656d76; --line: #d8dee4; --panel: #f6f8fa;
+  --hover: #f3f6f9; --open: #ddf4ff; --bar: #2f81f7; --error: #cf222e; --orphan: #9a6700;
+  color-scheme: light dark;
+  font: 14px/1.4 system-ui, -apple-system, "Segoe UI", sans-serif;
+}
+@media (prefers-color-scheme: dark) {
+  :root {
+    --bg: #0d1117; --fg: #e6edf3; --muted: #8d96a0; --line: #30363d; --panel: #161b22;
+    --hover: #1c2128; --open: #12263f; --bar: #4493f8; --error: #f85149; --orphan: #d29922;
+  }
+}
+body { margin: 0; padding: 16px 24px 40px; background: var(--bg); color: var(--fg); }
+h1 { font-size: 18px; margin: 0; }
+.summary { color: var(--muted); margin: 2px 0 16px; }
+.mono, .trace-id, .time, td.value, .link-id { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; }
+.trace { border: 1px solid var(--line); border-radius: 6px; margin-bottom: 20px; overflow: hidden; }
+.trace-head { padding: 8px 12px; background: var(--panel); border-bottom: 1px solid var(--line); }
+.trace-head h2 { font-size: 14px; margin: 0; font-weight: 600; }
+.trace-head .root { margin-left: 10px; }
+.trace-head .facts { color: var(--muted); font-size: 12px; }
+.grid { display: grid; grid-template-columns: minmax(220px, 32%) 1fr 160px; align-items: center; }
+.axis { color: var(--muted); font-size: 11px; border-bottom: 1px solid var(--line); height: 20px; }
+.axis .track { height: 20px; }
+.tick { position: absolute; top: 3px; white-space: nowrap; }
+.tick.end { transform: translateX(-100%); }
+.row { cursor: pointer; border-bottom: 1px solid var(--line); }
+.row:hover { background: var(--hover); }
+.row:focus { outline: 2px solid var(--bar); outline-offset: -2px; }
+.row[aria-expanded="true"] { background: var(--open); }
+.label { white-space: nowrap; overflow: hidden; text-overflow: ellipsis; padding: 3px 8px; }
+.kind { color: var(--muted); font-size: 11px; margin-left: 6px; }
+.orphan-mark { color: var(--orphan); margin-right: 4px; }
+.track { position: relative; height: 24px; margin: 0 8px; }
+.bar { position: absolute; top: 6px; height: 12px; min-width: 2px; background: var(--bar); border-radius: 2px; }
+.row.error .bar { background: var(--error); }
+.row.error .name { color: var(--error); font-weight: 600; }
+.time { font-size: 12px; color: var(--muted); text-align: right; padding-right: 12px; white-space: nowrap; }
+.details { padding: 8px 16px 12px; background: var(--panel); border-bottom: 1px solid var(--line); }
+.details h3 { font-size: 11px; margin: 10px 0 4px; text-transform: uppercase; letter-spacing: .05em;
+  color: var(--muted); }
+.details dl { display: grid; grid-template-columns: max-content 1fr; gap: 2px 12px; margin: 0; font-size: 12px; }
+.details dt { color: var(--muted); }
+.details dd { margin: 0; word-break: break-all; }
+.details table { border-collapse: collapse; margin: 2px 0 8px; font-size: 12px; }
+.details th, .details td { border: 1px solid var(--line); padding: 2px 8px; text-align: left; vertical-align: top; }
+.details th { color: var(--muted); font-weight: 600; }
+td.type { color: var(--muted); }
+td.value { white-space: pre-wrap; word-break: break-all; }
+.none { color: var(--muted); margin: 0; font-size: 12px; }
+.event, .link { font-size: 12px; margin-top: 4px; }
+.event-time { color: var(--muted); }
+.link button { margin-left: 8px; font-size: 11px; }
+.flash { animation: flash 1.2s ease-out; }
+@keyframes flash { from { background: var(--open); } to { background: transparent; } }
+"""
+
+_SCRIPT = """
+"use strict";
+(() => {
+  const data = JSON.parse(document.getElementById("wstrace-data").textContent);
+  const main = document.getElementById("traces");
+
+  const el = (tag, className, text) => {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    return node;
+  };
+  const ms = (value) => value.toFixed(3) + " ms";
+
+  const table = (rows) => {
+    const node = el("table", "attributes");
+    const head = node.createTHead().insertRow();
+    for (const title of ["key", "type", "value"]) head.appendChild(el("th", "", title));
+    const body = node.createTBody();
+    for (const [key, type, value] of rows) {
+      const tr = body.insertRow();
+      tr.appendChild(el("td", "key", key));
+      tr.appendChild(el("td", "type", type));
+      tr.appendChild(el("td", "value", value));
+    }
+    return node;
+  };
+  const heading = (panel, title, count) => panel.appendChild(el("h3", "", title + " (" + count + ")"));
+  const attributes = (panel, rows) => panel.appendChild(rows.length ? table(rows) : el("p", "none", "none"));
+
+  const toggle = (row, open) => {
+    const panel = row.nextElementSibling;
+    const show = open === undefined ? panel.hidden : open;
+    panel.hidden = !show;
+    row.setAttribute("aria-expanded", String(show));
+  };
+
+  const goTo = (spanId) => {
+    const row = main.querySelector('.row[data-span-id="' + CSS.escape(spanId) + '"]');
+    if (!row) return;
+    toggle(row, true);
+    row.scrollIntoView({ block: "center" });
+    row.focus();
+    row.classList.remove("flash");
+    void row.offsetWidth;  // restart the animation
+    row.classList.add("flash");
+  };
+
+  const details = (span) => {
+    const panel = el("div", "details");
+    panel.hidden = true;
+    const facts = el("dl");
+    const status = span.status + (span.statusMessage ? ": " + span.statusMessage : "");
+    const rows = [
+      ["span id", span.spanId],
+      ["parent", span.parentSpanId ? span.parentSpanId + (span.orphan ? " (not in the file)" : "") : "none"],
+      ["kind", span.kind],
+      ["status", status],
+      ["scope", span.scope || "none"],
+      ["start", "+" + ms(span.offsetMs)],
+      ["duration", ms(span.durationMs)],
+    ];
+    for (const [key, value] of rows) {
+      facts.appendChild(el("dt", "", key));
+      facts.appendChild(el("dd", "", value));
+    }
+    panel.appendChild(facts);
+    heading(panel, "Attributes", span.attributes.length);
+    attributes(panel, span.attributes);
+    heading(panel, "Events", span.events.length);
+    for (const event of span.events) {
+      const line = el("div", "event");
+      line.appendChild(el("span", "event-name", event.name));
+      line.appendChild(el("span", "event-time", "  +" + ms(event.offsetMs)));
+      panel.appendChild(line);
+      if (event.attributes.length) panel.appendChild(table(event.attributes));
+    }
+    heading(panel, "Links", span.links.length);
+    for (const link of span.links) {
+      const line = el("div", "link");
+      line.appendChild(el("span", "link-id", link.traceId + " / " + link.spanId));
+      if (link.inPage) {
+        const button = el("button", "", "show span");
+        button.type = "button";
+        button.addEventListener("click", (event) => {
+          event.stopPropagation();
+          goTo(link.spanId);
+        });
+        line.appendChild(button);
+      }
+      panel.appendChild(line);
+      if (link.attributes.length) panel.appendChild(table(link.attributes));
+    }
+    const resource = data.resources[span.resource] || [];
+    heading(panel, "Resource", resource.length);
+    attributes(panel, resource);
+    panel.addEventListener("click", (event) => event.stopPropagation());
+    return panel;
+  };
+
+  const axis = (total) => {
+    const line = el("div", "grid axis");
+    line.appendChild(el("div", "label", "span"));
+    const track = el("div", "track");
+    for (const fraction of [0, 0.25, 0.5, 0.75, 1]) {
+      const tick = el("span", fraction === 1 ? "tick end" : "tick", ms(total * fraction));
+      tick.style.left = fraction * 100 + "%";
+      track.appendChild(tick);
+    }
+    line.appendChild(track);
+    line.appendChild(el("div", "time", "start · duration"));
+    return line;
+  };
+
+  const spanRow = (span) => {
+    const row = el("div", "grid row" + (span.status === "ERROR" ? " error" : ""));
+    row.tabIndex = 0;
+    row.setAttribute("role", "button");
+    row.setAttribute("aria-expanded", "false");
+    row.dataset.spanId = span.spanId;
+    const label = el("div", "label");
+    label.style.paddingLeft = 8 + 16 * span.depth + "px";
+    if (span.orphan) {
+      const mark = el("span", "orphan-mark", "\\u22ef");
+      mark.title = "parent span not in the file";
+      label.appendChild(mark);
+    }
+    label.appendChild(el("span", "name", span.name));
+    label.appendChild(el("span", "kind", span.kind));
+    label.title = span.name;
+    row.appendChild(label);
+    const track = el("div", "track");
+    const bar = el("div", "bar");
+    bar.style.left = Math.min(span.left, 100) + "%";
+    bar.style.width = Math.min(span.width, 100 - Math.min(span.left, 100)) + "%";
+    track.appendChild(bar);
+    row.appendChild(track);
+    row.appendChild(el("div", "time", "+" + ms(span.offsetMs) + " · " + ms(span.durationMs)));
+    row.addEventListener("click", () => toggle(row));
+    row.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" || event.key === " ") {
+        event.preventDefault();
+        toggle(row);
+      }
+    });
+    return row;
+  };
+
+  for (const trace of data.traces) {
+    const section = el("section", "trace");
+    section.dataset.traceId = trace.traceId;
+    const head = el("div", "trace-head");
+    const title = el("h2");
+    title.appendChild(el("span", "trace-id", trace.traceId));
+    title.appendChild(el("span", "root", trace.root));
+    head.appendChild(title);
+    const facts = [trace.started, ms(trace.durationMs), trace.spans.length + " spans"];
+    for (const session of trace.sessions) facts.push("session " + session);
+    head.appendChild(el("div", "facts", facts.join("  ·  ")));
+    section.appendChild(head);
+    section.appendChild(axis(trace.durationMs));
+    for (const span of trace.spans) {
+      section.appendChild(spanRow(span));
+      section.appendChild(details(span));
+    }
+    main.appendChild(section);
+  }
+})();
+"""

@@ -1,0 +1,492 @@
+"""``wstrace view``: the terminal tree, the filters, the command, and the HTML page in a real headless Chromium."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Span, Tracer, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.id_generator import IdGenerator
+from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from rich.console import Console
+
+from wstrace.cli import main
+from wstrace.cli.export import OtlpJsonFileExporter, SpanRecord, read_spans
+from wstrace.cli.view import Trace, build_traces, render_terminal, select_traces, waterfall
+from wstrace.cli.view_html import render_html
+
+
+T0 = 1_764_000_000_000_000_000
+SESSION_1 = "5e5510aa" * 4
+SESSION_2 = "5e5520bb" * 4
+HOSTILE = '<img src=x onerror="alert(1)">[bold]x[/bold]</script>'
+HANDSHAKE, MESSAGE, CLOSE, ORPHAN, ODD = "1" * 32, "2" * 32, "3" * 32, "a" * 32, "4" * 32
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+class CountingIds(IdGenerator):
+    """Readable ids: the n-th new trace is the digit n written 32 times; span ids count up from 0x101."""
+
+    def __init__(self) -> None:
+        self.traces = 0
+        self.spans = 0x100
+
+    def generate_trace_id(self) -> int:
+        self.traces += 1
+        return int(f"{self.traces:x}" * 32, 16)
+
+    def generate_span_id(self) -> int:
+        self.spans += 1
+        return self.spans
+
+
+def at(ms: float) -> int:
+    """T0 plus ``ms`` milliseconds, in ns."""
+    return T0 + round(ms * 1_000_000)
+
+
+def make_span(
+    tracer: Tracer,
+    name: str,
+    kind: SpanKind,
+    start_ms: float,
+    end_ms: float,
+    parent: Optional[trace.Span] = None,
+    attributes: Optional[dict[str, Any]] = None,
+    links: tuple[Link, ...] = (),
+    error: Optional[str] = None,
+    events: tuple[tuple[str, float, dict[str, Any]], ...] = (),
+) -> Span:
+    """A finished span with explicit times, parent, attributes, links, events and status."""
+    context = trace.set_span_in_context(parent) if parent is not None else Context()
+    span = tracer.start_span(name, context, kind, attributes, links, start_time=at(start_ms))
+    for event, when, event_attributes in events:
+        span.add_event(event, event_attributes, timestamp=at(when))
+    if error:
+        span.set_status(Status(StatusCode.ERROR, error))
+    span.end(end_time=at(end_ms))
+    assert isinstance(span, Span)
+    return span
+
+
+def stream(chunks: int, size: int, ttfc: float, ttlc: float, mean: float, p95: float, stalls: int) -> dict[str, Any]:
+    """The attributes wstrace puts on a stream span (times in seconds)."""
+    return {
+        "wstrace.stream.chunk_count": chunks,
+        "wstrace.stream.size": size,
+        "messaging.message.body.size": size,
+        "wstrace.stream.time_to_first_chunk": ttfc,
+        "wstrace.stream.time_to_last_chunk": ttlc,
+        "wstrace.stream.chunk_interval.mean": mean,
+        "wstrace.stream.chunk_interval.max": p95 * 2,
+        "wstrace.stream.chunk_interval.p50": mean,
+        "wstrace.stream.chunk_interval.p95": p95,
+        "wstrace.stream.stalls": stalls,
+    }
+
+
+def write_traces(path: Path) -> None:
+    """A handshake; a message with its reply streams; an abnormal close; an orphan; a hostile span name."""
+    provider = TracerProvider(id_generator=CountingIds(), resource=Resource.create({"service.name": "chat"}))
+    provider.add_span_processor(SimpleSpanProcessor(OtlpJsonFileExporter(path)))
+    ws = provider.get_tracer("wstrace.instrumentation.websockets", "0.1.0")
+    app = provider.get_tracer("chat.app", "2.0.0")
+    session_1 = {"websocket.session.id": SESSION_1}
+    message = {**session_1, "network.protocol.name": "websocket", "websocket.message.type": "text"}
+
+    shake = {**session_1, "http.response.status_code": 101, "websocket.envelope": "frame"}
+    client = make_span(
+        ws, "GET /chat", SpanKind.CLIENT, 0, 1.0, attributes={**shake, "url.full": "ws://127.0.0.1/chat"}
+    )
+    make_span(ws, "GET /chat", SpanKind.SERVER, 0.4, 0.8, client, {**shake, "http.route": "/chat"})
+    to_handshake = (Link(client.get_span_context(), {"wstrace.link.kind": "handshake"}),)
+
+    ask = make_span(app, "ask #1", SpanKind.INTERNAL, 2.0, 12.0)
+    one = {**message, "websocket.message.ordinal": 1, "messaging.message.body.size": 10}
+    send = make_span(ws, "send /chat", SpanKind.PRODUCER, 2.1, 2.3, ask, one, to_handshake)
+    receive = make_span(ws, "receive /chat", SpanKind.CONSUMER, 2.5, 11.0, send, one, to_handshake)
+    stall = ("wstrace.stream.stall", 9.0, {"wstrace.stream.stall.duration": 1.25, "wstrace.stream.chunk.index": 7})
+    reply = {**message, "websocket.message.ordinal": 1, **stream(12, 1234, 0.0005, 0.0075, 0.00064, 0.0012, 1)}
+    out = make_span(ws, "send /chat", SpanKind.PRODUCER, 3.0, 10.0, receive, reply, to_handshake, events=(stall,))
+    back = {**message, "websocket.message.ordinal": 1, **stream(12, 1234, 0.0011, 0.0081, 0.00065, 0.0013, 0)}
+    make_span(ws, "receive /chat", SpanKind.CONSUMER, 3.2, 10.5, out, back, to_handshake)
+
+    closed = {**session_1, "websocket.close.code": 1006, "error.type": "close 1006"}
+    make_span(ws, "close /chat", SpanKind.INTERNAL, 20.0, 20.01, None, closed, to_handshake, "abnormal close")
+
+    remote = SpanContext(int(ORPHAN, 16), 0xDEAD, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    third = {"websocket.session.id": SESSION_2, "websocket.message.ordinal": 3, "messaging.message.body.size": 64}
+    orphan = make_span(ws, "receive /chat", SpanKind.CONSUMER, 30.0, 34.0, NonRecordingSpan(remote), third)
+    chat = {"gen_ai.operation.name": "chat", "gen_ai.request.stream": True, **stream(40, 160, 0.12, 2.9, 0.07, 0.09, 0)}
+    make_span(app, "chat my-model", SpanKind.CLIENT, 30.5, 33.5, orphan, chat)
+
+    hostile = {"websocket.session.id": SESSION_2, "note": "</script><script>alert(2)</script>", "n": (1, 2)}
+    make_span(app, HOSTILE, SpanKind.INTERNAL, 40.0, 41.0, None, hostile)
+    provider.shutdown()
+
+
+@pytest.fixture(scope="module")
+def trace_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("view") / "traces.jsonl"
+    write_traces(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def traces(trace_file: Path) -> list[Trace]:
+    return build_traces(read_spans(trace_file))
+
+
+def render(traces: list[Trace], width: int = 160, **console: Any) -> str:
+    """The terminal view as plain text."""
+    out = io.StringIO()
+    render_terminal(traces, Console(file=out, width=width, color_system=None, **console))
+    return out.getvalue()
+
+
+ROW = re.compile(
+    r"^(?P<indent> *)(?P<orphan>⋯ )?(?P<name>.+?) +(?P<kind>internal|server|client|producer|consumer)"
+    r" +\+(?P<start>[\d,.]+) +(?P<duration>[\d,.]+)  (?P<rest>.*)$"
+)
+
+
+def sections(text: str) -> dict[str, list[re.Match[str]]]:
+    """The rendered output as {trace id: its span rows}, in order."""
+    found: dict[str, list[re.Match[str]]] = {}
+    current: list[re.Match[str]] = []
+    for line in text.splitlines():
+        if line.startswith("trace "):
+            current = found.setdefault(line.split()[1], [])
+        elif (row := ROW.match(line)) is not None:
+            current.append(row)
+    return found
+
+
+def tree(rows: list[re.Match[str]]) -> list[tuple[int, str]]:
+    """(depth, name) of each row."""
+    return [(len(row["indent"]) // 2, row["name"]) for row in rows]
+
+
+def test_trace_sections_are_in_start_order(traces: list[Trace]) -> None:
+    """One section per trace, sorted by start time, with root name, duration and span count."""
+    text = render(traces)
+    assert list(sections(text)) == [HANDSHAKE, MESSAGE, CLOSE, ORPHAN, ODD]
+    headers = [line for line in text.splitlines() if line.startswith("trace ")]
+    assert headers[1].split(None, 2)[2].strip() == "ask #1"
+    facts = text.splitlines()[text.splitlines().index(headers[1]) + 1]
+    assert "10.00 ms" in facts and "5 spans" in facts and f"session {SESSION_1}" in facts
+    assert "2025-11-24 16:00:00.002 UTC" in facts  # T0 + 2 ms
+
+
+def test_span_tree_has_the_right_depths(traces: list[Trace]) -> None:
+    """Each span appears once, indented two spaces per level under its parent."""
+    found = sections(render(traces))
+    assert tree(found[HANDSHAKE]) == [(0, "GET /chat"), (1, "GET /chat")]
+    assert tree(found[MESSAGE]) == [
+        (0, "ask #1"),
+        (1, "send /chat"),
+        (2, "receive /chat"),
+        (3, "send /chat"),
+        (4, "receive /chat"),
+    ]
+    assert tree(found[CLOSE]) == [(0, "close /chat")]
+    assert tree(found[ORPHAN]) == [(0, "receive /chat"), (1, "chat my-model")]
+    assert tree(found[ODD]) == [(0, HOSTILE)]  # rich markup in a name is text, not markup
+    assert sum(len(rows) for rows in found.values()) == len([r for t in traces for r in t.rows]) == 11
+
+
+def test_rows_show_offsets_durations_bars_and_key_attributes(traces: list[Trace]) -> None:
+    """Offsets from the trace start and durations in ms, a waterfall scaled to the trace, curated attributes."""
+    rows = sections(render(traces))[MESSAGE]
+    assert [(r["start"], r["duration"]) for r in rows] == [
+        ("0.00", "10.00"),
+        ("0.10", "0.20"),
+        ("0.50", "8.50"),
+        ("1.00", "7.00"),
+        ("1.20", "7.30"),
+    ]
+    bar_width = 40  # a quarter of the 160 columns
+    assert rows[0]["rest"].startswith("█" * bar_width + " ")  # the root spans the whole trace
+    assert rows[3]["rest"].startswith(" " * 4 + "█" * 28 + " " * 8)  # 1.0-8.0 ms of 10 ms, in 40 cells
+    assert "links=1 ordinal=1 size=1234" in rows[3]["rest"]
+    handshake = sections(render(traces))[HANDSHAKE][0]["rest"]
+    assert "envelope=frame" in handshake and "status_code=101" in handshake
+    assert "gen_ai.operation=chat" in sections(render(traces))[ORPHAN][1]["rest"]
+
+
+def test_error_spans_are_marked_red(traces: list[Trace]) -> None:
+    """An ERROR span shows its status message and error.type, its name in red."""
+    [row] = sections(render(traces))[CLOSE]
+    assert "close_code=1006 error.type=close 1006 ERROR: abnormal close" in row["rest"]
+    out = io.StringIO()
+    render_terminal(traces, Console(file=out, width=160, force_terminal=True, color_system="standard"))
+    [line] = [line for line in out.getvalue().splitlines() if "close /chat" in line and "internal" in line]
+    assert "\x1b[1;31mclose /chat\x1b[0m" in line and "\x1b[1;31mERROR: abnormal close" in line
+    assert "\x1b[1;31m" not in next(line for line in out.getvalue().splitlines() if "ask #1" in line)
+
+
+def test_orphans_are_roots_with_a_marker(traces: list[Trace]) -> None:
+    """A span whose parent is not in the file is a root of its trace, marked, with a legend."""
+    text = render(traces)
+    found = sections(text)
+    assert found[ORPHAN][0]["orphan"] and not found[ORPHAN][1]["orphan"]
+    assert [trace_id for trace_id, rows in found.items() if any(row["orphan"] for row in rows)] == [ORPHAN]
+    assert text.count("⋯ parent span not in the file") == 1
+    assert next(t for t in traces if t.trace_id == ORPHAN).root_name == "receive /chat"
+
+
+def test_stream_table_rows(traces: list[Trace]) -> None:
+    """Every span with wstrace.stream.chunk_count gets a row: chunks, bytes, TTFC, TTLC, mean, p95, stalls."""
+    text = render(traces)
+    lines = text.splitlines()
+    tables = [i for i, line in enumerate(lines) if line.strip() == "streams"]
+    assert len(tables) == 2  # the message trace and the orphan's trace
+    header = lines[tables[0] + 1].split()
+    assert header == ["span", "chunks", "bytes", "TTFC", "ms", "TTLC", "ms", "mean", "ms", "p95", "ms", "stalls"]
+
+    def row(line: str) -> tuple[str, list[str]]:
+        words = line.split()
+        return " ".join(words[:-7]), words[-7:]
+
+    assert [row(line) for line in lines[tables[0] + 2 : tables[0] + 4]] == [
+        ("send /chat", ["12", "1,234", "0.50", "7.50", "0.64", "1.20", "1"]),
+        ("receive /chat", ["12", "1,234", "1.10", "8.10", "0.65", "1.30", "0"]),
+    ]
+    assert row(lines[tables[1] + 2]) == ("chat my-model", ["40", "160", "120.00", "2,900.00", "70.00", "90.00", "0"])
+
+
+def test_filters_select_traces(traces: list[Trace]) -> None:
+    """--trace matches an id prefix; --session selects every trace with a span of that session."""
+    assert [t.trace_id for t in select_traces(traces, trace="2222")] == [MESSAGE]
+    assert [t.trace_id for t in select_traces(traces, trace=MESSAGE.upper())] == [MESSAGE]
+    assert [t.trace_id for t in select_traces(traces, session=SESSION_1)] == [HANDSHAKE, MESSAGE, CLOSE]
+    assert [t.trace_id for t in select_traces(traces, session=SESSION_2[:8])] == [ORPHAN, ODD]
+    assert [t.trace_id for t in select_traces(traces, trace="a", session=SESSION_2)] == [ORPHAN]
+    assert select_traces(traces, trace="f") == [] and select_traces(traces, session="0000") == []
+    assert list(sections(render(select_traces(traces, session=SESSION_2)))) == [ORPHAN, ODD]
+
+
+def test_waterfall_scales_to_the_trace() -> None:
+    """Bars start and end at their share of the width, at least one cell, a thin mark for zero length."""
+    assert waterfall(25, 75, 0, 100, 20) == " " * 5 + "█" * 10 + " " * 5
+    assert waterfall(0, 100, 0, 100, 10) == "█" * 10
+    assert waterfall(99, 100, 0, 100, 10) == " " * 9 + "█"
+    assert waterfall(50, 50, 0, 100, 10) == " " * 5 + "▏" + " " * 4
+    assert waterfall(0, 0, 0, 0, 4) == "█   "
+
+
+def test_cycles_and_duplicates_still_render_every_span() -> None:
+    """Spans in a parent cycle (or their own parent) become orphan roots; none is lost, none shown twice."""
+
+    def record(span_id: str, parent: Optional[str], start: int) -> SpanRecord:
+        return SpanRecord("f" * 32, span_id, parent, f"span {span_id}", "INTERNAL", start, start + 10)
+
+    spans = [record("01", "02", 0), record("02", "01", 1), record("03", "03", 2), record("04", "03", 3)]
+    spans += [record("04", "03", 3)]  # the same span, exported twice
+    [cyclic] = build_traces(spans)
+    assert [(r.span.span_id, r.depth, r.orphan) for r in cyclic.rows] == [
+        ("03", 0, True),
+        ("04", 1, False),
+        ("01", 0, True),
+        ("02", 1, False),
+    ]
+
+
+def test_command_renders_and_filters(trace_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`wstrace view FILE --session ID --width N` prints the selected traces and a summary."""
+    assert main(["view", str(trace_file), "--session", SESSION_2, "--width", "150"]) == 0
+    out = capsys.readouterr().out
+    assert list(sections(out)) == [ORPHAN, ODD]
+    assert max(len(line) for line in out.splitlines()) <= 150
+    assert "3 spans in 2 traces" in out
+    assert main(["view", str(trace_file), "--trace", "3333", "--width", "150"]) == 0
+    assert list(sections(capsys.readouterr().out)) == [CLOSE]
+
+
+def test_command_errors(tmp_path: Path, trace_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A missing file, a file with no spans, and a filter matching nothing exit 1 with a clear message."""
+    assert main(["view", str(tmp_path / "missing.jsonl")]) == 1
+    assert "missing.jsonl: no such file" in capsys.readouterr().err
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert main(["view", str(empty)]) == 1
+    assert "empty.jsonl holds no spans" in capsys.readouterr().err
+    empty.write_text("garbage\n\n")
+    assert main(["view", str(empty)]) == 1
+    assert "holds no spans (skipped 1 corrupt line)" in capsys.readouterr().err
+    assert main(["view", str(tmp_path)]) == 1
+    assert "cannot read" in capsys.readouterr().err
+    assert main(["view", str(trace_file), "--trace", "ffff"]) == 1
+    assert "no trace in" in (err := capsys.readouterr().err) and "matches --trace ffff (5 traces)" in err
+
+
+def test_command_without_the_cli_extra(
+    trace_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without rich, `wstrace view` says which extra to install instead of a traceback."""
+    import wstrace.cli  # noqa: PLC0415 - the package whose submodule is made unimportable
+
+    for name in [name for name in sys.modules if name.startswith("rich.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "rich", None)  # what `import rich` meets when rich is not installed
+    monkeypatch.delitem(sys.modules, "wstrace.cli.view")
+    monkeypatch.delattr(wstrace.cli, "view")
+    assert main(["view", str(trace_file)]) == 1
+    err = capsys.readouterr().err
+    assert "the command line needs the cli extra (rich" in err and "pip install 'wstrace[cli]'" in err
+
+
+def test_command_reports_skipped_lines(tmp_path: Path, trace_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Corrupt lines are skipped, and the summary says how many."""
+    damaged = tmp_path / "damaged.jsonl"
+    damaged.write_text(trace_file.read_text(encoding="utf-8") + '{"resourceSpans": [tor\n\n', encoding="utf-8")
+    assert main(["view", str(damaged), "--width", "160"]) == 0
+    assert "11 spans in 5 traces (skipped 1 corrupt line)" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# HTML
+
+
+def data_block(page: str) -> Any:
+    """The JSON embedded in the page."""
+    start = page.index('<script type="application/json" id="wstrace-data">') + len(
+        '<script type="application/json" id="wstrace-data">'
+    )
+    return json.loads(page[start : page.index("</script>", start)])
+
+
+def test_html_is_self_contained_and_escaped(traces: list[Trace]) -> None:
+    """No external URL, no raw markup from span data, and the embedded JSON reads back."""
+    page = render_html(traces, source='my "traces" <1>.jsonl')
+    data = data_block(page)
+    markup = page.replace(json.dumps(data, ensure_ascii=False).replace("<", "\\u003c"), "")
+    assert len(markup) < len(page)  # the data block is exactly the JSON, with every "<" escaped
+    assert re.search(r"\b(src|href)\s*=", markup) is None and "http://" not in page and "https://" not in page
+    assert "url(" not in markup and "@import" not in markup
+    assert page.count("</script>") == 2 and page.count("<script") == 2  # the data block and the code
+    assert "<img" not in page and "alert(2)</script>" not in page
+    assert "<title>wstrace · my &quot;traces&quot; &lt;1&gt;.jsonl</title>" in page
+    assert [t["traceId"] for t in data["traces"]] == [HANDSHAKE, MESSAGE, CLOSE, ORPHAN, ODD]
+    odd = data["traces"][4]["spans"][0]
+    assert odd["name"] == HOSTILE
+    assert ["note", "string", "</script><script>alert(2)</script>"] in odd["attributes"]
+    assert ["n", "array", "[1, 2]"] in odd["attributes"]
+    stream_span = data["traces"][1]["spans"][3]
+    assert (stream_span["left"], stream_span["width"]) == (10.0, 70.0)
+    assert stream_span["events"][0]["name"] == "wstrace.stream.stall"
+
+
+def test_html_command_writes_the_page(trace_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--html OUT` writes the page for the selected traces instead of printing them."""
+    out = tmp_path / "view.html"
+    assert main(["view", str(trace_file), "--trace", "2", "--html", str(out)]) == 0
+    assert f"wrote {out}: 1 trace, 5 spans" in capsys.readouterr().out
+    assert [t["traceId"] for t in data_block(out.read_text(encoding="utf-8"))["traces"]] == [MESSAGE]
+
+
+def _browser() -> str:
+    """The Chromium executable, or skip (fail under CI) saying what is missing."""
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    missing = []
+    if not os.access(chromium, os.X_OK):
+        missing.append("Debian's chromium at /usr/bin/chromium (apt-get install chromium)")
+    if importlib.util.find_spec("playwright") is None:
+        missing.append("the playwright package (pip install playwright; it drives the system Chromium)")
+    if missing:
+        message = "the HTML view test needs " + " and ".join(missing)
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return chromium
+
+
+def test_html_page_in_headless_chromium(trace_file: Path, tmp_path: Path) -> None:
+    """The page shows every span, opens a span's details on click, follows links, and logs no error."""
+    chromium = _browser()
+    from playwright.sync_api import expect, sync_playwright  # noqa: PLC0415 - optional: see _browser
+
+    started = time.monotonic()
+    spans = read_spans(trace_file)
+    page_file = tmp_path / "view.html"
+    assert main(["view", str(trace_file), "--html", str(page_file)]) == 0
+    problems: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "profile"),  # a fresh --user-data-dir
+            executable_path=chromium,
+            headless=True,
+            args=CHROMIUM_FLAGS,
+            viewport={"width": 1280, "height": 900},
+        )
+        try:
+            page = browser.new_page()
+            page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+            page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+            page.on("dialog", lambda dialog: (problems.append(f"dialog: {dialog.message}"), dialog.dismiss()))
+            page.goto(page_file.as_uri())
+            expect(page.locator(".row")).to_have_count(len(spans))
+            assert sorted(page.locator(".row .name").all_inner_texts()) == sorted(s.name for s in spans)
+            assert page.locator("section.trace").count() == 5 and page.locator("img").count() == 0
+
+            close = next(s for s in spans if s.name == "close /chat")
+            row = page.locator(f'.row[data-span-id="{close.span_id}"]')
+            panel = row.locator("xpath=following-sibling::div[1]")
+            expect(panel).to_be_hidden()
+            row.click()
+            expect(panel).to_be_visible()
+            expect(row).to_have_attribute("aria-expanded", "true")
+            key = page.locator("td.key", has_text=re.compile(r"^websocket\.close\.code$"))
+            code = panel.locator("tr").filter(has=key)
+            expect(code.locator("td.value")).to_be_visible()
+            expect(code.locator("td.value")).to_have_text("1006")
+            expect(panel).to_contain_text("ERROR: abnormal close")
+
+            # The stream span: its stall event with the event's attributes, and its link to the handshake.
+            reply = next(s for s in spans if s.name == "send /chat" and "wstrace.stream.chunk_count" in s.attributes)
+            reply_row = page.locator(f'.row[data-span-id="{reply.span_id}"]')
+            reply_row.click()
+            reply_panel = reply_row.locator("xpath=following-sibling::div[1]")
+            expect(reply_panel.locator(".event-name")).to_have_text("wstrace.stream.stall")
+            expect(reply_panel).to_contain_text("wstrace.stream.stall.duration")
+            expect(reply_panel).to_contain_text("wstrace.stream.chunk_count")
+            handshake_row = page.locator(f'.row[data-span-id="{reply.links[0].span_id}"]')
+            expect(handshake_row).to_have_attribute("aria-expanded", "false")
+            reply_panel.get_by_role("button", name="show span").click()
+            expect(handshake_row).to_have_attribute("aria-expanded", "true")
+
+            # Untrusted text is text: the hostile name is shown as typed and ran nothing.
+            expect(page.locator(".row .name", has_text="onerror")).to_have_text(HOSTILE)
+            odd = page.locator(".row", has_text="onerror")
+            odd.click()
+            expect(odd.locator("xpath=following-sibling::div[1]")).to_contain_text("</script><script>alert(2)</script>")
+
+            (REPO / "build").mkdir(exist_ok=True)
+            page.screenshot(path=str(REPO / "build" / "view-screenshot.png"), full_page=True)
+        finally:
+            browser.close()
+    assert problems == []
+    assert time.monotonic() - started < 20
