@@ -55,27 +55,39 @@ def test_env_options_reach_the_instrumentor() -> None:
     assert {s["attributes"].get("websocket.envelope") for s in spans if s["name"] == "GET /echo"} == {"none"}
 
 
-PROBE = (
-    "from wstrace.instrumentation.websockets import WebsocketsInstrumentor as I; "
-    "print('instrumented', I().is_instrumented_by_opentelemetry)"
-)
+# (adapter module, Instrumentor class, import name of the library, distribution name)
+ADAPTERS = [
+    ("websockets", "WebsocketsInstrumentor", "websockets", "websockets"),
+    ("aiohttp", "AiohttpInstrumentor", "aiohttp", "aiohttp"),
+    ("starlette", "StarletteInstrumentor", "starlette", "starlette"),
+    ("websocket_client", "WebsocketClientInstrumentor", "websocket", "websocket_client"),
+    ("tornado", "TornadoInstrumentor", "tornado", "tornado"),
+]
 
 
 @pytest.mark.parametrize(("case", "expected"), [("installed", True), ("missing", False), ("out-of-range", False)])
-def test_unusable_library_is_skipped_not_fatal(tmp_path: Path, case: str, expected: bool) -> None:
-    """A missing websockets, or one outside the declared range, is skipped and the app still starts."""
+@pytest.mark.parametrize(("adapter", "cls", "module", "dist"), ADAPTERS)
+def test_unusable_library_is_skipped_not_fatal(
+    tmp_path: Path, adapter: str, cls: str, module: str, dist: str, case: str, expected: bool
+) -> None:
+    """A missing library, or one outside the declared range, is skipped; the app and the other adapters start."""
     if case == "missing":
-        # A package that shadows websockets and fails to import, as if it were absent.
-        (tmp_path / "websockets").mkdir()
-        (tmp_path / "websockets" / "__init__.py").write_text(
-            'raise ModuleNotFoundError("No module named websockets")\n'
-        )
+        # A package that shadows the library and fails to import, as if it were absent.
+        (tmp_path / module).mkdir()
+        (tmp_path / module / "__init__.py").write_text(f'raise ModuleNotFoundError("No module named {module}")\n')
     elif case == "out-of-range":
-        # Metadata found first on the path claims a version the adapter does not support.
-        dist = tmp_path / "websockets-1.0.dist-info"
-        dist.mkdir()
-        (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: websockets\nVersion: 1.0\n")
-    result = instrumented([sys.executable, "-c", PROBE], {"PYTHONPATH": str(tmp_path)})
+        # Metadata found first on the path claims a version the adapter does not support; the other
+        # libraries keep the distribution's instruments-any check satisfied, so the adapter's own check decides.
+        info = tmp_path / f"{dist}-0.1.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    probe = (
+        f"from wstrace.instrumentation.{adapter} import {cls}; "
+        "from wstrace.instrumentation.websockets import WebsocketsInstrumentor as W; "
+        f"print('instrumented', {cls}().is_instrumented_by_opentelemetry, W().is_instrumented_by_opentelemetry)"
+    )
+    result = instrumented([sys.executable, "-c", probe], {"PYTHONPATH": str(tmp_path)})
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1] == f"instrumented {expected}"
+    others_ok = adapter != "websockets" or expected
+    assert result.stdout.strip().splitlines()[-1] == f"instrumented {expected} {others_ok}"
     assert "Traceback" not in result.stderr
