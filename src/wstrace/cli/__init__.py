@@ -1,4 +1,4 @@
-"""The ``wstrace`` command line: ``wstrace demo`` and ``wstrace view``.
+"""The ``wstrace`` command line: ``wstrace demo``, ``wstrace view`` and ``wstrace bench``.
 
 The CLI needs the ``cli`` extra (the OpenTelemetry SDK and websockets);
 without it, it says how to install it instead of failing with a traceback.
@@ -10,6 +10,8 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
+from wstrace.cli import demo  # standard library only; the demo itself is imported when it runs
+
 
 __all__ = ["main"]
 
@@ -17,12 +19,10 @@ __all__ = ["main"]
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wstrace", description="Trace WebSocket traffic with OpenTelemetry.")
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser(
-        "demo", help="run an instrumented websockets client and server on loopback and print the trace"
+    demo_parser = commands.add_parser(
+        "demo", help="run a traced AI voice assistant (device, ASR, LLM, TTS) on loopback and show its waterfall"
     )
-    demo.add_argument("--model", choices=("message", "connection"), default=None, help="tracing model")
-    demo.add_argument("--envelope", choices=("off", "negotiate", "always"), default=None, help="envelope mode")
-    demo.add_argument("--messages", type=int, default=3, help="messages the client sends (default 3)")
+    demo.add_arguments(demo_parser)
     view = commands.add_parser("view", help="show the traces in an OTLP/JSON lines file (wstrace or Collector)")
     view.add_argument("file", help="the file, one OTLP/JSON ExportTraceServiceRequest per line")
     view.add_argument("--trace", metavar="ID", help="only the trace whose id starts with ID")
@@ -47,8 +47,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except ImportError as exc:
             return _needs_extra(exc)
         return view.main(args)
-    try:
-        from wstrace.cli import demo  # noqa: PLC0415 - needs the [cli] extra
-    except ImportError as exc:
-        return _needs_extra(exc)
-    return demo.run(model=args.model, envelope=args.envelope, messages=args.messages)
+    return demo.run_from_args(args)

@@ -1,86 +1,105 @@
-"""``wstrace demo``: a loopback websockets client and server, traced, with the trace printed as a tree."""
+"""``wstrace demo``: an AI voice assistant over WebSockets, traced end to end (see ``docs/demo.md``).
+
+This module is the command-line glue: :func:`add_arguments` and :func:`run_from_args`. The application is
+the :mod:`wstrace.demo` package, imported only when the command runs, so that ``wstrace --help`` works
+without the ``cli`` extra.
+"""
 
 from __future__ import annotations
 
-import asyncio
-from collections import defaultdict
-from typing import Optional, Sequence
-
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import Tracer
-from websockets.asyncio.client import connect
-from websockets.asyncio.server import ServerConnection, serve
-
-from wstrace.instrumentation.websockets import WebsocketsInstrumentor
+import argparse
+import sys
+from pathlib import Path
 
 
-__all__ = ["render", "run"]
-
-_SHOWN = (
-    "websocket.message.ordinal",
-    "messaging.message.body.size",
-    "websocket.envelope",
-    "websocket.close.code",
-    "http.response.status_code",
-)
+__all__ = ["add_arguments", "run_from_args"]
 
 
-async def _conversation(tracer: Tracer, messages: int) -> None:
-    async def echo(ws: ServerConnection) -> None:
-        async for message in ws:
-            await ws.send("echo: " + (message if isinstance(message, str) else message.hex()))
-
-    async with serve(echo, "127.0.0.1", 0) as server:
-        url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/chat"
-        async with connect(url) as ws:
-            for n in range(1, messages + 1):
-                with tracer.start_as_current_span(f"ask #{n}"):
-                    await ws.send(f"question {n}")
-                    await ws.recv()
-    await asyncio.sleep(0.05)  # let both ends record their close
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 100:
+        raise argparse.ArgumentTypeError("expected a whole number from 1 to 100")
+    return value
 
 
-def render(spans: Sequence[ReadableSpan]) -> str:
-    """Draw spans as one tree per trace: name, offset and duration in ms, key attributes."""
-    by_parent: dict[Optional[int], list[ReadableSpan]] = defaultdict(list)
-    ids = {s.context.span_id for s in spans}
-    for span in sorted(spans, key=lambda s: s.start_time or 0):
-        parent = span.parent.span_id if span.parent and span.parent.span_id in ids else None
-        by_parent[parent].append(span)
-    lines: list[str] = []
-
-    def walk(span: ReadableSpan, depth: int, origin: int) -> None:
-        start, end = span.start_time or 0, span.end_time or 0
-        attributes = span.attributes or {}
-        shown = " ".join(f"{k.rsplit('.', 1)[-1]}={attributes[k]!s}" for k in _SHOWN if k in attributes)
-        links = f" links={len(span.links)}" if span.links else ""
-        lines.append(
-            f"{'  ' * depth}{span.name:<{max(1, 28 - 2 * depth)}} +{(start - origin) / 1e6:7.2f} ms"
-            f" {(end - start) / 1e6:7.2f} ms  {span.kind.name.lower():<8}{links} {shown}".rstrip()
-        )
-        for child in by_parent[span.context.span_id]:
-            walk(child, depth + 1, origin)
-
-    for root in by_parent[None]:
-        lines.append(f"trace {root.context.trace_id:032x}")
-        walk(root, 1, root.start_time or 0)
-    return "\n".join(lines)
+def _speed(text: str) -> float:
+    value = float(text)
+    if not 0.05 <= value <= 1000:
+        raise argparse.ArgumentTypeError("expected a factor from 0.05 to 1000")
+    return value
 
 
-def run(*, model: Optional[str] = None, envelope: Optional[str] = None, messages: int = 3) -> int:
-    """Run the conversation and print its traces; returns the exit status."""
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    instrumentor = WebsocketsInstrumentor()
-    instrumentor.instrument(tracer_provider=provider, model=model, envelope=envelope)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``wstrace demo``'s options to ``parser``."""
+    parser.add_argument("--turns", type=_positive_int, default=3, metavar="N", help="conversation turns (default 3)")
+    parser.add_argument(
+        "--model", choices=("message", "connection"), default="message", help="tracing model (default message)"
+    )
+    parser.add_argument(
+        "--envelope",
+        choices=("off", "negotiate", "always"),
+        default="negotiate",
+        help="per-message trace context (default negotiate)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=1, metavar="N", help="seed of the script and the simulated latencies (default 1)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("wstrace-traces.jsonl"),
+        metavar="PATH",
+        help="OTLP/JSON lines trace file, replaced on each run (default ./wstrace-traces.jsonl)",
+    )
+    parser.add_argument(
+        "--speed",
+        type=_speed,
+        default=1.0,
+        metavar="X",
+        help="pacing factor: 1 is real time, 10 runs ten times faster (default 1)",
+    )
+    parser.add_argument(
+        "--profile",
+        choices=("tuned", "typical"),
+        default="tuned",
+        help="latency profile of the simulated engines (default tuned: about 0.5 s voice-to-voice)",
+    )
+    parser.add_argument(
+        "--real-audio",
+        action="store_true",
+        help="speak with espeak-ng and recognise with pocketsphinx (needs both installed)",
+    )
+    parser.add_argument(
+        "--llm-url",
+        metavar="URL",
+        help="an OpenAI-compatible endpoint for the LLM stage, e.g. http://localhost:11434/v1 (needs openai)",
+    )
+    parser.add_argument(
+        "--llm-model", default="gpt-4o-mini", metavar="NAME", help="model name for --llm-url (default gpt-4o-mini)"
+    )
+    parser.add_argument("--html", type=Path, metavar="PATH", help="also write the trace as an HTML page")
+    parser.add_argument("--no-waterfall", action="store_true", help="print the latency table only")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Run ``wstrace demo`` with parsed arguments; returns the exit status."""
     try:
-        asyncio.run(_conversation(provider.get_tracer("wstrace.demo"), messages))
-    finally:
-        instrumentor.uninstrument()
-    spans = exporter.get_finished_spans()
-    print(render(spans))
-    print(f"\n{len(spans)} spans in {len({s.context.trace_id for s in spans})} traces")
-    return 0
+        from wstrace.demo.run import Options, run  # noqa: PLC0415 - needs the [cli] extra
+    except ImportError as exc:
+        print(f"wstrace demo: needs the cli extra ({exc.name} is missing): pip install 'wstrace[cli]'", file=sys.stderr)
+        return 1
+    options = Options(
+        turns=args.turns,
+        model=args.model,
+        envelope=args.envelope,
+        seed=args.seed,
+        out=args.out,
+        speed=args.speed,
+        profile=args.profile,
+        real_audio=args.real_audio,
+        llm_url=args.llm_url,
+        llm_model=args.llm_model,
+        html=args.html,
+        waterfall=not args.no_waterfall,
+    )
+    return run(options)

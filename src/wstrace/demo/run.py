@@ -1,0 +1,560 @@
+"""``wstrace demo``: runs the voice assistant end to end, then shows its trace and latencies.
+
+Process layout: this process is the device (``service.name`` ``voice-device``); the server runs as a child
+process (``voice-server``, :mod:`.server_process`) in the same process group, so Ctrl-C stops both and both
+flush their spans. Two processes, because the instrumentor is a process-wide singleton bound to one tracer
+provider, so one process cannot give the two ends different resources; and because that is what a device
+and a server are. Both append whole lines to one OTLP/JSON file (:mod:`.telemetry`).
+
+After the conversation this module reads the file back, the way any consumer of the trace would: the
+waterfall comes from ``wstrace view``'s renderer (long runs of identical sibling spans, such as the 20 ms
+uplink frames, are folded for the terminal; ``wstrace view FILE`` shows every span) and the latency table
+from the spans' attributes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import statistics
+import sys
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+from websockets.exceptions import ConnectionClosed
+
+from wstrace.cli.export import SpanRecord, read_spans
+from wstrace.cli.view import Row, Trace, build_traces, render_terminal
+from wstrace.demo import audio, dialogue, protocol, telemetry
+from wstrace.demo.device import LATENCY, Device, TurnResult
+from wstrace.demo.profile import PROFILES, Pacing
+
+
+__all__ = ["DEFAULT_OUT", "Options", "TurnLatency", "fold", "latencies", "missing_requirements", "run"]
+
+DEFAULT_OUT = Path("wstrace-traces.jsonl")
+NUMBER = "wstrace.voice.turn.number"
+FOLD_MIN = 5
+"""Runs of this many identical sibling subtrees (or traces) or more are folded in the terminal."""
+
+
+class DemoError(Exception):
+    """The demo could not run; the message says why."""
+
+
+@dataclass(frozen=True)
+class Options:
+    """What ``wstrace demo`` was asked to do."""
+
+    turns: int = 3
+    model: str = "message"
+    envelope: str = "negotiate"
+    seed: int = 1
+    out: Path = DEFAULT_OUT
+    speed: float = 1.0
+    profile: str = "tuned"
+    real_audio: bool = False
+    llm_url: Optional[str] = None
+    llm_model: str = "gpt-4o-mini"
+    html: Optional[Path] = None
+    waterfall: bool = True
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package that is not there, or a blocked module
+        return False
+
+
+def missing_requirements(options: Options) -> list[str]:
+    """What the chosen modes need and is not installed, one line each, with how to get it."""
+    missing = []
+    if options.real_audio:
+        if audio.espeak_path() is None:
+            missing.append("--real-audio needs espeak-ng: apt-get install espeak-ng (macOS: brew install espeak-ng)")
+        if not _installed("pocketsphinx"):
+            missing.append("--real-audio needs pocketsphinx: pip install 'wstrace[demo-audio]'")
+    if options.llm_url and not _installed("openai"):
+        missing.append("--llm-url needs the openai SDK: pip install 'wstrace[demo-llm]'")
+    return missing
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Progress
+
+
+def _ms(seconds: Optional[float]) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:,.0f}"
+
+
+class Progress:
+    """One line per stage of each turn, from both processes, as they happen."""
+
+    DEVICE = ("device", "cyan")
+    SERVER = ("server", "magenta")
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
+    def note(self, message: str) -> None:
+        self.console.print(Text(message, style="dim"))
+
+    def _line(self, turn: Any, who: tuple[str, str], *parts: Any) -> None:
+        head = Text.assemble((f"turn {turn:<3}", "bold"), " ", (f"{who[0]:<7}", who[1]), " ")
+        self.console.print(Text.assemble(head, *parts), overflow="fold")
+
+    def device(self, event: dict[str, Any]) -> None:
+        # The server's lines come through a pipe: hold the device's back a little to keep cause before effect.
+        asyncio.get_running_loop().call_later(0.01, self._device, event)
+
+    def _device(self, event: dict[str, Any]) -> None:
+        kind, turn = event.get("event"), event.get("turn", "")
+        if kind == "connected":
+            self.note(f"device  connected to {str(event['url']).partition('?')[0]}  (service voice-device)")
+        elif kind == "speaking":
+            self._line(
+                turn,
+                self.DEVICE,
+                ("▶ ", "bold green"),
+                (f"“{event['utterance']}”", "green"),
+                (
+                    f"  {event['speech_seconds']:.2f} s of speech + {event['silence_seconds'] * 1000:.0f} ms of "
+                    f"silence, {event['frames']} frames of 20 ms",
+                    "dim",
+                ),
+            )
+        elif kind == "first_audio":
+            self._line(
+                turn,
+                self.DEVICE,
+                ("◀ first reply audio", "bold yellow"),
+                f"  voice-to-voice {_ms(event['latency'])} ms",
+            )
+        elif kind == "heard":
+            if event.get("error"):
+                self._line(turn, self.DEVICE, ("✗ ", "bold red"), (event["error"], "red"))
+            else:
+                self._line(
+                    turn,
+                    self.DEVICE,
+                    ("◀ ", "bold yellow"),
+                    (f"“{event['reply']}”", "yellow"),
+                    (f"  {event['reply_audio']:.2f} s of audio", "dim"),
+                )
+
+    def server(self, event: dict[str, Any]) -> None:
+        kind, turn = event.get("event"), event.get("turn", "")
+        if kind == "speech_to_text":
+            self._line(
+                turn,
+                self.SERVER,
+                ("speech_to_text  ", "bold"),
+                f"{_ms(event['seconds'])} ms  ",
+                (f"“{event['transcript']}”", "italic"),
+            )
+        elif kind == "chat":
+            self._line(turn, self.SERVER, ("chat            ", "bold"), f"first token after {_ms(event['ttft'])} ms")
+        elif kind == "text_to_speech":
+            self._line(
+                turn, self.SERVER, ("text_to_speech  ", "bold"), f"first audio chunk after {_ms(event['ttfb'])} ms"
+            )
+        elif kind == "error":
+            self._line(turn, self.SERVER, ("✗ ", "bold red"), (str(event["error"]), "red"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The conversation
+
+
+async def _next_event(stream: asyncio.StreamReader) -> Optional[dict[str, Any]]:
+    """The server's next JSON event; ``None`` at end of file. Other output is skipped."""
+    while line := await stream.readline():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict):
+            return event
+    return None
+
+
+async def _relay(stream: asyncio.StreamReader, progress: Progress) -> None:
+    while (event := await _next_event(stream)) is not None:
+        progress.server(event)
+
+
+def _server_command(options: Options) -> list[str]:
+    command = [
+        sys.executable,
+        "-m",
+        "wstrace.demo.server_process",
+        "--out",
+        str(options.out),
+        "--model",
+        options.model,
+        "--envelope",
+        options.envelope,
+        "--seed",
+        str(options.seed),
+        "--speed",
+        repr(options.speed),
+        "--profile",
+        options.profile,
+    ]
+    if options.real_audio:
+        command.append("--real-audio")
+    if options.llm_url:
+        command += ["--llm-url", options.llm_url, "--llm-model", options.llm_model]
+    return command
+
+
+async def _converse(options: Options, tel: telemetry.Telemetry, progress: Progress) -> list[TurnResult]:
+    # Same process group (the default): a Ctrl-C in the terminal reaches the server too.
+    server = await asyncio.create_subprocess_exec(
+        *_server_command(options), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+    )
+    assert server.stdin is not None and server.stdout is not None
+    relay: Optional[asyncio.Task[None]] = None
+    try:
+        try:
+            ready = await asyncio.wait_for(_next_event(server.stdout), timeout=60)
+        except asyncio.TimeoutError:
+            ready = None
+        if ready is None or ready.get("event") != "listening":
+            reason = ready.get("error") if ready else None
+            raise DemoError(f"the voice server did not start{f': {reason}' if reason else ''}")
+        progress.note(f"server  listening on 127.0.0.1:{ready['port']}  (pid {ready['pid']}, service voice-server)")
+        relay = asyncio.create_task(_relay(server.stdout, progress))
+
+        pacing = Pacing(PROFILES[options.profile], options.seed, options.speed)
+
+        async def speak(line: str, turn: int) -> bytes:
+            if options.real_audio:
+                return await audio.espeak(line)
+            return await asyncio.to_thread(audio.speech, line, f"{options.seed}:{turn}:user")
+
+        conversation = uuid.uuid4().hex
+        device = Device(
+            protocol.connect_url("127.0.0.1", int(ready["port"]), conversation),
+            conversation,
+            speak=speak,
+            endpointing=lambda turn: pacing.sample(pacing.profile.endpointing, pacing.rng(turn, "endpointing")),
+            speed=options.speed,
+            conversation_span=options.model == "connection",
+            tracer=tel.provider.get_tracer("wstrace.demo.device"),
+            on_event=progress.device,
+        )
+        utterances = [dialogue.utterance(options.seed, turn) for turn in range(1, options.turns + 1)]
+        # A generous bound, so that a hung LLM endpoint cannot hang the demo.
+        return await asyncio.wait_for(device.converse(utterances), timeout=60 + 60 * options.turns)
+    finally:
+        server.stdin.close()  # the server's signal to stop and flush
+        try:
+            await asyncio.wait_for(server.wait(), timeout=20)
+        except asyncio.TimeoutError:
+            server.kill()
+            await server.wait()
+        if relay is not None:
+            await relay
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading the trace back
+
+
+def _service(span: SpanRecord) -> str:
+    return str(span.resource.get("service.name", ""))
+
+
+def _subtree(rows: Sequence[Row], children: dict[int, list[int]], index: int) -> list[int]:
+    found, stack = [], [index]
+    while stack:
+        current = stack.pop()
+        found.append(current)
+        stack.extend(reversed(children[current]))
+    return found
+
+
+def fold(trace: Trace, minimum: int = FOLD_MIN) -> Trace:
+    """``trace`` with each run of ``minimum`` or more identical sibling subtrees shown as first, summary, last.
+
+    Identical: the same names, kinds and services at the same places. The summary row spans the hidden
+    subtrees' time and sums their top spans' payload sizes.
+    """
+    rows = trace.rows
+    children: dict[int, list[int]] = defaultdict(list)
+    stack: list[int] = []
+    for index, row in enumerate(rows):
+        while stack and rows[stack[-1]].depth >= row.depth:
+            stack.pop()
+        children[stack[-1] if stack else -1].append(index)
+        stack.append(index)
+
+    def shape(index: int) -> tuple[tuple[int, str, str, str], ...]:
+        base = rows[index].depth
+        return tuple(
+            (rows[i].depth - base, rows[i].span.name, rows[i].span.kind, _service(rows[i].span))
+            for i in _subtree(rows, children, index)
+        )
+
+    out: list[Row] = []
+
+    def emit(siblings: list[int]) -> None:
+        shapes = [shape(i) for i in siblings]
+        k = 0
+        while k < len(siblings):
+            end = k
+            while end + 1 < len(siblings) and shapes[end + 1] == shapes[k]:
+                end += 1
+            run = siblings[k : end + 1]
+            if len(run) >= minimum:
+                emit_tree(run[0])
+                out.append(_summary(rows, children, run[1:-1]))
+                emit_tree(run[-1])
+            else:
+                for index in run:
+                    emit_tree(index)
+            k = end + 1
+
+    def emit_tree(index: int) -> None:
+        out.append(rows[index])
+        emit(children[index])
+
+    emit(children[-1])
+    return Trace(trace.trace_id, tuple(out), trace.start_ns, trace.end_ns)
+
+
+def _summary(rows: Sequence[Row], children: dict[int, list[int]], hidden: list[int]) -> Row:
+    first = rows[hidden[0]].span
+    spans = [rows[i].span for index in hidden for i in _subtree(rows, children, index)]
+    size = sum(int(rows[i].span.attributes.get("messaging.message.body.size", 0) or 0) for i in hidden)
+    record = SpanRecord(
+        trace_id=first.trace_id,
+        span_id="",
+        parent_span_id=None,
+        name=f"⋯ {len(hidden)} more {first.name}" + (f" ({len(spans)} spans)" if len(spans) > len(hidden) else ""),
+        kind=first.kind,
+        start_ns=min(s.start_ns for s in spans),
+        end_ns=max(s.end_ns for s in spans),
+        attributes={"messaging.message.body.size": size} if size else {},
+    )
+    return Row(record, rows[hidden[0]].depth)
+
+
+def _trace_shape(trace: Trace) -> tuple[tuple[int, str, str], ...]:
+    return tuple((row.depth, row.span.name, _service(row.span)) for row in trace.rows)
+
+
+def show_waterfall(traces: Sequence[Trace], console: Console) -> None:
+    """Print the traces folded; runs of identical small traces (``--envelope off``) print as first and last."""
+    shapes = [_trace_shape(t) for t in traces]
+    k = 0
+    while k < len(traces):
+        end = k
+        while end + 1 < len(traces) and shapes[end + 1] == shapes[k]:
+            end += 1
+        run = traces[k : end + 1]
+        if k:
+            console.print()
+        if len(run) >= FOLD_MIN:
+            render_terminal([fold(run[0])], console)
+            console.print(Text(f"\n⋯ {len(run) - 2} more traces like the one above\n", style="dim"))
+            render_terminal([fold(run[-1])], console)
+        else:
+            render_terminal([fold(t) for t in run], console)
+        k = end + 1
+
+
+@dataclass(frozen=True)
+class TurnLatency:
+    """One row of the latency table, read from the spans."""
+
+    turn: int
+    utterance: str
+    transcript: str
+    reply: str
+    asr: Optional[float]
+    llm_ttft: Optional[float]
+    tts_ttfb: Optional[float]
+    voice_to_voice: Optional[float]
+
+
+def _number(value: Any) -> Optional[float]:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def latencies(spans: Sequence[SpanRecord]) -> list[TurnLatency]:
+    """Per device turn: its utterance and voice-to-voice latency, and the server's stage figures for it.
+
+    Stage spans are matched to turns through their ``invoke_agent`` ancestor's conversation and turn number,
+    so this works in both models and with any envelope mode.
+    """
+    by_id = {s.span_id: s for s in spans}
+    stages: dict[tuple[str, int], dict[str, SpanRecord]] = defaultdict(dict)
+    for span in spans:
+        operation = span.attributes.get("gen_ai.operation.name")
+        # The scope tells wstrace.stream's spans from an SDK instrumentation's (openai-v2 also makes "chat").
+        if operation not in ("speech_to_text", "chat", "text_to_speech") or span.scope != "wstrace":
+            continue
+        parent, seen = by_id.get(span.parent_span_id or ""), 0
+        while parent is not None and not parent.name.startswith("invoke_agent") and seen < 64:
+            parent, seen = by_id.get(parent.parent_span_id or ""), seen + 1
+        if parent is not None and _service(span) == "voice-server":
+            key = (str(parent.attributes.get("gen_ai.conversation.id")), int(parent.attributes.get(NUMBER, 0)))
+            stages[key][str(operation)] = span
+    rows = []
+    for span in spans:
+        if span.name != "voice turn" or _service(span) != "voice-device":
+            continue
+        a = span.attributes
+        number = int(a.get(NUMBER, 0))
+        found = stages.get((str(a.get("gen_ai.conversation.id")), number), {})
+        asr, chat, tts = found.get("speech_to_text"), found.get("chat"), found.get("text_to_speech")
+        rows.append(
+            TurnLatency(
+                turn=number,
+                utterance=str(a.get("wstrace.voice.turn.utterance", "")),
+                transcript=str(a.get("wstrace.voice.turn.transcript", "")),
+                reply=str(a.get("wstrace.voice.turn.reply", "")),
+                asr=_number(asr.attributes.get("wstrace.stream.time_to_last_chunk")) if asr else None,
+                llm_ttft=_number(chat.attributes.get("gen_ai.response.time_to_first_chunk")) if chat else None,
+                tts_ttfb=_number(tts.attributes.get("wstrace.stream.time_to_first_chunk")) if tts else None,
+                voice_to_voice=_number(a.get(LATENCY)),
+            )
+        )
+    return sorted(rows, key=lambda r: r.turn)
+
+
+def latency_table(rows: Sequence[TurnLatency]) -> Table:
+    table = Table(title="latency per turn (from the trace file)", title_justify="left", header_style="bold")
+    table.add_column("turn", justify="right")
+    table.add_column("utterance", overflow="fold")
+    for header in ("ASR ms", "LLM TTFT ms", "TTS TTFB ms", "voice-to-voice ms"):
+        table.add_column(header, justify="right", no_wrap=True)
+    for row in rows:
+        table.add_row(
+            str(row.turn),
+            row.utterance,
+            _ms(row.asr),
+            _ms(row.llm_ttft),
+            _ms(row.tts_ttfb),
+            Text(_ms(row.voice_to_voice), style="bold"),
+        )
+    if len(rows) > 1:
+
+        def median(values: list[Optional[float]]) -> Optional[float]:
+            present = [v for v in values if v is not None]
+            return statistics.median(present) if present else None
+
+        table.add_section()
+        table.add_row(
+            "",
+            Text("median", style="italic"),
+            _ms(median([r.asr for r in rows])),
+            _ms(median([r.llm_ttft for r in rows])),
+            _ms(median([r.tts_ttfb for r in rows])),
+            Text(_ms(median([r.voice_to_voice for r in rows])), style="bold"),
+        )
+    return table
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Entry point
+
+
+def _header(options: Options, console: Console) -> None:
+    console.print(Text("wstrace demo · an AI voice assistant over WebSockets, traced end to end", style="bold"))
+    audio_engines = "espeak-ng, pocketsphinx" if options.real_audio else "simulated ASR and TTS"
+    llm = f"LLM {options.llm_model} at {options.llm_url}" if options.llm_url else "simulated LLM"
+    console.print(
+        Text(
+            f"model={options.model} envelope={options.envelope} seed={options.seed} speed={options.speed:g} "
+            f"profile={options.profile} · {audio_engines}, {llm}",
+            style="dim",
+        )
+    )
+
+
+def run(options: Options, console: Optional[Console] = None) -> int:
+    """Run the demo; returns the exit status (0 ok, 1 failed, 2 missing requirements, 130 interrupted)."""
+    console = console or Console(highlight=False)
+    missing = missing_requirements(options)
+    if missing:
+        for line in missing:
+            print(f"wstrace demo: {line}", file=sys.stderr)
+        return 2
+    out = options.out
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.unlink(missing_ok=True)  # the file holds this run only (both processes append to it)
+    except OSError as exc:
+        print(f"wstrace demo: cannot write {out}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    _header(options, console)
+    progress = Progress(console)
+    tel = telemetry.start(
+        "voice-device",
+        out,
+        model=options.model,
+        envelope=options.envelope,
+        say=lambda message: print(f"wstrace demo: {message}", file=sys.stderr),
+    )
+    status = 0
+    try:
+        asyncio.run(_converse(options, tel, progress))
+    except KeyboardInterrupt:
+        print("wstrace demo: interrupted", file=sys.stderr)
+        status = 130
+    except DemoError as exc:
+        print(f"wstrace demo: {exc}", file=sys.stderr)
+        status = 1
+    except (OSError, asyncio.TimeoutError, ConnectionClosed) as exc:
+        print(f"wstrace demo: the conversation failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        status = 1
+    finally:
+        tel.shutdown()
+    if status == 130 or (status and not out.exists()):
+        return status
+    return _report(options, console, tel.otlp) or status  # after a failure, what was traced still helps
+
+
+def _report(options: Options, console: Console, otlp: bool) -> int:
+    out = options.out
+    try:
+        spans = read_spans(out)
+    except OSError as exc:
+        print(f"wstrace demo: cannot read {out}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    traces = build_traces(spans)
+    if options.waterfall and traces:
+        console.print()
+        console.rule("the conversation's traces", style="dim")
+        show_waterfall(traces, console)
+    rows = latencies(spans)
+    if rows:
+        console.print()
+        console.print(latency_table(rows))
+    if options.html is not None:
+        from wstrace.cli.view_html import render_html  # noqa: PLC0415 - only for --html
+
+        options.html.write_text(render_html(traces, source=out.name), encoding="utf-8")
+        console.print(Text(f"wrote {options.html}", style="dim"))
+    console.print()
+    console.print(
+        Text.assemble(
+            (f"{len(spans)} spans in {len(traces)} traces written to ", "dim"),
+            (str(out), "bold"),
+            (" · also sent over OTLP" if otlp else "", "dim"),
+        )
+    )
+    console.print(Text(f"every span, unfolded: wstrace view {out}   (or: wstrace view {out} --html trace.html)", "dim"))
+    return 0

@@ -1,0 +1,227 @@
+"""The voice assistant's server: a websockets application, ASR → LLM → TTS, written as a user would.
+
+The connection handler only buffers the user's audio. When the device ends a turn, the handler puts the turn
+on a queue and goes back to receiving; worker tasks, started with the server, take turns off the queue and
+answer them:
+
+1. ``speech_to_text``: the ASR engine runs in a thread pool (it is CPU-bound);
+2. ``chat``: the LLM streams tokens in a task of its own; each complete sentence goes to the TTS at once;
+3. ``text_to_speech``: audio chunks are sent to the device as they are synthesized; ``reply.done`` ends the
+   turn.
+
+Tracing here is what an application writes on top of the instrumentors: the queue is a
+``wstrace.TracedAsyncQueue`` and the pool a ``wstrace.TracedThreadPoolExecutor`` (drop-in replacements that
+carry the trace context across), each stage is a ``wstrace.stream`` (time to first chunk, chunk gaps) named
+after the GenAI operation, and the turn is an ``invoke_agent`` span. The WebSocket spans come from
+``WebsocketsInstrumentor``: the reply's audio is sent while the ``end_of_turn`` message's context is current,
+so it forms that message's outbound stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from opentelemetry import trace
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+import wstrace
+from wstrace import TracedAsyncQueue, TracedThreadPoolExecutor
+from wstrace.demo import audio, protocol
+from wstrace.demo.engines import ASR, LLM, TTS, Message
+
+
+__all__ = ["Turn", "VoiceAssistant"]
+
+_log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("wstrace.demo.server")
+
+_SENTENCE_END = re.compile(r"[.!?]\s*$")
+_HISTORY = 12  # messages of context the LLM gets
+
+Event = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Turn:
+    """A user's turn, from the handler to a worker."""
+
+    ws: ServerConnection
+    conversation: str
+    number: int
+    audio: bytes
+
+
+class VoiceAssistant:
+    """Serves ``/voice``: one handler per connection, a queue of turns, workers that answer them."""
+
+    def __init__(
+        self, asr: ASR, llm: LLM, tts: TTS, *, on_event: Optional[Callable[[Event], None]] = None, workers: int = 2
+    ) -> None:
+        self.asr, self.llm, self.tts = asr, llm, tts
+        self.turns: TracedAsyncQueue[Turn] = TracedAsyncQueue(name="turns")
+        # One ASR thread: decoders are heavy and seldom thread-safe.
+        self.asr_pool = TracedThreadPoolExecutor(max_workers=1, thread_name_prefix="asr")
+        self._workers = workers
+        self._histories: dict[str, list[Message]] = {}
+        self._on_event = on_event or (lambda event: None)
+
+    async def serve_until(
+        self, host: str, port: int, stop: Awaitable[object], on_listening: Callable[[int], None]
+    ) -> None:
+        """Listen on ``host:port`` (0: any free port) until ``stop`` completes."""
+        workers = [asyncio.create_task(self._work()) for _ in range(self._workers)]
+        try:
+            async with serve(self.handler, host, port) as server:
+                on_listening(int(server.sockets[0].getsockname()[1]))
+                await stop
+        finally:
+            for worker in workers:
+                worker.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            self.asr_pool.shutdown(wait=True)
+
+    async def handler(self, ws: ServerConnection) -> None:
+        """Buffer a turn's audio frames; queue the turn when the device says the user is done."""
+        try:
+            fmt, conversation = protocol.parse_query(ws.request.path if ws.request else "")
+        except ValueError:
+            fmt, conversation = None, ""
+        if fmt != protocol.AudioFormat():
+            await ws.close(1003, "expected linear16 audio, 16000 Hz, mono")
+            return
+        buffer = bytearray()
+        async for message in ws:
+            if isinstance(message, bytes):
+                buffer += message
+                continue
+            control = protocol.parse_control(message)
+            if isinstance(control, protocol.EndOfTurn):
+                await self.turns.put(Turn(ws, conversation, control.turn, bytes(buffer)))
+                buffer.clear()
+
+    async def _work(self) -> None:
+        while True:
+            turn = await self.turns.get()
+            try:
+                await self._respond(turn)
+            except ConnectionClosed:
+                _log.info("turn %d: the device left before the reply was sent", turn.number)
+            except Exception:
+                _log.exception("turn %d failed", turn.number)
+            finally:
+                self.turns.task_done()
+
+    async def _respond(self, turn: Turn) -> None:
+        try:
+            with _tracer.start_as_current_span(
+                "invoke_agent voice-assistant",
+                attributes={
+                    "gen_ai.operation.name": "invoke_agent",
+                    "gen_ai.agent.name": "voice-assistant",
+                    "gen_ai.conversation.id": turn.conversation,
+                    "wstrace.voice.turn.number": turn.number,
+                },
+            ):
+                done = await self._pipeline(turn)
+        except ConnectionClosed:
+            raise  # nobody to answer
+        except Exception as exc:  # the span has recorded it; the device must still hear back
+            _log.info("turn %d failed: %s", turn.number, exc)
+            done = protocol.ReplyDone(turn.number, error=f"{type(exc).__name__}: {exc}")
+            self._on_event({"event": "error", "turn": turn.number, "error": done.error})
+        await turn.ws.send(protocol.reply_done(done))
+
+    async def _pipeline(self, turn: Turn) -> protocol.ReplyDone:
+        loop = asyncio.get_running_loop()
+        transcript = await loop.run_in_executor(self.asr_pool, self._transcribe, turn)
+        history = self._histories.setdefault(turn.conversation, [])
+        history.append({"role": "user", "content": transcript})
+        sentences: asyncio.Queue[Optional[str]] = asyncio.Queue()
+        thinking = asyncio.create_task(self._think(turn, history[-_HISTORY:], sentences))
+        try:
+            audio_ms = await self._speak(turn, sentences)
+        except BaseException:
+            thinking.cancel()
+            raise
+        reply = await thinking
+        history.append({"role": "assistant", "content": reply})
+        return protocol.ReplyDone(turn.number, transcript=transcript, reply=reply, audio_ms=audio_ms)
+
+    def _transcribe(self, turn: Turn) -> str:
+        """Runs in the ASR pool thread."""
+        with wstrace.stream(
+            f"speech_to_text {self.asr.model}",
+            gen_ai_operation="speech_to_text",
+            attributes={"gen_ai.request.model": self.asr.model, "gen_ai.provider.name": self.asr.provider},
+        ) as words:
+            heard = []
+            for word in self.asr.transcribe(turn.audio, turn.number):
+                words.chunk(len(word))
+                heard.append(word)
+        transcript = " ".join(heard)
+        self._on_event(
+            {
+                "event": "speech_to_text",
+                "turn": turn.number,
+                "seconds": words.stats.time_to_last_chunk,
+                "audio_seconds": audio.duration(turn.audio),
+                "transcript": transcript,
+            }
+        )
+        return transcript
+
+    async def _think(self, turn: Turn, history: list[Message], sentences: asyncio.Queue[Optional[str]]) -> str:
+        """Stream the LLM's reply, handing each finished sentence to the TTS."""
+        text: list[str] = []
+        pending = ""
+        try:
+            with wstrace.stream(
+                f"chat {self.llm.model}",
+                gen_ai_operation="chat",
+                attributes={"gen_ai.request.model": self.llm.model, "gen_ai.provider.name": self.llm.provider},
+            ) as tokens:
+                async for token in self.llm.stream(history, turn.number):
+                    tokens.chunk(len(token.encode("utf-8")))
+                    if not text:
+                        self._on_event({"event": "chat", "turn": turn.number, "ttft": tokens.stats.time_to_first_chunk})
+                    text.append(token)
+                    pending += token
+                    if _SENTENCE_END.search(pending) and len(pending.split()) >= 3:
+                        sentences.put_nowait(pending.strip())
+                        pending = ""
+        finally:
+            if pending.strip():
+                sentences.put_nowait(pending.strip())
+            sentences.put_nowait(None)
+        return "".join(text).strip()
+
+    async def _speak(self, turn: Turn, sentences: asyncio.Queue[Optional[str]]) -> float:
+        """Synthesize sentences as they come and send the audio; returns the milliseconds of audio sent."""
+        text = await sentences.get()
+        if text is None:
+            return 0.0
+        sent = 0
+        with wstrace.stream(
+            f"text_to_speech {self.tts.model}",
+            gen_ai_operation="text_to_speech",
+            attributes={"gen_ai.request.model": self.tts.model, "gen_ai.provider.name": self.tts.provider},
+        ) as speech:
+            index = 0
+            while text is not None:
+                async for chunk in self.tts.synthesize(text, turn.number, index):
+                    speech.chunk(len(chunk))
+                    if not sent:
+                        self._on_event(
+                            {"event": "text_to_speech", "turn": turn.number, "ttfb": speech.stats.time_to_first_chunk}
+                        )
+                    await turn.ws.send(chunk)
+                    sent += len(chunk)
+                index += 1
+                text = await sentences.get()
+        return 1000 * sent / (audio.SAMPLE_RATE * 2)

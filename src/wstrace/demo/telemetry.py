@@ -1,0 +1,113 @@
+"""OpenTelemetry SDK set-up for the demo's two processes (``voice-device`` and ``voice-server``).
+
+Each process has its own ``TracerProvider`` with its own ``service.name`` and exports to the same
+OTLP/JSON lines file: both open it in append mode and the exporter writes each batch as one whole line with
+one ``write``, so lines from the two processes never interleave. When ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or
+``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) is set, spans also go there over OTLP/HTTP, configured by the
+standard ``OTEL_EXPORTER_OTLP_*`` variables.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+from wstrace.cli.export import OtlpJsonFileExporter
+from wstrace.demo import protocol
+from wstrace.instrumentation.websockets import WebsocketsInstrumentor
+from wstrace.version import __version__
+
+
+__all__ = ["OTLP_ENDPOINT_VARIABLES", "Telemetry", "otlp_requested", "start"]
+
+_log = logging.getLogger(__name__)
+
+OTLP_ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+OTLP_MISSING = (
+    "{variable} is set, but opentelemetry-exporter-otlp-proto-http is not installed "
+    "(pip install opentelemetry-exporter-otlp-proto-http); writing the trace file only"
+)
+
+
+@dataclass
+class Telemetry:
+    """A process's tracer provider and the instrumentors it turned on."""
+
+    provider: TracerProvider
+    otlp: bool = False
+    instrumentors: list[Any] = field(default_factory=list)
+
+    def shutdown(self) -> None:
+        """Turn the instrumentation off and flush every span; idempotent."""
+        for instrumentor in self.instrumentors:
+            instrumentor.uninstrument()
+        self.instrumentors.clear()
+        self.provider.shutdown()
+
+
+def otlp_requested() -> Optional[str]:
+    """The OTLP endpoint variable that is set, if any."""
+    return next((name for name in OTLP_ENDPOINT_VARIABLES if os.environ.get(name, "").strip()), None)
+
+
+def start(
+    service: str,
+    out: Path,
+    *,
+    model: str,
+    envelope: str,
+    instrument_openai: bool = False,
+    say: Optional[Callable[[str], None]] = None,
+) -> Telemetry:
+    """A tracer provider for ``service`` exporting to ``out`` (and OTLP if asked), with websockets instrumented.
+
+    ``say`` reports what the user should know (a missing OTLP exporter); the server passes none, since the
+    device already said it.
+    """
+    resource = Resource.create(
+        {
+            "service.name": service,
+            "service.namespace": "wstrace-demo",
+            "service.version": __version__,
+            "service.instance.id": uuid.uuid4().hex,
+        }
+    )
+    provider = TracerProvider(resource=resource)
+    provider.add_span_processor(BatchSpanProcessor(OtlpJsonFileExporter(out)))
+    telemetry = Telemetry(provider)
+    variable = otlp_requested()
+    if variable is not None:
+        try:
+            http: Any = importlib.import_module("opentelemetry.exporter.otlp.proto.http.trace_exporter")
+        except ImportError:
+            if say is not None:
+                say(OTLP_MISSING.format(variable=variable))
+        else:
+            provider.add_span_processor(BatchSpanProcessor(http.OTLPSpanExporter()))
+            telemetry.otlp = True
+
+    websockets = WebsocketsInstrumentor()
+    websockets.instrument(tracer_provider=provider, model=model, envelope=envelope, stream_end=protocol.is_reply_end)
+    telemetry.instrumentors.append(websockets)
+    if instrument_openai:
+        # Optional: the OpenAI SDK's own spans join the trace when the instrumentation is installed.
+        name = "opentelemetry.instrumentation.openai_v2"
+        try:
+            openai_v2: Any = importlib.import_module(name)
+        except ImportError as exc:
+            if exc.name not in (name, "opentelemetry.instrumentation"):  # installed, but broken
+                _log.warning("cannot load %s (%s); the OpenAI SDK's own spans are left out", name, exc)
+        else:
+            instrumentor = openai_v2.OpenAIInstrumentor()
+            instrumentor.instrument(tracer_provider=provider)
+            telemetry.instrumentors.append(instrumentor)
+    return telemetry

@@ -1,0 +1,262 @@
+"""The demo's parts on their own: protocol, latency profile, script, audio, folding, requirements, SDK set-up."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+from array import array
+from pathlib import Path
+
+import pytest
+
+from wstrace.cli import demo as cli_demo
+from wstrace.cli.export import SpanRecord
+from wstrace.cli.view import Row, Trace
+from wstrace.demo import audio, dialogue, protocol, run, telemetry
+from wstrace.demo.profile import PROFILES, Pacing, Stage
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Protocol
+
+
+def test_url_carries_the_audio_format_and_conversation() -> None:
+    url = protocol.connect_url("127.0.0.1", 8765, "abc123")
+    path = url.split("8765", 1)[1]
+    assert path.startswith("/voice?")
+    assert protocol.parse_query(path) == (protocol.AudioFormat(), "abc123")
+    with pytest.raises(ValueError):
+        protocol.parse_query("/voice?sample_rate=fast")
+
+
+def test_control_messages_round_trip_and_garbage_is_ignored() -> None:
+    assert protocol.parse_control(protocol.end_of_turn(3)) == protocol.EndOfTurn(3)
+    done = protocol.ReplyDone(2, transcript="hi", reply="hello", audio_ms=1234.5, error="")
+    assert protocol.parse_control(protocol.reply_done(done)) == done
+    for garbage in ("", "not json", "[]", '{"type": "end_of_turn"}', '{"type": "other", "turn": 1}'):
+        assert protocol.parse_control(garbage) is None
+
+
+def test_only_reply_done_ends_the_reply_stream() -> None:
+    assert protocol.is_reply_end(protocol.reply_done(protocol.ReplyDone(1)))
+    assert not protocol.is_reply_end(protocol.end_of_turn(1))
+    assert not protocol.is_reply_end(b'{"type": "reply.done"}')  # audio is binary, never the end marker
+    assert not protocol.is_reply_end(None)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Latency profile and script
+
+
+def test_draws_are_seeded_per_turn_and_stage_and_scaled_by_speed() -> None:
+    profile = PROFILES["tuned"]
+    a, b = Pacing(profile, 5), Pacing(profile, 5, speed=10)
+    first = a.draw(profile.llm_ttft, a.rng(2, "llm"))
+    assert first == pytest.approx(10 * b.draw(profile.llm_ttft, b.rng(2, "llm")))
+    assert first != a.draw(profile.llm_ttft, a.rng(3, "llm"))
+    with pytest.raises(ValueError):
+        Pacing(profile, 1, speed=0)
+
+
+def test_draws_have_the_profiles_median_and_95th_percentile() -> None:
+    stage = Stage(0.3, 0.5)
+    pacing = Pacing(PROFILES["tuned"], 1)
+    rng = pacing.rng(1, "statistics")
+    draws = sorted(pacing.sample(stage, rng) for _ in range(20000))
+    assert statistics.median(draws) == pytest.approx(0.3, rel=0.03)
+    assert draws[int(0.95 * len(draws))] == pytest.approx(0.5, rel=0.05)
+    assert max(draws) <= 4 * 0.3
+
+
+def test_the_script_and_replies_follow_the_seed() -> None:
+    assert [dialogue.utterance(3, t) for t in range(1, 4)] == [dialogue.utterance(3, t) for t in range(1, 4)]
+    assert [dialogue.utterance(3, t) for t in range(1, 4)] != [dialogue.utterance(4, t) for t in range(1, 4)]
+    assert dialogue.utterance(3, 1) == dialogue.utterance(3, 1 + len(dialogue.UTTERANCES))  # cycles
+    for line in dialogue.UTTERANCES:
+        heard = line.lower().rstrip("?.!")
+        answer = dialogue.reply(heard, 1, 1)
+        assert answer == dialogue.reply(heard, 1, 1) and not answer.startswith("You said")  # every line is understood
+        assert "".join(dialogue.tokens(answer)) == answer.replace("  ", " ")
+    assert dialogue.reply("", 1, 1).startswith("Sorry")
+    assert dialogue.reply("purple elephants", 1, 1).startswith("You said purple elephants")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Audio
+
+
+def _samples(pcm: bytes) -> array[int]:
+    values = array("h", pcm)
+    if sys.byteorder == "big":
+        values.byteswap()
+    return values
+
+
+def test_speech_is_16_khz_pcm_of_a_plausible_length_and_level() -> None:
+    pcm = audio.speech("What's the weather like in Paris?", "1:1:user")
+    assert pcm == audio.speech("What's the weather like in Paris?", "1:1:user")
+    assert 1.0 < audio.duration(pcm) < 3.0
+    samples = _samples(pcm)
+    rms = math.sqrt(sum(s * s for s in samples) / len(samples))
+    assert 500 < rms < 8000 and max(abs(s) for s in samples) < 32767
+    frames = audio.chunks(pcm, audio.FRAME_BYTES)
+    assert audio.FRAME_BYTES == 640 and {len(f) for f in frames} == {640}
+    assert len(frames) == math.ceil(len(pcm) / 640)
+
+
+def test_silence_is_room_noise_not_zeros() -> None:
+    pcm = audio.silence(0.2, "x")
+    assert len(pcm) == 2 * 3200 and any(pcm) and max(abs(s) for s in _samples(pcm)) < 100
+
+
+def test_numpy_and_stdlib_render_the_same_plan() -> None:
+    np = audio.numpy_or_none()
+    if np is None:
+        pytest.skip("numpy is not installed (optional): the standard-library renderer is the one in use")
+    plan = audio._plan("Take a light jacket tonight.", "s")
+    fast, slow = _samples(audio._render_numpy(np, plan, "s")), _samples(audio._render_stdlib(plan, "s"))
+    assert len(fast) == len(slow)
+
+    def rms(values: array[int]) -> float:
+        return math.sqrt(sum(v * v for v in values) / len(values))
+
+    assert rms(fast) == pytest.approx(rms(slow), rel=0.1)
+
+
+def test_resampling_keeps_the_duration() -> None:
+    source = audio.speech("hello there", "r")
+    out = audio.resample(source, 16000, 22050)
+    assert abs(audio.duration(source) * 22050 / 16000 - audio.duration(out)) < 0.001
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Folding the waterfall
+
+
+def _span(span_id: str, name: str, start: int, parent: str | None = None, size: int = 0) -> SpanRecord:
+    return SpanRecord(
+        trace_id="t" * 32,
+        span_id=span_id,
+        parent_span_id=parent,
+        name=name,
+        kind="PRODUCER",
+        start_ns=start,
+        end_ns=start + 10,
+        attributes={"messaging.message.body.size": size} if size else {},
+        resource={"service.name": "voice-device"},
+    )
+
+
+def test_long_runs_of_identical_subtrees_fold_to_first_summary_last() -> None:
+    rows = [Row(_span("root", "voice turn", 0), 0)]
+    for i in range(6):
+        rows.append(Row(_span(f"s{i}", "send /voice", 100 * (i + 1), "root", size=640), 1))
+        rows.append(Row(_span(f"r{i}", "receive /voice", 100 * (i + 1) + 5, f"s{i}"), 2))
+    rows.append(Row(_span("end", "send /voice", 1000, "root", size=34), 1))  # a different subtree: kept
+    folded = run.fold(Trace("t" * 32, tuple(rows), 0, 1010))
+    names = [(row.depth, row.span.name) for row in folded.rows]
+    assert names == [
+        (0, "voice turn"),
+        (1, "send /voice"),
+        (2, "receive /voice"),
+        (1, "⋯ 4 more send /voice (8 spans)"),
+        (1, "send /voice"),
+        (2, "receive /voice"),
+        (1, "send /voice"),
+    ]
+    summary = folded.rows[3].span
+    assert (summary.start_ns, summary.end_ns) == (200, 515)
+    assert summary.attributes["messaging.message.body.size"] == 4 * 640
+
+
+def test_short_runs_are_not_folded() -> None:
+    rows = [Row(_span("root", "voice turn", 0), 0)]
+    rows += [Row(_span(f"s{i}", "send /voice", 10 * (i + 1), "root"), 1) for i in range(run.FOLD_MIN - 1)]
+    trace = Trace("t" * 32, tuple(rows), 0, 100)
+    assert run.fold(trace).rows == trace.rows
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Requirements and set-up
+
+
+def test_missing_optional_requirements_are_named_with_how_to_get_them(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.setattr(audio, "espeak_path", lambda: None)
+    monkeypatch.setattr(run, "_installed", lambda module: False)
+    parser = argparse.ArgumentParser()
+    cli_demo.add_arguments(parser)
+    args = parser.parse_args(["--real-audio", "--llm-url", "http://127.0.0.1:9/v1", "--out", str(tmp_path / "t")])
+    assert cli_demo.run_from_args(args) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 3
+    assert "apt-get install espeak-ng" in lines[0]
+    assert "pip install 'wstrace[demo-audio]'" in lines[1] and "pocketsphinx" in lines[1]
+    assert "pip install 'wstrace[demo-llm]'" in lines[2] and "openai" in lines[2]
+    assert not (tmp_path / "t").exists()
+
+
+def test_options_are_checked_by_the_parser(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser()
+    cli_demo.add_arguments(parser)
+    defaults = parser.parse_args([])
+    assert (defaults.turns, defaults.model, defaults.envelope, defaults.speed) == (3, "message", "negotiate", 1.0)
+    assert defaults.out == Path("wstrace-traces.jsonl")
+    for bad in (["--turns", "0"], ["--speed", "0"], ["--model", "session"], ["--envelope", "maybe"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(bad)
+    capsys.readouterr()
+
+
+def test_a_missing_otlp_exporter_is_one_line_and_the_file_still_works(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.http.trace_exporter", None)
+    said: list[str] = []
+    tel = telemetry.start("voice-test", tmp_path / "t.jsonl", model="message", envelope="off", say=said.append)
+    try:
+        with tel.provider.get_tracer("test").start_as_current_span("hello"):
+            pass
+    finally:
+        tel.shutdown()
+    assert not tel.otlp
+    assert len(said) == 1 and said[0].startswith("OTEL_EXPORTER_OTLP_ENDPOINT is set, but")
+    assert "pip install opentelemetry-exporter-otlp-proto-http" in said[0]
+    spans = run.read_spans(tmp_path / "t.jsonl")
+    assert [(s.name, s.resource["service.name"]) for s in spans] == [("hello", "voice-test")]
+
+
+def test_the_application_reads_like_one() -> None:
+    """Device, server and engines import no SDK and no wstrace internals, and start spans only for turns.
+
+    The import-linter contract proposed with the demo covers wstrace's own modules; this covers the SDK,
+    which import-linter cannot name (a subpackage of an external package).
+    """
+    import ast  # noqa: PLC0415
+
+    import wstrace.demo  # noqa: PLC0415
+
+    root = Path(wstrace.demo.__file__).parent
+    span_calls: dict[str, int] = {}
+    for name in ("audio", "device", "dialogue", "engines", "profile", "protocol", "server"):
+        tree = ast.parse((root / f"{name}.py").read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            modules = []
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                modules = [node.module or ""]
+            for module in modules:
+                assert not module.startswith(("opentelemetry.sdk", "wstrace.session", "wstrace.instrumentation")), (
+                    name,
+                    module,
+                )
+                assert module in ("opentelemetry", "opentelemetry.trace") or not module.startswith("opentelemetry")
+            if isinstance(node, ast.Attribute) and node.attr in ("start_span", "start_as_current_span", "use_span"):
+                span_calls[name] = span_calls.get(name, 0) + 1
+    # The device's conversation and turn spans, the server's invoke_agent span: nothing else.
+    assert span_calls == {"device": 2, "server": 1}

@@ -1,0 +1,251 @@
+"""``wstrace demo`` end to end: the real command in a subprocess, judged by the trace file it writes."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+from google.protobuf.json_format import Parse
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from tests.demo.conftest import DemoRun
+from wstrace.cli.export import SpanRecord, read_trace_file
+from wstrace.demo.run import latencies
+
+
+STAGES = ("speech_to_text", "chat", "text_to_speech")
+STREAM_TIMES = ("wstrace.stream.time_to_first_chunk", "wstrace.stream.time_to_last_chunk")
+
+
+def service(span: SpanRecord) -> str:
+    return str(span.resource.get("service.name"))
+
+
+def assert_ran(run: DemoRun) -> None:
+    assert run.returncode == 0, run.stderr
+    assert "Traceback" not in run.stderr, run.stderr
+    assert run.spans, "no spans in the trace file"
+
+
+def assert_no_orphans(run: DemoRun) -> None:
+    ids = {s.span_id for s in run.spans}
+    orphans = [(s.name, service(s)) for s in run.spans if s.parent_span_id and s.parent_span_id not in ids]
+    assert not orphans, f"spans whose parent is not in the file: {orphans}"
+    assert len(ids) == len(run.spans), "duplicated span ids"
+
+
+def stage_spans(run: DemoRun, operation: str) -> list[SpanRecord]:
+    return [
+        s
+        for s in run.spans
+        if s.attributes.get("gen_ai.operation.name") == operation
+        and s.scope == "wstrace"
+        and service(s) == "voice-server"
+    ]
+
+
+def turn_of(run: DemoRun, span: SpanRecord) -> int:
+    """The turn number of the ``invoke_agent`` span above a stage span."""
+    agent = next(a for a in run.ancestors(span) if a.name == "invoke_agent voice-assistant")
+    return int(agent.attributes["wstrace.voice.turn.number"])
+
+
+def device_turn_of_receive(run: DemoRun, receive: SpanRecord) -> SpanRecord:
+    """The device turn whose ``end_of_turn`` message the server's receive span handled.
+
+    Message model: the receive span's parent is the device's send span. Connection model: the parent is the
+    connection span, and the device's send span is the receive span's ``creation`` link.
+    """
+    parent = run.parent(receive)
+    if parent is None or service(parent) != "voice-device":
+        link = next(link for link in receive.links if link.attributes.get("wstrace.link.kind") == "creation")
+        parent = run.by_id[link.span_id]
+    assert parent.name == "send /voice" and parent.kind == "PRODUCER"
+    turn = run.parent(parent)
+    assert turn is not None and turn.name == "voice turn"
+    return turn
+
+
+def assert_asr_chain(run: DemoRun) -> None:
+    """speech_to_text (ASR thread) → invoke_agent → process turns (the queue) → receive of that turn's end."""
+    asr = stage_spans(run, "speech_to_text")
+    assert len(asr) == len(run.turns())
+    for span in asr:
+        chain = run.ancestors(span)
+        names = [s.name for s in chain]
+        assert names[:3] == ["invoke_agent voice-assistant", "process turns", "receive /voice"], names
+        agent, process, receive = chain[:3]
+        assert process.kind == "CONSUMER" and process.attributes["messaging.destination.name"] == "turns"
+        assert [link.span_id for link in process.links] == [receive.span_id]  # the creation context
+        assert service(receive) == "voice-server" and receive.kind == "CONSUMER"
+        turn = device_turn_of_receive(run, receive)
+        assert turn.attributes["wstrace.voice.turn.number"] == agent.attributes["wstrace.voice.turn.number"]
+        assert turn.attributes["gen_ai.conversation.id"] == agent.attributes["gen_ai.conversation.id"]
+
+
+def assert_turn_complete(run: DemoRun, members: list[SpanRecord], turn: SpanRecord) -> None:
+    """The device send, server receive, the three stages and both ends of the reply audio stream."""
+    number = turn.attributes["wstrace.voice.turn.number"]
+    sends = [s for s in members if s.name == "send /voice" and service(s) == "voice-device"]
+    assert len(sends) >= 20 and all(s.kind == "PRODUCER" for s in sends)
+    frames = [s for s in sends if s.attributes.get("messaging.message.body.size") == 640]
+    assert len(frames) == len(sends) - 1, "every 20 ms frame is a message, plus end_of_turn"
+    receives = [s for s in members if s.name == "receive /voice" and service(s) == "voice-server"]
+    assert len(receives) == len(sends)
+    for operation in STAGES:
+        found = [s for s in stage_spans(run, operation) if turn_of(run, s) == number]
+        assert len(found) == 1, operation
+        assert found[0].kind == "CLIENT" and found[0].name.startswith(operation + " sim-")
+        assert found[0].trace_id == turn.trace_id
+        assert all(found[0].attributes.get(key) is not None for key in STREAM_TIMES)
+    outbound = [
+        s
+        for s in members
+        if s.name == "send /voice" and service(s) == "voice-server" and "wstrace.stream.chunk_count" in s.attributes
+    ]
+    assert len(outbound) == 1, "one outbound audio stream per turn"
+    stream = outbound[0].attributes
+    assert stream["wstrace.stream.chunk_count"] > 10  # 40 ms audio chunks and reply.done
+    assert 0 < stream["wstrace.stream.time_to_first_chunk"] <= stream["wstrace.stream.time_to_last_chunk"]
+    inbound = [s for s in members if s.name == "receive /voice" and service(s) == "voice-device"]
+    assert (
+        len(inbound) == 1
+        and inbound[0].attributes["wstrace.stream.chunk_count"] == stream["wstrace.stream.chunk_count"]
+    )
+    latency = turn.attributes["wstrace.voice.turn.latency"]
+    # The device's clock starts before end_of_turn leaves and stops after the first audio arrives.
+    assert stream["wstrace.stream.time_to_first_chunk"] - 0.001 <= latency < 5
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The default run: message model, envelope negotiated
+
+
+def test_message_model_makes_one_trace_per_turn(message_run: DemoRun) -> None:
+    assert_ran(message_run)
+    turns = message_run.turns()
+    assert [t.attributes["wstrace.voice.turn.number"] for t in turns] == [1, 2]
+    assert len({t.trace_id for t in turns}) == 2
+    for turn in turns:
+        assert turn.parent_span_id is None  # each turn is a root
+        members = [s for s in message_run.spans if s.trace_id == turn.trace_id]
+        assert_turn_complete(message_run, members, turn)
+    # Every stage span of the run is in a turn's trace: nothing was cut off by the queue or the pool.
+    stage_traces = {s.trace_id for op in STAGES for s in stage_spans(message_run, op)}
+    assert stage_traces == {t.trace_id for t in turns}
+
+
+def test_no_orphan_spans(message_run: DemoRun, connection_run: DemoRun, plain_run: DemoRun) -> None:
+    for run in (message_run, connection_run, plain_run):
+        assert_ran(run)
+        assert_no_orphans(run)
+
+
+def test_context_crosses_the_queue_and_the_thread_pool(message_run: DemoRun, connection_run: DemoRun) -> None:
+    assert_asr_chain(message_run)
+    assert_asr_chain(connection_run)
+
+
+def test_both_services_write_one_file(message_run: DemoRun) -> None:
+    assert {service(s) for s in message_run.spans} == {"voice-device", "voice-server"}
+    for name in ("voice turn", "GET /voice"):
+        assert any(service(s) == "voice-device" for s in message_run.named(name))
+    for name in ("invoke_agent", "process turns", "GET /voice"):
+        assert any(service(s) == "voice-server" for s in message_run.named(name))
+
+
+def test_the_file_is_otlp_json(message_run: DemoRun) -> None:
+    loaded = read_trace_file(message_run.out)
+    assert (loaded.corrupt_lines, loaded.bad_spans, loaded.blank_lines) == (0, 0, 0)
+    total = 0
+    for line in message_run.out.read_text(encoding="utf-8").splitlines():
+        request = ExportTraceServiceRequest()
+        Parse(line, request)  # the protobuf JSON mapping of the OTLP request, line by line
+        total += sum(len(scope.spans) for rs in request.resource_spans for scope in rs.scope_spans)
+        assert json.loads(line)["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["traceId"]  # hex, not base64
+    assert total == len(message_run.spans)
+
+
+def test_latency_table_reads_every_figure_from_the_file(message_run: DemoRun) -> None:
+    rows = latencies(message_run.spans)
+    assert [r.turn for r in rows] == [1, 2]
+    for row in rows:
+        assert row.utterance and row.transcript and row.reply
+        for value in (row.asr, row.llm_ttft, row.tts_ttfb, row.voice_to_voice):
+            assert value is not None and 0 < value < 5
+
+
+def test_spans_per_turn_are_bounded(message_run: DemoRun) -> None:
+    """A span per uplink frame on each side, and a fixed dozen more; no span per reply audio chunk."""
+    for turn in message_run.turns():
+        members = [s for s in message_run.spans if s.trace_id == turn.trace_id]
+        frames = sum(1 for s in members if s.attributes.get("messaging.message.body.size") == 640) // 2
+        assert len(members) == 2 * frames + 10, sorted({s.name for s in members})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Connection model, seeds, no envelope, OTLP
+
+
+def test_connection_model_makes_one_trace_per_connection(connection_run: DemoRun) -> None:
+    assert_ran(connection_run)
+    assert len({s.trace_id for s in connection_run.spans}) == 1
+    roots = [s for s in connection_run.spans if s.parent_span_id is None]
+    assert [(r.name, service(r)) for r in roots] == [("voice conversation", "voice-device")]
+    connections = connection_run.named("websocket /voice")
+    assert {service(s) for s in connections} == {"voice-device", "voice-server"}
+    for turn in connection_run.turns():
+        sends = [s for s in connection_run.named("send /voice", "voice-device") if s.parent_span_id == turn.span_id]
+        assert len(sends) >= 20  # the turn's frames and end_of_turn, under the turn span
+    for operation in STAGES:
+        assert sorted(turn_of(connection_run, s) for s in stage_spans(connection_run, operation)) == [1, 2]
+    streams = [
+        s for s in connection_run.named("send /voice", "voice-server") if "wstrace.stream.chunk_count" in s.attributes
+    ]
+    assert len(streams) == 2 and all(all(key in s.attributes for key in STREAM_TIMES) for s in streams)
+    assert all(t.attributes["wstrace.voice.turn.latency"] > 0 for t in connection_run.turns())
+
+
+def test_a_seed_makes_the_conversation_deterministic(
+    message_run: DemoRun, connection_run: DemoRun, plain_run: DemoRun
+) -> None:
+    script = message_run.script()
+    assert len(script) == 2 and all(all(part for part in turn) for turn in script)
+    for utterance, transcript, _ in script:
+        assert transcript == utterance.lower().rstrip("?.!")  # the simulated ASR hears the scripted line
+    assert connection_run.script() == script  # same seed, other model and envelope: same conversation
+    assert plain_run.script() != script  # another seed: another conversation
+
+
+def test_without_envelope_the_device_keeps_its_turn_and_the_server_its_pipeline(plain_run: DemoRun) -> None:
+    assert_ran(plain_run)
+    for turn in plain_run.turns():
+        members = [s for s in plain_run.spans if s.trace_id == turn.trace_id]
+        assert {service(s) for s in members} == {"voice-device"}  # nothing crosses without an envelope
+        assert any(s.name == "receive /voice" and "wstrace.stream.chunk_count" in s.attributes for s in members)
+    for asr in stage_spans(plain_run, "speech_to_text"):
+        chain = plain_run.ancestors(asr)
+        assert [s.name for s in chain] == ["invoke_agent voice-assistant", "process turns", "receive /voice"]
+        assert chain[-1].parent_span_id is None
+        assert any(link.attributes.get("wstrace.link.kind") == "handshake" for link in chain[-1].links)
+
+
+def test_otlp_export_when_the_endpoint_is_set(plain_run: DemoRun) -> None:
+    requests = plain_run.extra["collector"]
+    if importlib.util.find_spec("opentelemetry.exporter.otlp.proto.http") is None:
+        assert not requests
+        lines = [line for line in plain_run.stderr.splitlines() if "opentelemetry-exporter-otlp-proto-http" in line]
+        assert len(lines) == 1 and "OTEL_EXPORTER_OTLP_ENDPOINT" in lines[0]
+        pytest.skip("opentelemetry-exporter-otlp-proto-http is not installed: checked the one-line notice")
+    received = 0
+    services = set()
+    for path, body in requests:
+        assert path == "/v1/traces"
+        request = ExportTraceServiceRequest.FromString(body)
+        for resource_spans in request.resource_spans:
+            attributes = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+            services.add(attributes["service.name"])
+            received += sum(len(scope.spans) for scope in resource_spans.scope_spans)
+    assert services == {"voice-device", "voice-server"}
+    assert received == len(plain_run.spans)
