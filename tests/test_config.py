@@ -27,6 +27,9 @@ SETTINGS: list[tuple[str, str, Any]] = [
     ("stall_threshold", "2", 2.0),
     ("stream_end", "builtins:bool", bool),
     ("stream_key", "builtins:len", len),
+    ("capture_payload", "on", True),
+    ("capture_payload_bytes", "64", 64),
+    ("redact", "builtins:repr", repr),
 ]
 
 # (option, a value neither the environment nor a keyword may use). json_field has none:
@@ -48,6 +51,11 @@ BAD_VALUES: list[tuple[str, Any]] = [
     ("stream_end", "no_such_module_here:f"),
     ("stream_key", "builtins:no_such_function"),
     ("stream_key", "not a path"),
+    ("capture_payload", "sometimes"),
+    ("capture_payload_bytes", "0"),
+    ("capture_payload_bytes", "65537"),
+    ("capture_payload_bytes", "many"),
+    ("redact", "no_such_module_here:redact"),
 ]
 
 
@@ -69,6 +77,9 @@ def test_defaults() -> None:
     assert config.handshake_sources == ("headers",)
     assert config.message_spans is True
     assert config.sends_envelope_offer is True
+    assert config.capture_payload is False, "payloads are application data: never recorded by default"
+    assert config.capture_payload_bytes == 256
+    assert config.redact is None
 
 
 def test_the_table_covers_every_option() -> None:
@@ -195,6 +206,10 @@ def test_bad_keyword_raises_config_error(option: str, bad: str) -> None:
         ("handshake_sources", ("headers", "body")),
         ("message_spans", 1),
         ("message_spans", "sometimes"),
+        ("capture_payload", 1),
+        ("capture_payload_bytes", 1.5),
+        ("capture_payload_bytes", True),
+        ("redact", 42),
     ],
 )
 def test_keyword_of_wrong_type_raises_config_error(option: str, bad: Any) -> None:

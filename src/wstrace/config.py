@@ -18,9 +18,12 @@ from wstrace.envelope import DEFAULT_JSON_FIELD, DEFAULT_MAX_HEADER_BYTES
 from wstrace.exceptions import ConfigError
 
 
-__all__ = ["Config", "EnvelopeFormat", "EnvelopeMode", "HandshakeSource", "Model", "Trust"]
+__all__ = ["MAX_CAPTURE_BYTES", "Config", "EnvelopeFormat", "EnvelopeMode", "HandshakeSource", "Model", "Trust"]
 
 _log = logging.getLogger(__name__)
+
+MAX_CAPTURE_BYTES = 65536
+"""Largest ``capture_payload_bytes``: a span attribute is no place for whole messages."""
 
 Model = Literal["message", "connection"]
 EnvelopeMode = Literal["off", "negotiate", "always"]
@@ -108,6 +111,18 @@ def _callable(value: Any) -> Callable[..., Any]:
     return found  # type: ignore[no-any-return]
 
 
+def _capture_size(value: str | int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ConfigError(f"expected a whole number of bytes, got {value!r}")
+    try:
+        size = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"expected a whole number of bytes, got {value!r}") from None
+    if not 1 <= size <= MAX_CAPTURE_BYTES:
+        raise ConfigError(f"expected a capture size within 1..{MAX_CAPTURE_BYTES} bytes, got {size}")
+    return size
+
+
 def _field(value: str) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError("the JSON field name must be a non-empty string")
@@ -171,6 +186,17 @@ class Config:
     request when several are in flight (``None``: not a keyed message). Env
     ``WSTRACE_STREAM_KEY`` names one as ``module:function``."""
 
+    capture_payload: bool = False
+    """Record each message's payload (truncated) as ``websocket.message.body`` on its span.
+    Off by default: payloads are application data. Env ``WSTRACE_CAPTURE_PAYLOAD``."""
+
+    capture_payload_bytes: int = 256
+    """At most this many payload bytes are recorded (1..65536). Env ``WSTRACE_CAPTURE_PAYLOAD_BYTES``."""
+
+    redact: Optional[Callable[[Any], Any]] = None
+    """With ``capture_payload``: called with each payload, returns what to record (``str``,
+    ``bytes``, or ``None`` for nothing). Env ``WSTRACE_REDACT`` names one as ``module:function``."""
+
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
         """Read the environment, then apply keyword overrides (``None`` means unset)."""
@@ -213,4 +239,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "stall_threshold": _seconds,
     "stream_end": _callable,
     "stream_key": _callable,
+    "capture_payload": _bool,
+    "capture_payload_bytes": _capture_size,
+    "redact": _callable,
 }

@@ -21,6 +21,8 @@ the first failure and carry on, and the payload always gets through.
 
 from __future__ import annotations
 
+import base64
+import codecs
 import itertools
 import logging
 import re
@@ -61,6 +63,10 @@ _OUT = "sent"
 _IN = "received"
 _FLUSH_EVERY = 1000
 _MAX_PENDING_REQUESTS = 1024
+# Open streams per connection: beyond this the oldest ends at its last chunk, so a
+# server answering faster than stream_idle cannot pile up open spans until close.
+_MAX_OPEN_STREAMS = 1024
+_SWEEP_FLOOR = 64
 
 
 def _warn_once(what: str, exc: BaseException) -> None:
@@ -138,6 +144,28 @@ def _safe_key(key_of: Callable[[Any], Optional[Hashable]], payload: Any) -> Opti
         return None
 
 
+def _body(payload: Any, is_text: bool, cap: int) -> Optional[tuple[str, bool]]:
+    """``(recorded body, truncated)``: text as text, binary as base64, of at most ``cap`` payload bytes."""
+    if isinstance(payload, str):
+        # Each character is at least one UTF-8 byte: never encode more than cap of them.
+        raw = payload[:cap].encode("utf-8", "surrogatepass")
+        truncated = len(payload) > cap or len(raw) > cap
+    elif isinstance(payload, (bytes, bytearray)):
+        raw = bytes(payload[:cap])
+        truncated = len(payload) > cap
+    elif isinstance(payload, memoryview):
+        raw = payload.tobytes()
+        truncated = len(raw) > cap
+    else:
+        return None
+    raw = raw[:cap]
+    if not is_text:
+        return base64.b64encode(raw).decode("ascii"), truncated
+    # Not final: a character cut by the cap is dropped rather than replaced;
+    # invalid UTF-8 (and lone surrogates) become U+FFFD.
+    return codecs.getincrementaldecoder("utf-8")("replace").decode(raw), truncated
+
+
 class ConnectionTracer:
     """Telemetry for one WebSocket connection, seen from one side.
 
@@ -195,6 +223,8 @@ class ConnectionTracer:
         self._last_request: Optional[_Request] = None
         self._requests: OrderedDict[Hashable, _Request] = OrderedDict()
         self._recv_ends_stream: Optional[Stream] = None
+        self._sweep_at = _SWEEP_FLOOR
+        self._capture = config.capture_payload
 
     # Handshake ---------------------------------------------------------------
 
@@ -235,11 +265,13 @@ class ConnectionTracer:
         try:
             if self._handshake is not None:
                 headers.update(propagation.inject(trace.set_span_in_context(self._handshake)))
-            if self.config.envelope != "off":
-                headers[sc.ENVELOPE_HEADER] = f"{self.config.envelope_format}/{sc.ENVELOPE_VERSION}"
-            headers[sc.SESSION_HEADER] = self.session_id
         except Exception as exc:
+            # A propagator that cannot write the context (baggage holding a lone
+            # surrogate) must not cost the envelope offer and the session id.
             _warn_once("injecting handshake context", exc)
+        if self.config.envelope != "off":
+            headers[sc.ENVELOPE_HEADER] = f"{self.config.envelope_format}/{sc.ENVELOPE_VERSION}"
+        headers[sc.SESSION_HEADER] = self.session_id
         return headers
 
     @classmethod
@@ -329,10 +361,32 @@ class ConnectionTracer:
             else:
                 carrier = split_subprotocols(subprotocols)[0]
             if carrier:
-                ctx = propagation.extract(carrier)
-                if propagation.remote_span_context(ctx) is not None:
+                ctx = self._extract(carrier)
+                if ctx is not None and propagation.remote_span_context(ctx) is not None:
                     return ctx, source
         return None, None
+
+    def _extract(self, carrier: dict[str, str]) -> Optional[Context]:
+        """The context a peer's carrier holds, or ``None`` if the propagator chokes on it.
+
+        Only ``parent`` uses the peer's baggage, so under ``link`` it is not
+        even parsed: a hostile peer's baggage costs nothing, and cannot make
+        the propagator log a warning per message.
+        """
+        if self.config.trust != "parent" and "baggage" in carrier:
+            carrier = _without_baggage(carrier)
+        try:
+            return propagation.extract(carrier)
+        except Exception as exc:
+            # The W3C baggage propagator raises on a lone surrogate (aiohttp decodes
+            # obs-text header bytes so): keep the trace context, drop the baggage.
+            _warn_once("extracting a peer's context", exc)
+        if "baggage" in carrier:
+            try:
+                return propagation.extract(_without_baggage(carrier))
+            except Exception:
+                pass
+        return None
 
     def _apply_trust(self, remote: Optional[Context], ambient: Context) -> tuple[Context, Sequence[Link]]:
         """Parent on, link to, or ignore a remote context, per the trust policy."""
@@ -501,6 +555,7 @@ class ConnectionTracer:
         """
         is_text = isinstance(payload, str) if text is None else text
         handle = NOTHING_TO_END
+        original = payload
         try:
             carrier: Optional[dict[str, str]] = None
             if self._recording and not self._closed:
@@ -515,7 +570,7 @@ class ConnectionTracer:
                 if record and self.config.message_spans:
                     size = _size(payload)
                     self._count(_OUT, is_text, size)
-                    handle = _SendHandle(self._start_send(is_text, size, current))
+                    handle = _SendHandle(self._start_send(payload, is_text, size, current))
                     if self._client_streams:
                         self._track_request(handle.span, payload)  # type: ignore[arg-type]
                     if self.envelope is not None:
@@ -527,14 +582,29 @@ class ConnectionTracer:
                 payload = self._wrap(payload, is_text, carrier)
         except Exception as exc:
             _warn_once("tracing an outbound message", exc)
+            # The peer strips one envelope from every frame: a bare frame that
+            # happens to start like one would reach its application changed.
+            payload = self._wrap_empty(original, is_text)
         return payload, handle
 
-    def _start_send(self, is_text: bool, size: Optional[int], current: Context) -> Span:
+    def _wrap_empty(self, payload: Any, is_text: bool) -> Any:
+        """``payload`` in an envelope with no context if the envelope is in force; never raises."""
+        if self.envelope is None or not isinstance(payload, (str, bytes, bytearray, memoryview)):
+            return payload
+        try:
+            return self._wrap(payload, is_text, None)
+        except Exception as exc:  # a str with lone surrogates sent as binary: the library refuses it too
+            _warn_once("encoding an empty envelope", exc)
+            return payload
+
+    def _start_send(self, payload: Any, is_text: bool, size: Optional[int], current: Context) -> Span:
         attributes = dict(self._base_attributes)
         attributes[sc.MESSAGE_TYPE] = "text" if is_text else "binary"
         attributes[sc.MESSAGE_ORDINAL] = next(self._sent)
         if size is not None:
             attributes[sc.MESSAGING_MESSAGE_BODY_SIZE] = size
+        if self._capture:
+            attributes.update(self._captured(payload, is_text))
         if self._connection_ctx is not None:
             parent = self._connection_ctx
             # A reply inside a receive span (or any span of this connection's
@@ -557,7 +627,7 @@ class ConnectionTracer:
             stream.end(at_last_chunk=True)  # an idle gap ends a stream; this chunk starts the next
         ordinal = next(self._sent)
         if stream is None or stream.ended:
-            span = self._start_stream_span(owner.ctx, is_text, ordinal, now)
+            span = self._start_stream_span(owner.ctx, payload, is_text, ordinal, now)
             stream = owner.stream = self._new_stream(span, owner.start_ns, "outbound", is_text)
             owner.prefixes = None
         size = _size(payload)
@@ -567,7 +637,9 @@ class ConnectionTracer:
             handle = _SendHandle(None)
             handle.stream, handle.ends_stream = stream, True
         if self.config.chunk_spans:
-            chunk = self._start_chunk_span(self._send_name, SpanKind.PRODUCER, stream.span, is_text, size, ordinal)
+            chunk = self._start_chunk_span(
+                self._send_name, SpanKind.PRODUCER, stream.span, payload, is_text, size, ordinal
+            )
             if handle is NOTHING_TO_END:
                 handle = _SendHandle(None)
             handle.span = chunk
@@ -615,6 +687,25 @@ class ConnectionTracer:
             if self.envelope == "json":
                 return codec.encode_json_field(payload, None, field=self.config.json_field, max_header=cap)
             return codec.encode(payload, None, text=is_text, max_header=cap)
+
+    def _captured(self, payload: Any, is_text: bool) -> dict[str, Any]:
+        """The body attributes of a message span (``capture_payload``); empty if there is nothing to record."""
+        redact = self.config.redact
+        if redact is not None:
+            if isinstance(payload, (bytearray, memoryview)):
+                payload = bytes(payload)  # a copy: the hook must not be able to change what is sent
+            try:
+                payload = redact(payload)
+            except Exception as exc:
+                _warn_once("the redact hook", exc)  # nothing recorded: better than an unredacted body
+                return {}
+            if payload is None:
+                return {}
+        body = _body(payload, is_text, self.config.capture_payload_bytes)
+        if body is None:
+            _warn_once("the redact hook", TypeError(f"it returned a {type(payload).__name__}, not str or bytes"))
+            return {}
+        return {sc.MESSAGE_BODY: body[0], sc.MESSAGE_BODY_TRUNCATED: body[1]}
 
     def send_end(self, handle: _SendHandle, error: Optional[BaseException] = None) -> None:
         """The outbound message was handed to the transport, or failed with ``error``."""
@@ -686,7 +777,7 @@ class ConnectionTracer:
         return payload
 
     def _remote(self, carrier: Optional[dict[str, str]]) -> tuple[Optional[Context], Optional[trace.SpanContext]]:
-        remote = propagation.extract(carrier) if carrier and self.config.trust != "ignore" else None
+        remote = self._extract(carrier) if carrier and self.config.trust != "ignore" else None
         return remote, propagation.remote_span_context(remote) if remote is not None else None
 
     def _start_receive(self, payload: Any, carrier: Optional[dict[str, str]], is_text: bool) -> None:
@@ -698,7 +789,7 @@ class ConnectionTracer:
             span, base = self._client_stream_chunk(request, payload, carrier, is_text, size, now, ambient)
         else:
             self._count(_IN, is_text, size)  # stream chunks are counted when their stream ends
-            span, base = self._start_receive_span(carrier, is_text, size, ambient)
+            span, base = self._start_receive_span(payload, carrier, is_text, size, ambient)
         ctx = trace.set_span_in_context(span, base)
         if self._server_streams:
             ctx = otel_context.set_value(_OWNER, _Inbound(self, ctx, now), ctx)
@@ -707,7 +798,7 @@ class ConnectionTracer:
         self._recv_token = otel_context.attach(ctx)
 
     def _start_receive_span(
-        self, carrier: Optional[dict[str, str]], is_text: bool, size: Optional[int], ambient: Context
+        self, payload: Any, carrier: Optional[dict[str, str]], is_text: bool, size: Optional[int], ambient: Context
     ) -> tuple[Span, Context]:
         remote, remote_span = self._remote(carrier)
         attributes = dict(self._base_attributes)
@@ -715,6 +806,8 @@ class ConnectionTracer:
         attributes[sc.MESSAGE_ORDINAL] = next(self._received)
         if size is not None:
             attributes[sc.MESSAGING_MESSAGE_BODY_SIZE] = size
+        if self._capture:
+            attributes.update(self._captured(payload, is_text))
         parent, base, links = self._receive_parent(remote, remote_span, ambient, None)
         span = self._tracer.start_span(
             self._receive_name, context=parent, kind=SpanKind.CONSUMER, attributes=attributes, links=links
@@ -761,15 +854,40 @@ class ConnectionTracer:
             on_end=tally,
         )
         self._streams.append(stream)
-        if len(self._streams) > 64:
-            self._streams = [s for s in self._streams if not s.ended]
+        if len(self._streams) > self._sweep_at:
+            self._sweep_streams(time.monotonic_ns())
         return stream
 
-    def _start_stream_span(self, parent: Context, is_text: bool, ordinal: int, now: int) -> Span:
+    def _sweep_streams(self, now: int) -> None:
+        """End idle streams at their last chunk, cap the open ones, forget the ended.
+
+        A server's reply stream otherwise ends only when its owner sends again
+        after an idle gap, or at close: on a long-lived connection every reply
+        would stay an open span in memory. Amortised: the next sweep waits
+        until the list has doubled.
+        """
+        idle = self._idle_ns
+        open_streams = []
+        for stream in self._streams:
+            if not stream.ended and now - stream.stats.last_ns > idle and stream.stats.count:
+                stream.end(at_last_chunk=True)
+            if not stream.ended:
+                open_streams.append(stream)
+        excess = len(open_streams) - _MAX_OPEN_STREAMS
+        if excess > 0:
+            for stream in open_streams[:excess]:  # oldest first
+                stream.end(at_last_chunk=True)
+            open_streams = open_streams[excess:]
+        self._streams = open_streams
+        self._sweep_at = max(_SWEEP_FLOOR, 2 * len(open_streams))
+
+    def _start_stream_span(self, parent: Context, payload: Any, is_text: bool, ordinal: int, now: int) -> Span:
         """The span of a server's reply stream: it starts with its first chunk."""
         attributes = dict(self._base_attributes)
         attributes[sc.MESSAGE_TYPE] = "text" if is_text else "binary"
         attributes[sc.MESSAGE_ORDINAL] = ordinal
+        if self._capture:
+            attributes.update(self._captured(payload, is_text))
         return self._tracer.start_span(
             self._send_name,
             context=parent,
@@ -784,6 +902,7 @@ class ConnectionTracer:
         name: str,
         kind: SpanKind,
         stream_span: Span,
+        payload: Any,
         is_text: bool,
         size: Optional[int],
         ordinal: int,
@@ -795,6 +914,8 @@ class ConnectionTracer:
         attributes[sc.MESSAGE_ORDINAL] = ordinal
         if size is not None:
             attributes[sc.MESSAGING_MESSAGE_BODY_SIZE] = size
+        if self._capture:
+            attributes.update(self._captured(payload, is_text))
         links = (Link(sender, {sc.LINK_KIND: "creation"}),) if sender is not None else ()
         return self._tracer.start_span(
             name, context=trace.set_span_in_context(stream_span), kind=kind, attributes=attributes, links=links
@@ -856,15 +977,18 @@ class ConnectionTracer:
             remote, remote_span = self._remote(carrier)
             # Without the server's context, the reply still belongs to the request.
             parent, base, links = self._receive_parent(remote, remote_span, ambient, request.ctx)
+            attributes = {
+                **self._base_attributes,
+                sc.MESSAGE_TYPE: "text" if is_text else "binary",
+                sc.MESSAGE_ORDINAL: ordinal,
+            }
+            if self._capture:
+                attributes.update(self._captured(payload, is_text))
             span = self._tracer.start_span(
                 self._receive_name,
                 context=parent,
                 kind=SpanKind.CONSUMER,
-                attributes={
-                    **self._base_attributes,
-                    sc.MESSAGE_TYPE: "text" if is_text else "binary",
-                    sc.MESSAGE_ORDINAL: ordinal,
-                },
+                attributes=attributes,
                 links=links,
                 start_time=wall_ns(now),
             )
@@ -877,7 +1001,7 @@ class ConnectionTracer:
         if self.config.chunk_spans:
             sender = self._remote(carrier)[1]
             chunk = self._start_chunk_span(
-                self._receive_name, SpanKind.CONSUMER, stream.span, is_text, size, ordinal, sender
+                self._receive_name, SpanKind.CONSUMER, stream.span, payload, is_text, size, ordinal, sender
             )
             return chunk, request.base or ambient
         return stream.span, request.base or ambient
@@ -950,6 +1074,8 @@ class ConnectionTracer:
             return
         self._closed = True
         try:
+            if isinstance(code, int):
+                code = int(code)  # a library's IntEnum (uvicorn's CloseCode) is recorded as a plain int
             abnormal = error is not None or initiator is None or code in _ERROR_CLOSE_CODES
             if code is None and initiator is None:
                 code = 1006
@@ -957,6 +1083,9 @@ class ConnectionTracer:
             open_recv = self._recv_span
             if open_recv is not None and open_recv.is_recording():
                 if abnormal:
+                    if error is not None:  # what ended the connection ended the message's handling too
+                        open_recv.record_exception(error)
+                        open_recv.set_attribute(sc.ERROR_TYPE, type(error).__qualname__)
                     open_recv.set_status(Status(StatusCode.ERROR, message))
                 open_recv.end()
             self._recv_span = None  # the token stays: only the owning context may detach it
@@ -1009,6 +1138,10 @@ def _pairs(headers: HeaderSource) -> list[tuple[str, str]]:
         )
         for k, v in items
     ]
+
+
+def _without_baggage(carrier: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in carrier.items() if k != "baggage"}
 
 
 def _size(payload: Any) -> Optional[int]:

@@ -60,8 +60,11 @@ def encode_value(value: object) -> dict[str, Any]:
     if isinstance(value, bool):  # before int: bool is an int
         return {"boolValue": value}
     if isinstance(value, int):
+        # An IntEnum (a close code, an HTTPStatus) as its plain number: ``in range`` would scan
+        # the whole int64 range for an int subclass, and str() would give its name on 3.10.
+        number = int(value)
         # int64 is a JSON string in the protobuf mapping; a Python int beyond int64 would not parse.
-        return {"intValue": str(value)} if value in _INT64 else {"stringValue": str(value)}
+        return {"intValue": str(number)} if number in _INT64 else {"stringValue": str(number)}
     if isinstance(value, float):
         if math.isfinite(value):
             return {"doubleValue": value}

@@ -185,7 +185,7 @@ class Connection:
         else:
             ct = hs.ct
             if ct is not None:
-                ct.receive_done()
+                ct.receive_done(error)  # an exception escaping the app ends the message it was handling
             # Returning without a close: the server ends the connection for the application.
             self._end(code=None, reason="", initiator="local", error=error)
         token, self._token = self._token, None

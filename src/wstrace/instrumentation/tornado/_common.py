@@ -48,6 +48,7 @@ class Traced:
         "_token",
         "_token_ctx",
         "ct",
+        "failure",
         "initiator",
         "loop_delivers",
         "loop_receive",
@@ -72,6 +73,8 @@ class Traced:
         self.received: Optional[tuple[Optional[int], str]] = None
         """Code and reason of the close frame the peer sent, if any."""
         self.initiator: Optional[Literal["local", "remote"]] = None
+        self.failure: Optional[BaseException] = None
+        """What the application's ``on_message`` raised (tornado logs it and never re-raises), for its span."""
         self._token: Optional[Token[Context]] = None
         self._token_ctx: Optional[Context] = None
 

@@ -15,7 +15,8 @@ instrumentation suppressed) has none and passes straight through.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable, Generator
+import inspect
+from typing import Any, Awaitable, Callable, Generator, Optional
 
 from wstrace.instrumentation._instrumentor import is_instrumentation_enabled
 from wstrace.instrumentation.tornado._common import Traced, traced
@@ -78,9 +79,9 @@ def run_callback(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs:
     ct = t.ct
     _end_loop_receive(t)
     payload = ct.received(args[1], record=is_instrumentation_enabled())
-    result = wrapped(args[0], payload)
+    result = wrapped(_watched(t, args[0]), payload)
     if result is None:
-        ct.receive_done()  # on_message returned (or raised, which tornado logs)
+        ct.receive_done(_failure(t))  # on_message returned (or raised, which tornado logs)
     else:
         # A coroutine: its task copied the context with the receive span;
         # the loop awaits it and ends the span in receive_frame.
@@ -91,7 +92,37 @@ def run_callback(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs:
 def _end_loop_receive(t: Traced) -> None:
     if t.loop_receive:
         t.loop_receive = False
-        t.ct.receive_done()
+        t.ct.receive_done(_failure(t))
+
+
+def _failure(t: Traced) -> Optional[BaseException]:
+    failure, t.failure = t.failure, None  # taken once: the exception holds the handler's frames
+    return failure
+
+
+def _watched(t: Traced, on_message: Callable[..., Any]) -> Callable[..., Any]:
+    """``on_message``, noting what it raises (synchronously, or from its coroutine) for the receive span.
+
+    tornado's ``_run_callback`` logs the exception and aborts the connection, but never re-raises it.
+    """
+
+    def call(message: Any) -> Any:
+        try:
+            result = on_message(message)
+        except BaseException as exc:
+            t.failure = exc
+            raise
+        return _note_failure(t, result) if inspect.isawaitable(result) else result
+
+    return call
+
+
+async def _note_failure(t: Traced, awaitable: Awaitable[Any]) -> Any:
+    try:
+        return await awaitable
+    except BaseException as exc:
+        t.failure = exc
+        raise
 
 
 async def receive_frame(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Optional
 
 from opentelemetry import context as otel_context
@@ -17,6 +18,9 @@ __all__ = ["ATTR", "close_event", "merged_headers", "new_client_tracer", "new_se
 
 ATTR = "_wstrace"
 """Attribute under which a connection object holds its ConnectionTracer."""
+
+_TOKEN = re.compile(r"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
+"""An RFC 9110 token, as websockets requires of each subprotocol."""
 
 
 def tracer_of(connection: Any) -> Optional[ConnectionTracer]:
@@ -76,7 +80,9 @@ def new_server_tracer(settings: Settings, connection: Any, request: Any) -> Conn
         instruments=settings.instruments,
     )
     tokens = [p for p in offered if p.startswith(SUBPROTOCOL_PREFIX)]
-    if tokens:
+    # A malformed token makes websockets refuse the header (400); removing it
+    # would make the instrumented server accept a request the library rejects.
+    if tokens and all(_TOKEN.fullmatch(p) for p in tokens):
         # The application negotiates subprotocols without ours; a browser that
         # offered only ours gets it echoed so that its handshake succeeds.
         rest = split_subprotocols(offered)[1]

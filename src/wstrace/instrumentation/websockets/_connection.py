@@ -7,7 +7,8 @@ pass straight through.
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
+import sys
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Optional
 
 from wstrace.instrumentation._instrumentor import is_instrumentation_enabled
 from wstrace.instrumentation.websockets._common import close_event, tracer_of
@@ -138,17 +139,28 @@ def sync_recv_streaming(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], 
     return fragments()
 
 
+def _handler_error(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Optional[BaseException]:
+    """The exception a server handler raised, when websockets closes with 1011 because of it.
+
+    websockets catches a failed handler's exception and calls ``close(1011)``
+    from its ``except`` block, so the exception is still being handled here:
+    it belongs on the span of the message the handler was working on.
+    """
+    code = args[0] if args else kwargs.get("code")
+    return sys.exc_info()[1] if code == 1011 else None
+
+
 async def async_close(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     ct = tracer_of(instance)
     if ct is not None:
-        ct.receive_done()  # in the caller's context, where the receive span was attached
+        ct.receive_done(_handler_error(args, kwargs))  # in the caller's context, where the receive span was attached
     return await wrapped(*args, **kwargs)
 
 
 def sync_close(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     ct = tracer_of(instance)
     if ct is not None:
-        ct.receive_done()
+        ct.receive_done(_handler_error(args, kwargs))
     return wrapped(*args, **kwargs)
 
 
