@@ -1,9 +1,14 @@
-"""Shared pieces: the SDK set-up every instrumented variant uses, and small helpers."""
+"""Shared pieces: the SDK set-up every instrumented variant uses, memory probes, and small helpers."""
 
 from __future__ import annotations
 
+import gc
+import os
+import resource
 import socket
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from opentelemetry.sdk.metrics import MeterProvider
@@ -11,6 +16,20 @@ from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult,
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
+
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPS = Path(__file__).resolve().parent / ".deps"
+"""Where ``make bench-deps`` installs ddtrace, outside the project's venv (ddtrace registers a pytest plugin)."""
+
+ROUTE = "/bench"
+CHUNK = "y" * 64
+"""What the server sends for each message of a stream."""
+STREAM_PREFIX = "stream:"
+"""``stream:N`` asks the server for N chunks."""
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+"""The context a traced peer sends (sampled)."""
+UNSAMPLED_TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
 
 
 class DiscardSpans(SpanExporter):
@@ -42,7 +61,11 @@ class DiscardMetrics(MetricExporter):
 
 
 def sdk(sampled: bool = True) -> tuple[TracerProvider, MeterProvider, DiscardSpans]:
-    """A real SDK: BatchSpanProcessor with a discarding exporter, and a periodic metric reader."""
+    """A real SDK: BatchSpanProcessor (default settings) with a discarding exporter, and a periodic metric reader.
+
+    ``sampled=False`` samples every root out (``ParentBased(ALWAYS_OFF)``): a handshake with no sampled
+    parent is not recorded, and neither is anything on its connection.
+    """
     spans = DiscardSpans()
     tracer_provider = TracerProvider(sampler=ParentBased(ALWAYS_ON if sampled else ALWAYS_OFF))
     tracer_provider.add_span_processor(BatchSpanProcessor(spans))
@@ -54,3 +77,43 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def raise_fd_limit(wanted: int = 8192) -> None:
+    """Allow a few thousand sockets (1,000 connections need 1,000 descriptors on each side)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process, from /proc (0 where there is none)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+def memory_probe() -> dict[str, int]:
+    """What this process holds, after a full collection: RSS, pymalloc blocks, and GC-tracked objects."""
+    gc.collect()
+    return {
+        "rss": rss_bytes(),
+        "blocks": sys.getallocatedblocks(),
+        "objects": len(gc.get_objects()),
+    }
+
+
+def use_bench_deps() -> None:
+    """Make packages installed by ``make bench-deps`` importable (ddtrace), if that was run."""
+    if DEPS.is_dir() and str(DEPS) not in sys.path:
+        sys.path.append(str(DEPS))
+
+
+def ddtrace_available() -> bool:
+    use_bench_deps()
+    import importlib.util  # noqa: PLC0415
+
+    return importlib.util.find_spec("ddtrace") is not None

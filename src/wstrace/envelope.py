@@ -81,6 +81,8 @@ DEFAULT_JSON_FIELD = "_wstrace"
 
 # Keys are HTTP-header-like tokens; values may be any text once percent-decoded.
 _KEY = re.compile(r"[a-z0-9][a-z0-9_.\-]*\Z")
+# Values made only of these need no percent-encoding (W3C traceparent, most tracestate and baggage).
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.\-~]*\Z")
 # A header is printable ASCII without space or separators other than & and =.
 _HEADER = re.compile(r"[!#-~]*\Z")
 _JSON_WS = " \t\n\r"
@@ -118,6 +120,9 @@ def _header(carrier: Mapping[str, str] | None, max_header: int) -> str:
             raise EnvelopeEncodeError("carrier keys and values must be str")
         if not _KEY.match(key):
             raise EnvelopeEncodeError(f"carrier key {key!r} is not a lowercase token")
+        if _UNRESERVED.match(value):
+            parts.append(f"{key}={value}")
+            continue
         try:
             parts.append(f"{key}={quote(value, safe='')}")
         except UnicodeEncodeError as exc:  # a lone surrogate has no UTF-8 form
@@ -136,8 +141,11 @@ def _parse_header(header: str) -> dict[str, str]:
     carrier: dict[str, str] = {}
     for part in header.split("&"):
         key, eq, value = part.partition("=")
-        if not eq or not _KEY.match(key) or key in carrier:
+        if not eq or key in carrier or not _KEY.match(key):
             raise EnvelopeDecodeError(f"malformed header item {part[:40]!r}")
+        if "%" not in value:
+            carrier[key] = value
+            continue
         try:
             carrier[key] = unquote(value, errors="strict")
         except UnicodeDecodeError as exc:
@@ -145,13 +153,23 @@ def _parse_header(header: str) -> dict[str, str]:
     return carrier
 
 
+_EMPTY_TEXT_PREFIX = f"{TEXT_MAGIC}{_SEP}"
+_EMPTY_BINARY_PREFIX = BINARY_MAGIC + b"\x00\x00"
+
+
 def text_prefix(carrier: Mapping[str, str] | None, *, max_header: int = DEFAULT_MAX_HEADER_BYTES) -> str:
     """Everything a text envelope puts before the payload; for senders that reuse one carrier."""
+    if not carrier:
+        _check_max(max_header)
+        return _EMPTY_TEXT_PREFIX
     return f"{TEXT_MAGIC}{_header(carrier, max_header)}{_SEP}"
 
 
 def binary_prefix(carrier: Mapping[str, str] | None, *, max_header: int = DEFAULT_MAX_HEADER_BYTES) -> bytes:
     """Everything a binary envelope puts before the payload; for senders that reuse one carrier."""
+    if not carrier:
+        _check_max(max_header)
+        return _EMPTY_BINARY_PREFIX
     raw = _header(carrier, max_header).encode("ascii")
     return b"".join((BINARY_MAGIC, len(raw).to_bytes(2, "big"), raw))
 
@@ -208,13 +226,18 @@ def parse(wire: Payload, *, max_header: int = DEFAULT_MAX_HEADER_BYTES) -> Decod
     envelope prefix, and raises :class:`EnvelopeDecodeError` for one that does
     but is malformed, truncated, or larger than ``max_header``.
     """
+    return Decoded(*_parse_parts(wire, max_header))
+
+
+def _parse_parts(wire: Payload, max_header: int) -> tuple[Payload, dict[str, str] | None]:
+    """:func:`parse` as a plain ``(payload, carrier)`` pair."""
     if isinstance(wire, str):
         if not wire.startswith(TEXT_MAGIC):
-            return Decoded(wire, None)
+            return wire, None
         end = wire.find(_SEP, len(TEXT_MAGIC), len(TEXT_MAGIC) + max_header + 1)
         if end < 0:
             raise EnvelopeDecodeError("text envelope has no header terminator within the cap")
-        return Decoded(wire[end + 1 :], _parse_header(wire[len(TEXT_MAGIC) : end]))
+        return wire[end + 1 :], _parse_header(wire[len(TEXT_MAGIC) : end])
     if not isinstance(wire, (bytes, bytearray, memoryview)):
         raise EnvelopeDecodeError(f"cannot decode a {type(wire).__name__}")
     wire = bytes(wire)
@@ -227,14 +250,14 @@ def parse(wire: Payload, *, max_header: int = DEFAULT_MAX_HEADER_BYTES) -> Decod
         end = _BINARY_PREFIX_LEN + size
         if len(wire) < end:
             raise EnvelopeDecodeError("binary envelope truncated inside its header")
-        return Decoded(wire[end:], _parse_header(_ascii(wire[_BINARY_PREFIX_LEN:end])))
+        return wire[end:], _parse_header(_ascii(wire[_BINARY_PREFIX_LEN:end]))
     if wire.startswith(_TEXT_MAGIC_B):
         # A text frame received as bytes (for example recv(decode=False)).
         end = wire.find(_SEP_B, len(_TEXT_MAGIC_B), len(_TEXT_MAGIC_B) + max_header + 1)
         if end < 0:
             raise EnvelopeDecodeError("text envelope has no header terminator within the cap")
-        return Decoded(wire[end + 1 :], _parse_header(_ascii(wire[len(_TEXT_MAGIC_B) : end])))
-    return Decoded(wire, None)
+        return wire[end + 1 :], _parse_header(_ascii(wire[len(_TEXT_MAGIC_B) : end]))
+    return wire, None
 
 
 def _ascii(raw: bytes) -> str:
@@ -251,10 +274,15 @@ def decode(wire: Payload, *, max_header: int = DEFAULT_MAX_HEADER_BYTES) -> Deco
     a malformed, truncated or oversized header, an unknown version) yields the
     frame unchanged and ``carrier=None``, so no data is ever lost.
     """
+    return Decoded(*_decode_parts(wire, max_header))
+
+
+def _decode_parts(wire: Payload, max_header: int = DEFAULT_MAX_HEADER_BYTES) -> tuple[Payload, dict[str, str] | None]:
+    """:func:`decode` as a plain ``(payload, carrier)`` pair, for the session's hot path."""
     try:
-        return parse(wire, max_header=max_header)
+        return _parse_parts(wire, max_header)
     except EnvelopeDecodeError:
-        return Decoded(wire, None)
+        return wire, None
 
 
 def _json_start(wire: Payload) -> int:

@@ -23,17 +23,16 @@ from __future__ import annotations
 
 import base64
 import codecs
-import itertools
 import logging
 import re
 import time
 import uuid
 from collections import OrderedDict
-from typing import Any, Callable, Hashable, Literal, Mapping, Optional, Sequence
+from typing import Any, Callable, Hashable, Literal, Mapping, Optional, Sequence, TypeVar
 
 from opentelemetry import context as otel_context, trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanKind, Status, StatusCode
 
 from wstrace import envelope as codec, propagation, semconv as sc
 from wstrace.carriers import HeaderSource, headers_carrier, query_carrier, split_subprotocols
@@ -54,6 +53,8 @@ _NORMAL_CLOSE_CODES = frozenset({1000, 1001, 1005, 1012, 1013})
 _ERROR_CLOSE_CODES = frozenset({1002, 1003, 1006, 1007, 1008, 1009, 1010, 1011, 1014, 1015})
 
 _warned: set[str] = set()
+_P = TypeVar("_P", str, bytes)
+_NO_CONTEXT = Context()
 
 # Context key under which a message being handled offers itself as the owner of replies.
 _OWNER = otel_context.create_key("wstrace-inbound")
@@ -98,17 +99,33 @@ class _SendHandle:
 
 
 class _Inbound:
-    """A message being handled on the server: the owner of the reply stream sent while it is current."""
+    """A message being handled on the server: the owner of the reply stream sent while it is current.
 
-    __slots__ = ("ctx", "prefixes", "start_ns", "stream", "tracer")
+    Only contexts hold it (the handling task's, and those of tasks it started). Once none does, no
+    chunk can join its stream any more: the stream is handed to its tracer to end at its last chunk.
+    """
+
+    __slots__ = ("binary_prefix", "carrier", "ctx", "start_ns", "stream", "text_prefix", "tracer")
 
     def __init__(self, tracer: ConnectionTracer, ctx: Context, start_ns: int) -> None:
         self.tracer = tracer
         self.ctx = ctx
         self.start_ns = start_ns
         self.stream: Optional[Stream] = None
-        self.prefixes: Optional[tuple[str, bytes]] = None
-        """The stream's envelope prefixes (text, binary), encoded once."""
+        self.carrier: Optional[dict[str, str]] = None
+        """The stream's context, injected once per stream; its envelope prefixes are encoded once, when needed."""
+        self.text_prefix: Optional[str] = None
+        self.binary_prefix: Optional[bytes] = None
+
+    def __del__(self) -> None:
+        # Called wherever the last reference goes (a detach, a task's end, a GC pass): only a list
+        # append here, never SDK work; the tracer ends the stream at its next event.
+        stream = self.stream
+        if stream is not None and not stream.ended:
+            try:
+                self.tracer._orphans.append(stream)
+            except Exception:  # pragma: no cover - interpreter shutdown
+                pass
 
 
 class _Request:
@@ -166,11 +183,94 @@ def _body(payload: Any, is_text: bool, cap: int) -> Optional[tuple[str, bool]]:
     return codecs.getincrementaldecoder("utf-8")("replace").decode(raw), truncated
 
 
+class _Route:
+    """Span names and metric attributes of a route, shared by every connection on it."""
+
+    __slots__ = ("close", "connection", "message_attributes", "receive", "send", "stream_attributes")
+
+    def __init__(self, route: str) -> None:
+        self.send = f"send {route}"
+        self.receive = f"receive {route}"
+        self.close = f"close {route}"
+        self.connection = f"websocket {route}"
+        self.stream_attributes = {
+            direction: {sc.HTTP_ROUTE: route, sc.STREAM_DIRECTION: direction} for direction in ("outbound", "inbound")
+        }
+        self.message_attributes = [
+            {sc.HTTP_ROUTE: route, sc.MESSAGE_DIRECTION: direction, sc.MESSAGE_TYPE: kind}
+            for direction in (_OUT, _IN)
+            for kind in ("binary", "text")
+        ]
+        """Counter attributes by slot (see ``ConnectionTracer._count``): direction, then message type."""
+
+
+_ROUTES: dict[str, _Route] = {}
+_MAX_ROUTES = 1024  # a server that names routes by raw path must not grow this without bound
+
+
+def _route(route: str) -> _Route:
+    found = _ROUTES.get(route)
+    if found is None:
+        if len(_ROUTES) >= _MAX_ROUTES:
+            _ROUTES.clear()
+        found = _ROUTES[route] = _Route(route)
+    return found
+
+
 class ConnectionTracer:
     """Telemetry for one WebSocket connection, seen from one side.
 
     Build it with :meth:`client` or :meth:`server`, not directly.
     """
+
+    # Slots: thousands of connections may be open, each with one of these.
+    __slots__ = (
+        "__weakref__",
+        "_base_attributes",
+        "_capture",
+        "_chunk_spans",
+        "_client_streams",
+        "_closed",
+        "_connection",
+        "_connection_ctx",
+        "_connection_trace",
+        "_counts",
+        "_handshake",
+        "_handshake_link",
+        "_idle_ns",
+        "_instruments",
+        "_last_request",
+        "_max_envelope",
+        "_message_spans",
+        "_names",
+        "_offered",
+        "_opened_ns",
+        "_orphans",
+        "_owns_connection",
+        "_owns_handshake",
+        "_received",
+        "_recording",
+        "_recv_ctx",
+        "_recv_ends_stream",
+        "_recv_span",
+        "_recv_token",
+        "_requests",
+        "_sent",
+        "_server_streams",
+        "_started_ns",
+        "_stream_end",
+        "_streams",
+        "_sweep_at",
+        "_tracer",
+        "_trust",
+        "_typed_attributes",
+        "_unflushed",
+        "config",
+        "envelope",
+        "route",
+        "session_id",
+        "side",
+    )
 
     def __init__(
         self,
@@ -199,29 +299,43 @@ class ConnectionTracer:
         self._connection_ctx: Optional[Context] = None
         self._connection_trace = 0
         self._recording = False
-        self._sent = itertools.count(1)
-        self._received = itertools.count(1)
+        self._sent = 0
+        self._received = 0
         self._recv_span: Optional[Span] = None
         self._recv_ctx: Optional[Context] = None
         self._recv_token: Optional[object] = None
         self._closed = False
         self._offered: Optional[EnvelopeFormat] = None
-        self._send_name = f"send {route}"
-        self._receive_name = f"receive {route}"
+        self._names = _route(route)
         self._base_attributes: dict[str, Any] = {}
+        self._typed_attributes: tuple[dict[str, Any], dict[str, Any]] = (
+            {sc.MESSAGE_TYPE: "binary"},
+            {sc.MESSAGE_TYPE: "text"},
+        )
+        """The base attributes plus the message type (binary, text): every message span starts from a copy."""
+        # Options read on every message, looked up once.
+        self._message_spans = config.message_spans
+        self._chunk_spans = config.chunk_spans
+        self._stream_end = config.stream_end
+        self._trust = config.trust
+        self._max_envelope = config.max_envelope_bytes
         self._instruments = instruments
         self._started_ns = time.monotonic_ns()
         self._opened_ns = 0
-        self._counts: dict[tuple[str, bool], int] = {}
-        self._bytes: dict[tuple[str, bool], int] = {}
+        self._counts = [0] * 8
+        """Messages, then bytes, not yet added to the counters, per direction and type (slots: see ``_count``)."""
         self._unflushed = 0
         streams = config.streams and config.message_spans
         self._server_streams = streams and side == "server"
         self._client_streams = streams and side == "client"
         self._idle_ns = int(config.stream_idle * 1e9)
-        self._streams: list[Stream] = []
+        self._streams: dict[StreamStats, Stream] = {}
+        """Open streams, oldest first; a stream leaves when it ends."""
+        self._orphans: list[Stream] = []
+        """Server reply streams whose message no context holds any more: they are complete."""
         self._last_request: Optional[_Request] = None
-        self._requests: OrderedDict[Hashable, _Request] = OrderedDict()
+        self._requests: Optional[OrderedDict[Hashable, _Request]] = None
+        """Requests in flight by key (client, with ``stream_key``); made on first use."""
         self._recv_ends_stream: Optional[Stream] = None
         self._sweep_at = _SWEEP_FLOOR
         self._capture = config.capture_payload
@@ -462,6 +576,10 @@ class ConnectionTracer:
                 sc.NETWORK_PROTOCOL_NAME: "websocket",
                 sc.SESSION_ID: self.session_id,
             }
+            self._typed_attributes = (
+                {**self._base_attributes, sc.MESSAGE_TYPE: "binary"},
+                {**self._base_attributes, sc.MESSAGE_TYPE: "text"},
+            )
             self._opened_ns = time.monotonic_ns()
             if self._instruments is not None and self._recording:
                 attributes = self._metric_attributes()
@@ -489,9 +607,11 @@ class ConnectionTracer:
                     self._connection_trace = span.get_span_context().trace_id
                 return
             span.end()
+            # From now on only its context is needed (links, handshake_context): let the SDK's span go.
+            self._handshake = NonRecordingSpan(span.get_span_context())
             if self._recording and self.config.model == "connection":
                 self._connection = self._tracer.start_span(
-                    f"websocket {self.route}",
+                    self._names.connection,
                     context=trace.set_span_in_context(span),
                     kind=SpanKind.INTERNAL,
                     attributes=self._base_attributes,
@@ -567,7 +687,7 @@ class ConnectionTracer:
                     if owner is not None and owner.tracer is self:
                         # Hot path: a chunk of a reply stream, with no span of its own.
                         return self._stream_chunk(owner, payload, is_text)
-                if record and self.config.message_spans:
+                if record and self._message_spans:
                     size = _size(payload)
                     self._count(_OUT, is_text, size)
                     handle = _SendHandle(self._start_send(payload, is_text, size, current))
@@ -598,9 +718,9 @@ class ConnectionTracer:
             return payload
 
     def _start_send(self, payload: Any, is_text: bool, size: Optional[int], current: Context) -> Span:
-        attributes = dict(self._base_attributes)
-        attributes[sc.MESSAGE_TYPE] = "text" if is_text else "binary"
-        attributes[sc.MESSAGE_ORDINAL] = next(self._sent)
+        attributes = self._typed_attributes[1 if is_text else 0].copy()
+        self._sent += 1
+        attributes[sc.MESSAGE_ORDINAL] = self._sent
         if size is not None:
             attributes[sc.MESSAGING_MESSAGE_BODY_SIZE] = size
         if self._capture:
@@ -616,7 +736,7 @@ class ConnectionTracer:
             parent = current
             links = self._handshake_link
         return self._tracer.start_span(
-            self._send_name, context=parent, kind=SpanKind.PRODUCER, attributes=attributes, links=links
+            self._names.send, context=parent, kind=SpanKind.PRODUCER, attributes=attributes, links=links
         )
 
     def _stream_chunk(self, owner: _Inbound, payload: Any, is_text: bool) -> tuple[Any, _SendHandle]:
@@ -625,20 +745,21 @@ class ConnectionTracer:
         stream = owner.stream
         if stream is not None and not stream.ended and now - stream.stats.last_ns > self._idle_ns:
             stream.end(at_last_chunk=True)  # an idle gap ends a stream; this chunk starts the next
-        ordinal = next(self._sent)
+        self._sent += 1
+        ordinal = self._sent
         if stream is None or stream.ended:
             span = self._start_stream_span(owner.ctx, payload, is_text, ordinal, now)
             stream = owner.stream = self._new_stream(span, owner.start_ns, "outbound", is_text)
-            owner.prefixes = None
+            owner.carrier = owner.text_prefix = owner.binary_prefix = None
         size = _size(payload)
         stream.chunk(size or 0, now)
         handle = NOTHING_TO_END
-        if self.config.stream_end is not None and _safe_predicate(self.config.stream_end, payload):
+        if self._stream_end is not None and _safe_predicate(self._stream_end, payload):
             handle = _SendHandle(None)
             handle.stream, handle.ends_stream = stream, True
-        if self.config.chunk_spans:
+        if self._chunk_spans:
             chunk = self._start_chunk_span(
-                self._send_name, SpanKind.PRODUCER, stream.span, payload, is_text, size, ordinal
+                self._names.send, SpanKind.PRODUCER, stream.span, payload, is_text, size, ordinal
             )
             if handle is NOTHING_TO_END:
                 handle = _SendHandle(None)
@@ -655,26 +776,33 @@ class ConnectionTracer:
         if self.envelope != "frame" or not isinstance(payload, (str, bytes, bytearray, memoryview)):
             carrier = propagation.inject(trace.set_span_in_context(stream.span))
             return self._wrap(payload, is_text, carrier) if isinstance(payload, (str, bytes)) else payload
-        prefixes = owner.prefixes
-        if prefixes is None:
-            carrier = propagation.inject(trace.set_span_in_context(stream.span))
-            cap = self.config.max_envelope_bytes
-            try:
-                prefixes = (codec.text_prefix(carrier, max_header=cap), codec.binary_prefix(carrier, max_header=cap))
-            except EnvelopeEncodeError as exc:
-                _warn_once("encoding the envelope (carrier over the cap)", exc)
-                prefixes = (codec.text_prefix(None), codec.binary_prefix(None))
-            owner.prefixes = prefixes
+        stream_carrier = owner.carrier
+        if stream_carrier is None:
+            stream_carrier = owner.carrier = propagation.inject(trace.set_span_in_context(stream.span))
         if is_text:
+            prefix = owner.text_prefix
+            if prefix is None:
+                prefix = owner.text_prefix = self._prefix(codec.text_prefix, stream_carrier)
             if isinstance(payload, str):
-                return prefixes[0] + payload
-            return prefixes[0].encode("ascii") + bytes(payload)
+                return prefix + payload
+            return prefix.encode("ascii") + bytes(payload)
+        prefix_b = owner.binary_prefix
+        if prefix_b is None:
+            prefix_b = owner.binary_prefix = self._prefix(codec.binary_prefix, stream_carrier)
         if isinstance(payload, str):
             payload = payload.encode("utf-8")
-        return prefixes[1] + bytes(payload)
+        return prefix_b + bytes(payload)
+
+    def _prefix(self, encode: Callable[..., _P], carrier: dict[str, str]) -> _P:
+        """A stream's envelope prefix; an empty envelope if the carrier is over the cap."""
+        try:
+            return encode(carrier, max_header=self._max_envelope)
+        except EnvelopeEncodeError as exc:
+            _warn_once("encoding the envelope (carrier over the cap)", exc)
+            return encode(None)
 
     def _wrap(self, payload: Any, is_text: bool, carrier: Optional[dict[str, str]]) -> Any:
-        cap = self.config.max_envelope_bytes
+        cap = self._max_envelope
         try:
             if self.envelope == "json":
                 if isinstance(payload, (bytearray, memoryview)):
@@ -752,6 +880,9 @@ class ConnectionTracer:
                 ending.end(error)
         except Exception as exc:
             _warn_once("ending a receive span", exc)
+        ctx = token = None  # the last reference to the message's context, usually: its reply stream is complete
+        if self._orphans:
+            self._end_orphans()
 
     def received(self, wire: Any, *, text: Optional[bool] = None, record: bool = True) -> Any:
         """A message arrived: strip the envelope, start its span and make it current.
@@ -762,22 +893,23 @@ class ConnectionTracer:
         """
         payload = wire
         carrier: Optional[dict[str, str]] = None
+        if self._orphans:
+            self._end_orphans()
         try:
             if self.envelope is not None and isinstance(wire, (str, bytes)):
-                cap = self.config.max_envelope_bytes
                 if self.envelope == "json":
-                    decoded = codec.decode_json_field(wire, field=self.config.json_field, max_header=cap)
+                    decoded = codec.decode_json_field(wire, field=self.config.json_field, max_header=self._max_envelope)
+                    payload, carrier = decoded.payload, decoded.carrier
                 else:
-                    decoded = codec.decode(wire, max_header=cap)
-                payload, carrier = decoded.payload, decoded.carrier
-            if record and self._recording and self.config.message_spans and not self._closed:
+                    payload, carrier = codec._decode_parts(wire, self._max_envelope)
+            if record and self._recording and self._message_spans and not self._closed:
                 self._start_receive(payload, carrier, isinstance(payload, str) if text is None else text)
         except Exception as exc:
             _warn_once("tracing an inbound message", exc)
         return payload
 
     def _remote(self, carrier: Optional[dict[str, str]]) -> tuple[Optional[Context], Optional[trace.SpanContext]]:
-        remote = self._extract(carrier) if carrier and self.config.trust != "ignore" else None
+        remote = self._extract(carrier) if carrier and self._trust != "ignore" else None
         return remote, propagation.remote_span_context(remote) if remote is not None else None
 
     def _start_receive(self, payload: Any, carrier: Optional[dict[str, str]], is_text: bool) -> None:
@@ -793,7 +925,7 @@ class ConnectionTracer:
         ctx = trace.set_span_in_context(span, base)
         if self._server_streams:
             ctx = otel_context.set_value(_OWNER, _Inbound(self, ctx, now), ctx)
-        self._recv_span = span if request is None or self.config.chunk_spans else None
+        self._recv_span = span if request is None or self._chunk_spans else None
         self._recv_ctx = ctx
         self._recv_token = otel_context.attach(ctx)
 
@@ -801,16 +933,16 @@ class ConnectionTracer:
         self, payload: Any, carrier: Optional[dict[str, str]], is_text: bool, size: Optional[int], ambient: Context
     ) -> tuple[Span, Context]:
         remote, remote_span = self._remote(carrier)
-        attributes = dict(self._base_attributes)
-        attributes[sc.MESSAGE_TYPE] = "text" if is_text else "binary"
-        attributes[sc.MESSAGE_ORDINAL] = next(self._received)
+        attributes = self._typed_attributes[1 if is_text else 0].copy()
+        self._received += 1
+        attributes[sc.MESSAGE_ORDINAL] = self._received
         if size is not None:
             attributes[sc.MESSAGING_MESSAGE_BODY_SIZE] = size
         if self._capture:
             attributes.update(self._captured(payload, is_text))
         parent, base, links = self._receive_parent(remote, remote_span, ambient, None)
         span = self._tracer.start_span(
-            self._receive_name, context=parent, kind=SpanKind.CONSUMER, attributes=attributes, links=links
+            self._names.receive, context=parent, kind=SpanKind.CONSUMER, attributes=attributes, links=links
         )
         return span, base
 
@@ -820,40 +952,49 @@ class ConnectionTracer:
         remote_span: Optional[trace.SpanContext],
         ambient: Context,
         fallback: Optional[Context],
-    ) -> tuple[Context, Context, list[Link]]:
+    ) -> tuple[Context, Context, Sequence[Link]]:
         """Parent, attach base and links of an inbound span, per model and trust policy."""
-        links: list[Link] = []
         if self._connection_ctx is not None:
             # Connection model: the connection span is the parent; the sender's
             # context, if any, is a link (messaging conventions, ambient parent).
             if remote_span is not None:
-                links.append(Link(remote_span, {sc.LINK_KIND: "creation"}))
-            return self._connection_ctx, ambient, links
-        links.extend(self._handshake_link)
-        if remote is not None and remote_span is not None and self.config.trust == "parent":
-            return remote, remote, links  # the remote context carries the sender's baggage
+                return self._connection_ctx, ambient, (Link(remote_span, {sc.LINK_KIND: "creation"}),)
+            return self._connection_ctx, ambient, ()
+        if remote is not None and remote_span is not None and self._trust == "parent":
+            return remote, remote, self._handshake_link  # the remote context carries the sender's baggage
         if remote_span is not None:
-            links.append(Link(remote_span, {sc.LINK_KIND: "remote"}))
-        return (fallback if fallback is not None else Context()), ambient, links
+            links = (*self._handshake_link, Link(remote_span, {sc.LINK_KIND: "remote"}))
+            return (fallback if fallback is not None else _NO_CONTEXT), ambient, links
+        return (fallback if fallback is not None else _NO_CONTEXT), ambient, self._handshake_link
 
     # Streams -----------------------------------------------------------------
+
+    def _end_orphans(self) -> None:
+        orphans, self._orphans = self._orphans, []
+        try:
+            for stream in orphans:
+                stream.end(at_last_chunk=True)
+        except Exception as exc:
+            _warn_once("ending a reply stream", exc)
 
     def _new_stream(self, span: Span, start_ns: int, direction: str, is_text: bool) -> Stream:
         message_direction = _OUT if direction == "outbound" else _IN
 
         def tally(stats: StreamStats) -> None:
+            self._streams.pop(stats, None)
             # Chunks are counted once per stream, under the first chunk's type.
             self._count(message_direction, is_text, stats.size, stats.count)
 
+        stats = StreamStats(start_ns, self.config.stall_threshold)
         stream = Stream(
             span,
-            StreamStats(start_ns, self.config.stall_threshold),
+            stats,
             instruments=self._instruments,
-            metric_attributes={sc.HTTP_ROUTE: self.route, sc.STREAM_DIRECTION: direction},
+            metric_attributes=self._names.stream_attributes[direction],
             body_size=True,
             on_end=tally,
         )
-        self._streams.append(stream)
+        self._streams[stats] = stream
         if len(self._streams) > self._sweep_at:
             self._sweep_streams(time.monotonic_ns())
         return stream
@@ -867,29 +1008,23 @@ class ConnectionTracer:
         until the list has doubled.
         """
         idle = self._idle_ns
-        open_streams = []
-        for stream in self._streams:
-            if not stream.ended and now - stream.stats.last_ns > idle and stream.stats.count:
-                stream.end(at_last_chunk=True)
-            if not stream.ended:
-                open_streams.append(stream)
-        excess = len(open_streams) - _MAX_OPEN_STREAMS
+        for stream in list(self._streams.values()):
+            if now - stream.stats.last_ns > idle and stream.stats.count:
+                stream.end(at_last_chunk=True)  # leaves self._streams
+        excess = len(self._streams) - _MAX_OPEN_STREAMS
         if excess > 0:
-            for stream in open_streams[:excess]:  # oldest first
+            for stream in list(self._streams.values())[:excess]:  # oldest first
                 stream.end(at_last_chunk=True)
-            open_streams = open_streams[excess:]
-        self._streams = open_streams
-        self._sweep_at = max(_SWEEP_FLOOR, 2 * len(open_streams))
+        self._sweep_at = max(_SWEEP_FLOOR, 2 * len(self._streams))
 
     def _start_stream_span(self, parent: Context, payload: Any, is_text: bool, ordinal: int, now: int) -> Span:
         """The span of a server's reply stream: it starts with its first chunk."""
-        attributes = dict(self._base_attributes)
-        attributes[sc.MESSAGE_TYPE] = "text" if is_text else "binary"
+        attributes = self._typed_attributes[1 if is_text else 0].copy()
         attributes[sc.MESSAGE_ORDINAL] = ordinal
         if self._capture:
             attributes.update(self._captured(payload, is_text))
         return self._tracer.start_span(
-            self._send_name,
+            self._names.send,
             context=parent,
             kind=SpanKind.PRODUCER,
             attributes=attributes,
@@ -935,6 +1070,8 @@ class ConnectionTracer:
         if key is None:
             return
         requests = self._requests
+        if requests is None:
+            requests = self._requests = OrderedDict()
         old = requests.pop(key, None)
         if old is not None and old.stream is not None:
             old.stream.end(at_last_chunk=True)
@@ -951,7 +1088,7 @@ class ConnectionTracer:
             request = self._last_request
         else:
             key = _safe_key(key_of, payload)
-            request = self._requests.get(key) if key is not None else None
+            request = self._requests.get(key) if key is not None and self._requests is not None else None
         if request is None or request.done:
             return None
         stream = request.stream
@@ -971,7 +1108,8 @@ class ConnectionTracer:
         now: int,
         ambient: Context,
     ) -> tuple[Span, Context]:
-        ordinal = next(self._received)
+        self._received += 1
+        ordinal = self._received
         stream = request.stream
         if stream is None:
             remote, remote_span = self._remote(carrier)
@@ -985,7 +1123,7 @@ class ConnectionTracer:
             if self._capture:
                 attributes.update(self._captured(payload, is_text))
             span = self._tracer.start_span(
-                self._receive_name,
+                self._names.receive,
                 context=parent,
                 kind=SpanKind.CONSUMER,
                 attributes=attributes,
@@ -1001,7 +1139,7 @@ class ConnectionTracer:
         if self.config.chunk_spans:
             sender = self._remote(carrier)[1]
             chunk = self._start_chunk_span(
-                self._receive_name, SpanKind.CONSUMER, stream.span, payload, is_text, size, ordinal, sender
+                self._names.receive, SpanKind.CONSUMER, stream.span, payload, is_text, size, ordinal, sender
             )
             return chunk, request.base or ambient
         return stream.span, request.base or ambient
@@ -1027,11 +1165,11 @@ class ConnectionTracer:
         """Count messages locally; counters are flushed in batches (an SDK add costs ~5 µs)."""
         if self._instruments is None:
             return
-        key = (direction, is_text)
+        slot = (2 if direction == _IN else 0) + (1 if is_text else 0)
         counts = self._counts
-        counts[key] = counts.get(key, 0) + messages
+        counts[slot] += messages
         if size:
-            self._bytes[key] = self._bytes.get(key, 0) + size
+            counts[slot + 4] += size
         self._unflushed += messages
         if self._unflushed >= _FLUSH_EVERY:
             self._flush_counts()
@@ -1041,18 +1179,13 @@ class ConnectionTracer:
         self._unflushed = 0
         if instruments is None:
             return
-        for (direction, is_text), count in self._counts.items():
-            attributes = {
-                sc.HTTP_ROUTE: self.route,
-                sc.MESSAGE_DIRECTION: direction,
-                sc.MESSAGE_TYPE: "text" if is_text else "binary",
-            }
-            instruments.messages.add(count, attributes)
-            size = self._bytes.get((direction, is_text), 0)
-            if size:
-                instruments.message_bytes.add(size, attributes)
-        self._counts.clear()
-        self._bytes.clear()
+        counts = self._counts
+        for slot, attributes in enumerate(self._names.message_attributes):
+            if counts[slot]:
+                instruments.messages.add(counts[slot], attributes)
+            if counts[slot + 4]:
+                instruments.message_bytes.add(counts[slot + 4], attributes)
+        self._counts = [0] * 8
 
     # Close -------------------------------------------------------------------
 
@@ -1091,10 +1224,11 @@ class ConnectionTracer:
             self._recv_span = None  # the token stays: only the owning context may detach it
             self._recv_ends_stream = None
             # Streams still open end here; an abnormal close fails them, with their partial metrics.
-            for stream in self._streams:
+            for stream in list(self._streams.values()):
                 if not stream.ended:
                     stream.end(f"close {code}" if abnormal else None, at_last_chunk=not abnormal)
             self._streams.clear()
+            self._orphans = []
             if not self._recording:
                 return
             self._record_close(code, abnormal)
@@ -1108,7 +1242,7 @@ class ConnectionTracer:
                 span = self._connection
             else:
                 span = self._tracer.start_span(
-                    f"close {self.route}",
+                    self._names.close,
                     context=Context(),
                     kind=SpanKind.INTERNAL,
                     attributes=attributes,

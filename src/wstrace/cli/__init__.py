@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from wstrace.cli import demo  # standard library only; the demo itself is imported when it runs
+from wstrace.cli import bench, demo  # standard library only; the work is imported when it runs
 
 
 __all__ = ["main"]
@@ -23,6 +23,8 @@ def _parser() -> argparse.ArgumentParser:
         "demo", help="run a traced AI voice assistant (device, ASR, LLM, TTS) on loopback and show its waterfall"
     )
     demo.add_arguments(demo_parser)
+    bench_parser = commands.add_parser("bench", help="run the benchmark suite of a source checkout")
+    bench.add_arguments(bench_parser)
     view = commands.add_parser("view", help="show the traces in an OTLP/JSON lines file (wstrace or Collector)")
     view.add_argument("file", help="the file, one OTLP/JSON ExportTraceServiceRequest per line")
     view.add_argument("--trace", metavar="ID", help="only the trace whose id starts with ID")
@@ -47,4 +49,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except ImportError as exc:
             return _needs_extra(exc)
         return view.main(args)
+    if args.command == "bench":
+        return bench.run_from_args(args)
     return demo.run_from_args(args)
