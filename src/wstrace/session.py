@@ -49,7 +49,6 @@ _log = logging.getLogger(__name__)
 Side = Literal["client", "server"]
 
 _SESSION_ID = re.compile(r"[0-9a-f]{32}\Z")
-_NORMAL_CLOSE_CODES = frozenset({1000, 1001, 1005, 1012, 1013})
 _ERROR_CLOSE_CODES = frozenset({1002, 1003, 1006, 1007, 1008, 1009, 1010, 1011, 1014, 1015})
 
 _warned: set[str] = set()
@@ -890,6 +889,8 @@ class ConnectionTracer:
         Returns the application's payload. Call :meth:`receive_done` when the
         application is done with it. ``text`` is the frame type, for libraries
         that hand text frames over as bytes (default: ``str`` means text).
+        Inside ``suppress_instrumentation()`` (or with ``record=False``) the
+        envelope is still stripped but nothing is recorded.
         """
         payload = wire
         carrier: Optional[dict[str, str]] = None
@@ -913,9 +914,11 @@ class ConnectionTracer:
         return remote, propagation.remote_span_context(remote) if remote is not None else None
 
     def _start_receive(self, payload: Any, carrier: Optional[dict[str, str]], is_text: bool) -> None:
+        ambient = otel_context.get_current()
+        if ambient.get(_SUPPRESS):
+            return  # suppress_instrumentation(): the envelope is stripped, nothing is recorded
         now = time.monotonic_ns()
         size = _size(payload)
-        ambient = otel_context.get_current()
         request = self._request_for(payload, now) if self._client_streams else None
         if request is not None:
             span, base = self._client_stream_chunk(request, payload, carrier, is_text, size, now, ambient)

@@ -6,8 +6,7 @@ import asyncio
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -21,6 +20,7 @@ from websockets.asyncio.client import connect as websockets_connect
 
 from tests.conftest import Telemetry
 from tests.instrumentation import contract
+from tests.instrumentation.aiohttp_app import echo, server
 from wstrace.instrumentation.aiohttp import AiohttpInstrumentor
 
 
@@ -37,33 +37,6 @@ def instrument(telemetry: Telemetry) -> Iterator[Callable[..., None]]:
 
     yield do
     instrumentor.uninstrument()
-
-
-@asynccontextmanager
-async def server(handler: Handler, route: str = "/chat", path: str | None = None) -> AsyncIterator[str]:
-    """An aiohttp server on a free loopback port; yields the ws:// URL of ``path`` (default: the route)."""
-    app = web.Application()
-    app.router.add_get(route, handler)
-    runner = web.AppRunner(app, shutdown_timeout=1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"ws://127.0.0.1:{port}{path or route}"
-    finally:
-        await runner.cleanup()
-
-
-async def echo(request: web.Request) -> web.WebSocketResponse:
-    ws = web.WebSocketResponse()
-    await ws.prepare(request)
-    async for msg in ws:
-        if msg.type is WSMsgType.TEXT:
-            await ws.send_str(msg.data)
-        elif msg.type is WSMsgType.BINARY:
-            await ws.send_bytes(msg.data)
-    return ws
 
 
 async def send(ws: Any, payload: str | bytes) -> None:

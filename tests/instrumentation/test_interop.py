@@ -17,7 +17,6 @@ from typing import Any
 import aiohttp
 import pytest
 import websocket
-from aiohttp import WSMsgType, web
 from fastapi import FastAPI, WebSocket
 from opentelemetry.trace import SpanKind
 from websockets.asyncio.client import connect as async_connect
@@ -25,7 +24,7 @@ from websockets.asyncio.server import serve
 from websockets.sync.client import connect as sync_connect
 
 from tests.conftest import Telemetry
-from tests.instrumentation import contract, tornado_app, uvicorn_server
+from tests.instrumentation import aiohttp_app, contract, tornado_app, uvicorn_server
 from wstrace.instrumentation.aiohttp import AiohttpInstrumentor
 from wstrace.instrumentation.starlette import StarletteInstrumentor
 from wstrace.instrumentation.tornado import TornadoInstrumentor
@@ -56,27 +55,8 @@ async def websockets_server() -> AsyncIterator[str]:
 
 @asynccontextmanager
 async def aiohttp_server() -> AsyncIterator[str]:
-    async def echo(request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse()
-        await ws.prepare(request)
-        async for msg in ws:
-            if msg.type == WSMsgType.TEXT:
-                await ws.send_str(msg.data)
-            elif msg.type == WSMsgType.BINARY:
-                await ws.send_bytes(msg.data)
-        return ws
-
-    app = web.Application()
-    app.router.add_get(ROUTE, echo)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"ws://127.0.0.1:{port}{ROUTE}"
-    finally:
-        await runner.cleanup()
+    async with aiohttp_app.server(aiohttp_app.echo, ROUTE) as url:
+        yield url
 
 
 @asynccontextmanager

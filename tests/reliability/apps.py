@@ -25,7 +25,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import Telemetry
-from tests.instrumentation import tornado_app, uvicorn_server
+from tests.instrumentation import aiohttp_app, tornado_app, uvicorn_server
 from wstrace.session import ConnectionTracer
 
 
@@ -89,17 +89,8 @@ async def aiohttp_server(crash: bool = False) -> AsyncIterator[str]:
             pass
         return ws
 
-    app = web.Application()
-    app.router.add_get(ROUTE, handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"ws://127.0.0.1:{port}{ROUTE}"
-    finally:
-        await runner.cleanup()
+    async with aiohttp_app.server(handler, ROUTE) as url:
+        yield url
 
 
 # Starlette under uvicorn -------------------------------------------------------------------------------

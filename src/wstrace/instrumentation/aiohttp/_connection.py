@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-from wstrace.instrumentation._instrumentor import is_instrumentation_enabled
 from wstrace.instrumentation.aiohttp._common import (
     BINARY,
     CLOSE,
@@ -51,7 +50,7 @@ async def _send(
     name: str,
     text: bool,
 ) -> Any:
-    wire, handle = ct.send_start(_argument(args, kwargs, 0, name), text=text, record=is_instrumentation_enabled())
+    wire, handle = ct.send_start(_argument(args, kwargs, 0, name), text=text)
     args = _replace(args, kwargs, 0, name, wire)
     token = in_send.set(True)
     try:
@@ -113,7 +112,7 @@ async def receive(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs
         in_receive.reset(token)
     kind = msg.type
     if kind == TEXT or kind == BINARY:
-        payload = ct.received(msg.data, text=kind == TEXT, record=is_instrumentation_enabled())
+        payload = ct.received(msg.data, text=kind == TEXT)
         return msg if payload is msg.data else msg._replace(data=payload)
     if kind == CLOSE:
         # The peer's close frame; aiohttp has already answered it (autoclose).

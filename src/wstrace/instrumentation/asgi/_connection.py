@@ -11,7 +11,6 @@ from typing import Any, Optional
 
 from opentelemetry import context as otel_context
 
-from wstrace.instrumentation._instrumentor import is_instrumentation_enabled
 from wstrace.instrumentation.asgi._common import (
     ASGIApp,
     Message,
@@ -122,7 +121,7 @@ class Connection:
                 await self._send(message)
                 return
             key, payload, is_text = "text", text, True
-        wire, handle = ct.send_start(payload, text=is_text, record=is_instrumentation_enabled())
+        wire, handle = ct.send_start(payload, text=is_text)
         if wire is not payload:
             message = dict(message)
             message[key] = wire
@@ -202,7 +201,7 @@ def _received(ct: ConnectionTracer, message: Message) -> Message:
         key, wire = "bytes", message.get("bytes")
         if wire is None:
             return message
-    payload = ct.received(wire, record=is_instrumentation_enabled())
+    payload = ct.received(wire)
     if payload is wire:
         return message
     copy = dict(message)

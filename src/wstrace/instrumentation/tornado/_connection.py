@@ -18,7 +18,6 @@ import asyncio
 import inspect
 from typing import Any, Awaitable, Callable, Generator, Optional
 
-from wstrace.instrumentation._instrumentor import is_instrumentation_enabled
 from wstrace.instrumentation.tornado._common import Traced, traced
 from wstrace.session import ConnectionTracer
 
@@ -54,7 +53,7 @@ def write_message(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs
     if not isinstance(message, (str, bytes)):
         return wrapped(*args, **kwargs)  # tornado refuses it; its own error, unchanged
     # tornado picks the frame type from ``binary``, not from the payload's type.
-    wire, handle = t.ct.send_start(message, text=not binary, record=is_instrumentation_enabled())
+    wire, handle = t.ct.send_start(message, text=not binary)
     if args:
         args = (wire, *args[1:])
     else:
@@ -78,7 +77,7 @@ def run_callback(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs:
         return wrapped(*args, **kwargs)
     ct = t.ct
     _end_loop_receive(t)
-    payload = ct.received(args[1], record=is_instrumentation_enabled())
+    payload = ct.received(args[1])
     result = wrapped(_watched(t, args[0]), payload)
     if result is None:
         ct.receive_done(_failure(t))  # on_message returned (or raised, which tornado logs)
@@ -247,7 +246,7 @@ class _Message(asyncio.Future[Any]):
         if not self._delivered:
             self._delivered = True
             # None: the connection closed; it is not a message.
-            self._payload = None if wire is None else self._ct.received(wire, record=is_instrumentation_enabled())
+            self._payload = None if wire is None else self._ct.received(wire)
         return self._payload
 
     def __await__(self) -> Generator[Any, None, Any]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 from typing import Any, Callable, Optional
 
-from wstrace.instrumentation._instrumentor import is_instrumentation_enabled
 from wstrace.instrumentation.websocket_client._common import (
     CLOSING,
     OPCODE_BINARY,
@@ -56,7 +55,7 @@ def send_frame(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: d
             payload = payload.encode("latin-1" if getattr(frame, "mask_value", 1) else "utf-8")
         except UnicodeEncodeError:
             return wrapped(*args, **kwargs)  # the library raises its own error
-    wire, handle = ct.send_start(payload, text=text, record=is_instrumentation_enabled())
+    wire, handle = ct.send_start(payload, text=text)
     if wire is not frame.data:
         # A copy: the application may send the same frame object again.
         frame = copy.copy(frame)
@@ -106,9 +105,8 @@ def _strip(instance: Any, ct: ConnectionTracer, opcode: int, frame: Any) -> None
         return  # nothing to strip and nothing to record
     data = frame.data
     mark_receiver(instance)
-    record = is_instrumentation_enabled()
     # Text frames come back as UTF-8 bytes (recv() decodes them later), so the frame type is passed.
-    payload = ct.received(data, text=opcode == OPCODE_TEXT, record=record)
+    payload = ct.received(data, text=opcode == OPCODE_TEXT)
     if payload is not data:
         frame.data = payload
 

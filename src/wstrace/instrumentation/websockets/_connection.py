@@ -10,7 +10,6 @@ from __future__ import annotations
 import sys
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Optional
 
-from wstrace.instrumentation._instrumentor import is_instrumentation_enabled
 from wstrace.instrumentation.websockets._common import close_event, tracer_of
 from wstrace.session import NOTHING_TO_END, ConnectionTracer
 
@@ -92,7 +91,7 @@ async def async_recv(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwa
         return await wrapped(*args, **kwargs)
     ct.receive_done()
     wire = await wrapped(*args, **kwargs)
-    return ct.received(wire, record=is_instrumentation_enabled())
+    return ct.received(wire)
 
 
 def sync_recv(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -101,7 +100,7 @@ def sync_recv(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: di
         return wrapped(*args, **kwargs)
     ct.receive_done()
     wire = wrapped(*args, **kwargs)
-    return ct.received(wire, record=is_instrumentation_enabled())
+    return ct.received(wire)
 
 
 def async_recv_streaming(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -116,7 +115,7 @@ def async_recv_streaming(wrapped: Wrapped, instance: Any, args: tuple[Any, ...],
         async for fragment in wrapped(*args, **kwargs):
             if first:
                 first = False
-                fragment = ct.received(fragment, record=is_instrumentation_enabled())
+                fragment = ct.received(fragment)
             yield fragment
 
     return fragments()
@@ -133,7 +132,7 @@ def sync_recv_streaming(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], 
         for fragment in wrapped(*args, **kwargs):
             if first:
                 first = False
-                fragment = ct.received(fragment, record=is_instrumentation_enabled())
+                fragment = ct.received(fragment)
             yield fragment
 
     return fragments()
