@@ -41,7 +41,7 @@ def _tracer(sampled: bool = True) -> tuple[trace.Tracer, Any]:
 
 
 def _wstrace(
-    *, model: str = "message", envelope: bool = False, sampled: bool = True, streams: bool = True
+    *, model: str = "message", envelope: bool = False, sampled: bool = True, streams: bool = True, metrics: bool = True
 ) -> tuple[Any, Any]:
     from wstrace.config import Config  # noqa: PLC0415 - the minimal cases must not import wstrace
     from wstrace.metrics import Instruments  # noqa: PLC0415
@@ -50,7 +50,8 @@ def _wstrace(
     tracer, meter_provider = _tracer(sampled)
     config = Config.load(model=model, envelope="negotiate" if envelope else "off", streams=streams)
     headers = [("wstrace-envelope", "frame/1")] if envelope else []
-    ct = ConnectionTracer.server(tracer, config, path=ROUTE, headers=headers, instruments=Instruments(meter_provider))
+    instruments = Instruments(meter_provider) if metrics else None
+    ct = ConnectionTracer.server(tracer, config, path=ROUTE, headers=headers, instruments=instruments)
     ct.opened(response_headers=list(ct.response_headers().items()))
     return ct, ct
 
@@ -173,6 +174,10 @@ CASES: dict[str, tuple[Callable[[], Unit], Optional[str]]] = {
     "sdk: 1 histogram record, 2 attributes": (sdk_histogram, None),
     "minimal echo, message model, envelope off": (minimal_echo, None),
     "wstrace echo, message model, envelope off": (wstrace_echo, "minimal echo, message model, envelope off"),
+    "wstrace echo, message model, envelope off, metrics off": (
+        lambda: wstrace_echo(metrics=False),
+        "minimal echo, message model, envelope off",
+    ),
     "minimal echo, message model, envelope on": (lambda: minimal_echo(envelope=True), None),
     "wstrace echo, message model, envelope on": (
         lambda: wstrace_echo(envelope=True),

@@ -85,11 +85,12 @@ def variants() -> list[Variant]:
 
     for stack in ("websockets", "aiohttp", "starlette", "tornado"):
         add("echo64", stack, "bare", BARE)
-        if stack != "tornado":
-            add("echo64", stack, "minimal (raw API), envelope off", MINIMAL_OFF)
+        add("echo64", stack, "minimal (raw API), envelope off", MINIMAL_OFF)
         if stack == "websockets":
             add("echo64", stack, "minimal (raw API), envelope on", MINIMAL_ON, traced_peer=True)
         add("echo64", stack, "wstrace message, envelope off", MSG_OFF)
+        if stack == "websockets":
+            add("echo64", stack, "wstrace message, envelope off, metrics off", (*MSG_OFF, "--metrics", "off"))
         add("echo64", stack, "wstrace message, envelope on", MSG_ON, traced_peer=True)
         if stack != "tornado":
             add("echo64", stack, "wstrace connection, envelope off", CONN_OFF)
@@ -330,6 +331,7 @@ def own_cost(results: dict[Variant, Result]) -> list[dict[str, Any]]:
     by_key = {(v.workload, v.stack, v.name): r for v, r in results.items()}
     pairs = [
         ("echo64", "wstrace message, envelope off", "minimal (raw API), envelope off", 2),
+        ("echo64", "wstrace message, envelope off, metrics off", "minimal (raw API), envelope off", 2),
         ("echo64", "wstrace message, envelope on", "minimal (raw API), envelope on", 2),
         ("echo16k", "wstrace message, envelope off", "minimal (raw API), envelope off", 2),
         ("stream", "wstrace span per message (streams off)", "minimal (raw API), span per message", 1),

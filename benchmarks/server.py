@@ -194,15 +194,38 @@ async def serve_tornado(port: int, stop: asyncio.Future[None]) -> None:
     from tornado.websocket import WebSocketHandler  # noqa: PLC0415
 
     class Handler(WebSocketHandler):
+        minimal: Any = None
+
         def get_compression_options(self) -> None:
             return None
 
+        def open(self) -> None:
+            if TELEMETRY.tracer is not None:
+                from benchmarks.minimal import MinimalConnection  # noqa: PLC0415
+
+                self.minimal = MinimalConnection(TELEMETRY.tracer, ROUTE, envelope=TELEMETRY.envelope)
+
         def on_message(self, message: str | bytes) -> None:
+            # tornado hands each message to a callback, not to session(): the same application, inline.
+            minimal = self.minimal
+            if minimal is not None:
+                message = minimal.received(message)
             if isinstance(message, str) and message.startswith(STREAM_PREFIX):
                 for _ in range(int(message[len(STREAM_PREFIX) :])):
-                    self.write_message(CHUNK)
-            else:
+                    if minimal is None:
+                        self.write_message(CHUNK)
+                    else:
+                        wire, span = minimal.send_span(CHUNK)
+                        self.write_message(wire)
+                        span.end()
+            elif minimal is None:
                 self.write_message(message, binary=isinstance(message, bytes))
+            else:
+                wire, span = minimal.send_start(message)
+                self.write_message(wire, binary=isinstance(wire, bytes))
+                minimal.send_end(span, len(message))
+            if minimal is not None:
+                minimal.receive_done()
 
     sockets = bind_sockets(port, "127.0.0.1", backlog=BACKLOG)
     server = HTTPServer(Application([(ROUTE, Handler)], websocket_ping_interval=0))
@@ -230,8 +253,6 @@ def install(args: argparse.Namespace) -> Any:
     if args.variant == "minimal":
         TELEMETRY.tracer = tracer_provider.get_tracer("bench.minimal")
         TELEMETRY.envelope = args.envelope != "off"
-        if args.stack == "tornado":
-            raise SystemExit("the minimal variant has no tornado server")
         return app
     if args.variant == "otel-asgi":
         from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware  # noqa: PLC0415
@@ -243,6 +264,7 @@ def install(args: argparse.Namespace) -> Any:
         "model": args.model,
         "envelope": args.envelope,
         "streams": args.streams,
+        "metrics": args.metrics,
         "chunk_spans": args.chunk_spans,
     }
     if args.stack == "websockets":
@@ -391,6 +413,7 @@ def parse(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--model", choices=("message", "connection"), default="message")
     parser.add_argument("--envelope", choices=("off", "negotiate", "always", "on"), default="negotiate")
     parser.add_argument("--streams", choices=("on", "off"), default="on")
+    parser.add_argument("--metrics", choices=("on", "off"), default="on")
     parser.add_argument("--chunk-spans", action="store_true")
     parser.add_argument("--sampled-out", action="store_true", help="sample every handshake out")
     parser.add_argument("--lifetime", type=float, default=300.0, help="stop after this many seconds")

@@ -78,6 +78,28 @@ def test_explicit_stream_records_span_and_genai_metrics(telemetry: Telemetry) ->
     assert names["gen_ai.client.operation.time_to_first_chunk"].unit == "s"
 
 
+def test_explicit_stream_of_one_chunk_records_every_histogram(telemetry: Telemetry) -> None:
+    """Only automatic one-message replies are brief: a stream the application declares is always measured in full."""
+    reader = InMemoryMetricReader()
+    with wstrace.stream(
+        "one", tracer_provider=telemetry.provider, meter_provider=MeterProvider(metric_readers=[reader])
+    ) as single:
+        single.chunk(7)
+    counts = {
+        m.name: sum(p.count for p in m.data.data_points)
+        for rm in reader.get_metrics_data().resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+    }
+    for name in (
+        "wstrace.stream.time_to_first_chunk",
+        "wstrace.stream.time_to_last_chunk",
+        "wstrace.stream.chunks",
+        "wstrace.stream.size",
+    ):
+        assert counts.get(name) == 1, name
+
+
 def test_explicit_stream_error(telemetry: Telemetry) -> None:
     """An exception inside the block fails the stream and keeps its partial figures."""
     with pytest.raises(RuntimeError), wstrace.stream("tts", tracer_provider=telemetry.provider) as audio:

@@ -996,6 +996,7 @@ class ConnectionTracer:
             metric_attributes=self._names.stream_attributes[direction],
             body_size=True,
             on_end=tally,
+            brief_single=True,
         )
         self._streams[stats] = stream
         if len(self._streams) > self._sweep_at:

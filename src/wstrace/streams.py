@@ -128,11 +128,13 @@ class Stream:
     """A stream bound to a span: feed it chunks, then end it once.
 
     Ending records the summary on the span, ends the span at the last chunk
-    (or now, if it had none), and records the histograms.
+    (or now, if it had none), and records the histograms: only time to first
+    chunk for a one-chunk stream made with ``brief_single`` (automatic replies).
     """
 
     __slots__ = (
         "_body_size",
+        "_brief_single",
         "_genai",
         "_instruments",
         "_metric_attributes",
@@ -154,6 +156,7 @@ class Stream:
         owns_span: bool = True,
         body_size: bool = False,
         on_end: Optional[Callable[[StreamStats], None]] = None,
+        brief_single: bool = False,
     ) -> None:
         self.span = span
         self.stats = stats
@@ -164,6 +167,7 @@ class Stream:
         self._owns_span = owns_span
         self._body_size = body_size
         self._on_end = on_end
+        self._brief_single = brief_single
 
     def chunk(self, size: int = 0, now_ns: Optional[int] = None) -> None:
         """Count one chunk of ``size`` bytes, arriving or sent now."""
@@ -225,6 +229,11 @@ class Stream:
                 "error.type": type(error).__qualname__ if isinstance(error, BaseException) else error,
             }
         instruments.stream_ttfc.record(stats.time_to_first_chunk or 0.0, attributes)
+        if self._brief_single and stats.count == 1:
+            # A one-message reply is a response, not a stream: its TTFC is its response time, and the
+            # other histograms would only repeat it (TTLC = TTFC, one chunk, bytes already counted by
+            # wstrace.message.size) at 4-7 µs a record, as much as the send itself.
+            return
         instruments.stream_ttlc.record(stats.time_to_last_chunk or 0.0, attributes)
         instruments.stream_chunks.record(stats.count, attributes)
         instruments.stream_size.record(stats.size, attributes)

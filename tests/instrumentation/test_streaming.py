@@ -264,6 +264,52 @@ def test_abnormal_close_fails_the_stream_with_partial_metrics(
     assert chunks.sum == stream.attributes["wstrace.stream.chunk_count"]
 
 
+def test_one_message_reply_records_only_its_response_time(
+    telemetry: Telemetry, instrument: Callable[..., None], meter: InMemoryMetricReader
+) -> None:
+    """A one-message reply records TTFC only; a reply of several messages records every stream histogram.
+
+    The span of a one-message reply still carries every stream attribute.
+    """
+    instrument()
+
+    async def handler(ws: ServerConnection) -> None:
+        async for message in ws:
+            for _ in range(1 if message == "one" else 3):
+                await ws.send(message)
+
+    async def scenario() -> None:
+        async with serve(handler, "127.0.0.1", 0) as srv:
+            async with connect(f"ws://127.0.0.1:{srv.sockets[0].getsockname()[1]}/r") as ws:
+                for request, replies in (("one", 1), ("one", 1), ("three", 3)):
+                    await ws.send(request)
+                    for _ in range(replies):
+                        await ws.recv()
+            await asyncio.sleep(0.05)
+
+    asyncio.run(scenario())
+    points = metric_points(meter)
+
+    def count(name: str, direction: str) -> int:
+        return sum(p.count for _, p in points.get(name, []) if p.attributes["wstrace.stream.direction"] == direction)
+
+    for direction in ("outbound", "inbound"):  # the server's reply streams, the client's received replies
+        assert count("wstrace.stream.time_to_first_chunk", direction) == 3, "every reply has a response time"
+        for name in ("wstrace.stream.time_to_last_chunk", "wstrace.stream.chunks", "wstrace.stream.size"):
+            assert count(name, direction) == 1, f"{name} describes only the three-message reply"
+        assert count("wstrace.stream.chunk_interval", direction) == 1
+    singles = [
+        s
+        for s in telemetry.named("send /r")
+        if s.kind is SpanKind.PRODUCER and s.attributes.get("wstrace.stream.chunk_count") == 1
+    ]
+    assert len(singles) == 2
+    for span in singles:
+        attributes = span.attributes
+        assert attributes["wstrace.stream.time_to_last_chunk"] == attributes["wstrace.stream.time_to_first_chunk"]
+        assert attributes["wstrace.stream.size"] == len("one")
+
+
 def test_connection_metrics(telemetry: Telemetry, instrument: Callable[..., None], meter: InMemoryMetricReader) -> None:
     """Active connections, handshake and connection durations, message counts and close codes are recorded."""
     instrument()
@@ -333,3 +379,28 @@ def test_chunk_spans_option(telemetry: Telemetry, instrument: Callable[..., None
     assert parent_id(client_stream) == span_id(chunks[0]), "the client stream continues the first chunk"
     client_chunks = [s for s in telemetry.named("receive /c") if parent_id(s) == span_id(client_stream)]
     assert [[link.context.span_id for link in c.links] for c in client_chunks] == [[span_id(c)] for c in chunks]
+
+
+def test_metrics_option_off_records_no_metric(
+    telemetry: Telemetry, instrument: Callable[..., None], meter: InMemoryMetricReader
+) -> None:
+    """metrics=False: nothing reaches the meter provider, and the spans keep their stream attributes."""
+    instrument(metrics=False)
+
+    async def handler(ws: ServerConnection) -> None:
+        async for message in ws:
+            await ws.send(message)
+            await ws.send(message)
+
+    async def scenario() -> None:
+        async with serve(handler, "127.0.0.1", 0) as srv:
+            async with connect(f"ws://127.0.0.1:{srv.sockets[0].getsockname()[1]}/quiet") as ws:
+                await ws.send("ping")
+                await ws.recv()
+                await ws.recv()
+            await asyncio.sleep(0.05)
+
+    asyncio.run(scenario())
+    assert metric_points(meter) == {}
+    streams = [s for s in telemetry.spans if (s.attributes or {}).get("wstrace.stream.chunk_count") == 2]
+    assert {s.kind for s in streams} == {SpanKind.PRODUCER, SpanKind.CONSUMER}

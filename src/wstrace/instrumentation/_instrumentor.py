@@ -12,6 +12,7 @@ from opentelemetry import trace
 from opentelemetry.instrumentation.dependencies import DependencyConflictError, get_dependency_conflicts
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled, unwrap
+from opentelemetry.metrics import MeterProvider
 
 from wstrace.config import Config
 from wstrace.metrics import Instruments
@@ -34,6 +35,23 @@ class Settings:
         self.tracer = tracer
         self.config = config
         self.instruments = instruments
+
+    @classmethod
+    def make(
+        cls,
+        config: Config,
+        tracer_provider: Optional[trace.TracerProvider] = None,
+        meter_provider: Optional[MeterProvider] = None,
+    ) -> Settings:
+        """wstrace's tracer from ``tracer_provider`` (default: the global one), and its instruments
+        from ``meter_provider`` unless the ``metrics`` option is off."""
+        tracer = trace.get_tracer(
+            "wstrace",
+            __version__,
+            tracer_provider=tracer_provider,
+            schema_url="https://opentelemetry.io/schemas/1.26.0",
+        )
+        return cls(tracer, config, Instruments(meter_provider) if config.metrics else None)
 
 
 class WstraceInstrumentor(BaseInstrumentor):  # type: ignore[misc]
@@ -72,14 +90,7 @@ class WstraceInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             # raising here would abort the application's start-up.
             _log.warning("wstrace: ignoring unknown instrument() option(s): %s", ", ".join(sorted(unknown)))
         options = {k: v for k, v in kwargs.items() if k in _CONFIG_KEYS}
-        config = Config.load(**options)
-        tracer = trace.get_tracer(
-            "wstrace",
-            __version__,
-            tracer_provider=kwargs.get("tracer_provider"),
-            schema_url="https://opentelemetry.io/schemas/1.26.0",
-        )
-        self._patch(Settings(tracer, config, Instruments(kwargs.get("meter_provider"))))
+        self._patch(Settings.make(Config.load(**options), kwargs.get("tracer_provider"), kwargs.get("meter_provider")))
 
     def _uninstrument(self, **kwargs: Any) -> None:
         while self._patched:

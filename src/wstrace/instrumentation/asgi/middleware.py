@@ -21,8 +21,6 @@ from wstrace.instrumentation.asgi._common import (
 )
 from wstrace.instrumentation.asgi._connection import Connection
 from wstrace.instrumentation.asgi._server import Handshake
-from wstrace.metrics import Instruments
-from wstrace.version import __version__
 
 
 __all__ = ["WstraceASGIMiddleware"]
@@ -49,13 +47,7 @@ class WstraceASGIMiddleware:
         **options: Any,
     ) -> None:
         self.app = app  # ``app``, like every ASGI middleware, so that stack walkers find what is inside
-        tracer = trace.get_tracer(
-            "wstrace",
-            __version__,
-            tracer_provider=tracer_provider,
-            schema_url="https://opentelemetry.io/schemas/1.26.0",
-        )
-        self._settings = Settings(tracer, Config.load(**options), Instruments(meter_provider))
+        self._settings = Settings.make(Config.load(**options), tracer_provider, meter_provider)
         self._active: Optional[Callable[[], bool]] = None
 
     @classmethod
