@@ -228,27 +228,31 @@ class Stream:
                 **attributes,
                 "error.type": type(error).__qualname__ if isinstance(error, BaseException) else error,
             }
-        instruments.stream_ttfc.record(stats.time_to_first_chunk or 0.0, attributes)
+        # Recorded in the stream span's context, whatever is current where the stream ends (often
+        # nothing: a reply ends when its handler asks for the next message), so that exemplars
+        # point at the stream's own trace.
+        ctx = trace.set_span_in_context(self.span)
+        instruments.stream_ttfc.record(stats.time_to_first_chunk or 0.0, attributes, ctx)
         if self._brief_single and stats.count == 1:
             # A one-message reply is a response, not a stream: its TTFC is its response time, and the
             # other histograms would only repeat it (TTLC = TTFC, one chunk, bytes already counted by
             # wstrace.message.size) at 4-7 µs a record, as much as the send itself.
             return
-        instruments.stream_ttlc.record(stats.time_to_last_chunk or 0.0, attributes)
-        instruments.stream_chunks.record(stats.count, attributes)
-        instruments.stream_size.record(stats.size, attributes)
+        instruments.stream_ttlc.record(stats.time_to_last_chunk or 0.0, attributes, ctx)
+        instruments.stream_chunks.record(stats.count, attributes, ctx)
+        instruments.stream_size.record(stats.size, attributes, ctx)
         if stats.count > 1:
-            instruments.stream_interval.record(stats.mean_interval or 0.0, attributes)
+            instruments.stream_interval.record(stats.mean_interval or 0.0, attributes, ctx)
         if stats.stalls:
-            instruments.stream_stalls.add(stats.stalls, attributes)
+            instruments.stream_stalls.add(stats.stalls, attributes, ctx)
         if self._genai is not None:
             genai = {"gen_ai.operation.name": self._genai}
             if error is not None:
                 genai["error.type"] = str(attributes["error.type"])
-            instruments.genai_ttfc.record(stats.time_to_first_chunk or 0.0, genai)
-            instruments.genai_duration.record(stats.time_to_last_chunk or 0.0, genai)
+            instruments.genai_ttfc.record(stats.time_to_first_chunk or 0.0, genai, ctx)
+            instruments.genai_duration.record(stats.time_to_last_chunk or 0.0, genai, ctx)
             for gap in stats.intervals:
-                instruments.genai_tpoc.record(gap * _NS, genai)
+                instruments.genai_tpoc.record(gap * _NS, genai, ctx)
 
 
 # The wall clock and the monotonic clock differ by a constant for a process's

@@ -404,3 +404,37 @@ def test_metrics_option_off_records_no_metric(
     assert metric_points(meter) == {}
     streams = [s for s in telemetry.spans if (s.attributes or {}).get("wstrace.stream.chunk_count") == 2]
     assert {s.kind for s in streams} == {SpanKind.PRODUCER, SpanKind.CONSUMER}
+
+
+def test_stream_histogram_exemplars_point_at_the_stream_span(
+    telemetry: Telemetry, instrument: Callable[..., None], meter: InMemoryMetricReader
+) -> None:
+    """A reply ends where no span is current (its handler asks for the next message), yet its exemplar links to it."""
+    instrument()
+
+    async def handler(ws: ServerConnection) -> None:
+        async for message in ws:
+            await ws.send(message)
+
+    async def scenario() -> None:
+        async with serve(handler, "127.0.0.1", 0) as srv:
+            async with connect(f"ws://127.0.0.1:{srv.sockets[0].getsockname()[1]}/ex") as ws:
+                await ws.send("ping")
+                await ws.recv()
+            await asyncio.sleep(0.05)
+
+    asyncio.run(scenario())
+    stream_spans = {
+        span_id(s): s
+        for s in telemetry.spans
+        if (s.attributes or {}).get("wstrace.stream.chunk_count") == 1 and s.kind is SpanKind.PRODUCER
+    }
+    (point,) = [
+        p
+        for _, p in metric_points(meter)["wstrace.stream.time_to_first_chunk"]
+        if p.attributes["wstrace.stream.direction"] == "outbound"
+    ]
+    (exemplar,) = point.exemplars
+    stream = stream_spans[exemplar.span_id]
+    assert exemplar.trace_id == stream.context.trace_id
+    assert exemplar.value == pytest.approx(stream.attributes["wstrace.stream.time_to_first_chunk"])

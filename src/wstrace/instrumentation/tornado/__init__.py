@@ -58,9 +58,7 @@ class TornadoInstrumentor(WstraceInstrumentor):
         # Messages and close, on the protocol that both sides share.
         self._wrap(ws, "WebSocketProtocol13.write_message", _connection.write_message)
         self._wrap(ws, "WebSocketProtocol._run_callback", _connection.run_callback)
-        self._wrap(ws, "WebSocketProtocol13._receive_frame", _connection.receive_frame)
         self._wrap(ws, "WebSocketProtocol13._receive_frame_loop", _connection.receive_frame_loop)
-        self._wrap(ws, "WebSocketProtocol13._handle_message", _connection.handle_message)
         self._wrap(ws, "WebSocketProtocol13.close", _connection.protocol_close)
         # The client's queue of messages, read in the application's task.
         self._wrap(ws, "WebSocketClientConnection.read_message", _connection.read_message)

@@ -5,7 +5,9 @@ subclass, so it cannot be wrapped on the class: the wrappers sit where tornado
 calls it instead. The frame loop, one task per connection, runs
 ``_receive_frame`` for each frame; ``_handle_message`` dispatches a complete
 one and passes data to ``on_message`` through ``_run_callback``, which runs a
-coroutine ``on_message`` as a task of its own that the loop awaits.
+coroutine ``on_message`` as a task of its own and returns a future that the
+loop awaits. Only ``_run_callback`` and ``write_message`` are wrapped on the
+per-message path: every wrapper there costs each message a call.
 
 Each wrapper finds the connection's :class:`Traced` through the protocol's
 ``handler``; a connection opened before ``instrument()`` (or with
@@ -24,10 +26,8 @@ from wstrace.session import ConnectionTracer
 
 __all__ = [
     "client_close",
-    "handle_message",
     "protocol_close",
     "read_message",
-    "receive_frame",
     "receive_frame_loop",
     "run_callback",
     "write_message",
@@ -81,11 +81,18 @@ def run_callback(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs:
     result = wrapped(_watched(t, args[0]), payload)
     if result is None:
         ct.receive_done(_failure(t))  # on_message returned (or raised, which tornado logs)
-    else:
-        # A coroutine: its task copied the context with the receive span;
-        # the loop awaits it and ends the span in receive_frame.
-        t.loop_receive = True
-    return result
+        return None
+    # A coroutine: its task copied the context with the receive span. The frame
+    # loop awaits what we return, so the span ends in the task that attached it.
+    t.loop_receive = True
+    return _end_when_handled(t, result)
+
+
+async def _end_when_handled(t: Traced, handled: Awaitable[Any]) -> None:
+    try:
+        await handled
+    finally:
+        _end_loop_receive(t)
 
 
 def _end_loop_receive(t: Traced) -> None:
@@ -111,6 +118,8 @@ def _watched(t: Traced, on_message: Callable[..., Any]) -> Callable[..., Any]:
         except BaseException as exc:
             t.failure = exc
             raise
+        if result is None:
+            return None
         return _note_failure(t, result) if inspect.isawaitable(result) else result
 
     return call
@@ -124,20 +133,6 @@ async def _note_failure(t: Traced, awaitable: Awaitable[Any]) -> Any:
         raise
 
 
-async def receive_frame(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """``WebSocketProtocol13._receive_frame``: one frame read and handled, in the frame loop's task.
-
-    The receive span of a coroutine ``on_message`` ends here, in the task
-    that attached it, once the loop has awaited the coroutine.
-    """
-    try:
-        return await wrapped(*args, **kwargs)
-    finally:
-        t = traced(instance.handler)
-        if t is not None:
-            _end_loop_receive(t)
-
-
 async def receive_frame_loop(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """``WebSocketProtocol13._receive_frame_loop``: it ends when the connection does, after ``on_close``."""
     try:
@@ -149,21 +144,6 @@ async def receive_frame_loop(wrapped: Wrapped, instance: Any, args: tuple[Any, .
             t.ct.closed(**t.close_event())
 
 
-def handle_message(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """``WebSocketProtocol13._handle_message(opcode, data)``: notes the peer's close frame."""
-    opcode = args[0] if args else kwargs.get("opcode")
-    if opcode != _CLOSE or instance.client_terminated:  # tornado ignores frames after a close
-        return wrapped(*args, **kwargs)
-    t = traced(instance.handler)
-    if t is not None and t.initiator is None:
-        t.initiator = "remote"
-    try:
-        return wrapped(*args, **kwargs)
-    finally:
-        if t is not None:
-            t.received = (instance.close_code, instance.close_reason or "")
-
-
 def protocol_close(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """``WebSocketProtocol13.close(code, reason)``: notes the close frame this end sends.
 
@@ -172,6 +152,14 @@ def protocol_close(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwarg
     """
     t = traced(instance.handler)
     stream = instance.stream
+    if t is not None and t.received is None and instance.client_terminated and stream is not None:
+        # A close frame from the peer: tornado echoes it by calling close() with the stream still
+        # open (an abort closes the stream first). Noted here, not by wrapping _handle_message,
+        # which every frame goes through.
+        if not stream.closed():
+            t.received = (instance.close_code, instance.close_reason or "")
+            if t.initiator is None:
+                t.initiator = "remote"
     if t is not None and t.sent is None and not instance.server_terminated and stream is not None:
         if not stream.closed():
             code = args[0] if args else kwargs.get("code")
