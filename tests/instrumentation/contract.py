@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Any
 
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
 
@@ -93,3 +95,36 @@ def no_open_spans(telemetry: Telemetry) -> None:
 
 def _kind(operation: str) -> SpanKind:
     return SpanKind.PRODUCER if operation == "send" else SpanKind.CONSUMER
+
+
+def metrics(reader: InMemoryMetricReader, route: str, exchanges: int) -> None:
+    """Both ends of one connection that made ``exchanges`` request/reply round trips recorded their metrics."""
+    points: dict[str, list[Any]] = {}
+    data = reader.get_metrics_data()
+    for resource in data.resource_metrics if data else ():
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                points.setdefault(metric.name, []).extend(
+                    p for p in metric.data.data_points if p.attributes.get("http.route") == route
+                )
+
+    def by(name: str, key: str) -> dict[Any, int]:
+        found: dict[Any, int] = {}
+        for point in points.get(name, []):
+            value = point.count if hasattr(point, "count") else point.value
+            found[point.attributes[key]] = found.get(point.attributes[key], 0) + value
+        return found
+
+    assert by("wstrace.handshake.duration", "websocket.side") == {"client": 1, "server": 1}
+    assert by("wstrace.connection.duration", "websocket.side") == {"client": 1, "server": 1}
+    assert by("wstrace.connection.active", "websocket.side") == {"client": 0, "server": 0}
+    # Counters carry no side: each end sent and received every payload once.
+    assert by("wstrace.message.count", "websocket.message.direction") == {
+        "sent": 2 * exchanges,
+        "received": 2 * exchanges,
+    }
+    # The server's replies and the client's received replies: one response time each.
+    assert by("wstrace.stream.time_to_first_chunk", "wstrace.stream.direction") == {
+        "outbound": exchanges,
+        "inbound": exchanges,
+    }

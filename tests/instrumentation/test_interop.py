@@ -18,6 +18,8 @@ import aiohttp
 import pytest
 import websocket
 from fastapi import FastAPI, WebSocket
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.trace import SpanKind
 from websockets.asyncio.client import connect as async_connect
 from websockets.asyncio.server import serve
@@ -156,7 +158,13 @@ CLIENTS: dict[str, Client] = {
 
 
 @pytest.fixture
-def instrumented(telemetry: Telemetry) -> Iterator[Telemetry]:
+def meter() -> InMemoryMetricReader:
+    return InMemoryMetricReader()
+
+
+@pytest.fixture
+def instrumented(telemetry: Telemetry, meter: InMemoryMetricReader) -> Iterator[Telemetry]:
+    meter_provider = MeterProvider(metric_readers=[meter])
     instrumentors = [
         WebsocketsInstrumentor(),
         AiohttpInstrumentor(),
@@ -165,7 +173,7 @@ def instrumented(telemetry: Telemetry) -> Iterator[Telemetry]:
         TornadoInstrumentor(),
     ]
     for instrumentor in instrumentors:
-        instrumentor.instrument(tracer_provider=telemetry.provider)
+        instrumentor.instrument(tracer_provider=telemetry.provider, meter_provider=meter_provider)
     yield telemetry
     for instrumentor in instrumentors:
         instrumentor.uninstrument()
@@ -173,8 +181,9 @@ def instrumented(telemetry: Telemetry) -> Iterator[Telemetry]:
 
 @pytest.mark.parametrize("server", sorted(SERVERS))
 @pytest.mark.parametrize("client", sorted(CLIENTS))
-def test_pair(instrumented: Telemetry, client: str, server: str) -> None:
-    """Handshake propagation, envelope both ways, identical text and binary payloads, one shared contract."""
+def test_pair(instrumented: Telemetry, meter: InMemoryMetricReader, client: str, server: str) -> None:
+    """Handshake propagation, envelope both ways, identical text and binary payloads, one shared contract,
+    and the same metrics from both ends."""
     telemetry = instrumented
 
     async def scenario() -> list[Any]:
@@ -197,6 +206,7 @@ def test_pair(instrumented: Telemetry, client: str, server: str) -> None:
     contract.continued(client_sends, server_receives)
     contract.continued(server_sends, client_receives)
     contract.no_open_spans(telemetry)
+    contract.metrics(meter, ROUTE, len(PAYLOADS))
 
 
 def _wait_for_closes(telemetry: Telemetry) -> None:

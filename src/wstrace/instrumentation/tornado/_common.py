@@ -124,7 +124,14 @@ def new_client_tracer(settings: Settings, request: Any) -> ConnectionTracer:
     except ValueError:  # a malformed URL: tornado will refuse it, the span records that
         scheme, host, port, path = "ws", None, None, "/"
     return ConnectionTracer.client(
-        settings.tracer, settings.config, url=url, scheme=scheme, host=host, port=port, path=path
+        settings.tracer,
+        settings.config,
+        url=url,
+        scheme=scheme,
+        host=host,
+        port=port,
+        path=path,
+        instruments=settings.instruments,
     )
 
 
@@ -167,6 +174,7 @@ def new_server_tracer(settings: Settings, handler: Any) -> ConnectionTracer:
         server_port=server_port,
         client_address=client_address,
         client_port=client_port,
+        instruments=settings.instruments,
     )
 
 
