@@ -21,6 +21,7 @@ the first failure and carry on, and the payload always gets through.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import codecs
 import logging
@@ -117,14 +118,22 @@ class _Inbound:
         self.binary_prefix: Optional[bytes] = None
 
     def __del__(self) -> None:
-        # Called wherever the last reference goes (a detach, a task's end, a GC pass): only a list
-        # append here, never SDK work; the tracer ends the stream at its next event.
+        # Called wherever the last reference goes (a detach, a task's end, a GC pass): never SDK work
+        # here. The tracer ends the stream at its next event or, on an event loop, at the loop's next
+        # turn: a reply task the library started (tornado's write) may outlive the handler, and ending
+        # its stream when the next message arrives would put that work on the next round trip.
         stream = self.stream
-        if stream is not None and not stream.ended:
-            try:
-                self.tracer._orphans.append(stream)
-            except Exception:  # pragma: no cover - interpreter shutdown
-                pass
+        if stream is None or stream.ended:
+            return
+        tracer = self.tracer
+        try:
+            tracer._orphans.append(stream)
+            if not tracer._flush_pending:
+                loop = asyncio.get_running_loop()  # none in this thread: the next event ends it
+                tracer._flush_pending = True
+                loop.call_soon(tracer._end_orphans)
+        except Exception:  # no running loop, a closed loop, interpreter shutdown
+            pass
 
 
 class _Request:
@@ -234,6 +243,7 @@ class ConnectionTracer:
         "_connection_ctx",
         "_connection_trace",
         "_counts",
+        "_flush_pending",
         "_handshake",
         "_handshake_link",
         "_idle_ns",
@@ -332,6 +342,8 @@ class ConnectionTracer:
         """Open streams, oldest first; a stream leaves when it ends."""
         self._orphans: list[Stream] = []
         """Server reply streams whose message no context holds any more: they are complete."""
+        self._flush_pending = False
+        """An ``_end_orphans`` call is scheduled on the event loop, or about to run here."""
         self._last_request: Optional[_Request] = None
         self._requests: Optional[OrderedDict[Hashable, _Request]] = None
         """Requests in flight by key (client, with ``stream_key``); made on first use."""
@@ -879,7 +891,11 @@ class ConnectionTracer:
                 ending.end(error)
         except Exception as exc:
             _warn_once("ending a receive span", exc)
-        ctx = token = None  # the last reference to the message's context, usually: its reply stream is complete
+        # The last reference to the message's context, usually: its reply stream is complete, and is
+        # ended right here (no loop callback needed).
+        self._flush_pending = True
+        ctx = token = None
+        self._flush_pending = False
         if self._orphans:
             self._end_orphans()
 
@@ -973,6 +989,7 @@ class ConnectionTracer:
     # Streams -----------------------------------------------------------------
 
     def _end_orphans(self) -> None:
+        self._flush_pending = False
         orphans, self._orphans = self._orphans, []
         try:
             for stream in orphans:

@@ -438,3 +438,42 @@ def test_stream_histogram_exemplars_point_at_the_stream_span(
     stream = stream_spans[exemplar.span_id]
     assert exemplar.trace_id == stream.context.trace_id
     assert exemplar.value == pytest.approx(stream.attributes["wstrace.stream.time_to_first_chunk"])
+
+
+def test_reply_stream_ends_when_the_last_task_holding_its_message_ends(
+    telemetry: Telemetry, instrument: Callable[..., None]
+) -> None:
+    """A task the handler started keeps its message's reply stream open; the stream ends once that task is done,
+    on the event loop's next turn, not when the next message or the close comes."""
+    instrument()
+
+    background: set[asyncio.Task[None]] = set()
+
+    def start_background_work() -> None:
+        task = asyncio.create_task(asyncio.sleep(0.05))  # inherits the message's context
+        background.add(task)
+        task.add_done_callback(background.discard)  # and lets it go once done
+
+    async def handler(ws: ServerConnection) -> None:
+        async for message in ws:
+            start_background_work()
+            await ws.send(message)
+
+    def reply_streams() -> list[Any]:
+        return [
+            s
+            for s in telemetry.named("send /held")
+            if s.kind is SpanKind.PRODUCER and s.attributes.get("wstrace.stream.chunk_count") == 1
+        ]
+
+    async def scenario() -> None:
+        async with serve(handler, "127.0.0.1", 0) as srv:
+            async with connect(f"ws://127.0.0.1:{srv.sockets[0].getsockname()[1]}/held") as ws:
+                await ws.send("hi")
+                await ws.recv()
+                await asyncio.sleep(0.02)
+                assert reply_streams() == [], "the task still holds the message: more replies are possible"
+                await asyncio.sleep(0.2)
+                assert len(reply_streams()) == 1, "the task is done: the stream has ended, the connection is open"
+
+    asyncio.run(scenario())
