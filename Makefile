@@ -3,7 +3,7 @@ PYTHON ?= .venv/bin/python
 REPS ?= 3
 BENCH_OUT ?= benchmarks/results/latest.json
 
-.PHONY: bench bench-quick bench-micro bench-profile bench-deps
+.PHONY: bench bench-quick bench-micro bench-profile bench-timers bench-deps
 
 # The full suite: every workload, stack and variant, interleaved; about 10 minutes on 2 cores.
 bench:
@@ -23,6 +23,10 @@ STACK ?= websockets
 VARIANT ?= wstrace message, envelope off
 bench-profile:
 	$(PYTHON) -m benchmarks.profile --workload $(WORKLOAD) --stack $(STACK) --variant "$(VARIANT)"
+
+# Exact time per call of wstrace's entry points (and the SDK's) inside one server variant; about 10 s.
+bench-timers:
+	$(PYTHON) -m benchmarks.timers --workload $(WORKLOAD) --stack $(STACK) --variant "$(VARIANT)"
 
 # Optional tools: py-spy and pyinstrument in the venv; ddtrace (and what it needs) in benchmarks/.deps,
 # outside the venv, because ddtrace registers a pytest plugin that the test suite should not load.

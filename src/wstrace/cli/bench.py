@@ -3,7 +3,7 @@
 The suite lives in ``benchmarks/`` at the root of the repository, next to ``src/``; it is not part of the
 installed package (it needs the SDK, every supported library, and optionally ddtrace and py-spy). This
 command finds that directory (from the current directory upwards, then next to the imported ``wstrace``),
-and runs ``python -m benchmarks.run`` (or ``benchmarks.micro``, ``benchmarks.profile``) there with the
+and runs ``python -m benchmarks.run`` (or ``benchmarks.micro``, ``.profile``, ``.timers``) there with the
 arguments given. Without a checkout it says where to get one and exits with status 2.
 """
 
@@ -19,7 +19,12 @@ from typing import Optional
 
 __all__ = ["add_arguments", "find_checkout", "run_from_args"]
 
-_TOOLS = {"suite": "benchmarks.run", "micro": "benchmarks.micro", "profile": "benchmarks.profile"}
+_TOOLS = {
+    "suite": "benchmarks.run",
+    "micro": "benchmarks.micro",
+    "profile": "benchmarks.profile",
+    "timers": "benchmarks.timers",
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=tuple(_TOOLS),
         default="suite",
         help="suite: bare and instrumented servers interleaved (default); micro: in-process per-message costs;"
-        " profile: one server variant under py-spy",
+        " profile: one server variant under py-spy; timers: exact time per call of wstrace's entry points in a"
+        " server",
     )
     parser.add_argument(
         "--checkout", metavar="DIR", help="the wstrace source checkout (default: found from here or from wstrace)"
