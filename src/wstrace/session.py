@@ -128,11 +128,13 @@ class _Inbound:
         tracer = self.tracer
         try:
             tracer._orphans.append(stream)
-            if not tracer._flush_pending:
-                loop = asyncio.get_running_loop()  # none in this thread: the next event ends it
+            loop = tracer._loop
+            # Only on the connection's own loop thread: a context dropped in a worker thread (or on
+            # another loop) leaves the stream to the tracer's next event.
+            if loop is not None and not tracer._flush_pending and asyncio.get_running_loop() is loop:
                 tracer._flush_pending = True
                 loop.call_soon(tracer._end_orphans)
-        except Exception:  # no running loop, a closed loop, interpreter shutdown
+        except Exception:  # no running loop in this thread, a closed loop, interpreter shutdown
             pass
 
 
@@ -249,6 +251,7 @@ class ConnectionTracer:
         "_idle_ns",
         "_instruments",
         "_last_request",
+        "_loop",
         "_max_envelope",
         "_message_spans",
         "_names",
@@ -344,6 +347,8 @@ class ConnectionTracer:
         """Server reply streams whose message no context holds any more: they are complete."""
         self._flush_pending = False
         """An ``_end_orphans`` call is scheduled on the event loop, or about to run here."""
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        """The event loop the connection opened on, if any: where released reply streams are ended."""
         self._last_request: Optional[_Request] = None
         self._requests: Optional[OrderedDict[Hashable, _Request]] = None
         """Requests in flight by key (client, with ``stream_key``); made on first use."""
@@ -592,6 +597,7 @@ class ConnectionTracer:
                 {**self._base_attributes, sc.MESSAGE_TYPE: "text"},
             )
             self._opened_ns = time.monotonic_ns()
+            self._loop = _running_loop()
             if self._instruments is not None and self._recording:
                 attributes = self._metric_attributes()
                 self._instruments.handshake_duration.record((self._opened_ns - self._started_ns) / 1e9, attributes)
@@ -1297,6 +1303,13 @@ def _pairs(headers: HeaderSource) -> list[tuple[str, str]]:
 
 def _without_baggage(carrier: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in carrier.items() if k != "baggage"}
+
+
+def _running_loop() -> Optional[asyncio.AbstractEventLoop]:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:  # a thread-based library (websockets sync, websocket-client)
+        return None
 
 
 def _size(payload: Any) -> Optional[int]:

@@ -35,8 +35,6 @@ __all__ = [
 
 Wrapped = Callable[..., Any]
 
-_CLOSE = 0x8
-
 
 def write_message(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """``WebSocketProtocol13.write_message(message, binary=False)``, under both sides' ``write_message``."""
