@@ -64,23 +64,25 @@ async def _send(
     return result
 
 
-async def send_str(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def send_str(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    # Plain functions returning a coroutine, not coroutines themselves: an untraced send gets
+    # aiohttp's own coroutine, a traced one a single frame around it.
     ct = tracer_of(instance)
     # Anything but a str is aiohttp's TypeError to raise, about the caller's own value.
     if ct is None or in_send.get() or not isinstance(_argument(args, kwargs, 0, "data"), str):
-        return await wrapped(*args, **kwargs)
-    return await _send(ct, wrapped, args, kwargs, "data", True)
+        return wrapped(*args, **kwargs)
+    return _send(ct, wrapped, args, kwargs, "data", True)
 
 
-async def send_bytes(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def send_bytes(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     ct = tracer_of(instance)
     data = _argument(args, kwargs, 0, "data")
     if ct is None or in_send.get() or not isinstance(data, (bytes, bytearray, memoryview)):
-        return await wrapped(*args, **kwargs)
-    return await _send(ct, wrapped, args, kwargs, "data", False)
+        return wrapped(*args, **kwargs)
+    return _send(ct, wrapped, args, kwargs, "data", False)
 
 
-async def send_frame(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def send_frame(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """``send_frame(message, opcode)``: only TEXT and BINARY frames are messages; control frames pass."""
     ct = tracer_of(instance)
     opcode = _argument(args, kwargs, 1, "opcode")
@@ -91,8 +93,8 @@ async def send_frame(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwa
         or opcode not in (TEXT, BINARY)
         or not isinstance(message, (bytes, bytearray, memoryview))
     ):
-        return await wrapped(*args, **kwargs)
-    return await _send(ct, wrapped, args, kwargs, "message", opcode == TEXT)
+        return wrapped(*args, **kwargs)
+    return _send(ct, wrapped, args, kwargs, "message", opcode == TEXT)
 
 
 async def receive(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
