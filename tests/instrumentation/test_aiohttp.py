@@ -13,7 +13,6 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType, web
 from opentelemetry import trace
-from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 from websockets.asyncio.client import connect as websockets_connect
@@ -21,6 +20,7 @@ from websockets.asyncio.client import connect as websockets_connect
 from tests.conftest import Telemetry
 from tests.instrumentation import contract
 from tests.instrumentation.aiohttp_app import echo, server
+from tests.instrumentation.contract import parent_id, span_id, trace_id
 from wstrace.instrumentation.aiohttp import AiohttpInstrumentor
 
 
@@ -63,18 +63,6 @@ def run(coro: Awaitable[Any]) -> Any:
         return result
 
     return asyncio.run(main())
-
-
-def parent_id(span: ReadableSpan) -> int | None:
-    return span.parent.span_id if span.parent else None
-
-
-def span_id(span: ReadableSpan) -> int:
-    return span.get_span_context().span_id
-
-
-def trace_id(span: ReadableSpan) -> int:
-    return span.get_span_context().trace_id
 
 
 def side(telemetry: Telemetry, kind: SpanKind, route: str = "/chat") -> ReadableSpan:
@@ -639,60 +627,6 @@ def test_caller_headers_win_and_are_kept(telemetry: Telemetry, instrument: Calla
     run(scenario())
     assert seen == [("1", [mine])]
     assert f"{trace_id(side(telemetry, SpanKind.SERVER)):032x}" == "11111111111111111111111111111111"
-
-
-# The standard instrumentor contract -------------------------------------------------
-
-
-def _roundtrip() -> list[Any]:
-    async def scenario() -> list[Any]:
-        async with server(echo) as url:
-            return await exchange(url, ["ping"])
-
-    return list(run(scenario()))
-
-
-def test_uninstrument_restores_everything(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
-    """After uninstrument() no span is made and no header is added."""
-    instrument()
-    AiohttpInstrumentor().uninstrument()
-    seen_headers: list[str] = []
-
-    async def handler(request: web.Request) -> web.WebSocketResponse:
-        seen_headers.extend(name.lower() for name in request.headers)
-        return await echo(request)
-
-    async def scenario() -> list[Any]:
-        async with server(handler) as url:
-            return await exchange(url, ["x"])
-
-    assert run(scenario()) == ["x"]
-    assert telemetry.spans == []
-    assert seen_headers and not [h for h in seen_headers if h in ("traceparent", "wstrace-envelope", "wstrace-session")]
-
-
-def test_instrument_twice_is_a_noop(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
-    """Instrumenting twice wraps once: one span per event, not two."""
-    instrument()
-    instrument()
-    assert _roundtrip() == ["ping"]
-    assert len(telemetry.named("GET /chat")) == 2
-    assert len(telemetry.named("receive /chat")) == 2
-    assert len(telemetry.named("send /chat")) == 2
-
-
-def test_no_op_tracer_provider(instrument: Callable[..., None]) -> None:
-    """With a no-op tracer provider nothing is recorded and messages still flow."""
-    instrument(tracer_provider=trace.NoOpTracerProvider())
-    assert _roundtrip() == ["ping"]
-
-
-def test_suppressed_instrumentation(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
-    """Inside suppress_instrumentation() no handshake is traced and nothing is injected."""
-    instrument()
-    with suppress_instrumentation():
-        assert _roundtrip() == ["ping"]
-    assert telemetry.spans == []
 
 
 def test_import_loads_no_aiohttp() -> None:

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 from opentelemetry import trace
-from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 from tornado.httpclient import HTTPClientError, HTTPRequest
@@ -23,6 +22,7 @@ from websockets.asyncio.server import ServerConnection, serve as websockets_serv
 from tests.conftest import Telemetry
 from tests.console import console_spans
 from tests.instrumentation import contract
+from tests.instrumentation.contract import parent_id, span_id, trace_id
 from tests.instrumentation.tornado_app import Echo, binary, exchange, server, until_closed
 from wstrace.instrumentation.tornado import TornadoInstrumentor
 from wstrace.instrumentation.websockets import WebsocketsInstrumentor
@@ -56,18 +56,6 @@ def run(coro: Awaitable[Any], telemetry: Telemetry | None = None) -> Any:
         return result
 
     return asyncio.run(main())
-
-
-def parent_id(span: ReadableSpan) -> int | None:
-    return span.parent.span_id if span.parent else None
-
-
-def span_id(span: ReadableSpan) -> int:
-    return span.get_span_context().span_id
-
-
-def trace_id(span: ReadableSpan) -> int:
-    return span.get_span_context().trace_id
 
 
 def linked_to(span: ReadableSpan, target: ReadableSpan) -> bool:
@@ -629,76 +617,6 @@ def test_subprotocol_context_is_hidden_from_the_application(
         assert f"{trace_id(span):032x}" == trace_hex
         assert span.attributes["wstrace.context.source"] == "subprotocol"
     assert server_hs[0].attributes["websocket.subprotocol"] == "chat.v2"
-
-
-# The standard instrumentor contract -----------------------------------------------------
-
-
-def _roundtrip(telemetry: Telemetry | None = None) -> list[Any]:
-    async def scenario() -> list[Any]:
-        async with server(Echo) as url:
-            return await exchange(url, ["ping"])
-
-    return list(run(scenario(), telemetry))
-
-
-def test_uninstrument_restores_everything(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
-    """After uninstrument() no span is made and no header is added."""
-    instrument()
-    TornadoInstrumentor().uninstrument()
-    seen_headers: list[str] = []
-
-    class Handler(Echo):
-        def open(self) -> None:
-            seen_headers.extend(name.lower() for name in self.request.headers)
-
-    async def scenario() -> list[Any]:
-        async with server(Handler) as url:
-            return await exchange(url, ["x", b"y"])
-
-    assert run(scenario()) == ["x", b"y"]
-    assert telemetry.spans == []
-    assert "host" in seen_headers
-    assert not [h for h in seen_headers if h in ("traceparent", "wstrace-envelope", "wstrace-session")]
-
-
-def test_instrument_twice_is_a_noop(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
-    """Instrumenting twice wraps once: one span per event, not two."""
-    instrument()
-    instrument()
-    assert _roundtrip(telemetry) == ["ping"]
-    assert len(telemetry.named("receive /chat")) == 2
-    assert len(telemetry.named("send /chat")) == 2
-    assert len(telemetry.named("GET /chat")) == 2
-
-
-def test_no_op_tracer_provider(instrument: Callable[..., None]) -> None:
-    """With a no-op tracer provider nothing is recorded and messages still flow."""
-    instrument(tracer_provider=trace.NoOpTracerProvider())
-    assert _roundtrip() == ["ping"]
-
-
-def test_suppressed_instrumentation(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
-    """Inside suppress_instrumentation() the client makes no span and injects nothing; the server still traces."""
-    instrument()
-    seen_headers: list[str] = []
-
-    class Handler(Echo):
-        def open(self) -> None:
-            seen_headers.extend(name.lower() for name in self.request.headers)
-
-    async def scenario() -> list[Any]:
-        async with server(Handler) as url:
-            with suppress_instrumentation():
-                return await exchange(url, ["ping"])
-
-    assert run(scenario(), telemetry) == ["ping"]
-    server_hs = telemetry.one("GET /chat")
-    assert server_hs.kind is SpanKind.SERVER, "no client handshake span"
-    assert server_hs.attributes["websocket.envelope"] == "none"
-    assert not [h for h in seen_headers if h in ("traceparent", "wstrace-envelope", "wstrace-session")]
-    assert all(linked_to(s, server_hs) for s in telemetry.spans if s is not server_hs), "only server spans"
-    assert len(telemetry.named("receive /chat")) == 1
 
 
 # Zero code, and a light import ------------------------------------------------------------

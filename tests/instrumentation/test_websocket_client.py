@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 import websocket
 from opentelemetry import trace
-from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 from websocket import ABNF, WebSocketApp, WebSocketBadStatusException, WebSocketConnectionClosedException
@@ -29,6 +28,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from tests.conftest import Telemetry
 from tests.console import console_spans
 from tests.instrumentation import contract
+from tests.instrumentation.contract import parent_id, span_id, trace_id
 from wstrace.instrumentation.websocket_client import WebsocketClientInstrumentor
 from wstrace.instrumentation.websockets import WebsocketsInstrumentor
 
@@ -101,18 +101,6 @@ def wait_until_closed(telemetry: Telemetry) -> None:
         if not telemetry.open_spans.names():
             return
         time.sleep(0.02)
-
-
-def span_id(span: ReadableSpan) -> int:
-    return span.get_span_context().span_id
-
-
-def parent_id(span: ReadableSpan) -> int | None:
-    return span.parent.span_id if span.parent else None
-
-
-def trace_id(span: ReadableSpan) -> int:
-    return span.get_span_context().trace_id
 
 
 def side(telemetry: Telemetry, kind: SpanKind, route: str = "/chat") -> ReadableSpan:
@@ -585,61 +573,7 @@ def test_connection_model_one_trace(telemetry: Telemetry, instrument: Callable[.
     contract.no_open_spans(telemetry)
 
 
-# The standard instrumentor contract --------------------------------------------------------
-
-
-def _roundtrip(url: str) -> list[Any]:
-    ws = websocket.create_connection(url, timeout=5)
-    try:
-        ws.send("ping")
-        return [ws.recv()]
-    finally:
-        ws.close()
-
-
-def test_uninstrument_restores_everything(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
-    """After uninstrument() the client makes no span and adds no header; the methods are the originals."""
-    instrument()
-    WebsocketClientInstrumentor().uninstrument()
-    seen: list[dict[str, list[str]]] = []
-
-    with ws_server(_recording_server(seen)) as url:
-        assert _roundtrip(url) == ["ping"]
-    assert not [h for h in seen[0] if h in WSTRACE_HEADERS]
-    # Only the (still instrumented) server's spans: its handshake, its receive, its echo, its close.
-    assert sorted(s.kind.name for s in telemetry.spans) == ["CONSUMER", "INTERNAL", "PRODUCER", "SERVER"]
-    for name in ("connect", "send_frame", "recv_data_frame", "close", "shutdown"):
-        assert not hasattr(getattr(websocket.WebSocket, name), "__wrapped__"), name
-    assert not hasattr(websocket._app.Dispatcher.read, "__wrapped__")
-
-
-def test_instrument_twice_is_a_noop(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
-    """Instrumenting twice wraps once: one client span per event, not two."""
-    instrument()
-    instrument()
-    with ws_server(echo) as url:
-        assert _roundtrip(url) == ["ping"]
-    assert len([s for s in telemetry.named("GET /chat") if s.kind is SpanKind.CLIENT]) == 1
-    assert len(telemetry.named("send /chat")) == 2  # the client's and the server's echo
-    assert len(telemetry.named("receive /chat")) == 2
-
-
-def test_no_op_tracer_provider(instrument: Callable[..., None]) -> None:
-    """With a no-op tracer provider nothing is recorded and messages still flow."""
-    instrument(tracer_provider=trace.NoOpTracerProvider())
-    with ws_server(echo) as url:
-        assert _roundtrip(url) == ["ping"]
-
-
-def test_suppressed_instrumentation(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
-    """Inside suppress_instrumentation() the client makes no span and injects nothing."""
-    instrument()
-    seen: list[dict[str, list[str]]] = []
-    with ws_server(_recording_server(seen)) as url, suppress_instrumentation():
-        assert _roundtrip(url) == ["ping"]
-    assert not [h for h in seen[0] if h in WSTRACE_HEADERS]
-    assert not [s for s in telemetry.spans if s.kind is SpanKind.CLIENT]
-    assert len(telemetry.named("send /chat")) == 1  # the server's echo only
+# Instrumenting late (the standard instrumentor contract is in test_instrumentors.py) ---------------
 
 
 def test_connection_opened_before_instrument_passes_through(

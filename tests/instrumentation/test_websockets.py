@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 from opentelemetry import trace
-from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import SpanKind, StatusCode
@@ -22,6 +21,7 @@ from websockets.sync.server import serve as sync_serve
 
 from tests.conftest import Telemetry
 from tests.instrumentation import contract
+from tests.instrumentation.contract import parent_id, span_id, trace_id
 from wstrace.instrumentation.websockets import WebsocketsInstrumentor
 
 
@@ -68,18 +68,6 @@ async def exchange(url: str, payloads: list[str | bytes]) -> list[Any]:
             await ws.send(payload)
             replies.append(await ws.recv())
         return replies
-
-
-def parent_id(span: ReadableSpan) -> int | None:
-    return span.parent.span_id if span.parent else None
-
-
-def span_id(span: ReadableSpan) -> int:
-    return span.get_span_context().span_id
-
-
-def trace_id(span: ReadableSpan) -> int:
-    return span.get_span_context().trace_id
 
 
 def linked_to(span: ReadableSpan, target: ReadableSpan) -> bool:
@@ -461,59 +449,7 @@ def test_sync_client_and_server(telemetry: Telemetry, instrument: Callable[..., 
     assert len(telemetry.named("close /sync")) == 2
 
 
-# The standard instrumentor contract ---------------------------------------------------
-
-
-def _roundtrip() -> list[Any]:
-    async def scenario() -> list[Any]:
-        async with server(echo) as url, connect(url) as ws:
-            await ws.send("ping")
-            return [await ws.recv()]
-
-    return list(run(scenario()))
-
-
-def test_uninstrument_restores_everything(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
-    """After uninstrument() no span is made and no header is added."""
-    instrument()
-    WebsocketsInstrumentor().uninstrument()
-    seen_headers: list[Any] = []
-
-    def process_request(connection: ServerConnection, request: Any) -> None:
-        seen_headers.extend(name.lower() for name in request.headers)
-
-    async def scenario() -> None:
-        async with serve(echo, "127.0.0.1", 0, process_request=process_request) as srv:
-            async with connect(f"ws://127.0.0.1:{srv.sockets[0].getsockname()[1]}/") as ws:
-                await ws.send("x")
-                assert await ws.recv() == "x"
-
-    run(scenario())
-    assert telemetry.spans == []
-    assert not [h for h in seen_headers if h in ("traceparent", "wstrace-envelope", "wstrace-session")]
-
-
-def test_instrument_twice_is_a_noop(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
-    """Instrumenting twice wraps once: one span per event, not two."""
-    instrument()
-    instrument()
-    assert _roundtrip() == ["ping"]
-    assert len(telemetry.named("receive /chat")) == 2
-    assert len(telemetry.named("send /chat")) == 2
-
-
-def test_no_op_tracer_provider(instrument: Callable[..., None]) -> None:
-    """With a no-op tracer provider nothing is recorded and messages still flow."""
-    instrument(tracer_provider=trace.NoOpTracerProvider())
-    assert _roundtrip() == ["ping"]
-
-
-def test_suppressed_instrumentation(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
-    """Inside suppress_instrumentation() the client makes no span and injects nothing."""
-    instrument()
-    with suppress_instrumentation():
-        assert _roundtrip() == ["ping"]
-    assert not [s for s in telemetry.spans if s.kind is SpanKind.CLIENT or s.name.startswith("send")]
+# The shared span contract (the standard instrumentor contract is in test_instrumentors.py) ----------
 
 
 def test_shared_contract(telemetry: Telemetry, instrument: Callable[..., None]) -> None:

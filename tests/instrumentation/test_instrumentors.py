@@ -1,0 +1,366 @@
+"""The standard instrumentor contract, held to by every adapter over a real loopback round trip.
+
+Each case drives its library's own client and server (the clients of ``test_interop``, the servers of the
+shared helper modules) through: ``uninstrument()`` restores everything, instrumenting twice wraps once, a no-op
+tracer provider records nothing, and ``suppress_instrumentation()`` silences the end it surrounds.
+
+websocket-client has no server: its peer is a websockets server instrumented by ``WebsocketsInstrumentor`` (the
+case's ``peer``), whose spans show that only the client end is affected. The Starlette instrumentor has no
+client: its peer is a bare websockets client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+import websocket
+import websockets.asyncio.client
+import websockets.asyncio.connection
+import websockets.asyncio.server
+import websockets.sync.client
+import websockets.sync.server
+from aiohttp import web
+from fastapi import FastAPI
+from opentelemetry import trace
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
+from opentelemetry.instrumentation.utils import suppress_instrumentation
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import SpanKind
+from starlette.applications import Starlette
+from tornado import websocket as tornado_websocket
+
+from tests.conftest import Telemetry
+from tests.instrumentation import aiohttp_app, contract, tornado_app, uvicorn_server
+from tests.instrumentation.test_interop import CLIENTS
+from wstrace.instrumentation.aiohttp import AiohttpInstrumentor
+from wstrace.instrumentation.starlette import StarletteInstrumentor
+from wstrace.instrumentation.tornado import TornadoInstrumentor
+from wstrace.instrumentation.websocket_client import WebsocketClientInstrumentor
+from wstrace.instrumentation.websockets import WebsocketsInstrumentor
+
+
+ROUTE = "/chat"
+PAYLOADS: list[str | bytes] = ["ping", b"\x00pong"]
+TYPES = ["binary" if isinstance(p, bytes) else "text" for p in PAYLOADS]
+WSTRACE_HEADERS = frozenset({"traceparent", "wstrace-envelope", "wstrace-session"})
+CLIENT, SERVER = SpanKind.CLIENT, SpanKind.SERVER
+
+
+@dataclass
+class Seen:
+    """The handshake header names one server received and answered with (lower case)."""
+
+    request: set[str] = field(default_factory=set)
+    response: set[str] = field(default_factory=set)
+
+    def record(self, request: Iterable[str | bytes], response: Iterable[str | bytes]) -> None:
+        self.request.update(_name(n) for n in request)
+        self.response.update(_name(n) for n in response)
+
+
+def _name(name: str | bytes) -> str:
+    return (name.decode("latin-1") if isinstance(name, bytes) else name).lower()
+
+
+Server = Callable[[Seen, bool], AbstractAsyncContextManager[str]]
+"""Starts an echo server on ROUTE that records into ``Seen``; ``True``: its connections run suppressed."""
+
+
+def in_loop(start: Callable[[Seen], AbstractAsyncContextManager[str]]) -> Server:
+    """A server in the test's event loop: what it accepts runs in the context it was started in."""
+
+    @asynccontextmanager
+    async def server(seen: Seen, suppressed: bool) -> AsyncIterator[str]:
+        async with AsyncExitStack() as stack:
+            with suppress_instrumentation() if suppressed else nullcontext():
+                url = await stack.enter_async_context(start(seen))
+            yield url
+
+    return server
+
+
+@in_loop
+@asynccontextmanager
+async def websockets_server(seen: Seen) -> AsyncIterator[str]:
+    async def echo(ws: websockets.asyncio.server.ServerConnection) -> None:
+        assert ws.request is not None and ws.response is not None
+        seen.record(ws.request.headers, ws.response.headers)
+        async for message in ws:
+            await ws.send(message)
+
+    async with websockets.asyncio.server.serve(echo, "127.0.0.1", 0) as srv:
+        yield f"ws://127.0.0.1:{srv.sockets[0].getsockname()[1]}{ROUTE}"
+
+
+@in_loop
+def aiohttp_server(seen: Seen) -> AbstractAsyncContextManager[str]:
+    async def echo(request: web.Request) -> web.StreamResponse:
+        ws = await aiohttp_app.echo(request)
+        seen.record(request.headers, ws.headers)
+        return ws
+
+    return aiohttp_app.server(echo, ROUTE)
+
+
+@in_loop
+def tornado_server(seen: Seen) -> AbstractAsyncContextManager[str]:
+    class Echo(tornado_app.Echo):
+        def open(self) -> None:
+            seen.record(self.request.headers, self._headers)  # the 101's headers, as sent
+
+    return tornado_app.server(Echo, ROUTE)
+
+
+def uvicorn(app: Callable[[], Any]) -> Server:
+    """``app()`` under a real uvicorn (in a thread of its own: suppressed by wrapping the ASGI app)."""
+
+    @asynccontextmanager
+    async def server(seen: Seen, suppressed: bool) -> AsyncIterator[str]:
+        inner = app()
+
+        async def outer(scope: Any, receive: Any, send: Any) -> None:
+            async def sending(message: Any) -> None:
+                if message["type"] == "websocket.accept":
+                    seen.record((n for n, _ in scope["headers"]), (n for n, _ in message.get("headers", ())))
+                await send(message)
+
+            with suppress_instrumentation() if suppressed else nullcontext():
+                await inner(scope, receive, sending)
+
+        with uvicorn_server.serve(outer) as base:
+            yield base + ROUTE
+
+    return server
+
+
+def fastapi_app() -> FastAPI:
+    app = FastAPI(telemetry={"tracing": False, "metrics": False, "logs": False})  # FastAPI's own spans: off
+    app.add_api_websocket_route(ROUTE, uvicorn_server.echo)
+    return app
+
+
+@dataclass(frozen=True)
+class Case:
+    instrumentor: type[BaseInstrumentor]
+    server: Server
+    client: str
+    """A key of test_interop's CLIENTS."""
+    traces: tuple[SpanKind, ...]
+    """The ends of a connection the instrumentor traces."""
+    patched: tuple[tuple[Any, str], ...]
+    """Attributes it wraps while instrumented and must restore."""
+    peer: type[BaseInstrumentor] | None = None
+    """Instruments the other end, a server (websocket-client has none of its own)."""
+
+    @property
+    def ends(self) -> tuple[SpanKind, ...]:
+        return (*self.traces, SERVER) if self.peer else self.traces
+
+
+CASES = {
+    "websockets": Case(
+        WebsocketsInstrumentor,
+        websockets_server,
+        "websockets-asyncio",
+        (CLIENT, SERVER),
+        (
+            (websockets.asyncio.client.ClientConnection, "handshake"),
+            (websockets.asyncio.server.ServerConnection, "handshake"),
+            (websockets.sync.client.ClientConnection, "handshake"),
+            (websockets.sync.server.ServerConnection, "handshake"),
+            (websockets.asyncio.connection.Connection, "send"),
+            (websockets.asyncio.connection.Connection, "recv"),
+        ),
+    ),
+    "aiohttp": Case(
+        AiohttpInstrumentor,
+        aiohttp_server,
+        "aiohttp",
+        (CLIENT, SERVER),
+        (
+            (aiohttp.ClientSession, "_ws_connect"),
+            (web.WebSocketResponse, "prepare"),
+            (aiohttp.ClientWebSocketResponse, "send_str"),
+            (web.WebSocketResponse, "receive"),
+        ),
+    ),
+    "tornado": Case(
+        TornadoInstrumentor,
+        tornado_server,
+        "tornado",
+        (CLIENT, SERVER),
+        (
+            (tornado_websocket.WebSocketHandler, "get"),
+            (tornado_websocket.WebSocketClientConnection, "__init__"),
+            (tornado_websocket.WebSocketProtocol13, "write_message"),
+            (tornado_websocket.WebSocketClientConnection, "read_message"),
+        ),
+    ),
+    "websocket-client": Case(
+        WebsocketClientInstrumentor,
+        websockets_server,
+        "websocket-client",
+        (CLIENT,),
+        (
+            *((websocket.WebSocket, n) for n in ("connect", "send_frame", "recv_data_frame", "close", "shutdown")),
+            (websocket._app.Dispatcher, "read"),
+        ),
+        peer=WebsocketsInstrumentor,
+    ),
+    "starlette": Case(
+        StarletteInstrumentor,
+        uvicorn(uvicorn_server.starlette_app),
+        "websockets-asyncio",
+        (SERVER,),
+        ((Starlette, "build_middleware_stack"), (FastAPI, "build_middleware_stack")),
+    ),
+    "fastapi": Case(
+        StarletteInstrumentor,
+        uvicorn(fastapi_app),
+        "websockets-asyncio",
+        (SERVER,),
+        ((Starlette, "build_middleware_stack"), (FastAPI, "build_middleware_stack")),
+    ),
+}
+
+
+@pytest.fixture(params=list(CASES))
+def case(request: pytest.FixtureRequest) -> Case:
+    return CASES[request.param]
+
+
+@pytest.fixture
+def instrument(case: Case, telemetry: Telemetry) -> Iterator[Callable[..., None]]:
+    """Instruments the case's instrumentor (and its peer's) with the same options."""
+    instrumentors = [case.instrumentor(), *([case.peer()] if case.peer else [])]
+
+    def do(**options: Any) -> None:
+        options.setdefault("tracer_provider", telemetry.provider)
+        for instrumentor in instrumentors:
+            instrumentor.instrument(**options)
+
+    yield do
+    for instrumentor in instrumentors:
+        instrumentor.uninstrument()
+
+
+def roundtrip(case: Case, telemetry: Telemetry, suppressed: Collection[SpanKind] = ()) -> Seen:
+    """PAYLOADS from the case's client to its server and back; ``suppressed``: the ends to run suppressed."""
+    seen = Seen()
+
+    async def scenario() -> list[Any]:
+        async with case.server(seen, SERVER in suppressed) as url:
+            with suppress_instrumentation() if CLIENT in suppressed else nullcontext():
+                replies = await CLIENTS[case.client](url, PAYLOADS)
+            await settle(telemetry)
+        await settle(telemetry)
+        return replies
+
+    assert asyncio.run(scenario()) == PAYLOADS
+    assert "host" in seen.request, "the server saw the handshake"
+    return seen
+
+
+async def settle(telemetry: Telemetry) -> None:
+    """Both ends record their close a moment after the replies are back."""
+    for _ in range(150):
+        await asyncio.sleep(0.02)
+        if not telemetry.open_spans.names():
+            return
+
+
+def end(telemetry: Telemetry, kind: SpanKind) -> list[ReadableSpan]:
+    """Every span one end recorded (message model): its one handshake, then its messages, each linked to it."""
+    handshake = contract.handshake(telemetry, ROUTE, kind)
+    contract.messages(telemetry, ROUTE, "send", handshake, TYPES)
+    contract.messages(telemetry, ROUTE, "receive", handshake, TYPES)
+    own = contract.span_id(handshake)
+    return [handshake, *(s for s in telemetry.spans if any(link.context.span_id == own for link in s.links))]
+
+
+def only(telemetry: Telemetry, kinds: Collection[SpanKind]) -> list[ReadableSpan]:
+    """The handshakes of the ``kinds`` ends, checked: those ends, and nothing else, recorded the round trip."""
+    spans = [span for kind in kinds for span in end(telemetry, kind)]
+    assert sorted(contract.span_id(s) for s in spans) == sorted(contract.span_id(s) for s in telemetry.spans)
+    assert len(telemetry.named(f"GET {ROUTE}")) == len(kinds)
+    assert len(telemetry.named(f"send {ROUTE}")) == len(kinds) * len(PAYLOADS)
+    assert len(telemetry.named(f"receive {ROUTE}")) == len(kinds) * len(PAYLOADS)
+    return [s for s in spans if s.name == f"GET {ROUTE}"]
+
+
+def wrapped(owner: Any, name: str) -> bool:
+    return hasattr(getattr(owner, name), "__wrapped__")
+
+
+def test_uninstrument_restores_everything(case: Case, telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """After uninstrument() the originals are back, no span is made and no header is added."""
+    instrument()
+    assert [f"{o.__name__}.{n}" for o, n in case.patched if not wrapped(o, n)] == []
+    case.instrumentor().uninstrument()
+    assert [f"{o.__name__}.{n}" for o, n in case.patched if wrapped(o, n)] == []
+
+    seen = roundtrip(case, telemetry)
+    if CLIENT in case.traces:
+        assert not WSTRACE_HEADERS & seen.request
+    if SERVER in case.traces:
+        assert not WSTRACE_HEADERS & seen.response
+    # Only the still instrumented peer's spans: its handshake, its receives, its echoes, its close.
+    expected = [SERVER, *[SpanKind.CONSUMER, SpanKind.PRODUCER] * len(PAYLOADS), SpanKind.INTERNAL] if case.peer else []
+    assert sorted(s.kind.name for s in telemetry.spans) == sorted(k.name for k in expected)
+
+
+def test_instrument_twice_is_a_noop(case: Case, telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """Instrumenting twice wraps once: one handshake, send and receive span per event and end, not two."""
+    instrument()
+    instrument()
+    seen = roundtrip(case, telemetry)
+    only(telemetry, case.ends)
+    if CLIENT in case.traces:
+        assert {"traceparent", "wstrace-envelope"} <= seen.request
+    if SERVER in case.traces:
+        assert "wstrace-session" in seen.response
+
+
+def test_no_op_tracer_provider(case: Case, telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """With a no-op tracer provider nothing is recorded and messages still flow."""
+    instrument(tracer_provider=trace.NoOpTracerProvider())
+    seen = roundtrip(case, telemetry)
+    assert telemetry.spans == []
+    # The protocol still runs; only telemetry is off.
+    if CLIENT in case.traces:
+        assert {"wstrace-envelope", "wstrace-session"} <= seen.request
+    if SERVER in case.traces:
+        assert "wstrace-session" in seen.response
+
+
+SUPPRESSED = {"client": (CLIENT,), "server": (SERVER,), "both": (CLIENT, SERVER)}
+
+
+@pytest.mark.parametrize(
+    ("case", "where"),
+    [
+        pytest.param(CASES[name], where, id=f"{name}-{where}")
+        for name in CASES
+        for where, kinds in SUPPRESSED.items()
+        if set(kinds) <= set(CASES[name].traces)
+    ],
+)
+def test_suppressed_instrumentation(
+    case: Case, where: str, telemetry: Telemetry, instrument: Callable[..., None]
+) -> None:
+    """An end inside suppress_instrumentation() makes no span and adds no header; the other end still traces."""
+    instrument()
+    suppressed = SUPPRESSED[where]
+    seen = roundtrip(case, telemetry, suppressed)
+    if CLIENT in suppressed:
+        assert not WSTRACE_HEADERS & seen.request
+    if SERVER in suppressed:
+        assert not WSTRACE_HEADERS & seen.response
+    for handshake in only(telemetry, [kind for kind in case.ends if kind not in suppressed]):
+        assert (handshake.attributes or {})["websocket.envelope"] == "none"
