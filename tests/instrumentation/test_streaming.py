@@ -12,14 +12,14 @@ import asyncio
 import itertools
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
 from opentelemetry.trace import SpanKind, StatusCode
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
 
 from tests.conftest import Telemetry
@@ -64,6 +64,28 @@ def metric_points(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
     return found
 
 
+Handler = Callable[[ServerConnection], Awaitable[None]]
+Client = Callable[[ClientConnection], Awaitable[Any]]
+
+
+async def echo(ws: ServerConnection) -> None:
+    async for message in ws:
+        await ws.send(message)
+
+
+def talk(handler: Handler, route: str, client: Client) -> Any:
+    """Serve ``handler`` on loopback, run ``client`` on a connection to ``route``, and let both ends close."""
+
+    async def scenario() -> Any:
+        async with serve(handler, "127.0.0.1", 0) as srv:
+            async with connect(f"ws://127.0.0.1:{srv.sockets[0].getsockname()[1]}{route}") as ws:
+                result = await client(ws)
+            await asyncio.sleep(0.05)
+        return result
+
+    return asyncio.run(scenario())
+
+
 GAPS = [0.03, 0.01, 0.02, 0.12, 0.01]  # seconds between chunks; one stall over 0.1 s
 
 
@@ -90,20 +112,17 @@ def test_stream_timings_match_measured_brackets(
 
     client_marks: dict[str, Any] = {}
 
-    async def scenario() -> None:
-        async with serve(handler, "127.0.0.1", 0) as srv:
-            async with connect(f"ws://127.0.0.1:{srv.sockets[0].getsockname()[1]}/stream") as ws:
-                client_marks["send_before"] = time.monotonic_ns()
-                await ws.send("go")
-                client_marks["send_after"] = time.monotonic_ns()
-                arrivals = []
-                for _ in sizes:
-                    await ws.recv()
-                    arrivals.append(time.monotonic_ns())
-                client_marks["arrivals"] = arrivals
-            await asyncio.sleep(0.05)
+    async def client(ws: ClientConnection) -> None:
+        client_marks["send_before"] = time.monotonic_ns()
+        await ws.send("go")
+        client_marks["send_after"] = time.monotonic_ns()
+        arrivals = []
+        for _ in sizes:
+            await ws.recv()
+            arrivals.append(time.monotonic_ns())
+        client_marks["arrivals"] = arrivals
 
-    asyncio.run(scenario())
+    talk(handler, "/stream", client)
     server_stream = next(s for s in telemetry.named("send /stream") if s.attributes.get("wstrace.stream.chunk_count"))
     attributes = server_stream.attributes
     assert attributes["wstrace.stream.chunk_count"] == len(sizes)
@@ -188,21 +207,18 @@ def test_interleaved_streams_paired_by_key(telemetry: Telemetry, instrument: Cal
         await asyncio.gather(*tasks)
         await ws.wait_closed()
 
-    async def scenario() -> dict[int, int]:
+    async def client(ws: ClientConnection) -> dict[int, int]:
         counts = {1: 0, 2: 0}
-        async with serve(handler, "127.0.0.1", 0) as srv:
-            async with connect(f"ws://127.0.0.1:{srv.sockets[0].getsockname()[1]}/multi") as ws:
-                await ws.send(json.dumps({"id": 1, "chunks": 6}))
-                await ws.send(json.dumps({"id": 2, "chunks": 3}))
-                done = 0
-                while done < 2:
-                    message = json.loads(await ws.recv())
-                    counts[message["id"]] += 1
-                    done += bool(message.get("done"))
-            await asyncio.sleep(0.05)
+        await ws.send(json.dumps({"id": 1, "chunks": 6}))
+        await ws.send(json.dumps({"id": 2, "chunks": 3}))
+        done = 0
+        while done < 2:
+            message = json.loads(await ws.recv())
+            counts[message["id"]] += 1
+            done += bool(message.get("done"))
         return counts
 
-    assert asyncio.run(scenario()) == {1: 7, 2: 4}
+    assert talk(handler, "/multi", client) == {1: 7, 2: 4}
     streams = [s for s in telemetry.spans if "wstrace.stream.chunk_count" in (s.attributes or {})]
     server = {s.attributes["wstrace.stream.chunk_count"]: s for s in streams if s.kind is SpanKind.PRODUCER}
     client = {s.attributes["wstrace.stream.chunk_count"]: s for s in streams if s.kind is SpanKind.CONSUMER}
@@ -278,16 +294,13 @@ def test_one_message_reply_records_only_its_response_time(
             for _ in range(1 if message == "one" else 3):
                 await ws.send(message)
 
-    async def scenario() -> None:
-        async with serve(handler, "127.0.0.1", 0) as srv:
-            async with connect(f"ws://127.0.0.1:{srv.sockets[0].getsockname()[1]}/r") as ws:
-                for request, replies in (("one", 1), ("one", 1), ("three", 3)):
-                    await ws.send(request)
-                    for _ in range(replies):
-                        await ws.recv()
-            await asyncio.sleep(0.05)
+    async def client(ws: ClientConnection) -> None:
+        for request, replies in (("one", 1), ("one", 1), ("three", 3)):
+            await ws.send(request)
+            for _ in range(replies):
+                await ws.recv()
 
-    asyncio.run(scenario())
+    talk(handler, "/r", client)
     points = metric_points(meter)
 
     def count(name: str, direction: str) -> int:
@@ -314,21 +327,14 @@ def test_connection_metrics(telemetry: Telemetry, instrument: Callable[..., None
     """Active connections, handshake and connection durations, message counts and close codes are recorded."""
     instrument()
 
-    async def handler(ws: ServerConnection) -> None:
-        async for message in ws:
-            await ws.send(message)
+    async def client(ws: ClientConnection) -> None:
+        for payload in ("a", b"bb", "ccc"):
+            await ws.send(payload)
+            await ws.recv()
+        during = metric_points(meter)["wstrace.connection.active"]
+        assert sum(p.value for _, p in during) == 2  # both ends are open
 
-    async def scenario() -> None:
-        async with serve(handler, "127.0.0.1", 0) as srv:
-            async with connect(f"ws://127.0.0.1:{srv.sockets[0].getsockname()[1]}/m") as ws:
-                for payload in ("a", b"bb", "ccc"):
-                    await ws.send(payload)
-                    await ws.recv()
-                during = metric_points(meter)["wstrace.connection.active"]
-                assert sum(p.value for _, p in during) == 2  # both ends are open
-            await asyncio.sleep(0.05)
-
-    asyncio.run(scenario())
+    talk(echo, "/m", client)
     points = metric_points(meter)
     assert sum(p.value for _, p in points["wstrace.connection.active"]) == 0
     durations = points["wstrace.connection.duration"]
@@ -363,15 +369,12 @@ def test_chunk_spans_option(telemetry: Telemetry, instrument: Callable[..., None
             await ws.send(f"c{n}")
         await ws.wait_closed()
 
-    async def scenario() -> None:
-        async with serve(handler, "127.0.0.1", 0) as srv:
-            async with connect(f"ws://127.0.0.1:{srv.sockets[0].getsockname()[1]}/c") as ws:
-                await ws.send("go")
-                for _ in range(3):
-                    await ws.recv()
-            await asyncio.sleep(0.05)
+    async def client(ws: ClientConnection) -> None:
+        await ws.send("go")
+        for _ in range(3):
+            await ws.recv()
 
-    asyncio.run(scenario())
+    talk(handler, "/c", client)
     stream = next(s for s in telemetry.named("send /c") if s.attributes.get("wstrace.stream.chunk_count") == 3)
     chunks = [s for s in telemetry.named("send /c") if parent_id(s) == span_id(stream)]
     assert [c.attributes["websocket.message.ordinal"] for c in chunks] == [1, 2, 3]
@@ -392,15 +395,12 @@ def test_metrics_option_off_records_no_metric(
             await ws.send(message)
             await ws.send(message)
 
-    async def scenario() -> None:
-        async with serve(handler, "127.0.0.1", 0) as srv:
-            async with connect(f"ws://127.0.0.1:{srv.sockets[0].getsockname()[1]}/quiet") as ws:
-                await ws.send("ping")
-                await ws.recv()
-                await ws.recv()
-            await asyncio.sleep(0.05)
+    async def client(ws: ClientConnection) -> None:
+        await ws.send("ping")
+        await ws.recv()
+        await ws.recv()
 
-    asyncio.run(scenario())
+    talk(handler, "/quiet", client)
     assert metric_points(meter) == {}
     streams = [s for s in telemetry.spans if (s.attributes or {}).get("wstrace.stream.chunk_count") == 2]
     assert {s.kind for s in streams} == {SpanKind.PRODUCER, SpanKind.CONSUMER}
@@ -412,18 +412,11 @@ def test_stream_histogram_exemplars_point_at_the_stream_span(
     """A reply ends where no span is current (its handler asks for the next message), yet its exemplar links to it."""
     instrument()
 
-    async def handler(ws: ServerConnection) -> None:
-        async for message in ws:
-            await ws.send(message)
+    async def client(ws: ClientConnection) -> None:
+        await ws.send("ping")
+        await ws.recv()
 
-    async def scenario() -> None:
-        async with serve(handler, "127.0.0.1", 0) as srv:
-            async with connect(f"ws://127.0.0.1:{srv.sockets[0].getsockname()[1]}/ex") as ws:
-                await ws.send("ping")
-                await ws.recv()
-            await asyncio.sleep(0.05)
-
-    asyncio.run(scenario())
+    talk(echo, "/ex", client)
     stream_spans = {
         span_id(s): s
         for s in telemetry.spans
@@ -466,14 +459,12 @@ def test_reply_stream_ends_when_the_last_task_holding_its_message_ends(
             if s.kind is SpanKind.PRODUCER and s.attributes.get("wstrace.stream.chunk_count") == 1
         ]
 
-    async def scenario() -> None:
-        async with serve(handler, "127.0.0.1", 0) as srv:
-            async with connect(f"ws://127.0.0.1:{srv.sockets[0].getsockname()[1]}/held") as ws:
-                await ws.send("hi")
-                await ws.recv()
-                await asyncio.sleep(0.02)
-                assert reply_streams() == [], "the task still holds the message: more replies are possible"
-                await asyncio.sleep(0.2)
-                assert len(reply_streams()) == 1, "the task is done: the stream has ended, the connection is open"
+    async def client(ws: ClientConnection) -> None:
+        await ws.send("hi")
+        await ws.recv()
+        await asyncio.sleep(0.02)
+        assert reply_streams() == [], "the task still holds the message: more replies are possible"
+        await asyncio.sleep(0.2)
+        assert len(reply_streams()) == 1, "the task is done: the stream has ended, the connection is open"
 
-    asyncio.run(scenario())
+    talk(handler, "/held", client)
