@@ -73,33 +73,7 @@ def linked_to(span: ReadableSpan, target: ReadableSpan) -> bool:
     return any(link.context.span_id == span_id(target) for link in span.links)
 
 
-# The shared contract and the models ---------------------------------------------
-
-
-def test_shared_contract(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
-    """aiohttp client and server meet the span contract, text and binary, in both directions."""
-    instrument(model="message", envelope="negotiate")
-    payloads: list[str | bytes] = ["text", b"\x00binary"]
-
-    async def scenario() -> list[Any]:
-        async with server(echo) as url:
-            return await exchange(url, payloads)
-
-    assert run(scenario()) == payloads
-    client_hs = contract.handshake(telemetry, "/chat", SpanKind.CLIENT)
-    server_hs = contract.handshake(telemetry, "/chat", SpanKind.SERVER)
-    assert client_hs.attributes["websocket.envelope"] == server_hs.attributes["websocket.envelope"] == "frame"
-    types = ["text", "binary"]
-    client_sends = contract.messages(telemetry, "/chat", "send", client_hs, types)
-    server_receives = contract.messages(telemetry, "/chat", "receive", server_hs, types)
-    server_sends = contract.messages(telemetry, "/chat", "send", server_hs, types)
-    client_receives = contract.messages(telemetry, "/chat", "receive", client_hs, types)
-    contract.continued(client_sends, server_receives)
-    contract.continued(server_sends, client_receives)
-    contract.no_open_spans(telemetry)
-    assert server_hs.attributes["client.address"] == "127.0.0.1"
-    assert isinstance(server_hs.attributes["server.port"], int)
-    assert client_hs.attributes["server.address"] == "127.0.0.1"
+# Models ---------------------------------------------------------------------------
 
 
 def test_connection_model_one_trace(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
@@ -302,45 +276,6 @@ def test_json_envelope(telemetry: Telemetry, instrument: Callable[..., None]) ->
     client_send = telemetry.named("send /chat")[0]
     server_receive = next(s for s in telemetry.named("receive /chat") if parent_id(s) == span_id(client_send))
     assert server_receive.kind is SpanKind.CONSUMER
-
-
-# Peers of another library ---------------------------------------------------------
-
-
-def test_instrumented_client_against_bare_server(
-    telemetry: Telemetry, instrument: Callable[..., None], bare_server: Any
-) -> None:
-    """An un-instrumented websockets server gets identical payloads; the handshake still carries context."""
-    instrument(envelope="negotiate")
-    payloads: list[str | bytes] = ["hello", b"\x00\x01", "\x1ewt1\x1e", '{"x":[1,2]}']
-    peer = bare_server()
-
-    assert run(exchange(peer.url, payloads)) == payloads
-    assert peer.received() == payloads
-    client_hs = contract.handshake(telemetry, "/chat", SpanKind.CLIENT)
-    assert client_hs.attributes["websocket.envelope"] == "none"
-    traceparent = peer.opened()["traceparent"]
-    assert traceparent.split("-")[1] == f"{trace_id(client_hs):032x}"
-    assert len(telemetry.named("receive /chat")) == len(payloads)
-    contract.no_open_spans(telemetry)
-
-
-def test_bare_client_against_instrumented_server(
-    telemetry: Telemetry, instrument: Callable[..., None], bare_client: Any
-) -> None:
-    """An un-instrumented websockets client gets identical messages back from an instrumented aiohttp server."""
-    instrument(envelope="negotiate")
-    payloads: list[str | bytes] = ["hello", b"\x00\x01", "\x1ewt1\x1e"]
-
-    async def scenario() -> list[Any]:
-        async with server(echo) as url:
-            return await asyncio.to_thread(bare_client, url, payloads)
-
-    assert run(scenario()) == payloads
-    server_hs = contract.handshake(telemetry, "/chat", SpanKind.SERVER)
-    assert server_hs.attributes["websocket.envelope"] == "none"
-    contract.messages(telemetry, "/chat", "receive", server_hs, ["text", "binary", "text"])
-    contract.no_open_spans(telemetry)
 
 
 def test_subprotocol_token_carries_context_and_is_echoed(telemetry: Telemetry, instrument: Callable[..., None]) -> None:

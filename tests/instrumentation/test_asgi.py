@@ -431,19 +431,7 @@ def test_connection_model_one_trace(telemetry: Telemetry, instrument_client: Cal
     contract.no_open_spans(telemetry)
 
 
-# Peers, pass-through and the instrumentor-independent contract ------------------------------
-
-
-def test_bare_client_against_instrumented_server(telemetry: Telemetry, bare_client: Any) -> None:
-    """An un-instrumented websockets client gets byte-identical replies; the server falls back to plain frames."""
-    payloads: list[str | bytes] = ["hello", b"\x00\x01", "\x1ewt1\x1e", b"\x1ewt\x01\x00\x00"]
-    with serve(traced(starlette_app(), telemetry)) as base:
-        assert bare_client(f"{base}/chat", payloads) == payloads
-        settle(telemetry)
-    server_hs = contract.handshake(telemetry, "/chat", SpanKind.SERVER)
-    assert server_hs.attributes["websocket.envelope"] == "none"
-    contract.messages(telemetry, "/chat", "receive", server_hs, ["text", "binary", "text", "binary"])
-    contract.no_open_spans(telemetry)
+# Pass-through and the instrumentor-independent contract ------------------------------------
 
 
 def test_http_and_lifespan_pass_through(telemetry: Telemetry) -> None:

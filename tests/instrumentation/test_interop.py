@@ -199,6 +199,9 @@ def test_pair(instrumented: Telemetry, meter: InMemoryMetricReader, client: str,
     assert contract.parent_id(server_hs) == contract.span_id(client_hs), "handshake context was not carried"
     assert client_hs.attributes["websocket.envelope"] == server_hs.attributes["websocket.envelope"] == "frame"
     assert client_hs.attributes["websocket.session.id"] == server_hs.attributes["websocket.session.id"]
+    assert server_hs.attributes["client.address"] == "127.0.0.1"
+    assert isinstance(server_hs.attributes["server.port"], int)
+    assert client_hs.attributes["server.address"] == "127.0.0.1"
     client_sends = contract.messages(telemetry, ROUTE, "send", client_hs, TYPES)
     server_receives = contract.messages(telemetry, ROUTE, "receive", server_hs, TYPES)
     server_sends = contract.messages(telemetry, ROUTE, "send", server_hs, TYPES)

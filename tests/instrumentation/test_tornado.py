@@ -66,32 +66,6 @@ def handshake(telemetry: Telemetry, kind: SpanKind, route: str = "/chat") -> Rea
     return next(s for s in telemetry.named(f"GET {route}") if s.kind is kind)
 
 
-# The shared contract -------------------------------------------------------------
-
-
-def test_shared_contract(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
-    """tornado client and server meet the span contract both ways, with text and binary frames."""
-    instrument(model="message", envelope="negotiate")
-    payloads: list[str | bytes] = ["text", b"\x00binary"]
-
-    async def scenario() -> list[Any]:
-        async with server(Echo) as url:
-            return await exchange(url, payloads)
-
-    assert run(scenario(), telemetry) == payloads
-    client_hs = contract.handshake(telemetry, "/chat", SpanKind.CLIENT)
-    server_hs = contract.handshake(telemetry, "/chat", SpanKind.SERVER)
-    assert client_hs.attributes["websocket.envelope"] == server_hs.attributes["websocket.envelope"] == "frame"
-    types = ["text", "binary"]
-    client_sends = contract.messages(telemetry, "/chat", "send", client_hs, types)
-    server_receives = contract.messages(telemetry, "/chat", "receive", server_hs, types)
-    server_sends = contract.messages(telemetry, "/chat", "send", server_hs, types)
-    client_receives = contract.messages(telemetry, "/chat", "receive", client_hs, types)
-    contract.continued(client_sends, server_receives)
-    contract.continued(server_sends, client_receives)
-    contract.no_open_spans(telemetry)
-
-
 # Envelope propagation and the application's view ---------------------------------
 
 
@@ -277,47 +251,7 @@ def test_payloads_survive_negotiated_envelope(telemetry: Telemetry, instrument: 
     assert received == [*payloads, '{"op": "dict"}']
 
 
-# Un-instrumented peers (websockets, in a subprocess) ------------------------------
-
-
-def test_instrumented_client_against_bare_server(
-    telemetry: Telemetry, instrument: Callable[..., None], bare_server: Any
-) -> None:
-    """A bare websockets server receives byte-identical payloads; the handshake still carries context."""
-    instrument(envelope="negotiate")
-    payloads: list[str | bytes] = ["hello", b"\x00\x01", "\x1ewt1\x1e", '{"x":[1,2]}']
-    peer = bare_server()
-
-    assert run(exchange(peer.url, payloads), telemetry) == payloads
-    assert peer.received() == payloads
-    client_hs = telemetry.one("GET /chat")
-    assert client_hs.attributes["websocket.envelope"] == "none"
-    traceparent = peer.opened()["traceparent"]
-    assert traceparent.split("-")[1] == f"{trace_id(client_hs):032x}"
-    assert len(telemetry.named("send /chat")) == len(telemetry.named("receive /chat")) == 4
-    contract.no_open_spans(telemetry)
-
-
-def test_bare_client_against_instrumented_server(
-    telemetry: Telemetry, instrument: Callable[..., None], bare_client: Any
-) -> None:
-    """A bare websockets client gets byte-identical messages from an instrumented tornado server."""
-    instrument(envelope="negotiate")
-    payloads: list[str | bytes] = ["hello", b"\x00\x01", "\x1ewt1\x1e"]
-
-    async def scenario() -> list[Any]:
-        async with server(Echo) as url:
-            return list(await asyncio.to_thread(bare_client, url, payloads))
-
-    assert run(scenario(), telemetry) == payloads
-    server_hs = telemetry.one("GET /chat")
-    assert server_hs.kind is SpanKind.SERVER
-    assert server_hs.attributes["websocket.envelope"] == "none"
-    contract.messages(telemetry, "/chat", "receive", server_hs, ["text", "binary", "text"])
-    close = telemetry.one("close /chat")
-    assert close.attributes["websocket.close.initiator"] == "remote"
-    assert close.attributes["websocket.close.code"] == 1000
-    contract.no_open_spans(telemetry)
+# A websockets peer -------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("client", ["tornado", "websockets"])

@@ -354,36 +354,6 @@ def test_receive_paths_strip_the_envelope(telemetry: Telemetry, instrument: Call
     contract.no_open_spans(telemetry)
 
 
-# Un-instrumented peer -----------------------------------------------------------------
-
-
-def test_instrumented_client_against_bare_server(
-    telemetry: Telemetry, instrument: Callable[..., None], bare_server: Any
-) -> None:
-    """An un-instrumented websockets server receives byte-identical payloads and the handshake traceparent."""
-    instrument(envelope="negotiate")
-    payloads: list[str | bytes] = ["hello", b"\x00\x01", "\x1ewt1\x1e", b"\x1ewt\x01\x00\x00x", '{"x":[1,2]}', ""]
-    peer = bare_server()
-
-    ws = websocket.create_connection(peer.url, timeout=5)
-    replies = []
-    for payload in payloads:
-        if isinstance(payload, str):
-            ws.send_text(payload)
-        else:
-            ws.send_binary(payload)
-        replies.append(ws.recv())
-    ws.close()
-    assert replies == payloads
-    assert peer.received() == payloads
-    client_hs = telemetry.one("GET /chat")
-    assert client_hs.attributes["websocket.envelope"] == "none"
-    traceparent = peer.opened()["traceparent"]
-    assert traceparent.split("-")[1] == f"{trace_id(client_hs):032x}"
-    assert traceparent.split("-")[2] == f"{span_id(client_hs):016x}"
-    assert len(telemetry.named("send /chat")) == len(telemetry.named("receive /chat")) == len(payloads)
-
-
 # Close and connection loss -----------------------------------------------------------------
 
 

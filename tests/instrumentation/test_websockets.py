@@ -20,7 +20,6 @@ from websockets.sync.client import connect as sync_connect
 from websockets.sync.server import serve as sync_serve
 
 from tests.conftest import Telemetry
-from tests.instrumentation import contract
 from tests.instrumentation.contract import parent_id, span_id, trace_id
 from wstrace.instrumentation.websockets import WebsocketsInstrumentor
 
@@ -223,44 +222,7 @@ def test_payloads_survive_negotiated_envelope(telemetry: Telemetry, instrument: 
     assert received == payloads
 
 
-# Un-instrumented and refusing peers --------------------------------------------
-
-
-def test_instrumented_client_against_bare_server(
-    telemetry: Telemetry, instrument: Callable[..., None], bare_server: Any
-) -> None:
-    """An un-instrumented server receives byte-identical payloads; the handshake still carries context."""
-    instrument(envelope="negotiate")
-    payloads: list[str | bytes] = ["hello", b"\x00\x01", "\x1ewt1\x1e", '{"x":[1,2]}']
-    peer = bare_server()
-
-    assert run(exchange(peer.url, payloads)) == payloads
-    assert peer.received() == payloads
-    client_hs = telemetry.one("GET /chat")
-    assert client_hs.attributes["websocket.envelope"] == "none"
-    traceparent = peer.opened()["traceparent"]
-    assert traceparent.split("-")[1] == f"{trace_id(client_hs):032x}"
-
-
-def test_bare_client_against_instrumented_server(
-    telemetry: Telemetry, instrument: Callable[..., None], bare_client: Any
-) -> None:
-    """An un-instrumented client gets byte-identical messages from an instrumented server."""
-    instrument(envelope="negotiate")
-    payloads: list[str | bytes] = ["hello", b"\x00\x01", "\x1ewt1\x1e"]
-
-    async def handler(ws: ServerConnection) -> None:
-        async for message in ws:
-            await ws.send(message)
-
-    async def scenario() -> list[Any]:
-        async with server(handler) as url:
-            return await asyncio.to_thread(bare_client, url, payloads)
-
-    assert run(scenario()) == payloads
-    server_hs = telemetry.one("GET /chat")
-    assert server_hs.attributes["websocket.envelope"] == "none"
-    assert len(telemetry.named("receive /chat")) == 3
+# A refusing peer -------------------------------------------------------------
 
 
 def test_server_that_refuses_the_envelope(
@@ -447,28 +409,3 @@ def test_sync_client_and_server(telemetry: Telemetry, instrument: Callable[..., 
         threading.Event().wait(0.02)
     assert telemetry.open_spans.names() == []
     assert len(telemetry.named("close /sync")) == 2
-
-
-# The shared span contract (the standard instrumentor contract is in test_instrumentors.py) ----------
-
-
-def test_shared_contract(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
-    """The websockets adapter meets the span contract every adapter is held to."""
-    instrument(model="message", envelope="negotiate")
-    payloads: list[str | bytes] = ["text", b"\x00binary"]
-
-    async def scenario() -> list[Any]:
-        async with server(echo) as url:
-            return await exchange(url, payloads)
-
-    assert run(scenario()) == payloads
-    client_hs = contract.handshake(telemetry, "/chat", SpanKind.CLIENT)
-    server_hs = contract.handshake(telemetry, "/chat", SpanKind.SERVER)
-    types = ["text", "binary"]
-    client_sends = contract.messages(telemetry, "/chat", "send", client_hs, types)
-    server_receives = contract.messages(telemetry, "/chat", "receive", server_hs, types)
-    server_sends = contract.messages(telemetry, "/chat", "send", server_hs, types)
-    client_receives = contract.messages(telemetry, "/chat", "receive", client_hs, types)
-    contract.continued(client_sends, server_receives)
-    contract.continued(server_sends, client_receives)
-    contract.no_open_spans(telemetry)
