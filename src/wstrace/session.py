@@ -43,7 +43,7 @@ from wstrace.metrics import Instruments
 from wstrace.streams import Stream, StreamStats, wall_ns
 
 
-__all__ = ["ConnectionTracer", "Side"]
+__all__ = ["NOTHING_TO_END", "ConnectionTracer", "SendHandle", "Side"]
 
 _log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def _parse_offer(value: Optional[str]) -> Optional[EnvelopeFormat]:
     return fmt  # type: ignore[return-value]
 
 
-class _SendHandle:
+class SendHandle:
     """An outbound message in flight, opaque to adapters: pass it back to ``send_end``."""
 
     __slots__ = ("ends_stream", "span", "stream")
@@ -151,7 +151,7 @@ class _Request:
         self.done = False
 
 
-NOTHING_TO_END = _SendHandle(None)
+NOTHING_TO_END = SendHandle(None)
 """The handle of a send that needs no ``send_end`` (a stream chunk, or nothing recorded)."""
 
 
@@ -681,7 +681,7 @@ class ConnectionTracer:
 
     # Messages ----------------------------------------------------------------
 
-    def send_start(self, payload: Any, *, text: Optional[bool] = None, record: bool = True) -> tuple[Any, _SendHandle]:
+    def send_start(self, payload: Any, *, text: Optional[bool] = None, record: bool = True) -> tuple[Any, SendHandle]:
         """Start tracing an outbound message and return the frame to put on the wire.
 
         ``payload`` is what the application passed; it is returned unchanged
@@ -707,7 +707,7 @@ class ConnectionTracer:
                 if record and self._message_spans:
                     size = _size(payload)
                     self._count(_OUT, is_text, size)
-                    handle = _SendHandle(self._start_send(payload, is_text, size, current))
+                    handle = SendHandle(self._start_send(payload, is_text, size, current))
                     if self._client_streams:
                         self._track_request(handle.span, payload)  # type: ignore[arg-type]
                     if self.envelope is not None:
@@ -756,7 +756,7 @@ class ConnectionTracer:
             self._names.send, context=parent, kind=SpanKind.PRODUCER, attributes=attributes, links=links
         )
 
-    def _stream_chunk(self, owner: _Inbound, payload: Any, is_text: bool) -> tuple[Any, _SendHandle]:
+    def _stream_chunk(self, owner: _Inbound, payload: Any, is_text: bool) -> tuple[Any, SendHandle]:
         """Server side: an outbound message sent while ``owner`` is handled joins its reply stream."""
         now = time.monotonic_ns()
         stream = owner.stream
@@ -772,14 +772,14 @@ class ConnectionTracer:
         stream.chunk(size or 0, now)
         handle = NOTHING_TO_END
         if self._stream_end is not None and _safe_predicate(self._stream_end, payload):
-            handle = _SendHandle(None)
+            handle = SendHandle(None)
             handle.stream, handle.ends_stream = stream, True
         if self._chunk_spans:
             chunk = self._start_chunk_span(
                 self._names.send, SpanKind.PRODUCER, stream.span, payload, is_text, size, ordinal
             )
             if handle is NOTHING_TO_END:
-                handle = _SendHandle(None)
+                handle = SendHandle(None)
             handle.span = chunk
             if self.envelope is not None:
                 payload = self._wrap(payload, is_text, propagation.inject(trace.set_span_in_context(chunk)))
@@ -852,7 +852,7 @@ class ConnectionTracer:
             return {}
         return {sc.MESSAGE_BODY: body[0], sc.MESSAGE_BODY_TRUNCATED: body[1]}
 
-    def send_end(self, handle: _SendHandle, error: Optional[BaseException] = None) -> None:
+    def send_end(self, handle: SendHandle, error: Optional[BaseException] = None) -> None:
         """The outbound message was handed to the transport, or failed with ``error``."""
         span, stream = handle.span, handle.stream
         if span is None and stream is None:

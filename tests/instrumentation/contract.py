@@ -32,6 +32,16 @@ def trace_id(span: ReadableSpan) -> int:
     return span.get_span_context().trace_id
 
 
+def linked_to(span: ReadableSpan, target: ReadableSpan) -> bool:
+    """Whether ``span`` has a link to ``target``."""
+    return any(link.context.span_id == span_id(target) for link in span.links)
+
+
+def side(telemetry: Telemetry, kind: SpanKind, route: str = "/chat") -> ReadableSpan:
+    """The first handshake span of one end (CLIENT or SERVER) on ``route``."""
+    return next(s for s in telemetry.named(f"GET {route}") if s.kind is kind)
+
+
 def handshake(telemetry: Telemetry, route: str, kind: SpanKind) -> ReadableSpan:
     """The one handshake span of ``kind`` (CLIENT or SERVER), checked for the common attributes."""
     spans = [s for s in telemetry.named(f"GET {route}") if s.kind is kind]

@@ -13,14 +13,13 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType, web
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 from websockets.asyncio.client import connect as websockets_connect
 
 from tests.conftest import Telemetry
 from tests.instrumentation import contract
 from tests.instrumentation.aiohttp_app import echo, server
-from tests.instrumentation.contract import parent_id, span_id, trace_id
+from tests.instrumentation.contract import linked_to, parent_id, side, span_id, trace_id
 from wstrace.instrumentation.aiohttp import AiohttpInstrumentor
 
 
@@ -63,14 +62,6 @@ def run(coro: Awaitable[Any]) -> Any:
         return result
 
     return asyncio.run(main())
-
-
-def side(telemetry: Telemetry, kind: SpanKind, route: str = "/chat") -> ReadableSpan:
-    return next(s for s in telemetry.named(f"GET {route}") if s.kind is kind)
-
-
-def linked_to(span: ReadableSpan, target: ReadableSpan) -> bool:
-    return any(link.context.span_id == span_id(target) for link in span.links)
 
 
 # Models ---------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from websockets.asyncio.server import ServerConnection, serve as websockets_serv
 from tests.conftest import Telemetry
 from tests.console import console_spans
 from tests.instrumentation import contract
-from tests.instrumentation.contract import parent_id, span_id, trace_id
+from tests.instrumentation.contract import linked_to, parent_id, span_id, trace_id
 from tests.instrumentation.tornado_app import Echo, binary, exchange, server, until_closed
 from wstrace.instrumentation.tornado import TornadoInstrumentor
 from wstrace.instrumentation.websockets import WebsocketsInstrumentor
@@ -56,10 +56,6 @@ def run(coro: Awaitable[Any], telemetry: Telemetry | None = None) -> Any:
         return result
 
     return asyncio.run(main())
-
-
-def linked_to(span: ReadableSpan, target: ReadableSpan) -> bool:
-    return any(link.context.span_id == span_id(target) for link in span.links)
 
 
 def handshake(telemetry: Telemetry, kind: SpanKind, route: str = "/chat") -> ReadableSpan:

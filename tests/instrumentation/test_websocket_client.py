@@ -28,7 +28,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from tests.conftest import Telemetry
 from tests.console import console_spans
 from tests.instrumentation import contract
-from tests.instrumentation.contract import parent_id, span_id, trace_id
+from tests.instrumentation.contract import linked_to, parent_id, side, span_id, trace_id
 from wstrace.instrumentation.websocket_client import WebsocketClientInstrumentor
 from wstrace.instrumentation.websockets import WebsocketsInstrumentor
 
@@ -101,14 +101,6 @@ def wait_until_closed(telemetry: Telemetry) -> None:
         if not telemetry.open_spans.names():
             return
         time.sleep(0.02)
-
-
-def side(telemetry: Telemetry, kind: SpanKind, route: str = "/chat") -> ReadableSpan:
-    return next(s for s in telemetry.named(f"GET {route}") if s.kind is kind)
-
-
-def linked_to(span: ReadableSpan, target: ReadableSpan) -> bool:
-    return any(link.context.span_id == span_id(target) for link in span.links)
 
 
 def check_contract(telemetry: Telemetry, types: list[str]) -> tuple[list[ReadableSpan], list[ReadableSpan]]:
@@ -609,3 +601,17 @@ def test_zero_code_instrumentation() -> None:
         s for s in spans if s["name"] == "receive /zero" and s["parent_id"] == client_send["context"]["span_id"]
     )
     assert server_receive["context"]["trace_id"] == client_send["context"]["trace_id"]
+
+
+def test_malformed_url_fails_as_the_library_does_and_is_recorded(
+    telemetry: Telemetry, instrument: Callable[..., None]
+) -> None:
+    """A URL that does not parse raises the library's own error; its handshake span records the failure."""
+    instrument()
+    with pytest.raises(ValueError):
+        websocket.create_connection("ws://[::1/chat", timeout=1)
+    (span,) = telemetry.spans
+    assert span.kind is SpanKind.CLIENT
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.attributes["error.type"] == "ValueError"
+    assert telemetry.open_spans.names() == []

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import SpanKind, StatusCode
 from websockets.asyncio.client import connect
@@ -20,7 +19,7 @@ from websockets.sync.client import connect as sync_connect
 from websockets.sync.server import serve as sync_serve
 
 from tests.conftest import Telemetry
-from tests.instrumentation.contract import parent_id, span_id, trace_id
+from tests.instrumentation.contract import linked_to, parent_id, span_id, trace_id
 from wstrace.instrumentation.websockets import WebsocketsInstrumentor
 
 
@@ -67,10 +66,6 @@ async def exchange(url: str, payloads: list[str | bytes]) -> list[Any]:
             await ws.send(payload)
             replies.append(await ws.recv())
         return replies
-
-
-def linked_to(span: ReadableSpan, target: ReadableSpan) -> bool:
-    return any(link.context.span_id == span_id(target) for link in span.links)
 
 
 # Models ----------------------------------------------------------------------

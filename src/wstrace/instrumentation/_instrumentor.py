@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib
 import logging
 from dataclasses import fields
-from typing import Any, Callable, Collection, Optional
+from typing import Any, Awaitable, Callable, Collection, Optional
+from urllib.parse import urlsplit
 
 import wrapt
 from opentelemetry import trace
@@ -16,10 +17,18 @@ from opentelemetry.metrics import MeterProvider
 
 from wstrace.config import Config
 from wstrace.metrics import Instruments
+from wstrace.session import NOTHING_TO_END, ConnectionTracer, SendHandle
 from wstrace.version import __version__
 
 
-__all__ = ["Settings", "WstraceInstrumentor", "is_instrumentation_enabled"]
+__all__ = [
+    "Settings",
+    "WstraceInstrumentor",
+    "client_tracer",
+    "end_after",
+    "is_instrumentation_enabled",
+    "send_then_end",
+]
 
 _CONFIG_KEYS = frozenset(f.name for f in fields(Config))
 _OTHER_KEYS = frozenset({"tracer_provider", "meter_provider", "skip_dep_check"})
@@ -107,3 +116,54 @@ class WstraceInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             owner = getattr(owner, part)
         wrapt.wrap_function_wrapper(owner, leaf, wrapper)
         self._patched.append((owner, leaf))
+
+
+def send_then_end(
+    ct: ConnectionTracer, handle: SendHandle, wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """Call the library's send, then end the message's span (with the error, re-raised, if it failed)."""
+    if handle is NOTHING_TO_END:  # a stream chunk, or nothing recorded: no try block on the hot path
+        return wrapped(*args, **kwargs)
+    try:
+        result = wrapped(*args, **kwargs)
+    except BaseException as exc:
+        ct.send_end(handle, exc)
+        raise
+    ct.send_end(handle)
+    return result
+
+
+async def end_after(ct: ConnectionTracer, handle: SendHandle, sending: Awaitable[Any]) -> Any:
+    """:func:`send_then_end` for a send that is awaited: the span ends when the awaitable does."""
+    try:
+        result = await sending
+    except BaseException as exc:
+        ct.send_end(handle, exc)
+        raise
+    ct.send_end(handle)
+    return result
+
+
+def client_tracer(settings: Settings, url: str) -> ConnectionTracer:
+    """Start a client's handshake span for a ``ws://`` or ``wss://`` URL.
+
+    A URL that does not parse still gets its span: the library refuses it, and the span records that.
+    """
+    try:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower() or "ws"
+        host = parts.hostname
+        port: Optional[int] = parts.port or (443 if scheme == "wss" else 80)
+        path = parts.path or "/"
+    except ValueError:
+        scheme, host, port, path = "ws", None, None, "/"
+    return ConnectionTracer.client(
+        settings.tracer,
+        settings.config,
+        url=url,
+        scheme=scheme,
+        host=host,
+        port=port,
+        path=path,
+        instruments=settings.instruments,
+    )

@@ -11,7 +11,7 @@ from opentelemetry import context as otel_context, trace
 from opentelemetry.context import Context
 
 from wstrace.carriers import split_subprotocols
-from wstrace.instrumentation._instrumentor import Settings
+from wstrace.instrumentation._instrumentor import Settings, client_tracer
 from wstrace.semconv import SUBPROTOCOL_PREFIX
 from wstrace.session import ConnectionTracer
 
@@ -114,25 +114,7 @@ def traced(delegate: Any) -> Optional[Traced]:
 
 def new_client_tracer(settings: Settings, request: Any) -> ConnectionTracer:
     """Start the client's handshake span from the ``HTTPRequest`` (its URL is still ``ws://`` or ``wss://``)."""
-    url = str(request.url)
-    try:
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower() or "ws"
-        host = parts.hostname
-        port = parts.port or (443 if scheme == "wss" else 80)
-        path = parts.path or "/"
-    except ValueError:  # a malformed URL: tornado will refuse it, the span records that
-        scheme, host, port, path = "ws", None, None, "/"
-    return ConnectionTracer.client(
-        settings.tracer,
-        settings.config,
-        url=url,
-        scheme=scheme,
-        host=host,
-        port=port,
-        path=path,
-        instruments=settings.instruments,
-    )
+    return client_tracer(settings, str(request.url))
 
 
 def add_request_headers(request: Any, ours: dict[str, str]) -> None:

@@ -20,6 +20,7 @@ import asyncio
 import inspect
 from typing import Any, Awaitable, Callable, Generator, Optional
 
+from wstrace.instrumentation._instrumentor import send_then_end
 from wstrace.instrumentation.tornado._common import Traced, traced
 from wstrace.session import ConnectionTracer
 
@@ -56,14 +57,8 @@ def write_message(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs
         args = (wire, *args[1:])
     else:
         kwargs["message"] = wire
-    try:
-        result = wrapped(*args, **kwargs)
-    except BaseException as exc:
-        t.ct.send_end(handle, exc)
-        raise
-    # The frame is in the stream's buffer; the returned future only tracks the flush.
-    t.ct.send_end(handle)
-    return result
+    # The frame is in the stream's buffer when this returns; the returned future only tracks the flush.
+    return send_then_end(t.ct, handle, wrapped, args, kwargs)
 
 
 def run_callback(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

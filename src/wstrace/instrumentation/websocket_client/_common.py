@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import threading
 from typing import Any, Optional
-from urllib.parse import urlsplit
 
-from wstrace.instrumentation._instrumentor import Settings
+from wstrace.instrumentation._instrumentor import Settings, client_tracer
 from wstrace.session import ConnectionTracer
 
 
@@ -45,25 +44,8 @@ def tracer_of(ws: Any) -> Optional[ConnectionTracer]:
 
 
 def new_client_tracer(settings: Settings, url: Any) -> Optional[ConnectionTracer]:
-    """Start the handshake span for ``url``; ``None`` if the URL cannot be read (the library will say why)."""
-    try:
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        host = parts.hostname
-        port = parts.port or (443 if scheme == "wss" else 80)
-        path = parts.path or "/"
-    except (TypeError, ValueError, AttributeError):
-        return None
-    return ConnectionTracer.client(
-        settings.tracer,
-        settings.config,
-        url=url,
-        scheme=scheme,
-        host=host,
-        port=port,
-        path=path,
-        instruments=settings.instruments,
-    )
+    """Start the handshake span for ``url``; ``None`` if it is not a string (the library will say why)."""
+    return client_tracer(settings, url) if isinstance(url, str) else None
 
 
 def merged_header(header: Any, ours: dict[str, str]) -> Any:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Callable, Optional
 
+from wstrace.instrumentation._instrumentor import send_then_end
 from wstrace.instrumentation.websocket_client._common import (
     CLOSING,
     OPCODE_BINARY,
@@ -64,13 +65,7 @@ def send_frame(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: d
             args = (frame, *args[1:])
         else:
             kwargs["frame"] = frame
-    try:
-        result = wrapped(*args, **kwargs)
-    except BaseException as exc:
-        ct.send_end(handle, exc)
-        raise
-    ct.send_end(handle)
-    return result
+    return send_then_end(ct, handle, wrapped, args, kwargs)
 
 
 def recv_data_frame(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -8,10 +8,11 @@ pass straight through.
 from __future__ import annotations
 
 import sys
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Optional
+from typing import Any, AsyncIterator, Callable, Iterator, Optional
 
+from wstrace.instrumentation._instrumentor import end_after, send_then_end
 from wstrace.instrumentation.websockets._common import close_event, tracer_of
-from wstrace.session import NOTHING_TO_END, ConnectionTracer
+from wstrace.session import NOTHING_TO_END
 
 
 __all__ = [
@@ -55,17 +56,7 @@ def async_send(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: d
     args = _replace_message(args, kwargs, wire)
     if handle is NOTHING_TO_END:
         return wrapped(*args, **kwargs)
-    return _send_and_end(ct, handle, wrapped(*args, **kwargs))
-
-
-async def _send_and_end(ct: ConnectionTracer, handle: Any, sending: Awaitable[Any]) -> Any:
-    try:
-        result = await sending
-    except BaseException as exc:
-        ct.send_end(handle, exc)
-        raise
-    ct.send_end(handle)
-    return result
+    return end_after(ct, handle, wrapped(*args, **kwargs))
 
 
 def sync_send(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -73,16 +64,7 @@ def sync_send(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: di
     if ct is None:
         return wrapped(*args, **kwargs)
     wire, handle = ct.send_start(_message(args, kwargs), text=_text_flag(kwargs))
-    args = _replace_message(args, kwargs, wire)
-    if handle is NOTHING_TO_END:
-        return wrapped(*args, **kwargs)
-    try:
-        result = wrapped(*args, **kwargs)
-    except BaseException as exc:
-        ct.send_end(handle, exc)
-        raise
-    ct.send_end(handle)
-    return result
+    return send_then_end(ct, handle, wrapped, _replace_message(args, kwargs, wire), kwargs)
 
 
 async def async_recv(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
