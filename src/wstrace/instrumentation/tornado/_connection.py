@@ -78,13 +78,19 @@ def run_callback(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs:
     # A coroutine: its task copied the context with the receive span. The frame
     # loop awaits what we return, so the span ends in the task that attached it.
     t.loop_receive = True
-    return _end_when_handled(t, result)
+    return _end_when_handled(t, instance, result)
 
 
-async def _end_when_handled(t: Traced, handled: Awaitable[Any]) -> None:
+async def _end_when_handled(t: Traced, protocol: Any, handled: Awaitable[Any]) -> None:
     try:
         await handled
     finally:
+        stream = protocol.stream
+        if t.failure is None and (stream is None or stream.closed()):
+            # The connection went while the handler ran (it may have swallowed the failed write): the
+            # close is reported first, so the replies it cut short end as failures, not as complete.
+            # A handler that raised keeps its own error on the receive span; the close follows.
+            t.ct.closed(**t.close_event())
         _end_loop_receive(t)
 
 
