@@ -38,7 +38,7 @@ BOOT = """
 import atexit, importlib, json, runpy, sys, time
 TIMED = json.loads(sys.argv.pop(1))
 spent = {}
-def timed(owner, cls, name):
+def timed(cls, name):
     original = getattr(cls, name)
     key = f"{cls.__name__}.{name}"
     cell = spent.setdefault(key, [0, 0])
@@ -54,7 +54,7 @@ for where, names in TIMED.items():
     module, _, cls_name = where.partition(":")
     cls = getattr(importlib.import_module(module), cls_name)
     for name in names:
-        timed(module, cls, name)
+        timed(cls, name)
 atexit.register(lambda: print("MARK" + json.dumps(spent), file=sys.stderr, flush=True))
 sys.argv[0] = "benchmarks.server"
 runpy.run_module("benchmarks.server", run_name="__main__")
