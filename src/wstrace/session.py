@@ -35,7 +35,8 @@ from opentelemetry import context as otel_context, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanKind, Status, StatusCode
 
-from wstrace import envelope as codec, propagation, semconv as sc
+from wstrace import _close, envelope as codec, propagation, semconv as sc
+from wstrace._close import Initiator
 from wstrace.carriers import HeaderSource, headers_carrier, query_carrier, split_subprotocols
 from wstrace.config import Config, EnvelopeFormat
 from wstrace.exceptions import EnvelopeEncodeError
@@ -50,7 +51,6 @@ _log = logging.getLogger(__name__)
 Side = Literal["client", "server"]
 
 _SESSION_ID = re.compile(r"[0-9a-f]{32}\Z")
-_ERROR_CLOSE_CODES = frozenset({1002, 1003, 1006, 1007, 1008, 1009, 1010, 1011, 1014, 1015})
 
 _warned: set[str] = set()
 _P = TypeVar("_P", str, bytes)
@@ -241,6 +241,7 @@ class ConnectionTracer:
         "_chunk_spans",
         "_client_streams",
         "_closed",
+        "_closing",
         "_connection",
         "_connection_ctx",
         "_connection_trace",
@@ -317,6 +318,7 @@ class ConnectionTracer:
         self._recv_ctx: Optional[Context] = None
         self._recv_token: Optional[object] = None
         self._closed = False
+        self._closing = _close.Closing()
         self._offered: Optional[EnvelopeFormat] = None
         self._names = _route(route)
         self._base_attributes: dict[str, Any] = {}
@@ -1176,7 +1178,7 @@ class ConnectionTracer:
     def _metric_attributes(self) -> dict[str, Any]:
         return {sc.HTTP_ROUTE: self.route, sc.SIDE: self.side}
 
-    def _record_close(self, code: Optional[int], abnormal: bool) -> None:
+    def _record_close(self, code: Optional[int]) -> None:
         instruments = self._instruments
         if instruments is None:
             return
@@ -1184,7 +1186,8 @@ class ConnectionTracer:
         attributes = self._metric_attributes()
         if self._opened_ns:
             instruments.active_connections.add(-1, attributes)
-            closing = {**attributes, sc.CLOSE_CODE: code if code is not None else 1006}
+            # The same code as the close span: none when this end dropped the connection on purpose.
+            closing = {**attributes, sc.CLOSE_CODE: code} if code is not None else attributes
             instruments.connection_duration.record((time.monotonic_ns() - self._opened_ns) / 1e9, closing)
             instruments.closes.add(1, closing)
 
@@ -1216,29 +1219,54 @@ class ConnectionTracer:
 
     # Close -------------------------------------------------------------------
 
+    def close_sent(self, code: Optional[int] = None, reason: str = "") -> None:
+        """This end sent a close frame (``code`` ``None``: a frame without a status code)."""
+        self._closing.sent(code, reason)
+
+    def close_received(self, code: Optional[int] = None, reason: str = "") -> None:
+        """The peer's close frame arrived. Report frames in the order they went by: the first one's
+        sender is the close's initiator."""
+        self._closing.received(code, reason)
+
     def closed(
         self,
         *,
+        error: Optional[BaseException] = None,
+        local_end: bool = False,
         code: Optional[int] = None,
         reason: str = "",
-        initiator: Optional[Literal["local", "remote"]] = None,
-        error: Optional[BaseException] = None,
+        initiator: Optional[Initiator] = None,
     ) -> None:
         """The connection ended. Idempotent.
 
-        ``initiator`` is who sent the first close frame; ``None`` with code
-        1006 (or no code) means the TCP connection dropped with no close frame.
+        Report the close frames first (:meth:`close_sent`, :meth:`close_received`);
+        the rules in ``docs/semantic-conventions.md`` turn them into the close's
+        code, initiator and status. ``error`` is what ended the connection.
+        ``local_end`` says that this end dropped the connection on purpose without
+        a closing handshake (an ASGI application that returned without closing).
+
+        A library that tells only at the end may pass ``code``, ``reason`` and
+        ``initiator`` instead: who sent the first close frame of a completed
+        closing handshake; ``initiator=None`` means the TCP connection dropped.
         Every open span is ended; an abnormal close marks them as errors.
         """
         if self._closed:
             return
         self._closed = True
         try:
-            if isinstance(code, int):
-                code = int(code)  # a library's IntEnum (uvicorn's CloseCode) is recorded as a plain int
-            abnormal = error is not None or initiator is None or code in _ERROR_CLOSE_CODES
-            if code is None and initiator is None:
-                code = 1006
+            closing = self._closing
+            if not closing.reported and initiator == "local" and code is None:
+                local_end = True  # no frame either way: this end dropped the connection
+            elif not closing.reported and initiator is not None and code != _close.ABNORMAL:
+                if initiator == "local":
+                    closing.sent(code, reason)
+                    closing.received(code, reason)
+                else:
+                    closing.received(code, reason)
+            elif not closing.reported and initiator == "local":
+                closing.sent(None, reason)  # the peer never answered: 1006
+            end = _close.outcome(closing, error=error, local_end=local_end)
+            code, reason, abnormal = end.code, end.reason, end.abnormal
             message = f"WebSocket closed with code {code}" + (f": {reason}" if reason else "")
             open_recv = self._recv_span
             if open_recv is not None and open_recv.is_recording():
@@ -1258,13 +1286,13 @@ class ConnectionTracer:
             self._orphans = []
             if not self._recording:
                 return
-            self._record_close(code, abnormal)
+            self._record_close(code)
             attributes: dict[str, Any] = dict(self._base_attributes)
-            attributes[sc.CLOSE_INITIATOR] = initiator or "none"
+            attributes[sc.CLOSE_INITIATOR] = end.initiator or "none"
             if code is not None:
                 attributes[sc.CLOSE_CODE] = code
             if reason:
-                attributes[sc.CLOSE_REASON] = reason[:123]  # a close reason is at most 123 bytes
+                attributes[sc.CLOSE_REASON] = reason
             if self._connection is not None:
                 span = self._connection
             else:

@@ -1,0 +1,61 @@
+"""Attaching a context and detaching it again, safely, from code the application calls.
+
+``opentelemetry.context.detach`` resets a ``ContextVar`` token. Two mistakes are easy:
+
+* resetting a token in another ``contextvars.Context`` than the one that made it (a task that
+  inherited the context as it was, a callback, another thread) raises inside OpenTelemetry, which
+  logs "Failed to detach context" at ERROR level;
+* resetting a stale token (the application attached something since) rolls its context back.
+
+:class:`Attachment` detaches only when neither is the case, and otherwise leaves the token for its
+owner, or for nobody: a context left attached in a task that ends goes with the task.
+"""
+
+from __future__ import annotations
+
+from contextvars import Token
+from typing import Optional
+
+from opentelemetry import context as otel_context
+from opentelemetry.context import Context
+
+
+__all__ = ["Attachment", "attach", "detach"]
+
+
+class Attachment:
+    """A context made current by :func:`attach`; :meth:`detach` undoes it where that is safe."""
+
+    __slots__ = ("ctx", "token")
+
+    def __init__(self, ctx: Context, token: object) -> None:
+        self.ctx = ctx
+        self.token = token
+
+    def detach(self) -> bool:
+        """Make the previous context current again, if this is still the current one in its own
+        ``contextvars.Context``. Returns whether it did; never raises."""
+        token = self.token
+        if token is None or otel_context.get_current() is not self.ctx:
+            return False
+        if isinstance(token, Token):
+            # The default runtime context: reset the ContextVar directly, so that a token from
+            # another Context is a quiet "no" (ValueError) instead of an error log.
+            try:
+                token.var.reset(token)
+            except (ValueError, RuntimeError):  # another Context's token, or one used already
+                return False
+        else:  # a runtime context of another kind (OTEL_PYTHON_CONTEXT): its own detach
+            otel_context.detach(token)  # type: ignore[arg-type]
+        self.token = None
+        return True
+
+
+def attach(ctx: Context) -> Attachment:
+    """Make ``ctx`` current and return what detaches it."""
+    return Attachment(ctx, otel_context.attach(ctx))
+
+
+def detach(attachment: Optional[Attachment]) -> bool:
+    """:meth:`Attachment.detach`, for an attachment that may be ``None``."""
+    return attachment.detach() if attachment is not None else False

@@ -1,0 +1,23 @@
+"""Internal failures of the instrumentation, logged once per kind, never once per message."""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+
+__all__ = ["warn_once"]
+
+_log = logging.getLogger("wstrace")
+_warned: set[str] = set()
+
+
+def warn_once(what: str, exc: Optional[BaseException] = None, *, logger: logging.Logger = _log) -> None:
+    """Log that ``what`` failed (with ``exc``'s traceback) the first time it does; tracing carries on without it."""
+    if what in _warned:
+        return
+    _warned.add(what)
+    if exc is None:
+        logger.warning("wstrace: %s", what)
+    else:
+        logger.warning("wstrace: %s failed; tracing continues without it", what, exc_info=exc)

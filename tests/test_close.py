@@ -1,0 +1,61 @@
+"""The close rules (wstrace._close): one place decides code, initiator and error for every adapter."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import pytest
+
+from wstrace._close import Closing, Outcome, outcome
+
+
+def _closing(*events: tuple[str, Any, str]) -> Closing:
+    closing = Closing()
+    for side, code, reason in events:
+        (closing.sent if side == "sent" else closing.received)(code, reason)
+    return closing
+
+
+@pytest.mark.parametrize(
+    ("events", "local_end", "error", "expected"),
+    [
+        # A full closing handshake: the first frame's sender is the initiator, its code is recorded.
+        ((("sent", 1000, "bye"), ("received", 1000, "")), False, None, Outcome(1000, "bye", "local", False)),
+        ((("received", 1001, "away"), ("sent", 1001, "")), False, None, Outcome(1001, "away", "remote", False)),
+        # A frame without a status code is 1005, whichever way the library says "none".
+        ((("received", None, ""), ("sent", None, "")), False, None, Outcome(1005, "", "remote", False)),
+        ((("received", 0, ""),), False, None, Outcome(1005, "", "remote", False)),
+        ((("received", 1005, ""),), False, None, Outcome(1005, "", "remote", False)),
+        # Error codes are errors.
+        ((("received", 1011, "boom"), ("sent", 1011, "")), False, None, Outcome(1011, "boom", "remote", True)),
+        # The peer never answered this end's close frame: 1006, local, error.
+        ((("sent", 1000, "bye"),), False, None, Outcome(1006, "bye", "local", True)),
+        # No frame at all: dropped TCP connection, unless this end dropped it on purpose.
+        ((), False, None, Outcome(1006, "", None, True)),
+        ((), True, None, Outcome(None, "", "local", False)),
+        ((), True, RuntimeError("x"), Outcome(None, "", "local", True)),
+        # A library reporting 1006 as a received code means no frame arrived.
+        ((("received", 1006, ""),), False, None, Outcome(1006, "", None, True)),
+    ],
+)
+def test_outcome(
+    events: tuple[tuple[str, Any, str], ...], local_end: bool, error: Optional[BaseException], expected: Outcome
+) -> None:
+    assert outcome(_closing(*events), error=error, local_end=local_end) == expected
+
+
+def test_only_the_first_frame_of_each_side_counts_and_reasons_are_capped() -> None:
+    closing = _closing(("received", 4000, "x" * 200), ("received", 1000, "later"), ("sent", 3000, "ours"))
+    end = outcome(closing, error=ValueError("handler"))
+    assert end == Outcome(4000, "x" * 123, "remote", True)
+
+
+def test_bytes_reasons_and_int_enums_are_plain() -> None:
+    import enum
+
+    class Code(enum.IntEnum):
+        GOING_AWAY = 1001
+
+    end = outcome(_closing(("received", Code.GOING_AWAY, b"caf\xc3\xa9"), ("sent", 1001, "")))
+    assert end.code == 1001 and type(end.code) is int
+    assert end.reason == "café"
