@@ -45,7 +45,7 @@ def _wstrace(
 ) -> tuple[Any, Any]:
     from wstrace.config import Config  # noqa: PLC0415 - the minimal cases must not import wstrace
     from wstrace.metrics import Instruments  # noqa: PLC0415
-    from wstrace.session import ConnectionTracer  # noqa: PLC0415
+    from wstrace.connection import ConnectionTracer  # noqa: PLC0415
 
     tracer, meter_provider = _tracer(sampled)
     config = Config.load(model=model, envelope="negotiate" if envelope else "off", streams=streams)

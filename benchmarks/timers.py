@@ -8,7 +8,7 @@ SDK's span end, ``set_attributes`` and histogram record, and the minimal instrum
 with the measuring client; and prints µs per call and calls per unit. Unlike the in-process micro-benchmark,
 the figures include what a busy server adds (cold caches, the event loop, the span processor's thread); unlike
 py-spy, they are exact per call. The timers add about 0.2 µs to each call they wrap, and inclusive times
-nest (``received`` includes the ``_end_orphans`` it calls).
+nest (``received`` includes the ``end_orphans`` it calls).
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from benchmarks.run import PER_UNIT, client_args, pinned, variants
 
 
 TIMED = {
-    "wstrace.session:ConnectionTracer": ("received", "send_start", "send_end", "receive_done", "_end_orphans"),
-    "wstrace.streams:Stream": ("end", "_record"),
+    "wstrace.connection:ConnectionTracer": ("received", "send_start", "send_end", "receive_done"),
+    "wstrace._replies:Replies": ("end_orphans",),
+    "wstrace.streams:StreamRecorder": ("end", "_record"),
     "opentelemetry.sdk.trace:Tracer": ("start_span",),
     "opentelemetry.sdk.trace:_Span": ("end", "set_attributes"),
     "opentelemetry.sdk.metrics._internal.instrument:_Histogram": ("record",),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from typing import Any, Optional
 
 import pytest
@@ -51,8 +52,6 @@ def test_only_the_first_frame_of_each_side_counts_and_reasons_are_capped() -> No
 
 
 def test_bytes_reasons_and_int_enums_are_plain() -> None:
-    import enum
-
     class Code(enum.IntEnum):
         GOING_AWAY = 1001
 

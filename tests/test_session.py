@@ -12,7 +12,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from tests.conftest import Telemetry
 from wstrace import envelope as codec
 from wstrace.config import Config
-from wstrace.session import ConnectionTracer
+from wstrace.connection import ConnectionTracer
 
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from wstrace.config import Config
+from wstrace.connection import ConnectionTracer
 from wstrace.exceptions import (
     ConfigError,
     EnvelopeDecodeError,
@@ -17,8 +18,7 @@ from wstrace.exceptions import (
     EnvelopeError,
     WstraceError,
 )
-from wstrace.session import ConnectionTracer
-from wstrace.streams import stream
+from wstrace.streams import Stream, stream
 from wstrace.version import __version__
 
 
@@ -61,6 +61,7 @@ __all__ = [
     "EnvelopeDecodeError",
     "EnvelopeEncodeError",
     "EnvelopeError",
+    "Stream",
     "TracedAsyncQueue",
     "TracedQueue",
     "TracedThreadPoolExecutor",

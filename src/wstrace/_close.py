@@ -115,3 +115,22 @@ def outcome(closing: Closing, *, error: Optional[BaseException] = None, local_en
     if local_end:
         return Outcome(None, "", "local", error is not None)
     return Outcome(ABNORMAL, "", None, True)
+
+
+def summarised(closing: Closing, code: Optional[int], reason: str, initiator: Optional[Initiator]) -> bool:
+    """Record a close that a library reports only at its end, as ``ConnectionTracer.closed``'s keywords.
+
+    ``initiator`` sent the first frame of a completed closing handshake with
+    ``code``; ``initiator="local"`` with code 1006 means the peer never answered;
+    ``initiator=None`` means the TCP connection dropped. Returns whether this end
+    dropped the connection on purpose (``initiator="local"`` and no code).
+    """
+    if initiator == "local" and code is None:
+        return True
+    if initiator == "local":
+        closing.sent(code, reason)
+        if code != ABNORMAL:
+            closing.received(code, reason)
+    elif initiator == "remote":
+        closing.received(code, reason)
+    return False

@@ -9,11 +9,13 @@ session id.
 
 from __future__ import annotations
 
+import weakref
 from typing import Optional
 
 from opentelemetry import metrics
 from opentelemetry.metrics import Counter, Histogram, Meter, MeterProvider, UpDownCounter
 
+from wstrace._counting import MessageTotals
 from wstrace.version import __version__
 
 
@@ -52,16 +54,7 @@ class Instruments:
             description="Time from the upgrade request to the 101 response.",
             explicit_bucket_boundaries_advisory=HANDSHAKE_BUCKETS,
         )
-        self.messages: Counter = meter.create_counter(
-            "wstrace.message.count", unit="{message}", description="WebSocket data messages sent or received."
-        )
-        # Bytes as a counter, not a per-message histogram: counters can be added
-        # in batches, while a histogram record costs as much as the send itself.
-        self.message_bytes: Counter = meter.create_counter(
-            "wstrace.message.size",
-            unit="By",
-            description="Payload bytes of WebSocket data messages, without the envelope.",
-        )
+        self.totals = _totals(meter, meter_provider)
         self.closes: Counter = meter.create_counter(
             "wstrace.connection.close.count", unit="{connection}", description="Closed connections by close code."
         )
@@ -117,3 +110,39 @@ class Instruments:
             description="Duration of a GenAI operation.",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
+
+
+_TOTALS: weakref.WeakKeyDictionary[MeterProvider, MessageTotals] = weakref.WeakKeyDictionary()
+_GLOBAL_TOTALS: list[MessageTotals] = []
+
+
+def _totals(meter: Meter, meter_provider: Optional[MeterProvider]) -> MessageTotals:
+    """The message totals of a meter provider, observed by its two message counters.
+
+    One per provider: a second registration of an observable counter under the same name is
+    refused by the SDK (with a warning), so every ``Instruments`` of a provider shares these.
+    """
+    found = _GLOBAL_TOTALS[0] if meter_provider is None and _GLOBAL_TOTALS else None
+    if meter_provider is not None:
+        found = _TOTALS.get(meter_provider)
+    if found is not None:
+        return found
+    totals = MessageTotals()
+    # Observed, not added: the counts are plain integers that every collection reads (see _counting).
+    meter.create_observable_counter(
+        "wstrace.message.count",
+        callbacks=[totals.observe_messages],
+        unit="{message}",
+        description="WebSocket data messages sent or received.",
+    )
+    meter.create_observable_counter(
+        "wstrace.message.size",
+        callbacks=[totals.observe_bytes],
+        unit="By",
+        description="Payload bytes of WebSocket data messages, without the envelope.",
+    )
+    if meter_provider is None:
+        _GLOBAL_TOTALS.append(totals)
+    else:
+        _TOTALS[meter_provider] = totals
+    return totals

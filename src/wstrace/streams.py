@@ -22,14 +22,15 @@ from typing import Any, Callable, Optional
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.metrics import MeterProvider
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Span, SpanKind
 
+from wstrace._spans import record_error
 from wstrace.exceptions import WstraceError
 from wstrace.metrics import Instruments
 from wstrace.version import __version__
 
 
-__all__ = ["Stream", "StreamStats", "stream"]
+__all__ = ["Stream", "StreamRecorder", "StreamStats", "stream"]
 
 MAX_INTERVALS = 65536
 """Intervals kept per stream for percentiles; beyond it a uniform sample is kept."""
@@ -96,10 +97,6 @@ class StreamStats:
     def mean_interval(self) -> Optional[float]:
         return (self.last_ns - self.first_ns) * _NS / (self.count - 1) if self.count > 1 else None
 
-    def percentile(self, q: float) -> Optional[float]:
-        """Nearest-rank percentile of the intervals, in seconds."""
-        return self._percentiles(q)[0]
-
     def _percentiles(self, *qs: float) -> list[Optional[float]]:
         """Several percentiles from one sort (a 10,000-chunk stream takes a millisecond to sort)."""
         if not self.intervals:
@@ -124,7 +121,7 @@ class StreamStats:
         return result
 
 
-class Stream:
+class StreamRecorder:
     """A stream bound to a span: feed it chunks, then end it once.
 
     Ending records the summary on the span, ends the span at the last chunk
@@ -139,7 +136,6 @@ class Stream:
         "_instruments",
         "_metric_attributes",
         "_on_end",
-        "_owns_span",
         "ended",
         "span",
         "stats",
@@ -153,7 +149,6 @@ class Stream:
         instruments: Optional[Instruments] = None,
         metric_attributes: Optional[dict[str, Any]] = None,
         gen_ai_operation: Optional[str] = None,
-        owns_span: bool = True,
         body_size: bool = False,
         on_end: Optional[Callable[[StreamStats], None]] = None,
         brief_single: bool = False,
@@ -164,7 +159,6 @@ class Stream:
         self._instruments = instruments
         self._metric_attributes = metric_attributes or {}
         self._genai = gen_ai_operation
-        self._owns_span = owns_span
         self._body_size = body_size
         self._on_end = on_end
         self._brief_single = brief_single
@@ -191,17 +185,11 @@ class Stream:
         if span.is_recording():
             span.set_attributes(self._span_attributes())
             if error is not None:
-                if isinstance(error, BaseException):
-                    span.record_exception(error)
-                span.set_attribute(
-                    "error.type", type(error).__qualname__ if isinstance(error, BaseException) else error
-                )
-                span.set_status(Status(StatusCode.ERROR, str(error)))
-        if self._owns_span:
-            if at_last_chunk and stats.count:
-                span.end(end_time=wall_ns(stats.last_ns))
-            else:
-                span.end()
+                record_error(span, error)
+        if at_last_chunk and stats.count:
+            span.end(end_time=wall_ns(stats.last_ns))
+        else:
+            span.end()
         self._record(error)
         if self._on_end is not None:
             self._on_end(stats)
@@ -265,12 +253,12 @@ def wall_ns(monotonic_ns: int) -> int:
     return monotonic_ns + _OFFSET_NS
 
 
-class _ExplicitStream:
-    """What :func:`stream` returns: a context manager around a :class:`Stream`."""
+class Stream:
+    """What :func:`stream` returns: an explicit stream, to feed chunks and end (or use as a context manager)."""
 
     __slots__ = ("_stream",)
 
-    def __init__(self, stream: Stream) -> None:
+    def __init__(self, stream: StreamRecorder) -> None:
         self._stream = stream
 
     @property
@@ -290,7 +278,7 @@ class _ExplicitStream:
         """End the stream now (also done on leaving the ``with`` block)."""
         self._stream.end(error)
 
-    def __enter__(self) -> _ExplicitStream:
+    def __enter__(self) -> Stream:
         return self
 
     def __exit__(
@@ -309,7 +297,7 @@ def stream(
     stall_threshold: float = 1.0,
     attributes: Optional[dict[str, Any]] = None,
     metric_attributes: Optional[dict[str, Any]] = None,
-) -> _ExplicitStream:
+) -> Stream:
     """Start an explicit stream now: its span starts, and the clock for time to first chunk.
 
     Use it as a context manager, or call ``end()``::
@@ -340,8 +328,8 @@ def stream(
     meter_attributes = dict(metric_attributes or {})
     if gen_ai_operation is not None:
         meter_attributes.setdefault("gen_ai.operation.name", gen_ai_operation)
-    return _ExplicitStream(
-        Stream(
+    return Stream(
+        StreamRecorder(
             span,
             StreamStats(time.monotonic_ns(), stall_threshold),
             instruments=instruments,

@@ -251,7 +251,7 @@ def test_the_application_reads_like_one() -> None:
             elif isinstance(node, ast.ImportFrom):
                 modules = [node.module or ""]
             for module in modules:
-                assert not module.startswith(("opentelemetry.sdk", "wstrace.session", "wstrace.instrumentation")), (
+                assert not module.startswith(("opentelemetry.sdk", "wstrace.connection", "wstrace.instrumentation")), (
                     name,
                     module,
                 )

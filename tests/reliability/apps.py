@@ -26,7 +26,7 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import Telemetry
 from tests.instrumentation import aiohttp_app, tornado_app, uvicorn_server
-from wstrace.session import ConnectionTracer
+from wstrace.connection import ConnectionTracer
 
 
 ROUTE = "/fault"

@@ -32,9 +32,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from wstrace import envelope as codec, propagation
 from wstrace.carriers import headers_carrier, query_carrier, split_subprotocols
 from wstrace.config import Config
+from wstrace.connection import ConnectionTracer
 from wstrace.redis import RedisHop, decode_entry, decode_value
 from wstrace.semconv import SUBPROTOCOL_PREFIX
-from wstrace.session import ConnectionTracer
 
 
 __all__ = ["TARGETS", "check", "input_for", "span_attributes_are_ours"]

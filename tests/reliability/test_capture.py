@@ -18,7 +18,7 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from tests.conftest import Telemetry
 from tests.instrumentation.test_interop import CLIENTS, SERVERS
-from wstrace import session
+from wstrace import _log
 from wstrace.cli.export import encode_line
 from wstrace.instrumentation.aiohttp import AiohttpInstrumentor
 from wstrace.instrumentation.starlette import StarletteInstrumentor
@@ -62,7 +62,7 @@ def instrument(telemetry: Telemetry) -> Iterator[Callable[..., None]]:
 @pytest.fixture(autouse=True)
 def _fresh_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
     """Failures are logged once per process; each test counts its own."""
-    monkeypatch.setattr(session, "_warned", set())
+    monkeypatch.setattr(_log, "_warned", set())
 
 
 def canaries() -> tuple[str, bytes, list[bytes]]:

@@ -25,7 +25,7 @@ from tests.reliability import apps
 from tests.reliability.apps import ROUTE, assert_released, live, settle
 from tests.reliability.rawws import RawClient, VanishingServer
 from tests.reliability.test_capture import ALL
-from wstrace.session import ConnectionTracer
+from wstrace.connection import ConnectionTracer
 
 
 @pytest.fixture

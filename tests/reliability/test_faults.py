@@ -29,7 +29,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from tests.conftest import Telemetry
 from tests.instrumentation.test_interop import CLIENTS, SERVERS
 from tests.reliability.test_capture import ALL, PAIRS
-from wstrace import session
+from wstrace import _log
 from wstrace.instrumentation.websockets import WebsocketsInstrumentor
 
 
@@ -49,7 +49,7 @@ MAX_RATIO = 2.0  # loose on purpose: a 2-core machine shared with other work is 
 @pytest.fixture(autouse=True)
 def _fresh_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
     """wstrace logs each kind of failure once per process; each test counts its own."""
-    monkeypatch.setattr(session, "_warned", set())
+    monkeypatch.setattr(_log, "_warned", set())
 
 
 class Fault:

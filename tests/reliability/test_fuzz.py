@@ -31,13 +31,13 @@ from tests.reliability.rawws import RawClient, RawServer
 from tests.test_redis_hop import redis_port  # noqa: F401 - the real redis-server fixture
 from wstrace import envelope as codec
 from wstrace.config import Config
+from wstrace.connection import ConnectionTracer
 from wstrace.instrumentation.aiohttp import AiohttpInstrumentor
 from wstrace.instrumentation.starlette import StarletteInstrumentor
 from wstrace.instrumentation.tornado import TornadoInstrumentor
 from wstrace.instrumentation.websocket_client import WebsocketClientInstrumentor
 from wstrace.instrumentation.websockets import WebsocketsInstrumentor
 from wstrace.redis import RedisHop
-from wstrace.session import ConnectionTracer
 
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,9 +18,10 @@ from tests.conftest import Telemetry
 from tests.instrumentation.test_interop import CLIENTS, SERVERS
 from tests.reliability.apps import assert_released, live, settle
 from tests.reliability.test_capture import ALL, PAIRS
+from wstrace._replies import _MAX_OPEN_STREAMS, _MAX_PENDING_REQUESTS
+from wstrace.connection import ConnectionTracer
 from wstrace.instrumentation.aiohttp import _common as aiohttp_common
 from wstrace.instrumentation.websockets import WebsocketsInstrumentor
-from wstrace.session import _MAX_OPEN_STREAMS, _MAX_PENDING_REQUESTS, ConnectionTracer
 
 
 @pytest.fixture
@@ -117,9 +118,9 @@ def test_state_stays_bounded_across_many_messages(telemetry: Telemetry, instrume
                     await ws.send(json.dumps({"id": i}))  # a new request key every time
                     await ws.recv()
                     if i % 100 == 99:
-                        sizes["server_streams"].append(len(server_tracer[0]._streams))
-                        sizes["client_streams"].append(len(client_tracer._streams))
-                        sizes["requests"].append(len(client_tracer._requests))
+                        sizes["server_streams"].append(len(_streams(server_tracer[0])))
+                        sizes["client_streams"].append(len(_streams(client_tracer)))
+                        sizes["requests"].append(len(_requests(client_tracer)))
                         sizes["open"].append(len(telemetry.open_spans.open))
 
     asyncio.run(scenario())
@@ -155,3 +156,11 @@ def test_idle_reply_streams_end_before_the_connection_does(telemetry: Telemetry,
     asyncio.run(scenario())
     # 200 client sends, and most of the 200 server reply streams: only those since the last sweep are open.
     assert exported_while_open[0] >= 200 + 100, exported_while_open
+
+
+def _streams(ct: ConnectionTracer) -> dict[Any, Any]:
+    return ct._replies.streams if ct._replies is not None else {}
+
+
+def _requests(ct: ConnectionTracer) -> dict[Any, Any]:
+    return (ct._replies.requests if ct._replies is not None else None) or {}

@@ -29,8 +29,8 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import OpenSpans
 from tests.reliability.apps import assert_released, live
+from wstrace.connection import ConnectionTracer
 from wstrace.instrumentation.websockets import WebsocketsInstrumentor
-from wstrace.session import ConnectionTracer
 
 
 pytestmark = pytest.mark.soak

@@ -16,8 +16,8 @@ from opentelemetry.instrumentation.utils import is_instrumentation_enabled, unwr
 from opentelemetry.metrics import MeterProvider
 
 from wstrace.config import Config
+from wstrace.connection import NOTHING_TO_END, ConnectionTracer, SendHandle
 from wstrace.metrics import Instruments
-from wstrace.session import NOTHING_TO_END, ConnectionTracer, SendHandle
 from wstrace.version import __version__
 
 

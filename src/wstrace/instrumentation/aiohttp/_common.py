@@ -6,9 +6,9 @@ import asyncio
 from contextvars import ContextVar
 from typing import Any, Optional
 
+from wstrace.connection import ConnectionTracer
 from wstrace.instrumentation._instrumentor import Settings
 from wstrace.semconv import SUBPROTOCOL_PREFIX
-from wstrace.session import ConnectionTracer
 
 
 __all__ = [

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
+from wstrace.connection import ConnectionTracer
 from wstrace.instrumentation.aiohttp._common import (
     BINARY,
     CLOSE,
@@ -23,7 +24,6 @@ from wstrace.instrumentation.aiohttp._common import (
     in_send,
     tracer_of,
 )
-from wstrace.session import ConnectionTracer
 
 
 __all__ = ["WRAPPERS", "close", "receive", "send_bytes", "send_frame", "send_str"]

@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 from opentelemetry import context as otel_context
 
+from wstrace.connection import ConnectionTracer
 from wstrace.instrumentation.asgi._common import (
     ASGIApp,
     Message,
@@ -20,7 +21,6 @@ from wstrace.instrumentation.asgi._common import (
     disconnect_event,
 )
 from wstrace.instrumentation.asgi._server import Handshake, denial_status
-from wstrace.session import ConnectionTracer
 
 
 __all__ = ["Connection"]

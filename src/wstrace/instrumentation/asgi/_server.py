@@ -15,6 +15,7 @@ from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 from opentelemetry.trace import Span
 
+from wstrace.connection import ConnectionTracer
 from wstrace.instrumentation._instrumentor import Settings
 from wstrace.instrumentation.asgi._common import (
     Message,
@@ -23,7 +24,6 @@ from wstrace.instrumentation.asgi._common import (
     encode_headers,
     route_template,
 )
-from wstrace.session import ConnectionTracer
 
 
 __all__ = ["Handshake", "denial_status"]

@@ -11,9 +11,9 @@ from opentelemetry import context as otel_context, trace
 from opentelemetry.context import Context
 
 from wstrace.carriers import split_subprotocols
+from wstrace.connection import ConnectionTracer
 from wstrace.instrumentation._instrumentor import Settings, client_tracer
 from wstrace.semconv import SUBPROTOCOL_PREFIX
-from wstrace.session import ConnectionTracer
 
 
 __all__ = [

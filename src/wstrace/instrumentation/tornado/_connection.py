@@ -20,9 +20,9 @@ import asyncio
 import inspect
 from typing import Any, Awaitable, Callable, Generator, Optional
 
+from wstrace.connection import ConnectionTracer
 from wstrace.instrumentation._instrumentor import send_then_end
 from wstrace.instrumentation.tornado._common import Traced, traced
-from wstrace.session import ConnectionTracer
 
 
 __all__ = [

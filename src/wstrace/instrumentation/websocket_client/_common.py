@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 from typing import Any, Optional
 
+from wstrace.connection import ConnectionTracer
 from wstrace.instrumentation._instrumentor import Settings, client_tracer
-from wstrace.session import ConnectionTracer
 
 
 __all__ = [

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Callable, Optional
 
+from wstrace.connection import ConnectionTracer
 from wstrace.instrumentation._instrumentor import send_then_end
 from wstrace.instrumentation.websocket_client._common import (
     CLOSING,
@@ -30,7 +31,6 @@ from wstrace.instrumentation.websocket_client._common import (
     mark_receiver,
     tracer_of,
 )
-from wstrace.session import ConnectionTracer
 
 
 __all__ = ["close", "dispatcher_read", "recv_data_frame", "send_frame", "shutdown"]

@@ -9,9 +9,9 @@ from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 
 from wstrace.carriers import split_subprotocols
+from wstrace.connection import ConnectionTracer
 from wstrace.instrumentation._instrumentor import Settings
 from wstrace.semconv import SUBPROTOCOL_PREFIX
-from wstrace.session import ConnectionTracer
 
 
 __all__ = ["ATTR", "close_event", "merged_headers", "new_client_tracer", "new_server_tracer", "tracer_of"]

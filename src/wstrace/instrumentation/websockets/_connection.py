@@ -10,9 +10,9 @@ from __future__ import annotations
 import sys
 from typing import Any, AsyncIterator, Callable, Iterator, Optional
 
+from wstrace.connection import NOTHING_TO_END
 from wstrace.instrumentation._instrumentor import end_after, send_then_end
 from wstrace.instrumentation.websockets._common import close_event, tracer_of
-from wstrace.session import NOTHING_TO_END
 
 
 __all__ = [

@@ -1,0 +1,260 @@
+"""The opening handshake: what the client offers, what the server answers, and the context it trusts.
+
+Pure functions over headers, query strings and subprotocol lists, with the
+trust policy applied where a peer's context comes in. Nothing here keeps
+per-connection state.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable, Mapping, NamedTuple, Optional, Sequence
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Link, Span
+
+from wstrace import propagation, semconv as sc
+from wstrace._log import warn_once
+from wstrace._spans import link
+from wstrace.carriers import HeaderSource, headers_carrier, query_carrier, split_subprotocols
+from wstrace.config import Config, EnvelopeFormat
+
+
+__all__ = [
+    "Request",
+    "apply_trust",
+    "client_attributes",
+    "extract",
+    "extract_handshake",
+    "header_pairs",
+    "offer_header",
+    "parse_offer",
+    "read_request",
+    "read_response",
+    "remote",
+    "server_attributes",
+    "session_or_none",
+    "strip_query",
+]
+
+_SESSION_ID = re.compile(r"[0-9a-f]{32}\Z")
+
+
+def session_or_none(value: Optional[str]) -> Optional[str]:
+    """``value`` if it is a well-formed session id (32 lowercase hex digits)."""
+    return value if value and _SESSION_ID.match(value) else None
+
+
+def parse_offer(value: Optional[str]) -> Optional[EnvelopeFormat]:
+    """Read a ``wstrace-envelope: <format>/<version>`` header value."""
+    if not value:
+        return None
+    fmt, _, version = value.strip().lower().partition("/")
+    if version != sc.ENVELOPE_VERSION or fmt not in ("frame", "json"):
+        return None
+    return fmt  # type: ignore[return-value]
+
+
+def offer_header(fmt: EnvelopeFormat) -> str:
+    return f"{fmt}/{sc.ENVELOPE_VERSION}"
+
+
+def header_pairs(headers: HeaderSource) -> list[tuple[str, str]]:
+    """Headers as ``(lowercase name, value)`` text pairs; a pair that is not text or bytes is skipped."""
+    items: Iterable[Any]
+    raw = getattr(headers, "raw_items", None)  # websockets' Headers: every value of a repeated header
+    if callable(raw):
+        items = raw()
+    elif isinstance(headers, Mapping):
+        items = headers.items()
+    else:
+        items = headers
+    pairs = []
+    for item in items:
+        try:
+            name, value = item
+            pairs.append((_text(name).lower(), _text(value)))
+        except (TypeError, ValueError, AttributeError, UnicodeError):
+            continue  # a header wstrace cannot read is the library's business, not a reason to fail
+    return pairs
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("latin-1")
+    raise TypeError(type(value).__name__)
+
+
+def strip_query(url: str) -> str:
+    """Drop the query and credentials from a URL before recording it."""
+    head, _, _ = url.partition("?")
+    scheme, sep, rest = head.partition("://")
+    if sep and "@" in rest.split("/", 1)[0]:
+        rest = rest.split("@", 1)[1]
+    return f"{scheme}{sep}{rest}"
+
+
+def extract(config: Config, carrier: dict[str, str]) -> Optional[Context]:
+    """The context a peer's carrier holds, or ``None`` if the propagator chokes on it.
+
+    Only ``trust=parent`` uses the peer's baggage, so under ``link`` it is not
+    even parsed: a hostile peer's baggage costs nothing, and cannot make the
+    propagator log a warning per message.
+    """
+    if config.trust != "parent" and "baggage" in carrier:
+        carrier = _without_baggage(carrier)
+    try:
+        return propagation.extract(carrier)
+    except Exception as exc:
+        # The W3C baggage propagator raises on a lone surrogate (aiohttp decodes
+        # obs-text header bytes so): keep the trace context, drop the baggage.
+        warn_once("extracting a peer's context", exc)
+    if "baggage" in carrier:
+        try:
+            return propagation.extract(_without_baggage(carrier))
+        except Exception:
+            pass
+    return None
+
+
+def remote(config: Config, carrier: Optional[dict[str, str]]) -> tuple[Optional[Context], Optional[trace.SpanContext]]:
+    """A message's sender context and its span context, unless there is none or trust is ``ignore``."""
+    ctx = extract(config, carrier) if carrier and config.trust != "ignore" else None
+    return ctx, propagation.remote_span_context(ctx) if ctx is not None else None
+
+
+def _without_baggage(carrier: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in carrier.items() if k != "baggage"}
+
+
+def extract_handshake(
+    config: Config, headers: HeaderSource, query: str, subprotocols: Sequence[str]
+) -> tuple[Optional[Context], Optional[str]]:
+    """The peer's context from the first configured handshake source that holds one, and that source's name."""
+    if config.trust == "ignore":
+        return None, None
+    wanted = propagation.fields()
+    for source in config.handshake_sources:
+        if source == "headers":
+            carrier = headers_carrier(headers, wanted)
+        elif source == "query":
+            carrier = query_carrier(query, wanted)
+        else:
+            carrier = split_subprotocols(subprotocols)[0]
+        if carrier:
+            ctx = extract(config, carrier)
+            if ctx is not None and propagation.remote_span_context(ctx) is not None:
+                return ctx, source
+    return None, None
+
+
+def apply_trust(config: Config, peer: Optional[Context], ambient: Context) -> tuple[Context, Sequence[Link]]:
+    """Parent on, link to, or ignore a peer's handshake context, per the trust policy."""
+    if peer is None:
+        return ambient, ()
+    if config.trust == "parent":
+        return peer, ()
+    span_context = propagation.remote_span_context(peer)
+    return ambient, (link(span_context, "remote"),) if span_context is not None else ()
+
+
+def request_headers(config: Config, handshake: Optional[Span], session_id: str) -> dict[str, str]:
+    """Headers a client adds to its upgrade request: context, envelope offer, session id."""
+    headers: dict[str, str] = {}
+    try:
+        if handshake is not None:
+            headers.update(propagation.inject(trace.set_span_in_context(handshake)))
+    except Exception as exc:
+        # A propagator that cannot write the context (baggage holding a lone
+        # surrogate) must not cost the envelope offer and the session id.
+        warn_once("injecting handshake context", exc)
+    if config.envelope != "off":
+        headers[sc.ENVELOPE_HEADER] = offer_header(config.envelope_format)
+    headers[sc.SESSION_HEADER] = session_id
+    return headers
+
+
+def client_attributes(
+    url: str, scheme: str, host: Optional[str], port: Optional[int], session_id: str
+) -> dict[str, Any]:
+    """A client handshake span's attributes (the URL without query and credentials)."""
+    attributes: dict[str, Any] = {
+        sc.HTTP_REQUEST_METHOD: "GET",
+        sc.URL_FULL: strip_query(url),
+        sc.URL_SCHEME: scheme,
+        sc.SESSION_ID: session_id,
+    }
+    if host:
+        attributes[sc.SERVER_ADDRESS] = host
+    if port:
+        attributes[sc.SERVER_PORT] = port
+    return attributes
+
+
+def server_attributes(
+    method: str,
+    path: str,
+    scheme: str,
+    route: str,
+    session_id: str,
+    source: Optional[str],
+    addresses: Iterable[tuple[str, Any]],
+) -> dict[str, Any]:
+    """A server handshake span's attributes; ``addresses`` are (key, value) pairs, recorded when set."""
+    attributes: dict[str, Any] = {
+        sc.HTTP_REQUEST_METHOD: method,
+        sc.URL_PATH: path,
+        sc.URL_SCHEME: scheme,
+        sc.HTTP_ROUTE: route,
+        sc.SESSION_ID: session_id,
+    }
+    attributes.update((key, value) for key, value in addresses if value)
+    if source:
+        attributes[sc.CONTEXT_SOURCE] = source
+    return attributes
+
+
+class Request(NamedTuple):
+    """What a server reads from an upgrade request."""
+
+    offer: Optional[EnvelopeFormat]
+    """The envelope format the client offered."""
+    session_id: Optional[str]
+    """The client's session id, if well formed and trusted."""
+    context: Optional[Context]
+    """The client's context, from the first handshake source that holds one."""
+    source: Optional[str]
+    """That source's name."""
+
+
+def read_request(config: Config, headers: HeaderSource, query: str, subprotocols: Sequence[str]) -> Request:
+    pairs = header_pairs(headers)
+    offer = session = None
+    for key, value in pairs:
+        if key == sc.SESSION_HEADER and config.trust != "ignore":
+            session = session_or_none(value)
+        elif key == sc.ENVELOPE_HEADER:
+            offer = parse_offer(value)
+    context, source = extract_handshake(config, pairs, query, subprotocols)
+    return Request(offer, session, context, source)
+
+
+def read_response(config: Config, headers: HeaderSource) -> tuple[Optional[EnvelopeFormat], Optional[str]]:
+    """The envelope format in force after a 101 with ``headers``, and the session id it names.
+
+    The envelope is in force if the answer made it into the 101, or if it is
+    forced with ``envelope="always"``.
+    """
+    answer = session = None
+    for name, value in header_pairs(headers):
+        if name == sc.ENVELOPE_HEADER:
+            answer = value
+        elif name == sc.SESSION_HEADER:
+            session = value
+    agreed = parse_offer(answer)
+    if config.envelope == "always":
+        return agreed or config.envelope_format, session_or_none(session)
+    return (agreed if config.envelope == "negotiate" else None), session_or_none(session)

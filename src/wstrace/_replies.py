@@ -1,0 +1,245 @@
+"""Reply streams: which messages answer which, and when a stream is over.
+
+A server's messages sent while it handles an inbound message form that
+message's reply stream; a client's messages received after it sent one form
+that request's reply stream (``docs/streams.md``). This module keeps the
+bookkeeping: the inbound message in flight (:class:`Inbound`, offered through
+the context to whatever sends while it is handled), the requests a client
+sent (:class:`Request`), and a connection's open streams (:class:`Replies`),
+which end at the idle gap, the next request, close, or when nothing can
+reply any more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from typing import Any, Callable, Hashable, Optional
+
+from opentelemetry import context as otel_context
+from opentelemetry.context import Context
+from opentelemetry.trace import Span
+
+from wstrace._log import warn_once
+from wstrace._wire import Prefixes
+from wstrace.metrics import Instruments
+from wstrace.streams import StreamRecorder, StreamStats
+
+
+__all__ = ["OWNER", "Inbound", "Replies", "Request", "safe_key", "safe_predicate"]
+
+OWNER = otel_context.create_key("wstrace-inbound")
+"""Context key under which a message being handled offers itself as the owner of replies."""
+
+_MAX_PENDING_REQUESTS = 1024
+# Open streams per connection: beyond this the oldest ends at its last chunk, so a
+# server answering faster than stream_idle cannot pile up open spans until close.
+_MAX_OPEN_STREAMS = 1024
+_SWEEP_FLOOR = 64
+
+
+def safe_predicate(predicate: Callable[[Any], bool], payload: Any) -> bool:
+    try:
+        return bool(predicate(payload))
+    except Exception as exc:
+        warn_once("the stream_end predicate", exc)
+        return False
+
+
+def safe_key(key_of: Callable[[Any], Optional[Hashable]], payload: Any) -> Optional[Hashable]:
+    try:
+        return key_of(payload)
+    except Exception as exc:
+        warn_once("the stream_key function", exc)
+        return None
+
+
+class Inbound:
+    """A message being handled on the server: the owner of the reply stream sent while it is current.
+
+    Only contexts hold it (the handling task's, and those of tasks it started). Once none does, no
+    chunk can join its stream any more: the stream is handed to its connection's :class:`Replies`
+    to end at its last chunk.
+    """
+
+    __slots__ = ("ctx", "prefixes", "replies", "start_ns", "stream")
+
+    def __init__(self, replies: Replies, ctx: Context, start_ns: int) -> None:
+        self.replies = replies
+        self.ctx = ctx
+        self.start_ns = start_ns
+        self.stream: Optional[StreamRecorder] = None
+        self.prefixes: Optional[Prefixes] = None
+
+    def __del__(self) -> None:
+        # Called wherever the last reference goes (a detach, a task's end, a GC pass): never SDK work here.
+        stream = self.stream
+        if stream is not None and not stream.ended:
+            self.replies.release(stream)
+
+
+class Request:
+    """A message a client sent: the messages answering it form its reply stream."""
+
+    __slots__ = ("base", "ctx", "done", "start_ns", "stream")
+
+    def __init__(self, ctx: Context, start_ns: int) -> None:
+        self.ctx = ctx
+        self.start_ns = start_ns
+        self.stream: Optional[StreamRecorder] = None
+        self.base: Optional[Context] = None
+        self.done = False
+
+
+class Replies:
+    """One connection's open reply streams and, on a client, its requests in flight."""
+
+    __slots__ = ("flush_pending", "idle_ns", "last_request", "loop", "orphans", "requests", "streams", "sweep_at")
+
+    def __init__(self, idle_ns: int) -> None:
+        self.idle_ns = idle_ns
+        self.streams: dict[StreamStats, StreamRecorder] = {}
+        """Open streams, oldest first; a stream leaves when it ends."""
+        self.orphans: list[StreamRecorder] = []
+        """Server reply streams whose message no context holds any more: they are complete."""
+        self.flush_pending = False
+        """An ``end_orphans`` call is scheduled on the event loop, or about to run here."""
+        self.loop = _running_loop()
+        """The event loop the connection runs on, if any: where released reply streams are ended."""
+        self.last_request: Optional[Request] = None
+        self.requests: Optional[OrderedDict[Hashable, Request]] = None
+        """Requests in flight by key (client, with ``stream_key``); made on first use."""
+        self.sweep_at = _SWEEP_FLOOR
+
+    # Streams -----------------------------------------------------------------
+
+    def start(
+        self,
+        span: Span,
+        start_ns: int,
+        stall_threshold: float,
+        instruments: Optional[Instruments],
+        metric_attributes: dict[str, Any],
+    ) -> StreamRecorder:
+        """A reply stream on ``span``, timed from its request at ``start_ns``."""
+        stream = StreamRecorder(
+            span,
+            StreamStats(start_ns, stall_threshold),
+            instruments=instruments,
+            metric_attributes=metric_attributes,
+            body_size=True,
+            on_end=self.forget,
+            brief_single=True,
+        )
+        self.streams[stream.stats] = stream
+        if len(self.streams) > self.sweep_at:
+            self.sweep(time.monotonic_ns())
+        return stream
+
+    def forget(self, stats: StreamStats) -> None:
+        """A stream ended (its ``on_end``)."""
+        self.streams.pop(stats, None)
+
+    def release(self, stream: StreamRecorder) -> None:
+        """No context holds the stream's message any more: end it on the loop's next turn, or at the next event.
+
+        A reply task the library started (tornado's write) may outlive the handler, and ending its
+        stream when the next message arrives would put that work on the next round trip. Only on
+        the connection's own loop thread: a context dropped in a worker thread (or on another loop)
+        leaves the stream to the connection's next event.
+        """
+        try:
+            self.orphans.append(stream)
+            loop = self.loop
+            if loop is not None and not self.flush_pending and asyncio.get_running_loop() is loop:
+                self.flush_pending = True
+                loop.call_soon(self.end_orphans)
+        except Exception:  # no running loop in this thread, a closed loop, interpreter shutdown
+            pass
+
+    def end_orphans(self) -> None:
+        self.flush_pending = False
+        orphans, self.orphans = self.orphans, []
+        try:
+            for stream in orphans:
+                stream.end(at_last_chunk=True)
+        except Exception as exc:
+            warn_once("ending a reply stream", exc)
+
+    def sweep(self, now: int) -> None:
+        """End idle streams at their last chunk, cap the open ones.
+
+        A server's reply stream otherwise ends only when its owner sends again
+        after an idle gap, or at close: on a long-lived connection every reply
+        would stay an open span in memory. Amortised: the next sweep waits
+        until the registry has doubled.
+        """
+        idle = self.idle_ns
+        for stream in list(self.streams.values()):
+            if now - stream.stats.last_ns > idle and stream.stats.count:
+                stream.end(at_last_chunk=True)  # leaves self.streams
+        excess = len(self.streams) - _MAX_OPEN_STREAMS
+        if excess > 0:
+            for stream in list(self.streams.values())[:excess]:  # oldest first
+                stream.end(at_last_chunk=True)
+        self.sweep_at = max(_SWEEP_FLOOR, 2 * len(self.streams))
+
+    def end_all(self, error: Optional[str]) -> None:
+        """The connection closed: every open stream ends, failed with ``error`` if the close was abnormal."""
+        for stream in list(self.streams.values()):
+            if not stream.ended:
+                stream.end(error, at_last_chunk=error is None)
+        self.streams.clear()
+        self.orphans = []
+
+    # Client requests ---------------------------------------------------------
+
+    def track_request(self, ctx: Context, payload: Any, key_of: Optional[Callable[[Any], Optional[Hashable]]]) -> None:
+        """A request was sent: the messages that answer it form its reply stream."""
+        request = Request(ctx, time.monotonic_ns())
+        if key_of is None:
+            previous = self.last_request
+            if previous is not None and previous.stream is not None:
+                previous.stream.end(at_last_chunk=True)  # "up to the next send"
+            self.last_request = request
+            return
+        key = safe_key(key_of, payload)
+        if key is None:
+            return
+        requests = self.requests
+        if requests is None:
+            requests = self.requests = OrderedDict()
+        old = requests.pop(key, None)
+        if old is not None and old.stream is not None:
+            old.stream.end(at_last_chunk=True)
+        requests[key] = request
+        if len(requests) > _MAX_PENDING_REQUESTS:
+            _, evicted = requests.popitem(last=False)
+            if evicted.stream is not None:
+                evicted.stream.end(at_last_chunk=True)
+
+    def request_for(
+        self, payload: Any, now: int, key_of: Optional[Callable[[Any], Optional[Hashable]]]
+    ) -> Optional[Request]:
+        """The request an inbound message answers, if it is still streaming."""
+        if key_of is None:
+            request = self.last_request
+        else:
+            key = safe_key(key_of, payload)
+            request = self.requests.get(key) if key is not None and self.requests is not None else None
+        if request is None or request.done:
+            return None
+        stream = request.stream
+        if stream is not None and (stream.ended or now - stream.stats.last_ns > self.idle_ns):
+            stream.end(at_last_chunk=True)
+            request.done = True
+            return None
+        return request
+
+
+def _running_loop() -> Optional[asyncio.AbstractEventLoop]:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:  # a thread-based library (websockets sync, websocket-client)
+        return None

@@ -1,0 +1,635 @@
+"""The per-connection facade that turns WebSocket events into telemetry.
+
+An adapter (or your own code, for a library wstrace has no adapter for) makes
+one :class:`ConnectionTracer` per connection and reports what happens to it:
+
+* client: :meth:`ConnectionTracer.client`, send :meth:`~ConnectionTracer.request_headers`
+  with the upgrade, then :meth:`~ConnectionTracer.opened` with the response headers;
+* server: :meth:`ConnectionTracer.server` when the upgrade request arrives, add
+  :meth:`~ConnectionTracer.response_headers` to the 101, then :meth:`~ConnectionTracer.opened`;
+* either side: :meth:`~ConnectionTracer.handshake_failed` if there is no 101;
+  :meth:`~ConnectionTracer.send_start` / :meth:`~ConnectionTracer.send_end` around
+  each outbound message; :meth:`~ConnectionTracer.receive_done` before waiting for
+  the next message and :meth:`~ConnectionTracer.received` once it arrives;
+  :meth:`~ConnectionTracer.close_sent` / :meth:`~ConnectionTracer.close_received`
+  as close frames go by, and :meth:`~ConnectionTracer.closed` when the connection ends.
+
+The rules live in the modules below it (``docs/architecture.md``): the
+handshake and trust policy, the envelope on the wire, span names and
+attributes, reply streams, message counts and the close rules. Methods called
+from instrumented paths never raise into the caller; they log the first
+failure and carry on, and the payload always gets through.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal, Optional, Sequence
+
+from opentelemetry import context as otel_context, trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanKind
+
+from wstrace import _close, _handshake as hs, propagation, semconv as sc
+from wstrace._close import Initiator
+from wstrace._context import Attachment, attach
+from wstrace._counting import slot
+from wstrace._log import warn_once
+from wstrace._replies import OWNER, Inbound, Replies, Request, safe_predicate
+from wstrace._spans import IN, OUT, ConnectionSpans, link, record_error, route as route_names, size
+from wstrace._wire import Prefixes, Wire, wire_for
+from wstrace.carriers import HeaderSource
+from wstrace.config import Config, EnvelopeFormat
+from wstrace.metrics import Instruments
+from wstrace.streams import StreamRecorder, wall_ns
+
+
+__all__ = ["NOTHING_TO_END", "ConnectionTracer", "SendHandle", "Side"]
+
+Side = Literal["client", "server"]
+
+# The key suppress_instrumentation() sets; read from the same context lookup as OWNER.
+_SUPPRESS = otel_context._SUPPRESS_INSTRUMENTATION_KEY
+
+
+class SendHandle:
+    """An outbound message in flight, opaque to adapters: pass it back to ``send_end``."""
+
+    __slots__ = ("ends_stream", "span", "stream")
+
+    def __init__(self, span: Optional[Span]) -> None:
+        self.span = span
+        self.stream: Optional[StreamRecorder] = None
+        self.ends_stream = False
+
+
+NOTHING_TO_END = SendHandle(None)
+"""The handle of a send that needs no ``send_end`` (a stream chunk, or nothing recorded)."""
+
+
+class ConnectionTracer:
+    """Telemetry for one WebSocket connection, seen from one side. Build it with :meth:`client` or :meth:`server`."""
+
+    # Slots, and no copies of options: thousands of connections may be open, each with one of these.
+    __slots__ = (
+        "__weakref__",
+        "_adopted",
+        "_closed",
+        "_closing",
+        "_counts",
+        "_handshake",
+        "_instruments",
+        "_offered",
+        "_opened_ns",
+        "_received",
+        "_recording",
+        "_recv",
+        "_recv_ends_stream",
+        "_recv_span",
+        "_replies",
+        "_sent",
+        "_spans",
+        "_started_ns",
+        "_wire",
+        "config",
+        "route",
+        "side",
+    )
+
+    def __init__(
+        self,
+        side: Side,
+        tracer: trace.Tracer,
+        config: Config,
+        *,
+        route: str,
+        session_id: Optional[str] = None,
+        instruments: Optional[Instruments] = None,
+    ) -> None:
+        self.side: Side = side
+        self.config = config
+        self.route = route
+        """Low-cardinality name of the endpoint, used in span names."""
+        self._spans = ConnectionSpans(tracer, config, route_names(route), session_id or uuid.uuid4().hex)
+        self._instruments = instruments
+        self._counts = instruments.totals.counts(route) if instruments is not None else None
+        self._started_ns = time.monotonic_ns()
+        self._opened_ns = 0
+        self._handshake: Optional[Span] = None
+        self._adopted = False
+        self._recording = False
+        self._offered: Optional[EnvelopeFormat] = None
+        self._wire: Optional[Wire] = None
+        self._sent = self._received = 0
+        self._recv_span: Optional[Span] = None
+        self._recv: Optional[Attachment] = None
+        self._recv_ends_stream: Optional[StreamRecorder] = None
+        self._replies: Optional[Replies] = None
+        self._closing: Optional[_close.Closing] = None
+        self._closed = False
+
+    @property
+    def session_id(self) -> str:
+        """Value of ``websocket.session.id``, shared by both ends when both are instrumented."""
+        return self._spans.session_id
+
+    # Handshake ---------------------------------------------------------------
+
+    @classmethod
+    def client(
+        cls,
+        tracer: trace.Tracer,
+        config: Config,
+        *,
+        url: str,
+        scheme: str,
+        host: Optional[str],
+        port: Optional[int],
+        path: str,
+        instruments: Optional[Instruments] = None,
+    ) -> ConnectionTracer:
+        """Start the client's handshake span as a child of the current context."""
+        self = cls("client", tracer, config, route=path or "/", instruments=instruments)
+        try:
+            attributes = hs.client_attributes(url, scheme, host, port, self.session_id)
+            self._start_handshake(otel_context.get_current(), (), attributes, SpanKind.CLIENT)
+        except Exception as exc:  # pragma: no cover - defensive
+            warn_once("starting the client handshake span", exc)
+        return self
+
+    def request_headers(self) -> dict[str, str]:
+        """Headers a client adds to its upgrade request: context, envelope offer, session id."""
+        return hs.request_headers(self.config, self._handshake, self.session_id)
+
+    @classmethod
+    def server(
+        cls,
+        tracer: trace.Tracer,
+        config: Config,
+        *,
+        path: str,
+        query: str = "",
+        headers: HeaderSource = (),
+        subprotocols: Sequence[str] = (),
+        method: str = "GET",
+        scheme: str = "ws",
+        server_address: Optional[str] = None,
+        server_port: Optional[int] = None,
+        client_address: Optional[str] = None,
+        client_port: Optional[int] = None,
+        route: Optional[str] = None,
+        server_span: Optional[Span] = None,
+        instruments: Optional[Instruments] = None,
+        start_time: Optional[int] = None,
+    ) -> ConnectionTracer:
+        """Start the server's handshake span from an upgrade request.
+
+        Context is looked for in the configured handshake sources, in order, and
+        used as the trust policy says. ``server_span`` adopts a SERVER span another
+        instrumentation made for this request: no second handshake span is made,
+        and its owner ends it. ``start_time`` (ns since the epoch) backdates the
+        handshake span, for adapters that learn the route late.
+        """
+        self = cls("server", tracer, config, route=route or path or "/", instruments=instruments)
+        try:
+            request = hs.read_request(config, headers, query, subprotocols)
+            self._offered = request.offer
+            if request.session_id is not None:
+                self._spans.session_id = request.session_id
+            attributes = hs.server_attributes(
+                method,
+                path,
+                scheme,
+                self.route,
+                self.session_id,
+                request.source,
+                (
+                    (sc.SERVER_ADDRESS, server_address),
+                    (sc.SERVER_PORT, server_port),
+                    (sc.CLIENT_ADDRESS, client_address),
+                    (sc.CLIENT_PORT, client_port),
+                ),
+            )
+            if server_span is not None and server_span.get_span_context().is_valid:
+                self._adopt(server_span)
+            else:
+                parent, links = hs.apply_trust(config, request.context, otel_context.get_current())
+                self._start_handshake(parent, links, attributes, SpanKind.SERVER, start_time)
+        except Exception as exc:
+            warn_once("starting the server handshake span", exc)
+        return self
+
+    def _adopt(self, span: Span) -> None:
+        self._handshake = span
+        self._adopted = True
+        self._recording = span.is_recording()
+        if self._recording:
+            span.set_attributes({sc.SESSION_ID: self.session_id, sc.HTTP_ROUTE: self.route})
+            self._spans.links = (link(span.get_span_context(), "handshake"),)
+
+    def _start_handshake(
+        self,
+        parent: Context,
+        links: Sequence[Link],
+        attributes: dict[str, Any],
+        kind: SpanKind,
+        start_time: Optional[int] = None,
+    ) -> None:
+        spans = self._spans
+        span = spans.tracer.start_span(spans.names.handshake, parent, kind, attributes, links, start_time)
+        self._handshake = span
+        self._recording = span.is_recording()
+        if self._recording:
+            spans.links = (link(span.get_span_context(), "handshake"),)
+
+    def response_headers(self) -> dict[str, str]:
+        """Headers a server adds to its 101 response: the envelope answer and session id."""
+        headers = {sc.SESSION_HEADER: self.session_id}
+        if self._offered is not None and self.config.envelope != "off":
+            headers[sc.ENVELOPE_HEADER] = hs.offer_header(self._offered)
+        return headers
+
+    def opened(
+        self, *, response_headers: HeaderSource = (), subprotocol: Optional[str] = None, status: int = 101
+    ) -> None:
+        """The handshake succeeded: end the handshake span and settle the envelope.
+
+        Pass the *final* response headers on both sides: the envelope is in
+        force only if the answer made it into the 101 (a server hook may have
+        replaced the response), or if it is forced with ``envelope="always"``.
+        """
+        try:
+            config = self.config
+            fmt, session = hs.read_response(config, response_headers)
+            self._wire = wire_for(config, fmt) if fmt is not None else None
+            if self.side == "client" and session is not None:
+                self._spans.session_id = session
+            self._opened_ns = time.monotonic_ns()
+            if self._instruments is not None:  # sampled or not: metrics count every connection
+                attributes = self._metric_attributes()
+                self._instruments.handshake_duration.record((self._opened_ns - self._started_ns) / 1e9, attributes)
+                self._instruments.active_connections.add(1, attributes)
+            span = self._handshake
+            if span is None or not self._recording:
+                return
+            span.set_attributes(
+                {sc.HTTP_RESPONSE_STATUS_CODE: status, sc.ENVELOPE: fmt or "none", sc.SESSION_ID: self.session_id}
+            )
+            if subprotocol and not subprotocol.startswith(sc.SUBPROTOCOL_PREFIX):  # ours carries a peer's context
+                span.set_attribute(sc.SUBPROTOCOL, subprotocol)
+            if self._adopted:
+                if config.model == "connection":  # an adopted span lasts as long as the connection
+                    self._spans.open_connection(span)
+                return
+            span.end()
+            # From now on only its context is needed (links, handshake_context): let the SDK's span go.
+            self._handshake = NonRecordingSpan(span.get_span_context())
+            if config.model == "connection":
+                attributes = {sc.NETWORK_PROTOCOL_NAME: "websocket", sc.SESSION_ID: self.session_id}
+                spans = self._spans
+                context = trace.set_span_in_context(span)
+                connection = spans.tracer.start_span(spans.names.connection, context, SpanKind.INTERNAL, attributes)
+                spans.open_connection(connection)
+        except Exception as exc:
+            warn_once("recording the opened connection", exc)
+
+    def handshake_failed(self, *, status: Optional[int] = None, error: Optional[BaseException] = None) -> None:
+        """The connection never opened: end the handshake span with what is known."""
+        self._closed = True
+        span = self._handshake
+        if span is None:
+            return
+        try:
+            if self._recording:
+                if status is not None:
+                    span.set_attribute(sc.HTTP_RESPONSE_STATUS_CODE, status)
+                # A client that gets no 101 has failed whatever the status; a
+                # server's 4xx refusal is the client's fault, not the server's.
+                if error is not None or (status is not None and (self.side == "client" or status >= 500)):
+                    record_error(span, error or str(status), str(error) if error else f"HTTP {status}")
+            if not self._adopted:
+                span.end()
+        except Exception as exc:
+            warn_once("recording a failed handshake", exc)
+
+    @property
+    def envelope(self) -> Optional[EnvelopeFormat]:
+        """The envelope format in force once open, or ``None`` for plain frames."""
+        return self._wire.format if self._wire is not None else None
+
+    @property
+    def handshake_context(self) -> Context:
+        """A context holding the handshake span, to parent work done for the connection."""
+        return trace.set_span_in_context(self._handshake) if self._handshake else Context()
+
+    @property
+    def connection_context(self) -> Optional[Context]:
+        """In the ``connection`` model, a context holding the connection span."""
+        return self._spans.connection_ctx
+
+    @property
+    def recording(self) -> bool:
+        """Whether the handshake was sampled; if not, no spans are made (metrics still count)."""
+        return self._recording
+
+    # Messages ----------------------------------------------------------------
+
+    def send_start(self, payload: Any, *, text: Optional[bool] = None, record: bool = True) -> tuple[Any, SendHandle]:
+        """Start tracing an outbound message and return the frame to put on the wire.
+
+        ``payload`` is what the application passed; it is returned unchanged
+        unless the envelope is in force. ``text`` is the frame type when the
+        library lets the caller choose it (default: ``str`` means text).
+        ``record=False``, like ``suppress_instrumentation()``, still applies the envelope.
+        When the returned handle is :data:`NOTHING_TO_END`, ``send_end`` may be skipped.
+        """
+        is_text = isinstance(payload, str) if text is None else text
+        handle = NOTHING_TO_END
+        wire = self._wire
+        try:
+            carrier: Optional[dict[str, str]] = None
+            current = otel_context.get_current()
+            if not record or current.get(_SUPPRESS) or self._closed:
+                pass
+            elif not self._recording:
+                self._count(OUT, is_text, size(payload))
+            else:
+                owner: Optional[Inbound] = current.get(OWNER)  # type: ignore[assignment]
+                if owner is not None and owner.replies is self._replies:
+                    return self._reply_chunk(owner, payload, is_text)  # hot path: no span of its own
+                body_size = size(payload)
+                self._count(OUT, is_text, body_size)
+                config = self.config
+                if config.message_spans:
+                    self._sent += 1
+                    span = self._spans.send(payload, is_text, self._sent, body_size, current)
+                    handle = SendHandle(span)
+                    span_ctx = trace.set_span_in_context(span)
+                    if self.side == "client" and config.streams:
+                        self._ensure_replies().track_request(span_ctx, payload, config.stream_key)
+                    if wire is not None:
+                        carrier = propagation.inject(span_ctx)
+                elif wire is not None:
+                    carrier = propagation.inject(current)  # without message spans the current context still travels
+            if wire is not None:
+                payload = wire.wrap(payload, is_text, carrier)
+        except Exception as exc:
+            warn_once("tracing an outbound message", exc)
+            if wire is not None:
+                payload = wire.wrap_empty(payload, is_text)
+        return payload, handle
+
+    def _reply_chunk(self, owner: Inbound, payload: Any, is_text: bool) -> tuple[Any, SendHandle]:
+        """Server side: an outbound message sent while ``owner`` is handled joins its reply stream."""
+        now = time.monotonic_ns()
+        config = self.config
+        stream = owner.stream
+        if stream is not None and not stream.ended and now - stream.stats.last_ns > owner.replies.idle_ns:
+            stream.end(at_last_chunk=True)  # an idle gap ends a stream; this chunk starts the next
+        self._sent += 1
+        body_size = size(payload)
+        self._count(OUT, is_text, body_size)
+        if stream is None or stream.ended:
+            span = self._spans.reply(owner.ctx, payload, is_text, self._sent, wall_ns(now))
+            stream = owner.stream = self._start_stream(span, owner.start_ns, "outbound")
+            owner.prefixes = None
+        stream.chunk(body_size or 0, now)
+        handle = NOTHING_TO_END
+        if config.stream_end is not None and safe_predicate(config.stream_end, payload):
+            handle = SendHandle(None)
+            handle.stream, handle.ends_stream = stream, True
+        wire = self._wire
+        if config.chunk_spans:
+            chunk = self._spans.chunk(SpanKind.PRODUCER, stream.span, payload, is_text, self._sent, body_size, None)
+            if handle is NOTHING_TO_END:
+                handle = SendHandle(None)
+            handle.span = chunk
+            if wire is not None:
+                payload = wire.wrap(payload, is_text, propagation.inject(trace.set_span_in_context(chunk)))
+        elif wire is not None:
+            prefixes = owner.prefixes
+            if prefixes is None:
+                prefixes = owner.prefixes = Prefixes()
+            payload = wire.in_stream(prefixes, stream.span, payload, is_text)
+        return payload, handle
+
+    def send_end(self, handle: SendHandle, error: Optional[BaseException] = None) -> None:
+        """The outbound message was handed to the transport, or failed with ``error``."""
+        span, stream = handle.span, handle.stream
+        if span is None and stream is None:
+            return
+        try:
+            if span is not None:
+                if error is not None:
+                    record_error(span, error)
+                span.end()
+            if stream is not None and (error is not None or handle.ends_stream):
+                stream.end(error)
+        except Exception as exc:
+            warn_once("ending a send span", exc)
+
+    def received(self, wire: Any, *, text: Optional[bool] = None, record: bool = True) -> Any:
+        """A message arrived: strip the envelope, start its span and make it current.
+
+        Returns the application's payload. Call :meth:`receive_done` when the
+        application is done with it. ``text`` is the frame type, for libraries
+        that hand text frames over as bytes (default: ``str`` means text).
+        Inside ``suppress_instrumentation()`` (or with ``record=False``) the
+        envelope is still stripped but nothing is recorded.
+        """
+        payload = wire
+        replies = self._replies
+        if replies is not None and replies.orphans:
+            replies.end_orphans()
+        try:
+            carrier = None
+            if self._wire is not None:
+                payload, carrier = self._wire.strip(wire)
+            if record and not self._closed and not otel_context.get_value(_SUPPRESS):
+                self._start_receive(payload, carrier, isinstance(payload, str) if text is None else text)
+        except Exception as exc:
+            warn_once("tracing an inbound message", exc)
+        return payload
+
+    def _start_receive(self, payload: Any, carrier: Optional[dict[str, str]], is_text: bool) -> None:
+        body_size = size(payload)
+        self._count(IN, is_text, body_size)
+        config = self.config
+        if not self._recording or not config.message_spans:
+            return
+        ambient = otel_context.get_current()
+        now = time.monotonic_ns()
+        request = None
+        if self.side == "client" and config.streams and self._replies is not None:
+            request = self._replies.request_for(payload, now, config.stream_key)
+        self._received += 1
+        if request is not None:
+            span, base = self._reply_received(request, payload, carrier, is_text, body_size, now, ambient)
+        else:
+            sender = hs.remote(config, carrier)
+            span, base = self._spans.receive(payload, is_text, self._received, body_size, sender, ambient)
+        ctx = trace.set_span_in_context(span, base)
+        if self.side == "server" and config.streams:
+            ctx = otel_context.set_value(OWNER, Inbound(self._ensure_replies(), ctx, now), ctx)
+        self._recv_span = span if request is None or config.chunk_spans else None
+        self._recv = attach(ctx)
+
+    def _reply_received(
+        self,
+        request: Request,
+        payload: Any,
+        carrier: Optional[dict[str, str]],
+        is_text: bool,
+        body_size: Optional[int],
+        now: int,
+        ambient: Context,
+    ) -> tuple[Span, Context]:
+        """Client side: a message answering ``request`` joins its reply stream."""
+        config = self.config
+        stream = request.stream
+        sender = hs.remote(config, carrier) if stream is None or config.chunk_spans else (None, None)
+        if stream is None:
+            # Without the server's context, the reply still belongs to the request.
+            spans = self._spans
+            span, request.base = spans.receive(
+                payload, is_text, self._received, None, sender, ambient, request.ctx, wall_ns(now)
+            )
+            stream = request.stream = self._start_stream(span, request.start_ns, "inbound")
+        stream.chunk(body_size or 0, now)
+        if config.stream_end is not None and safe_predicate(config.stream_end, payload):
+            request.done = True
+            self._recv_ends_stream = stream
+        base = request.base or ambient
+        if config.chunk_spans:
+            kind = SpanKind.CONSUMER
+            return self._spans.chunk(kind, stream.span, payload, is_text, self._received, body_size, sender[1]), base
+        return stream.span, base
+
+    def receive_done(self, error: Optional[BaseException] = None) -> None:
+        """The application finished handling the last message (it asks for the next one).
+
+        ``error`` is an exception the application's handler raised, recorded on the span.
+        """
+        span, attached, ending = self._recv_span, self._recv, self._recv_ends_stream
+        if span is None and attached is None and ending is None:
+            return
+        self._recv_span = self._recv_ends_stream = None
+        replies = self._replies
+        try:
+            # Detached only in the task (the contextvars.Context) that attached it, and only if
+            # nothing was attached since; otherwise left to that task, or to its end.
+            if attached is not None and attached.detach():
+                self._recv = None
+            if span is not None and span.is_recording():
+                if error is not None:
+                    record_error(span, error)
+                span.end()
+            if ending is not None:
+                ending.end(error)
+        except Exception as exc:
+            warn_once("ending a receive span", exc)
+        if replies is not None:
+            # Usually the last reference to the message's context: its reply stream is complete,
+            # and is ended right here rather than on the next loop turn.
+            replies.flush_pending = True
+            attached = None
+            replies.flush_pending = False
+            if replies.orphans:
+                replies.end_orphans()
+
+    # Streams and counts ----------------------------------------------------------
+
+    def _ensure_replies(self) -> Replies:
+        if self._replies is None:
+            self._replies = Replies(int(self.config.stream_idle * 1e9))
+        return self._replies
+
+    def _start_stream(self, span: Span, start_ns: int, direction: str) -> StreamRecorder:
+        metric_attributes = self._spans.names.stream_metrics[direction]
+        stall = self.config.stall_threshold
+        return self._ensure_replies().start(span, start_ns, stall, self._instruments, metric_attributes)
+
+    def _count(self, direction: str, is_text: bool, body_size: Optional[int]) -> None:
+        counts = self._counts
+        if counts is not None:
+            self._instruments.totals.add(counts, slot(direction, is_text), body_size)  # type: ignore[union-attr]
+
+    def _metric_attributes(self) -> dict[str, Any]:
+        return {sc.HTTP_ROUTE: self.route, sc.SIDE: self.side}
+
+    # Close -------------------------------------------------------------------
+
+    def close_sent(self, code: Optional[int] = None, reason: str = "") -> None:
+        """This end sent a close frame (``code`` ``None``: a frame without a status code)."""
+        self._close_frames().sent(code, reason)
+
+    def close_received(self, code: Optional[int] = None, reason: str = "") -> None:
+        """The peer's close frame arrived. Report frames in the order they went by: the first
+        one's sender is the close's initiator."""
+        self._close_frames().received(code, reason)
+
+    def _close_frames(self) -> _close.Closing:
+        if self._closing is None:
+            self._closing = _close.Closing()
+        return self._closing
+
+    def closed(
+        self,
+        *,
+        error: Optional[BaseException] = None,
+        local_end: bool = False,
+        code: Optional[int] = None,
+        reason: str = "",
+        initiator: Optional[Initiator] = None,
+    ) -> None:
+        """The connection ended. Idempotent.
+
+        Report the close frames first (:meth:`close_sent`, :meth:`close_received`);
+        the rules in ``docs/semantic-conventions.md`` turn them into the close's
+        code, initiator and status. ``error`` is what ended the connection;
+        ``local_end`` says this end dropped it on purpose, without a closing
+        handshake (an ASGI application that returned without closing).
+
+        A library that tells only at the end may pass ``code``, ``reason`` and
+        ``initiator`` instead: who sent the first close frame of a completed
+        closing handshake; ``initiator=None`` means the TCP connection dropped.
+        Every open span ends; an abnormal close marks them as errors.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            closing = self._close_frames()
+            if not closing.reported:
+                local_end = _close.summarised(closing, code, reason, initiator) or local_end
+            end = _close.outcome(closing, error=error, local_end=local_end)
+            failure = (error or str(end.code)) if end.abnormal else None
+            span = self._recv_span
+            if span is not None and span.is_recording():
+                if failure is not None:  # what ended the connection ended the message's handling too
+                    record_error(span, failure, f"WebSocket closed with code {end.code}")
+                span.end()
+            self._recv_span = self._recv_ends_stream = None  # the attachment stays: only its own task may detach it
+            if self._replies is not None:
+                self._replies.end_all(f"close {end.code}" if end.abnormal else None)
+            self._record_close(end.code)
+            if self._recording:
+                span = self._spans.close(end.code, end.reason, end.initiator, failure)
+                if error is not None and failure is None:
+                    span.record_exception(error)
+                if span is not self._spans.connection or not self._adopted:
+                    span.end()
+        except Exception as exc:
+            warn_once("recording the close", exc)
+
+    def _record_close(self, code: Optional[int]) -> None:
+        instruments = self._instruments
+        if instruments is None or not self._opened_ns:
+            return
+        attributes = self._metric_attributes()
+        instruments.active_connections.add(-1, attributes)
+        # The same code as the close span: none when this end dropped the connection on purpose.
+        closing = {**attributes, sc.CLOSE_CODE: code} if code is not None else attributes
+        instruments.connection_duration.record((time.monotonic_ns() - self._opened_ns) / 1e9, closing)
+        instruments.closes.add(1, closing)
