@@ -27,6 +27,7 @@ is the one the message carries, so a worker's ``process`` span is their child
 
 from __future__ import annotations
 
+import logging
 from types import TracebackType
 from typing import Any, AsyncIterator, Iterable, Iterator, Mapping, NamedTuple, Optional, Sequence
 
@@ -36,13 +37,10 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from wstrace import envelope as codec, propagation, semconv as sc
+from wstrace._log import warn_once
 from wstrace.envelope import DEFAULT_MAX_HEADER_BYTES
 from wstrace.exceptions import EnvelopeEncodeError
-from wstrace.queues import (
-    Carried,
-    _tracer,
-    _warn_once,
-)
+from wstrace.queues import Carried, _tracer
 
 
 __all__ = [
@@ -60,6 +58,8 @@ DEFAULT_FIELD = "wstrace"
 """Name of the stream-entry field that carries the context."""
 
 _SYSTEM = "redis"
+
+_log = logging.getLogger(__name__)
 
 
 class StreamEntry(NamedTuple):
@@ -93,7 +93,7 @@ def _carrier(context: Optional[Context]) -> dict[str, str]:
     try:
         return propagation.inject(context)
     except Exception as exc:  # a broken propagator must not stop the write
-        _warn_once("injecting context into a Redis value failed", exc)
+        warn_once("injecting context into a Redis value", exc, logger=_log)
         return {}
 
 
@@ -102,7 +102,7 @@ def _envelope(payload: str | bytes, carrier: Mapping[str, str], max_header: int)
         return codec.encode_text(payload, carrier, max_header=max_header)
     except EnvelopeEncodeError as exc:
         # Too much baggage: an empty envelope, never a bare or dropped value.
-        _warn_once("a carrier over the envelope cap was dropped", exc)
+        warn_once(f"a carrier over the envelope cap was dropped ({exc}); the value carries no context", logger=_log)
         return codec.encode_text(payload, None, max_header=max_header)
 
 
@@ -134,7 +134,7 @@ def _decode(value: Any, max_header: int) -> tuple[Any, Optional[Context]]:
     try:
         return decoded.payload, propagation.extract(decoded.carrier)
     except Exception as exc:  # a propagator that chokes on the carrier
-        _warn_once("extracting context from a Redis value failed", exc)
+        warn_once("extracting context from a Redis value", exc, logger=_log)
         return decoded.payload, Context()
 
 
@@ -177,7 +177,7 @@ def encode_fields(
     """
     out = dict(fields)
     if _field_key(out, field) is not None:
-        _warn_once(f"a stream entry already has a {field!r} field, so it carries no context")
+        warn_once(f"a stream entry already has a {field!r} field, so it carries no context", logger=_log)
         return out
     out[field] = _envelope("", _carrier(context), max_header)
     return out
@@ -261,7 +261,7 @@ class _Write:
             self.span = tracer.start_span(f"publish {name}", kind=SpanKind.PRODUCER, attributes=attributes)
             self.context = trace.set_span_in_context(self.span)
         except Exception as exc:  # pragma: no cover - defensive
-            _warn_once("starting a publish span failed", exc)
+            warn_once("starting a publish span", exc, logger=_log)
 
     def __enter__(self) -> _Write:
         if self.context is not None:
@@ -352,7 +352,7 @@ class _Hop:
                     )
         except Exception as exc:
             # A reply shape this code does not know: lose nothing, carry no context.
-            _warn_once("reading an unknown XREAD reply shape", exc)
+            warn_once("reading an unknown XREAD reply shape", exc, logger=_log)
             return [Carried(StreamEntry(None, None, response))]
         return out
 
