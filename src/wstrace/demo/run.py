@@ -333,7 +333,7 @@ def fold(trace: Trace, minimum: int = FOLD_MIN) -> Trace:
         emit(children[index])
 
     emit(children[-1])
-    return Trace(trace.trace_id, tuple(out), trace.start_ns, trace.end_ns)
+    return Trace(trace.trace_id, tuple(out), trace.start_ns, trace.end_ns, span_count=trace.spans)
 
 
 def _summary(rows: Sequence[Row], children: dict[int, list[int]], hidden: list[int]) -> Row:
