@@ -1,12 +1,18 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from wstrace.config import Config
+from wstrace.config import Config, carry_link
 from wstrace.envelope import DEFAULT_JSON_FIELD, DEFAULT_MAX_HEADER_BYTES
 from wstrace.exceptions import ConfigError, WstraceError
 
@@ -47,6 +53,7 @@ BAD_VALUES: list[tuple[str, Any]] = [
     ("message_spans", "maybe"),
     ("metrics", "perhaps"),
     ("streams", "maybe"),
+    ("chunk_spans", "sometimes"),
     ("stream_idle", "soon"),
     ("stream_idle", "-1"),
     ("stall_threshold", "nan"),
@@ -58,6 +65,24 @@ BAD_VALUES: list[tuple[str, Any]] = [
     ("capture_payload_bytes", "65537"),
     ("capture_payload_bytes", "many"),
     ("redact", "no_such_module_here:redact"),
+    ("redact", ":fn"),  # once a ValueError from importlib, not a ConfigError
+    ("stream_end", ".rel:fn"),  # once a TypeError (a relative import with no package)
+    ("stream_key", "builtins:"),
+    ("stream_end", "builtins:__doc__"),  # not callable
+    ("redact", "tests.peers.broken_module:f"),  # the module raises RuntimeError on import
+]
+
+CHOICES = ["model", "envelope", "envelope_format", "trust"]
+"""The options that take one of a set of words (with carry_link, which Config does not hold)."""
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Every variable Config.load reads, plus WSTRACE_CARRY_LINK (read by the queue helpers through
+# wstrace.config), with bad values: each must be logged exactly once on wstrace.config and ignored.
+BAD_ENVIRONMENT: list[tuple[str, str]] = [
+    *((env_name, bad) for env_name, bad in ((f"WSTRACE_{o.upper()}", b) for o, b in BAD_VALUES)),
+    ("WSTRACE_CARRY_LINK", "sideways"),
+    ("WSTRACE_CARRY_LINK", "child"),
 ]
 
 
@@ -78,7 +103,6 @@ def test_defaults() -> None:
     assert config.trust == "parent"
     assert config.handshake_sources == ("headers",)
     assert config.message_spans is True
-    assert config.sends_envelope_offer is True
     assert config.capture_payload is False, "payloads are application data: never recorded by default"
     assert config.capture_payload_bytes == 256
     assert config.redact is None
@@ -154,33 +178,92 @@ def test_environment_values_are_case_and_space_insensitive() -> None:
     config = Config.load(environ={"WSTRACE_MODEL": "  Connection ", "WSTRACE_ENVELOPE": "OFF"})
     assert config.model == "connection"
     assert config.envelope == "off"
-    assert config.sends_envelope_offer is False
 
 
-@pytest.mark.parametrize(("option", "bad"), BAD_VALUES)
-def test_bad_environment_value_warns_and_keeps_default(option: str, bad: str, caplog: pytest.LogCaptureFixture) -> None:
-    """A bad environment value is logged as a warning naming the variable, and the default stays."""
-    with caplog.at_level(logging.WARNING, logger="wstrace.config"):
-        config = Config.load(environ={env_name(option): bad})
-    assert getattr(config, option) == getattr(Config(), option)
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "wstrace.config"]
-    assert len(warnings) == 1
-    assert env_name(option) in warnings[0].getMessage()
+# In a fresh process: warnings are once per process, so this test must not see what others logged.
+_PROBE = """
+import json, logging, sys
+from wstrace.config import Config, carry_link
+
+class Keep(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.records = []
+    def emit(self, record):
+        self.records.append({"logger": record.name, "level": record.levelname, "message": record.getMessage()})
+
+keep = Keep()
+logging.getLogger("wstrace").addHandler(keep)
+results = []
+for variable, bad in json.loads(sys.argv[1]):
+    keep.records.clear()
+    outcome = {"raised": None, "default": True}
+    try:
+        for _ in range(3):  # as when several instrumentors load their config
+            if variable == "WSTRACE_CARRY_LINK":
+                outcome["default"] &= carry_link(environ={variable: bad}) == "parent"
+            else:
+                outcome["default"] &= Config.load(environ={variable: bad}) == Config()
+    except Exception as exc:
+        outcome["raised"] = f"{type(exc).__name__}: {exc}"
+    results.append({**outcome, "records": list(keep.records)})
+print(json.dumps(results))
+"""
+
+
+@pytest.fixture(scope="module")
+def bad_environment_outcomes() -> dict[tuple[str, str], dict[str, Any]]:
+    """What each bad value in BAD_ENVIRONMENT did, in one fresh interpreter."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WSTRACE_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT)])
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE, json.dumps(BAD_ENVIRONMENT)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+        check=True,
+    )
+    return dict(zip(BAD_ENVIRONMENT, json.loads(done.stdout.splitlines()[-1]), strict=True))
+
+
+def test_bad_environment_cases_cover_every_variable() -> None:
+    """Every variable Config.load reads has a bad-value case, except json_field, which takes any
+    non-blank text (blank means unset); WSTRACE_CARRY_LINK is covered too."""
+    read = {env_name(f.name) for f in dataclasses.fields(Config)}
+    assert {variable for variable, _ in BAD_ENVIRONMENT} == read - {"WSTRACE_JSON_FIELD"} | {"WSTRACE_CARRY_LINK"}
+
+
+@pytest.mark.parametrize(("variable", "bad"), BAD_ENVIRONMENT)
+def test_bad_environment_value_is_logged_once_and_ignored(
+    variable: str, bad: str, bad_environment_outcomes: dict[tuple[str, str], dict[str, Any]]
+) -> None:
+    """A bad value never raises, is logged once (not once per load) on wstrace.config, naming the
+    variable, the value and the default used instead, and the default stays."""
+    outcome = bad_environment_outcomes[(variable, bad)]
+    assert outcome["raised"] is None
+    assert outcome["default"] is True
+    assert len(outcome["records"]) == 1, outcome["records"]
+    record = outcome["records"][0]
+    assert (record["logger"], record["level"]) == ("wstrace.config", "WARNING")
+    assert f"{variable}={bad!r}" in record["message"]
+    assert "using the default" in record["message"]
 
 
 def test_bad_environment_value_does_not_spoil_the_others(caplog: pytest.LogCaptureFixture) -> None:
     """One bad variable is skipped while the good ones still apply."""
+    bad = f"nonsense-{uuid.uuid4().hex}"  # warnings are once per process: a value never logged before
     with caplog.at_level(logging.WARNING, logger="wstrace.config"):
-        config = Config.load(environ={"WSTRACE_MODEL": "nonsense", "WSTRACE_TRUST": "link"})
+        config = Config.load(environ={"WSTRACE_MODEL": bad, "WSTRACE_TRUST": "link"})
     assert config.model == "message"
     assert config.trust == "link"
     assert "WSTRACE_MODEL" in caplog.text
 
 
-def test_bad_environment_value_overridden_by_keyword(caplog: pytest.LogCaptureFixture) -> None:
+def test_bad_environment_value_overridden_by_keyword() -> None:
     """A valid keyword still applies when the environment value for it is bad."""
-    with caplog.at_level(logging.WARNING, logger="wstrace.config"):
-        config = Config.load(environ={"WSTRACE_MODEL": "nonsense"}, model="connection")
+    config = Config.load(environ={"WSTRACE_MODEL": "nonsense"}, model="connection")
     assert config.model == "connection"
 
 
@@ -191,6 +274,35 @@ def test_bad_keyword_raises_config_error(option: str, bad: str) -> None:
         Config.load(environ={}, **{option: bad})
     assert isinstance(info.value, ValueError)
     assert isinstance(info.value, WstraceError)
+    assert str(info.value).startswith(f"{option}: "), "the message names the option"
+
+
+def test_config_error_message() -> None:
+    """The message names the option, what it takes and what it got."""
+    with pytest.raises(ConfigError) as info:
+        Config.load(environ={}, model="bogus")
+    assert str(info.value) == "model: expected one of message, connection, got 'bogus'"
+    with pytest.raises(ConfigError) as info:
+        carry_link("child")
+    assert str(info.value) == "carry_link: expected one of parent, link, got 'child'"
+
+
+@pytest.mark.parametrize("option", CHOICES)
+@pytest.mark.parametrize("dress", [str.upper, str.title, lambda v: f"  {v}\t"])
+def test_choices_are_case_and_blank_tolerant(option: str, dress: Any) -> None:
+    """Every choice option takes any case and surrounding blanks, by keyword and by variable."""
+    value = {"model": "connection", "envelope": "always", "envelope_format": "json", "trust": "link"}[option]
+    assert getattr(Config.load(environ={}, **{option: dress(value)}), option) == value
+    assert getattr(Config.load(environ={env_name(option): dress(value)}), option) == value
+
+
+@pytest.mark.parametrize("text", ["LINK", " link ", "Link\t", "link"])
+def test_carry_link_is_case_and_blank_tolerant(text: str) -> None:
+    """carry_link, a choice of the queue helpers, is parsed like the others, by keyword and by variable."""
+    assert carry_link(text, environ={}) == "link"
+    assert carry_link(None, environ={"WSTRACE_CARRY_LINK": text}) == "link"
+    assert carry_link(None, environ={}) == "parent"
+    assert carry_link("parent", environ={"WSTRACE_CARRY_LINK": "link"}) == "parent", "a keyword wins"
 
 
 @pytest.mark.parametrize(
@@ -262,10 +374,11 @@ def test_handshake_sources_from_sequence() -> None:
 
 def test_handshake_sources_bad_entry_names_it(caplog: pytest.LogCaptureFixture) -> None:
     """An unknown source is rejected as a whole, and the warning names it."""
+    cookie = f"cookie{uuid.uuid4().hex}"  # warnings are once per process: a value never logged before
     with caplog.at_level(logging.WARNING, logger="wstrace.config"):
-        config = Config.load(environ={"WSTRACE_HANDSHAKE_SOURCES": "query,cookie"})
+        config = Config.load(environ={"WSTRACE_HANDSHAKE_SOURCES": f"query,{cookie}"})
     assert config.handshake_sources == ("headers",)
-    assert "cookie" in caplog.text
+    assert cookie in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -303,14 +416,13 @@ def test_max_envelope_bytes_bounds_accepted(size: int) -> None:
 
 
 @pytest.mark.parametrize("size", [-1, 65536, 1 << 20])
-def test_max_envelope_bytes_bounds_rejected(size: int, caplog: pytest.LogCaptureFixture) -> None:
-    """Sizes outside 0..65535 raise as keywords and fall back to the default from the environment."""
+def test_max_envelope_bytes_bounds_rejected(size: int) -> None:
+    """Sizes outside 0..65535 raise as keywords and fall back to the default from the environment
+    (the warning: test_bad_environment_value_is_logged_once_and_ignored)."""
     with pytest.raises(ConfigError, match="65535"):
         Config.load(environ={}, max_envelope_bytes=size)
-    with caplog.at_level(logging.WARNING, logger="wstrace.config"):
-        config = Config.load(environ={"WSTRACE_MAX_ENVELOPE_BYTES": str(size)})
+    config = Config.load(environ={"WSTRACE_MAX_ENVELOPE_BYTES": str(size)})
     assert config.max_envelope_bytes == DEFAULT_MAX_HEADER_BYTES
-    assert "WSTRACE_MAX_ENVELOPE_BYTES" in caplog.text
 
 
 def test_config_is_frozen() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import logging
 import multiprocessing
 import pickle
 import queue
@@ -28,7 +27,6 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from tests.conftest import Telemetry
 from tests.instrumentation.contract import parent_id, span_id, trace_id
-from wstrace import queues as carry_module
 from wstrace.exceptions import ConfigError
 from wstrace.instrumentation.websockets import WebsocketsInstrumentor
 from wstrace.queues import (
@@ -351,22 +349,36 @@ def test_carry_link_from_the_environment(telemetry: Telemetry, monkeypatch: pyte
     assert second.parent is not None
 
 
-def test_bad_carry_link_values(
-    telemetry: Telemetry, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A bad keyword raises ConfigError; a bad environment value is logged and the default used."""
-    with pytest.raises(ConfigError, match="carry_link"):
+def test_bad_carry_link_values(telemetry: Telemetry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bad keyword raises ConfigError naming the option; a bad variable is ignored, so the
+    default (parent) applies. Its warning, on wstrace.config, is checked in a fresh process by
+    tests/test_config.py::test_bad_environment_value_is_logged_once_and_ignored."""
+    with pytest.raises(ConfigError, match=r"^carry_link: expected one of parent, link, got 'child'$"):
         TracedQueue(carry_link="child")
     monkeypatch.setenv("WSTRACE_CARRY_LINK", "sideways")
-    monkeypatch.setattr(carry_module, "_warned", set())  # warnings are once per process
     tracer = telemetry.provider.get_tracer("test")
     with tracer.start_as_current_span("producer") as producer:
         carried = carry("x")
-    with caplog.at_level(logging.WARNING, logger="wstrace.queues"):
-        with restore(carried, tracer_provider=telemetry.provider):
-            pass
+    with restore(carried, tracer_provider=telemetry.provider):
+        pass
     assert parent_id(telemetry.one("process")) == span_id(producer)
-    assert "WSTRACE_CARRY_LINK='sideways'" in caplog.text
+
+
+@pytest.mark.parametrize("text", ["LINK", " link ", "Link"])
+def test_carry_link_keyword_is_case_and_blank_tolerant(telemetry: Telemetry, text: str) -> None:
+    """carry_link takes any case and blanks as a keyword, as every choice option does."""
+    tracer = telemetry.provider.get_tracer("test")
+    with tracer.start_as_current_span("producer"):
+        carried = carry("x", destination="jobs")
+    with restore(carried, carry_link=text, tracer_provider=telemetry.provider):  # type: ignore[arg-type]
+        pass
+    jobs: TracedQueue[str] = TracedQueue(name="q", carry_link=text, tracer_provider=telemetry.provider)  # type: ignore[arg-type]
+    with tracer.start_as_current_span("producer"):
+        jobs.put("y")
+    jobs.get()
+    jobs.task_done()
+    assert telemetry.one("process jobs").parent is None
+    assert telemetry.one("process q").parent is None
 
 
 def test_restore_records_an_escaping_error(telemetry: Telemetry) -> None:
@@ -539,6 +551,43 @@ def test_nested_queues_keep_both_spans(telemetry: Telemetry) -> None:
     spans = {s.name: s for s in telemetry.spans}
     assert parent_id(spans["process inner"]) == span_id(spans["process outer"])
     assert spans["process outer"].end_time >= spans["process inner"].end_time
+
+
+@pytest.mark.parametrize("mode", ["parent", "link"])
+def test_nested_queue_item_stays_in_its_own_trace(telemetry: Telemetry, mode: str) -> None:
+    """An item of a second queue, taken while an item of the first is handled, is processed in
+    its own message's trace (parent: its creation context, or none with carry_link="link"); the
+    outer process span, current where it was taken, is a link (wstrace.link.kind=ambient)."""
+    tracer = telemetry.provider.get_tracer("test")
+    outer: TracedQueue[str] = TracedQueue(name="outer", carry_link=mode, tracer_provider=telemetry.provider)  # type: ignore[arg-type]
+    inner: TracedQueue[str] = TracedQueue(name="inner", carry_link=mode, tracer_provider=telemetry.provider)  # type: ignore[arg-type]
+    with tracer.start_as_current_span("outer producer") as outer_producer:
+        outer.put("a")
+    with tracer.start_as_current_span("inner producer") as inner_producer:
+        inner.put("b")
+    assert outer.get() == "a"
+    outer_process = trace.get_current_span()
+    assert inner.get() == "b"
+    with tracer.start_as_current_span("handle b"):
+        pass
+    inner.task_done()
+    assert trace.get_current_span() is outer_process, "the outer span is current again"
+    outer.task_done()
+    process_inner, process_outer = telemetry.one("process inner"), telemetry.one("process outer")
+    if mode == "parent":
+        assert parent_id(process_inner) == span_id(inner_producer)
+        assert trace_id(process_inner) == trace_id(inner_producer)
+    else:
+        assert process_inner.parent is None
+    assert [
+        (link, dict(link_.attributes or {}))
+        for link, link_ in zip(link_ids(process_inner), process_inner.links, strict=True)
+    ] == [
+        (ids(inner_producer), {"wstrace.link.kind": "creation"}),
+        (ids(process_outer), {"wstrace.link.kind": "ambient"}),
+    ]
+    assert link_ids(process_outer) == [ids(outer_producer)], "nothing was current: no ambient link"
+    assert parent_id(telemetry.one("handle b")) == span_id(process_inner)
 
 
 # 1,000 items, several workers ---------------------------------------------------------------

@@ -7,6 +7,7 @@ import inspect
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from typing import Any, Optional
 import pytest
 import redis
 import redis.asyncio
-from opentelemetry import trace
+from opentelemetry import baggage, context as otel_context, trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
 from websockets.asyncio.client import connect
@@ -165,7 +166,12 @@ async def hop_for(kind: str, port: int, telemetry: Telemetry, **options: Any) ->
 
 
 def publish_spans(telemetry: Telemetry, destination: str = "jobs") -> list[ReadableSpan]:
-    return telemetry.named(f"publish {destination}")
+    """The write spans to ``destination``, named ``{command} {destination}``."""
+    return [
+        s
+        for s in telemetry.spans
+        if s.kind is SpanKind.PRODUCER and (s.attributes or {}).get("messaging.destination.name") == destination
+    ]
 
 
 # The codec, without a server ------------------------------------------------------------------
@@ -259,10 +265,10 @@ def test_list_round_trip(telemetry: Telemetry, redis_port: int, r: redis.Redis, 
     assert empty is None and timed_out is None
     assert r.llen("jobs") == 0
     producer = telemetry.one("producer")
-    publishes = [s for s in telemetry.spans if s.name.startswith("publish ")]
-    assert sorted(s.name for s in publishes) == ["publish jobs", "publish jobs", "publish more"]
+    publishes = [s for s in telemetry.spans if s.kind is SpanKind.PRODUCER]
+    assert sorted(s.name for s in publishes) == ["lpush jobs", "lpush more", "rpush jobs"]
     for publish in publishes:
-        assert publish.kind is SpanKind.PRODUCER
+        assert publish.attributes["messaging.operation.type"] == "send", "not the deprecated 'publish'"
         assert parent_id(publish) == span_id(producer)
     by_op = {s.attributes["messaging.operation.name"]: s for s in publish_spans(telemetry)}
     assert context_span_id(brpop) == span_id(by_op["rpush"])
@@ -304,8 +310,12 @@ def test_stream_round_trip(telemetry: Telemetry, redis_port: int, r: redis.Redis
     assert [c.item.fields for c in read] == [{b"job": b"1", b"blob": b"\x00\xff", b"n": b"7"}, {b"k": b"v"}]
     assert r.xrange("jobs")[0][1][b"wstrace"].startswith(b"\x1ewt1traceparent="), "on the wire"
     publish = publish_spans(telemetry)[0]
+    assert publish.name == "xadd jobs"
     assert publish.attributes["messaging.operation.name"] == "xadd"
+    assert publish.attributes["messaging.operation.type"] == "send"
     assert publish.attributes["messaging.message.id"] == entry_id.decode()
+    body = len("job1") + len("blob") + 2 + len("n7")  # field names and values, without the context field
+    assert publish.attributes["messaging.message.body.size"] == body
     [entry] = grouped
     assert entry.item.id == entry_id
     assert entry.item.fields == read[0].item.fields
@@ -316,6 +326,7 @@ def test_stream_round_trip(telemetry: Telemetry, redis_port: int, r: redis.Redis
     assert parent_id(process) == span_id(publish)
     assert process.attributes["messaging.consumer.group.name"] == "workers"
     assert process.attributes["messaging.message.id"] == entry_id.decode()
+    assert process.attributes["messaging.message.body.size"] == body
 
 
 # Pub/sub ------------------------------------------------------------------------------------
@@ -446,7 +457,7 @@ def test_thousand_entries_through_a_consumer_group(telemetry: Telemetry, redis_p
         process = spans[parent_id(handle)]
         publish = spans[parent_id(process)]
         produce = spans[parent_id(publish)]
-        assert (process.name, publish.name, produce.name) == ("process jobs", "publish jobs", "produce")
+        assert (process.name, publish.name, produce.name) == ("process jobs", "xadd jobs", "produce")
         assert produce.attributes["item"] == handle.attributes["item"], "cross-wired"
         assert [link.context.span_id for link in process.links] == [span_id(publish)]
         assert process.attributes["messaging.message.id"] == publish.attributes["messaging.message.id"]
@@ -637,7 +648,8 @@ def test_gateway_to_worker_process_and_back(
         for s in console_spans("\n".join(line for line in output.splitlines() if not line.startswith("PEER ")))
     ]
     recs = {rec.span: rec for rec in [rec_from_sdk(s) for s in telemetry.spans] + worker_recs}
-    gw_publish = next(rec for rec in recs.values() if rec.name == "publish jobs")
+    write = "lpush jobs" if transport == "list" else "xadd jobs"
+    gw_publish = next(rec for rec in recs.values() if rec.name == write)
     worker_processes = [rec for rec in worker_recs if rec.name == "process jobs"]
     assert len(worker_processes) == expected_jobs
     real = [rec for rec in worker_processes if any(span == gw_publish.span for _, span, _ in rec.links)]
@@ -656,7 +668,7 @@ def test_gateway_to_worker_process_and_back(
     chain = walk(reply_receive[0], recs)
     names = [step.name for step in chain]
     assert is_subsequence(
-        ["process results", "publish results", "process jobs", "publish jobs", "receive /chat", "send /chat", "ask"],
+        ["process results", "publish results", "process jobs", write, "receive /chat", "send /chat", "ask"],
         names,
     ), names
     assert [step.process for step in chain if step.name in ("publish results", "process jobs")] == ["worker", "worker"]
@@ -703,7 +715,7 @@ def test_publish_span_is_current_during_the_write_and_records_errors(telemetry: 
     client = _FakeClient()
     assert RedisHop(client, tracer_provider=telemetry.provider).lpush("jobs", "a", b"b", 3) == 3
     current, _name, *values = client.seen[0]
-    publish = telemetry.one("publish jobs")
+    publish = telemetry.one("lpush jobs")
     assert current.get_span_context().span_id == span_id(publish)
     assert [decode_value(v).item for v in values] == ["a", b"b", "3"]
     assert current is not trace.get_current_span(), "detached after the call"
@@ -711,7 +723,7 @@ def test_publish_span_is_current_during_the_write_and_records_errors(telemetry: 
     failing = _FakeClient(redis.ConnectionError("down"))
     with pytest.raises(redis.ConnectionError):
         RedisHop(failing, tracer_provider=telemetry.provider).lpush("jobs", "a")
-    failed = next(s for s in telemetry.named("publish jobs") if s is not publish)
+    failed = next(s for s in telemetry.named("lpush jobs") if s is not publish)
     assert failed.status.status_code.name == "ERROR"
     assert failed.attributes["error.type"] == "ConnectionError"
 
@@ -732,3 +744,69 @@ def test_unknown_reply_shapes_lose_nothing(telemetry: Telemetry) -> None:
     [entry] = hop.xread({"jobs": "0"})
     assert entry.item.fields == [[b"jobs"]]
     assert context_span_id(entry) == 0
+
+
+# The how-to's worker, as pasted --------------------------------------------------------------
+
+
+HOWTO = ROOT / "docs" / "howto" / "async-and-queues.md"
+
+
+def howto_worker() -> str:
+    """The python block after the how-to's worker-snippet marker, exactly as a reader copies it."""
+    text = HOWTO.read_text()
+    after = text[text.index("<!-- worker snippet:") :]
+    start = after.index("```python\n") + len("```python\n")
+    return after[start : after.index("```\n", start)]
+
+
+def test_the_howto_worker_runs_as_pasted(telemetry: Telemetry, redis_port: int, tmp_path: Path) -> None:
+    """The how-to's worker, run as pasted against a real redis-server: it takes the gateway's job, its
+    process span is the child of the gateway's write, and its result carries the trace and the
+    producer's baggage back."""
+    script = tmp_path / "worker.py"
+    script.write_text(howto_worker())
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WSTRACE_", "OTEL_"))}
+    env.update(PYTHONPATH=str(ROOT / "src"), REDIS_URL=f"redis://127.0.0.1:{redis_port}/0")
+    client = redis.Redis(port=redis_port)
+    client.flushall()
+    pubsub = client.pubsub()
+    pubsub.subscribe("results")
+    hop = RedisHop(client, tracer_provider=telemetry.provider)
+    assert hop.get_message(pubsub, timeout=5) is not None  # the subscribe confirmation
+    worker = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        tracer = telemetry.provider.get_tracer("test")
+        token = otel_context.attach(baggage.set_baggage("tenant", "acme"))
+        try:
+            with tracer.start_as_current_span("ask"):
+                hop.lpush("jobs", json.dumps({"id": "j1", "data": "hello"}))
+        finally:
+            otel_context.detach(token)
+        result = None
+        deadline = time.monotonic() + 30
+        while result is None and time.monotonic() < deadline and worker.poll() is None:
+            result = hop.get_message(pubsub, ignore_subscribe_messages=True, timeout=0.5)
+        assert result is not None, (
+            f"no result; worker said: {worker.stderr.read() if worker.poll() is not None else ''}"
+        )
+        with restore(result, tracer_provider=telemetry.provider) as message:
+            assert json.loads(message["data"]) == {"id": "j1", "result": "HELLO"}
+            assert baggage.get_baggage("tenant") == "acme", "the producer's baggage came back through the worker"
+        worker.send_signal(signal.SIGINT)  # Ctrl-C: the SDK flushes its batch at exit
+        output, _ = worker.communicate(timeout=30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.communicate()
+        pubsub.close()
+        client.close()
+    spans = {s["name"]: s for s in console_spans(output)}
+    lpush = telemetry.one("lpush jobs")
+    process = spans["process jobs"]
+    assert process["context"]["trace_id"] == f"0x{trace_id(lpush):032x}"
+    assert process["parent_id"] == f"0x{span_id(lpush):016x}"
+    assert spans["publish results"]["parent_id"] == process["context"]["span_id"]
+    assert parent_id(telemetry.one("process results")) == int(spans["publish results"]["context"]["span_id"], 16)

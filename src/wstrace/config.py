@@ -1,9 +1,13 @@
 """Options, settable by keyword and by ``WSTRACE_*`` environment variables.
 
 A keyword wins over the environment, which wins over the default. A bad
-keyword raises :class:`~wstrace.exceptions.ConfigError` (the caller can fix
-it); a bad environment value is logged once and replaced by the default,
-because an instrumentation must never stop the host application from starting.
+keyword raises :class:`~wstrace.exceptions.ConfigError` naming the option (the
+caller can fix it); a bad environment value, whatever is wrong with it, is
+logged once on the ``wstrace.config`` logger and ignored, because an
+instrumentation must never stop the host application from starting.
+
+``carry_link`` (``WSTRACE_CARRY_LINK``) is parsed here too, with the same rules,
+but it is an option of the queue and Redis helpers, not of :class:`Config`.
 """
 
 from __future__ import annotations
@@ -11,14 +15,26 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-from dataclasses import dataclass, fields, replace
-from typing import Any, Callable, Hashable, Literal, Mapping, Optional, get_args
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Hashable, Literal, Mapping, Optional, cast, get_args
 
+from wstrace._log import warn_once
 from wstrace.envelope import DEFAULT_JSON_FIELD, DEFAULT_MAX_HEADER_BYTES
 from wstrace.exceptions import ConfigError
 
 
-__all__ = ["MAX_CAPTURE_BYTES", "Config", "EnvelopeFormat", "EnvelopeMode", "HandshakeSource", "Model", "Trust"]
+__all__ = [
+    "CARRY_LINK_ENV",
+    "MAX_CAPTURE_BYTES",
+    "CarryLink",
+    "Config",
+    "EnvelopeFormat",
+    "EnvelopeMode",
+    "HandshakeSource",
+    "Model",
+    "Trust",
+    "carry_link",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -30,18 +46,25 @@ EnvelopeMode = Literal["off", "negotiate", "always"]
 EnvelopeFormat = Literal["frame", "json"]
 Trust = Literal["parent", "link", "ignore"]
 HandshakeSource = Literal["headers", "query", "subprotocol"]
+CarryLink = Literal["parent", "link"]
+"""How a queue's ``process`` span relates to the context its item was enqueued in.
+
+``parent``: it is the child of that context (one trace), and links to it.
+``link``: it starts a new trace and only links to it.
+"""
+
+CARRY_LINK_ENV = "WSTRACE_CARRY_LINK"
+"""Environment variable giving the default :data:`CarryLink` (``parent`` if unset)."""
 
 
 def _choice(kind: Any) -> Callable[[str], str]:
     allowed = get_args(kind)
 
     def parse(value: str) -> str:
-        if not isinstance(value, str):
+        # Stripped and case-insensitive, by keyword as in the environment (docs/configuration.md).
+        if not isinstance(value, str) or value.strip().lower() not in allowed:
             raise ConfigError(f"expected one of {', '.join(allowed)}, got {value!r}")
-        value = value.strip().lower()
-        if value not in allowed:
-            raise ConfigError(f"expected one of {', '.join(allowed)}, got {value!r}")
-        return value
+        return value.strip().lower()
 
     return parse
 
@@ -49,12 +72,12 @@ def _choice(kind: Any) -> Callable[[str], str]:
 def _sources(value: str | tuple[str, ...]) -> tuple[str, ...]:
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)) or not all(isinstance(s, str) for s in items):
-        raise ConfigError(f"handshake sources must be a comma-separated string or a sequence of strings, got {value!r}")
+        raise ConfigError(f"expected a comma-separated string or a sequence of strings, got {value!r}")
     result = tuple(dict.fromkeys(s.strip().lower() for s in items if s.strip()))
     allowed = get_args(HandshakeSource)
     bad = [s for s in result if s not in allowed]
     if bad:
-        raise ConfigError(f"handshake sources must be among {', '.join(allowed)}, got {', '.join(bad)}")
+        raise ConfigError(f"expected entries among {', '.join(allowed)}, got {', '.join(bad)}")
     return result
 
 
@@ -102,10 +125,13 @@ def _callable(value: Any) -> Callable[..., Any]:
     if not isinstance(value, str) or ":" not in value:
         raise ConfigError(f"expected a callable or 'module:function', got {value!r}")
     module, _, name = value.strip().partition(":")
+    if not module or not name or module.startswith("."):
+        # import_module would raise ValueError (empty name) or TypeError (relative, no package).
+        raise ConfigError(f"expected 'module:function' with an absolute module name, got {value!r}")
     try:
         found = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"cannot import {value!r}: {exc}") from None
+    except Exception as exc:  # a module that fails to import raises anything at all
+        raise ConfigError(f"cannot import {value!r}: {type(exc).__name__}: {exc}") from None
     if not callable(found):
         raise ConfigError(f"{value!r} is not callable")
     return found  # type: ignore[no-any-return]
@@ -125,7 +151,7 @@ def _capture_size(value: str | int) -> int:
 
 def _field(value: str) -> str:
     if not isinstance(value, str) or not value:
-        raise ConfigError("the JSON field name must be a non-empty string")
+        raise ConfigError(f"expected a non-empty string, got {value!r}")
     return value
 
 
@@ -203,29 +229,63 @@ class Config:
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
-        """Read the environment, then apply keyword overrides (``None`` means unset)."""
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = env.get(f"WSTRACE_{f.name.upper()}")
-            if raw is None or not raw.strip():
-                continue
-            try:
-                values[f.name] = _PARSERS[f.name](raw)
-            except ConfigError as exc:
-                _log.warning("ignoring WSTRACE_%s: %s", f.name.upper(), exc)
-        unknown = set(overrides) - {f.name for f in fields(cls)}
+        """Read the environment, then apply keyword overrides (``None`` means unset).
+
+        A bad keyword raises :class:`ConfigError`; a bad environment value is logged
+        once and ignored.
+        """
+        unknown = set(overrides) - set(_PARSERS)
         if unknown:
             raise ConfigError(f"unknown wstrace option(s): {', '.join(sorted(unknown))}")
-        for name, value in overrides.items():
-            if value is not None:
-                values[name] = _PARSERS[name](value)
-        return replace(cls(), **values)
+        values = {name: _parse_keyword(name, value) for name, value in overrides.items() if value is not None}
+        defaults = cls()
+        env = os.environ if environ is None else environ
+        for name in _PARSERS:
+            if name not in values:
+                parsed = _parse_env(env, name, getattr(defaults, name))
+                if parsed is not _UNSET:
+                    values[name] = parsed
+        return replace(defaults, **values)
 
-    @property
-    def sends_envelope_offer(self) -> bool:
-        """Whether a client offers the envelope in its handshake."""
-        return self.envelope != "off"
+
+def _parse_keyword(name: str, value: Any) -> Any:
+    try:
+        return _PARSERS[name](value)
+    except ConfigError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
+_UNSET: Any = object()
+
+
+def _parse_env(env: Mapping[str, str], name: str, default: Any, parser: Optional[Callable[[Any], Any]] = None) -> Any:
+    """The value of ``WSTRACE_<NAME>``, or ``_UNSET`` when it is unset, blank or bad (logged once)."""
+    variable = f"WSTRACE_{name.upper()}"
+    raw = env.get(variable)
+    if raw is None or not raw.strip():
+        return _UNSET
+    try:
+        return (parser or _PARSERS[name])(raw)
+    except Exception as exc:  # ConfigError, or anything a parser did not foresee: never raise at start-up
+        warn_once(f"ignoring {variable}={raw!r} ({name}: {exc}); using the default, {default!r}", logger=_log)
+        return _UNSET
+
+
+_parse_carry_link = _choice(CarryLink)
+
+
+def carry_link(value: Optional[str] = None, environ: Optional[Mapping[str, str]] = None) -> CarryLink:
+    """The ``carry_link`` of a queue or Redis helper: the keyword if given (a bad one raises
+    :class:`ConfigError`), else ``WSTRACE_CARRY_LINK`` (a bad one is logged once and ignored),
+    else ``parent``. Parsed like every choice option: stripped and case-insensitive."""
+    if value is not None:
+        try:
+            return cast(CarryLink, _parse_carry_link(value))
+        except ConfigError as exc:
+            raise ConfigError(f"carry_link: {exc}") from None
+    env = os.environ if environ is None else environ
+    parsed = _parse_env(env, "carry_link", "parent", _parse_carry_link)
+    return "parent" if parsed is _UNSET else cast(CarryLink, parsed)
 
 
 _PARSERS: dict[str, Callable[[Any], Any]] = {

@@ -358,24 +358,18 @@ def decode_json_field(
     carrier, length = _json_carrier(window, max_header)
     if carrier is None:
         return Decoded(wire, None)
-    cut = value_at + length
-    if window[length : length + 1] == ",":
-        return Decoded(_cut(wire, start + 1, cut + 1), carrier)
-    # No comma: the encoder saw an empty object, so only blanks and "}" follow.
+    end = value_at + length
+    comma = window[length : length + 1] == ","
+    if comma:
+        end += 1  # the member goes with its comma
+    # Without a comma the encoder saw an empty object, so only blanks and "}" may follow.
     if isinstance(wire, str):
-        closes = wire[cut:].lstrip(_JSON_WS)[:1] == "}"
-    else:
-        closes = wire[cut:].lstrip(_JSON_WS_B)[:1] == b"}"
-    if not closes:
+        if not comma and wire[end:].lstrip(_JSON_WS)[:1] != "}":
+            return Decoded(wire, None)
+        return Decoded(wire[: start + 1] + wire[end:], carrier)
+    if not comma and wire[end:].lstrip(_JSON_WS_B)[:1] != b"}":
         return Decoded(wire, None)
-    return Decoded(_cut(wire, start + 1, cut), carrier)
-
-
-def _cut(wire: Payload, start: int, end: int) -> Payload:
-    """``wire`` without ``wire[start:end]``."""
-    if isinstance(wire, str):
-        return wire[:start] + wire[end:]
-    return wire[:start] + wire[end:]
+    return Decoded(wire[: start + 1] + wire[end:], carrier)
 
 
 def _json_carrier(window: str, max_header: int) -> tuple[dict[str, str] | None, int]:

@@ -24,7 +24,6 @@ import asyncio
 import contextvars
 import functools
 import logging
-import os
 import queue
 import sys
 import threading
@@ -32,15 +31,16 @@ from concurrent.futures import Executor, Future
 from concurrent.futures.thread import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Iterator, Literal, Mapping, Optional, ParamSpec, TypeVar, cast, get_args
+from typing import Any, Callable, Generic, Iterator, Mapping, Optional, ParamSpec, TypeVar, cast
 
 from opentelemetry import context as otel_context, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
-from wstrace import propagation, semconv as sc
-from wstrace.exceptions import ConfigError
+from wstrace import _context, propagation, semconv as sc
+from wstrace._log import warn_once
+from wstrace.config import CARRY_LINK_ENV, CarryLink, carry_link as _carry_link
 from wstrace.version import __version__
 
 
@@ -61,42 +61,6 @@ _log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 P = ParamSpec("P")
-
-CarryLink = Literal["parent", "link"]
-"""How a ``process`` span relates to the context its item was enqueued in.
-
-``parent``: it is the child of that context (one trace), and links to it.
-``link``: it starts a new trace and only links to it.
-"""
-
-CARRY_LINK_ENV = "WSTRACE_CARRY_LINK"
-"""Environment variable giving the default :data:`CarryLink` (``parent`` if unset)."""
-
-_warned: set[str] = set()
-
-
-def _warn_once(what: str, exc: BaseException | None = None) -> None:
-    """Log an internal failure once per kind, never once per item."""
-    if what not in _warned:
-        _warned.add(what)
-        _log.warning("wstrace: %s; tracing continues without it", what, exc_info=exc)
-
-
-def _carry_link(value: Optional[str]) -> CarryLink:
-    """The keyword if given (a bad one raises), else ``WSTRACE_CARRY_LINK``, else ``parent``."""
-    allowed = get_args(CarryLink)
-    if value is not None:
-        if value not in allowed:
-            raise ConfigError(f"carry_link must be one of {', '.join(allowed)}, got {value!r}")
-        return cast(CarryLink, value)
-    raw = os.environ.get(CARRY_LINK_ENV, "").strip().lower()
-    if not raw:
-        return "parent"
-    if raw not in allowed:
-        # Like config.py: a bad environment value must not stop the application.
-        _warn_once(f"ignoring {CARRY_LINK_ENV}={raw!r} (expected one of {', '.join(allowed)})")
-        return "parent"
-    return cast(CarryLink, raw)
 
 
 @functools.lru_cache(maxsize=32)
@@ -145,12 +109,11 @@ def carry(item: T, *, destination: Optional[str] = None) -> Carried[T]:
 class _Processing:
     """A started ``process`` span, attached as the current context."""
 
-    __slots__ = ("ctx", "ended", "span", "token")
+    __slots__ = ("attachment", "ended", "span")
 
-    def __init__(self, span: Span, ctx: Context, token: object) -> None:
+    def __init__(self, span: Span, attachment: _context.Attachment) -> None:
         self.span = span
-        self.ctx = ctx
-        self.token = token
+        self.attachment = attachment
         self.ended = False
 
     def fail(self, exc: BaseException) -> None:
@@ -160,32 +123,41 @@ class _Processing:
                 self.span.set_attribute(sc.ERROR_TYPE, type(exc).__qualname__)
                 self.span.set_status(Status(StatusCode.ERROR, str(exc)))
         except Exception as err:  # pragma: no cover - defensive
-            _warn_once("recording a processing error failed", err)
+            warn_once("recording a processing error", err, logger=_log)
 
     def finish(self, *, detach: bool = True) -> None:
         if self.ended:
             return
         self.ended = True
         try:
-            # Detach only if nothing was attached since: resetting a stale
+            # Detaches only if still current, in the Context that attached: resetting a stale
             # token would roll back what the application attached after us.
-            if detach and otel_context.get_current() is self.ctx:
-                otel_context.detach(self.token)  # type: ignore[arg-type]
+            if detach:
+                self.attachment.detach()
             self.span.end()
         except Exception as exc:  # pragma: no cover - defensive
-            _warn_once("ending a process span failed", exc)
+            warn_once("ending a process span", exc, logger=_log)
 
 
 def _begin(
     tracer: trace.Tracer, carried: Carried[Any], destination: Optional[str], mode: CarryLink
 ) -> Optional[_Processing]:
-    """Start the ``process`` span for one item and make it current."""
+    """Start the ``process`` span for one item and make it current.
+
+    The parent is the item's creation context (``parent`` mode) or none (``link`` mode), never
+    the span current where the item is taken: a process span belongs to its message's trace,
+    as the messaging conventions say for one message. That ambient span, if any (a process
+    span of another queue whose item is being handled), becomes a link instead.
+    """
     try:
         creation = propagation.remote_span_context(carried.context)
-        links = (Link(creation, {sc.LINK_KIND: "creation"}),) if creation is not None else ()
+        links = [Link(creation, {sc.LINK_KIND: "creation"})] if creation is not None else []
+        ambient = trace.get_current_span().get_span_context()
+        if ambient.is_valid and (creation is None or ambient.span_id != creation.span_id):
+            links.append(Link(ambient, {sc.LINK_KIND: "ambient"}))
         if mode == "parent":
-            # The creation context is the parent and the base: the producer's
-            # baggage comes along, as with a WebSocket envelope under trust=parent.
+            # The creation context is the parent and the base: the producer's baggage comes
+            # along, as with a WebSocket envelope under trust=parent.
             parent = base = carried.context
         else:
             parent, base = Context(), otel_context.get_current()
@@ -204,10 +176,9 @@ def _begin(
             attributes=attributes,
             links=links,
         )
-        ctx = trace.set_span_in_context(span, base)
-        return _Processing(span, ctx, otel_context.attach(ctx))
+        return _Processing(span, _context.attach(trace.set_span_in_context(span, base)))
     except Exception as exc:
-        _warn_once("starting a process span failed", exc)
+        warn_once("starting a process span", exc, logger=_log)
         return None
 
 
@@ -297,7 +268,7 @@ class _Consumers:
             for processing in orphans:
                 processing.finish(detach=False)
         except Exception as exc:  # pragma: no cover - defensive
-            _warn_once("ending a queue's process span failed", exc)
+            warn_once("ending a queue's process span", exc, logger=_log)
 
 
 class TracedQueue(queue.Queue[T]):

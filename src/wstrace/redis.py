@@ -20,29 +20,28 @@ no valid envelope (written by someone else, truncated, garbage) comes back
 exactly as Redis returned it, with an empty context: never an error, never
 dropped.
 
-Writes are ``publish {destination}`` spans (kind ``PRODUCER``); their context
-is the one the message carries, so a worker's ``process`` span is their child
-(or linked to them, with ``carry_link="link"``).
+Writes are ``{command} {destination}`` spans (``lpush jobs``; kind ``PRODUCER``,
+``messaging.operation.type`` ``send``); their context is the one the message
+carries, so a worker's ``process`` span is their child (or linked to them, with
+``carry_link="link"``).
 """
 
 from __future__ import annotations
 
+import logging
 from types import TracebackType
 from typing import Any, AsyncIterator, Iterable, Iterator, Mapping, NamedTuple, Optional, Sequence
 
-from opentelemetry import context as otel_context, trace
+from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
-from wstrace import envelope as codec, propagation, semconv as sc
+from wstrace import _context, envelope as codec, propagation, semconv as sc
+from wstrace._log import warn_once
 from wstrace.envelope import DEFAULT_MAX_HEADER_BYTES
 from wstrace.exceptions import EnvelopeEncodeError
-from wstrace.queues import (
-    Carried,
-    _tracer,
-    _warn_once,
-)
+from wstrace.queues import Carried, _tracer
 
 
 __all__ = [
@@ -60,6 +59,8 @@ DEFAULT_FIELD = "wstrace"
 """Name of the stream-entry field that carries the context."""
 
 _SYSTEM = "redis"
+
+_log = logging.getLogger(__name__)
 
 
 class StreamEntry(NamedTuple):
@@ -89,11 +90,30 @@ def _size(value: Any) -> Optional[int]:
     return None
 
 
+def _fields_size(fields: Any, skip: Any = None) -> Optional[int]:
+    """A stream entry's body size: the bytes of its field names and values (numbers as the text
+    redis-py sends), without the context field ``skip``; ``None`` if a part has no known size."""
+    if not isinstance(fields, Mapping):
+        return None
+    total = 0
+    for key, value in fields.items():
+        if key is skip:
+            continue
+        for part in (key, value):
+            if isinstance(part, (int, float)) and not isinstance(part, bool):
+                part = repr(part)
+            size = _size(part)
+            if size is None:
+                return None
+            total += size
+    return total
+
+
 def _carrier(context: Optional[Context]) -> dict[str, str]:
     try:
         return propagation.inject(context)
     except Exception as exc:  # a broken propagator must not stop the write
-        _warn_once("injecting context into a Redis value failed", exc)
+        warn_once("injecting context into a Redis value", exc, logger=_log)
         return {}
 
 
@@ -102,7 +122,7 @@ def _envelope(payload: str | bytes, carrier: Mapping[str, str], max_header: int)
         return codec.encode_text(payload, carrier, max_header=max_header)
     except EnvelopeEncodeError as exc:
         # Too much baggage: an empty envelope, never a bare or dropped value.
-        _warn_once("a carrier over the envelope cap was dropped", exc)
+        warn_once(f"a carrier over the envelope cap was dropped ({exc}); the value carries no context", logger=_log)
         return codec.encode_text(payload, None, max_header=max_header)
 
 
@@ -134,7 +154,7 @@ def _decode(value: Any, max_header: int) -> tuple[Any, Optional[Context]]:
     try:
         return decoded.payload, propagation.extract(decoded.carrier)
     except Exception as exc:  # a propagator that chokes on the carrier
-        _warn_once("extracting context from a Redis value failed", exc)
+        warn_once("extracting context from a Redis value", exc, logger=_log)
         return decoded.payload, Context()
 
 
@@ -177,7 +197,7 @@ def encode_fields(
     """
     out = dict(fields)
     if _field_key(out, field) is not None:
-        _warn_once(f"a stream entry already has a {field!r} field, so it carries no context")
+        warn_once(f"a stream entry already has a {field!r} field, so it carries no context", logger=_log)
         return out
     out[field] = _envelope("", _carrier(context), max_header)
     return out
@@ -210,8 +230,15 @@ def decode_entry(
             payload, context = _decode(fields[key], max_header)
             if context is not None and payload in ("", b""):
                 rest = {k: v for k, v in fields.items() if k is not key}
+                _set_size(attributes, _fields_size(rest))
                 return Carried(StreamEntry(stream, entry_id, rest, tuple(extra)), context, destination, attributes)
+    _set_size(attributes, _fields_size(fields))
     return Carried(StreamEntry(stream, entry_id, fields, tuple(extra)), Context(), destination, attributes)
+
+
+def _set_size(attributes: dict[str, AttributeValue], size: Optional[int]) -> None:
+    if size is not None:
+        attributes[sc.MESSAGING_MESSAGE_BODY_SIZE] = size
 
 
 def _is_entry(item: Any) -> bool:
@@ -238,35 +265,38 @@ def _stream_pairs(response: Any) -> Iterable[tuple[Any, Any]]:
 
 
 class _Write:
-    """A ``publish`` span around one write; its context is what the message carries."""
+    """A ``{command} {destination}`` span (operation type ``send``) around one write; its
+    context is what the message carries."""
 
-    def __init__(self, tracer: trace.Tracer, op: str, destination: Any, values: Sequence[Any]) -> None:
+    def __init__(
+        self, tracer: trace.Tracer, op: str, destination: Any, values: Sequence[Any], size: Optional[int] = None
+    ) -> None:
         self.span: Optional[Span] = None
         self.context: Optional[Context] = None  # None: inject the current context
-        self._token: Optional[object] = None
+        self._attachment: Optional[_context.Attachment] = None
         try:
             name = _text(destination)
             attributes: dict[str, AttributeValue] = {
                 sc.MESSAGING_SYSTEM: _SYSTEM,
-                sc.MESSAGING_OPERATION_TYPE: "publish",
+                # "send": the messaging conventions' current name for what "publish" was (deprecated).
+                sc.MESSAGING_OPERATION_TYPE: "send",
                 sc.MESSAGING_OPERATION_NAME: op,
                 sc.MESSAGING_DESTINATION_NAME: name,
             }
             if len(values) == 1:
-                size = _size(values[0])
-                if size is not None:
-                    attributes[sc.MESSAGING_MESSAGE_BODY_SIZE] = size
+                _set_size(attributes, _size(values[0]) if size is None else size)
             elif len(values) > 1:
                 attributes[sc.MESSAGING_BATCH_MESSAGE_COUNT] = len(values)
-            self.span = tracer.start_span(f"publish {name}", kind=SpanKind.PRODUCER, attributes=attributes)
+            # The conventions' span name: "{messaging.operation.name} {destination}".
+            self.span = tracer.start_span(f"{op} {name}", kind=SpanKind.PRODUCER, attributes=attributes)
             self.context = trace.set_span_in_context(self.span)
         except Exception as exc:  # pragma: no cover - defensive
-            _warn_once("starting a publish span failed", exc)
+            warn_once("starting a send span", exc, logger=_log)
 
     def __enter__(self) -> _Write:
         if self.context is not None:
             # Current during the call, so a redis-py instrumentation's span nests under it.
-            self._token = otel_context.attach(self.context)
+            self._attachment = _context.attach(self.context)
         return self
 
     def message_id(self, value: Any) -> None:
@@ -276,8 +306,7 @@ class _Write:
     def __exit__(
         self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
     ) -> None:
-        if self._token is not None:
-            otel_context.detach(self._token)  # type: ignore[arg-type]
+        _context.detach(self._attachment)
         span = self.span
         if span is None:
             return
@@ -305,8 +334,8 @@ class _Hop:
         self.max_header = max_header
         self._tracer = _tracer(tracer_provider)
 
-    def _write(self, op: str, destination: Any, values: Sequence[Any]) -> _Write:
-        return _Write(self._tracer, op, destination, values)
+    def _write(self, op: str, destination: Any, values: Sequence[Any], size: Optional[int] = None) -> _Write:
+        return _Write(self._tracer, op, destination, values, size)
 
     def _encode(self, values: Sequence[Any], write: _Write) -> list[Any]:
         return [encode_value(v, write.context, max_header=self.max_header) for v in values]
@@ -352,7 +381,7 @@ class _Hop:
                     )
         except Exception as exc:
             # A reply shape this code does not know: lose nothing, carry no context.
-            _warn_once("reading an unknown XREAD reply shape", exc)
+            warn_once("reading an unknown XREAD reply shape", exc, logger=_log)
             return [Carried(StreamEntry(None, None, response))]
         return out
 
@@ -384,7 +413,7 @@ class RedisHop(_Hop):
 
     def xadd(self, name: Any, fields: Mapping[Any, Any], **kwargs: Any) -> Any:
         """``XADD`` with the context in an extra field."""
-        with self._write("xadd", name, [None]) as write:
+        with self._write("xadd", name, [None], _fields_size(fields)) as write:
             entry_id = self.client.xadd(name, self._fields(fields, write), **kwargs)
             write.message_id(entry_id)
         return entry_id
@@ -460,7 +489,7 @@ class AsyncRedisHop(_Hop):
 
     async def xadd(self, name: Any, fields: Mapping[Any, Any], **kwargs: Any) -> Any:
         """``XADD`` with the context in an extra field."""
-        with self._write("xadd", name, [None]) as write:
+        with self._write("xadd", name, [None], _fields_size(fields)) as write:
             entry_id = await self.client.xadd(name, self._fields(fields, write), **kwargs)
             write.message_id(entry_id)
         return entry_id

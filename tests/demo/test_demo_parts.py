@@ -10,10 +10,11 @@ from array import array
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from wstrace.cli import demo as cli_demo
 from wstrace.cli.export import SpanRecord
-from wstrace.cli.view import Row, Trace
+from wstrace.cli.view import Row, Trace, render_terminal
 from wstrace.demo import audio, dialogue, protocol, run, telemetry
 from wstrace.demo.profile import PROFILES, Pacing, Stage
 
@@ -169,6 +170,21 @@ def test_long_runs_of_identical_subtrees_fold_to_first_summary_last() -> None:
     summary = folded.rows[3].span
     assert (summary.start_ns, summary.end_ns) == (200, 515)
     assert summary.attributes["messaging.message.body.size"] == 4 * 640
+
+
+def test_a_folded_trace_header_counts_every_span() -> None:
+    """The header of a folded trace says how many rows it shows and how many spans the trace holds."""
+    rows = [Row(_span("root", "voice turn", 0), 0)]
+    for i in range(6):
+        rows.append(Row(_span(f"s{i}", "send /voice", 100 * (i + 1), "root", size=640), 1))
+        rows.append(Row(_span(f"r{i}", "receive /voice", 100 * (i + 1) + 5, f"s{i}"), 2))
+    trace = Trace("t" * 32, tuple(rows), 0, 1010)
+    console = Console(record=True, width=200)
+    render_terminal([run.fold(trace)], console)
+    render_terminal([trace], console)
+    folded_header, whole_header = [line for line in console.export_text().splitlines() if " ms  ·  " in line]
+    assert folded_header.endswith("  ·  6 rows, 13 spans")  # root, first, summary, last
+    assert whole_header.endswith("  ·  13 spans")
 
 
 def test_short_runs_are_not_folded() -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
+import re
 
 import pytest
 from google.protobuf.json_format import Parse
@@ -145,6 +147,21 @@ def test_no_orphan_spans(message_run: DemoRun, connection_run: DemoRun, plain_ru
 def test_context_crosses_the_queue_and_the_thread_pool(message_run: DemoRun, connection_run: DemoRun) -> None:
     assert_asr_chain(message_run)
     assert_asr_chain(connection_run)
+
+
+def test_waterfall_headers_count_every_span_in_the_file(message_run: DemoRun) -> None:
+    """Each trace header the demo prints counts all of that trace's spans in the file, folded rows or not."""
+    lines = message_run.stdout.splitlines()
+    checked = 0
+    for title, facts in itertools.pairwise(lines):
+        if not title.startswith("trace "):
+            continue
+        trace_id = title.split()[1]
+        in_file = sum(1 for s in message_run.spans if s.trace_id == trace_id)
+        spans = int(re.search(r"([\d,]+) spans?(?:  ·|$)", facts)[1].replace(",", ""))  # type: ignore[index]
+        assert spans == in_file, facts
+        checked += 1
+    assert checked >= len(message_run.turns())
 
 
 def test_both_services_write_one_file(message_run: DemoRun) -> None:

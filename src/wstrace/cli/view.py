@@ -55,6 +55,13 @@ class Trace:
     rows: tuple[Row, ...]
     start_ns: int
     end_ns: int
+    span_count: Optional[int] = None
+    """Spans in the trace, when ``rows`` do not show each one (a folded trace); else ``len(rows)``."""
+
+    @property
+    def spans(self) -> int:
+        """How many spans the trace holds, shown or not."""
+        return len(self.rows) if self.span_count is None else self.span_count
 
     @property
     def duration_ns(self) -> int:
@@ -248,7 +255,10 @@ def render_terminal(traces: Sequence[Trace], console: Console) -> None:
             no_wrap=True,
             overflow="ellipsis",
         )
-        facts = [_started(trace.start_ns), f"{_ms(trace.duration_ns)} ms", _count(len(trace.rows), "span")]
+        # Every span counts, also those a folded trace shows as one summary row.
+        spans = _count(trace.spans, "span")
+        shown = spans if len(trace.rows) == trace.spans else f"{_count(len(trace.rows), 'row')}, {spans}"
+        facts = [_started(trace.start_ns), f"{_ms(trace.duration_ns)} ms", shown]
         facts.extend(f"session {session}" for session in trace.sessions)
         console.print(Text("  ·  ".join(facts), style="dim"))
         console.print(_trace_table(trace, console.width))

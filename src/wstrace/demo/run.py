@@ -1,10 +1,12 @@
 """``wstrace demo``: runs the voice assistant end to end, then shows its trace and latencies.
 
 Process layout: this process is the device (``service.name`` ``voice-device``); the server runs as a child
-process (``voice-server``, :mod:`.server_process`) in the same process group, so Ctrl-C stops both and both
-flush their spans. Two processes, because the instrumentor is a process-wide singleton bound to one tracer
-provider, so one process cannot give the two ends different resources; and because that is what a device
-and a server are. Both append whole lines to one OTLP/JSON file (:mod:`.telemetry`).
+process (``voice-server``, :mod:`.server_process`) in a session of its own, so a Ctrl-C in the terminal reaches
+the device only, which then stops the server by closing its stdin: the server ends its turn's spans and
+flushes them instead of dying mid-turn with a traceback, and the demo exits quietly with status 130. Two
+processes, because the instrumentor is a process-wide singleton bound to one tracer provider, so one process
+cannot give the two ends different resources; and because that is what a device and a server are. Both
+append whole lines to one OTLP/JSON file (:mod:`.telemetry`).
 
 After the conversation this module reads the file back, the way any consumer of the trace would: the
 waterfall comes from ``wstrace view``'s renderer (long runs of identical sibling spans, such as the 20 ms
@@ -218,9 +220,10 @@ def _server_command(options: Options) -> list[str]:
 
 
 async def _converse(options: Options, tel: telemetry.Telemetry, progress: Progress) -> list[TurnResult]:
-    # Same process group (the default): a Ctrl-C in the terminal reaches the server too.
+    # A session of its own: Ctrl-C reaches only this process, whose finally below stops the server. Its stdin
+    # closes if this process dies too, so it never outlives the demo.
     server = await asyncio.create_subprocess_exec(
-        *_server_command(options), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+        *_server_command(options), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, start_new_session=True
     )
     assert server.stdin is not None and server.stdout is not None
     relay: Optional[asyncio.Task[None]] = None
@@ -330,7 +333,7 @@ def fold(trace: Trace, minimum: int = FOLD_MIN) -> Trace:
         emit(children[index])
 
     emit(children[-1])
-    return Trace(trace.trace_id, tuple(out), trace.start_ns, trace.end_ns)
+    return Trace(trace.trace_id, tuple(out), trace.start_ns, trace.end_ns, span_count=trace.spans)
 
 
 def _summary(rows: Sequence[Row], children: dict[int, list[int]], hidden: list[int]) -> Row:

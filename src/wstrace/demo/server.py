@@ -96,14 +96,19 @@ class VoiceAssistant:
             await ws.close(1003, "expected linear16 audio, 16000 Hz, mono")
             return
         buffer = bytearray()
-        async for message in ws:
-            if isinstance(message, bytes):
-                buffer += message
-                continue
-            control = protocol.parse_control(message)
-            if isinstance(control, protocol.EndOfTurn):
-                await self.turns.put(Turn(ws, conversation, control.turn, bytes(buffer)))
-                buffer.clear()
+        try:
+            async for message in ws:
+                if isinstance(message, bytes):
+                    buffer += message
+                    continue
+                control = protocol.parse_control(message)
+                if isinstance(control, protocol.EndOfTurn):
+                    await self.turns.put(Turn(ws, conversation, control.turn, bytes(buffer)))
+                    buffer.clear()
+        except ConnectionClosed:
+            # The device left without a clean close (Ctrl-C, a dropped network): nothing is left to do,
+            # and its close span records how it ended. Let out, websockets would log a traceback.
+            _log.info("the device left: %s", ws.close_reason or "no close frame")
 
     async def _work(self) -> None:
         while True:

@@ -1,4 +1,4 @@
-"""The server's process, ``voice-server``: started by :mod:`wstrace.demo.run` as a child in its process group.
+"""The server's process, ``voice-server``: started by :mod:`wstrace.demo.run` as a child in a session of its own.
 
 Talks to its parent through pipes: stdout carries JSON lines (``listening`` with the port, then one event per
 finished stage), and the end of stdin means "stop". Its spans go to the same trace file as the device's.
@@ -95,7 +95,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             emit({"event": "failed", "error": f"{exc.name or exc} is not installed"})
             return 1
         asyncio.run(_serve(VoiceAssistant(asr, llm, tts, on_event=emit), args.host, args.port))
-    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: stop quietly, keep the spans
+    except KeyboardInterrupt:  # run by hand and interrupted: stop quietly, keep the spans
         return 130
     finally:
         tel.shutdown()

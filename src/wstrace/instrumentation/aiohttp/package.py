@@ -4,4 +4,4 @@ from __future__ import annotations
 
 
 _instruments = ("aiohttp >= 3.9, < 4",)
-_supports_metrics = False
+_supports_metrics = True

@@ -4,4 +4,4 @@ from __future__ import annotations
 
 
 _instruments = ("starlette >= 0.37, < 2",)
-_supports_metrics = False
+_supports_metrics = True

@@ -4,4 +4,4 @@ from __future__ import annotations
 
 
 _instruments = ("tornado >= 6.3, < 7",)
-_supports_metrics = False
+_supports_metrics = True

@@ -4,4 +4,4 @@ from __future__ import annotations
 
 
 _instruments = ("websocket-client >= 1.6, < 2",)
-_supports_metrics = False
+_supports_metrics = True

@@ -4,4 +4,4 @@ from __future__ import annotations
 
 
 _instruments = ("websockets >= 15.0, < 18",)
-_supports_metrics = False
+_supports_metrics = True
