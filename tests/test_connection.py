@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 import pytest
 from opentelemetry import baggage, context as otel_context
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind, StatusCode
 
 from tests.conftest import Telemetry
 from wstrace import envelope as codec
 from wstrace.config import Config
 from wstrace.connection import ConnectionTracer
+from wstrace.metrics import Instruments
 
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -297,3 +303,152 @@ def test_adopted_server_span(telemetry: Telemetry, model: str) -> None:
         assert any(link.context.span_id == outer.get_span_context().span_id for link in receive.links)
     outer.end()
     assert telemetry.one("asgi websocket").attributes["websocket.session.id"] == s.session_id
+
+
+# Metrics ----------------------------------------------------------------------
+
+
+class Metered:
+    """A client and a server tracer on one real SDK meter provider, with what it collected."""
+
+    def __init__(self, telemetry: Telemetry, **options: Any) -> None:
+        self.reader = InMemoryMetricReader()
+        instruments = Instruments(MeterProvider(metric_readers=[self.reader]))
+        tracer = telemetry.provider.get_tracer("t")
+        config = Config.load({}, **options)
+        self.client = ConnectionTracer.client(
+            tracer, config, url="ws://h/chat", scheme="ws", host="h", port=80, path="/chat", instruments=instruments
+        )
+        self.server = ConnectionTracer.server(
+            tracer, config, path="/chat", headers=self.client.request_headers(), instruments=instruments
+        )
+        response = self.server.response_headers()
+        self.server.opened(response_headers=response)
+        self.client.opened(response_headers=response)
+
+    def round_trips(self, n: int) -> None:
+        for i in range(n):
+            wire, handle = self.client.send_start(f"ping {i}")
+            self.client.send_end(handle)
+            self.server.received(wire)
+            wire, handle = self.server.send_start(f"pong {i}")
+            self.server.send_end(handle)
+            self.server.receive_done()
+            self.client.received(wire)
+            self.client.receive_done()
+
+    def points(self, name: str) -> list[Any]:
+        data = self.reader.get_metrics_data()
+        return [
+            point
+            for resource in (data.resource_metrics if data else ())
+            for scope in resource.scope_metrics
+            for metric in scope.metrics
+            if metric.name == name
+            for point in metric.data.data_points
+        ]
+
+    def total(self, name: str, **attributes: Any) -> int:
+        return sum(
+            p.count if hasattr(p, "count") else p.value
+            for p in self.points(name)
+            if all(p.attributes.get(k) == v for k, v in attributes.items())
+        )
+
+
+def test_metrics_count_a_sampled_out_connection() -> None:
+    """Sampling decides spans, not metrics: a sampled-out connection is counted like any other."""
+    telemetry = Telemetry(sampler=ALWAYS_OFF)
+    metered = Metered(telemetry)
+    metered.round_trips(3)
+    assert metered.total("wstrace.connection.active") == 2  # both ends, open
+    metered.server.closed(code=1000, initiator="remote")
+    metered.client.closed(code=1000, initiator="local")
+    assert telemetry.spans == []
+    assert metered.total("wstrace.message.count", **{"websocket.message.direction": "sent"}) == 6
+    assert metered.total("wstrace.message.count", **{"websocket.message.direction": "received"}) == 6
+    assert metered.total("wstrace.message.size") == 2 * sum(len(f"ping {i}") + len(f"pong {i}") for i in range(3))
+    assert metered.total("wstrace.handshake.duration") == 2
+    assert metered.total("wstrace.connection.active") == 0
+    assert metered.total("wstrace.connection.close.count", **{"websocket.close.code": 1000}) == 2
+
+
+def test_every_collection_sees_every_message(telemetry: Telemetry) -> None:
+    """A quiet connection's messages are counted as they go, not when a batch fills or the connection closes."""
+    metered = Metered(telemetry)
+    metered.round_trips(1)
+    assert metered.total("wstrace.message.count") == 4
+    metered.round_trips(2)
+    assert metered.total("wstrace.message.count") == 12
+    # Replies of several chunks are counted chunk by chunk too, while their stream is still open.
+    wire, handle = metered.client.send_start("stream please")
+    metered.client.send_end(handle)
+    metered.server.received(wire)
+    for chunk in ("a", "b", "c"):
+        metered.server.send_end(metered.server.send_start(chunk)[1])
+    assert metered.total("wstrace.message.count", **{"websocket.message.direction": "sent"}) == 6 + 1 + 3
+
+
+def test_close_metric_agrees_with_the_close_span(telemetry: Telemetry) -> None:
+    """An end that drops the connection on purpose, without a close frame, has no close code in span or metric."""
+    metered = Metered(telemetry)
+    metered.server.closed(local_end=True)
+    close = telemetry.one("close /chat")
+    assert "websocket.close.code" not in close.attributes
+    assert close.attributes["websocket.close.initiator"] == "local"
+    assert close.status.status_code is StatusCode.UNSET
+    (point,) = metered.points("wstrace.connection.close.count")
+    assert "websocket.close.code" not in point.attributes
+    assert point.attributes["websocket.side"] == "server"
+    # The peer saw the TCP connection drop: 1006 in both of its records.
+    metered.client.closed()
+    codes = {p.attributes.get("websocket.close.code") for p in metered.points("wstrace.connection.close.count")}
+    assert codes == {None, 1006}
+    assert {s.attributes.get("websocket.close.code") for s in telemetry.named("close /chat")} == {None, 1006}
+
+
+# Robustness -------------------------------------------------------------------
+
+
+def test_server_never_raises_on_headers_it_cannot_read(telemetry: Telemetry) -> None:
+    """Header names or values of unexpected types are skipped; the handshake is still traced from the rest."""
+    headers = [
+        (memoryview(b"x-odd"), b"1"),
+        (42, "forty-two"),
+        ("traceparent", TRACEPARENT),
+        ("just-a-name",),
+    ]
+    s = server(telemetry, headers)
+    s.opened()
+    span = handshake(telemetry, SpanKind.SERVER)
+    assert span.context.trace_id == REMOTE_TRACE
+
+
+def test_receive_done_from_another_task_does_not_log_a_detach_failure(
+    telemetry: Telemetry, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client whose next recv() runs in a task created while the last message was current (python-socketio's
+    AsyncClient does this) detaches nothing it did not attach: no "Failed to detach context" error."""
+
+    async def scenario() -> None:
+        c, s = connect(telemetry)
+        wire, handle = s.send_start("pushed")
+        s.send_end(handle)
+        c.received(wire)  # attached in this task
+
+        async def next_recv() -> None:
+            c.receive_done()  # another task, which inherited the context as it was
+            wire, handle = s.send_start("second")
+            s.send_end(handle)
+            c.received(wire)
+            c.receive_done()
+
+        await asyncio.create_task(next_recv())
+        c.closed(code=1000, initiator="local")
+        s.closed(code=1000, initiator="remote")
+
+    with caplog.at_level(logging.ERROR):
+        asyncio.run(scenario())
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
+    assert len(telemetry.named("receive /chat")) == 2
+    assert telemetry.open_spans.names() == []
