@@ -131,6 +131,8 @@ def variants() -> list[Variant]:
         add("idle", stack, "bare", BARE)
         add("idle", stack, "wstrace message", MSG_OFF)
         if stack == "websockets":
+            add("idle", stack, "wstrace message, envelope on", MSG_ON, traced_peer=True)
+        if stack == "websockets":
             add("idle", stack, "wstrace connection", CONN_OFF)
     add("long", "websockets", "bare", BARE)
     add("long", "websockets", "wstrace connection", CONN_OFF)

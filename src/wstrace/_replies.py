@@ -17,17 +17,19 @@ import time
 from collections import OrderedDict
 from typing import Any, Callable, Hashable, Optional
 
-from opentelemetry import context as otel_context
+from opentelemetry import context as otel_context, trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Span
+from opentelemetry.trace import Span, SpanKind
 
+from wstrace import _handshake as hs, propagation
 from wstrace._log import warn_once
-from wstrace._wire import Prefixes
+from wstrace._spans import ConnectionSpans
+from wstrace._wire import Prefixes, Wire
 from wstrace.metrics import Instruments
-from wstrace.streams import StreamRecorder, StreamStats
+from wstrace.streams import StreamRecorder, StreamStats, wall_ns
 
 
-__all__ = ["OWNER", "Inbound", "Replies", "Request", "safe_key", "safe_predicate"]
+__all__ = ["NOTHING_TO_END", "OWNER", "Inbound", "Replies", "Request", "SendHandle", "safe_key", "safe_predicate"]
 
 OWNER = otel_context.create_key("wstrace-inbound")
 """Context key under which a message being handled offers itself as the owner of replies."""
@@ -53,6 +55,23 @@ def safe_key(key_of: Callable[[Any], Optional[Hashable]], payload: Any) -> Optio
     except Exception as exc:
         warn_once("the stream_key function", exc)
         return None
+
+
+class SendHandle:
+    """An outbound message in flight, opaque to adapters: pass it back to ``send_end``."""
+
+    __slots__ = ("ends_stream", "span", "stream")
+
+    def __init__(
+        self, span: Optional[Span], stream: Optional[StreamRecorder] = None, ends_stream: bool = False
+    ) -> None:
+        self.span = span
+        self.stream = stream
+        self.ends_stream = ends_stream
+
+
+NOTHING_TO_END = SendHandle(None)
+"""The handle of a send that needs no ``send_end`` (a stream chunk, or nothing recorded)."""
 
 
 class Inbound:
@@ -95,10 +114,23 @@ class Request:
 class Replies:
     """One connection's open reply streams and, on a client, its requests in flight."""
 
-    __slots__ = ("flush_pending", "idle_ns", "last_request", "loop", "orphans", "requests", "streams", "sweep_at")
+    __slots__ = (
+        "flush_pending",
+        "idle_ns",
+        "instruments",
+        "last_request",
+        "loop",
+        "orphans",
+        "requests",
+        "spans",
+        "streams",
+        "sweep_at",
+    )
 
-    def __init__(self, idle_ns: int) -> None:
-        self.idle_ns = idle_ns
+    def __init__(self, spans: ConnectionSpans, instruments: Optional[Instruments]) -> None:
+        self.spans = spans
+        self.instruments = instruments
+        self.idle_ns = int(spans.config.stream_idle * 1e9)
         self.streams: dict[StreamStats, StreamRecorder] = {}
         """Open streams, oldest first; a stream leaves when it ends."""
         self.orphans: list[StreamRecorder] = []
@@ -112,22 +144,84 @@ class Replies:
         """Requests in flight by key (client, with ``stream_key``); made on first use."""
         self.sweep_at = _SWEEP_FLOOR
 
+    # Chunks ------------------------------------------------------------------
+
+    def reply_chunk(
+        self, owner: Inbound, wire: Optional[Wire], payload: Any, is_text: bool, ordinal: int, body_size: Optional[int]
+    ) -> tuple[Any, SendHandle]:
+        """Server side: a message sent while ``owner`` is handled joins its reply stream; returns the frame."""
+        now = time.monotonic_ns()
+        spans = self.spans
+        config = spans.config
+        stream = owner.stream
+        if stream is not None and not stream.ended and now - stream.stats.last_ns > self.idle_ns:
+            stream.end(at_last_chunk=True)  # an idle gap ends a stream; this chunk starts the next
+        if stream is None or stream.ended:
+            span = spans.reply(owner.ctx, payload, is_text, ordinal, wall_ns(now))
+            stream = owner.stream = self.start(span, owner.start_ns, "outbound")
+            owner.prefixes = None
+        stream.chunk(body_size or 0, now)
+        handle = NOTHING_TO_END
+        if config.stream_end is not None and safe_predicate(config.stream_end, payload):
+            handle = SendHandle(None, stream, ends_stream=True)
+        if config.chunk_spans:
+            chunk = spans.chunk(SpanKind.PRODUCER, stream.span, payload, is_text, ordinal, body_size, None)
+            handle = SendHandle(chunk, handle.stream, handle.ends_stream)
+            if wire is not None:
+                payload = wire.wrap(payload, is_text, propagation.inject(trace.set_span_in_context(chunk)))
+        elif wire is not None:
+            prefixes = owner.prefixes
+            if prefixes is None:
+                prefixes = owner.prefixes = Prefixes()
+            payload = wire.in_stream(prefixes, stream.span, payload, is_text)
+        return payload, handle
+
+    def reply_received(
+        self,
+        request: Request,
+        payload: Any,
+        carrier: Optional[dict[str, str]],
+        is_text: bool,
+        ordinal: int,
+        body_size: Optional[int],
+        now: int,
+        ambient: Context,
+    ) -> tuple[Span, Context, Optional[StreamRecorder]]:
+        """Client side: a message answering ``request`` joins its reply stream.
+
+        Returns the span to make current, the context to attach it in, and the
+        stream if this message ends it (``stream_end``).
+        """
+        spans = self.spans
+        config = spans.config
+        stream = request.stream
+        sender = hs.remote(config, carrier) if stream is None or config.chunk_spans else (None, None)
+        if stream is None:
+            # Without the server's context, the reply still belongs to the request.
+            span, request.base = spans.receive(
+                payload, is_text, ordinal, None, sender, ambient, request.ctx, wall_ns(now)
+            )
+            stream = request.stream = self.start(span, request.start_ns, "inbound")
+        stream.chunk(body_size or 0, now)
+        ends = None
+        if config.stream_end is not None and safe_predicate(config.stream_end, payload):
+            request.done = True
+            ends = stream
+        base = request.base or ambient
+        if config.chunk_spans:
+            chunk = spans.chunk(SpanKind.CONSUMER, stream.span, payload, is_text, ordinal, body_size, sender[1])
+            return chunk, base, ends
+        return stream.span, base, ends
+
     # Streams -----------------------------------------------------------------
 
-    def start(
-        self,
-        span: Span,
-        start_ns: int,
-        stall_threshold: float,
-        instruments: Optional[Instruments],
-        metric_attributes: dict[str, Any],
-    ) -> StreamRecorder:
+    def start(self, span: Span, start_ns: int, direction: str) -> StreamRecorder:
         """A reply stream on ``span``, timed from its request at ``start_ns``."""
         stream = StreamRecorder(
             span,
-            StreamStats(start_ns, stall_threshold),
-            instruments=instruments,
-            metric_attributes=metric_attributes,
+            StreamStats(start_ns, self.spans.config.stall_threshold),
+            instruments=self.instruments,
+            metric_attributes=self.spans.names.stream_metrics[direction],
             body_size=True,
             on_end=self.forget,
             brief_single=True,

@@ -36,13 +36,13 @@ from wstrace._close import Initiator
 from wstrace._context import Attachment, attach
 from wstrace._counting import slot
 from wstrace._log import warn_once
-from wstrace._replies import OWNER, Inbound, Replies, Request, safe_predicate
+from wstrace._replies import NOTHING_TO_END, OWNER, Inbound, Replies, SendHandle
 from wstrace._spans import IN, OUT, ConnectionSpans, link, record_error, route as route_names, size
-from wstrace._wire import Prefixes, Wire, wire_for
+from wstrace._wire import Wire, wire_for
 from wstrace.carriers import HeaderSource
 from wstrace.config import Config, EnvelopeFormat
 from wstrace.metrics import Instruments
-from wstrace.streams import StreamRecorder, wall_ns
+from wstrace.streams import StreamRecorder
 
 
 __all__ = ["NOTHING_TO_END", "ConnectionTracer", "SendHandle", "Side"]
@@ -51,21 +51,6 @@ Side = Literal["client", "server"]
 
 # The key suppress_instrumentation() sets; read from the same context lookup as OWNER.
 _SUPPRESS = otel_context._SUPPRESS_INSTRUMENTATION_KEY
-
-
-class SendHandle:
-    """An outbound message in flight, opaque to adapters: pass it back to ``send_end``."""
-
-    __slots__ = ("ends_stream", "span", "stream")
-
-    def __init__(self, span: Optional[Span]) -> None:
-        self.span = span
-        self.stream: Optional[StreamRecorder] = None
-        self.ends_stream = False
-
-
-NOTHING_TO_END = SendHandle(None)
-"""The handle of a send that needs no ``send_end`` (a stream chunk, or nothing recorded)."""
 
 
 class ConnectionTracer:
@@ -267,9 +252,8 @@ class ConnectionTracer:
                 self._spans.session_id = session
             self._opened_ns = time.monotonic_ns()
             if self._instruments is not None:  # sampled or not: metrics count every connection
-                attributes = self._metric_attributes()
-                self._instruments.handshake_duration.record((self._opened_ns - self._started_ns) / 1e9, attributes)
-                self._instruments.active_connections.add(1, attributes)
+                seconds = (self._opened_ns - self._started_ns) / 1e9
+                self._instruments.connection_opened(self._metric_attributes(), seconds)
             span = self._handshake
             if span is None or not self._recording:
                 return
@@ -356,10 +340,11 @@ class ConnectionTracer:
                 self._count(OUT, is_text, size(payload))
             else:
                 owner: Optional[Inbound] = current.get(OWNER)  # type: ignore[assignment]
-                if owner is not None and owner.replies is self._replies:
-                    return self._reply_chunk(owner, payload, is_text)  # hot path: no span of its own
                 body_size = size(payload)
                 self._count(OUT, is_text, body_size)
+                if owner is not None and owner.replies is self._replies:
+                    self._sent += 1  # hot path: a chunk of a reply stream, with no span of its own
+                    return owner.replies.reply_chunk(owner, wire, payload, is_text, self._sent, body_size)
                 config = self.config
                 if config.message_spans:
                     self._sent += 1
@@ -378,40 +363,6 @@ class ConnectionTracer:
             warn_once("tracing an outbound message", exc)
             if wire is not None:
                 payload = wire.wrap_empty(payload, is_text)
-        return payload, handle
-
-    def _reply_chunk(self, owner: Inbound, payload: Any, is_text: bool) -> tuple[Any, SendHandle]:
-        """Server side: an outbound message sent while ``owner`` is handled joins its reply stream."""
-        now = time.monotonic_ns()
-        config = self.config
-        stream = owner.stream
-        if stream is not None and not stream.ended and now - stream.stats.last_ns > owner.replies.idle_ns:
-            stream.end(at_last_chunk=True)  # an idle gap ends a stream; this chunk starts the next
-        self._sent += 1
-        body_size = size(payload)
-        self._count(OUT, is_text, body_size)
-        if stream is None or stream.ended:
-            span = self._spans.reply(owner.ctx, payload, is_text, self._sent, wall_ns(now))
-            stream = owner.stream = self._start_stream(span, owner.start_ns, "outbound")
-            owner.prefixes = None
-        stream.chunk(body_size or 0, now)
-        handle = NOTHING_TO_END
-        if config.stream_end is not None and safe_predicate(config.stream_end, payload):
-            handle = SendHandle(None)
-            handle.stream, handle.ends_stream = stream, True
-        wire = self._wire
-        if config.chunk_spans:
-            chunk = self._spans.chunk(SpanKind.PRODUCER, stream.span, payload, is_text, self._sent, body_size, None)
-            if handle is NOTHING_TO_END:
-                handle = SendHandle(None)
-            handle.span = chunk
-            if wire is not None:
-                payload = wire.wrap(payload, is_text, propagation.inject(trace.set_span_in_context(chunk)))
-        elif wire is not None:
-            prefixes = owner.prefixes
-            if prefixes is None:
-                prefixes = owner.prefixes = Prefixes()
-            payload = wire.in_stream(prefixes, stream.span, payload, is_text)
         return payload, handle
 
     def send_end(self, handle: SendHandle, error: Optional[BaseException] = None) -> None:
@@ -465,7 +416,10 @@ class ConnectionTracer:
             request = self._replies.request_for(payload, now, config.stream_key)
         self._received += 1
         if request is not None:
-            span, base = self._reply_received(request, payload, carrier, is_text, body_size, now, ambient)
+            replies = self._replies
+            span, base, self._recv_ends_stream = replies.reply_received(  # type: ignore[union-attr]
+                request, payload, carrier, is_text, self._received, body_size, now, ambient
+            )
         else:
             sender = hs.remote(config, carrier)
             span, base = self._spans.receive(payload, is_text, self._received, body_size, sender, ambient)
@@ -474,37 +428,6 @@ class ConnectionTracer:
             ctx = otel_context.set_value(OWNER, Inbound(self._ensure_replies(), ctx, now), ctx)
         self._recv_span = span if request is None or config.chunk_spans else None
         self._recv = attach(ctx)
-
-    def _reply_received(
-        self,
-        request: Request,
-        payload: Any,
-        carrier: Optional[dict[str, str]],
-        is_text: bool,
-        body_size: Optional[int],
-        now: int,
-        ambient: Context,
-    ) -> tuple[Span, Context]:
-        """Client side: a message answering ``request`` joins its reply stream."""
-        config = self.config
-        stream = request.stream
-        sender = hs.remote(config, carrier) if stream is None or config.chunk_spans else (None, None)
-        if stream is None:
-            # Without the server's context, the reply still belongs to the request.
-            spans = self._spans
-            span, request.base = spans.receive(
-                payload, is_text, self._received, None, sender, ambient, request.ctx, wall_ns(now)
-            )
-            stream = request.stream = self._start_stream(span, request.start_ns, "inbound")
-        stream.chunk(body_size or 0, now)
-        if config.stream_end is not None and safe_predicate(config.stream_end, payload):
-            request.done = True
-            self._recv_ends_stream = stream
-        base = request.base or ambient
-        if config.chunk_spans:
-            kind = SpanKind.CONSUMER
-            return self._spans.chunk(kind, stream.span, payload, is_text, self._received, body_size, sender[1]), base
-        return stream.span, base
 
     def receive_done(self, error: Optional[BaseException] = None) -> None:
         """The application finished handling the last message (it asks for the next one).
@@ -542,13 +465,8 @@ class ConnectionTracer:
 
     def _ensure_replies(self) -> Replies:
         if self._replies is None:
-            self._replies = Replies(int(self.config.stream_idle * 1e9))
+            self._replies = Replies(self._spans, self._instruments)
         return self._replies
-
-    def _start_stream(self, span: Span, start_ns: int, direction: str) -> StreamRecorder:
-        metric_attributes = self._spans.names.stream_metrics[direction]
-        stall = self.config.stall_threshold
-        return self._ensure_replies().start(span, start_ns, stall, self._instruments, metric_attributes)
 
     def _count(self, direction: str, is_text: bool, body_size: Optional[int]) -> None:
         counts = self._counts
@@ -613,7 +531,9 @@ class ConnectionTracer:
             self._recv_span = self._recv_ends_stream = None  # the attachment stays: only its own task may detach it
             if self._replies is not None:
                 self._replies.end_all(f"close {end.code}" if end.abnormal else None)
-            self._record_close(end.code)
+            if self._instruments is not None and self._opened_ns:
+                seconds = (time.monotonic_ns() - self._opened_ns) / 1e9
+                self._instruments.connection_closed(self._metric_attributes(), end.code, seconds)
             if self._recording:
                 span = self._spans.close(end.code, end.reason, end.initiator, failure)
                 if error is not None and failure is None:
@@ -622,14 +542,3 @@ class ConnectionTracer:
                     span.end()
         except Exception as exc:
             warn_once("recording the close", exc)
-
-    def _record_close(self, code: Optional[int]) -> None:
-        instruments = self._instruments
-        if instruments is None or not self._opened_ns:
-            return
-        attributes = self._metric_attributes()
-        instruments.active_connections.add(-1, attributes)
-        # The same code as the close span: none when this end dropped the connection on purpose.
-        closing = {**attributes, sc.CLOSE_CODE: code} if code is not None else attributes
-        instruments.connection_duration.record((time.monotonic_ns() - self._opened_ns) / 1e9, closing)
-        instruments.closes.add(1, closing)

@@ -10,7 +10,7 @@ session id.
 from __future__ import annotations
 
 import weakref
-from typing import Optional
+from typing import Any, Optional
 
 from opentelemetry import metrics
 from opentelemetry.metrics import Counter, Histogram, Meter, MeterProvider, UpDownCounter
@@ -110,6 +110,17 @@ class Instruments:
             description="Duration of a GenAI operation.",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
+
+    def connection_opened(self, attributes: dict[str, Any], handshake_seconds: float) -> None:
+        self.handshake_duration.record(handshake_seconds, attributes)
+        self.active_connections.add(1, attributes)
+
+    def connection_closed(self, attributes: dict[str, Any], code: Optional[int], seconds: float) -> None:
+        """``code`` is the close span's: ``None`` (no ``websocket.close.code``) when the end dropped it on purpose."""
+        self.active_connections.add(-1, attributes)
+        closing = {**attributes, "websocket.close.code": code} if code is not None else attributes
+        self.connection_duration.record(seconds, closing)
+        self.closes.add(1, closing)
 
 
 _TOTALS: weakref.WeakKeyDictionary[MeterProvider, MessageTotals] = weakref.WeakKeyDictionary()
