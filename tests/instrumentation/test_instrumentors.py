@@ -1,6 +1,6 @@
 """The standard instrumentor contract, held to by every adapter over a real loopback round trip.
 
-Each case drives its library's own client and server (the clients of ``test_interop``, the servers of the
+Each case drives its library's own client and server (the clients of ``peers.py``, the servers of the
 shared helper modules) through: ``uninstrument()`` restores everything, instrumenting twice wraps once, a no-op
 tracer provider records nothing, and ``suppress_instrumentation()`` silences the end it surrounds.
 
@@ -37,7 +37,7 @@ from tornado import websocket as tornado_websocket
 
 from tests.conftest import Telemetry
 from tests.instrumentation import aiohttp_app, contract, tornado_app, uvicorn_server
-from tests.instrumentation.test_interop import CLIENTS
+from tests.instrumentation.peers import CLIENTS
 from wstrace.instrumentation.aiohttp import AiohttpInstrumentor
 from wstrace.instrumentation.starlette import StarletteInstrumentor
 from wstrace.instrumentation.tornado import TornadoInstrumentor
@@ -150,7 +150,7 @@ class Case:
     instrumentor: type[BaseInstrumentor]
     server: Server
     client: str
-    """A key of test_interop's CLIENTS."""
+    """A key of peers.CLIENTS."""
     traces: tuple[SpanKind, ...]
     """The ends of a connection the instrumentor traces."""
     patched: tuple[tuple[Any, str], ...]

@@ -17,31 +17,10 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 
 from tests.conftest import Telemetry
-from tests.instrumentation.test_interop import CLIENTS, SERVERS
+from tests.instrumentation.peers import CLIENTS, INSTRUMENTORS, PAIRS, SERVERS
 from wstrace import session
 from wstrace.cli.export import encode_line
-from wstrace.instrumentation.aiohttp import AiohttpInstrumentor
-from wstrace.instrumentation.starlette import StarletteInstrumentor
-from wstrace.instrumentation.tornado import TornadoInstrumentor
-from wstrace.instrumentation.websocket_client import WebsocketClientInstrumentor
 from wstrace.instrumentation.websockets import WebsocketsInstrumentor
-
-
-# Each client adapter against a different server adapter: every adapter, both sides, is covered.
-PAIRS = [
-    ("websockets-asyncio", "aiohttp"),
-    ("websockets-sync", "websockets"),
-    ("aiohttp", "tornado"),
-    ("tornado", "starlette-uvicorn"),
-    ("websocket-client", "fastapi-uvicorn"),
-]
-ALL = (
-    WebsocketsInstrumentor,
-    AiohttpInstrumentor,
-    WebsocketClientInstrumentor,
-    StarletteInstrumentor,
-    TornadoInstrumentor,
-)
 
 
 @pytest.fixture
@@ -49,7 +28,7 @@ def instrument(telemetry: Telemetry) -> Iterator[Callable[..., None]]:
     instrumentors: list[Any] = []
 
     def do(*classes: type, **options: Any) -> None:
-        for cls in classes or ALL:
+        for cls in classes or INSTRUMENTORS:
             instrumentor = cls()
             instrumentor.instrument(tracer_provider=telemetry.provider, **options)
             instrumentors.append(instrumentor)

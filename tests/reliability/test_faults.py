@@ -27,8 +27,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
 
 from tests.conftest import Telemetry
-from tests.instrumentation.test_interop import CLIENTS, SERVERS
-from tests.reliability.test_capture import ALL, PAIRS
+from tests.instrumentation.peers import CLIENTS, INSTRUMENTORS, PAIRS, SERVERS
 from wstrace import session
 from wstrace.instrumentation.websockets import WebsocketsInstrumentor
 
@@ -351,7 +350,7 @@ def test_every_adapter_survives_a_processor_that_always_raises(telemetry: Teleme
     fault = Fault()
     fault.on()
     telemetry.provider.add_span_processor(RaisingProcessor(fault, ("",)))
-    instrumentors = [cls() for cls in ALL]
+    instrumentors = [cls() for cls in INSTRUMENTORS]
     for instrumentor in instrumentors:
         instrumentor.instrument(tracer_provider=telemetry.provider)
 
