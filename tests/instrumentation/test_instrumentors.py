@@ -327,11 +327,47 @@ def test_instrument_twice_is_a_noop(case: Case, telemetry: Telemetry, instrument
         assert "wstrace-session" in seen.response
 
 
+class NoOpSpy(trace.NoOpTracerProvider):
+    """A no-op tracer provider (every span non-recording) that notes the name and kind of each span started."""
+
+    def __init__(self) -> None:
+        self.started: list[tuple[str, SpanKind]] = []
+
+    def get_tracer(self, *args: Any, **kwargs: Any) -> trace.Tracer:
+        return _SpyTracer(self.started)
+
+
+class _SpyTracer(trace.NoOpTracer):
+    def __init__(self, started: list[tuple[str, SpanKind]]) -> None:
+        self.started = started
+
+    def start_span(self, name: str, *args: Any, kind: SpanKind = SpanKind.INTERNAL, **kwargs: Any) -> trace.Span:
+        self.started.append((name, kind))
+        return super().start_span(name, *args, kind=kind, **kwargs)
+
+    def start_as_current_span(self, name: str, *args: Any, kind: SpanKind = SpanKind.INTERNAL, **kwargs: Any) -> Any:
+        self.started.append((name, kind))
+        return super().start_as_current_span(name, *args, kind=kind, **kwargs)
+
+
 def test_no_op_tracer_provider(case: Case, telemetry: Telemetry, instrument: Callable[..., None]) -> None:
-    """With a no-op tracer provider nothing is recorded and messages still flow."""
-    instrument(tracer_provider=trace.NoOpTracerProvider())
+    """With a no-op tracer provider nothing is recorded and messages still flow.
+
+    Instrumented first into ``telemetry`` (which records the round trip), then, re-instrumented with a no-op
+    provider, not one more span reaches ``telemetry``, and every end starts its spans from the no-op provider.
+    """
+    instrument()
+    roundtrip(case, telemetry)
+    assert {s.kind for s in telemetry.named(f"GET {ROUTE}")} == set(case.ends), "telemetry records a traced end"
+    for instrumentor in (case.instrumentor, *([case.peer] if case.peer else [])):
+        instrumentor().uninstrument()
+    telemetry.exporter.clear()
+
+    spy = NoOpSpy()
+    instrument(tracer_provider=spy)
     seen = roundtrip(case, telemetry)
-    assert telemetry.spans == []
+    assert telemetry.spans == [], "a span reached the provider of the previous instrument()"
+    assert {(f"GET {ROUTE}", kind) for kind in case.ends} <= set(spy.started), "an end ignored the given provider"
     # The protocol still runs; only telemetry is off.
     if CLIENT in case.traces:
         assert {"wstrace-envelope", "wstrace-session"} <= seen.request
