@@ -13,6 +13,8 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerPro
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from tests import redis_server
+
 
 class OpenSpans(SpanProcessor):
     """Tracks spans that were started and not yet ended, to prove none is left open."""
@@ -70,3 +72,10 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
     otel_context.detach(token)
     propagate.set_global_textmap(saved)
+
+
+@pytest.fixture(scope="module")
+def redis_port() -> Iterator[int]:
+    """A private redis-server on a free loopback port, no persistence, killed at the end of the module."""
+    with redis_server.running() as port:
+        yield port

@@ -20,6 +20,9 @@ from tests.demo.fakes import fake_collector, url
 from wstrace.cli.export import SpanRecord, read_spans
 
 
+# The checks shared by the demo's test modules keep pytest's detailed assertion messages.
+pytest.register_assert_rewrite("tests.demo.checks")
+
 SPEED = "20"  # twenty times real time: a two-turn run takes about two seconds
 
 

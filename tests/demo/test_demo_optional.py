@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.demo.checks import assert_asr_chain, assert_no_orphans, assert_ran, stage_spans
 from tests.demo.conftest import SPEED, DemoRun, run_demo
 from tests.demo.fakes import REPLY_TOKENS, fake_llm, url
-from tests.demo.test_demo_run import assert_asr_chain, assert_no_orphans, assert_ran, stage_spans
 
 
 def _importable(module: str) -> bool:

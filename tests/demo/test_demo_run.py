@@ -11,113 +11,20 @@ import pytest
 from google.protobuf.json_format import Parse
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from tests.demo.checks import (
+    STAGES,
+    STREAM_TIMES,
+    assert_asr_chain,
+    assert_no_orphans,
+    assert_ran,
+    assert_turn_complete,
+    service,
+    stage_spans,
+    turn_of,
+)
 from tests.demo.conftest import DemoRun
-from wstrace.cli.export import SpanRecord, read_trace_file
+from wstrace.cli.export import read_trace_file
 from wstrace.demo.run import latencies
-
-
-STAGES = ("speech_to_text", "chat", "text_to_speech")
-STREAM_TIMES = ("wstrace.stream.time_to_first_chunk", "wstrace.stream.time_to_last_chunk")
-
-
-def service(span: SpanRecord) -> str:
-    return str(span.resource.get("service.name"))
-
-
-def assert_ran(run: DemoRun) -> None:
-    assert run.returncode == 0, run.stderr
-    assert "Traceback" not in run.stderr, run.stderr
-    assert run.spans, "no spans in the trace file"
-
-
-def assert_no_orphans(run: DemoRun) -> None:
-    ids = {s.span_id for s in run.spans}
-    orphans = [(s.name, service(s)) for s in run.spans if s.parent_span_id and s.parent_span_id not in ids]
-    assert not orphans, f"spans whose parent is not in the file: {orphans}"
-    assert len(ids) == len(run.spans), "duplicated span ids"
-
-
-def stage_spans(run: DemoRun, operation: str) -> list[SpanRecord]:
-    return [
-        s
-        for s in run.spans
-        if s.attributes.get("gen_ai.operation.name") == operation
-        and s.scope == "wstrace"
-        and service(s) == "voice-server"
-    ]
-
-
-def turn_of(run: DemoRun, span: SpanRecord) -> int:
-    """The turn number of the ``invoke_agent`` span above a stage span."""
-    agent = next(a for a in run.ancestors(span) if a.name == "invoke_agent voice-assistant")
-    return int(agent.attributes["wstrace.voice.turn.number"])
-
-
-def device_turn_of_receive(run: DemoRun, receive: SpanRecord) -> SpanRecord:
-    """The device turn whose ``end_of_turn`` message the server's receive span handled.
-
-    Message model: the receive span's parent is the device's send span. Connection model: the parent is the
-    connection span, and the device's send span is the receive span's ``creation`` link.
-    """
-    parent = run.parent(receive)
-    if parent is None or service(parent) != "voice-device":
-        link = next(link for link in receive.links if link.attributes.get("wstrace.link.kind") == "creation")
-        parent = run.by_id[link.span_id]
-    assert parent.name == "send /voice" and parent.kind == "PRODUCER"
-    turn = run.parent(parent)
-    assert turn is not None and turn.name == "voice turn"
-    return turn
-
-
-def assert_asr_chain(run: DemoRun) -> None:
-    """speech_to_text (ASR thread) → invoke_agent → process turns (the queue) → receive of that turn's end."""
-    asr = stage_spans(run, "speech_to_text")
-    assert len(asr) == len(run.turns())
-    for span in asr:
-        chain = run.ancestors(span)
-        names = [s.name for s in chain]
-        assert names[:3] == ["invoke_agent voice-assistant", "process turns", "receive /voice"], names
-        agent, process, receive = chain[:3]
-        assert process.kind == "CONSUMER" and process.attributes["messaging.destination.name"] == "turns"
-        assert [link.span_id for link in process.links] == [receive.span_id]  # the creation context
-        assert service(receive) == "voice-server" and receive.kind == "CONSUMER"
-        turn = device_turn_of_receive(run, receive)
-        assert turn.attributes["wstrace.voice.turn.number"] == agent.attributes["wstrace.voice.turn.number"]
-        assert turn.attributes["gen_ai.conversation.id"] == agent.attributes["gen_ai.conversation.id"]
-
-
-def assert_turn_complete(run: DemoRun, members: list[SpanRecord], turn: SpanRecord) -> None:
-    """The device send, server receive, the three stages and both ends of the reply audio stream."""
-    number = turn.attributes["wstrace.voice.turn.number"]
-    sends = [s for s in members if s.name == "send /voice" and service(s) == "voice-device"]
-    assert len(sends) >= 20 and all(s.kind == "PRODUCER" for s in sends)
-    frames = [s for s in sends if s.attributes.get("messaging.message.body.size") == 640]
-    assert len(frames) == len(sends) - 1, "every 20 ms frame is a message, plus end_of_turn"
-    receives = [s for s in members if s.name == "receive /voice" and service(s) == "voice-server"]
-    assert len(receives) == len(sends)
-    for operation in STAGES:
-        found = [s for s in stage_spans(run, operation) if turn_of(run, s) == number]
-        assert len(found) == 1, operation
-        assert found[0].kind == "CLIENT" and found[0].name.startswith(operation + " sim-")
-        assert found[0].trace_id == turn.trace_id
-        assert all(found[0].attributes.get(key) is not None for key in STREAM_TIMES)
-    outbound = [
-        s
-        for s in members
-        if s.name == "send /voice" and service(s) == "voice-server" and "wstrace.stream.chunk_count" in s.attributes
-    ]
-    assert len(outbound) == 1, "one outbound audio stream per turn"
-    stream = outbound[0].attributes
-    assert stream["wstrace.stream.chunk_count"] > 10  # 40 ms audio chunks and reply.done
-    assert 0 < stream["wstrace.stream.time_to_first_chunk"] <= stream["wstrace.stream.time_to_last_chunk"]
-    inbound = [s for s in members if s.name == "receive /voice" and service(s) == "voice-device"]
-    assert (
-        len(inbound) == 1
-        and inbound[0].attributes["wstrace.stream.chunk_count"] == stream["wstrace.stream.chunk_count"]
-    )
-    latency = turn.attributes["wstrace.voice.turn.latency"]
-    # The device's clock starts before end_of_turn leaves and stops after the first audio arrives.
-    assert stream["wstrace.stream.time_to_first_chunk"] - 0.001 <= latency < 5
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from opentelemetry.trace import SpanKind
 
 from tests.conftest import Telemetry
 from tests.instrumentation import aiohttp_app, contract, tornado_app, uvicorn_server
-from tests.instrumentation.test_interop import CLIENTS, websockets_server
+from tests.instrumentation.peers import CLIENTS, websockets_server
 from wstrace.instrumentation.aiohttp import AiohttpInstrumentor
 from wstrace.instrumentation.asgi import WstraceASGIMiddleware
 from wstrace.instrumentation.starlette import StarletteInstrumentor

@@ -1,6 +1,6 @@
 """The standard instrumentor contract, held to by every adapter over a real loopback round trip.
 
-Each case drives its library's own client and server (the clients of ``test_interop``, the servers of the
+Each case drives its library's own client and server (the clients of ``peers.py``, the servers of the
 shared helper modules) through: ``uninstrument()`` restores everything, instrumenting twice wraps once, a no-op
 tracer provider records nothing, and ``suppress_instrumentation()`` silences the end it surrounds.
 
@@ -37,7 +37,7 @@ from tornado import websocket as tornado_websocket
 
 from tests.conftest import Telemetry
 from tests.instrumentation import aiohttp_app, contract, tornado_app, uvicorn_server
-from tests.instrumentation.test_interop import CLIENTS
+from tests.instrumentation.peers import CLIENTS
 from wstrace.instrumentation.aiohttp import AiohttpInstrumentor
 from wstrace.instrumentation.starlette import StarletteInstrumentor
 from wstrace.instrumentation.tornado import TornadoInstrumentor
@@ -150,7 +150,7 @@ class Case:
     instrumentor: type[BaseInstrumentor]
     server: Server
     client: str
-    """A key of test_interop's CLIENTS."""
+    """A key of peers.CLIENTS."""
     traces: tuple[SpanKind, ...]
     """The ends of a connection the instrumentor traces."""
     patched: tuple[tuple[Any, str], ...]
@@ -327,11 +327,47 @@ def test_instrument_twice_is_a_noop(case: Case, telemetry: Telemetry, instrument
         assert "wstrace-session" in seen.response
 
 
+class NoOpSpy(trace.NoOpTracerProvider):
+    """A no-op tracer provider (every span non-recording) that notes the name and kind of each span started."""
+
+    def __init__(self) -> None:
+        self.started: list[tuple[str, SpanKind]] = []
+
+    def get_tracer(self, *args: Any, **kwargs: Any) -> trace.Tracer:
+        return _SpyTracer(self.started)
+
+
+class _SpyTracer(trace.NoOpTracer):
+    def __init__(self, started: list[tuple[str, SpanKind]]) -> None:
+        self.started = started
+
+    def start_span(self, name: str, *args: Any, kind: SpanKind = SpanKind.INTERNAL, **kwargs: Any) -> trace.Span:
+        self.started.append((name, kind))
+        return super().start_span(name, *args, kind=kind, **kwargs)
+
+    def start_as_current_span(self, name: str, *args: Any, kind: SpanKind = SpanKind.INTERNAL, **kwargs: Any) -> Any:
+        self.started.append((name, kind))
+        return super().start_as_current_span(name, *args, kind=kind, **kwargs)
+
+
 def test_no_op_tracer_provider(case: Case, telemetry: Telemetry, instrument: Callable[..., None]) -> None:
-    """With a no-op tracer provider nothing is recorded and messages still flow."""
-    instrument(tracer_provider=trace.NoOpTracerProvider())
+    """With a no-op tracer provider nothing is recorded and messages still flow.
+
+    Instrumented first into ``telemetry`` (which records the round trip), then, re-instrumented with a no-op
+    provider, not one more span reaches ``telemetry``, and every end starts its spans from the no-op provider.
+    """
+    instrument()
+    roundtrip(case, telemetry)
+    assert {s.kind for s in telemetry.named(f"GET {ROUTE}")} == set(case.ends), "telemetry records a traced end"
+    for instrumentor in (case.instrumentor, *([case.peer] if case.peer else [])):
+        instrumentor().uninstrument()
+    telemetry.exporter.clear()
+
+    spy = NoOpSpy()
+    instrument(tracer_provider=spy)
     seen = roundtrip(case, telemetry)
-    assert telemetry.spans == []
+    assert telemetry.spans == [], "a span reached the provider of the previous instrument()"
+    assert {(f"GET {ROUTE}", kind) for kind in case.ends} <= set(spy.started), "an end ignored the given provider"
     # The protocol still runs; only telemetry is off.
     if CLIENT in case.traces:
         assert {"wstrace-envelope", "wstrace-session"} <= seen.request

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import logging
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -13,35 +12,14 @@ import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan
-from websockets.asyncio.client import connect
-from websockets.asyncio.server import ServerConnection, serve
 
+from tests import fresh
 from tests.conftest import Telemetry
-from tests.instrumentation.test_interop import CLIENTS, SERVERS
-from wstrace import _log
+from tests.instrumentation.peers import CLIENTS, INSTRUMENTORS, PAIRS, SERVERS
+from tests.reliability import capture
+from tests.reliability.capture import bodies, exchange
 from wstrace.cli.export import encode_line
-from wstrace.instrumentation.aiohttp import AiohttpInstrumentor
-from wstrace.instrumentation.starlette import StarletteInstrumentor
-from wstrace.instrumentation.tornado import TornadoInstrumentor
-from wstrace.instrumentation.websocket_client import WebsocketClientInstrumentor
 from wstrace.instrumentation.websockets import WebsocketsInstrumentor
-
-
-# Each client adapter against a different server adapter: every adapter, both sides, is covered.
-PAIRS = [
-    ("websockets-asyncio", "aiohttp"),
-    ("websockets-sync", "websockets"),
-    ("aiohttp", "tornado"),
-    ("tornado", "starlette-uvicorn"),
-    ("websocket-client", "fastapi-uvicorn"),
-]
-ALL = (
-    WebsocketsInstrumentor,
-    AiohttpInstrumentor,
-    WebsocketClientInstrumentor,
-    StarletteInstrumentor,
-    TornadoInstrumentor,
-)
 
 
 @pytest.fixture
@@ -49,7 +27,7 @@ def instrument(telemetry: Telemetry) -> Iterator[Callable[..., None]]:
     instrumentors: list[Any] = []
 
     def do(*classes: type, **options: Any) -> None:
-        for cls in classes or ALL:
+        for cls in classes or INSTRUMENTORS:
             instrumentor = cls()
             instrumentor.instrument(tracer_provider=telemetry.provider, **options)
             instrumentors.append(instrumentor)
@@ -57,12 +35,6 @@ def instrument(telemetry: Telemetry) -> Iterator[Callable[..., None]]:
     yield do
     for instrumentor in instrumentors:
         instrumentor.uninstrument()
-
-
-@pytest.fixture(autouse=True)
-def _fresh_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Failures are logged once per process; each test counts its own."""
-    monkeypatch.setattr(_log, "_warned", set())
 
 
 def canaries() -> tuple[str, bytes, list[bytes]]:
@@ -122,42 +94,6 @@ def test_no_payload_byte_reaches_an_exported_span_by_default(
     assert all("websocket.message.body" not in (s.attributes or {}) for s in spans)
 
 
-def echo_server(received: list[Any]) -> Callable[[ServerConnection], Any]:
-    async def echo(ws: ServerConnection) -> None:
-        async for message in ws:
-            received.append(message)
-            await ws.send(message)
-
-    return echo
-
-
-def exchange(payloads: list[Any]) -> tuple[list[Any], list[Any]]:
-    """Each payload to a websockets echo server and back: what the server's application got, and the replies."""
-    received: list[Any] = []
-
-    async def scenario() -> list[Any]:
-        async with serve(echo_server(received), "127.0.0.1", 0) as srv:
-            async with connect(f"ws://127.0.0.1:{srv.sockets[0].getsockname()[1]}/chat") as ws:
-                replies = []
-                for payload in payloads:
-                    await ws.send(payload)
-                    replies.append(await ws.recv())
-                return replies
-
-    return received, asyncio.run(scenario())
-
-
-def bodies(telemetry: Telemetry, name: str) -> list[tuple[Any, Any]]:
-    spans = sorted(telemetry.named(name), key=lambda s: s.start_time or 0)
-    return [
-        (
-            (s.attributes or {}).get("websocket.message.body"),
-            (s.attributes or {}).get("websocket.message.body_truncated"),
-        )
-        for s in spans
-    ]
-
-
 def test_capture_records_text_and_base64_capped(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
     """On: text as text, binary as base64, cut at capture_payload_bytes (never mid-character), on every message span."""
     instrument(WebsocketsInstrumentor, capture_payload=True, capture_payload_bytes=8)
@@ -200,24 +136,24 @@ def test_redact_hook_from_the_environment(
 @pytest.mark.parametrize(
     ("hook", "warning"),
     [
-        (lambda payload: 1 / 0, "ZeroDivisionError"),
-        (lambda payload: 42, "returned a int"),
+        (capture.redact_raises, "ZeroDivisionError"),
+        (capture.redact_wrong_type, "returned a int"),
     ],
     ids=["raises", "wrong type"],
 )
-def test_failing_redact_hook_captures_nothing_and_logs_once(
-    telemetry: Telemetry, instrument: Callable[..., None], caplog: pytest.LogCaptureFixture, hook: Any, warning: str
-) -> None:
-    """A hook that raises (or returns neither str nor bytes) records no body and is logged once, not per message."""
-    instrument(WebsocketsInstrumentor, capture_payload=True, redact=hook)
-    payloads: list[Any] = [f"secret {i}" for i in range(30)] + [b"bin"]
-    with caplog.at_level(logging.WARNING, logger="wstrace"):
-        received, replies = exchange(payloads)
-    assert received == replies == payloads
-    assert all(body == (None, None) for body in bodies(telemetry, "send /chat") + bodies(telemetry, "receive /chat"))
-    records = [r for r in caplog.records if r.name.startswith("wstrace")]
-    assert len(records) == 1 and "redact" in records[0].getMessage()
-    assert warning in (caplog.text or "")
+def test_failing_redact_hook_captures_nothing_and_logs_once(hook: Any, warning: str) -> None:
+    """A hook that raises (or returns neither str nor bytes) records no body and is logged once, not per message.
+
+    wstrace logs each kind of failure once per process: the scenario runs in a fresh one, to count its own.
+    """
+    run = fresh.call(capture.failing_redact, hook)
+    outcome = run.result
+    assert outcome["received"] == outcome["replies"] == outcome["payloads"]
+    assert len(outcome["bodies"]) == 4 * len(outcome["payloads"]), "every message span was recorded"
+    assert all(body == (None, None) for body in outcome["bodies"])
+    records = run.wstrace
+    assert len(records) == 1 and "redact" in records[0].message
+    assert warning in records[0].text
 
 
 def test_redact_hook_cannot_change_what_is_sent(telemetry: Telemetry, instrument: Callable[..., None]) -> None:

@@ -21,10 +21,10 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 from websockets.sync.client import connect as sync_connect
 
 from tests.conftest import Telemetry
+from tests.instrumentation.peers import INSTRUMENTORS
 from tests.reliability import apps
 from tests.reliability.apps import ROUTE, assert_released, live, settle
 from tests.reliability.rawws import RawClient, VanishingServer
-from tests.reliability.test_capture import ALL
 from wstrace.connection import ConnectionTracer
 
 
@@ -32,7 +32,7 @@ from wstrace.connection import ConnectionTracer
 def traced(telemetry: Telemetry) -> Iterator[Telemetry]:
     """Every adapter instrumented, and no ConnectionTracer left behind by the test."""
     before = live(ConnectionTracer)
-    instrumentors = [cls() for cls in ALL]
+    instrumentors = [cls() for cls in INSTRUMENTORS]
     for instrumentor in instrumentors:
         instrumentor.instrument(tracer_provider=telemetry.provider)
     apps.escaped.clear()

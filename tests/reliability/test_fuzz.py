@@ -24,11 +24,10 @@ from hypothesis import HealthCheck, assume, given, settings, strategies as st
 from opentelemetry import baggage, context as otel_context
 
 from tests.conftest import Telemetry
-from tests.instrumentation.test_interop import CLIENTS, SERVERS
+from tests.instrumentation.peers import CLIENTS, SERVERS
 from tests.reliability import harness
 from tests.reliability.apps import settle
 from tests.reliability.rawws import RawClient, RawServer
-from tests.test_redis_hop import redis_port  # noqa: F401 - the real redis-server fixture
 from wstrace import envelope as codec
 from wstrace.config import Config
 from wstrace.connection import ConnectionTracer
@@ -225,7 +224,7 @@ def test_atheris_harness_runs_clean(tmp_path: Path) -> None:
 # Redis, for real ---------------------------------------------------------------------------------
 
 
-def test_hostile_redis_values_come_back_exactly(redis_port: int) -> None:  # noqa: F811
+def test_hostile_redis_values_come_back_exactly(redis_port: int) -> None:
     """Values written by someone else (truncated, look-alike, garbage) are read back as they were."""
     client = redis.Redis(port=redis_port)
     hop = RedisHop(client)

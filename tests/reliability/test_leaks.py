@@ -15,9 +15,8 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import Telemetry
-from tests.instrumentation.test_interop import CLIENTS, SERVERS
+from tests.instrumentation.peers import CLIENTS, INSTRUMENTORS, PAIRS, SERVERS
 from tests.reliability.apps import assert_released, live, settle
-from tests.reliability.test_capture import ALL, PAIRS
 from wstrace._replies import _MAX_OPEN_STREAMS, _MAX_PENDING_REQUESTS
 from wstrace.connection import ConnectionTracer
 from wstrace.instrumentation.aiohttp import _common as aiohttp_common
@@ -29,7 +28,7 @@ def instrument(telemetry: Telemetry) -> Iterator[Any]:
     instrumentors: list[Any] = []
 
     def do(*classes: type, **options: Any) -> None:
-        for cls in classes or ALL:
+        for cls in classes or INSTRUMENTORS:
             instrumentor = cls()
             instrumentor.instrument(tracer_provider=telemetry.provider, **options)
             instrumentors.append(instrumentor)

@@ -23,7 +23,7 @@ from opentelemetry.trace import SpanKind
 from websockets.asyncio.server import ServerConnection, serve
 
 from tests.conftest import Telemetry
-from tests.instrumentation.test_interop import SERVERS
+from tests.instrumentation.peers import SERVERS
 from tests.reliability.rawws import RawClient
 from wstrace import envelope as codec
 from wstrace.instrumentation.aiohttp import AiohttpInstrumentor

@@ -1,0 +1,167 @@
+"""The instrumented echo servers and clients that the interop matrix and the reliability tests share.
+
+Each server echoes every message back on ``ROUTE`` and yields its URL; each client sends payloads one by one and
+returns the replies. ``INSTRUMENTORS`` instruments every adapter, and ``PAIRS`` names one client per server so
+that every adapter, both sides, is covered by a handful of connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import websocket
+from fastapi import FastAPI, WebSocket
+from websockets.asyncio.client import connect as async_connect
+from websockets.asyncio.server import serve
+from websockets.sync.client import connect as sync_connect
+
+from tests.instrumentation import aiohttp_app, tornado_app, uvicorn_server
+from wstrace.instrumentation.aiohttp import AiohttpInstrumentor
+from wstrace.instrumentation.starlette import StarletteInstrumentor
+from wstrace.instrumentation.tornado import TornadoInstrumentor
+from wstrace.instrumentation.websocket_client import WebsocketClientInstrumentor
+from wstrace.instrumentation.websockets import WebsocketsInstrumentor
+
+
+ROUTE = "/matrix"
+
+Server = Callable[[], "asynccontextmanager[str]"]
+Client = Callable[[str, list[str | bytes]], Awaitable[list[Any]]]
+
+
+# Servers: each echoes every message back, on ROUTE, and yields its URL. ---------------------------
+
+
+@asynccontextmanager
+async def websockets_server() -> AsyncIterator[str]:
+    async def echo(ws: Any) -> None:
+        async for message in ws:
+            await ws.send(message)
+
+    async with serve(echo, "127.0.0.1", 0) as srv:
+        yield f"ws://127.0.0.1:{srv.sockets[0].getsockname()[1]}{ROUTE}"
+
+
+@asynccontextmanager
+async def aiohttp_server() -> AsyncIterator[str]:
+    async with aiohttp_app.server(aiohttp_app.echo, ROUTE) as url:
+        yield url
+
+
+@asynccontextmanager
+async def starlette_server() -> AsyncIterator[str]:
+    with uvicorn_server.serve(uvicorn_server.starlette_app([(ROUTE, uvicorn_server.echo)])) as base:
+        yield base + ROUTE
+
+
+@asynccontextmanager
+async def fastapi_server() -> AsyncIterator[str]:
+    app = FastAPI()
+
+    @app.websocket(ROUTE)
+    async def matrix(ws: WebSocket) -> None:
+        await uvicorn_server.echo(ws)
+
+    with uvicorn_server.serve(app) as base:
+        yield base + ROUTE
+
+
+@asynccontextmanager
+async def tornado_server() -> AsyncIterator[str]:
+    async with tornado_app.server(tornado_app.Echo, ROUTE) as url:
+        yield url
+
+
+SERVERS: dict[str, Callable[[], Any]] = {
+    "websockets": websockets_server,
+    "aiohttp": aiohttp_server,
+    "starlette-uvicorn": starlette_server,
+    "fastapi-uvicorn": fastapi_server,
+    "tornado": tornado_server,
+}
+
+
+# Clients: each sends the payloads one by one and returns the replies. ----------------------------
+
+
+async def websockets_async_client(url: str, payloads: list[str | bytes]) -> list[Any]:
+    async with async_connect(url) as ws:
+        replies = []
+        for payload in payloads:
+            await ws.send(payload)
+            replies.append(await ws.recv())
+        return replies
+
+
+async def websockets_sync_client(url: str, payloads: list[str | bytes]) -> list[Any]:
+    def run() -> list[Any]:
+        with sync_connect(url) as ws:
+            replies = []
+            for payload in payloads:
+                ws.send(payload)
+                replies.append(ws.recv())
+            return replies
+
+    return await asyncio.to_thread(run)
+
+
+async def aiohttp_client(url: str, payloads: list[str | bytes]) -> list[Any]:
+    async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
+        replies = []
+        for payload in payloads:
+            if isinstance(payload, str):
+                await ws.send_str(payload)
+            else:
+                await ws.send_bytes(payload)
+            replies.append((await ws.receive()).data)
+        return replies
+
+
+async def websocket_client_client(url: str, payloads: list[str | bytes]) -> list[Any]:
+    def run() -> list[Any]:
+        ws = websocket.create_connection(url)
+        try:
+            replies = []
+            for payload in payloads:
+                if isinstance(payload, str):
+                    ws.send(payload)
+                else:
+                    ws.send_binary(payload)
+                replies.append(ws.recv())
+            return replies
+        finally:
+            ws.close()
+
+    return await asyncio.to_thread(run)
+
+
+CLIENTS: dict[str, Client] = {
+    "tornado": tornado_app.exchange,
+    "websockets-asyncio": websockets_async_client,
+    "websockets-sync": websockets_sync_client,
+    "aiohttp": aiohttp_client,
+    "websocket-client": websocket_client_client,
+}
+
+
+INSTRUMENTORS = (
+    WebsocketsInstrumentor,
+    AiohttpInstrumentor,
+    WebsocketClientInstrumentor,
+    StarletteInstrumentor,
+    TornadoInstrumentor,
+)
+"""Every adapter's instrumentor."""
+
+# Each client adapter against a different server adapter: every adapter, both sides, is covered.
+PAIRS = [
+    ("websockets-asyncio", "aiohttp"),
+    ("websockets-sync", "websockets"),
+    ("aiohttp", "tornado"),
+    ("tornado", "starlette-uvicorn"),
+    ("websocket-client", "fastapi-uvicorn"),
+]
