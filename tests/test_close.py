@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import pytest
 
-from wstrace._close import Closing, Outcome, outcome
+from wstrace._close import Closing, Outcome, outcome, summarised
 
 
 def _closing(*events: tuple[str, Any, str]) -> Closing:
@@ -58,3 +58,44 @@ def test_bytes_reasons_and_int_enums_are_plain() -> None:
     end = outcome(_closing(("received", Code.GOING_AWAY, b"caf\xc3\xa9"), ("sent", 1001, "")))
     assert end.code == 1001 and type(end.code) is int
     assert end.reason == "café"
+
+
+def test_reported_once_any_frame_went_by() -> None:
+    closing = Closing()
+    assert not closing.reported
+    closing.received(1006, "")  # a library's "no frame": still nothing reported
+    assert not closing.reported
+    closing.sent(1000, "bye")
+    assert closing.reported
+
+
+def test_non_text_reasons_and_bool_codes_are_dropped() -> None:
+    end = outcome(_closing(("received", True, 42), ("sent", 1000, "")))
+    # True is not a close code (a frame without a status), and 42 is not a reason.
+    assert end == Outcome(1005, "", "remote", False)
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "initiator", "local_end", "expected"),
+    [
+        # A completed closing handshake this end started.
+        (1000, "bye", "local", False, Outcome(1000, "bye", "local", False)),
+        # This end sent a close frame and the peer never answered.
+        (1006, "bye", "local", False, Outcome(1006, "bye", "local", True)),
+        # The peer started it.
+        (1001, "away", "remote", False, Outcome(1001, "away", "remote", False)),
+        (1011, "boom", "remote", False, Outcome(1011, "boom", "remote", True)),
+        # This end dropped the connection on purpose: no code, not an error.
+        (None, "", "local", True, Outcome(None, "", "local", False)),
+        # The TCP connection dropped.
+        (None, "", None, False, Outcome(1006, "", None, True)),
+        (1006, "", None, False, Outcome(1006, "", None, True)),
+    ],
+)
+def test_summarised_close_gives_the_same_outcome_as_the_frames(
+    code: Optional[int], reason: str, initiator: Optional[str], local_end: bool, expected: Outcome
+) -> None:
+    closing = Closing()
+    dropped_on_purpose = summarised(closing, code, reason, initiator)  # type: ignore[arg-type]
+    assert dropped_on_purpose is local_end
+    assert outcome(closing, local_end=dropped_on_purpose) == expected
