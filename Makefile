@@ -3,7 +3,7 @@ PYTHON ?= .venv/bin/python
 REPS ?= 3
 BENCH_OUT ?= benchmarks/results/latest.json
 
-.PHONY: bench bench-quick bench-micro bench-profile bench-timers bench-deps
+.PHONY: bench bench-quick bench-micro bench-profile bench-timers bench-deps upstream-tests
 
 # The full suite: every workload, stack and variant, interleaved; about 10 minutes on 2 cores.
 bench:
@@ -34,3 +34,9 @@ bench-deps:
 	$(PYTHON) -m pip install py-spy pyinstrument
 	$(PYTHON) -m pip install --no-deps --target benchmarks/.deps \
 		ddtrace==4.16.0 bytecode==0.19.1 envier==0.6.1 ddtrace-internal==0.1.0
+
+# The WebSocket tests of tornado, Starlette, FastAPI, aiohttp and websocket-client, bare and instrumented
+# (docs/reliability.md); downloads sdists, installs into its own venv under /tmp; about 5 minutes.
+UPSTREAM_ARGS ?=
+upstream-tests:
+	scripts/upstream-tests $(UPSTREAM_ARGS)
