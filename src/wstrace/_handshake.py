@@ -92,8 +92,10 @@ def strip_query(url: str) -> str:
     """Drop the query and credentials from a URL before recording it."""
     head, _, _ = url.partition("?")
     scheme, sep, rest = head.partition("://")
-    if sep and "@" in rest.split("/", 1)[0]:
-        rest = rest.split("@", 1)[1]
+    authority, slash, path = rest.partition("/")
+    if sep and "@" in authority:
+        # The host follows the last "@", as URL parsers read it: a password may hold an "@" of its own.
+        rest = authority.rpartition("@")[2] + slash + path
     return f"{scheme}{sep}{rest}"
 
 

@@ -50,11 +50,14 @@ def safe_predicate(predicate: Callable[[Any], bool], payload: Any) -> bool:
 
 
 def safe_key(key_of: Callable[[Any], Optional[Hashable]], payload: Any) -> Optional[Hashable]:
+    """``stream_key``'s key for ``payload``; ``None`` (not a keyed message) if it fails or is unhashable."""
     try:
-        return key_of(payload)
+        key = key_of(payload)
+        hash(key)  # a message-made key (a JSON list as an "id") must not break the lookups
     except Exception as exc:
         warn_once("the stream_key function", exc)
         return None
+    return key
 
 
 class SendHandle:
@@ -226,9 +229,12 @@ class Replies:
             on_end=self.forget,
             brief_single=True,
         )
-        self.streams[stream.stats] = stream
-        if len(self.streams) > self.sweep_at:
+        streams = self.streams
+        streams[stream.stats] = stream
+        if len(streams) > self.sweep_at:
             self.sweep(time.monotonic_ns())
+        if len(streams) > _MAX_OPEN_STREAMS:
+            next(iter(streams.values())).end(at_last_chunk=True)  # the oldest; it leaves the registry
         return stream
 
     def forget(self, stats: StreamStats) -> None:
@@ -262,7 +268,7 @@ class Replies:
             warn_once("ending a reply stream", exc)
 
     def sweep(self, now: int) -> None:
-        """End idle streams at their last chunk, cap the open ones.
+        """End idle streams at their last chunk.
 
         A server's reply stream otherwise ends only when its owner sends again
         after an idle gap, or at close: on a long-lived connection every reply
@@ -273,10 +279,6 @@ class Replies:
         for stream in list(self.streams.values()):
             if now - stream.stats.last_ns > idle and stream.stats.count:
                 stream.end(at_last_chunk=True)  # leaves self.streams
-        excess = len(self.streams) - _MAX_OPEN_STREAMS
-        if excess > 0:
-            for stream in list(self.streams.values())[:excess]:  # oldest first
-                stream.end(at_last_chunk=True)
         self.sweep_at = max(_SWEEP_FLOOR, 2 * len(self.streams))
 
     def end_all(self, error: Optional[str]) -> None:
