@@ -181,7 +181,7 @@ def watch_server(request: Any, ws: Any, ct: ConnectionTracer) -> None:
     aiohttp tells the handler only when it next calls ``receive()``; until then
     the message being handled would keep its span open. A handler that raises
     skips aiohttp's ``close()`` (which records a normal end), and the
-    transport is simply closed (code 1006).
+    transport is simply closed (no close frame).
     """
     key = id(request.protocol)
     _serving[key] = (ws, ct)
@@ -192,8 +192,7 @@ def watch_server(request: Any, ws: Any, ct: ConnectionTracer) -> None:
     def done(task: asyncio.Task[Any]) -> None:
         if _serving.get(key, (None, None))[1] is ct:
             del _serving[key]
-        error = None if task.cancelled() else task.exception()
-        ct.closed(initiator=None, error=error)
+        ct.closed(error=None if task.cancelled() else task.exception())
 
     task.add_done_callback(done)
 
@@ -212,10 +211,10 @@ def _lost(ws: Any, ct: ConnectionTracer, exc: Optional[BaseException]) -> None:
     for item in getattr(getattr(ws, "_reader", None), "_buffer", ()):
         message = item if hasattr(item, "type") else item[0]  # queued as (message, size)
         if getattr(message, "type", None) == CLOSE:
-            code = message.data if isinstance(message.data, int) else None
-            ct.closed(code=code, reason=message.extra or "", initiator="remote")
+            ct.close_received(message.data, message.extra or "")
+            ct.closed()
             return
-    ct.closed(initiator=None, error=exc)
+    ct.closed(error=exc)
 
 
 def on_connection_lost(ws: Any, ct: ConnectionTracer) -> None:

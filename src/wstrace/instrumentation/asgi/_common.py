@@ -23,7 +23,6 @@ __all__ = [
     "adoptable_server_span",
     "current_server_span",
     "current_task",
-    "disconnect_event",
     "encode_headers",
     "offered_subprotocols",
     "route_template",
@@ -102,27 +101,6 @@ def adoptable_server_span(span: Span) -> Optional[Span]:
 
 def current_server_span() -> Optional[Span]:
     return adoptable_server_span(trace.get_current_span())
-
-
-def disconnect_event(message: Message) -> dict[str, Any]:
-    """Keyword arguments for ``ConnectionTracer.closed`` from a ``websocket.disconnect`` event.
-
-    A disconnect the peer caused by a close frame carries its code and a
-    ``reason`` key. One without ``reason`` was made up by the server: 1006,
-    or 1005 (uvicorn's ``websockets-sansio`` reports a lost TCP connection
-    so), means no close frame arrived; 1012 is the server's own shutdown.
-    """
-    code = message.get("code")
-    if not isinstance(code, int):
-        code = 1005
-    if "reason" not in message:
-        if code in (1005, 1006):
-            return {"code": None, "reason": "", "initiator": None}
-        if code == 1012:
-            return {"code": 1012, "reason": "", "initiator": "local"}
-    elif code == 1006:
-        return {"code": None, "reason": "", "initiator": None}
-    return {"code": code, "reason": str(message.get("reason") or ""), "initiator": "remote"}
 
 
 def encode_headers(pairs: Any, ours: dict[str, str]) -> list[tuple[bytes, bytes]]:

@@ -7,17 +7,17 @@ message (Starlette's ``receive_text()`` and friends await ``receive`` directly).
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 from opentelemetry import context as otel_context
 
+from wstrace._close import asgi_close, asgi_disconnect
 from wstrace.instrumentation.asgi._common import (
     ASGIApp,
     Message,
     Receive,
     Send,
     current_task,
-    disconnect_event,
 )
 from wstrace.instrumentation.asgi._server import Handshake, denial_status
 from wstrace.session import ConnectionTracer
@@ -71,8 +71,9 @@ class Connection:
         hs = self._hs
         if not hs.open:
             hs.refused(None)  # the peer left before the application answered
-        elif not hs.ended:
-            self._end(**disconnect_event(message))
+        elif not hs.ended and hs.ct is not None:
+            asgi_disconnect(hs.ct, message)
+            self._end()
 
     # Outbound ------------------------------------------------------------------
 
@@ -138,18 +139,15 @@ class Connection:
         ct = self._hs.ct
         if ct is not None:
             ct.receive_done()  # in the application's context, where the receive span was attached
-        code = message.get("code")
-        code = code if isinstance(code, int) else 1000  # the ASGI default
-        reason = str(message.get("reason") or "")
         try:
             await self._send(message)
         except BaseException as exc:
             if isinstance(exc, OSError):
                 self._lost(exc)
             else:
-                self._end(code=code, reason=reason, initiator="local", error=exc)
+                self._end(message, error=exc)
             raise
-        self._end(code=code, reason=reason, initiator="local")
+        self._end(message)
 
     # Connection lifetime -------------------------------------------------------
 
@@ -166,14 +164,19 @@ class Connection:
 
     def _lost(self, error: BaseException) -> None:
         """The server could not write: the TCP connection is gone (uvicorn raises ``ClientDisconnected``)."""
-        self._end(code=None, reason="", initiator=None, error=error)
+        self._end(error=error)
 
-    def _end(self, **event: Any) -> None:
+    def _end(
+        self, close: Optional[Message] = None, *, error: Optional[BaseException] = None, local_end: bool = False
+    ) -> None:
+        """Record the end once; ``close`` is the application's ``websocket.close`` event, if it sent one."""
         hs = self._hs
         if hs.ended or hs.ct is None:
             return
         hs.ended = True
-        hs.ct.closed(**event)
+        if close is not None:
+            asgi_close(hs.ct, close)
+        hs.ct.closed(error=error, local_end=local_end)
 
     def _finish(self, error: Optional[BaseException]) -> None:
         """The application returned or raised: whatever was not recorded yet ends now."""
@@ -185,8 +188,8 @@ class Connection:
             ct = hs.ct
             if ct is not None:
                 ct.receive_done(error)  # an exception escaping the app ends the message it was handling
-            # Returning without a close: the server ends the connection for the application.
-            self._end(code=None, reason="", initiator="local", error=error)
+            # Returning without a close: the server drops the connection for the application, on purpose.
+            self._end(error=error, local_end=True)
         token, self._token = self._token, None
         if token is not None:
             otel_context.detach(token)  # type: ignore[arg-type]

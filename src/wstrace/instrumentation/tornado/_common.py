@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from contextvars import Token
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Callable, Optional
 from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context, trace
@@ -49,12 +49,9 @@ class Traced:
         "_token_ctx",
         "ct",
         "failure",
-        "initiator",
         "loop_delivers",
         "loop_receive",
         "opened",
-        "received",
-        "sent",
         "settled",
     )
 
@@ -68,11 +65,6 @@ class Traced:
         self.settled = False
         """The handshake's outcome (``opened`` or ``handshake_failed``) has been reported."""
         self.opened = False
-        self.sent: Optional[tuple[Optional[int], str]] = None
-        """Code and reason of the close frame this end sent, if any."""
-        self.received: Optional[tuple[Optional[int], str]] = None
-        """Code and reason of the close frame the peer sent, if any."""
-        self.initiator: Optional[Literal["local", "remote"]] = None
         self.failure: Optional[BaseException] = None
         """What the application's ``on_message`` raised (tornado logs it and never re-raises), for its span."""
         self._token: Optional[Token[Context]] = None
@@ -94,17 +86,6 @@ class Traced:
         # (OpenTelemetry's tornado instrumentation detaches its own at on_close).
         if token is not None and otel_context.get_current() is ctx:
             otel_context.detach(token)
-
-    def close_event(self) -> dict[str, Any]:
-        """Keyword arguments for ``ConnectionTracer.closed``."""
-        received, sent = self.received, self.sent
-        if received is None:
-            # No close frame from the peer: the TCP connection dropped (1006),
-            # even if this end had started the closing handshake.
-            return {"code": 1006, "reason": "", "initiator": "local" if sent is not None else None}
-        code, reason = sent if self.initiator == "local" and sent is not None else received
-        # A close frame without a status code is 1005 (RFC 6455, section 7.1.5).
-        return {"code": 1005 if code is None else code, "reason": reason, "initiator": self.initiator or "remote"}
 
 
 def traced(delegate: Any) -> Optional[Traced]:

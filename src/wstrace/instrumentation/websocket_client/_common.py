@@ -28,7 +28,7 @@ __all__ = [
 ATTR = "_wstrace"
 """Attribute under which a ``WebSocket`` holds its ConnectionTracer."""
 CLOSING = "_wstrace_closing"
-"""Set on a ``WebSocket`` to ``(status, reason)`` while its ``close()`` runs."""
+"""Set on a ``WebSocket`` (true) while its ``close()`` runs."""
 _RECEIVER = "_wstrace_receiver"
 """Identity of the thread that last had a message returned (and its receive span attached)."""
 
@@ -80,12 +80,12 @@ def handshake_status(ws: Any, error: BaseException) -> Optional[int]:
     return int(status) if isinstance(status, int) and status != 101 else None
 
 
-def close_frame_args(data: Any) -> tuple[int, str]:
+def close_frame_args(data: Any) -> tuple[Optional[int], str]:
     """Code and reason from a close frame's payload: 2 bytes big-endian code, then UTF-8 reason."""
     if isinstance(data, str):
         data = data.encode("latin-1", "replace")
     if not data or len(data) < 2:
-        return 1005, ""  # no status code in the frame
+        return None, ""  # no status code in the frame
     return int.from_bytes(data[:2], "big"), bytes(data[2:]).decode("utf-8", "replace")
 
 

@@ -14,7 +14,7 @@ from wstrace.semconv import SUBPROTOCOL_PREFIX
 from wstrace.session import ConnectionTracer
 
 
-__all__ = ["ATTR", "close_event", "merged_headers", "new_client_tracer", "new_server_tracer", "tracer_of"]
+__all__ = ["ATTR", "merged_headers", "new_client_tracer", "new_server_tracer", "report_close", "tracer_of"]
 
 ATTR = "_wstrace"
 """Attribute under which a connection object holds its ConnectionTracer."""
@@ -121,17 +121,17 @@ def _address(connection: Any, name: str) -> tuple[Optional[str], Optional[int]]:
     return None, None
 
 
-def close_event(connection: Any) -> dict[str, Any]:
-    """Keyword arguments for ``ConnectionTracer.closed`` from a closed connection."""
+def report_close(ct: ConnectionTracer, connection: Any, error: Optional[BaseException] = None) -> None:
+    """Report the connection's close frames, in the order they went by, then its end."""
     protocol = connection.protocol
     rcvd, sent = protocol.close_rcvd, protocol.close_sent
-    if rcvd is None:
-        # No close frame from the peer: the TCP connection dropped (code 1006),
-        # even if we had started the closing handshake.
-        return {"code": 1006, "reason": "", "initiator": "local" if sent is not None else None}
-    if sent is None or protocol.close_rcvd_then_sent:
-        return {"code": int(rcvd.code), "reason": rcvd.reason, "initiator": "remote"}
-    return {"code": int(sent.code), "reason": sent.reason, "initiator": "local"}
+    frames = [(ct.close_received, rcvd), (ct.close_sent, sent)]
+    if not protocol.close_rcvd_then_sent:  # our frame went first (or only one frame went by)
+        frames.reverse()
+    for report, frame in frames:
+        if frame is not None:
+            report(frame.code, frame.reason)
+    ct.closed(error=error)
 
 
 def handshake_status(connection: Any) -> Optional[int]:
