@@ -14,10 +14,13 @@ from wstrace.semconv import SUBPROTOCOL_PREFIX
 from wstrace.session import ConnectionTracer
 
 
-__all__ = ["ATTR", "merged_headers", "new_client_tracer", "new_server_tracer", "report_close", "tracer_of"]
+__all__ = ["ATTR", "HANDSHAKE", "merged_headers", "new_client_tracer", "new_server_tracer", "report_close", "tracer_of"]
 
 ATTR = "_wstrace"
-"""Attribute under which a connection object holds its ConnectionTracer."""
+"""Attribute under which an open connection holds its ConnectionTracer."""
+HANDSHAKE = "_wstrace_handshake"
+"""Attribute under which a server connection holds its ConnectionTracer until the handshake's outcome:
+a connection that never opened must not record a close when its TCP connection goes."""
 
 _TOKEN = re.compile(r"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
 """An RFC 9110 token, as websockets requires of each subprotocol."""
