@@ -18,6 +18,7 @@ __all__ = [
     "CLOSED",
     "ERROR",
     "LOCAL_CLOSE",
+    "RECEIVING",
     "TEXT",
     "add_response_headers",
     "failure_status",
@@ -38,6 +39,12 @@ ATTR = "_wstrace"
 
 LOCAL_CLOSE = "_wstrace_local_close"
 """Set on a connection once the application called ``close()``: that call records the close."""
+
+RECEIVING = "_wstrace_receiving"
+"""True on a connection while the application's ``receive()`` runs: the message it returns records the end.
+
+aiohttp's own ``_waiting`` covers only the wait for a frame, not the ``close()`` with which ``receive()``
+answers a close frame, during which the TCP connection may go."""
 
 # aiohttp.WSMsgType values, as plain ints (an IntEnum compares equal to them),
 # so that this module does not import aiohttp.
@@ -199,8 +206,8 @@ def watch_server(request: Any, ws: Any, ct: ConnectionTracer) -> None:
 
 def server_connection_lost(protocol: Any, exc: Optional[BaseException]) -> None:
     ws, ct = _serving.pop(id(protocol), (None, None))
-    if ct is None or getattr(ws, LOCAL_CLOSE, False):
-        return  # not a WebSocket, or the application's close() is under way and records the end
+    if ct is None or getattr(ws, LOCAL_CLOSE, False) or getattr(ws, RECEIVING, False):
+        return  # not a WebSocket, or the application's close() or receive() is under way and records the end
     _lost(ws, ct, exc)
 
 
@@ -231,7 +238,7 @@ def on_connection_lost(ws: Any, ct: ConnectionTracer) -> None:
     def done(future: asyncio.Future[Any]) -> None:
         if not future.cancelled():
             future.exception()  # retrieved: nobody else may await this future
-        if getattr(ws, "_waiting", False) or getattr(ws, LOCAL_CLOSE, False):
+        if getattr(ws, RECEIVING, False) or getattr(ws, LOCAL_CLOSE, False):
             return  # receive() or close() is about to see the end and records it better
         _lost(ws, ct, None)
 

@@ -19,6 +19,7 @@ from wstrace.instrumentation.aiohttp._common import (
     CLOSED,
     ERROR,
     LOCAL_CLOSE,
+    RECEIVING,
     TEXT,
     in_receive,
     in_send,
@@ -104,6 +105,7 @@ async def receive(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs
         return await wrapped(*args, **kwargs)
     ct.receive_done()
     token = in_receive.set(True)
+    setattr(instance, RECEIVING, True)
     try:
         msg = await wrapped(*args, **kwargs)
     except BaseException as exc:
@@ -112,6 +114,7 @@ async def receive(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs
             ct.closed(error=exc)
         raise
     finally:
+        setattr(instance, RECEIVING, False)
         in_receive.reset(token)
     kind = msg.type
     if kind == TEXT or kind == BINARY:
