@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
+from tornado import gen
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.netutil import bind_sockets
 from tornado.websocket import WebSocketHandler, websocket_connect
@@ -410,6 +412,55 @@ def test_on_message_exception_aborts_as_1006(telemetry: Telemetry, instrument: C
     assert server_close.attributes["websocket.close.code"] == 1006
     assert server_close.attributes["websocket.close.initiator"] == "none"
     assert server_close.status.status_code is StatusCode.ERROR
+
+
+def test_gen_coroutine_on_message_at_teardown_logs_nothing(
+    telemetry: Telemetry, instrument: Callable[..., None], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A ``@gen.coroutine`` on_message's Future is watched without a task of its own, which teardown would cancel.
+
+    ``asyncio.run`` (and tornado's test teardown) cancels every task left: a task wrapped around the Future,
+    cancelled after the Future finished, made tornado log a CancelledError as an uncaught exception and abort
+    the connection (tornado's own ``test_websocket_close_buffered_data`` did). The teardown is made to come
+    exactly then: the first callback of the Future cancels every other task.
+    """
+    instrument(model="message")
+    done: list[Any] = []
+
+    class GenEcho(WebSocketHandler):
+        @gen.coroutine  # type: ignore[untyped-decorator]
+        def reply(self, message: str | bytes) -> Any:
+            yield self.write_message(message, binary=binary(message))
+
+        def on_message(self, message: str | bytes) -> Any:
+            future = self.reply(message)
+            future.add_done_callback(teardown)
+            return future
+
+    def teardown(future: Any) -> None:
+        done.append(future.result())
+        for task in asyncio.all_tasks():
+            if task is not main:
+                task.cancel()
+
+    async def scenario() -> None:
+        async with server(GenEcho) as url:
+            conn = await websocket_connect(url)
+            await conn.write_message("hello")
+            assert await conn.read_message() == "hello"
+            await asyncio.sleep(0.05)
+            conn.close()
+
+    async def run_it() -> None:
+        nonlocal main
+        main = asyncio.current_task()
+        await scenario()
+
+    main: Any = None
+    with caplog.at_level(logging.ERROR):
+        asyncio.run(run_it())
+    assert done == [None]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 def test_rejected_handshake_is_recorded(telemetry: Telemetry, instrument: Callable[..., None]) -> None:

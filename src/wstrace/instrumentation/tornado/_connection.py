@@ -120,12 +120,23 @@ def _watched(t: Traced, on_message: Callable[..., Any]) -> Callable[..., Any]:
             raise
         if result is None:
             return None
+        if asyncio.isfuture(result):
+            # A @gen.coroutine's Future: watched by a callback. A task around it would be one more for a
+            # teardown to cancel, after the Future finished: tornado would log that CancelledError and abort.
+            result.add_done_callback(lambda future: _note(t, future))
+            return result
         return _note_failure(t, result) if inspect.isawaitable(result) else result
 
     return call
 
 
+def _note(t: Traced, future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        t.failure = future.exception()
+
+
 async def _note_failure(t: Traced, awaitable: Awaitable[Any]) -> Any:
+    """A coroutine ``on_message``, awaited by the one task tornado makes of it."""
     try:
         return await awaitable
     except BaseException as exc:
