@@ -40,7 +40,9 @@ OPCODE_CLOSE = 0x8
 
 
 def tracer_of(ws: Any) -> Optional[ConnectionTracer]:
-    return getattr(ws, ATTR, None)
+    """The connection's ConnectionTracer; ``None`` for anything else (a Mock answers every attribute)."""
+    ct = getattr(ws, ATTR, None)
+    return ct if isinstance(ct, ConnectionTracer) else None
 
 
 def new_client_tracer(settings: Settings, url: Any) -> Optional[ConnectionTracer]:
