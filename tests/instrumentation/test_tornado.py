@@ -16,7 +16,9 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 from tornado import gen
 from tornado.httpclient import HTTPClientError, HTTPRequest
+from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
+from tornado.web import Application
 from tornado.websocket import WebSocketHandler, websocket_connect
 from websockets.asyncio.client import connect as websockets_connect
 from websockets.asyncio.server import ServerConnection, serve as websockets_serve
@@ -463,6 +465,56 @@ def test_gen_coroutine_on_message_at_teardown_logs_nothing(
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
+@pytest.mark.parametrize(
+    ("pattern", "route"),
+    [(r"/chat/(\d+)", "/chat/{1}"), (r"/rooms/(?P<room>[a-z]+)/(?P<seat>\d+)$", "/rooms/{room}/{seat}")],
+)
+def test_route_template_names_the_spans(
+    telemetry: Telemetry, instrument: Callable[..., None], pattern: str, route: str
+) -> None:
+    """Span names and ``http.route`` use the matched rule's template, not the path: one route for every room."""
+    instrument()
+    paths = ["/chat/123", "/chat/124"] if route.startswith("/chat") else ["/rooms/blue/1", "/rooms/red/2"]
+
+    async def scenario() -> None:
+        sockets = bind_sockets(0, "127.0.0.1")
+        srv = HTTPServer(Application([(pattern, Echo)]))
+        srv.add_sockets(sockets)
+        port = sockets[0].getsockname()[1]
+        try:
+            for path in paths:
+                assert await exchange(f"ws://127.0.0.1:{port}{path}", ["hi"]) == ["hi"]
+        finally:
+            srv.stop()
+
+    run(scenario(), telemetry)
+    servers = [s for s in telemetry.spans if s.kind is SpanKind.SERVER]
+    assert [(s.name, s.attributes["http.route"], s.attributes["url.path"]) for s in servers] == [
+        (f"GET {route}", route, path) for path in paths
+    ]
+    assert len(telemetry.named(f"receive {route}")) == 2
+    assert len(telemetry.named(f"close {route}")) == 2
+
+
+def test_a_pattern_without_a_template_gives_no_route(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """A pattern tornado cannot write back as a path names no route; the core's fallback applies."""
+    instrument()
+
+    async def scenario() -> None:
+        sockets = bind_sockets(0, "127.0.0.1")
+        srv = HTTPServer(Application([(r"/chat/(?:a|b)(\d)", Echo)]))
+        srv.add_sockets(sockets)
+        try:
+            await exchange(f"ws://127.0.0.1:{sockets[0].getsockname()[1]}/chat/a1", ["hi"])
+        finally:
+            srv.stop()
+
+    run(scenario(), telemetry)
+    server = next(s for s in telemetry.spans if s.kind is SpanKind.SERVER)
+    assert "{" not in server.attributes["http.route"]
+    assert server.attributes["url.path"] == "/chat/a1"
+
+
 def test_rejected_handshake_is_recorded(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
     """A 403 from check_origin ends both handshake spans with it; only the client's is an error."""
     instrument()
@@ -605,7 +657,9 @@ def test_subprotocol_context_is_hidden_from_the_application(
 APP = """
 import asyncio
 from tornado.httpserver import HTTPServer
+from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
+from tornado.web import Application
 from tornado.web import Application
 from tornado.websocket import WebSocketHandler, websocket_connect
 

@@ -137,8 +137,46 @@ def new_server_tracer(settings: Settings, handler: Any) -> ConnectionTracer:
         server_port=server_port,
         client_address=client_address,
         client_port=client_port,
+        route=route_template(handler),
         instruments=settings.instruments,
     )
+
+
+def route_template(handler: Any) -> Optional[str]:
+    """The matched route's path pattern as a template (``/chat/(\\d+)`` is ``/chat/{1}``), for span names.
+
+    Each group becomes ``{name}`` if named, else ``{n}``, its number. ``None`` when the rule cannot
+    be found or its pattern cannot be written back as a path (tornado's own ``reverse_url`` rule).
+    """
+    try:
+        rule = _matched_rule(handler.application.default_router, handler.request, type(handler))
+        matcher: Any = getattr(rule, "matcher", None)
+        path, count = getattr(matcher, "_path", None), getattr(matcher, "_group_count", None)
+        if not isinstance(path, str) or not isinstance(count, int) or not path.startswith("/"):
+            return None
+        pieces = path.split("%s")
+        if len(pieces) != count + 1:
+            return None  # a literal "%s" in the pattern
+        names = {index: name for name, index in matcher.regex.groupindex.items()}
+        template = pieces[0]
+        for number, piece in enumerate(pieces[1:], start=1):
+            template += "{" + names.get(number, str(number)) + "}" + piece
+        return template
+    except Exception:  # a router of another kind: the core names the route
+        return None
+
+
+def _matched_rule(router: Any, request: Any, target: type) -> Any:
+    """The rule, in ``router`` or a router it holds, that routes ``request`` to the handler class ``target``."""
+    for rule in getattr(router, "rules", ()):
+        if rule.matcher.match(request) is None:
+            continue
+        if rule.target is target:
+            return rule
+        found = _matched_rule(rule.target, request, target)
+        if found is not None:
+            return found
+    return None
 
 
 def hide_subprotocol_tokens(handler: Any) -> None:
