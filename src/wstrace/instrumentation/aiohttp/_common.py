@@ -6,8 +6,8 @@ import asyncio
 from contextvars import ContextVar
 from typing import Any, Optional
 
+from wstrace.carriers import hide_trace_tokens
 from wstrace.instrumentation._instrumentor import Settings
-from wstrace.semconv import SUBPROTOCOL_PREFIX
 from wstrace.session import ConnectionTracer
 
 
@@ -149,9 +149,9 @@ def add_response_headers(ws: Any, ct: ConnectionTracer, offered: list[str]) -> N
     """
     for name, value in ct.response_headers().items():
         ws.headers[name] = value
-    ours = [p for p in offered if p.startswith(SUBPROTOCOL_PREFIX)]
-    if ours and len(ours) == len(offered) and "Sec-WebSocket-Protocol" not in ws.headers:
-        ws.headers["Sec-WebSocket-Protocol"] = ours[0]
+    echo = hide_trace_tokens(offered)[1]
+    if echo is not None and "Sec-WebSocket-Protocol" not in ws.headers:
+        ws.headers["Sec-WebSocket-Protocol"] = echo
 
 
 def _route(request: Any) -> Optional[str]:

@@ -8,9 +8,6 @@ from typing import Any, Awaitable, Callable, MutableMapping, Optional
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind
 
-from wstrace.carriers import split_subprotocols
-from wstrace.semconv import SUBPROTOCOL_PREFIX
-
 
 __all__ = [
     "MARK",
@@ -26,7 +23,6 @@ __all__ = [
     "encode_headers",
     "offered_subprotocols",
     "route_template",
-    "strip_subprotocols",
 ]
 
 Scope = MutableMapping[str, Any]
@@ -44,20 +40,6 @@ instrumentor) passes it through instead of tracing it twice."""
 def offered_subprotocols(scope: Scope) -> list[str]:
     offered = scope.get("subprotocols") or ()
     return [str(p) for p in offered]
-
-
-def strip_subprotocols(offered: list[str]) -> tuple[list[str], Optional[str]]:
-    """The list the application should see, and the token to echo if it was the only one offered.
-
-    A browser that offered only our ``wstrace.tp.`` token fails the handshake
-    unless a subprotocol is selected, so that token is echoed back when the
-    application selects none.
-    """
-    rest = split_subprotocols(offered)[1]
-    echo = None
-    if not rest:
-        echo = next((p for p in offered if p.startswith(SUBPROTOCOL_PREFIX)), None)
-    return rest, echo
 
 
 def address(value: Any) -> tuple[Optional[str], Optional[int]]:

@@ -10,9 +10,8 @@ from urllib.parse import urlsplit
 from opentelemetry import context as otel_context, trace
 from opentelemetry.context import Context
 
-from wstrace.carriers import split_subprotocols
+from wstrace.carriers import hide_trace_tokens
 from wstrace.instrumentation._instrumentor import Settings, client_tracer
-from wstrace.semconv import SUBPROTOCOL_PREFIX
 from wstrace.session import ConnectionTracer
 
 
@@ -187,15 +186,14 @@ def hide_subprotocol_tokens(handler: Any) -> None:
     """
     headers = handler.request.headers
     offered = _offered(headers)
-    tokens = [p for p in offered if p.startswith(SUBPROTOCOL_PREFIX)]
-    if not tokens:
+    rest, echo = hide_trace_tokens(offered)
+    if len(rest) == len(offered):
         return
-    rest = split_subprotocols(offered)[1]
     del headers[_SUBPROTOCOL]
     if rest:
         headers[_SUBPROTOCOL] = ", ".join(rest)
     else:
-        handler.set_header(_SUBPROTOCOL, tokens[0])
+        handler.set_header(_SUBPROTOCOL, echo)
 
 
 def _host_and_port(host: Optional[str]) -> tuple[Optional[str], Optional[int]]:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any, Optional
 
 from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 
-from wstrace.carriers import split_subprotocols
+from wstrace.carriers import hide_trace_tokens
 from wstrace.instrumentation._instrumentor import Settings
-from wstrace.semconv import SUBPROTOCOL_PREFIX
 from wstrace.session import ConnectionTracer
 
 
@@ -21,9 +19,6 @@ ATTR = "_wstrace"
 HANDSHAKE = "_wstrace_handshake"
 """Attribute under which a server connection holds its ConnectionTracer until the handshake's outcome:
 a connection that never opened must not record a close when its TCP connection goes."""
-
-_TOKEN = re.compile(r"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
-"""An RFC 9110 token, as websockets requires of each subprotocol."""
 
 
 def tracer_of(connection: Any) -> Optional[ConnectionTracer]:
@@ -82,18 +77,14 @@ def new_server_tracer(settings: Settings, connection: Any, request: Any) -> Conn
         client_port=client[1],
         instruments=settings.instruments,
     )
-    tokens = [p for p in offered if p.startswith(SUBPROTOCOL_PREFIX)]
-    # A malformed token makes websockets refuse the header (400); removing it
-    # would make the instrumented server accept a request the library rejects.
-    if tokens and all(_TOKEN.fullmatch(p) for p in tokens):
-        # The application negotiates subprotocols without ours; a browser that
-        # offered only ours gets it echoed so that its handshake succeeds.
-        rest = split_subprotocols(offered)[1]
+    rest, echo = hide_trace_tokens(offered)
+    if len(rest) != len(offered):
+        # The application negotiates subprotocols without ours; the echo answers a browser that offered only ours.
         del headers["Sec-WebSocket-Protocol"]
         if rest:
             headers["Sec-WebSocket-Protocol"] = ", ".join(rest)
         else:
-            setattr(connection, ATTR + "_echo", tokens[0])
+            setattr(connection, ATTR + "_echo", echo)
     return ct
 
 
