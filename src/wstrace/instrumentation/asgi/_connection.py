@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from opentelemetry import context as otel_context
-
 from wstrace._close import asgi_close, asgi_disconnect
+from wstrace._context import Attachment, attach, detach
 from wstrace.instrumentation.asgi._common import (
     ASGIApp,
     Message,
@@ -29,14 +28,14 @@ __all__ = ["Connection"]
 class Connection:
     """Translates one connection's ASGI events into core events, in both directions."""
 
-    __slots__ = ("_hs", "_receive", "_send", "_task", "_token")
+    __slots__ = ("_attached", "_hs", "_receive", "_send", "_task")
 
     def __init__(self, handshake: Handshake, receive: Receive, send: Send) -> None:
         self._hs = handshake
         self._receive = receive
         self._send = send
         self._task = current_task()
-        self._token: Optional[object] = None
+        self._attached: Optional[Attachment] = None
 
     async def run(self, app: ASGIApp) -> None:
         error: Optional[BaseException] = None
@@ -160,7 +159,7 @@ class Connection:
         ct = self._hs.ct
         ctx = ct.connection_context if ct is not None else None
         if ctx is not None and self._task is not None and current_task() is self._task:
-            self._token = otel_context.attach(ctx)
+            self._attached = attach(ctx)
 
     def _lost(self, error: BaseException) -> None:
         """The server could not write: the TCP connection is gone (uvicorn raises ``ClientDisconnected``)."""
@@ -190,9 +189,8 @@ class Connection:
                 ct.receive_done(error)  # an exception escaping the app ends the message it was handling
             # Returning without a close: the server drops the connection for the application, on purpose.
             self._end(error=error, local_end=True)
-        token, self._token = self._token, None
-        if token is not None:
-            otel_context.detach(token)  # type: ignore[arg-type]
+        attached, self._attached = self._attached, None
+        detach(attached)
 
 
 def _received(ct: ConnectionTracer, message: Message) -> Message:

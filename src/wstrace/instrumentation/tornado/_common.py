@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-from contextvars import Token
 from typing import Any, Callable, Optional
 from urllib.parse import urlsplit
 
-from opentelemetry import context as otel_context, trace
+from opentelemetry import trace
 from opentelemetry.context import Context
 
+from wstrace._context import Attachment, attach, detach
 from wstrace.carriers import hide_trace_tokens
 from wstrace.instrumentation._instrumentor import Settings, client_tracer
 from wstrace.session import ConnectionTracer
@@ -44,8 +44,7 @@ class Traced:
     """
 
     __slots__ = (
-        "_token",
-        "_token_ctx",
+        "_attached",
         "ct",
         "failure",
         "loop_delivers",
@@ -66,25 +65,21 @@ class Traced:
         self.opened = False
         self.failure: Optional[BaseException] = None
         """What the application's ``on_message`` raised (tornado logs it and never re-raises), for its span."""
-        self._token: Optional[Token[Context]] = None
-        self._token_ctx: Optional[Context] = None
+        self._attached: Optional[Attachment] = None
 
     def enter(self, ctx: Optional[Context]) -> None:
         """Make ``ctx`` current in the handler's task, in place of what this object attached before."""
         self.leave()
         # A no-op tracer's invalid span would only hide the ambient one.
         if ctx is not None and trace.get_current_span(ctx).get_span_context().is_valid:
-            self._token_ctx = ctx
-            self._token = otel_context.attach(ctx)
+            self._attached = attach(ctx)
 
     def leave(self) -> None:
         """Detach what :meth:`enter` attached, unless the application attached something since."""
-        token, ctx = self._token, self._token_ctx
-        self._token = self._token_ctx = None
+        attached, self._attached = self._attached, None
         # Resetting a stale token would roll back whatever was attached after it
         # (OpenTelemetry's tornado instrumentation detaches its own at on_close).
-        if token is not None and otel_context.get_current() is ctx:
-            otel_context.detach(token)
+        detach(attached)
 
 
 def traced(delegate: Any) -> Optional[Traced]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 
+from wstrace._context import attach
 from wstrace.carriers import hide_trace_tokens
 from wstrace.instrumentation._instrumentor import Settings
 from wstrace.session import ConnectionTracer
@@ -141,4 +141,4 @@ def attach_for_handler(ct: ConnectionTracer) -> None:
     """
     ctx: Optional[Context] = ct.connection_context
     if ctx is not None:
-        otel_context.attach(ctx)
+        attach(ctx)

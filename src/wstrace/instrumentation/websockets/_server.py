@@ -10,9 +10,9 @@ from __future__ import annotations
 import inspect
 from typing import Any, Awaitable, Callable, Optional
 
-from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 
+from wstrace._context import attach
 from wstrace.instrumentation._instrumentor import Settings, is_instrumentation_enabled
 from wstrace.instrumentation.websockets._client import Wrapper
 from wstrace.instrumentation.websockets._common import (
@@ -34,22 +34,22 @@ def _call_in(ctx: Context, hook: Optional[Callable[..., Any]], *args: Any) -> An
     """Call an application hook with ``ctx`` current, for sync and async hooks alike."""
     if hook is None:
         return None
-    token = otel_context.attach(ctx)
+    attachment = attach(ctx)
     try:
         result = hook(*args)
     finally:
-        otel_context.detach(token)
+        attachment.detach()
     if inspect.isawaitable(result):
         return _await_in(ctx, result)
     return result
 
 
 async def _await_in(ctx: Context, awaitable: Awaitable[Any]) -> Any:
-    token = otel_context.attach(ctx)
+    attachment = attach(ctx)
     try:
         return await awaitable
     finally:
-        otel_context.detach(token)
+        attachment.detach()
 
 
 def _hooks(settings: Settings, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
