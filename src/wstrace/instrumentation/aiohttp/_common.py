@@ -7,7 +7,7 @@ from contextvars import ContextVar
 from typing import Any, Optional
 
 from wstrace.carriers import hide_trace_tokens
-from wstrace.instrumentation._instrumentor import Settings
+from wstrace.instrumentation._instrumentor import Settings, client_tracer
 from wstrace.session import ConnectionTracer
 
 
@@ -62,7 +62,9 @@ in_send: ContextVar[bool] = ContextVar("wstrace_aiohttp_in_send", default=False)
 
 
 def tracer_of(ws: Any) -> Optional[ConnectionTracer]:
-    return getattr(ws, ATTR, None)
+    """The connection's ConnectionTracer; ``None`` for anything else (a Mock answers every attribute)."""
+    ct = getattr(ws, ATTR, None)
+    return ct if isinstance(ct, ConnectionTracer) else None
 
 
 def failure_status(exc: BaseException) -> Optional[int]:
@@ -83,18 +85,7 @@ def new_client_tracer(settings: Settings, session: Any, url: Any) -> ConnectionT
         from yarl import URL  # noqa: PLC0415 - aiohttp's own dependency, loaded with it
 
         target = URL(url)
-    scheme = target.scheme or "ws"
-    path = target.path or "/"
-    return ConnectionTracer.client(
-        settings.tracer,
-        settings.config,
-        url=str(target.with_query(None).with_fragment(None)),
-        scheme=scheme,
-        host=target.host,
-        port=target.port,
-        path=path,
-        instruments=settings.instruments,
-    )
+    return client_tracer(settings, str(target.with_query(None).with_fragment(None)))
 
 
 def merged_headers(headers: Any, ours: dict[str, str]) -> list[tuple[str, str]]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 from wstrace._close import ABNORMAL, NORMAL
+from wstrace.instrumentation._instrumentor import end_after
 from wstrace.instrumentation.aiohttp._common import (
     BINARY,
     CLOSE,
@@ -56,14 +57,9 @@ async def _send(
     args = _replace(args, kwargs, 0, name, wire)
     token = in_send.set(True)
     try:
-        result = await wrapped(*args, **kwargs)
-    except BaseException as exc:
-        ct.send_end(handle, exc)
-        raise
+        return await end_after(ct, handle, wrapped(*args, **kwargs))
     finally:
         in_send.reset(token)
-    ct.send_end(handle)
-    return result
 
 
 def send_str(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -11,6 +11,7 @@ from typing import Optional
 
 from wstrace._close import asgi_close, asgi_disconnect
 from wstrace._context import Attachment, attach, detach
+from wstrace.instrumentation._instrumentor import end_after
 from wstrace.instrumentation.asgi._common import (
     ASGIApp,
     Message,
@@ -126,13 +127,10 @@ class Connection:
             message = dict(message)
             message[key] = wire
         try:
-            await self._send(message)
-        except BaseException as exc:
-            ct.send_end(handle, exc)
-            if isinstance(exc, OSError):
-                self._lost(exc)
+            await end_after(ct, handle, self._send(message))
+        except OSError as exc:
+            self._lost(exc)
             raise
-        ct.send_end(handle)
 
     async def _send_close(self, message: Message) -> None:
         ct = self._hs.ct

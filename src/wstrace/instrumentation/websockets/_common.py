@@ -8,7 +8,7 @@ from opentelemetry.context import Context
 
 from wstrace._context import attach
 from wstrace.carriers import hide_trace_tokens
-from wstrace.instrumentation._instrumentor import Settings
+from wstrace.instrumentation._instrumentor import Settings, client_tracer
 from wstrace.session import ConnectionTracer
 
 
@@ -22,23 +22,15 @@ a connection that never opened must not record a close when its TCP connection g
 
 
 def tracer_of(connection: Any) -> Optional[ConnectionTracer]:
-    return getattr(connection, ATTR, None)
+    """The connection's ConnectionTracer; ``None`` for anything else (a Mock answers every attribute)."""
+    ct = getattr(connection, ATTR, None)
+    return ct if isinstance(ct, ConnectionTracer) else None
 
 
 def new_client_tracer(settings: Settings, connection: Any) -> ConnectionTracer:
     uri = connection.protocol.uri
-    scheme = "wss" if uri.secure else "ws"
-    url = f"{scheme}://{uri.host}:{uri.port}{uri.path or '/'}"
-    return ConnectionTracer.client(
-        settings.tracer,
-        settings.config,
-        url=url,
-        scheme=scheme,
-        host=uri.host,
-        port=uri.port,
-        path=uri.path or "/",
-        instruments=settings.instruments,
-    )
+    host = f"[{uri.host}]" if ":" in uri.host else uri.host  # an IPv6 address
+    return client_tracer(settings, f"{'wss' if uri.secure else 'ws'}://{host}:{uri.port}{uri.path or '/'}")
 
 
 def merged_headers(additional: Any, ours: dict[str, str]) -> list[tuple[str, str]]:
