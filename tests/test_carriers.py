@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from websockets.datastructures import Headers
 
-from wstrace.carriers import MAX_VALUE_BYTES, headers_carrier, query_carrier, split_subprotocols
+from wstrace.carriers import MAX_VALUE_BYTES, headers_carrier, hide_trace_tokens, query_carrier, split_subprotocols
 from wstrace.semconv import SUBPROTOCOL_PREFIX
 
 
@@ -225,3 +225,21 @@ def test_subprotocol_prefix_must_match_exactly() -> None:
 def test_subprotocols_empty() -> None:
     """No offered subprotocols give nothing."""
     assert split_subprotocols([]) == ({}, [])
+
+
+# hide_trace_tokens -------------------------------------------------------------
+
+
+def test_trace_tokens_hidden_and_echoed_only_when_alone() -> None:
+    """The application sees its own subprotocols; a browser that offered only ours gets the first echoed."""
+    ours = SUBPROTOCOL_PREFIX + TRACEPARENT
+    assert hide_trace_tokens(["chat", ours, "graphql-ws"]) == (["chat", "graphql-ws"], None)
+    assert hide_trace_tokens([ours, SUBPROTOCOL_PREFIX + "x"]) == ([], ours)
+    assert hide_trace_tokens(["chat"]) == (["chat"], None)
+    assert hide_trace_tokens([]) == ([], None)
+
+
+def test_malformed_trace_token_left_for_the_library() -> None:
+    """A token of ours that is no RFC 9110 token leaves the list as it is: the library rejects the request."""
+    offered = ["chat", SUBPROTOCOL_PREFIX + "a b"]
+    assert hide_trace_tokens(offered) == (offered, None)

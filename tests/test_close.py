@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import pytest
 
-from wstrace._close import Closing, Outcome, outcome, summarised
+from wstrace._close import Closing, Outcome, asgi_close, asgi_disconnect, outcome, summarised
 
 
 def _closing(*events: tuple[str, Any, str]) -> Closing:
@@ -99,3 +99,56 @@ def test_summarised_close_gives_the_same_outcome_as_the_frames(
     dropped_on_purpose = summarised(closing, code, reason, initiator)  # type: ignore[arg-type]
     assert dropped_on_purpose is local_end
     assert outcome(closing, local_end=dropped_on_purpose) == expected
+
+
+class Events:
+    """Close frames reported by a translation, fed to a Closing as ConnectionTracer feeds its own."""
+
+    def __init__(self) -> None:
+        self.closing = Closing()
+
+    def close_sent(self, code: Optional[int] = None, reason: str = "") -> None:
+        self.closing.sent(code, reason)
+
+    def close_received(self, code: Optional[int] = None, reason: str = "") -> None:
+        self.closing.received(code, reason)
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        # The peer's close frame: its code and reason, initiated remotely.
+        ({"code": 4001, "reason": "bye"}, Outcome(4001, "bye", "remote", False)),
+        ({"code": 1001, "reason": ""}, Outcome(1001, "", "remote", False)),
+        ({"code": 1005, "reason": ""}, Outcome(1005, "", "remote", False)),
+        ({"reason": ""}, Outcome(1005, "", "remote", False)),
+        ({"code": 1011, "reason": "oops"}, Outcome(1011, "oops", "remote", True)),
+        # Made up by the server, without a reason: the transport was lost...
+        ({"code": 1006}, Outcome(1006, "", None, True)),
+        ({"code": 1005}, Outcome(1006, "", None, True)),
+        ({}, Outcome(1006, "", None, True)),
+        ({"code": 1006, "reason": "lost"}, Outcome(1006, "", None, True)),
+        # ...or the server shut down: a normal close of this end's.
+        ({"code": 1012}, Outcome(1012, "", "local", False)),
+        # Other codes without a reason are the peer's.
+        ({"code": 1000}, Outcome(1000, "", "remote", False)),
+    ],
+)
+def test_asgi_disconnect(message: dict[str, Any], expected: Outcome) -> None:
+    events = Events()
+    asgi_disconnect(events, message)
+    assert outcome(events.closing) == expected
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ({"type": "websocket.close"}, Outcome(1000, "", "local", False)),
+        ({"type": "websocket.close", "code": 4002, "reason": "done"}, Outcome(4002, "done", "local", False)),
+        ({"type": "websocket.close", "code": 1011, "reason": None}, Outcome(1011, "", "local", True)),
+    ],
+)
+def test_asgi_close_is_a_handshake_this_end_started(message: dict[str, Any], expected: Outcome) -> None:
+    events = Events()
+    asgi_close(events, message)
+    assert outcome(events.closing) == expected

@@ -156,12 +156,6 @@ def test_strip_query_drops_query_and_credentials(url: str, expected: str) -> Non
     assert hs.strip_query(url) == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="strip_query splits the authority at the FIRST '@': with a raw '@' in the password (which urllib, "
-    "and so websockets, parse at the last '@', connecting to 'example.com') part of the password is "
-    "recorded in url.full",
-)
 def test_strip_query_drops_a_password_holding_an_at_sign() -> None:
     recorded = hs.strip_query("wss://user:p@ss@example.com/chat")
     assert "ss" not in recorded.split("//", 1)[1].split("/", 1)[0]

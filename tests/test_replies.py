@@ -8,7 +8,6 @@ import threading
 import time
 from typing import Any, Optional
 
-import pytest
 from opentelemetry import context as otel_context, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan
@@ -16,6 +15,9 @@ from opentelemetry.trace import StatusCode
 
 from tests.conftest import Telemetry
 from wstrace._replies import OWNER, Inbound, Replies, Request, safe_key, safe_predicate
+from wstrace._spans import ConnectionSpans, route
+from wstrace._wire import wire_for
+from wstrace.config import Config
 from wstrace.streams import StreamRecorder, wall_ns
 
 
@@ -23,11 +25,17 @@ IDLE_NS = 5_000_000_000  # stream_idle = 5 s, the default
 SEC = 1_000_000_000
 
 
+def _new(idle_ns: int = IDLE_NS) -> Replies:
+    """A connection's replies registry (a no-op tracer: these tests start their spans themselves)."""
+    config = Config.load({}, stream_idle=idle_ns / SEC)
+    return Replies(ConnectionSpans(trace.NoOpTracer(), config, route("/chat"), "0" * 32), None)
+
+
 def _start(
     telemetry: Telemetry, replies: Replies, name: str = "send /chat", start_ns: Optional[int] = None
 ) -> StreamRecorder:
     span = telemetry.provider.get_tracer("wstrace").start_span(name)
-    return replies.start(span, time.monotonic_ns() if start_ns is None else start_ns, 1.0, None, {})
+    return replies.start(span, time.monotonic_ns() if start_ns is None else start_ns, "outbound")
 
 
 def _finished(telemetry: Telemetry, name: str = "send /chat") -> list[ReadableSpan]:
@@ -38,7 +46,7 @@ def _finished(telemetry: Telemetry, name: str = "send /chat") -> list[ReadableSp
 
 
 def test_a_stream_is_tracked_until_it_ends(telemetry: Telemetry) -> None:
-    replies = Replies(IDLE_NS)
+    replies = _new()
     stream = _start(telemetry, replies)
     assert list(replies.streams.values()) == [stream]
     stream.chunk(10)
@@ -50,7 +58,7 @@ def test_a_stream_is_tracked_until_it_ends(telemetry: Telemetry) -> None:
 
 
 def test_sweep_ends_idle_streams_at_their_last_chunk(telemetry: Telemetry) -> None:
-    replies = Replies(IDLE_NS)
+    replies = _new()
     now = time.monotonic_ns()
     idle = _start(telemetry, replies, "idle", now - 20 * SEC)
     idle.chunk(1, now - 19 * SEC)
@@ -68,7 +76,7 @@ def test_sweep_ends_idle_streams_at_their_last_chunk(telemetry: Telemetry) -> No
 
 
 def test_starting_streams_sweeps_once_the_registry_has_grown(telemetry: Telemetry) -> None:
-    replies = Replies(IDLE_NS)
+    replies = _new()
     old = time.monotonic_ns() - 60 * SEC
     streams = []
     for _ in range(64):
@@ -84,29 +92,21 @@ def test_starting_streams_sweeps_once_the_registry_has_grown(telemetry: Telemetr
 
 
 def test_at_most_1024_streams_stay_open_the_oldest_end_first(telemetry: Telemetry) -> None:
-    replies = Replies(IDLE_NS)
+    replies = _new()
     now = time.monotonic_ns()
     streams = []
     for n in range(1030):
         stream = _start(telemetry, replies, f"s{n}", now)
         stream.chunk(1, now)  # none is idle
         streams.append(stream)
-    replies.sweep(now)
     assert len(replies.streams) == 1024
     assert [s.ended for s in streams[:6]] == [True] * 6
     assert not any(s.ended for s in streams[6:])
     assert sorted(s.name for s in telemetry.spans) == sorted(f"s{n}" for n in range(6))
-    assert replies.sweep_at == 2048  # the next look waits until the registry has doubled
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the 1024 open-stream cap (docs/streams.md: 'At most 1024 streams per connection stay open') is only "
-    "applied when a sweep runs, and after the cap's sweep sweep_at becomes 2 * 1024: a connection answering faster "
-    "than stream_idle keeps up to 2048 reply streams (open spans) before the next sweep",
-)
 def test_the_open_stream_cap_is_kept_without_explicit_sweeps(telemetry: Telemetry) -> None:
-    replies = Replies(IDLE_NS)
+    replies = _new()
     most = 0
     for _ in range(2100):
         _start(telemetry, replies).chunk(1)  # none idle: a server answering fast
@@ -115,7 +115,7 @@ def test_the_open_stream_cap_is_kept_without_explicit_sweeps(telemetry: Telemetr
 
 
 def test_end_all_after_a_normal_close(telemetry: Telemetry) -> None:
-    replies = Replies(IDLE_NS)
+    replies = _new()
     now = time.monotonic_ns()
     stream = _start(telemetry, replies, start_ns=now - SEC)
     stream.chunk(5, now - SEC // 2)
@@ -128,7 +128,7 @@ def test_end_all_after_a_normal_close(telemetry: Telemetry) -> None:
 
 
 def test_end_all_after_an_abnormal_close_fails_the_open_streams(telemetry: Telemetry) -> None:
-    replies = Replies(IDLE_NS)
+    replies = _new()
     partial = _start(telemetry, replies, "partial")
     partial.chunk(3)
     partial.chunk(4)
@@ -157,7 +157,7 @@ def _inbound(telemetry: Telemetry, replies: Replies) -> Inbound:
 
 def test_released_on_a_running_loop_the_stream_ends_on_its_next_turn(telemetry: Telemetry) -> None:
     async def main() -> None:
-        replies = Replies(IDLE_NS)
+        replies = _new()
         assert replies.loop is asyncio.get_running_loop()
         first, second = _inbound(telemetry, replies), _inbound(telemetry, replies)
         streams = [first.stream, second.stream]
@@ -177,7 +177,7 @@ def test_released_on_a_running_loop_the_stream_ends_on_its_next_turn(telemetry: 
 
 def test_a_reply_task_holding_the_message_keeps_its_stream_open(telemetry: Telemetry) -> None:
     async def main() -> None:
-        replies = Replies(IDLE_NS)
+        replies = _new()
         inbound = _inbound(telemetry, replies)
         stream = inbound.stream
         assert stream is not None
@@ -215,7 +215,7 @@ def test_a_reply_task_holding_the_message_keeps_its_stream_open(telemetry: Telem
 
 def test_released_in_a_worker_thread_the_stream_waits_for_the_next_event(telemetry: Telemetry) -> None:
     async def main() -> None:
-        replies = Replies(IDLE_NS)
+        replies = _new()
         holder = [_inbound(telemetry, replies)]
         stream = holder[0].stream
         assert stream is not None
@@ -235,7 +235,7 @@ def test_released_in_a_worker_thread_the_stream_waits_for_the_next_event(telemet
 
 
 def test_released_without_an_event_loop(telemetry: Telemetry) -> None:
-    replies = Replies(IDLE_NS)  # a thread-based library: no loop
+    replies = _new()  # a thread-based library: no loop
     assert replies.loop is None
     inbound = _inbound(telemetry, replies)
     stream = inbound.stream
@@ -247,7 +247,7 @@ def test_released_without_an_event_loop(telemetry: Telemetry) -> None:
 
 
 def test_a_message_whose_stream_already_ended_is_not_an_orphan(telemetry: Telemetry) -> None:
-    replies = Replies(IDLE_NS)
+    replies = _new()
     inbound = _inbound(telemetry, replies)
     assert inbound.stream is not None
     inbound.stream.end(at_last_chunk=True)
@@ -263,8 +263,8 @@ class _BrokenSpan(trace.NonRecordingSpan):
 
 
 def test_ending_orphans_never_raises() -> None:
-    replies = Replies(IDLE_NS)
-    stream = replies.start(_BrokenSpan(trace.INVALID_SPAN_CONTEXT), time.monotonic_ns(), 1.0, None, {})
+    replies = _new()
+    stream = replies.start(_BrokenSpan(trace.INVALID_SPAN_CONTEXT), time.monotonic_ns(), "outbound")
     stream.chunk(1)
     replies.release(stream)
     replies.end_orphans()
@@ -287,7 +287,7 @@ def _answer(telemetry: Telemetry, replies: Replies, request: Request) -> StreamR
 
 
 def test_replies_without_a_key_belong_to_the_last_request(telemetry: Telemetry) -> None:
-    replies = Replies(IDLE_NS)
+    replies = _new()
     assert replies.request_for("early", time.monotonic_ns(), None) is None  # nothing sent yet
     ctx = _request_span(telemetry)
     replies.track_request(ctx, "q1", None)
@@ -302,7 +302,7 @@ def test_replies_without_a_key_belong_to_the_last_request(telemetry: Telemetry) 
 
 
 def test_request_for_after_the_end_marker_or_an_idle_gap(telemetry: Telemetry) -> None:
-    replies = Replies(IDLE_NS)
+    replies = _new()
     replies.track_request(_request_span(telemetry), "q", None)
     request = replies.request_for("a", time.monotonic_ns(), None)
     assert request is not None
@@ -322,7 +322,7 @@ def test_request_for_after_the_end_marker_or_an_idle_gap(telemetry: Telemetry) -
 
 
 def test_request_for_a_stream_that_ended_elsewhere(telemetry: Telemetry) -> None:
-    replies = Replies(IDLE_NS)
+    replies = _new()
     replies.track_request(_request_span(telemetry), "q", None)
     request = replies.request_for("a", time.monotonic_ns(), None)
     assert request is not None
@@ -336,7 +336,7 @@ def _key(payload: Any) -> Any:
 
 
 def test_replies_in_flight_are_paired_by_stream_key(telemetry: Telemetry) -> None:
-    replies = Replies(IDLE_NS)
+    replies = _new()
     ctx_a, ctx_b = _request_span(telemetry), _request_span(telemetry)
     replies.track_request(ctx_a, {"id": "a"}, _key)
     replies.track_request(ctx_b, {"id": "b"}, _key)
@@ -357,14 +357,14 @@ def test_replies_in_flight_are_paired_by_stream_key(telemetry: Telemetry) -> Non
 
 
 def test_a_message_without_a_key_opens_no_request() -> None:
-    replies = Replies(IDLE_NS)
+    replies = _new()
     replies.track_request(Context(), {"no": "id"}, _key)
     assert replies.requests is None
     assert replies.request_for({"no": "id"}, time.monotonic_ns(), _key) is None
 
 
 def test_a_stream_key_that_raises_means_no_key() -> None:
-    replies = Replies(IDLE_NS)
+    replies = _new()
 
     def broken(payload: Any) -> Any:
         raise KeyError("id")
@@ -377,7 +377,7 @@ def test_a_stream_key_that_raises_means_no_key() -> None:
 
 
 def test_at_most_1024_requests_are_kept_in_flight(telemetry: Telemetry) -> None:
-    replies = Replies(IDLE_NS)
+    replies = _new()
     replies.track_request(_request_span(telemetry), {"id": 0}, _key)
     oldest = replies.request_for({"id": 0}, time.monotonic_ns(), _key)
     assert oldest is not None
@@ -392,14 +392,8 @@ def test_at_most_1024_requests_are_kept_in_flight(telemetry: Telemetry) -> None:
     assert replies.request_for({"id": 1}, time.monotonic_ns(), _key) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a stream_key that returns an unhashable value (say a JSON list id) makes request_for and "
-    "track_request raise TypeError: safe_key only guards the call, and the send then loses its envelope "
-    "context (ConnectionTracer.send_start falls back to wrap_empty)",
-)
 def test_an_unhashable_stream_key_means_no_key() -> None:
-    replies = Replies(IDLE_NS)
+    replies = _new()
     replies.track_request(Context(), {"id": [1, 2]}, _key)
     assert replies.request_for({"id": [1, 2]}, time.monotonic_ns(), _key) is None
 
@@ -413,3 +407,95 @@ def test_safe_predicate() -> None:
         raise ValueError("bad json")
 
     assert safe_predicate(broken, "x") is False  # treated as "not the end"
+
+
+# Chunks --------------------------------------------------------------------------------------------
+
+
+def _connection(telemetry: Telemetry, **options: Any) -> Replies:
+    config = Config.load({}, **options)
+    spans = ConnectionSpans(telemetry.provider.get_tracer("wstrace"), config, route("/chat"), "a" * 32)
+    return Replies(spans, None)
+
+
+def _handled(telemetry: Telemetry, replies: Replies) -> Inbound:
+    receive = telemetry.provider.get_tracer("wstrace").start_span("receive /chat")
+    return Inbound(replies, trace.set_span_in_context(receive), time.monotonic_ns())
+
+
+def test_reply_chunks_form_one_stream_under_the_message_with_one_envelope_prefix(telemetry: Telemetry) -> None:
+    replies = _connection(telemetry)
+    owner = _handled(telemetry, replies)
+    wire = wire_for(replies.spans.config, "frame")
+    frames = [replies.reply_chunk(owner, wire, f"token {n}", True, n + 1, 7)[0] for n in range(3)]
+    stream = owner.stream
+    assert stream is not None and stream.stats.count == 3 and len(replies.streams) == 1
+    prefix = frames[0][: -len("token 0")]
+    assert all(f == prefix + f"token {n}" for n, f in enumerate(frames)), "one prefix, encoded once"
+    payload, carrier = wire.strip(frames[2])
+    assert payload == "token 2" and carrier is not None
+    assert carrier["traceparent"].split("-")[2] == f"{stream.span.get_span_context().span_id:016x}"
+    stream.end()
+    (span,) = telemetry.named("send /chat")
+    assert span.attributes["wstrace.stream.chunk_count"] == 3
+    assert span.parent is not None
+
+
+def test_a_reply_after_the_idle_gap_starts_a_new_stream(telemetry: Telemetry) -> None:
+    replies = _connection(telemetry, stream_idle=0.001)
+    owner = _handled(telemetry, replies)
+    replies.reply_chunk(owner, None, b"first", False, 1, 5)
+    first = owner.stream
+    time.sleep(0.01)
+    replies.reply_chunk(owner, None, b"second", False, 2, 6)
+    assert first is not None and first.ended and owner.stream is not first
+
+
+def test_the_end_marker_hands_the_stream_to_send_end_and_chunk_spans_get_their_own(telemetry: Telemetry) -> None:
+    replies = _connection(telemetry, chunk_spans=True, stream_end=lambda p: p == "done")
+    owner = _handled(telemetry, replies)
+    wire = wire_for(replies.spans.config, "frame")
+    frame, handle = replies.reply_chunk(owner, wire, "token", True, 1, 5)
+    assert handle.span is not None and handle.stream is None
+    chunk_carrier = wire.strip(frame)[1]
+    assert chunk_carrier is not None
+    assert chunk_carrier["traceparent"].split("-")[2] == f"{handle.span.get_span_context().span_id:016x}"
+    _, last = replies.reply_chunk(owner, None, "done", True, 2, 4)
+    assert last.ends_stream and last.stream is owner.stream and last.span is not None
+
+
+def test_a_client_reply_joins_its_request_stream_and_the_end_marker_ends_it(telemetry: Telemetry) -> None:
+    replies = _connection(telemetry, stream_end=lambda p: p == "done")
+    request_span = telemetry.provider.get_tracer("wstrace").start_span("send /chat")
+    replies.track_request(trace.set_span_in_context(request_span), "prompt", None)
+    request = replies.last_request
+    assert request is not None
+    server = telemetry.provider.get_tracer("server").start_span("server reply")
+    carrier = {
+        "traceparent": f"00-{server.get_span_context().trace_id:032x}-{server.get_span_context().span_id:016x}-01"
+    }
+    ambient = Context()
+    span, base, ends = replies.reply_received(request, "a", carrier, True, 1, 1, time.monotonic_ns(), ambient)
+    again, _, _ = replies.reply_received(request, "b", None, True, 2, 1, time.monotonic_ns(), ambient)
+    assert again is span and ends is None and base is not None
+    _, _, ends = replies.reply_received(request, "done", None, True, 3, 4, time.monotonic_ns(), ambient)
+    assert ends is request.stream and request.done
+    ends.end()
+    (received,) = telemetry.named("receive /chat")
+    assert received.parent is not None and received.parent.span_id == server.get_span_context().span_id
+    assert received.attributes["wstrace.stream.chunk_count"] == 3
+
+
+def test_client_chunk_spans_link_to_the_senders_chunk(telemetry: Telemetry) -> None:
+    replies = _connection(telemetry, chunk_spans=True)
+    replies.track_request(Context(), "prompt", None)
+    request = replies.last_request
+    assert request is not None
+    sender = telemetry.provider.get_tracer("server").start_span("chunk")
+    sc = sender.get_span_context()
+    carrier = {"traceparent": f"00-{sc.trace_id:032x}-{sc.span_id:016x}-01"}
+    chunk, _, _ = replies.reply_received(request, "a", carrier, True, 1, 1, time.monotonic_ns(), Context())
+    assert request.stream is not None and chunk is not request.stream.span
+    chunk.end()
+    (recorded,) = [s for s in telemetry.named("receive /chat") if s.links]
+    assert recorded.links[0].context.span_id == sc.span_id

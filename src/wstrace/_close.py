@@ -9,17 +9,40 @@ record, so that both always agree (``docs/semantic-conventions.md``, "Close").
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple, Optional
+from typing import Any, Literal, Mapping, NamedTuple, Optional, Protocol
 
 
-__all__ = ["ABNORMAL", "NO_STATUS", "Closing", "Frame", "Initiator", "Outcome", "outcome"]
+__all__ = [
+    "ABNORMAL",
+    "INTERNAL_ERROR",
+    "NORMAL",
+    "NO_STATUS",
+    "CloseEvents",
+    "Closing",
+    "Frame",
+    "Initiator",
+    "Outcome",
+    "asgi_close",
+    "asgi_disconnect",
+    "outcome",
+    "summarised",
+]
 
 Initiator = Literal["local", "remote"]
+
+NORMAL = 1000
+"""A normal closure: the code libraries send when the application names none (ASGI's ``websocket.close``,
+websocket-client's and aiohttp's ``close()``, tornado's ``close(reason=...)``)."""
 
 NO_STATUS = 1005
 """A close frame without a status code (RFC 6455, section 7.1.5); never sent on the wire."""
 ABNORMAL = 1006
 """No close frame arrived: the TCP connection dropped (RFC 6455, section 7.1.5); never sent on the wire."""
+
+INTERNAL_ERROR = 1011
+"""The server failed; websockets closes with it when a connection handler raises."""
+SERVICE_RESTART = 1012
+"""The server is restarting; ASGI servers report their own shutdown so."""
 
 # Codes that mean something went wrong: protocol, data and policy errors, server errors,
 # TLS failure, and the connection dropping. 1000, 1001 and 1012-1013 are normal ends.
@@ -134,3 +157,48 @@ def summarised(closing: Closing, code: Optional[int], reason: str, initiator: Op
     elif initiator == "remote":
         closing.received(code, reason)
     return False
+
+
+class CloseEvents(Protocol):
+    """What receives close frames: ``ConnectionTracer`` (its ``close_sent`` and ``close_received``)."""
+
+    def close_sent(self, code: Optional[int] = None, reason: str = "") -> None: ...
+
+    def close_received(self, code: Optional[int] = None, reason: str = "") -> None: ...
+
+
+def asgi_disconnect(events: CloseEvents, message: Mapping[str, Any]) -> None:
+    """Report the close frames an ASGI ``websocket.disconnect`` event stands for.
+
+    A disconnect caused by the peer's close frame carries its ``code`` and a
+    ``reason`` key. ASGI servers also make disconnects up, without ``reason``:
+    1005 or 1006 (uvicorn's ``websockets-sansio`` reports a lost TCP connection
+    as 1005) mean that no frame arrived, the transport was lost; 1012 is the
+    server's own shutdown, a close that this end started and the server
+    completed. A 1006 is never a frame, with or without a reason.
+    """
+    code = message.get("code")
+    if not isinstance(code, int):
+        code = NO_STATUS  # ASGI's default: the frame had no status code
+    if code == ABNORMAL or ("reason" not in message and code == NO_STATUS):
+        return
+    if "reason" not in message and code == SERVICE_RESTART:
+        events.close_sent(code)
+        events.close_received(code)
+        return
+    events.close_received(code, str(message.get("reason") or ""))
+
+
+def asgi_close(events: CloseEvents, message: Mapping[str, Any]) -> None:
+    """Report an ASGI application's ``websocket.close`` event, once the server took it.
+
+    The server sends the frame and completes the closing handshake itself; the
+    application hears nothing more (a ``websocket.disconnect`` comes only if it
+    asks), so the close is recorded as a completed handshake that this end
+    started. ASGI's default code is 1000.
+    """
+    code = message.get("code")
+    code = code if isinstance(code, int) else NORMAL
+    reason = str(message.get("reason") or "")
+    events.close_sent(code, reason)
+    events.close_received(code, reason)

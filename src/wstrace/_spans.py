@@ -179,13 +179,17 @@ class ConnectionSpans:
             if trace.get_current_span(current).get_span_context().trace_id != connection.get_span_context().trace_id:
                 parent = self.connection_ctx  # type: ignore[assignment]
         attributes = self._attributes(payload, is_text, ordinal, body_size)
-        return self.tracer.start_span(self.names.send, parent, SpanKind.PRODUCER, attributes, links)
+        return self.tracer.start_span(
+            self.names.send, parent, kind=SpanKind.PRODUCER, attributes=attributes, links=links
+        )
 
     def reply(self, parent: Context, payload: Any, is_text: bool, ordinal: int, start_time: int) -> Span:
         """The span of a server's reply stream, started by its first chunk."""
         links = () if self.connection_ctx is not None else self.links
         attributes = self._attributes(payload, is_text, ordinal, None)
-        return self.tracer.start_span(self.names.send, parent, SpanKind.PRODUCER, attributes, links, start_time)
+        return self.tracer.start_span(
+            self.names.send, parent, kind=SpanKind.PRODUCER, attributes=attributes, links=links, start_time=start_time
+        )
 
     def receive(
         self,
@@ -204,7 +208,14 @@ class ConnectionSpans:
             self.config.trust, self.connection_ctx, self.links, sender[0], sender[1], ambient, request
         )
         attributes = self._attributes(payload, is_text, ordinal, body_size)
-        span = self.tracer.start_span(self.names.receive, parent, SpanKind.CONSUMER, attributes, links, start_time)
+        span = self.tracer.start_span(
+            self.names.receive,
+            parent,
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
+            links=links,
+            start_time=start_time,
+        )
         return span, base
 
     def chunk(
@@ -241,7 +252,9 @@ class ConnectionSpans:
             attributes[sc.CLOSE_REASON] = reason
         span = self.connection
         if span is None:
-            span = self.tracer.start_span(self.names.close, _NO_CONTEXT, SpanKind.INTERNAL, attributes, self.links)
+            span = self.tracer.start_span(
+                self.names.close, _NO_CONTEXT, kind=SpanKind.INTERNAL, attributes=attributes, links=self.links
+            )
         else:
             span.set_attributes(attributes)
         if error is not None:

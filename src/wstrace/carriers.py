@@ -8,13 +8,14 @@ work on that dict with OpenTelemetry's default getter and setter.
 
 from __future__ import annotations
 
-from typing import Any, Collection, Iterable, Mapping, Sequence, Union
+import re
+from typing import Any, Collection, Iterable, Mapping, Optional, Sequence, Union
 from urllib.parse import parse_qsl
 
 from wstrace.semconv import SUBPROTOCOL_PREFIX
 
 
-__all__ = ["HeaderSource", "headers_carrier", "query_carrier", "split_subprotocols"]
+__all__ = ["HeaderSource", "headers_carrier", "hide_trace_tokens", "query_carrier", "split_subprotocols"]
 
 HeaderSource = Union[Mapping[str, str], Iterable[tuple[Union[str, bytes], Union[str, bytes]]]]
 """Headers as a mapping (case-insensitive lookup is not assumed) or as a list of pairs."""
@@ -89,3 +90,24 @@ def split_subprotocols(offered: Sequence[str]) -> tuple[dict[str, str], list[str
         else:
             rest.append(token)
     return carrier, rest
+
+
+_TOKEN = re.compile(r"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
+"""An RFC 9110 token, as a subprotocol must be."""
+
+
+def hide_trace_tokens(offered: Sequence[str]) -> tuple[list[str], Optional[str]]:
+    """The offered subprotocols the application should see, and the token a server should echo.
+
+    ``wstrace.tp.`` tokens carry a browser's context (``docs/protocol.md``,
+    section 4); the application never sees them. A browser that offered only
+    such tokens fails its handshake unless one is selected, so the first is
+    echoed, when the application selects none. A list where one of them is
+    not a valid token is left as it is, for the library to reject (websockets
+    answers 400): removing it would accept a request the library refuses.
+    """
+    tokens = [p for p in offered if p.startswith(SUBPROTOCOL_PREFIX)]
+    if not tokens or not all(_TOKEN.fullmatch(p) for p in tokens):
+        return list(offered), None
+    rest = split_subprotocols(offered)[1]
+    return rest, None if rest else tokens[0]

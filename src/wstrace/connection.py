@@ -222,7 +222,9 @@ class ConnectionTracer:
         start_time: Optional[int] = None,
     ) -> None:
         spans = self._spans
-        span = spans.tracer.start_span(spans.names.handshake, parent, kind, attributes, links, start_time)
+        span = spans.tracer.start_span(
+            spans.names.handshake, parent, kind=kind, attributes=attributes, links=links, start_time=start_time
+        )
         self._handshake = span
         self._recording = span.is_recording()
         if self._recording:
@@ -273,7 +275,9 @@ class ConnectionTracer:
                 attributes = {sc.NETWORK_PROTOCOL_NAME: "websocket", sc.SESSION_ID: self.session_id}
                 spans = self._spans
                 context = trace.set_span_in_context(span)
-                connection = spans.tracer.start_span(spans.names.connection, context, SpanKind.INTERNAL, attributes)
+                connection = spans.tracer.start_span(
+                    spans.names.connection, context, kind=SpanKind.INTERNAL, attributes=attributes
+                )
                 spans.open_connection(connection)
         except Exception as exc:
             warn_once("recording the opened connection", exc)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import subprocess
 import sys
@@ -20,6 +22,7 @@ from tests.conftest import Telemetry
 from tests.instrumentation import contract
 from tests.instrumentation.aiohttp_app import echo, server
 from tests.instrumentation.contract import linked_to, parent_id, side, span_id, trace_id
+from tests.reliability.rawws import GUID, RawClient, frame
 from wstrace.instrumentation.aiohttp import AiohttpInstrumentor
 
 
@@ -378,6 +381,70 @@ def test_client_close_code_and_reason_recorded(telemetry: Telemetry, instrument:
         assert conn.attributes["websocket.close.code"] == 4002
         assert conn.attributes["websocket.close.reason"] == "client leaves"
     contract.no_open_spans(telemetry)
+
+
+CODELESS_CLOSE = b"\x88\x00"
+"""An unmasked close frame with no status code (RFC 6455 section 5.5.1): the code recorded is 1005."""
+
+
+def _codeless_close(telemetry: Telemetry, kind: SpanKind) -> None:
+    close = telemetry.one("close /chat")
+    assert linked_to(close, side(telemetry, kind))
+    assert close.attributes["websocket.close.code"] == 1005
+    assert close.attributes["websocket.close.initiator"] == "remote"
+    assert close.status.status_code is StatusCode.UNSET
+    contract.no_open_spans(telemetry)
+
+
+def test_close_frame_without_a_code_to_the_server(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """A peer's close frame without a status code is 1005 on the server, as on every adapter (aiohttp says 0)."""
+    instrument()
+
+    async def scenario() -> tuple[int, bytes]:
+        async with server(echo) as url:
+            client = await RawClient.connect(url)
+            client.writer.write(frame(b"", 0x8))
+            answer = await client.recv_frame()
+            await client.close()
+            await asyncio.sleep(0.1)
+            return answer
+
+    assert run(scenario())[0] == 0x8
+    _codeless_close(telemetry, SpanKind.SERVER)
+
+
+def test_close_frame_without_a_code_to_the_client(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """A server's close frame without a status code is 1005 on the client, as on every adapter."""
+    instrument()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        key = next(
+            line.split(b":", 1)[1].strip()
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"sec-websocket-key:")
+        )
+        accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n" + CODELESS_CLOSE
+        )
+        await reader.read(2)  # the client's answer, then the server closes the TCP connection
+        writer.close()
+
+    async def scenario() -> Any:
+        srv = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        async with srv, aiohttp.ClientSession() as session:
+            ws = await session.ws_connect(f"ws://127.0.0.1:{port}/chat")
+            msg = await ws.receive()
+            await ws.close()
+            await asyncio.sleep(0.1)
+            return msg
+
+    msg = run(scenario())
+    assert (msg.type, msg.data) == (WSMsgType.CLOSE, 0)  # aiohttp's way of saying "no code"
+    _codeless_close(telemetry, SpanKind.CLIENT)
 
 
 def test_client_drops_tcp_mid_message(telemetry: Telemetry, instrument: Callable[..., None]) -> None:

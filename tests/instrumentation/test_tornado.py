@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import subprocess
 import sys
@@ -13,8 +14,11 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
+from tornado import gen
 from tornado.httpclient import HTTPClientError, HTTPRequest
+from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
+from tornado.web import Application
 from tornado.websocket import WebSocketHandler, websocket_connect
 from websockets.asyncio.client import connect as websockets_connect
 from websockets.asyncio.server import ServerConnection, serve as websockets_serve
@@ -412,6 +416,105 @@ def test_on_message_exception_aborts_as_1006(telemetry: Telemetry, instrument: C
     assert server_close.status.status_code is StatusCode.ERROR
 
 
+def test_gen_coroutine_on_message_at_teardown_logs_nothing(
+    telemetry: Telemetry, instrument: Callable[..., None], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A ``@gen.coroutine`` on_message's Future is watched without a task of its own, which teardown would cancel.
+
+    ``asyncio.run`` (and tornado's test teardown) cancels every task left: a task wrapped around the Future,
+    cancelled after the Future finished, made tornado log a CancelledError as an uncaught exception and abort
+    the connection (tornado's own ``test_websocket_close_buffered_data`` did). The teardown is made to come
+    exactly then: the first callback of the Future cancels every other task.
+    """
+    instrument(model="message")
+    done: list[Any] = []
+
+    class GenEcho(WebSocketHandler):
+        @gen.coroutine  # type: ignore[untyped-decorator]
+        def reply(self, message: str | bytes) -> Any:
+            yield self.write_message(message, binary=binary(message))
+
+        def on_message(self, message: str | bytes) -> Any:
+            future = self.reply(message)
+            future.add_done_callback(teardown)
+            return future
+
+    def teardown(future: Any) -> None:
+        done.append(future.result())
+        for task in asyncio.all_tasks():
+            if task is not main:
+                task.cancel()
+
+    async def scenario() -> None:
+        async with server(GenEcho) as url:
+            conn = await websocket_connect(url)
+            await conn.write_message("hello")
+            assert await conn.read_message() == "hello"
+            await asyncio.sleep(0.05)
+            conn.close()
+
+    async def run_it() -> None:
+        nonlocal main
+        main = asyncio.current_task()
+        await scenario()
+
+    main: Any = None
+    with caplog.at_level(logging.ERROR):
+        asyncio.run(run_it())
+    assert done == [None]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+@pytest.mark.parametrize(
+    ("pattern", "route"),
+    [(r"/chat/(\d+)", "/chat/{1}"), (r"/rooms/(?P<room>[a-z]+)/(?P<seat>\d+)$", "/rooms/{room}/{seat}")],
+)
+def test_route_template_names_the_spans(
+    telemetry: Telemetry, instrument: Callable[..., None], pattern: str, route: str
+) -> None:
+    """Span names and ``http.route`` use the matched rule's template, not the path: one route for every room."""
+    instrument()
+    paths = ["/chat/123", "/chat/124"] if route.startswith("/chat") else ["/rooms/blue/1", "/rooms/red/2"]
+
+    async def scenario() -> None:
+        sockets = bind_sockets(0, "127.0.0.1")
+        srv = HTTPServer(Application([(pattern, Echo)]))
+        srv.add_sockets(sockets)
+        port = sockets[0].getsockname()[1]
+        try:
+            for path in paths:
+                assert await exchange(f"ws://127.0.0.1:{port}{path}", ["hi"]) == ["hi"]
+        finally:
+            srv.stop()
+
+    run(scenario(), telemetry)
+    servers = [s for s in telemetry.spans if s.kind is SpanKind.SERVER]
+    assert [(s.name, s.attributes["http.route"], s.attributes["url.path"]) for s in servers] == [
+        (f"GET {route}", route, path) for path in paths
+    ]
+    assert len(telemetry.named(f"receive {route}")) == 2
+    assert len(telemetry.named(f"close {route}")) == 2
+
+
+def test_a_pattern_without_a_template_gives_no_route(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """A pattern tornado cannot write back as a path names no route; the core's fallback applies."""
+    instrument()
+
+    async def scenario() -> None:
+        sockets = bind_sockets(0, "127.0.0.1")
+        srv = HTTPServer(Application([(r"/chat/(?:a|b)(\d)", Echo)]))
+        srv.add_sockets(sockets)
+        try:
+            await exchange(f"ws://127.0.0.1:{sockets[0].getsockname()[1]}/chat/a1", ["hi"])
+        finally:
+            srv.stop()
+
+    run(scenario(), telemetry)
+    server = next(s for s in telemetry.spans if s.kind is SpanKind.SERVER)
+    assert "{" not in server.attributes["http.route"]
+    assert server.attributes["url.path"] == "/chat/a1"
+
+
 def test_rejected_handshake_is_recorded(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
     """A 403 from check_origin ends both handshake spans with it; only the client's is an error."""
     instrument()
@@ -554,7 +657,9 @@ def test_subprotocol_context_is_hidden_from_the_application(
 APP = """
 import asyncio
 from tornado.httpserver import HTTPServer
+from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
+from tornado.web import Application
 from tornado.web import Application
 from tornado.websocket import WebSocketHandler, websocket_connect
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import selectors
+import socket
 import subprocess
 import sys
 import threading
@@ -16,9 +18,11 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
+from unittest import mock
 
 import pytest
 import websocket
+import websocket._app
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
@@ -169,6 +173,72 @@ def test_contract_websocket_app(telemetry: Telemetry, instrument: Callable[..., 
     assert [current for _, current in got] == [span_id(s) for s in client_receives]
     assert parent_id(client_sends[1]) == span_id(client_receives[0]), "the reply is a child of the message"
     assert after == [trace.INVALID_SPAN], "on_close runs with no receive span current"
+
+
+class SelectDispatcher:
+    """A custom dispatcher (``run_forever(dispatcher=...)``): a select loop that keeps the callbacks it is given."""
+
+    def __init__(self) -> None:
+        self.callbacks: list[Callable[[], bool]] = []
+
+    def signal(self, sig: int, handler: Callable[..., Any]) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    def timeout(self, seconds: float, callback: Callable[..., Any], *args: Any) -> None:
+        pass
+
+    def buffwrite(self, sock: Any, data: Any, send: Callable[[Any, Any], int], disconnect: Any) -> None:
+        send(sock, data)
+
+    def read(self, sock: Any, callback: Callable[[], bool]) -> None:
+        self.callbacks.append(callback)
+        with selectors.DefaultSelector() as selector:
+            selector.register(sock, selectors.EVENT_READ)
+            while selector.select(5) and callback():
+                pass
+
+
+def test_custom_dispatcher_gets_the_applications_callback(
+    telemetry: Telemetry, instrument: Callable[..., None]
+) -> None:
+    """A custom dispatcher is the application's: it gets websocket-client's own read callback, not a wrapper."""
+    instrument(model="message", envelope="negotiate")
+    dispatcher = SelectDispatcher()
+    got: list[Any] = []
+
+    def on_message(app: WebSocketApp, message: Any) -> None:
+        got.append(message)
+        app.close()
+
+    with ws_server(echo) as url:
+        app = WebSocketApp(url, on_open=lambda app: app.send("hi"), on_message=on_message)
+        run_app(app, dispatcher=dispatcher)
+    assert got == ["hi"]
+    assert [(c.__module__, c.__name__) for c in dispatcher.callbacks] == [("websocket._app", "read")]
+    wait_until_closed(telemetry)
+    client_hs = contract.handshake(telemetry, "/chat", SpanKind.CLIENT)
+    contract.messages(telemetry, "/chat", "receive", client_hs, ["text"])
+    contract.no_open_spans(telemetry)
+
+
+def test_only_a_connection_tracer_makes_a_connection_traced(instrument: Callable[..., None]) -> None:
+    """An object that answers every attribute (a Mock standing in for an application's WebSocketApp) is not traced.
+
+    The library's own Dispatcher, given such an application, runs its read step untouched.
+    """
+    instrument()
+    app = mock.Mock()
+    left, right = socket.socketpair()
+    with left, right:
+        app.sock.sock = left
+        right.send(b"x")  # readable: the dispatcher calls the read step once
+        read = mock.Mock(return_value=False)
+        websocket._app.Dispatcher(app, 1).read(left, read, mock.Mock())
+    read.assert_called_once_with()
+    app.sock._wstrace.receive_done.assert_not_called()
 
 
 def test_app_receive_span_measures_handling_not_waiting(telemetry: Telemetry, instrument: Callable[..., None]) -> None:

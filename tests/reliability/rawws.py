@@ -69,7 +69,11 @@ class RawClient:
         writer.write(b"\r\n".join(lines) + b"\r\n\r\n")
         await writer.drain()
         client = cls(reader, writer)
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        except BaseException:  # no response (the server dropped the connection): nothing is left open
+            await client.close()
+            raise
         status_line, *header_lines = head.decode("latin-1").split("\r\n")
         client.status = int(status_line.split(" ")[1])
         for line in header_lines:

@@ -145,7 +145,7 @@ async def end_after(ct: ConnectionTracer, handle: SendHandle, sending: Awaitable
 
 
 def client_tracer(settings: Settings, url: str) -> ConnectionTracer:
-    """Start a client's handshake span for a ``ws://`` or ``wss://`` URL.
+    """Start a client's handshake span for a ``ws://`` or ``wss://`` URL (aiohttp also takes ``http(s)://``).
 
     A URL that does not parse still gets its span: the library refuses it, and the span records that.
     """
@@ -153,7 +153,7 @@ def client_tracer(settings: Settings, url: str) -> ConnectionTracer:
         parts = urlsplit(url)
         scheme = parts.scheme.lower() or "ws"
         host = parts.hostname
-        port: Optional[int] = parts.port or (443 if scheme == "wss" else 80)
+        port: Optional[int] = parts.port or (443 if scheme in ("wss", "https") else 80)
         path = parts.path or "/"
     except ValueError:
         scheme, host, port, path = "ws", None, None, "/"

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from opentelemetry import context as otel_context
-
+from wstrace._context import attach
 from wstrace.instrumentation._instrumentor import Settings, is_instrumentation_enabled
 from wstrace.instrumentation.aiohttp._common import (
     ATTR,
@@ -35,14 +34,14 @@ def ws_connect(settings: Settings) -> Wrapper:
         kwargs["headers"] = merged_headers(kwargs.get("headers"), ct.request_headers())
         # Current during the upgrade request, so that an HTTP client
         # instrumentation's span for it nests under the handshake span.
-        token = otel_context.attach(ct.handshake_context)
+        attachment = attach(ct.handshake_context)
         try:
             ws = await wrapped(*args, **kwargs)
         except BaseException as exc:
             ct.handshake_failed(status=failure_status(exc), error=exc)
             raise
         finally:
-            otel_context.detach(token)
+            attachment.detach()
         response = getattr(ws, "_response", None)
         ct.opened(response_headers=getattr(response, "headers", ()), subprotocol=ws.protocol)
         setattr(ws, ATTR, ct)

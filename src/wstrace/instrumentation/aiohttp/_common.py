@@ -6,9 +6,9 @@ import asyncio
 from contextvars import ContextVar
 from typing import Any, Optional
 
+from wstrace.carriers import hide_trace_tokens
 from wstrace.connection import ConnectionTracer
-from wstrace.instrumentation._instrumentor import Settings
-from wstrace.semconv import SUBPROTOCOL_PREFIX
+from wstrace.instrumentation._instrumentor import Settings, client_tracer
 
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "CLOSED",
     "ERROR",
     "LOCAL_CLOSE",
+    "RECEIVING",
     "TEXT",
     "add_response_headers",
     "failure_status",
@@ -39,6 +40,12 @@ ATTR = "_wstrace"
 LOCAL_CLOSE = "_wstrace_local_close"
 """Set on a connection once the application called ``close()``: that call records the close."""
 
+RECEIVING = "_wstrace_receiving"
+"""True on a connection while the application's ``receive()`` runs: the message it returns records the end.
+
+aiohttp's own ``_waiting`` covers only the wait for a frame, not the ``close()`` with which ``receive()``
+answers a close frame, during which the TCP connection may go."""
+
 # aiohttp.WSMsgType values, as plain ints (an IntEnum compares equal to them),
 # so that this module does not import aiohttp.
 TEXT = 0x1
@@ -55,7 +62,9 @@ in_send: ContextVar[bool] = ContextVar("wstrace_aiohttp_in_send", default=False)
 
 
 def tracer_of(ws: Any) -> Optional[ConnectionTracer]:
-    return getattr(ws, ATTR, None)
+    """The connection's ConnectionTracer; ``None`` for anything else (a Mock answers every attribute)."""
+    ct = getattr(ws, ATTR, None)
+    return ct if isinstance(ct, ConnectionTracer) else None
 
 
 def failure_status(exc: BaseException) -> Optional[int]:
@@ -76,18 +85,7 @@ def new_client_tracer(settings: Settings, session: Any, url: Any) -> ConnectionT
         from yarl import URL  # noqa: PLC0415 - aiohttp's own dependency, loaded with it
 
         target = URL(url)
-    scheme = target.scheme or "ws"
-    path = target.path or "/"
-    return ConnectionTracer.client(
-        settings.tracer,
-        settings.config,
-        url=str(target.with_query(None).with_fragment(None)),
-        scheme=scheme,
-        host=target.host,
-        port=target.port,
-        path=path,
-        instruments=settings.instruments,
-    )
+    return client_tracer(settings, str(target.with_query(None).with_fragment(None)))
 
 
 def merged_headers(headers: Any, ours: dict[str, str]) -> list[tuple[str, str]]:
@@ -142,9 +140,9 @@ def add_response_headers(ws: Any, ct: ConnectionTracer, offered: list[str]) -> N
     """
     for name, value in ct.response_headers().items():
         ws.headers[name] = value
-    ours = [p for p in offered if p.startswith(SUBPROTOCOL_PREFIX)]
-    if ours and len(ours) == len(offered) and "Sec-WebSocket-Protocol" not in ws.headers:
-        ws.headers["Sec-WebSocket-Protocol"] = ours[0]
+    echo = hide_trace_tokens(offered)[1]
+    if echo is not None and "Sec-WebSocket-Protocol" not in ws.headers:
+        ws.headers["Sec-WebSocket-Protocol"] = echo
 
 
 def _route(request: Any) -> Optional[str]:
@@ -181,7 +179,7 @@ def watch_server(request: Any, ws: Any, ct: ConnectionTracer) -> None:
     aiohttp tells the handler only when it next calls ``receive()``; until then
     the message being handled would keep its span open. A handler that raises
     skips aiohttp's ``close()`` (which records a normal end), and the
-    transport is simply closed (code 1006).
+    transport is simply closed (no close frame).
     """
     key = id(request.protocol)
     _serving[key] = (ws, ct)
@@ -192,16 +190,15 @@ def watch_server(request: Any, ws: Any, ct: ConnectionTracer) -> None:
     def done(task: asyncio.Task[Any]) -> None:
         if _serving.get(key, (None, None))[1] is ct:
             del _serving[key]
-        error = None if task.cancelled() else task.exception()
-        ct.closed(initiator=None, error=error)
+        ct.closed(error=None if task.cancelled() else task.exception())
 
     task.add_done_callback(done)
 
 
 def server_connection_lost(protocol: Any, exc: Optional[BaseException]) -> None:
     ws, ct = _serving.pop(id(protocol), (None, None))
-    if ct is None or getattr(ws, LOCAL_CLOSE, False):
-        return  # not a WebSocket, or the application's close() is under way and records the end
+    if ct is None or getattr(ws, LOCAL_CLOSE, False) or getattr(ws, RECEIVING, False):
+        return  # not a WebSocket, or the application's close() or receive() is under way and records the end
     _lost(ws, ct, exc)
 
 
@@ -212,10 +209,10 @@ def _lost(ws: Any, ct: ConnectionTracer, exc: Optional[BaseException]) -> None:
     for item in getattr(getattr(ws, "_reader", None), "_buffer", ()):
         message = item if hasattr(item, "type") else item[0]  # queued as (message, size)
         if getattr(message, "type", None) == CLOSE:
-            code = message.data if isinstance(message.data, int) else None
-            ct.closed(code=code, reason=message.extra or "", initiator="remote")
+            ct.close_received(message.data, message.extra or "")
+            ct.closed()
             return
-    ct.closed(initiator=None, error=exc)
+    ct.closed(error=exc)
 
 
 def on_connection_lost(ws: Any, ct: ConnectionTracer) -> None:
@@ -232,7 +229,7 @@ def on_connection_lost(ws: Any, ct: ConnectionTracer) -> None:
     def done(future: asyncio.Future[Any]) -> None:
         if not future.cancelled():
             future.exception()  # retrieved: nobody else may await this future
-        if getattr(ws, "_waiting", False) or getattr(ws, LOCAL_CLOSE, False):
+        if getattr(ws, RECEIVING, False) or getattr(ws, LOCAL_CLOSE, False):
             return  # receive() or close() is about to see the end and records it better
         _lost(ws, ct, None)
 

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
+from wstrace._close import ABNORMAL, NORMAL
 from wstrace.connection import ConnectionTracer
+from wstrace.instrumentation._instrumentor import end_after
 from wstrace.instrumentation.aiohttp._common import (
     BINARY,
     CLOSE,
     CLOSED,
     ERROR,
     LOCAL_CLOSE,
+    RECEIVING,
     TEXT,
     in_receive,
     in_send,
@@ -54,14 +57,9 @@ async def _send(
     args = _replace(args, kwargs, 0, name, wire)
     token = in_send.set(True)
     try:
-        result = await wrapped(*args, **kwargs)
-    except BaseException as exc:
-        ct.send_end(handle, exc)
-        raise
+        return await end_after(ct, handle, wrapped(*args, **kwargs))
     finally:
         in_send.reset(token)
-    ct.send_end(handle)
-    return result
 
 
 def send_str(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -103,14 +101,16 @@ async def receive(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs
         return await wrapped(*args, **kwargs)
     ct.receive_done()
     token = in_receive.set(True)
+    setattr(instance, RECEIVING, True)
     try:
         msg = await wrapped(*args, **kwargs)
     except BaseException as exc:
         # A receive timeout leaves the connection open; only a closed one has ended.
         if getattr(instance, "closed", False) and not getattr(instance, LOCAL_CLOSE, False):
-            ct.closed(initiator=None, error=exc)
+            ct.closed(error=exc)
         raise
     finally:
+        setattr(instance, RECEIVING, False)
         in_receive.reset(token)
     kind = msg.type
     if kind == TEXT or kind == BINARY:
@@ -118,25 +118,27 @@ async def receive(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs
         return msg if payload is msg.data else msg._replace(data=payload)
     if kind == CLOSE:
         # The peer's close frame; aiohttp has already answered it (autoclose).
-        ct.closed(code=_int(msg.data), reason=msg.extra or "", initiator="remote")
+        ct.close_received(msg.data, msg.extra or "")
+        ct.closed()
     elif kind == CLOSED:
         # No close frame came first (it would have been returned as CLOSE):
         # the TCP connection ended, unless our own close() is under way.
         if not getattr(instance, LOCAL_CLOSE, False):
-            ct.closed(initiator=None)
+            ct.closed()
     elif kind == ERROR:
-        ct.closed(**_error_event(msg.data))
+        _failed(ct, msg.data)
     return msg
 
 
-def _error_event(error: Any) -> dict[str, Any]:
+def _failed(ct: ConnectionTracer, error: Any) -> None:
+    """``receive()`` returned an ERROR message: the connection ended on ``error``."""
     from aiohttp.http import WebSocketError  # noqa: PLC0415 - loaded with the connection; the adapter must not import it
 
     if isinstance(error, WebSocketError):
-        # A protocol error in the peer's frames: aiohttp closed with its code.
-        return {"code": error.code, "initiator": "local", "error": error}
-    # Anything else (a heartbeat timeout, a transport error) ends it with no close frame.
-    return {"initiator": None, "error": error if isinstance(error, BaseException) else None}
+        # A protocol error in the peer's frames: aiohttp sends a close frame with its code and
+        # drops the connection without waiting for an answer.
+        ct.close_sent(error.code)
+    ct.closed(error=error if isinstance(error, BaseException) else None)
 
 
 async def close(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -145,19 +147,19 @@ async def close(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: 
         return await wrapped(*args, **kwargs)
     ct.receive_done()  # in the caller's context, where the receive span was attached
     setattr(instance, LOCAL_CLOSE, True)
-    code = _int(kwargs.get("code", 1000))
+    if not instance.closed:  # else close() returns at once, sending nothing
+        ct.close_sent(_int(kwargs.get("code", NORMAL)), _text(kwargs.get("message")))
     try:
         result = await wrapped(*args, **kwargs)
     except BaseException as exc:
-        ct.closed(code=code, reason=_text(kwargs.get("message")), initiator="local", error=exc)
+        ct.closed(error=exc)
         raise
-    if result:
-        failure = instance.exception() if instance.close_code == 1006 else None
-        ct.closed(code=code, reason=_text(kwargs.get("message")), initiator="local", error=failure)
-    else:
-        # It was closed already, by a path that returned nothing to receive()
-        # (a heartbeat timeout); if that was recorded, this is a no-op.
-        ct.closed(initiator=None, error=instance.exception())
+    answer = instance.close_code
+    if result and answer != ABNORMAL:
+        ct.close_received(answer)  # the peer's answer (aiohttp keeps its code, not its reason)
+    # ABNORMAL: no answer came (a timeout, a dropped connection). Closed already, by a path that
+    # returned nothing to receive() (a heartbeat timeout): recorded then, or now, with no frame.
+    ct.closed(error=instance.exception() if answer == ABNORMAL or not result else None)
     return result
 
 

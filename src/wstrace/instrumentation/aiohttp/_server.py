@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from opentelemetry import context as otel_context
-
+from wstrace._context import attach
 from wstrace.instrumentation._instrumentor import Settings, is_instrumentation_enabled
 from wstrace.instrumentation.aiohttp._client import Wrapper
 from wstrace.instrumentation.aiohttp._common import (
@@ -41,7 +40,7 @@ def prepare(settings: Settings) -> Wrapper:
         except Exception:
             # Not a request we can read: let aiohttp deal with it, untraced.
             return await wrapped(*args, **kwargs)
-        token = otel_context.attach(ct.handshake_context)
+        attachment = attach(ct.handshake_context)
         try:
             result = await wrapped(*args, **kwargs)
         except BaseException as exc:
@@ -51,7 +50,7 @@ def prepare(settings: Settings) -> Wrapper:
             ct.handshake_failed(status=status, error=exc if status is None else None)
             raise
         finally:
-            otel_context.detach(token)
+            attachment.detach()
         # The headers as sent: signal handlers may have changed them.
         ct.opened(response_headers=instance.headers, subprotocol=instance.ws_protocol)
         setattr(instance, ATTR, ct)
@@ -59,7 +58,7 @@ def prepare(settings: Settings) -> Wrapper:
         if connection is not None:
             # The handler runs in this task, which ends with the connection
             # (aiohttp disables keep-alive after an upgrade): never detached.
-            otel_context.attach(connection)
+            attach(connection)
         watch_server(request, instance, ct)
         return result
 

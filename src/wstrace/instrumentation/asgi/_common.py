@@ -8,9 +8,6 @@ from typing import Any, Awaitable, Callable, MutableMapping, Optional
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind
 
-from wstrace.carriers import split_subprotocols
-from wstrace.semconv import SUBPROTOCOL_PREFIX
-
 
 __all__ = [
     "MARK",
@@ -23,11 +20,9 @@ __all__ = [
     "adoptable_server_span",
     "current_server_span",
     "current_task",
-    "disconnect_event",
     "encode_headers",
     "offered_subprotocols",
     "route_template",
-    "strip_subprotocols",
 ]
 
 Scope = MutableMapping[str, Any]
@@ -45,20 +40,6 @@ instrumentor) passes it through instead of tracing it twice."""
 def offered_subprotocols(scope: Scope) -> list[str]:
     offered = scope.get("subprotocols") or ()
     return [str(p) for p in offered]
-
-
-def strip_subprotocols(offered: list[str]) -> tuple[list[str], Optional[str]]:
-    """The list the application should see, and the token to echo if it was the only one offered.
-
-    A browser that offered only our ``wstrace.tp.`` token fails the handshake
-    unless a subprotocol is selected, so that token is echoed back when the
-    application selects none.
-    """
-    rest = split_subprotocols(offered)[1]
-    echo = None
-    if not rest:
-        echo = next((p for p in offered if p.startswith(SUBPROTOCOL_PREFIX)), None)
-    return rest, echo
 
 
 def address(value: Any) -> tuple[Optional[str], Optional[int]]:
@@ -102,27 +83,6 @@ def adoptable_server_span(span: Span) -> Optional[Span]:
 
 def current_server_span() -> Optional[Span]:
     return adoptable_server_span(trace.get_current_span())
-
-
-def disconnect_event(message: Message) -> dict[str, Any]:
-    """Keyword arguments for ``ConnectionTracer.closed`` from a ``websocket.disconnect`` event.
-
-    A disconnect the peer caused by a close frame carries its code and a
-    ``reason`` key. One without ``reason`` was made up by the server: 1006,
-    or 1005 (uvicorn's ``websockets-sansio`` reports a lost TCP connection
-    so), means no close frame arrived; 1012 is the server's own shutdown.
-    """
-    code = message.get("code")
-    if not isinstance(code, int):
-        code = 1005
-    if "reason" not in message:
-        if code in (1005, 1006):
-            return {"code": None, "reason": "", "initiator": None}
-        if code == 1012:
-            return {"code": 1012, "reason": "", "initiator": "local"}
-    elif code == 1006:
-        return {"code": None, "reason": "", "initiator": None}
-    return {"code": code, "reason": str(message.get("reason") or ""), "initiator": "remote"}
 
 
 def encode_headers(pairs: Any, ours: dict[str, str]) -> list[tuple[bytes, bytes]]:

@@ -7,18 +7,18 @@ message (Starlette's ``receive_text()`` and friends await ``receive`` directly).
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
-from opentelemetry import context as otel_context
-
+from wstrace._close import asgi_close, asgi_disconnect
+from wstrace._context import Attachment, attach, detach
 from wstrace.connection import ConnectionTracer
+from wstrace.instrumentation._instrumentor import end_after
 from wstrace.instrumentation.asgi._common import (
     ASGIApp,
     Message,
     Receive,
     Send,
     current_task,
-    disconnect_event,
 )
 from wstrace.instrumentation.asgi._server import Handshake, denial_status
 
@@ -29,14 +29,14 @@ __all__ = ["Connection"]
 class Connection:
     """Translates one connection's ASGI events into core events, in both directions."""
 
-    __slots__ = ("_hs", "_receive", "_send", "_task", "_token")
+    __slots__ = ("_attached", "_hs", "_receive", "_send", "_task")
 
     def __init__(self, handshake: Handshake, receive: Receive, send: Send) -> None:
         self._hs = handshake
         self._receive = receive
         self._send = send
         self._task = current_task()
-        self._token: Optional[object] = None
+        self._attached: Optional[Attachment] = None
 
     async def run(self, app: ASGIApp) -> None:
         error: Optional[BaseException] = None
@@ -71,8 +71,9 @@ class Connection:
         hs = self._hs
         if not hs.open:
             hs.refused(None)  # the peer left before the application answered
-        elif not hs.ended:
-            self._end(**disconnect_event(message))
+        elif not hs.ended and hs.ct is not None:
+            asgi_disconnect(hs.ct, message)
+            self._end()
 
     # Outbound ------------------------------------------------------------------
 
@@ -126,30 +127,24 @@ class Connection:
             message = dict(message)
             message[key] = wire
         try:
-            await self._send(message)
-        except BaseException as exc:
-            ct.send_end(handle, exc)
-            if isinstance(exc, OSError):
-                self._lost(exc)
+            await end_after(ct, handle, self._send(message))
+        except OSError as exc:
+            self._lost(exc)
             raise
-        ct.send_end(handle)
 
     async def _send_close(self, message: Message) -> None:
         ct = self._hs.ct
         if ct is not None:
             ct.receive_done()  # in the application's context, where the receive span was attached
-        code = message.get("code")
-        code = code if isinstance(code, int) else 1000  # the ASGI default
-        reason = str(message.get("reason") or "")
         try:
             await self._send(message)
         except BaseException as exc:
             if isinstance(exc, OSError):
                 self._lost(exc)
             else:
-                self._end(code=code, reason=reason, initiator="local", error=exc)
+                self._end(message, error=exc)
             raise
-        self._end(code=code, reason=reason, initiator="local")
+        self._end(message)
 
     # Connection lifetime -------------------------------------------------------
 
@@ -162,18 +157,23 @@ class Connection:
         ct = self._hs.ct
         ctx = ct.connection_context if ct is not None else None
         if ctx is not None and self._task is not None and current_task() is self._task:
-            self._token = otel_context.attach(ctx)
+            self._attached = attach(ctx)
 
     def _lost(self, error: BaseException) -> None:
         """The server could not write: the TCP connection is gone (uvicorn raises ``ClientDisconnected``)."""
-        self._end(code=None, reason="", initiator=None, error=error)
+        self._end(error=error)
 
-    def _end(self, **event: Any) -> None:
+    def _end(
+        self, close: Optional[Message] = None, *, error: Optional[BaseException] = None, local_end: bool = False
+    ) -> None:
+        """Record the end once; ``close`` is the application's ``websocket.close`` event, if it sent one."""
         hs = self._hs
         if hs.ended or hs.ct is None:
             return
         hs.ended = True
-        hs.ct.closed(**event)
+        if close is not None:
+            asgi_close(hs.ct, close)
+        hs.ct.closed(error=error, local_end=local_end)
 
     def _finish(self, error: Optional[BaseException]) -> None:
         """The application returned or raised: whatever was not recorded yet ends now."""
@@ -185,11 +185,10 @@ class Connection:
             ct = hs.ct
             if ct is not None:
                 ct.receive_done(error)  # an exception escaping the app ends the message it was handling
-            # Returning without a close: the server ends the connection for the application.
-            self._end(code=None, reason="", initiator="local", error=error)
-        token, self._token = self._token, None
-        if token is not None:
-            otel_context.detach(token)  # type: ignore[arg-type]
+            # Returning without a close: the server drops the connection for the application, on purpose.
+            self._end(error=error, local_end=True)
+        attached, self._attached = self._attached, None
+        detach(attached)
 
 
 def _received(ct: ConnectionTracer, message: Message) -> Message:

@@ -11,10 +11,10 @@ from __future__ import annotations
 import time
 from typing import Any, Optional
 
-from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 from opentelemetry.trace import Span
 
+from wstrace._context import Attachment, attach, detach
 from wstrace.connection import ConnectionTracer
 from wstrace.instrumentation._instrumentor import Settings
 from wstrace.instrumentation.asgi._common import (
@@ -33,14 +33,13 @@ class Handshake:
     """What is known of the upgrade request, and the ConnectionTracer once it exists."""
 
     __slots__ = (
+        "_attached",
         "_entered",
         "_entry",
         "_offered",
         "_root_path",
         "_server_span",
         "_settings",
-        "_token",
-        "_token_ctx",
         "ct",
         "echo",
         "ended",
@@ -67,8 +66,7 @@ class Handshake:
         self._entered = time.time_ns()
         self._server_span = server_span
         self._root_path = str(scope.get("root_path") or "")
-        self._token: Optional[object] = None
-        self._token_ctx: Optional[Context] = None
+        self._attached: Optional[Attachment] = None
         self.ct: Optional[ConnectionTracer] = None
         self.open = False
         """The application accepted and the 101 went out."""
@@ -90,7 +88,7 @@ class Handshake:
         query = scope.get("query_string") or b""
         # The application's task may have attached context of its own since
         # entry; the handshake belongs to the context the request arrived in.
-        token = otel_context.attach(self._entry)
+        attachment = attach(self._entry)
         try:
             return ConnectionTracer.server(
                 self._settings.tracer,
@@ -110,21 +108,17 @@ class Handshake:
                 start_time=self._entered,
             )
         finally:
-            otel_context.detach(token)
+            attachment.detach()
 
     def connected(self) -> None:
         """The application took ``websocket.connect``: start, and make the handshake span current until it answers."""
         ct = self.tracer()
-        ctx = ct.handshake_context
-        self._token_ctx = ctx
-        self._token = otel_context.attach(ctx)
+        self._attached = attach(ct.handshake_context)
 
     def release(self) -> None:
         """Detach the handshake context, unless the application attached something since."""
-        token, ctx = self._token, self._token_ctx
-        self._token = self._token_ctx = None
-        if token is not None and otel_context.get_current() is ctx:
-            otel_context.detach(token)  # type: ignore[arg-type]
+        attached, self._attached = self._attached, None
+        detach(attached)
 
     def accept_message(self, message: Message) -> Message:
         """A copy of the ``websocket.accept`` event with our headers (and the echoed token) added."""

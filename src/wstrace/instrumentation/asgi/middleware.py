@@ -7,6 +7,7 @@ from typing import Any, Callable, Optional
 from opentelemetry import context as otel_context, trace
 from opentelemetry.metrics import MeterProvider
 
+from wstrace.carriers import hide_trace_tokens
 from wstrace.config import Config
 from wstrace.instrumentation._instrumentor import Settings, is_instrumentation_enabled
 from wstrace.instrumentation.asgi._common import (
@@ -17,7 +18,6 @@ from wstrace.instrumentation.asgi._common import (
     Send,
     current_server_span,
     offered_subprotocols,
-    strip_subprotocols,
 )
 from wstrace.instrumentation.asgi._connection import Connection
 from wstrace.instrumentation.asgi._server import Handshake
@@ -64,7 +64,7 @@ class WstraceASGIMiddleware:
             await self.app(scope, receive, send)
             return
         offered = offered_subprotocols(scope)
-        rest, echo = strip_subprotocols(offered)
+        rest, echo = hide_trace_tokens(offered)
         # ASGI: a middleware copies the scope before changing it, so nothing leaks upstream.
         scope = dict(scope)
         scope[MARK] = True

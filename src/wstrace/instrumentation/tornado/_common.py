@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import logging
-from contextvars import Token
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Callable, Optional
 from urllib.parse import urlsplit
 
-from opentelemetry import context as otel_context, trace
+from opentelemetry import trace
 from opentelemetry.context import Context
 
-from wstrace.carriers import split_subprotocols
+from wstrace._context import Attachment, attach, detach
+from wstrace.carriers import hide_trace_tokens
 from wstrace.connection import ConnectionTracer
 from wstrace.instrumentation._instrumentor import Settings, client_tracer
-from wstrace.semconv import SUBPROTOCOL_PREFIX
 
 
 __all__ = [
@@ -45,16 +44,12 @@ class Traced:
     """
 
     __slots__ = (
-        "_token",
-        "_token_ctx",
+        "_attached",
         "ct",
         "failure",
-        "initiator",
         "loop_delivers",
         "loop_receive",
         "opened",
-        "received",
-        "sent",
         "settled",
     )
 
@@ -68,48 +63,29 @@ class Traced:
         self.settled = False
         """The handshake's outcome (``opened`` or ``handshake_failed``) has been reported."""
         self.opened = False
-        self.sent: Optional[tuple[Optional[int], str]] = None
-        """Code and reason of the close frame this end sent, if any."""
-        self.received: Optional[tuple[Optional[int], str]] = None
-        """Code and reason of the close frame the peer sent, if any."""
-        self.initiator: Optional[Literal["local", "remote"]] = None
         self.failure: Optional[BaseException] = None
         """What the application's ``on_message`` raised (tornado logs it and never re-raises), for its span."""
-        self._token: Optional[Token[Context]] = None
-        self._token_ctx: Optional[Context] = None
+        self._attached: Optional[Attachment] = None
 
     def enter(self, ctx: Optional[Context]) -> None:
         """Make ``ctx`` current in the handler's task, in place of what this object attached before."""
         self.leave()
         # A no-op tracer's invalid span would only hide the ambient one.
         if ctx is not None and trace.get_current_span(ctx).get_span_context().is_valid:
-            self._token_ctx = ctx
-            self._token = otel_context.attach(ctx)
+            self._attached = attach(ctx)
 
     def leave(self) -> None:
         """Detach what :meth:`enter` attached, unless the application attached something since."""
-        token, ctx = self._token, self._token_ctx
-        self._token = self._token_ctx = None
+        attached, self._attached = self._attached, None
         # Resetting a stale token would roll back whatever was attached after it
         # (OpenTelemetry's tornado instrumentation detaches its own at on_close).
-        if token is not None and otel_context.get_current() is ctx:
-            otel_context.detach(token)
-
-    def close_event(self) -> dict[str, Any]:
-        """Keyword arguments for ``ConnectionTracer.closed``."""
-        received, sent = self.received, self.sent
-        if received is None:
-            # No close frame from the peer: the TCP connection dropped (1006),
-            # even if this end had started the closing handshake.
-            return {"code": 1006, "reason": "", "initiator": "local" if sent is not None else None}
-        code, reason = sent if self.initiator == "local" and sent is not None else received
-        # A close frame without a status code is 1005 (RFC 6455, section 7.1.5).
-        return {"code": 1005 if code is None else code, "reason": reason, "initiator": self.initiator or "remote"}
+        detach(attached)
 
 
 def traced(delegate: Any) -> Optional[Traced]:
     """The :class:`Traced` of a handler or client connection, or ``None`` if it is not traced."""
-    return getattr(delegate, ATTR, None)
+    t = getattr(delegate, ATTR, None)
+    return t if isinstance(t, Traced) else None  # a Mock answers every attribute
 
 
 def new_client_tracer(settings: Settings, request: Any) -> ConnectionTracer:
@@ -156,8 +132,46 @@ def new_server_tracer(settings: Settings, handler: Any) -> ConnectionTracer:
         server_port=server_port,
         client_address=client_address,
         client_port=client_port,
+        route=route_template(handler),
         instruments=settings.instruments,
     )
+
+
+def route_template(handler: Any) -> Optional[str]:
+    """The matched route's path pattern as a template (``/chat/(\\d+)`` is ``/chat/{1}``), for span names.
+
+    Each group becomes ``{name}`` if named, else ``{n}``, its number. ``None`` when the rule cannot
+    be found or its pattern cannot be written back as a path (tornado's own ``reverse_url`` rule).
+    """
+    try:
+        rule = _matched_rule(handler.application.default_router, handler.request, type(handler))
+        matcher: Any = getattr(rule, "matcher", None)
+        path, count = getattr(matcher, "_path", None), getattr(matcher, "_group_count", None)
+        if not isinstance(path, str) or not isinstance(count, int) or not path.startswith("/"):
+            return None
+        pieces = path.split("%s")
+        if len(pieces) != count + 1:
+            return None  # a literal "%s" in the pattern
+        names = {index: name for name, index in matcher.regex.groupindex.items()}
+        template = pieces[0]
+        for number, piece in enumerate(pieces[1:], start=1):
+            template += "{" + names.get(number, str(number)) + "}" + piece
+        return template
+    except Exception:  # a router of another kind: the core names the route
+        return None
+
+
+def _matched_rule(router: Any, request: Any, target: type) -> Any:
+    """The rule, in ``router`` or a router it holds, that routes ``request`` to the handler class ``target``."""
+    for rule in getattr(router, "rules", ()):
+        if rule.matcher.match(request) is None:
+            continue
+        if rule.target is target:
+            return rule
+        found = _matched_rule(rule.target, request, target)
+        if found is not None:
+            return found
+    return None
 
 
 def hide_subprotocol_tokens(handler: Any) -> None:
@@ -168,15 +182,14 @@ def hide_subprotocol_tokens(handler: Any) -> None:
     """
     headers = handler.request.headers
     offered = _offered(headers)
-    tokens = [p for p in offered if p.startswith(SUBPROTOCOL_PREFIX)]
-    if not tokens:
+    rest, echo = hide_trace_tokens(offered)
+    if len(rest) == len(offered):
         return
-    rest = split_subprotocols(offered)[1]
     del headers[_SUBPROTOCOL]
     if rest:
         headers[_SUBPROTOCOL] = ", ".join(rest)
     else:
-        handler.set_header(_SUBPROTOCOL, tokens[0])
+        handler.set_header(_SUBPROTOCOL, echo)
 
 
 def _host_and_port(host: Optional[str]) -> tuple[Optional[str], Optional[int]]:

@@ -20,6 +20,7 @@ import asyncio
 import inspect
 from typing import Any, Awaitable, Callable, Generator, Optional
 
+from wstrace._close import NORMAL
 from wstrace.connection import ConnectionTracer
 from wstrace.instrumentation._instrumentor import send_then_end
 from wstrace.instrumentation.tornado._common import Traced, traced
@@ -90,7 +91,7 @@ async def _end_when_handled(t: Traced, protocol: Any, handled: Awaitable[Any]) -
             # The connection went while the handler ran (it may have swallowed the failed write): the
             # close is reported first, so the replies it cut short end as failures, not as complete.
             # A handler that raised keeps its own error on the receive span; the close follows.
-            t.ct.closed(**t.close_event())
+            t.ct.closed()
         _end_loop_receive(t)
 
 
@@ -119,12 +120,23 @@ def _watched(t: Traced, on_message: Callable[..., Any]) -> Callable[..., Any]:
             raise
         if result is None:
             return None
+        if asyncio.isfuture(result):
+            # A @gen.coroutine's Future: watched by a callback. A task around it would be one more for a
+            # teardown to cancel, after the Future finished: tornado would log that CancelledError and abort.
+            result.add_done_callback(lambda future: _note(t, future))
+            return result
         return _note_failure(t, result) if inspect.isawaitable(result) else result
 
     return call
 
 
+def _note(t: Traced, future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        t.failure = future.exception()
+
+
 async def _note_failure(t: Traced, awaitable: Awaitable[Any]) -> Any:
+    """A coroutine ``on_message``, awaited by the one task tornado makes of it."""
     try:
         return await awaitable
     except BaseException as exc:
@@ -140,7 +152,7 @@ async def receive_frame_loop(wrapped: Wrapped, instance: Any, args: tuple[Any, .
         t = traced(instance.handler)
         if t is not None:
             _end_loop_receive(t)
-            t.ct.closed(**t.close_event())
+            t.ct.closed()
 
 
 def protocol_close(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -151,23 +163,18 @@ def protocol_close(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwarg
     """
     t = traced(instance.handler)
     stream = instance.stream
-    if t is not None and t.received is None and instance.client_terminated and stream is not None:
-        # A close frame from the peer: tornado echoes it by calling close() with the stream still
-        # open (an abort closes the stream first). Noted here, not by wrapping _handle_message,
-        # which every frame goes through.
-        if not stream.closed():
-            t.received = (instance.close_code, instance.close_reason or "")
-            if t.initiator is None:
-                t.initiator = "remote"
-    if t is not None and t.sent is None and not instance.server_terminated and stream is not None:
-        if not stream.closed():
+    # With the stream still open: an abort closes the stream first, and sends nothing.
+    if t is not None and stream is not None and not stream.closed():
+        if instance.client_terminated:
+            # A close frame from the peer, which tornado is echoing. Noted here, not by wrapping
+            # _handle_message, which every frame goes through.
+            t.ct.close_received(instance.close_code, instance.close_reason or "")
+        if not instance.server_terminated:
             code = args[0] if args else kwargs.get("code")
             reason = args[1] if len(args) > 1 else kwargs.get("reason")
             if code is None and reason is not None:
-                code = 1000  # as tornado does
-            t.sent = (code, reason or "")
-            if t.initiator is None and not instance.client_terminated:
-                t.initiator = "local"
+                code = NORMAL  # as tornado does
+            t.ct.close_sent(code, reason or "")
     return wrapped(*args, **kwargs)
 
 

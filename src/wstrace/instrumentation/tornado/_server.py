@@ -47,7 +47,7 @@ def get(settings: Settings) -> Wrapper:
             if t.opened:
                 # Normally recorded when the frame loop ends; tornado skips the
                 # loop (and on_close) when open() raises, so end it here too.
-                t.ct.closed(**t.close_event())
+                t.ct.closed()
             elif not t.settled:
                 t.settled = True
                 status = instance.get_status()

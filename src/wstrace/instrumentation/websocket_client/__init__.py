@@ -57,6 +57,8 @@ class WebsocketClientInstrumentor(WstraceInstrumentor):
         self._wrap(core, "WebSocket.shutdown", _connection.shutdown)
         # WebSocketApp's read loop is driven by a dispatcher; where the classes
         # live moved between releases, so take them from the module that uses them.
-        for name in ("Dispatcher", "SSLDispatcher", "WrappedDispatcher"):
+        # Not WrappedDispatcher: it hands the read step to the application's own
+        # dispatcher, which must get the library's callback, not ours.
+        for name in ("Dispatcher", "SSLDispatcher"):
             if hasattr(getattr(app, name, None), "read"):
                 self._wrap(app, f"{name}.read", _connection.dispatcher_read)

@@ -28,7 +28,7 @@ __all__ = [
 ATTR = "_wstrace"
 """Attribute under which a ``WebSocket`` holds its ConnectionTracer."""
 CLOSING = "_wstrace_closing"
-"""Set on a ``WebSocket`` to ``(status, reason)`` while its ``close()`` runs."""
+"""Set on a ``WebSocket`` (true) while its ``close()`` runs."""
 _RECEIVER = "_wstrace_receiver"
 """Identity of the thread that last had a message returned (and its receive span attached)."""
 
@@ -40,7 +40,9 @@ OPCODE_CLOSE = 0x8
 
 
 def tracer_of(ws: Any) -> Optional[ConnectionTracer]:
-    return getattr(ws, ATTR, None)
+    """The connection's ConnectionTracer; ``None`` for anything else (a Mock answers every attribute)."""
+    ct = getattr(ws, ATTR, None)
+    return ct if isinstance(ct, ConnectionTracer) else None
 
 
 def new_client_tracer(settings: Settings, url: Any) -> Optional[ConnectionTracer]:
@@ -80,12 +82,12 @@ def handshake_status(ws: Any, error: BaseException) -> Optional[int]:
     return int(status) if isinstance(status, int) and status != 101 else None
 
 
-def close_frame_args(data: Any) -> tuple[int, str]:
+def close_frame_args(data: Any) -> tuple[Optional[int], str]:
     """Code and reason from a close frame's payload: 2 bytes big-endian code, then UTF-8 reason."""
     if isinstance(data, str):
         data = data.encode("latin-1", "replace")
     if not data or len(data) < 2:
-        return 1005, ""  # no status code in the frame
+        return None, ""  # no status code in the frame
     return int.from_bytes(data[:2], "big"), bytes(data[2:]).decode("utf-8", "replace")
 
 

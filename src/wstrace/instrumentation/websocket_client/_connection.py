@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Callable, Optional
 
+from wstrace._close import NORMAL
 from wstrace.connection import ConnectionTracer
 from wstrace.instrumentation._instrumentor import send_then_end
 from wstrace.instrumentation.websocket_client._common import (
@@ -76,21 +77,17 @@ def recv_data_frame(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwar
     try:
         result = wrapped(*args, **kwargs)
     except BaseException as exc:
-        if connection_lost(exc) and getattr(instance, CLOSING, None) is None:
-            ct.closed(error=exc)  # no close frame: code 1006, initiator none
+        if connection_lost(exc) and not getattr(instance, CLOSING, False):
+            ct.closed(error=exc)  # no close frame: the TCP connection dropped
         raise
     opcode, frame = result
     if opcode in _DATA:
         _strip(instance, ct, opcode, frame)
     elif opcode == OPCODE_CLOSE:
-        code, reason = close_frame_args(frame.data)
-        closing = getattr(instance, CLOSING, None)
-        if closing is not None:
-            # Another thread's close() is waiting for this very frame: the answer to ours.
-            ct.closed(code=_as_code(closing[0]), reason=closing[1], initiator="local")
-        else:
-            # The library has already answered it (send_close): the closing handshake is done.
-            ct.closed(code=code, reason=reason, initiator="remote")
+        # The peer's close frame: the answer to ours, if another thread's close() is waiting for it,
+        # or else one that the library has already answered (send_close).
+        ct.close_received(*close_frame_args(frame.data))
+        ct.closed()
     return result
 
 
@@ -111,20 +108,21 @@ def close(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[s
     if ct is None:
         return wrapped(*args, **kwargs)
     done_here(instance, ct)
-    was_open = bool(getattr(instance, "connected", False))
-    status = args[0] if args else kwargs.get("status", 1000)
-    reason = close_reason_text(args[1] if len(args) > 1 else kwargs.get("reason", b""))
-    setattr(instance, CLOSING, (status, reason))
+    was_open = bool(getattr(instance, "connected", False))  # close() returns at once on a closed connection
+    if was_open:
+        status = args[0] if args else kwargs.get("status", NORMAL)  # the library's default
+        reason = close_reason_text(args[1] if len(args) > 1 else kwargs.get("reason", b""))
+        ct.close_sent(_as_code(status), reason)
+    setattr(instance, CLOSING, True)
     try:
         result = wrapped(*args, **kwargs)
     finally:
-        setattr(instance, CLOSING, None)
-    if was_open:  # close() returns at once on a connection that is already closed
-        if getattr(instance, "close_frame", None) is not None:
-            ct.closed(code=_as_code(status), reason=reason, initiator="local")
-        else:
-            # The peer never answered our close frame (timeout or dropped TCP).
-            ct.closed(code=1006, reason=reason, initiator="local")
+        setattr(instance, CLOSING, False)
+    if was_open:
+        answer = getattr(instance, "close_frame", None)
+        if answer is not None:
+            ct.close_received(*close_frame_args(answer.data))
+        ct.closed()  # without an answer: the peer never answered our close frame (timeout or dropped TCP)
     return result
 
 
@@ -138,7 +136,7 @@ def _as_code(status: Any) -> Optional[int]:
 
 def shutdown(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     ct = tracer_of(instance)
-    if ct is None or getattr(instance, CLOSING, None) is not None:
+    if ct is None or getattr(instance, CLOSING, False):
         return wrapped(*args, **kwargs)  # close() calls shutdown() and records the close itself
     was_open = getattr(instance, "sock", None) is not None
     try:

@@ -2,45 +2,35 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any, Optional
 
-from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 
-from wstrace.carriers import split_subprotocols
+from wstrace._context import attach
+from wstrace.carriers import hide_trace_tokens
 from wstrace.connection import ConnectionTracer
-from wstrace.instrumentation._instrumentor import Settings
-from wstrace.semconv import SUBPROTOCOL_PREFIX
+from wstrace.instrumentation._instrumentor import Settings, client_tracer
 
 
-__all__ = ["ATTR", "close_event", "merged_headers", "new_client_tracer", "new_server_tracer", "tracer_of"]
+__all__ = ["ATTR", "HANDSHAKE", "merged_headers", "new_client_tracer", "new_server_tracer", "report_close", "tracer_of"]
 
 ATTR = "_wstrace"
-"""Attribute under which a connection object holds its ConnectionTracer."""
-
-_TOKEN = re.compile(r"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
-"""An RFC 9110 token, as websockets requires of each subprotocol."""
+"""Attribute under which an open connection holds its ConnectionTracer."""
+HANDSHAKE = "_wstrace_handshake"
+"""Attribute under which a server connection holds its ConnectionTracer until the handshake's outcome:
+a connection that never opened must not record a close when its TCP connection goes."""
 
 
 def tracer_of(connection: Any) -> Optional[ConnectionTracer]:
-    return getattr(connection, ATTR, None)
+    """The connection's ConnectionTracer; ``None`` for anything else (a Mock answers every attribute)."""
+    ct = getattr(connection, ATTR, None)
+    return ct if isinstance(ct, ConnectionTracer) else None
 
 
 def new_client_tracer(settings: Settings, connection: Any) -> ConnectionTracer:
     uri = connection.protocol.uri
-    scheme = "wss" if uri.secure else "ws"
-    url = f"{scheme}://{uri.host}:{uri.port}{uri.path or '/'}"
-    return ConnectionTracer.client(
-        settings.tracer,
-        settings.config,
-        url=url,
-        scheme=scheme,
-        host=uri.host,
-        port=uri.port,
-        path=uri.path or "/",
-        instruments=settings.instruments,
-    )
+    host = f"[{uri.host}]" if ":" in uri.host else uri.host  # an IPv6 address
+    return client_tracer(settings, f"{'wss' if uri.secure else 'ws'}://{host}:{uri.port}{uri.path or '/'}")
 
 
 def merged_headers(additional: Any, ours: dict[str, str]) -> list[tuple[str, str]]:
@@ -79,18 +69,14 @@ def new_server_tracer(settings: Settings, connection: Any, request: Any) -> Conn
         client_port=client[1],
         instruments=settings.instruments,
     )
-    tokens = [p for p in offered if p.startswith(SUBPROTOCOL_PREFIX)]
-    # A malformed token makes websockets refuse the header (400); removing it
-    # would make the instrumented server accept a request the library rejects.
-    if tokens and all(_TOKEN.fullmatch(p) for p in tokens):
-        # The application negotiates subprotocols without ours; a browser that
-        # offered only ours gets it echoed so that its handshake succeeds.
-        rest = split_subprotocols(offered)[1]
+    rest, echo = hide_trace_tokens(offered)
+    if len(rest) != len(offered):
+        # The application negotiates subprotocols without ours; the echo answers a browser that offered only ours.
         del headers["Sec-WebSocket-Protocol"]
         if rest:
             headers["Sec-WebSocket-Protocol"] = ", ".join(rest)
         else:
-            setattr(connection, ATTR + "_echo", tokens[0])
+            setattr(connection, ATTR + "_echo", echo)
     return ct
 
 
@@ -121,17 +107,17 @@ def _address(connection: Any, name: str) -> tuple[Optional[str], Optional[int]]:
     return None, None
 
 
-def close_event(connection: Any) -> dict[str, Any]:
-    """Keyword arguments for ``ConnectionTracer.closed`` from a closed connection."""
+def report_close(ct: ConnectionTracer, connection: Any, error: Optional[BaseException] = None) -> None:
+    """Report the connection's close frames, in the order they went by, then its end."""
     protocol = connection.protocol
     rcvd, sent = protocol.close_rcvd, protocol.close_sent
-    if rcvd is None:
-        # No close frame from the peer: the TCP connection dropped (code 1006),
-        # even if we had started the closing handshake.
-        return {"code": 1006, "reason": "", "initiator": "local" if sent is not None else None}
-    if sent is None or protocol.close_rcvd_then_sent:
-        return {"code": int(rcvd.code), "reason": rcvd.reason, "initiator": "remote"}
-    return {"code": int(sent.code), "reason": sent.reason, "initiator": "local"}
+    frames = [(ct.close_received, rcvd), (ct.close_sent, sent)]
+    if not protocol.close_rcvd_then_sent:  # our frame went first (or only one frame went by)
+        frames.reverse()
+    for report, frame in frames:
+        if frame is not None:
+            report(frame.code, frame.reason)
+    ct.closed(error=error)
 
 
 def handshake_status(connection: Any) -> Optional[int]:
@@ -147,4 +133,4 @@ def attach_for_handler(ct: ConnectionTracer) -> None:
     """
     ctx: Optional[Context] = ct.connection_context
     if ctx is not None:
-        otel_context.attach(ctx)
+        attach(ctx)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import sys
 from typing import Any, AsyncIterator, Callable, Iterator, Optional
 
+from wstrace._close import INTERNAL_ERROR
 from wstrace.connection import NOTHING_TO_END
 from wstrace.instrumentation._instrumentor import end_after, send_then_end
-from wstrace.instrumentation.websockets._common import close_event, tracer_of
+from wstrace.instrumentation.websockets._common import report_close, tracer_of
 
 
 __all__ = [
@@ -121,14 +122,14 @@ def sync_recv_streaming(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], 
 
 
 def _handler_error(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Optional[BaseException]:
-    """The exception a server handler raised, when websockets closes with 1011 because of it.
+    """The exception a server handler raised, when websockets closes with INTERNAL_ERROR because of it.
 
-    websockets catches a failed handler's exception and calls ``close(1011)``
+    websockets catches a failed handler's exception and calls ``close(INTERNAL_ERROR)``
     from its ``except`` block, so the exception is still being handled here:
     it belongs on the span of the message the handler was working on.
     """
     code = args[0] if args else kwargs.get("code")
-    return sys.exc_info()[1] if code == 1011 else None
+    return sys.exc_info()[1] if code == INTERNAL_ERROR else None
 
 
 async def async_close(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -152,7 +153,7 @@ def async_connection_lost(wrapped: Wrapped, instance: Any, args: tuple[Any, ...]
         ct = tracer_of(instance)
         if ct is not None:
             exc = args[0] if args else kwargs.get("exc")
-            ct.closed(error=exc if isinstance(exc, BaseException) else None, **close_event(instance))
+            report_close(ct, instance, exc if isinstance(exc, BaseException) else None)
 
 
 def sync_close_socket(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -161,4 +162,4 @@ def sync_close_socket(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kw
     finally:
         ct = tracer_of(instance)
         if ct is not None:
-            ct.closed(**close_event(instance))
+            report_close(ct, instance)

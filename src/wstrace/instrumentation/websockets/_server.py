@@ -10,18 +10,20 @@ from __future__ import annotations
 import inspect
 from typing import Any, Awaitable, Callable, Optional
 
-from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 
+from wstrace._context import attach
+from wstrace.connection import ConnectionTracer
 from wstrace.instrumentation._instrumentor import Settings, is_instrumentation_enabled
 from wstrace.instrumentation.websockets._client import Wrapper
 from wstrace.instrumentation.websockets._common import (
     ATTR,
+    HANDSHAKE,
     add_response_headers,
     attach_for_handler,
     handshake_status,
     new_server_tracer,
-    tracer_of,
+    report_close,
 )
 
 
@@ -32,22 +34,22 @@ def _call_in(ctx: Context, hook: Optional[Callable[..., Any]], *args: Any) -> An
     """Call an application hook with ``ctx`` current, for sync and async hooks alike."""
     if hook is None:
         return None
-    token = otel_context.attach(ctx)
+    attachment = attach(ctx)
     try:
         result = hook(*args)
     finally:
-        otel_context.detach(token)
+        attachment.detach()
     if inspect.isawaitable(result):
         return _await_in(ctx, result)
     return result
 
 
 async def _await_in(ctx: Context, awaitable: Awaitable[Any]) -> Any:
-    token = otel_context.attach(ctx)
+    attachment = attach(ctx)
     try:
         return await awaitable
     finally:
-        otel_context.detach(token)
+        attachment.detach()
 
 
 def _hooks(settings: Settings, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -61,11 +63,11 @@ def _hooks(settings: Settings, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
 
     def process_request(connection: Any, request: Any) -> Any:
         ct = new_server_tracer(settings, connection, request)
-        setattr(connection, ATTR, ct)
+        setattr(connection, HANDSHAKE, ct)
         return _call_in(ct.handshake_context, user_request, connection, request)
 
     def process_response(connection: Any, request: Any, response: Any) -> Any:
-        ct = tracer_of(connection)
+        ct = handshake_of(connection)
         if ct is None:
             return user_response(connection, request, response) if user_response else None
         add_response_headers(connection, ct, response)
@@ -74,14 +76,23 @@ def _hooks(settings: Settings, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
     return (process_request, process_response, *args[2:]), kwargs
 
 
+def handshake_of(connection: Any) -> Optional[ConnectionTracer]:
+    return getattr(connection, HANDSHAKE, None)
+
+
 def _finish(instance: Any) -> None:
-    ct = tracer_of(instance)
+    ct = handshake_of(instance)
     if ct is None:
         return
+    delattr(instance, HANDSHAKE)
     response = instance.response
     if response is not None and response.status_code == 101 and instance.protocol.handshake_exc is None:
         ct.opened(response_headers=response.headers, subprotocol=instance.subprotocol)
+        setattr(instance, ATTR, ct)
         attach_for_handler(ct)
+        if instance.protocol.state.name == "CLOSED":
+            # Lost already (a sync server's reading thread saw it before ATTR was set): recorded here.
+            report_close(ct, instance)
     else:
         ct.handshake_failed(status=handshake_status(instance), error=instance.protocol.handshake_exc)
 
@@ -94,8 +105,9 @@ def async_handshake(settings: Settings) -> Wrapper:
         try:
             result = await wrapped(*args, **kwargs)
         except BaseException as exc:
-            ct = tracer_of(instance)
+            ct = handshake_of(instance)
             if ct is not None:
+                delattr(instance, HANDSHAKE)
                 ct.handshake_failed(status=handshake_status(instance), error=exc)
             raise
         _finish(instance)
@@ -112,8 +124,9 @@ def sync_handshake(settings: Settings) -> Wrapper:
         try:
             result = wrapped(*args, **kwargs)
         except BaseException as exc:
-            ct = tracer_of(instance)
+            ct = handshake_of(instance)
             if ct is not None:
+                delattr(instance, HANDSHAKE)
                 ct.handshake_failed(status=handshake_status(instance), error=exc)
             raise
         _finish(instance)
