@@ -14,6 +14,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tests import redis_server
+from tests.routes import ROUTES_ENV
 
 
 class OpenSpans(SpanProcessor):
@@ -66,6 +67,8 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name in list(os.environ):
         if name.startswith(("WSTRACE_", "OTEL_")):
             monkeypatch.delenv(name)
+    # Spans named by the test apps' paths (see tests/routes.py); a test of the routerless default deletes it.
+    monkeypatch.setenv("WSTRACE_ROUTES", ROUTES_ENV)
     saved = propagate.get_global_textmap()
     # Each test starts from an empty context, and whatever it left attached is dropped.
     token = otel_context.attach(Context())

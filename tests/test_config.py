@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from wstrace.config import Config, carry_link
+from tests.routes import path_as_route
+from wstrace.config import Config, RouteTemplates, carry_link
 from wstrace.envelope import DEFAULT_JSON_FIELD, DEFAULT_MAX_HEADER_BYTES
 from wstrace.exceptions import ConfigError, WstraceError
 
@@ -37,6 +38,7 @@ SETTINGS: list[tuple[str, str, Any]] = [
     ("capture_payload", "on", True),
     ("capture_payload_bytes", "64", 64),
     ("redact", "builtins:repr", repr),
+    ("routes", "/chat/{id}, /rooms/{room}/ws", RouteTemplates(("/chat/{id}", "/rooms/{room}/ws"))),
 ]
 
 # (option, a value neither the environment nor a keyword may use). json_field has none:
@@ -70,6 +72,8 @@ BAD_VALUES: list[tuple[str, Any]] = [
     ("stream_key", "builtins:"),
     ("stream_end", "builtins:__doc__"),  # not callable
     ("redact", "tests.peers.broken_module:f"),  # the module raises RuntimeError on import
+    ("routes", "chat/{id}"),  # a template must start with "/"
+    ("routes", "no_such_module_here:route"),
 ]
 
 CHOICES = ["model", "envelope", "envelope_format", "trust"]
@@ -439,3 +443,22 @@ def test_config_is_hashable_and_comparable() -> None:
     second = Config.load(environ={}, handshake_sources=("query",))
     assert first == second
     assert hash(first) == hash(second)
+
+
+def test_route_templates_match_one_segment_per_name() -> None:
+    """Each ``{name}`` is one path segment; the first template that matches wins; a trailing slash is optional."""
+    routes = Config.load({}, routes=["/chat/{id}", "/chat/{id}/{part}", "/"]).routes
+    assert routes is not None
+    assert [routes(p) for p in ("/chat/42", "/chat/42/", "/chat/42/audio", "/chat", "/", "/other")] == [
+        "/chat/{id}",
+        "/chat/{id}",
+        "/chat/{id}/{part}",
+        None,
+        "/",
+        None,
+    ]
+
+
+def test_routes_may_be_a_callable_by_keyword_or_by_name() -> None:
+    assert Config.load({}, routes=str.upper).routes is str.upper
+    assert Config.load({"WSTRACE_ROUTES": "tests.routes:path_as_route"}).routes is path_as_route

@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind, StatusCode
 
 from tests.conftest import Telemetry
+from tests.routes import ROUTES_ENV
 from wstrace import envelope as codec
 from wstrace.config import Config
 from wstrace.connection import ConnectionTracer
@@ -29,7 +30,7 @@ REMOTE_SPAN = 0xB7AD6B7169203331
 def client(telemetry: Telemetry, **options: Any) -> ConnectionTracer:
     return ConnectionTracer.client(
         telemetry.provider.get_tracer("t"),
-        Config.load({}, **options),
+        Config.load({"WSTRACE_ROUTES": ROUTES_ENV}, **options),
         url="ws://example.test:8080/chat?token=secret",
         scheme="ws",
         host="example.test",
@@ -43,7 +44,7 @@ def server(telemetry: Telemetry, headers: Any = (), **options: Any) -> Connectio
     subprotocols = options.pop("subprotocols", ())
     return ConnectionTracer.server(
         telemetry.provider.get_tracer("t"),
-        Config.load({}, **options),
+        Config.load({"WSTRACE_ROUTES": ROUTES_ENV}, **options),
         path="/chat",
         query=query,
         headers=headers,
@@ -288,7 +289,9 @@ def test_adopted_server_span(telemetry: Telemetry, model: str) -> None:
     """A server span made by another instrumentation is reused, never duplicated or ended by wstrace."""
     tracer = telemetry.provider.get_tracer("other")
     outer = tracer.start_span("asgi websocket", kind=SpanKind.SERVER)
-    s = ConnectionTracer.server(tracer, Config.load({}, model=model), path="/chat", headers=[], server_span=outer)
+    s = ConnectionTracer.server(
+        tracer, Config.load({"WSTRACE_ROUTES": ROUTES_ENV}, model=model), path="/chat", headers=[], server_span=outer
+    )
     s.opened()
     s.received("hello")
     s.receive_done()
@@ -315,7 +318,7 @@ class Metered:
         self.reader = InMemoryMetricReader()
         instruments = Instruments(MeterProvider(metric_readers=[self.reader]))
         tracer = telemetry.provider.get_tracer("t")
-        config = Config.load({}, **options)
+        config = Config.load({"WSTRACE_ROUTES": ROUTES_ENV}, **options)
         self.client = ConnectionTracer.client(
             tracer, config, url="ws://h/chat", scheme="ws", host="h", port=80, path="/chat", instruments=instruments
         )

@@ -12,6 +12,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 import wstrace
 from tests.conftest import Telemetry
+from tests.routes import ROUTES_ENV
 from wstrace.config import Config
 from wstrace.connection import ConnectionTracer
 from wstrace.streams import MAX_INTERVALS, StreamStats
@@ -119,10 +120,19 @@ def test_explicit_stream_bad_input(bad: dict[str, object]) -> None:
 
 def _pair(telemetry: Telemetry, **options: object) -> tuple[ConnectionTracer, ConnectionTracer]:
     tracer = telemetry.provider.get_tracer("t")
+    config = Config.load({"WSTRACE_ROUTES": ROUTES_ENV}, **options)
     client = ConnectionTracer.client(
-        tracer, Config.load({}, **options), url="ws://h/s", scheme="ws", host="h", port=80, path="/s"
+        tracer,
+        config,
+        url="ws://h/s",
+        scheme="ws",
+        host="h",
+        port=80,
+        path="/s",
     )
-    server = ConnectionTracer.server(tracer, Config.load({}, **options), path="/s", headers=client.request_headers())
+    server = ConnectionTracer.server(
+        tracer, Config.load({"WSTRACE_ROUTES": ROUTES_ENV}, **options), path="/s", headers=client.request_headers()
+    )
     response = server.response_headers()
     server.opened(response_headers=response)
     client.opened(response_headers=response)

@@ -200,7 +200,7 @@ def server_attributes(
     method: str,
     path: str,
     scheme: str,
-    route: str,
+    route: Optional[str],
     session_id: str,
     source: Optional[str],
     addresses: Iterable[tuple[str, Any]],
@@ -210,9 +210,10 @@ def server_attributes(
         sc.HTTP_REQUEST_METHOD: method,
         sc.URL_PATH: path,
         sc.URL_SCHEME: scheme,
-        sc.HTTP_ROUTE: route,
         sc.SESSION_ID: session_id,
     }
+    if route:
+        attributes[sc.HTTP_ROUTE] = route
     attributes.update((key, value) for key, value in addresses if value)
     if source:
         attributes[sc.CONTEXT_SOURCE] = source

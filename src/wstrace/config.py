@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Hashable, Literal, Mapping, Optional, cast, get_args
 
@@ -32,6 +33,7 @@ __all__ = [
     "EnvelopeMode",
     "HandshakeSource",
     "Model",
+    "RouteTemplates",
     "Trust",
     "carry_link",
 ]
@@ -137,6 +139,57 @@ def _callable(value: Any) -> Callable[..., Any]:
     return found  # type: ignore[no-any-return]
 
 
+class RouteTemplates:
+    """A ``routes`` option given as templates: ``/chat/{id}`` names every ``/chat/<one segment>`` path."""
+
+    __slots__ = ("_patterns", "templates")
+
+    def __init__(self, templates: tuple[str, ...]) -> None:
+        self.templates = templates
+        self._patterns = [(re.compile(_template_pattern(t)), t) for t in templates]
+
+    def __call__(self, path: str) -> Optional[str]:
+        for pattern, template in self._patterns:
+            if pattern.match(path):
+                return template
+        return None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RouteTemplates) and other.templates == self.templates
+
+    def __hash__(self) -> int:
+        return hash(self.templates)
+
+    def __repr__(self) -> str:
+        return f"RouteTemplates({', '.join(self.templates)})"
+
+
+def _template_pattern(template: str) -> str:
+    """``/a/{x}/b`` as a regular expression: each ``{name}`` is one path segment; a trailing ``/`` is optional."""
+    parts = re.split(r"\{[^{}/]*\}", template.rstrip("/") or "/")
+    return "[^/]+".join(re.escape(part) for part in parts) + "/?\\Z"
+
+
+def _routes(value: Any) -> Callable[[str], Optional[str]]:
+    """Route templates (a sequence, or a comma-separated string), or a callable (``module:function``)."""
+    if callable(value):
+        return value  # type: ignore[no-any-return]
+    if isinstance(value, str):
+        text = value.strip()
+        if text and not text.startswith("/") and ":" in text:
+            return _callable(text)
+        items: Any = text.split(",")
+    else:
+        items = value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(t, str) for t in items):
+        raise ConfigError(f"expected route templates such as '/chat/{{id}}', or a callable, got {value!r}")
+    templates = tuple(t.strip() for t in items if t.strip())
+    bad = [t for t in templates if not t.startswith("/")]
+    if not templates or bad:
+        raise ConfigError(f"expected route templates starting with '/', such as '/chat/{{id}}', got {value!r}")
+    return RouteTemplates(templates)
+
+
 def _capture_size(value: str | int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise ConfigError(f"expected a whole number of bytes, got {value!r}")
@@ -223,6 +276,13 @@ class Config:
     capture_payload_bytes: int = 256
     """At most this many payload bytes are recorded (1..65536). Env ``WSTRACE_CAPTURE_PAYLOAD_BYTES``."""
 
+    routes: Optional[Callable[[str], Optional[str]]] = None
+    """Names the route of a request path where no framework router does (websockets and tornado
+    servers without a template, every client): templates such as ``/chat/{id}`` (each ``{name}`` is
+    one path segment; the first that matches wins), or a callable ``path -> route or None``. Without
+    a route, span names carry no path and no ``http.route`` is recorded, so metrics never see a raw
+    path. Env ``WSTRACE_ROUTES``: comma-separated templates, or ``module:function``."""
+
     redact: Optional[Callable[[Any], Any]] = None
     """With ``capture_payload``: called with each payload, returns what to record (``str``,
     ``bytes``, or ``None`` for nothing). Env ``WSTRACE_REDACT`` names one as ``module:function``."""
@@ -307,4 +367,5 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "capture_payload": _bool,
     "capture_payload_bytes": _capture_size,
     "redact": _callable,
+    "routes": _routes,
 }

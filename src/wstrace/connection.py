@@ -88,14 +88,15 @@ class ConnectionTracer:
         tracer: trace.Tracer,
         config: Config,
         *,
-        route: str,
+        route: Optional[str],
         session_id: Optional[str] = None,
         instruments: Optional[Instruments] = None,
     ) -> None:
         self.side: Side = side
         self.config = config
         self.route = route
-        """Low-cardinality name of the endpoint, used in span names."""
+        """The endpoint's route template (``/chat/{id}``), used in span names and ``http.route``;
+        ``None`` where neither a framework nor the ``routes`` option names one."""
         self._spans = ConnectionSpans(tracer, config, route_names(route), session_id or uuid.uuid4().hex)
         self._instruments = instruments
         self._counts = instruments.totals.counts(route) if instruments is not None else None
@@ -135,7 +136,7 @@ class ConnectionTracer:
         instruments: Optional[Instruments] = None,
     ) -> ConnectionTracer:
         """Start the client's handshake span as a child of the current context."""
-        self = cls("client", tracer, config, route=path or "/", instruments=instruments)
+        self = cls("client", tracer, config, route=_mapped(config, path), instruments=instruments)
         try:
             attributes = hs.client_attributes(url, scheme, host, port, self.session_id)
             self._start_handshake(otel_context.get_current(), (), attributes, SpanKind.CLIENT)
@@ -176,7 +177,7 @@ class ConnectionTracer:
         and its owner ends it. ``start_time`` (ns since the epoch) backdates the
         handshake span, for adapters that learn the route late.
         """
-        self = cls("server", tracer, config, route=route or path or "/", instruments=instruments)
+        self = cls("server", tracer, config, route=route or _mapped(config, path), instruments=instruments)
         try:
             request = hs.read_request(config, headers, query, subprotocols)
             self._offered = request.offer
@@ -210,7 +211,9 @@ class ConnectionTracer:
         self._adopted = True
         self._recording = span.is_recording()
         if self._recording:
-            span.set_attributes({sc.SESSION_ID: self.session_id, sc.HTTP_ROUTE: self.route})
+            span.set_attribute(sc.SESSION_ID, self.session_id)
+            if self.route:
+                span.set_attribute(sc.HTTP_ROUTE, self.route)
             self._spans.links = (link(span.get_span_context(), "handshake"),)
 
     def _start_handshake(
@@ -478,6 +481,8 @@ class ConnectionTracer:
             self._instruments.totals.add(counts, slot(direction, is_text), body_size)  # type: ignore[union-attr]
 
     def _metric_attributes(self) -> dict[str, Any]:
+        if self.route is None:
+            return {sc.SIDE: self.side}
         return {sc.HTTP_ROUTE: self.route, sc.SIDE: self.side}
 
     # Close -------------------------------------------------------------------
@@ -546,3 +551,15 @@ class ConnectionTracer:
                     span.end()
         except Exception as exc:
             warn_once("recording the close", exc)
+
+
+def _mapped(config: Config, path: str) -> Optional[str]:
+    """The ``routes`` option's name for ``path``, if it gives one; never raises."""
+    if config.routes is None:
+        return None
+    try:
+        route = config.routes(path or "/")
+    except Exception as exc:
+        warn_once("the routes function", exc)
+        return None
+    return route if isinstance(route, str) and route else None

@@ -17,6 +17,7 @@ import pytest
 
 from tests.console import console_spans
 from tests.peers.bare import describe, restore
+from tests.routes import ROUTES_ENV
 
 
 PEER = Path(__file__).resolve().parent.parent / "peers" / "bare.py"
@@ -103,6 +104,7 @@ def bare_server() -> Iterator[Callable[..., PeerProcess]]:
                 OTEL_METRICS_EXPORTER="none",
                 OTEL_LOGS_EXPORTER="none",
                 OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="asyncio,threading",
+                WSTRACE_ROUTES=ROUTES_ENV,
                 **instrumented,
             )
         peer = PeerProcess(args, env)

@@ -693,6 +693,7 @@ def test_zero_code_instrumentation() -> None:
         OTEL_TRACES_EXPORTER="console",
         OTEL_METRICS_EXPORTER="none",
         OTEL_LOGS_EXPORTER="none",
+        WSTRACE_ROUTES="/chat",  # the clients (and websockets) have no router: name the app's route
         OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=f"asyncio,threading,{others}",
     )
     result = subprocess.run(

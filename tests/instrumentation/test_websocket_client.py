@@ -654,6 +654,7 @@ def test_zero_code_instrumentation() -> None:
         OTEL_TRACES_EXPORTER="console",
         OTEL_METRICS_EXPORTER="none",
         OTEL_LOGS_EXPORTER="none",
+        WSTRACE_ROUTES="/zero",  # the clients (and websockets) have no router: name the app's route
         # Only this adapter and its peer's: the test is about this entry point.
         OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="asyncio,threading,wstrace-aiohttp,wstrace-starlette,wstrace-tornado",
     )

@@ -29,6 +29,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from tests.routes import ROUTES_ENV
 from wstrace import envelope as codec, propagation
 from wstrace.carriers import headers_carrier, query_carrier, split_subprotocols
 from wstrace.config import Config
@@ -175,7 +176,7 @@ def _decode_json(raw: bytes) -> None:
 
 def _pair(fmt: str, trust: str = "parent") -> tuple[ConnectionTracer, ConnectionTracer]:
     """A client and a server tracer that negotiated the envelope in ``fmt``, in memory."""
-    config = Config.load({}, envelope_format=fmt, trust=trust)
+    config = Config.load({"WSTRACE_ROUTES": ROUTES_ENV}, envelope_format=fmt, trust=trust)
     client = ConnectionTracer.client(
         _tracer, config, url="ws://example.test:8080/chat", scheme="ws", host="example.test", port=8080, path="/chat"
     )
@@ -249,7 +250,7 @@ def _handshake(raw: bytes) -> None:
     assert set(carrier) <= fields and all(len(v) <= 8192 for v in carrier.values())
     for trust in ("parent", "link", "ignore"):
         _exporter.clear()
-        config = Config.load({}, trust=trust, handshake_sources="headers,query,subprotocol")
+        config = Config.load({"WSTRACE_ROUTES": ROUTES_ENV}, trust=trust, handshake_sources="headers,query,subprotocol")
         server = ConnectionTracer.server(
             _tracer, config, path="/chat", query=query, headers=headers, subprotocols=offered
         )

@@ -28,6 +28,7 @@ from tests.instrumentation.peers import CLIENTS, SERVERS
 from tests.reliability import harness
 from tests.reliability.apps import settle
 from tests.reliability.rawws import RawClient, RawServer
+from tests.routes import ROUTES_ENV
 from wstrace import envelope as codec
 from wstrace.config import Config
 from wstrace.connection import ConnectionTracer
@@ -147,7 +148,7 @@ def test_hostile_handshake_is_traced_without_peer_text(
     offered = offered + [f"wstrace.tp.{v}" for v in offered]
     for trust in ("parent", "link", "ignore"):
         harness._exporter.clear()
-        config = Config.load({}, trust=trust, handshake_sources="headers,query,subprotocol")
+        config = Config.load({"WSTRACE_ROUTES": ROUTES_ENV}, trust=trust, handshake_sources="headers,query,subprotocol")
         server = ConnectionTracer.server(
             harness._tracer, config, path="/chat", query=query, headers=headers, subprotocols=offered
         )

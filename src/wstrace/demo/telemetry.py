@@ -96,7 +96,13 @@ def start(
             telemetry.otlp = True
 
     websockets = WebsocketsInstrumentor()
-    websockets.instrument(tracer_provider=provider, model=model, envelope=envelope, stream_end=protocol.is_reply_end)
+    websockets.instrument(
+        tracer_provider=provider,
+        model=model,
+        envelope=envelope,
+        stream_end=protocol.is_reply_end,
+        routes=[protocol.ROUTE],  # websockets has no router: name the demo's one route
+    )
     telemetry.instrumentors.append(websockets)
     if instrument_openai:
         # Optional: the OpenAI SDK's own spans join the trace when the instrumentation is installed.
