@@ -132,6 +132,7 @@ def variants() -> list[Variant]:
         add("idle", stack, "wstrace message", MSG_OFF)
         if stack == "websockets":
             add("idle", stack, "wstrace message, envelope on", MSG_ON, traced_peer=True)
+            add("idle", stack, "wstrace sampled out, envelope on", SAMPLED_OUT, traced_peer=True)
         if stack == "websockets":
             add("idle", stack, "wstrace connection", CONN_OFF)
     add("long", "websockets", "bare", BARE)

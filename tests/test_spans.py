@@ -209,7 +209,7 @@ def _spans(telemetry: Telemetry, model: str = "message", trust: str = "parent", 
     )
     handshake = spans.tracer.start_span("GET /chat", Context(), SpanKind.SERVER)
     handshake.end()
-    spans.links = (link(handshake.get_span_context(), "handshake"),)
+    spans.handshake = handshake.get_span_context()
     if model == "connection":
         spans.open_connection(spans.tracer.start_span("websocket /chat", trace.set_span_in_context(handshake)))
     return spans

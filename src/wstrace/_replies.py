@@ -229,17 +229,20 @@ class Replies:
             on_end=self.forget,
             brief_single=True,
         )
-        streams = self.streams
-        streams[stream.stats] = stream
-        if len(streams) > self.sweep_at:
+        self.streams[stream.stats] = stream
+        if len(self.streams) > self.sweep_at:
             self.sweep(time.monotonic_ns())
-        if len(streams) > _MAX_OPEN_STREAMS:
-            next(iter(streams.values())).end(at_last_chunk=True)  # the oldest; it leaves the registry
+        if len(self.streams) > _MAX_OPEN_STREAMS:
+            next(iter(self.streams.values())).end(at_last_chunk=True)  # the oldest; it leaves the registry
         return stream
 
     def forget(self, stats: StreamStats) -> None:
         """A stream ended (its ``on_end``)."""
-        self.streams.pop(stats, None)
+        streams = self.streams
+        streams.pop(stats, None)
+        if not streams:
+            # A dict keeps the room it grew to: an idle connection should not keep room for streams.
+            self.streams = {}
 
     def release(self, stream: StreamRecorder) -> None:
         """No context holds the stream's message any more: end it on the loop's next turn, or at the next event.

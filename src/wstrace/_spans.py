@@ -144,18 +144,24 @@ _NO_CONTEXT = Context()
 class ConnectionSpans:
     """Starts the spans of one connection, from what every one of them needs to know about it."""
 
-    __slots__ = ("config", "connection", "connection_ctx", "links", "names", "session_id", "tracer")
+    __slots__ = ("config", "connection", "connection_ctx", "handshake", "names", "session_id", "tracer")
 
     def __init__(self, tracer: trace.Tracer, config: Config, names: Route, session_id: str) -> None:
         self.tracer = tracer
         self.config = config
         self.names = names
         self.session_id: str = session_id
-        self.links: Sequence[Link] = ()
-        """A link to the handshake, which every span of the ``message`` model carries."""
+        self.handshake: Optional[trace.SpanContext] = None
+        """The sampled handshake, which every span of the ``message`` model links to."""
         self.connection: Optional[Span] = None
         """The connection span (``connection`` model)."""
         self.connection_ctx: Optional[Context] = None
+
+    @property
+    def links(self) -> Sequence[Link]:
+        """A link to the handshake, made for each span: the SDK wraps a link's attributes in place, so a
+        link kept for the connection's lifetime would keep a copy of them per connection."""
+        return (link(self.handshake, "handshake"),) if self.handshake is not None else ()
 
     def open_connection(self, span: Span) -> None:
         self.connection = span

@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence, Union
 
 from opentelemetry import context as otel_context, trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanKind
+from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanContext, SpanKind
 
 from wstrace import _close, _handshake as hs, propagation, semconv as sc
 from wstrace._close import Initiator
@@ -37,7 +37,7 @@ from wstrace._context import Attachment, attach
 from wstrace._counting import slot
 from wstrace._log import warn_once
 from wstrace._replies import NOTHING_TO_END, OWNER, Inbound, Replies, SendHandle
-from wstrace._spans import IN, OUT, ConnectionSpans, link, record_error, route as route_names, size
+from wstrace._spans import IN, OUT, ConnectionSpans, record_error, route as route_names, size
 from wstrace._wire import Wire, wire_for
 from wstrace.carriers import HeaderSource
 from wstrace.config import Config, EnvelopeFormat
@@ -102,7 +102,8 @@ class ConnectionTracer:
         self._counts = instruments.totals.counts(route) if instruments is not None else None
         self._started_ns = time.monotonic_ns()
         self._opened_ns = 0
-        self._handshake: Optional[Span] = None
+        self._handshake: Union[Span, SpanContext, None] = None
+        """The handshake span until it ends, then only its span context."""
         self._adopted = False
         self._recording = False
         self._offered: Optional[EnvelopeFormat] = None
@@ -146,7 +147,8 @@ class ConnectionTracer:
 
     def request_headers(self) -> dict[str, str]:
         """Headers a client adds to its upgrade request: context, envelope offer, session id."""
-        return hs.request_headers(self.config, self._handshake, self.session_id)
+        handshake = self._handshake
+        return hs.request_headers(self.config, handshake if isinstance(handshake, Span) else None, self.session_id)
 
     @classmethod
     def server(
@@ -214,7 +216,7 @@ class ConnectionTracer:
             span.set_attribute(sc.SESSION_ID, self.session_id)
             if self.route:
                 span.set_attribute(sc.HTTP_ROUTE, self.route)
-            self._spans.links = (link(span.get_span_context(), "handshake"),)
+            self._spans.handshake = span.get_span_context()
 
     def _start_handshake(
         self,
@@ -231,7 +233,7 @@ class ConnectionTracer:
         self._handshake = span
         self._recording = span.is_recording()
         if self._recording:
-            spans.links = (link(span.get_span_context(), "handshake"),)
+            spans.handshake = span.get_span_context()
 
     def response_headers(self) -> dict[str, str]:
         """Headers a server adds to its 101 response: the envelope answer and session id."""
@@ -260,7 +262,7 @@ class ConnectionTracer:
                 seconds = (self._opened_ns - self._started_ns) / 1e9
                 self._instruments.connection_opened(self._metric_attributes(), seconds)
             span = self._handshake
-            if span is None or not self._recording:
+            if not isinstance(span, Span) or not self._recording:
                 return
             span.set_attributes(
                 {sc.HTTP_RESPONSE_STATUS_CODE: status, sc.ENVELOPE: fmt or "none", sc.SESSION_ID: self.session_id}
@@ -273,7 +275,7 @@ class ConnectionTracer:
                 return
             span.end()
             # From now on only its context is needed (links, handshake_context): let the SDK's span go.
-            self._handshake = NonRecordingSpan(span.get_span_context())
+            self._handshake = span.get_span_context()
             if config.model == "connection":
                 attributes = {sc.NETWORK_PROTOCOL_NAME: "websocket", sc.SESSION_ID: self.session_id}
                 spans = self._spans
@@ -289,7 +291,7 @@ class ConnectionTracer:
         """The connection never opened: end the handshake span with what is known."""
         self._closed = True
         span = self._handshake
-        if span is None:
+        if not isinstance(span, Span):
             return
         try:
             if self._recording:
@@ -312,7 +314,12 @@ class ConnectionTracer:
     @property
     def handshake_context(self) -> Context:
         """A context holding the handshake span, to parent work done for the connection."""
-        return trace.set_span_in_context(self._handshake) if self._handshake else Context()
+        handshake = self._handshake
+        if handshake is None:
+            return Context()
+        if isinstance(handshake, SpanContext):
+            handshake = NonRecordingSpan(handshake)
+        return trace.set_span_in_context(handshake)
 
     @property
     def connection_context(self) -> Optional[Context]:

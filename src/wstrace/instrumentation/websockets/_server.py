@@ -21,6 +21,7 @@ from wstrace.instrumentation.websockets._common import (
     HANDSHAKE,
     add_response_headers,
     attach_for_handler,
+    drop_negotiation_headers,
     handshake_status,
     new_server_tracer,
     report_close,
@@ -88,6 +89,7 @@ def _finish(instance: Any) -> None:
     response = instance.response
     if response is not None and response.status_code == 101 and instance.protocol.handshake_exc is None:
         ct.opened(response_headers=response.headers, subprotocol=instance.subprotocol)
+        drop_negotiation_headers(instance.request, response)
         setattr(instance, ATTR, ct)
         attach_for_handler(ct)
         if instance.protocol.state.name == "CLOSED":
