@@ -15,11 +15,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from typing import Any, Callable, Hashable, Optional
+from typing import Any, Callable, Hashable, Optional, Sequence
 
 from opentelemetry import context as otel_context, trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Span, SpanKind
+from opentelemetry.trace import Link, Span, SpanKind
 
 from wstrace import _handshake as hs, propagation
 from wstrace._log import warn_once
@@ -29,10 +29,23 @@ from wstrace.metrics import Instruments
 from wstrace.streams import StreamRecorder, StreamStats, wall_ns
 
 
-__all__ = ["NOTHING_TO_END", "OWNER", "Inbound", "Replies", "Request", "SendHandle", "safe_key", "safe_predicate"]
+__all__ = [
+    "NOTHING_TO_END",
+    "OWNER",
+    "REQUEST",
+    "Inbound",
+    "Replies",
+    "Request",
+    "Run",
+    "SendHandle",
+    "safe_key",
+    "safe_predicate",
+]
 
 OWNER = otel_context.create_key("wstrace-inbound")
 """Context key under which a message being handled offers itself as the owner of replies."""
+REQUEST = otel_context.create_key("wstrace-request")
+"""Context key under which a client's reply stream, while current, names the request it answers."""
 
 _MAX_PENDING_REQUESTS = 1024
 # Open streams per connection: beyond this the oldest ends at its last chunk, so a
@@ -102,16 +115,38 @@ class Inbound:
 
 
 class Request:
-    """A message a client sent: the messages answering it form its reply stream."""
+    """A message (or run of messages) a client sent: the messages answering it form its reply stream."""
 
-    __slots__ = ("base", "ctx", "done", "start_ns", "stream")
+    __slots__ = ("base", "below", "ctx", "done", "key", "replies", "start_ns", "stream")
 
-    def __init__(self, ctx: Context, start_ns: int) -> None:
+    def __init__(self, replies: Replies, ctx: Context, start_ns: int, key: Optional[Hashable] = None) -> None:
+        self.replies = replies
         self.ctx = ctx
         self.start_ns = start_ns
+        """When the request was sent (a run: its latest chunk), where the reply's time to first chunk starts."""
+        self.key = key
         self.stream: Optional[StreamRecorder] = None
         self.base: Optional[Context] = None
+        self.below: Optional[Context] = None
+        """The application's own context beneath the reply stream's, while that is current."""
         self.done = False
+
+
+class Run:
+    """Messages this end sends in a row under one context, neither replies nor keyed requests: one stream.
+
+    The context is a span of the application's own (a device's "voice turn"), or none at all (a worker's or
+    a timer's pushes). ``key`` is that span's id, 0 for none.
+    """
+
+    __slots__ = ("key", "prefixes", "request", "stream")
+
+    def __init__(self, key: int, stream: StreamRecorder) -> None:
+        self.key = key
+        self.stream = stream
+        self.prefixes: Optional[Prefixes] = None
+        self.request: Optional[Request] = None
+        """On a client, the request the run is: the messages answering it form its reply stream."""
 
 
 class Replies:
@@ -125,6 +160,7 @@ class Replies:
         "loop",
         "orphans",
         "requests",
+        "run",
         "spans",
         "streams",
         "sweep_at",
@@ -145,6 +181,8 @@ class Replies:
         self.last_request: Optional[Request] = None
         self.requests: Optional[OrderedDict[Hashable, Request]] = None
         """Requests in flight by key (client, with ``stream_key``); made on first use."""
+        self.run: Optional[Run] = None
+        """The run this end is sending, if any."""
         self.sweep_at = _SWEEP_FLOOR
 
     # Chunks ------------------------------------------------------------------
@@ -154,15 +192,66 @@ class Replies:
     ) -> tuple[Any, SendHandle]:
         """Server side: a message sent while ``owner`` is handled joins its reply stream; returns the frame."""
         now = time.monotonic_ns()
-        spans = self.spans
-        config = spans.config
         stream = owner.stream
         if stream is not None and not stream.ended and now - stream.stats.last_ns > self.idle_ns:
             stream.end(at_last_chunk=True)  # an idle gap ends a stream; this chunk starts the next
         if stream is None or stream.ended:
-            span = spans.reply(owner.ctx, payload, is_text, ordinal, wall_ns(now))
+            span = self.spans.reply(owner.ctx, payload, is_text, ordinal, wall_ns(now))
             stream = owner.stream = self.start(span, owner.start_ns, "outbound")
             owner.prefixes = None
+        return self._chunk(stream, owner, wire, payload, is_text, ordinal, body_size, now)
+
+    def run_chunk(
+        self,
+        current: Context,
+        links: Sequence[Link],
+        wire: Optional[Wire],
+        payload: Any,
+        is_text: bool,
+        ordinal: int,
+        body_size: Optional[int],
+    ) -> tuple[Any, SendHandle, Optional[Run]]:
+        """A message sent under ``current`` (no reply, no keyed request) joins the run sent under the same
+        context, or starts a new one (returned) with ``links``; returns the frame and the handle."""
+        now = time.monotonic_ns()
+        parent = trace.get_current_span(current).get_span_context()
+        key = parent.span_id if parent.is_valid else 0
+        run = self.run
+        if run is not None:
+            stream = run.stream
+            if run.key != key or stream.ended or now - stream.stats.last_ns > self.idle_ns:
+                stream.end(at_last_chunk=True)  # another context, or an idle gap: this message starts a new run
+                run = self.run = None
+        new = None
+        if run is None:
+            span = self.spans.send(payload, is_text, ordinal, None, current, links, wall_ns(now))
+            run = new = self.run = Run(key, self.start(span, now, "outbound"))
+        elif run.request is not None:
+            run.request.start_ns = now  # a reply to a run answers its latest message
+        payload, handle = self._chunk(run.stream, run, wire, payload, is_text, ordinal, body_size, now)
+        return payload, handle, new
+
+    def end_push(self) -> None:
+        """The connection received a message: a run sent with no context (pushes) is over."""
+        run = self.run
+        if run is not None and run.key == 0:
+            run.stream.end(at_last_chunk=True)
+            self.run = None
+
+    def _chunk(
+        self,
+        stream: StreamRecorder,
+        holder: Inbound | Run,
+        wire: Optional[Wire],
+        payload: Any,
+        is_text: bool,
+        ordinal: int,
+        body_size: Optional[int],
+        now: int,
+    ) -> tuple[Any, SendHandle]:
+        """Count a chunk of ``stream`` and put it in its envelope (the stream's prefix, kept by ``holder``)."""
+        spans = self.spans
+        config = spans.config
         stream.chunk(body_size or 0, now)
         handle = NOTHING_TO_END
         if config.stream_end is not None and safe_predicate(config.stream_end, payload):
@@ -173,9 +262,9 @@ class Replies:
             if wire is not None:
                 payload = wire.wrap(payload, is_text, propagation.inject(trace.set_span_in_context(chunk)))
         elif wire is not None:
-            prefixes = owner.prefixes
+            prefixes = holder.prefixes
             if prefixes is None:
-                prefixes = owner.prefixes = Prefixes()
+                prefixes = holder.prefixes = Prefixes()
             payload = wire.in_stream(prefixes, stream.span, payload, is_text)
         return payload, handle
 
@@ -294,18 +383,20 @@ class Replies:
 
     # Client requests ---------------------------------------------------------
 
-    def track_request(self, ctx: Context, payload: Any, key_of: Optional[Callable[[Any], Optional[Hashable]]]) -> None:
+    def track_request(
+        self, ctx: Context, payload: Any, key_of: Optional[Callable[[Any], Optional[Hashable]]]
+    ) -> Optional[Request]:
         """A request was sent: the messages that answer it form its reply stream."""
-        request = Request(ctx, time.monotonic_ns())
+        key = safe_key(key_of, payload) if key_of is not None else None
+        request = Request(self, ctx, time.monotonic_ns(), key)
         if key_of is None:
             previous = self.last_request
             if previous is not None and previous.stream is not None:
                 previous.stream.end(at_last_chunk=True)  # "up to the next send"
             self.last_request = request
-            return
-        key = safe_key(key_of, payload)
+            return request
         if key is None:
-            return
+            return None
         requests = self.requests
         if requests is None:
             requests = self.requests = OrderedDict()
@@ -317,6 +408,7 @@ class Replies:
             _, evicted = requests.popitem(last=False)
             if evicted.stream is not None:
                 evicted.stream.end(at_last_chunk=True)
+        return request
 
     def request_for(
         self, payload: Any, now: int, key_of: Optional[Callable[[Any], Optional[Hashable]]]

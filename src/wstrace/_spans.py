@@ -38,7 +38,7 @@ OUT = "sent"
 IN = "received"
 """``websocket.message.direction`` of an inbound message."""
 
-_LINK_ATTRIBUTES = {kind: {sc.LINK_KIND: kind} for kind in ("handshake", "creation", "remote")}
+_LINK_ATTRIBUTES = {kind: {sc.LINK_KIND: kind} for kind in ("handshake", "creation", "remote", "inbound", "previous")}
 
 
 def link(span_context: trace.SpanContext, kind: str) -> Link:
@@ -173,9 +173,18 @@ class ConnectionSpans:
             attributes.update(captured(self.config, payload, is_text))
         return attributes
 
-    def send(self, payload: Any, is_text: bool, ordinal: int, body_size: Optional[int], current: Context) -> Span:
-        """An outbound message's span, in the current context (``message``) or the connection's."""
-        links = self.links
+    def send(
+        self,
+        payload: Any,
+        is_text: bool,
+        ordinal: int,
+        body_size: Optional[int],
+        current: Context,
+        links: Sequence[Link] = (),
+        start_time: Optional[int] = None,
+    ) -> Span:
+        """An outbound message's span (or a run's), in the current context (``message`` model, with ``links``
+        besides the handshake's) or the connection's."""
         parent = current
         connection = self.connection
         if connection is not None:
@@ -184,9 +193,11 @@ class ConnectionSpans:
             # trace) keeps its parent; anything else hangs off the connection.
             if trace.get_current_span(current).get_span_context().trace_id != connection.get_span_context().trace_id:
                 parent = self.connection_ctx  # type: ignore[assignment]
+        else:
+            links = (*self.links, *links)
         attributes = self._attributes(payload, is_text, ordinal, body_size)
         return self.tracer.start_span(
-            self.names.send, parent, kind=SpanKind.PRODUCER, attributes=attributes, links=links
+            self.names.send, parent, kind=SpanKind.PRODUCER, attributes=attributes, links=links, start_time=start_time
         )
 
     def reply(self, parent: Context, payload: Any, is_text: bool, ordinal: int, start_time: int) -> Span:

@@ -36,8 +36,8 @@ from wstrace._close import Initiator
 from wstrace._context import Attachment, attach
 from wstrace._counting import slot
 from wstrace._log import warn_once
-from wstrace._replies import NOTHING_TO_END, OWNER, Inbound, Replies, SendHandle
-from wstrace._spans import IN, OUT, ConnectionSpans, record_error, route as route_names, size
+from wstrace._replies import NOTHING_TO_END, OWNER, REQUEST, Inbound, Replies, Request, SendHandle, safe_key
+from wstrace._spans import IN, OUT, ConnectionSpans, link, record_error, route as route_names, size
 from wstrace._wire import Wire, wire_for
 from wstrace.carriers import HeaderSource
 from wstrace.config import Config, EnvelopeFormat
@@ -65,6 +65,7 @@ class ConnectionTracer:
         "_counts",
         "_handshake",
         "_instruments",
+        "_last_inbound",
         "_offered",
         "_opened_ns",
         "_received",
@@ -111,6 +112,8 @@ class ConnectionTracer:
         self._sent = self._received = 0
         self._recv_span: Optional[Span] = None
         self._recv: Optional[Attachment] = None
+        self._last_inbound: Optional[SpanContext] = None
+        """The span context of the message this end handled last: what a push with no context links to."""
         self._recv_ends_stream: Optional[StreamRecorder] = None
         self._replies: Optional[Replies] = None
         self._closing: Optional[_close.Closing] = None
@@ -362,6 +365,10 @@ class ConnectionTracer:
                 config = self.config
                 if config.message_spans:
                     self._sent += 1
+                    if config.streams:
+                        sent = self._stream_send(current, wire, payload, is_text, body_size)
+                        if sent is not None:
+                            return sent
                     span = self._spans.send(payload, is_text, self._sent, body_size, current)
                     handle = SendHandle(span)
                     span_ctx = trace.set_span_in_context(span)
@@ -378,6 +385,35 @@ class ConnectionTracer:
             if wire is not None:
                 payload = wire.wrap_empty(payload, is_text)
         return payload, handle
+
+    def _stream_send(
+        self, current: Context, wire: Optional[Wire], payload: Any, is_text: bool, body_size: Optional[int]
+    ) -> Optional[tuple[Any, SendHandle]]:
+        """A send that is not a reply: a run chunk (returned), or ``None`` for a span of its own (a keyed request).
+
+        On a client whose reply stream is current, a send that does not continue that exchange is a new
+        request: it leaves the reply's trace for the application's own context, linked to the exchange before.
+        """
+        config = self.config
+        replies = self._ensure_replies()
+        links: tuple[Link, ...] = ()
+        request: Optional[Request] = current.get(REQUEST)  # type: ignore[assignment]
+        key_of = config.stream_key if self.side == "client" else None
+        key = safe_key(key_of, payload) if key_of is not None else None
+        if request is not None and request.replies is replies:
+            if key is not None and key == request.key and not request.done:
+                return None  # a message of the open exchange (a tool result mid-stream): stays in its trace
+            if request.stream is not None:
+                links = (link(request.stream.span.get_span_context(), "previous"),)
+            current = request.below if request.below is not None else Context()
+        if key is not None:
+            return None  # a keyed request is a span (and a trace) of its own
+        if not links and self._last_inbound is not None and not trace.get_current_span(current).get_span_context().is_valid:
+            links = (*links, link(self._last_inbound, "inbound"))  # a push: what the connection handled last
+        frame, handle, run = replies.run_chunk(current, links, wire, payload, is_text, self._sent, body_size)
+        if run is not None and self.side == "client":
+            run.request = replies.track_request(trace.set_span_in_context(run.stream.span), payload, None)
+        return frame, handle
 
     def send_end(self, handle: SendHandle, error: Optional[BaseException] = None) -> None:
         """The outbound message was handed to the transport, or failed with ``error``."""
@@ -429,6 +465,8 @@ class ConnectionTracer:
         if self.side == "client" and config.streams and self._replies is not None:
             request = self._replies.request_for(payload, now, config.stream_key)
         self._received += 1
+        if self._replies is not None:
+            self._replies.end_push()
         if request is not None:
             replies = self._replies
             span, base, self._recv_ends_stream = replies.reply_received(  # type: ignore[union-attr]
@@ -440,6 +478,11 @@ class ConnectionTracer:
         ctx = trace.set_span_in_context(span, base)
         if self.side == "server" and config.streams:
             ctx = otel_context.set_value(OWNER, Inbound(self._ensure_replies(), ctx, now), ctx)
+        elif request is not None:
+            if request.below is None:  # the application's context when its reply began
+                request.below = ambient
+            ctx = otel_context.set_value(REQUEST, request, ctx)
+        self._last_inbound = span.get_span_context()
         self._recv_span = span if request is None or config.chunk_spans else None
         self._recv = attach(ctx)
 
