@@ -1,4 +1,4 @@
-"""websockets: one server's own options (``server_options``).
+"""websockets: one server's own options (``server_options``), and servers started before ``instrument()``.
 
 Wire behaviour is read with the bare client of ``tests/peers/bare.py``, in its own un-instrumented process:
 it offers nothing, strips nothing, and returns every reply byte for byte.
@@ -17,6 +17,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.sync.client import connect as sync_connect
 from websockets.sync.server import serve as sync_serve
 
 from tests.conftest import Telemetry
@@ -221,3 +222,56 @@ def test_none_and_nesting() -> None:
     assert inner.overrides == {"envelope": "always", "trust": "link"}
     assert outer.overrides == {"envelope": "always", "trust": "ignore"}
     assert outer.hook is None
+
+
+# Late instrumentation --------------------------------------------------------------
+
+
+def test_asyncio_server_started_before_instrument(
+    telemetry: Telemetry, instrument: Callable[..., None], bare_client: BareClient
+) -> None:
+    """instrument() after serve(): connections accepted afterwards are traced, with the server's own options."""
+
+    async def scenario() -> tuple[list[Any], list[Any]]:
+        async with (
+            aserver("/forced", process_request=server_options(envelope="always")) as forced_url,
+            aserver("/plain") as plain_url,
+        ):
+            instrument()
+            forced = await asyncio.to_thread(bare_client, forced_url, PAYLOADS)
+            plain = await asyncio.to_thread(bare_client, plain_url, PAYLOADS)
+            async with connect(plain_url) as ws:  # an instrumented client negotiates with the early server
+                await ws.send("hi")
+                assert await ws.recv() == "hi"
+            await asyncio.sleep(0.05)
+        return forced, plain
+
+    forced, plain = asyncio.run(scenario())
+    assert isinstance(forced[0], str) and forced[0].startswith(TEXT_MAGIC)
+    assert plain == PAYLOADS
+    assert server_handshake(telemetry, "/forced").attributes["websocket.envelope"] == "frame"
+    plain_handshakes = [s for s in telemetry.named("GET /plain") if s.kind is SpanKind.SERVER]
+    assert sorted(s.attributes["websocket.envelope"] for s in plain_handshakes) == ["frame", "none"]
+    assert_envelope_both_ways(telemetry, "/plain")
+    assert telemetry.open_spans.names() == []
+
+
+def test_sync_server_started_before_instrument(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """The same for a sync server: it accepts in a thread started before instrument(), its handshakes run after."""
+    with sserver("/sync") as url:
+        instrument()
+        with sync_connect(url) as ws:
+            ws.send("hi")
+            assert ws.recv() == "hi"
+        wait_closed(telemetry)
+    assert server_handshake(telemetry, "/sync").attributes["websocket.envelope"] == "frame"
+    assert_envelope_both_ways(telemetry, "/sync")
+    assert len(telemetry.named("close /sync")) == 2
+    assert telemetry.open_spans.names() == []
+
+
+def assert_envelope_both_ways(telemetry: Telemetry, path: str) -> None:
+    """The one enveloped exchange on ``path``: each receive span is the child of the other end's send span."""
+    sends = {span_id(s) for s in telemetry.named(f"send {path}")}
+    continued = [s for s in telemetry.named(f"receive {path}") if parent_id(s) in sends]
+    assert len(continued) == 2, "client to server and back, both through the envelope"
