@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 from opentelemetry import trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.trace import SpanKind
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
@@ -195,6 +197,38 @@ def test_hook_is_the_application_hook_when_not_instrumented() -> None:
 
     asyncio.run(scenario())
     assert calls == ["/chat"]
+
+
+def test_metrics_for_one_server_only(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """metrics=True for one server while instrument() turned metrics off: only that server records, to the
+    meter provider given to instrument()."""
+    reader = InMemoryMetricReader()
+    instrument(metrics=False, meter_provider=MeterProvider(metric_readers=[reader]))
+
+    async def scenario() -> None:
+        async with (
+            aserver("/metered", process_request=server_options(metrics=True)) as metered,
+            aserver("/quiet") as quiet,
+        ):
+            for url in (metered, quiet):
+                async with connect(url) as ws:
+                    await ws.send("hi")
+                    assert await ws.recv() == "hi"
+            await asyncio.sleep(0.05)
+
+    asyncio.run(scenario())
+    routes: dict[str, set[Any]] = {}
+    data = reader.get_metrics_data()
+    for resource in data.resource_metrics if data else ():
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                for point in metric.data.data_points:
+                    routes.setdefault(metric.name, set()).add(
+                        (point.attributes.get("http.route"), point.attributes.get("websocket.side"))
+                    )
+    assert ("/metered", "server") in routes["wstrace.connection.duration"]
+    assert {route for route, _ in routes["wstrace.connection.duration"]} == {"/metered"}
+    assert {side for _, side in routes["wstrace.connection.duration"]} == {"server"}
 
 
 @pytest.mark.parametrize(
