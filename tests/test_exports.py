@@ -30,7 +30,7 @@ def test_public_names_are_pinned() -> None:
         "stream",
         "submit",
     ]
-    assert wstrace.instrumentation.websockets.__all__ == ["WebsocketsInstrumentor"]
+    assert wstrace.instrumentation.websockets.__all__ == ["WebsocketsInstrumentor", "server_options"]
     for name in wstrace.__all__:
         assert getattr(wstrace, name) is not None
 

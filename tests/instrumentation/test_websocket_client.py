@@ -273,14 +273,15 @@ def test_app_receive_span_measures_handling_not_waiting(telemetry: Telemetry, in
 # Handshake headers ---------------------------------------------------------------
 
 
-def _recording_server(seen: list[dict[str, list[str]]]) -> Handler:
-    async def handler(ws: ServerConnection) -> None:
-        assert ws.request is not None
-        headers = ws.request.headers
-        seen.append({name.lower(): headers.get_all(name) for name in headers})
-        await echo(ws)
+def _recording(seen: list[dict[str, list[str]]]) -> Any:
+    """A ``process_request`` that notes the upgrade request's headers as they arrived (once the connection is
+    open, an instrumented websockets server has dropped wstrace's own from ``ws.request``)."""
 
-    return handler
+    def process_request(ws: ServerConnection, request: Any) -> None:
+        headers = request.headers
+        seen.append({name.lower(): headers.get_all(name) for name in headers})
+
+    return process_request
 
 
 def test_header_list_and_dict_are_merged_not_clobbered(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
@@ -291,7 +292,7 @@ def test_header_list_and_dict_are_merged_not_clobbered(telemetry: Telemetry, ins
     own_traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     as_dict = {"X-Custom": "two", "Traceparent": own_traceparent}
 
-    with ws_server(_recording_server(seen)) as url:
+    with ws_server(echo, process_request=_recording(seen)) as url:
         ws = websocket.WebSocket()
         ws.connect(url, header=as_list, timeout=5)
         ws.send("a")
@@ -318,7 +319,7 @@ def test_app_header_callable(telemetry: Telemetry, instrument: Callable[..., Non
     def on_open(app: WebSocketApp) -> None:
         app.close()
 
-    with ws_server(_recording_server(seen)) as url:
+    with ws_server(echo, process_request=_recording(seen)) as url:
         run_app(WebSocketApp(url, header=lambda: ["X-Token: abc"], on_open=on_open))
     assert seen[0]["x-token"] == ["abc"]
     assert seen[0]["wstrace-envelope"] == ["frame/1"]

@@ -404,3 +404,27 @@ def test_sync_client_and_server(telemetry: Telemetry, instrument: Callable[..., 
         threading.Event().wait(0.02)
     assert telemetry.open_spans.names() == []
     assert len(telemetry.named("close /sync")) == 2
+
+
+def test_an_open_connection_keeps_no_negotiation_headers(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """websockets keeps the upgrade request and response for the connection's lifetime: once open, wstrace's own
+    negotiation headers are gone from both (memory per idle connection), and the propagation headers stay."""
+    instrument()
+    seen: dict[str, Any] = {}
+
+    async def handler(ws: ServerConnection) -> None:
+        assert ws.request is not None and ws.response is not None
+        seen["request"] = {name.lower() for name in ws.request.headers}
+        seen["response"] = {name.lower() for name in ws.response.headers}
+        await ws.send(await ws.recv())
+
+    async def scenario() -> None:
+        async with server(handler) as url, connect(url) as ws:
+            await ws.send("hi")
+            assert await ws.recv() == "hi"
+            assert ws.response is not None and "wstrace-envelope" in ws.response.headers  # the client saw them
+
+    run(scenario())
+    assert "traceparent" in seen["request"]
+    assert not {"wstrace-envelope", "wstrace-session"} & (seen["request"] | seen["response"])
+    assert {s.attributes["websocket.envelope"] for s in telemetry.named("GET /chat")} == {"frame"}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import importlib
 import logging
-from dataclasses import fields
-from typing import Any, Awaitable, Callable, Collection, Optional
+from dataclasses import fields, replace
+from typing import Any, Awaitable, Callable, Collection, Mapping, Optional
 from urllib.parse import urlsplit
 
 import wrapt
@@ -27,6 +27,7 @@ __all__ = [
     "client_tracer",
     "end_after",
     "is_instrumentation_enabled",
+    "option_overrides",
     "send_then_end",
 ]
 
@@ -38,12 +39,31 @@ _log = logging.getLogger(__name__)
 class Settings:
     """The tracer and options an adapter's wrappers read, fixed at ``instrument()``."""
 
-    __slots__ = ("config", "instruments", "tracer")
+    __slots__ = ("config", "instruments", "meter_provider", "tracer")
 
-    def __init__(self, tracer: trace.Tracer, config: Config, instruments: Optional[Instruments] = None) -> None:
+    def __init__(
+        self,
+        tracer: trace.Tracer,
+        config: Config,
+        instruments: Optional[Instruments] = None,
+        meter_provider: Optional[MeterProvider] = None,
+    ) -> None:
         self.tracer = tracer
         self.config = config
         self.instruments = instruments
+        self.meter_provider = meter_provider  # kept for with_options(metrics=True) when these have none
+
+    def with_options(self, overrides: Mapping[str, Any]) -> Settings:
+        """These settings with some options replaced (values from :func:`option_overrides`): one server's own.
+
+        The tracer is shared; so are the instruments, made here only when ``metrics`` is turned on for a
+        server while ``instrument()`` turned it off.
+        """
+        config = replace(self.config, **overrides)
+        instruments = None
+        if config.metrics:
+            instruments = self.instruments or Instruments(self.meter_provider)
+        return Settings(self.tracer, config, instruments, self.meter_provider)
 
     @classmethod
     def make(
@@ -60,7 +80,19 @@ class Settings:
             tracer_provider=tracer_provider,
             schema_url="https://opentelemetry.io/schemas/1.26.0",
         )
-        return cls(tracer, config, Instruments(meter_provider) if config.metrics else None)
+        return cls(tracer, config, Instruments(meter_provider) if config.metrics else None, meter_provider)
+
+
+def option_overrides(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Parse options given explicitly for one server (or connection), for :meth:`Settings.with_options`.
+
+    Only the options given (not ``None``) are returned, parsed; the others keep ``instrument()``'s values,
+    so no environment variable is read here. A bad or unknown option raises
+    :class:`~wstrace.exceptions.ConfigError` naming it: this is the application's own call, not start-up.
+    """
+    given = {name: value for name, value in options.items() if value is not None}
+    config = Config.load(environ={}, **given)
+    return {name: getattr(config, name) for name in given}
 
 
 class WstraceInstrumentor(BaseInstrumentor):  # type: ignore[misc]

@@ -17,6 +17,9 @@ Not covered: ``broadcast()``, which writes frames without going through
 are), and the deprecated ``websockets.legacy`` implementation.
 
 Options (keyword or environment variable) are listed in ``docs/configuration.md``.
+One server can have options of its own, given as its ``process_request``::
+
+    serve(handler, host, port, process_request=server_options(envelope="always"))
 """
 
 from __future__ import annotations
@@ -25,10 +28,11 @@ from typing import Any
 
 from wstrace.instrumentation._instrumentor import Settings, WstraceInstrumentor
 from wstrace.instrumentation.websockets import _client, _connection, _server
+from wstrace.instrumentation.websockets._options import server_options
 from wstrace.instrumentation.websockets.package import _instruments
 
 
-__all__ = ["WebsocketsInstrumentor"]
+__all__ = ["WebsocketsInstrumentor", "server_options"]
 
 
 class WebsocketsInstrumentor(WstraceInstrumentor):

@@ -2,7 +2,12 @@
 
 The handshake span starts inside ``process_request`` (when the upgrade
 request has arrived) and is current while the application's own
-``process_request`` and ``process_response`` run.
+``process_request`` and ``process_response`` run. A server whose
+``process_request`` is a :class:`ServerOptions` is traced with its own options.
+
+The wrappers are on the connection classes, not on ``serve()``: websockets calls
+``handshake`` for every connection it accepts, so servers started before
+``instrument()`` trace the connections they accept afterwards.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from wstrace.instrumentation.websockets._common import (
     new_server_tracer,
     report_close,
 )
+from wstrace.instrumentation.websockets._options import ServerOptions
 
 
 __all__ = ["async_handshake", "sync_handshake"]
@@ -61,6 +67,9 @@ def _hooks(settings: Settings, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
         if name in kwargs:
             given[i] = kwargs.pop(name)
     user_request, user_response = given
+    if isinstance(user_request, ServerOptions):  # this server has options of its own
+        settings = user_request.settings(settings)
+        user_request = user_request.hook
 
     def process_request(connection: Any, request: Any) -> Any:
         ct = new_server_tracer(settings, connection, request)
