@@ -113,6 +113,7 @@ def test_message_context_round_trip(telemetry: Telemetry, fmt: str) -> None:
     assert baggage.get_baggage("tenant") == "acme", "the sender's baggage is current while handling"
     s.receive_done()
     assert baggage.get_baggage("tenant") is None, "receive_done restores the context"
+    c.closed(code=1000, initiator="local")  # a run of sends ends with the connection, at its last message
     send = telemetry.one("send /chat")
     receive = telemetry.one("receive /chat")
     assert receive.parent is not None and receive.parent.span_id == send.context.span_id
@@ -144,6 +145,7 @@ def test_trust_link_for_messages_drops_baggage(telemetry: Telemetry) -> None:
     assert s.received(wire) == b"\x00data"
     assert baggage.get_baggage("user") is None
     s.receive_done()
+    c.closed(code=1000, initiator="local")
     send, receive = telemetry.one("send /chat"), telemetry.one("receive /chat")
     assert receive.parent is None
     assert any(link.context.span_id == send.context.span_id for link in receive.links)
@@ -178,13 +180,17 @@ def test_ordinals_count_each_direction(telemetry: Telemetry) -> None:
         s.receive_done()
     _reply, handle = s.send_start("r")
     s.send_end(handle)
+    c.closed(code=1000, initiator="local")
+    s.closed(code=1000, initiator="remote")
     ordinals = sorted(
         (span.name, span.attributes["websocket.message.ordinal"], span.kind.name)
         for span in telemetry.spans
         if span.kind in (SpanKind.PRODUCER, SpanKind.CONSUMER)
     )
     assert [o for o in ordinals if o[2] == "CONSUMER"] == [("receive /chat", n, "CONSUMER") for n in (1, 2, 3)]
-    assert [o[1] for o in ordinals if o[2] == "PRODUCER"] == [1, 1, 2, 3]
+    # The client's three sends are one run (its span carries its first message's ordinal); the server's push
+    # is a run of its own: message 1 in its direction.
+    assert [o[1] for o in ordinals if o[2] == "PRODUCER"] == [1, 1]
 
 
 def test_oversized_carrier_still_delivers_the_payload(telemetry: Telemetry) -> None:
@@ -229,6 +235,7 @@ def test_abnormal_close_ends_open_receive_with_error(telemetry: Telemetry) -> No
     c.send_end(handle)
     s.received(wire)
     s.closed(initiator=None)
+    c.closed(initiator=None)  # the client sees the drop too: its run of sends ends with it
     s.receive_done()
     receive = telemetry.one("receive /chat")
     conn = next(x for x in telemetry.named("websocket /chat") if x.attributes["websocket.close.code"] == 1006)

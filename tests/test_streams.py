@@ -188,8 +188,9 @@ def test_stream_end_predicate(telemetry: Telemetry) -> None:
     streams = [s for s in telemetry.spans if "wstrace.stream.chunk_count" in (s.attributes or {})]
     assert sorted((s.kind.name, s.attributes["wstrace.stream.chunk_count"]) for s in streams) == [
         ("CONSUMER", 3),
+        ("PRODUCER", 1),  # the client's request: a run of one, over once the reply began
         ("PRODUCER", 3),
-    ], "both streams ended at the marker, before any close"
+    ], "both reply streams ended at the marker, before any close"
 
     def broken(payload: object) -> bool:
         raise ValueError("bad predicate")

@@ -5,6 +5,7 @@ In memory, a client and a server ConnectionTracer talking without sockets (the a
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import json
 from typing import Any
@@ -183,3 +184,20 @@ def test_keyed_requests_are_their_own_traces_and_a_mid_stream_answer_stays(telem
         if s.parent is not None and s.parent.span_id == reply.get_span_context().span_id
     )
     assert tool.context.trace_id == reply.get_span_context().trace_id
+
+
+def test_a_run_nothing_follows_ends_after_the_idle_gap(telemetry: Telemetry) -> None:
+    """On an event loop, a run that no message follows ends (and is exported) once stream_idle has passed."""
+
+    async def scenario() -> None:
+        client, server = _pair(telemetry, stream_idle=0.05)
+        _send(server, client, "push 1")
+        _send(server, client, "push 2")
+        assert not telemetry.named("send /chat"), "the run is open while it may go on"
+        await asyncio.sleep(0.2)
+        (run,) = [s for s in telemetry.named("send /chat") if s.kind is SpanKind.PRODUCER]
+        assert run.attributes["wstrace.stream.chunk_count"] == 2
+        client.closed(code=1000, initiator="remote")
+        server.closed(code=1000, initiator="local")
+
+    asyncio.run(scenario())

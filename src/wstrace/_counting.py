@@ -15,7 +15,10 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from wstrace._spans import IN, route as route_names
 
 
-__all__ = ["MessageTotals", "slot"]
+__all__ = ["LOCK", "MessageTotals", "slot"]
+
+LOCK = threading.Lock()
+"""Guards every count: connections of thread-based libraries add from several threads at once."""
 
 
 def slot(direction: str, is_text: bool) -> int:
@@ -29,7 +32,7 @@ class MessageTotals:
     __slots__ = ("_lock", "_routes")
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = LOCK
         self._routes: dict[Optional[str], list[int]] = {}
 
     def counts(self, route: Optional[str]) -> list[int]:

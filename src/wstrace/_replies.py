@@ -210,26 +210,57 @@ class Replies:
         is_text: bool,
         ordinal: int,
         body_size: Optional[int],
+        fresh: bool = False,
     ) -> tuple[Any, SendHandle, Optional[Run]]:
         """A message sent under ``current`` (no reply, no keyed request) joins the run sent under the same
-        context, or starts a new one (returned) with ``links``; returns the frame and the handle."""
+        context, or starts a new one (returned) with ``links``; ``fresh`` always starts a new one (a new
+        request). Returns the frame and the handle."""
         now = time.monotonic_ns()
         parent = trace.get_current_span(current).get_span_context()
         key = parent.span_id if parent.is_valid else 0
         run = self.run
         if run is not None:
             stream = run.stream
-            if run.key != key or stream.ended or now - stream.stats.last_ns > self.idle_ns:
+            if fresh or run.key != key or stream.ended or now - stream.stats.last_ns > self.idle_ns:
                 stream.end(at_last_chunk=True)  # another context, or an idle gap: this message starts a new run
                 run = self.run = None
         new = None
         if run is None:
             span = self.spans.send(payload, is_text, ordinal, None, current, links, wall_ns(now))
-            run = new = self.run = Run(key, self.start(span, now, "outbound"))
+            run = new = self.run = Run(key, self.start(span, now, "outbound", answers=False))
+            self._watch(run, self.idle_ns)
         elif run.request is not None:
             run.request.start_ns = now  # a reply to a run answers its latest message
         payload, handle = self._chunk(run.stream, run, wire, payload, is_text, ordinal, body_size, now)
         return payload, handle, new
+
+    def _watch(self, run: Run, delay_ns: int) -> None:
+        """End ``run`` once idle, on the connection's own loop: a run that nothing follows would otherwise
+        stay open (and unexported) until the connection's next event. Without a loop (a thread-based
+        library) the next event, or the close, ends it."""
+        loop = self.loop
+        if loop is None:
+            return
+        try:
+            if asyncio.get_running_loop() is loop:
+                loop.call_later(delay_ns / 1e9, self._check_idle, run)
+        except RuntimeError:  # not on a loop here
+            pass
+
+    def _check_idle(self, run: Run) -> None:
+        stream = run.stream
+        if stream.ended:
+            return
+        gap = time.monotonic_ns() - stream.stats.last_ns
+        if gap < self.idle_ns:
+            self._watch(run, self.idle_ns - gap)
+            return
+        try:
+            stream.end(at_last_chunk=True)
+        except Exception as exc:
+            warn_once("ending an idle run", exc)
+        if self.run is run:
+            self.run = None
 
     def end_push(self) -> None:
         """The connection received a message: a run sent with no context (pushes) is over."""
@@ -307,8 +338,8 @@ class Replies:
 
     # Streams -----------------------------------------------------------------
 
-    def start(self, span: Span, start_ns: int, direction: str) -> StreamRecorder:
-        """A reply stream on ``span``, timed from its request at ``start_ns``."""
+    def start(self, span: Span, start_ns: int, direction: str, answers: bool = True) -> StreamRecorder:
+        """A stream on ``span``: a reply timed from its request at ``start_ns``, or a run (``answers=False``)."""
         stream = StreamRecorder(
             span,
             StreamStats(start_ns, self.spans.config.stall_threshold),
@@ -317,6 +348,7 @@ class Replies:
             body_size=True,
             on_end=self.forget,
             brief_single=True,
+            answers=answers,
         )
         self.streams[stream.stats] = stream
         if len(self.streams) > self.sweep_at:

@@ -34,10 +34,10 @@ from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanContext, SpanK
 from wstrace import _close, _handshake as hs, propagation, semconv as sc
 from wstrace._close import Initiator
 from wstrace._context import Attachment, attach
-from wstrace._counting import slot
+from wstrace._counting import LOCK as COUNT_LOCK
 from wstrace._log import warn_once
 from wstrace._replies import NOTHING_TO_END, OWNER, REQUEST, Inbound, Replies, Request, SendHandle, safe_key
-from wstrace._spans import IN, OUT, ConnectionSpans, link, record_error, route as route_names, size
+from wstrace._spans import ConnectionSpans, link, record_error, route as route_names, size
 from wstrace._wire import Wire, wire_for
 from wstrace.carriers import HeaderSource
 from wstrace.config import Config, EnvelopeFormat
@@ -354,11 +354,11 @@ class ConnectionTracer:
             if not record or current.get(_SUPPRESS) or self._closed:
                 pass
             elif not self._recording:
-                self._count(OUT, is_text, size(payload))
+                self._count(is_text, size(payload))
             else:
                 owner: Optional[Inbound] = current.get(OWNER)  # type: ignore[assignment]
                 body_size = size(payload)
-                self._count(OUT, is_text, body_size)
+                self._count(is_text, body_size)
                 if owner is not None and owner.replies is self._replies:
                     self._sent += 1  # hot path: a chunk of a reply stream, with no span of its own
                     return owner.replies.reply_chunk(owner, wire, payload, is_text, self._sent, body_size)
@@ -397,6 +397,7 @@ class ConnectionTracer:
         config = self.config
         replies = self._ensure_replies()
         links: tuple[Link, ...] = ()
+        fresh = False
         request: Optional[Request] = current.get(REQUEST)  # type: ignore[assignment]
         key_of = config.stream_key if self.side == "client" else None
         key = safe_key(key_of, payload) if key_of is not None else None
@@ -406,11 +407,16 @@ class ConnectionTracer:
             if request.stream is not None:
                 links = (link(request.stream.span.get_span_context(), "previous"),)
             current = request.below if request.below is not None else Context()
+            fresh = True
         if key is not None:
             return None  # a keyed request is a span (and a trace) of its own
-        if not links and self._last_inbound is not None and not trace.get_current_span(current).get_span_context().is_valid:
+        if (
+            not links
+            and self._last_inbound is not None
+            and not trace.get_current_span(current).get_span_context().is_valid
+        ):
             links = (*links, link(self._last_inbound, "inbound"))  # a push: what the connection handled last
-        frame, handle, run = replies.run_chunk(current, links, wire, payload, is_text, self._sent, body_size)
+        frame, handle, run = replies.run_chunk(current, links, wire, payload, is_text, self._sent, body_size, fresh)
         if run is not None and self.side == "client":
             run.request = replies.track_request(trace.set_span_in_context(run.stream.span), payload, None)
         return frame, handle
@@ -455,7 +461,7 @@ class ConnectionTracer:
 
     def _start_receive(self, payload: Any, carrier: Optional[dict[str, str]], is_text: bool) -> None:
         body_size = size(payload)
-        self._count(IN, is_text, body_size)
+        self._count(2 + is_text, body_size)
         config = self.config
         if not self._recording or not config.message_spans:
             return
@@ -525,10 +531,15 @@ class ConnectionTracer:
             self._replies = Replies(self._spans, self._instruments)
         return self._replies
 
-    def _count(self, direction: str, is_text: bool, body_size: Optional[int]) -> None:
+    def _count(self, slot: int, body_size: Optional[int]) -> None:
+        """Count a message: ``slot`` is its direction and type (``_counting.slot``: sent binary 0, sent text 1,
+        received binary 2, received text 3), written out by the callers, as this runs for every message."""
         counts = self._counts
         if counts is not None:
-            self._instruments.totals.add(counts, slot(direction, is_text), body_size)  # type: ignore[union-attr]
+            with COUNT_LOCK:
+                counts[slot] += 1
+                if body_size:
+                    counts[slot + 4] += body_size
 
     def _metric_attributes(self) -> dict[str, Any]:
         if self.route is None:

@@ -130,6 +130,7 @@ class StreamRecorder:
     """
 
     __slots__ = (
+        "_answers",
         "_body_size",
         "_brief_single",
         "_genai",
@@ -152,6 +153,7 @@ class StreamRecorder:
         body_size: bool = False,
         on_end: Optional[Callable[[StreamStats], None]] = None,
         brief_single: bool = False,
+        answers: bool = True,
     ) -> None:
         self.span = span
         self.stats = stats
@@ -162,6 +164,9 @@ class StreamRecorder:
         self._body_size = body_size
         self._on_end = on_end
         self._brief_single = brief_single
+        self._answers = answers
+        """The stream answers a request, so its time to first and last chunk mean something. A run of
+        sends under one context answers nothing: only its chunks, bytes and intervals are recorded."""
 
     def chunk(self, size: int = 0, now_ns: Optional[int] = None) -> None:
         """Count one chunk of ``size`` bytes, arriving or sent now."""
@@ -196,6 +201,9 @@ class StreamRecorder:
 
     def _span_attributes(self) -> dict[str, Any]:
         attributes = self.stats.attributes()
+        if not self._answers:
+            attributes.pop("wstrace.stream.time_to_first_chunk", None)
+            attributes.pop("wstrace.stream.time_to_last_chunk", None)
         if self._body_size:
             # A stream of WebSocket messages: its body is all of their payloads.
             attributes["messaging.message.body.size"] = self.stats.size
@@ -220,6 +228,14 @@ class StreamRecorder:
         # nothing: a reply ends when its handler asks for the next message), so that exemplars
         # point at the stream's own trace.
         ctx = trace.set_span_in_context(self.span)
+        if not self._answers:
+            if stats.count > 1:  # a run of one message is a message, already counted
+                instruments.stream_chunks.record(stats.count, attributes, ctx)
+                instruments.stream_size.record(stats.size, attributes, ctx)
+                instruments.stream_interval.record(stats.mean_interval or 0.0, attributes, ctx)
+                if stats.stalls:
+                    instruments.stream_stalls.add(stats.stalls, attributes, ctx)
+            return
         instruments.stream_ttfc.record(stats.time_to_first_chunk or 0.0, attributes, ctx)
         if self._brief_single and stats.count == 1:
             # A one-message reply is a response, not a stream: its TTFC is its response time, and the

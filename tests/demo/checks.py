@@ -79,12 +79,15 @@ def assert_asr_chain(run: DemoRun) -> None:
 def assert_turn_complete(run: DemoRun, members: list[SpanRecord], turn: SpanRecord) -> None:
     """The device send, server receive, the three stages and both ends of the reply audio stream."""
     number = turn.attributes["wstrace.voice.turn.number"]
-    sends = [s for s in members if s.name == "send /voice" and service(s) == "voice-device"]
-    assert len(sends) >= 20 and all(s.kind == "PRODUCER" for s in sends)
-    frames = [s for s in sends if s.attributes.get("messaging.message.body.size") == 640]
-    assert len(frames) == len(sends) - 1, "every 20 ms frame is a message, plus end_of_turn"
+    # The device streams its 20 ms frames and end_of_turn under the turn span: one run, one send span.
+    (uplink,) = [s for s in members if s.name == "send /voice" and service(s) == "voice-device"]
+    assert uplink.kind == "PRODUCER" and uplink.parent_span_id == turn.span_id
+    chunks = uplink.attributes["wstrace.stream.chunk_count"]
+    assert chunks >= 20
     receives = [s for s in members if s.name == "receive /voice" and service(s) == "voice-server"]
-    assert len(receives) == len(sends)
+    assert len(receives) == chunks, "the server receives every frame, plus end_of_turn"
+    frames = [s for s in receives if s.attributes.get("messaging.message.body.size") == 640]
+    assert len(frames) == chunks - 1
     for operation in STAGES:
         found = [s for s in stage_spans(run, operation) if turn_of(run, s) == number]
         assert len(found) == 1, operation

@@ -123,7 +123,10 @@ def test_stream_timings_match_measured_brackets(
         client_marks["arrivals"] = arrivals
 
     talk(handler, "/stream", client)
-    server_stream = next(s for s in telemetry.named("send /stream") if s.attributes.get("wstrace.stream.chunk_count"))
+    # The server's reply stream (the client's request is a run of one: no time to first chunk).
+    server_stream = next(
+        s for s in telemetry.named("send /stream") if "wstrace.stream.time_to_first_chunk" in s.attributes
+    )
     attributes = server_stream.attributes
     assert attributes["wstrace.stream.chunk_count"] == len(sizes)
     assert attributes["wstrace.stream.size"] == sum(sizes)
@@ -268,7 +271,7 @@ def test_abnormal_close_fails_the_stream_with_partial_metrics(
             await asyncio.sleep(0.1)
 
     asyncio.run(scenario())
-    stream = next(s for s in telemetry.named("send /drop") if "wstrace.stream.chunk_count" in s.attributes)
+    stream = next(s for s in telemetry.named("send /drop") if "wstrace.stream.time_to_first_chunk" in s.attributes)
     assert stream.status.status_code is StatusCode.ERROR
     assert 3 <= stream.attributes["wstrace.stream.chunk_count"] < 1000
     assert telemetry.open_spans.names() == []
@@ -314,7 +317,9 @@ def test_one_message_reply_records_only_its_response_time(
     singles = [
         s
         for s in telemetry.named("send /r")
-        if s.kind is SpanKind.PRODUCER and s.attributes.get("wstrace.stream.chunk_count") == 1
+        if s.kind is SpanKind.PRODUCER
+        and s.attributes.get("wstrace.stream.chunk_count") == 1
+        and "wstrace.stream.time_to_first_chunk" in s.attributes  # a reply, not the client's request
     ]
     assert len(singles) == 2
     for span in singles:
@@ -456,7 +461,7 @@ def test_reply_stream_ends_when_the_last_task_holding_its_message_ends(
         return [
             s
             for s in telemetry.named("send /held")
-            if s.kind is SpanKind.PRODUCER and s.attributes.get("wstrace.stream.chunk_count") == 1
+            if s.kind is SpanKind.PRODUCER and "wstrace.stream.time_to_first_chunk" in s.attributes
         ]
 
     async def client(ws: ClientConnection) -> None:

@@ -171,7 +171,12 @@ def test_contract_websocket_app(telemetry: Telemetry, instrument: Callable[..., 
     assert [message for message, _ in got] == ["text", b"\x00binary"]
     client_sends, client_receives = check_contract(telemetry, ["text", "binary"])
     assert [current for _, current in got] == [span_id(s) for s in client_receives]
-    assert parent_id(client_sends[1]) == span_id(client_receives[0]), "the reply is a child of the message"
+    # Sent while the reply to "text" is handled, "binary" is the client's next request: a trace of its own,
+    # linked to the exchange before it.
+    assert client_sends[1].parent is None
+    assert [lk.context.span_id for lk in client_sends[1].links if lk.attributes["wstrace.link.kind"] == "previous"] == [
+        span_id(client_receives[0])
+    ]
     assert after == [trace.INVALID_SPAN], "on_close runs with no receive span current"
 
 
@@ -379,15 +384,16 @@ def test_every_send_path_keeps_its_frame_type(telemetry: Telemetry, instrument: 
         "fragmented",
         "frag!",
     ]
-    client_hs = side(telemetry, SpanKind.CLIENT)
     types = ["text", "text", "binary", "binary", "binary", "text", "text"]
-    sends = contract.messages(telemetry, "/chat", "send", client_hs, types)
     server_hs = side(telemetry, SpanKind.SERVER)
     receives = contract.messages(telemetry, "/chat", "receive", server_hs, types)
-    # A fragmented message's span and envelope go with its first frame.
-    contract.continued(sends[:5], receives[:5])
-    assert [parent_id(r) for r in receives[5:]] == [span_id(s) for s in sends[5:]]
-    assert sends[1].attributes["messaging.message.body.size"] == len("héllo ✓".encode())
+    # Seven messages in a row with no context of the client's own: one run, one send span with seven chunks
+    # (a fragmented message counts once, with its first frame), and every receive continues it.
+    (run,) = [s for s in telemetry.named("send /chat") if s.kind is SpanKind.PRODUCER]
+    assert run.attributes["wstrace.stream.chunk_count"] == 7
+    assert run.attributes["websocket.message.type"] == "text"  # its first chunk's
+    assert {parent_id(r) for r in receives} == {span_id(run)}
+    assert receives[1].attributes["messaging.message.body.size"] == len("héllo ✓".encode())
     contract.no_open_spans(telemetry)
 
 
