@@ -19,6 +19,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import WebSocketRoute
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import Telemetry
 from tests.instrumentation import contract
@@ -425,3 +426,42 @@ def test_app_that_cannot_be_instrumented_late_gets_one_warning(
     assert len(warnings) == 1, warnings
     assert f"test_starlette.Custom at {id(app):#x}" in warnings[0]
     assert not [s for s in telemetry.spans if s.kind is SpanKind.SERVER]
+
+
+def test_fastapi_exception_log_stays_on_fastapis_span(
+    telemetry: Telemetry, instrument: Callable[..., None], client: None
+) -> None:
+    """Connection model: FastAPI's log of an endpoint's exception names FastAPI's SERVER span, not one of wstrace's."""
+    from opentelemetry.sdk._logs import LoggerProvider  # noqa: PLC0415 - the logs SDK only here
+    from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor  # noqa: PLC0415
+
+    instrument(model="connection")
+    logs = InMemoryLogRecordExporter()
+    logger_provider = LoggerProvider()
+    logger_provider.add_log_record_processor(SimpleLogRecordProcessor(logs))
+    app = FastAPI(
+        telemetry={"tracer_provider": telemetry.provider, "metrics": False, "logger_provider": logger_provider}
+    )
+
+    @app.websocket("/fails")
+    async def fails(websocket: FastAPIWebSocket) -> None:
+        await websocket.accept()
+        await websocket.receive_text()
+        raise RuntimeError("boom")
+
+    async def scenario(url: str) -> None:
+        async with connect(url) as ws:
+            await ws.send("x")
+            with pytest.raises(ConnectionClosed):
+                await ws.recv()
+
+    with serve(app) as base:
+        asyncio.run(scenario(f"{base}/fails"))
+        settle(telemetry)
+    outer = fastapi_span(telemetry)
+    (record,) = [r for r in logs.get_finished_logs() if r.log_record.event_name == "fastapi.websocket.exception"]
+    assert record.log_record.span_id == contract.span_id(outer)
+    (conn,) = telemetry.named("websocket /fails")
+    assert conn.status.status_code is StatusCode.ERROR, "wstrace records the error on its own connection span"
+    assert outer.status.status_code is StatusCode.ERROR, "and FastAPI on its own"
+    contract.no_open_spans(telemetry)

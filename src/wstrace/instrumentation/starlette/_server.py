@@ -15,6 +15,7 @@ import logging
 import weakref
 from typing import Any, Callable, Optional
 
+from wstrace._log import warn_once
 from wstrace.instrumentation._instrumentor import Settings
 from wstrace.instrumentation.asgi import WstraceASGIMiddleware
 
@@ -153,8 +154,8 @@ class Stacks:
                 try:
                     if self._checked.get(instance) is not stack:
                         self._check(instance, stack)
-                except Exception as exc:  # never into the application's call
-                    _log.warning("wstrace: could not check the middleware stack of %s: %r", describe(instance), exc)
+                except Exception as exc:  # never into the application's call, and not logged per call
+                    warn_once("checking a Starlette middleware stack", exc, logger=_log)
             return wrapped(*args, **kwargs)
 
         return wrapper
