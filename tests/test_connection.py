@@ -291,30 +291,6 @@ def test_message_spans_off_still_carries_the_current_context(telemetry: Telemetr
     assert receive.parent is not None and receive.parent.span_id == work.get_span_context().span_id
 
 
-@pytest.mark.parametrize("model", ["message", "connection"])
-def test_adopted_server_span(telemetry: Telemetry, model: str) -> None:
-    """A server span made by another instrumentation is reused, never duplicated or ended by wstrace."""
-    tracer = telemetry.provider.get_tracer("other")
-    outer = tracer.start_span("asgi websocket", kind=SpanKind.SERVER)
-    s = ConnectionTracer.server(
-        tracer, Config.load({"WSTRACE_ROUTES": ROUTES_ENV}, model=model), path="/chat", headers=[], server_span=outer
-    )
-    s.opened()
-    s.received("hello")
-    s.receive_done()
-    s.closed(code=1000, initiator="remote")
-    assert telemetry.named("GET /chat") == [], "no second server span"
-    assert telemetry.open_spans.names() == ["asgi websocket"], "the owner ends its span"
-    receive = telemetry.one("receive /chat")
-    if model == "connection":
-        assert receive.parent is not None and receive.parent.span_id == outer.get_span_context().span_id
-        assert outer.attributes["websocket.close.code"] == 1000
-    else:
-        assert any(link.context.span_id == outer.get_span_context().span_id for link in receive.links)
-    outer.end()
-    assert telemetry.one("asgi websocket").attributes["websocket.session.id"] == s.session_id
-
-
 # Metrics ----------------------------------------------------------------------
 
 

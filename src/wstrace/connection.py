@@ -59,7 +59,6 @@ class ConnectionTracer:
     # Slots, and no copies of options: thousands of connections may be open, each with one of these.
     __slots__ = (
         "__weakref__",
-        "_adopted",
         "_closed",
         "_closing",
         "_counts",
@@ -105,7 +104,6 @@ class ConnectionTracer:
         self._opened_ns = 0
         self._handshake: Union[Span, SpanContext, None] = None
         """The handshake span until it ends, then only its span context."""
-        self._adopted = False
         self._recording = False
         self._offered: Optional[EnvelopeFormat] = None
         self._wire: Optional[Wire] = None
@@ -170,17 +168,14 @@ class ConnectionTracer:
         client_address: Optional[str] = None,
         client_port: Optional[int] = None,
         route: Optional[str] = None,
-        server_span: Optional[Span] = None,
         instruments: Optional[Instruments] = None,
         start_time: Optional[int] = None,
     ) -> ConnectionTracer:
         """Start the server's handshake span from an upgrade request.
 
         Context is looked for in the configured handshake sources, in order, and
-        used as the trust policy says. ``server_span`` adopts a SERVER span another
-        instrumentation made for this request: no second handshake span is made,
-        and its owner ends it. ``start_time`` (ns since the epoch) backdates the
-        handshake span, for adapters that learn the route late.
+        used as the trust policy says. ``start_time`` (ns since the epoch) backdates
+        the handshake span, for adapters that learn the route late.
         """
         self = cls("server", tracer, config, route=route or _mapped(config, path), instruments=instruments)
         try:
@@ -202,24 +197,11 @@ class ConnectionTracer:
                     (sc.CLIENT_PORT, client_port),
                 ),
             )
-            if server_span is not None and server_span.get_span_context().is_valid:
-                self._adopt(server_span)
-            else:
-                parent, links = hs.apply_trust(config, request.context, otel_context.get_current())
-                self._start_handshake(parent, links, attributes, SpanKind.SERVER, start_time)
+            parent, links = hs.apply_trust(config, request.context, otel_context.get_current())
+            self._start_handshake(parent, links, attributes, SpanKind.SERVER, start_time)
         except Exception as exc:
             warn_once("starting the server handshake span", exc)
         return self
-
-    def _adopt(self, span: Span) -> None:
-        self._handshake = span
-        self._adopted = True
-        self._recording = span.is_recording()
-        if self._recording:
-            span.set_attribute(sc.SESSION_ID, self.session_id)
-            if self.route:
-                span.set_attribute(sc.HTTP_ROUTE, self.route)
-            self._spans.handshake = span.get_span_context()
 
     def _start_handshake(
         self,
@@ -272,10 +254,6 @@ class ConnectionTracer:
             )
             if subprotocol and not subprotocol.startswith(sc.SUBPROTOCOL_PREFIX):  # ours carries a peer's context
                 span.set_attribute(sc.SUBPROTOCOL, subprotocol)
-            if self._adopted:
-                if config.model == "connection":  # an adopted span lasts as long as the connection
-                    self._spans.open_connection(span)
-                return
             span.end()
             # From now on only its context is needed (links, handshake_context): let the SDK's span go.
             self._handshake = span.get_span_context()
@@ -304,8 +282,7 @@ class ConnectionTracer:
                 # server's 4xx refusal is the client's fault, not the server's.
                 if error is not None or (status is not None and (self.side == "client" or status >= 500)):
                     record_error(span, error or str(status), str(error) if error else f"HTTP {status}")
-            if not self._adopted:
-                span.end()
+            span.end()
         except Exception as exc:
             warn_once("recording a failed handshake", exc)
 
@@ -608,8 +585,7 @@ class ConnectionTracer:
                 span = self._spans.close(end.code, end.reason, end.initiator, failure)
                 if error is not None and failure is None:
                     span.record_exception(error)
-                if span is not self._spans.connection or not self._adopted:
-                    span.end()
+                span.end()
         except Exception as exc:
             warn_once("recording the close", exc)
 

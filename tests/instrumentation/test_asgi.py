@@ -500,11 +500,29 @@ def test_websockets_adapter_leaves_uvicorn_alone(telemetry: Telemetry, client: N
 # Composition with OpenTelemetry's ASGI middleware ---------------------------------------------
 
 
+WSTRACE_KEYS = ("websocket.", "wstrace.", "http.response.status_code", "messaging.")
+
+
+def untouched(span: Any) -> Any:
+    """A span another instrumentation started: wstrace set none of its attributes and no status."""
+    assert not [k for k in (span.attributes or {}) if k.startswith(WSTRACE_KEYS)], span.attributes
+    return span
+
+
+def nested_handshake(telemetry: Telemetry, outer: Any, route: str = "/chat") -> Any:
+    """wstrace's handshake span under another instrumentation's SERVER span: an INTERNAL child of it."""
+    (span,) = [s for s in telemetry.named(f"GET {route}") if s.kind is SpanKind.INTERNAL]
+    assert span.instrumentation_scope.name == "wstrace"
+    assert contract.parent_id(span) == contract.span_id(outer)
+    assert span.attributes["http.response.status_code"] == 101
+    return span
+
+
 @pytest.mark.parametrize("exclude", [["receive", "send"], None])
-def test_adopts_the_opentelemetry_asgi_server_span(
+def test_inside_the_opentelemetry_asgi_server_span(
     telemetry: Telemetry, client: None, exclude: list[str] | None
 ) -> None:
-    """OpenTelemetryMiddleware outside: its SERVER span is the handshake span; no second one is made."""
+    """OpenTelemetryMiddleware outside: its SERVER span is left alone; wstrace's handshake span is its child."""
     inner = traced(starlette_app(), telemetry)
     app = OpenTelemetryMiddleware(inner, tracer_provider=telemetry.provider, exclude_spans=exclude)
     payloads: list[str | bytes] = ["text", b"\x00binary"]
@@ -513,18 +531,18 @@ def test_adopts_the_opentelemetry_asgi_server_span(
         settle(telemetry)
     server_spans = [s for s in telemetry.spans if s.kind is SpanKind.SERVER]
     assert len(server_spans) == 1, [s.name for s in server_spans]
-    adopted = server_spans[0]
-    assert adopted.name == "HTTP /chat"  # OpenTelemetryMiddleware's name (a WebSocket scope has no method), not ours
-    assert adopted.instrumentation_scope.name == "opentelemetry.instrumentation.asgi"
-    assert adopted.attributes["websocket.envelope"] == "frame"
-    # Ours; it records the old-convention http.status_code 200 per send (the new name with the opt-in).
-    assert adopted.attributes["http.response.status_code"] == 101
+    outer = untouched(server_spans[0])
+    assert outer.name == "HTTP /chat"  # OpenTelemetryMiddleware's name (a WebSocket scope has no method)
+    assert outer.instrumentation_scope.name == "opentelemetry.instrumentation.asgi"
     client_hs = contract.handshake(telemetry, "/chat", SpanKind.CLIENT)
-    assert contract.parent_id(adopted) == contract.span_id(client_hs)
+    assert contract.parent_id(outer) == contract.span_id(client_hs)
+    ours = nested_handshake(telemetry, outer)
+    assert ours.attributes["websocket.envelope"] == "frame"
+    assert "wstrace.context.source" not in ours.attributes, "the headers were the outer span's to continue"
     types = ["text", "binary"]
     client_sends = contract.messages(telemetry, "/chat", "send", client_hs, types)
-    server_receives = contract.messages(telemetry, "/chat", "receive", adopted, types)
-    server_sends = contract.messages(telemetry, "/chat", "send", adopted, types)
+    server_receives = contract.messages(telemetry, "/chat", "receive", ours, types)
+    server_sends = contract.messages(telemetry, "/chat", "send", ours, types)
     client_receives = contract.messages(telemetry, "/chat", "receive", client_hs, types)
     contract.continued(client_sends, server_receives)
     contract.continued(server_sends, client_receives)
@@ -538,7 +556,7 @@ def test_adopts_the_opentelemetry_asgi_server_span(
 
 
 def test_entry_span_rule(telemetry: Telemetry) -> None:
-    """Only a recording SERVER span current at entry is adopted; an INTERNAL one becomes the parent."""
+    """Under a recording SERVER span wstrace's handshake is INTERNAL; under an INTERNAL one it stays SERVER."""
     tracer = telemetry.provider.get_tracer("test")
 
     def with_span(kind: SpanKind) -> Any:
@@ -560,7 +578,6 @@ def test_entry_span_rule(telemetry: Telemetry) -> None:
     outer_server = telemetry.one("outer-SERVER")
     outer_internal = telemetry.one("outer-INTERNAL")
     ours = [s for s in telemetry.named("GET /chat") if s.kind is SpanKind.SERVER]
-    assert len(ours) == 1, "the SERVER span was adopted; only the INTERNAL case made a handshake span"
+    assert len(ours) == 1, "only the INTERNAL case made a SERVER handshake span"
     assert contract.parent_id(ours[0]) == contract.span_id(outer_internal)
-    assert outer_server.attributes["websocket.envelope"] == "none"
-    assert outer_server.attributes["http.response.status_code"] == 101
+    nested_handshake(telemetry, untouched(outer_server))

@@ -25,7 +25,8 @@ FastAPI's routers) instead of the path.
 
 When the span current at entry is a recording SERVER span (OpenTelemetry's
 ``OpenTelemetryMiddleware`` or FastAPI's native telemetry outside this middleware),
-it is adopted as the handshake span instead of making a second one.
+wstrace's handshake span is an INTERNAL child of it; wstrace never writes on a
+span it did not start.
 
 Options (keyword or environment variable) are listed in ``docs/configuration.md``;
 ``docs/adapters/asgi.md`` is the full guide.

@@ -17,8 +17,8 @@ __all__ = [
     "Scope",
     "Send",
     "address",
-    "adoptable_server_span",
     "current_server_span",
+    "outer_server_span",
     "current_task",
     "encode_headers",
     "offered_subprotocols",
@@ -68,13 +68,14 @@ def route_template(scope: Scope, entry_root_path: str) -> Optional[str]:
     return f"{prefix.rstrip('/')}{template}"
 
 
-def adoptable_server_span(span: Span) -> Optional[Span]:
+def outer_server_span(span: Span) -> Optional[Span]:
     """The span current at entry, if it is a SERVER span another instrumentation made for this connection.
 
     The rule: the current span is recording and of kind SERVER. Only an
     outer HTTP instrumentation (OpenTelemetry's ASGI middleware, FastAPI's
     native telemetry) makes such a span around an ASGI call; an ASGI server
-    makes none.
+    makes none. wstrace's handshake span becomes its child (see ``_nested``);
+    wstrace never writes on it.
     """
     if span.is_recording() and getattr(span, "kind", None) is SpanKind.SERVER:
         return span
@@ -82,7 +83,7 @@ def adoptable_server_span(span: Span) -> Optional[Span]:
 
 
 def current_server_span() -> Optional[Span]:
-    return adoptable_server_span(trace.get_current_span())
+    return outer_server_span(trace.get_current_span())
 
 
 def encode_headers(pairs: Any, ours: dict[str, str]) -> list[tuple[bytes, bytes]]:

@@ -12,7 +12,6 @@ import time
 from typing import Any, Optional
 
 from opentelemetry.context import Context
-from opentelemetry.trace import Span
 
 from wstrace._context import Attachment, attach, detach
 from wstrace.connection import ConnectionTracer
@@ -38,7 +37,6 @@ class Handshake:
         "_entry",
         "_offered",
         "_root_path",
-        "_server_span",
         "_settings",
         "ct",
         "echo",
@@ -54,7 +52,6 @@ class Handshake:
         offered: list[str],
         echo: Optional[str],
         entry: Context,
-        server_span: Optional[Span],
     ) -> None:
         self._settings = settings
         self.scope = scope
@@ -64,7 +61,6 @@ class Handshake:
         self._entry = entry
         # The span is created once routing has named it, but dated from here.
         self._entered = time.time_ns()
-        self._server_span = server_span
         self._root_path = str(scope.get("root_path") or "")
         self._attached: Optional[Attachment] = None
         self.ct: Optional[ConnectionTracer] = None
@@ -103,7 +99,6 @@ class Handshake:
                 client_address=client[0],
                 client_port=client[1],
                 route=route_template(scope, self._root_path),
-                server_span=self._server_span,
                 instruments=self._settings.instruments,
                 start_time=self._entered,
             )
