@@ -44,8 +44,8 @@ def _wstrace(
     *, model: str = "message", envelope: bool = False, sampled: bool = True, streams: bool = True, metrics: bool = True
 ) -> tuple[Any, Any]:
     from wstrace.config import Config  # noqa: PLC0415 - the minimal cases must not import wstrace
-    from wstrace.metrics import Instruments  # noqa: PLC0415
     from wstrace.connection import ConnectionTracer  # noqa: PLC0415
+    from wstrace.metrics import Instruments  # noqa: PLC0415
 
     tracer, meter_provider = _tracer(sampled)
     config = Config.load(model=model, envelope="negotiate" if envelope else "off", streams=streams)

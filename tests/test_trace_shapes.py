@@ -173,17 +173,17 @@ def test_keyed_requests_are_their_own_traces_and_a_mid_stream_answer_stays(telem
     reply = next(s for s in telemetry.open_spans.open.values() if s.kind is SpanKind.CONSUMER)
     _send(client, server, json.dumps({"id": 1, "tool": "result"}))  # answered mid-stream, while the reply is current
     server.receive_done()
+    _send(server, client, json.dumps({"id": 1, "part": 2}))  # the answer to 1 goes on: the same stream
     client.receive_done()
     client.closed(code=1000, initiator="local")
     server.closed(code=1000, initiator="remote")
     client_sends = [s for s in telemetry.named("send /chat") if s.kind is SpanKind.PRODUCER and s.parent is None]
-    assert len(client_sends) == 3  # requests 1 and 2, and the server's push run
-    tool = next(
-        s
-        for s in telemetry.named("send /chat")
-        if s.parent is not None and s.parent.span_id == reply.get_span_context().span_id
-    )
+    assert len(client_sends) == 4  # requests 1 and 2, and the server's two push runs (a message came between)
+    reply_id = reply.get_span_context().span_id
+    tool = next(s for s in telemetry.named("send /chat") if s.parent is not None and s.parent.span_id == reply_id)
     assert tool.context.trace_id == reply.get_span_context().trace_id
+    (answer,) = [s for s in telemetry.named("receive /chat") if s.context.span_id == reply_id]
+    assert answer.attributes["wstrace.stream.chunk_count"] == 2, "the mid-stream message did not end the stream"
 
 
 def test_a_run_nothing_follows_ends_after_the_idle_gap(telemetry: Telemetry) -> None:

@@ -49,6 +49,9 @@ __all__ = ["NOTHING_TO_END", "ConnectionTracer", "SendHandle", "Side"]
 
 Side = Literal["client", "server"]
 
+_IN_EXCHANGE = object()
+"""``_stream_send``'s answer for a message that belongs to an exchange still open."""
+
 # The key suppress_instrumentation() sets; read from the same context lookup as OWNER.
 _SUPPRESS = otel_context._SUPPRESS_INSTRUMENTATION_KEY
 
@@ -342,14 +345,13 @@ class ConnectionTracer:
                 config = self.config
                 if config.message_spans:
                     self._sent += 1
-                    if config.streams:
-                        sent = self._stream_send(current, wire, payload, is_text, body_size)
-                        if sent is not None:
-                            return sent
+                    sent = self._stream_send(current, wire, payload, is_text, body_size) if config.streams else None
+                    if isinstance(sent, tuple):
+                        return sent
                     span = self._spans.send(payload, is_text, self._sent, body_size, current)
                     handle = SendHandle(span)
                     span_ctx = trace.set_span_in_context(span)
-                    if self.side == "client" and config.streams:
+                    if self.side == "client" and config.streams and sent is not _IN_EXCHANGE:
                         self._ensure_replies().track_request(span_ctx, payload, config.stream_key)
                     if wire is not None:
                         carrier = propagation.inject(span_ctx)
@@ -365,8 +367,9 @@ class ConnectionTracer:
 
     def _stream_send(
         self, current: Context, wire: Optional[Wire], payload: Any, is_text: bool, body_size: Optional[int]
-    ) -> Optional[tuple[Any, SendHandle]]:
-        """A send that is not a reply: a run chunk (returned), or ``None`` for a span of its own (a keyed request).
+    ) -> Union[tuple[Any, SendHandle], object, None]:
+        """A send that is not a reply: a run chunk (returned), ``None`` for a keyed request (a span and a request
+        of its own), or ``_IN_EXCHANGE`` for a message of an exchange still open (a span in its trace).
 
         On a client whose reply stream is current, a send that does not continue that exchange is a new
         request: it leaves the reply's trace for the application's own context, linked to the exchange before.
@@ -380,7 +383,7 @@ class ConnectionTracer:
         key = safe_key(key_of, payload) if key_of is not None else None
         if request is not None and request.replies is replies:
             if key is not None and key == request.key and not request.done:
-                return None  # a message of the open exchange (a tool result mid-stream): stays in its trace
+                return _IN_EXCHANGE  # a message of the open exchange (a tool result mid-stream): stays in its trace
             if request.stream is not None:
                 links = (link(request.stream.span.get_span_context(), "previous"),)
             current = request.below if request.below is not None else Context()
