@@ -499,3 +499,69 @@ def test_client_chunk_spans_link_to_the_senders_chunk(telemetry: Telemetry) -> N
     chunk.end()
     (recorded,) = [s for s in telemetry.named("receive /chat") if s.links]
     assert recorded.links[0].context.span_id == sc.span_id
+
+
+# Runs and the messages sent outside any reply ------------------------------------------------------------
+
+
+def _sent(replies: Replies, current: Context, payload: Any, ordinal: int, **kw: Any) -> Any:
+    return replies.outbound(
+        current, kw.get("wire"), payload, True, ordinal, len(payload), kw.get("client", False), kw.get("last")
+    )
+
+
+def test_sends_under_one_context_are_one_run_and_another_context_starts_the_next(telemetry: Telemetry) -> None:
+    replies = _connection(telemetry)
+    tracer = telemetry.provider.get_tracer("app")
+    turn = trace.set_span_in_context(tracer.start_span("voice turn"))
+    for n in range(3):
+        frame, handle = _sent(replies, turn, f"frame {n}", n + 1)
+        assert frame == f"frame {n}" and handle.span is None  # no envelope in force; no span of its own
+    other = trace.set_span_in_context(tracer.start_span("next turn"))
+    _sent(replies, other, "frame 3", 4)
+    first = next(s for s in telemetry.named("send /chat"))
+    assert first.attributes["wstrace.stream.chunk_count"] == 3
+    assert "wstrace.stream.time_to_first_chunk" not in first.attributes  # a run answers nothing
+    assert first.parent is not None and first.parent.span_id == trace.get_current_span(turn).get_span_context().span_id
+    assert replies.run is not None and replies.run.stream.stats.count == 1
+
+
+def test_a_push_links_to_the_last_inbound_message_and_ends_at_the_next(telemetry: Telemetry) -> None:
+    replies = _connection(telemetry)
+    inbound = telemetry.provider.get_tracer("t").start_span("receive /chat").get_span_context()
+    _sent(replies, Context(), "token a", 1, last=inbound)
+    _sent(replies, Context(), "token b", 2, last=inbound)
+    replies.end_push()
+    replies.end_push()  # nothing open: nothing to do
+    (run,) = telemetry.named("send /chat")
+    assert run.parent is None and run.attributes["wstrace.stream.chunk_count"] == 2
+    assert [lk.context.span_id for lk in run.links if lk.attributes["wstrace.link.kind"] == "inbound"] == [
+        inbound.span_id
+    ]
+
+
+def test_a_client_run_is_a_request_and_a_keyed_send_is_not_a_run(telemetry: Telemetry) -> None:
+    replies = _connection(telemetry, stream_key=lambda p: p.split(":")[0] if ":" in p else None)
+    _sent(replies, Context(), "plain", 1, client=True)
+    assert replies.run is not None and replies.run.request is replies.last_request is not None
+    first_request = replies.last_request
+    _sent(replies, Context(), "again", 2, client=True)
+    assert first_request.start_ns <= replies.run.stream.stats.last_ns  # a reply to a run answers its latest message
+    assert _sent(replies, Context(), "7:ask", 3, client=True) is None  # a keyed request: a span of its own
+
+
+def test_idle_runs_end_on_the_loop(telemetry: Telemetry) -> None:
+    async def scenario() -> None:
+        replies = _connection(telemetry, stream_idle=0.03)
+        _sent(replies, Context(), "a", 1)
+        await asyncio.sleep(0.01)
+        _sent(replies, Context(), "b", 2)  # the first check finds it still going and looks again later
+        await asyncio.sleep(0.1)
+        assert replies.run is None
+        (run,) = telemetry.named("send /chat")
+        assert run.attributes["wstrace.stream.chunk_count"] == 2
+
+    asyncio.run(scenario())
+    replies = _connection(telemetry)  # no loop: nothing is scheduled, the next event (or close) ends it
+    _sent(replies, Context(), "c", 1)
+    assert replies.run is not None and not replies.run.stream.ended

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from typing import Any, Callable, Hashable, Optional, Sequence
+from typing import Any, Callable, Hashable, Optional, Sequence, Union
 
 from opentelemetry import context as otel_context, trace
 from opentelemetry.context import Context
@@ -23,13 +23,14 @@ from opentelemetry.trace import Link, Span, SpanKind
 
 from wstrace import _handshake as hs, propagation
 from wstrace._log import warn_once
-from wstrace._spans import ConnectionSpans
+from wstrace._spans import ConnectionSpans, link
 from wstrace._wire import Prefixes, Wire
 from wstrace.metrics import Instruments
 from wstrace.streams import StreamRecorder, StreamStats, wall_ns
 
 
 __all__ = [
+    "IN_EXCHANGE",
     "NOTHING_TO_END",
     "OWNER",
     "REQUEST",
@@ -45,6 +46,8 @@ __all__ = [
 OWNER = otel_context.create_key("wstrace-inbound")
 """Context key under which a message being handled offers itself as the owner of replies."""
 REQUEST = otel_context.create_key("wstrace-request")
+IN_EXCHANGE = object()
+"""``Replies.outbound``'s answer for a message of an exchange still open: a span of its own, in its trace."""
 """Context key under which a client's reply stream, while current, names the request it answers."""
 
 _MAX_PENDING_REQUESTS = 1024
@@ -200,6 +203,44 @@ class Replies:
             stream = owner.stream = self.start(span, owner.start_ns, "outbound")
             owner.prefixes = None
         return self._chunk(stream, owner, wire, payload, is_text, ordinal, body_size, now)
+
+    def outbound(
+        self,
+        current: Context,
+        wire: Optional[Wire],
+        payload: Any,
+        is_text: bool,
+        ordinal: int,
+        body_size: Optional[int],
+        client: bool,
+        last_inbound: Optional[trace.SpanContext],
+    ) -> Union[tuple[Any, SendHandle], object, None]:
+        """A message sent outside any reply: a run chunk (the frame and handle are returned), ``None`` for a
+        keyed request (a span and a request of its own), or ``IN_EXCHANGE``.
+
+        On a client whose reply stream is current, a send that does not continue that exchange is a new
+        request: it leaves the reply's trace for the application's own context, linked to the exchange before.
+        """
+        links: tuple[Link, ...] = ()
+        fresh = False
+        request: Optional[Request] = current.get(REQUEST)  # type: ignore[assignment]
+        key_of = self.spans.config.stream_key if client else None
+        key = safe_key(key_of, payload) if key_of is not None else None
+        if request is not None and request.replies is self:
+            if key is not None and key == request.key and not request.done:
+                return IN_EXCHANGE  # a message of the open exchange (a tool result mid-stream): stays in its trace
+            if request.stream is not None:
+                links = (link(request.stream.span.get_span_context(), "previous"),)
+            current = request.below if request.below is not None else Context()
+            fresh = True
+        if key is not None:
+            return None  # a keyed request is a span (and a trace) of its own
+        if not links and last_inbound is not None and not trace.get_current_span(current).get_span_context().is_valid:
+            links = (link(last_inbound, "inbound"),)  # a push: what the connection handled last
+        frame, handle, run = self.run_chunk(current, links, wire, payload, is_text, ordinal, body_size, fresh)
+        if run is not None and client:
+            run.request = self.track_request(trace.set_span_in_context(run.stream.span), payload, None)
+        return frame, handle
 
     def run_chunk(
         self,

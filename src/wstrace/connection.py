@@ -36,8 +36,8 @@ from wstrace._close import Initiator
 from wstrace._context import Attachment, attach
 from wstrace._counting import LOCK as COUNT_LOCK
 from wstrace._log import warn_once
-from wstrace._replies import NOTHING_TO_END, OWNER, REQUEST, Inbound, Replies, Request, SendHandle, safe_key
-from wstrace._spans import ConnectionSpans, link, record_error, route as route_names, size
+from wstrace._replies import IN_EXCHANGE, NOTHING_TO_END, OWNER, REQUEST, Inbound, Replies, SendHandle
+from wstrace._spans import ConnectionSpans, record_error, route as route_names, size
 from wstrace._wire import Wire, wire_for
 from wstrace.carriers import HeaderSource
 from wstrace.config import Config, EnvelopeFormat
@@ -48,9 +48,6 @@ from wstrace.streams import StreamRecorder
 __all__ = ["NOTHING_TO_END", "ConnectionTracer", "SendHandle", "Side"]
 
 Side = Literal["client", "server"]
-
-_IN_EXCHANGE = object()
-"""``_stream_send``'s answer for a message that belongs to an exchange still open."""
 
 # The key suppress_instrumentation() sets; read from the same context lookup as OWNER.
 _SUPPRESS = otel_context._SUPPRESS_INSTRUMENTATION_KEY
@@ -345,13 +342,18 @@ class ConnectionTracer:
                 config = self.config
                 if config.message_spans:
                     self._sent += 1
-                    sent = self._stream_send(current, wire, payload, is_text, body_size) if config.streams else None
+                    sent = None
+                    if config.streams:
+                        client = self.side == "client"
+                        sent = self._ensure_replies().outbound(
+                            current, wire, payload, is_text, self._sent, body_size, client, self._last_inbound
+                        )
                     if isinstance(sent, tuple):
                         return sent
                     span = self._spans.send(payload, is_text, self._sent, body_size, current)
                     handle = SendHandle(span)
                     span_ctx = trace.set_span_in_context(span)
-                    if self.side == "client" and config.streams and sent is not _IN_EXCHANGE:
+                    if self.side == "client" and config.streams and sent is not IN_EXCHANGE:
                         self._ensure_replies().track_request(span_ctx, payload, config.stream_key)
                     if wire is not None:
                         carrier = propagation.inject(span_ctx)
@@ -364,42 +366,6 @@ class ConnectionTracer:
             if wire is not None:
                 payload = wire.wrap_empty(payload, is_text)
         return payload, handle
-
-    def _stream_send(
-        self, current: Context, wire: Optional[Wire], payload: Any, is_text: bool, body_size: Optional[int]
-    ) -> Union[tuple[Any, SendHandle], object, None]:
-        """A send that is not a reply: a run chunk (returned), ``None`` for a keyed request (a span and a request
-        of its own), or ``_IN_EXCHANGE`` for a message of an exchange still open (a span in its trace).
-
-        On a client whose reply stream is current, a send that does not continue that exchange is a new
-        request: it leaves the reply's trace for the application's own context, linked to the exchange before.
-        """
-        config = self.config
-        replies = self._ensure_replies()
-        links: tuple[Link, ...] = ()
-        fresh = False
-        request: Optional[Request] = current.get(REQUEST)  # type: ignore[assignment]
-        key_of = config.stream_key if self.side == "client" else None
-        key = safe_key(key_of, payload) if key_of is not None else None
-        if request is not None and request.replies is replies:
-            if key is not None and key == request.key and not request.done:
-                return _IN_EXCHANGE  # a message of the open exchange (a tool result mid-stream): stays in its trace
-            if request.stream is not None:
-                links = (link(request.stream.span.get_span_context(), "previous"),)
-            current = request.below if request.below is not None else Context()
-            fresh = True
-        if key is not None:
-            return None  # a keyed request is a span (and a trace) of its own
-        if (
-            not links
-            and self._last_inbound is not None
-            and not trace.get_current_span(current).get_span_context().is_valid
-        ):
-            links = (*links, link(self._last_inbound, "inbound"))  # a push: what the connection handled last
-        frame, handle, run = replies.run_chunk(current, links, wire, payload, is_text, self._sent, body_size, fresh)
-        if run is not None and self.side == "client":
-            run.request = replies.track_request(trace.set_span_in_context(run.stream.span), payload, None)
-        return frame, handle
 
     def send_end(self, handle: SendHandle, error: Optional[BaseException] = None) -> None:
         """The outbound message was handed to the transport, or failed with ``error``."""
