@@ -31,6 +31,7 @@ from wstrace.streams import StreamRecorder, StreamStats, wall_ns
 
 __all__ = [
     "IN_EXCHANGE",
+    "InRun",
     "NOTHING_TO_END",
     "OWNER",
     "REQUEST",
@@ -152,12 +153,30 @@ class Run:
         """On a client, the request the run is: the messages answering it form its reply stream."""
 
 
+class InRun:
+    """Messages received in a row that carry one sender context: the peer's run (or stream), one receive stream.
+
+    The first such message gets a receive span of its own, since nothing tells yet that more will follow;
+    from the second on they are chunks of one receive stream, which counts the first one too.
+    """
+
+    __slots__ = ("base", "first_ns", "first_size", "key", "stream")
+
+    def __init__(self, key: int, first_ns: int, first_size: Optional[int]) -> None:
+        self.key = key
+        self.first_ns = first_ns
+        self.first_size = first_size
+        self.stream: Optional[StreamRecorder] = None
+        self.base: Optional[Context] = None
+
+
 class Replies:
     """One connection's open reply streams and, on a client, its requests in flight."""
 
     __slots__ = (
         "flush_pending",
         "idle_ns",
+        "inrun",
         "instruments",
         "last_request",
         "loop",
@@ -186,6 +205,8 @@ class Replies:
         """Requests in flight by key (client, with ``stream_key``); made on first use."""
         self.run: Optional[Run] = None
         """The run this end is sending, if any."""
+        self.inrun: Optional[InRun] = None
+        """The run the peer is sending, as far as this end has received it."""
         self.sweep_at = _SWEEP_FLOOR
 
     # Chunks ------------------------------------------------------------------
@@ -276,7 +297,11 @@ class Replies:
         return payload, handle, new
 
     def _watch(self, run: Run, delay_ns: int) -> None:
-        """End ``run`` once idle, on the connection's own loop: a run that nothing follows would otherwise
+        """End ``run`` once idle (see :meth:`_watch_stream`)."""
+        self._watch_stream(run.stream, delay_ns)
+
+    def _watch_stream(self, stream: StreamRecorder, delay_ns: int) -> None:
+        """End ``stream`` once idle, on the connection's own loop: a run that nothing follows would otherwise
         stay open (and unexported) until the connection's next event. Without a loop (a thread-based
         library) the next event, or the close, ends it."""
         loop = self.loop
@@ -284,24 +309,65 @@ class Replies:
             return
         try:
             if asyncio.get_running_loop() is loop:
-                loop.call_later(delay_ns / 1e9, self._check_idle, run)
+                loop.call_later(delay_ns / 1e9, self._check_idle, stream)
         except RuntimeError:  # not on a loop here
             pass
 
-    def _check_idle(self, run: Run) -> None:
-        stream = run.stream
+    def _check_idle(self, stream: StreamRecorder) -> None:
         if stream.ended:
             return
         gap = time.monotonic_ns() - stream.stats.last_ns
         if gap < self.idle_ns:
-            self._watch(run, self.idle_ns - gap)
+            self._watch_stream(stream, self.idle_ns - gap)
             return
         try:
             stream.end(at_last_chunk=True)
         except Exception as exc:
             warn_once("ending an idle run", exc)
-        if self.run is run:
+        if self.run is not None and self.run.stream is stream:
             self.run = None
+        if self.inrun is not None and self.inrun.stream is stream:
+            self.inrun = None
+
+    def received(
+        self,
+        sender: tuple[Optional[Context], Optional[trace.SpanContext]],
+        payload: Any,
+        is_text: bool,
+        ordinal: int,
+        body_size: Optional[int],
+        now: int,
+        ambient: Context,
+    ) -> Optional[tuple[Span, Context]]:
+        """A message received outside any reply: a chunk of the peer's run (the stream span and the context to
+        attach it in) when it carries the same sender context as the message before it, else ``None`` (a
+        receive span of its own)."""
+        sender_span = sender[1]
+        key = sender_span.span_id if sender_span is not None else 0
+        run = self.inrun
+        if run is not None:
+            stream = run.stream
+            if run.key != key or (stream is not None and (stream.ended or now - stream.stats.last_ns > self.idle_ns)):
+                if stream is not None:
+                    stream.end(at_last_chunk=True)
+                run = self.inrun = None
+        if key == 0:
+            return None  # no sender context: nothing ties this message to the one before
+        if run is None:
+            self.inrun = InRun(key, now, body_size)
+            return None
+        stream = run.stream
+        if stream is None:
+            # The second message of the peer's run: one receive stream from here on, from its first message.
+            # Its ordinal is the first message's: the two arrived in a row, in this direction.
+            span, run.base = self.spans.receive(
+                payload, is_text, ordinal - 1, None, sender, ambient, None, wall_ns(run.first_ns)
+            )
+            stream = run.stream = self.start(span, run.first_ns, "inbound", answers=False)
+            stream.chunk(run.first_size or 0, run.first_ns)
+            self._watch_stream(stream, self.idle_ns)
+        stream.chunk(body_size or 0, now)
+        return stream.span, run.base if run.base is not None else ambient
 
     def end_push(self) -> None:
         """The connection received a message: a run sent with no context (pushes) is over."""

@@ -414,6 +414,7 @@ class ConnectionTracer:
         ambient = otel_context.get_current()
         now = time.monotonic_ns()
         request = None
+        in_stream = False
         if self.side == "client" and config.streams and self._replies is not None:
             request = self._replies.request_for(payload, now, config.stream_key)
         self._received += 1
@@ -426,7 +427,14 @@ class ConnectionTracer:
             )
         else:
             sender = hs.remote(config, carrier)
-            span, base = self._spans.receive(payload, is_text, self._received, body_size, sender, ambient)
+            chunk = None
+            if config.streams and not config.chunk_spans:
+                replies = self._ensure_replies()
+                chunk = replies.received(sender, payload, is_text, self._received, body_size, now, ambient)
+            if chunk is not None:
+                (span, base), in_stream = chunk, True
+            else:
+                span, base = self._spans.receive(payload, is_text, self._received, body_size, sender, ambient)
         ctx = trace.set_span_in_context(span, base)
         if self.side == "server" and config.streams:
             ctx = otel_context.set_value(OWNER, Inbound(self._ensure_replies(), ctx, now), ctx)
@@ -435,7 +443,7 @@ class ConnectionTracer:
                 request.below = ambient
             ctx = otel_context.set_value(REQUEST, request, ctx)
         self._last_inbound = span.get_span_context()
-        self._recv_span = span if request is None or config.chunk_spans else None
+        self._recv_span = span if (request is None and not in_stream) or config.chunk_spans else None
         self._recv = attach(ctx)
 
     def receive_done(self, error: Optional[BaseException] = None) -> None:

@@ -218,4 +218,8 @@ def test_link_does_not_even_parse_hostile_baggage(
         asyncio.run(attack())
     baggage_logs = [r for r in caplog.records if r.name.startswith("opentelemetry.baggage")]
     assert baggage_logs == []
-    assert len(telemetry.named("receive /chat")) == 20
+    # Twenty messages with one sender context: the first on its own span, then one receive stream of all twenty.
+    receives = telemetry.named("receive /chat")
+    assert len(receives) == 2
+    (stream,) = [s for s in receives if "wstrace.stream.chunk_count" in s.attributes]
+    assert stream.attributes["wstrace.stream.chunk_count"] == 20
