@@ -565,3 +565,23 @@ def test_idle_runs_end_on_the_loop(telemetry: Telemetry) -> None:
     replies = _connection(telemetry)  # no loop: nothing is scheduled, the next event (or close) ends it
     _sent(replies, Context(), "c", 1)
     assert replies.run is not None and not replies.run.stream.ended
+
+
+def test_messages_with_one_sender_context_become_one_receive_stream(telemetry: Telemetry) -> None:
+    """The first message stands alone; from the second on the peer's run is one stream counting the first."""
+    replies = _connection(telemetry, stream_idle=5)
+    peer = telemetry.provider.get_tracer("peer").start_span("peer run")
+    sender = (trace.set_span_in_context(peer), peer.get_span_context())
+    now = time.monotonic_ns()
+    assert replies.received(sender, "a", True, 1, 1, now, Context()) is None  # nothing says more will follow
+    span, base = replies.received(sender, "bb", True, 2, 2, now + 1000, Context()) or (None, None)
+    assert span is not None and base is not None
+    again = replies.received(sender, "ccc", True, 3, 3, now + 2000, Context())
+    assert again is not None and again[0] is span
+    other = telemetry.provider.get_tracer("peer").start_span("other run")
+    assert replies.received((None, other.get_span_context()), "d", True, 4, 1, now + 3000, Context()) is None
+    (stream,) = telemetry.named("receive /chat")
+    assert stream.attributes["wstrace.stream.chunk_count"] == 3
+    assert stream.attributes["wstrace.stream.size"] == 6
+    assert stream.attributes["websocket.message.ordinal"] == 1
+    assert replies.received((None, None), "e", True, 5, 1, now + 4000, Context()) is None  # no sender context

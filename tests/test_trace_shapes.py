@@ -153,6 +153,14 @@ def test_an_uplink_under_an_application_span_is_one_stream(telemetry: Telemetry)
     assert uplink.parent is not None and uplink.parent.span_id == turn_span.get_span_context().span_id
     assert uplink.attributes["wstrace.stream.chunk_count"] == 50
     assert uplink.attributes["wstrace.stream.size"] == 50 * 640
+    # The server receives the run as one stream, after a span for its first frame alone.
+    receives = telemetry.named("receive /chat")
+    assert len(receives) == 2 and all(
+        r.parent is not None and r.parent.span_id == uplink.context.span_id for r in receives
+    )
+    (downlink,) = [r for r in receives if "wstrace.stream.chunk_count" in r.attributes]
+    assert downlink.attributes["wstrace.stream.chunk_count"] == 50
+    assert downlink.start_time == min(r.start_time or 0 for r in receives), "dated from the first frame"
 
 
 def _id(payload: Any) -> Any:
