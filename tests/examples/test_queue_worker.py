@@ -1,0 +1,123 @@
+"""``examples/queue_worker.py`` over loopback: uvicorn on a free port, an instrumented websockets client."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import sys
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan
+from websockets.asyncio.client import connect
+
+from tests.conftest import Telemetry
+from tests.examples.test_fastapi_lifespan import tree
+from tests.instrumentation import contract
+from tests.instrumentation.uvicorn_server import serve, settle
+from wstrace.instrumentation.websockets import WebsocketsInstrumentor
+
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "queue_worker.py"
+PROMPTS = ("hello", "what is a websocket", "thanks")
+
+
+def load_example() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("queue_worker_example", EXAMPLE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def example() -> ModuleType:
+    return load_example()
+
+
+@pytest.fixture
+def client(telemetry: Telemetry, example: ModuleType) -> Iterator[None]:
+    instrumentor = WebsocketsInstrumentor()
+    instrumentor.instrument(tracer_provider=telemetry.provider, stream_end=example.is_done)
+    yield
+    instrumentor.uninstrument()
+
+
+async def ask(url: str) -> list[str]:
+    """One prompt at a time, each answer read up to its end marker."""
+    answers = []
+    async with connect(url) as ws:
+        for prompt in PROMPTS:
+            await ws.send(prompt)
+            words = []
+            while not json.loads(message := await ws.recv()).get("done"):
+                words.append(json.loads(message)["token"])
+            answers.append(" ".join(words))
+    return answers
+
+
+def link_kinds(span: ReadableSpan) -> list[str]:
+    return sorted(str((lk.attributes or {}).get("wstrace.link.kind")) for lk in span.links)
+
+
+def linked(span: ReadableSpan, kind: str) -> int:
+    (link,) = [lk for lk in span.links if (lk.attributes or {}).get("wstrace.link.kind") == kind]
+    return link.context.span_id
+
+
+def test_each_answer_is_one_run_linked_to_its_prompt(telemetry: Telemetry, example: ModuleType, client: None) -> None:
+    """Per prompt two traces: the prompt's (the client's send, the server's receive) and the answer's (the
+    worker's run, a root linked ``inbound`` to the prompt's receive span, and the client's receive stream)."""
+    with serve(example.make_app(telemetry.provider)) as base:
+        answers = asyncio.run(ask(f"{base}/chat"))
+        settle(telemetry)
+    assert answers == [f"you said: {p}" for p in PROMPTS]
+    contract.no_open_spans(telemetry)
+
+    traces: dict[int, list[ReadableSpan]] = defaultdict(list)
+    for span in telemetry.spans:
+        if span.name.startswith(("send", "receive")):
+            traces[contract.trace_id(span)].append(span)
+    ordered = sorted(traces.values(), key=lambda spans: min(s.start_time or 0 for s in spans))
+    assert len(ordered) == 2 * len(PROMPTS), [sorted(s.name for s in t) for t in ordered]
+    previous_answer: ReadableSpan | None = None
+    for n, prompt in enumerate(PROMPTS):
+        asked, answered = ordered[2 * n], ordered[2 * n + 1]
+        chunks = len(f"you said: {prompt}".split()) + 1  # the words and the end marker
+        assert tree(asked) == (
+            "wstrace",
+            "PRODUCER",
+            "send /chat",
+            (("wstrace", "CONSUMER", "receive /chat", ()),),
+        )
+        assert tree(answered) == (
+            "wstrace",
+            "PRODUCER",
+            "send /chat",
+            (("wstrace", "CONSUMER", "receive /chat", ()),),
+        )
+        (sent,) = [s for s in asked if s.parent is None]
+        (received,) = [s for s in asked if s.parent is not None]
+        (run,) = [s for s in answered if s.parent is None]
+        (read,) = [s for s in answered if s.parent is not None]
+        # The prompt: a run of one on the client, linked to the answer before it.
+        assert sent.attributes["wstrace.stream.chunk_count"] == 1
+        if previous_answer is None:
+            assert link_kinds(sent) == ["handshake"]
+        else:
+            assert link_kinds(sent) == ["handshake", "previous"]
+            assert linked(sent, "previous") == contract.span_id(previous_answer)
+        # The answer: the worker's run, a root joined to the prompt by an inbound link, not its child.
+        assert link_kinds(run) == ["handshake", "inbound"]
+        assert linked(run, "inbound") == contract.span_id(received)
+        assert run.attributes["wstrace.stream.chunk_count"] == chunks
+        assert "wstrace.stream.time_to_first_chunk" not in run.attributes, "a run answers nothing"
+        assert read.attributes["wstrace.stream.chunk_count"] == chunks
+        previous_answer = read
+    # No span per token anywhere.
+    assert len([s for s in telemetry.spans if s.name.startswith(("send", "receive"))]) == 4 * len(PROMPTS)
