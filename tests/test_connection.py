@@ -440,3 +440,14 @@ def test_receive_done_from_another_task_does_not_log_a_detach_failure(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
     assert len(telemetry.named("receive /chat")) == 2
     assert telemetry.open_spans.names() == []
+
+
+def test_a_client_that_sent_no_wstrace_header_gets_none(telemetry: Telemetry) -> None:
+    """An un-instrumented client sees nothing of wstrace in the 101; an instrumented one gets the answer."""
+    bare = server(telemetry, [("host", "example.test")])
+    assert bare.response_headers() == {}
+    c = client(telemetry)
+    traced = server(telemetry, c.request_headers())
+    assert set(traced.response_headers()) == {"wstrace-session", "wstrace-envelope"}
+    ignoring = server(telemetry, c.request_headers(), trust="ignore")
+    assert ignoring.response_headers()["wstrace-session"] != c.session_id  # its own id, still answered

@@ -378,7 +378,7 @@ def test_read_request_under_every_envelope_mode(envelope: str) -> None:
     headers = [("Wstrace-Envelope", "json/1"), ("Wstrace-Session", SESSION), ("Traceparent", TRACEPARENT)]
     request = hs.read_request(config, headers, "", ())
     # The offer is read whatever the mode: the answer (and whether the envelope is in force) is decided later.
-    assert request == hs.Request("json", SESSION, request.context, "headers")
+    assert request == hs.Request("json", SESSION, request.context, "headers", True)
     assert _trace_id(request.context) == TRACE_ID
 
 
@@ -386,12 +386,12 @@ def test_read_request_refuses_malformed_offers_and_sessions() -> None:
     request = hs.read_request(
         Config.load(), {"wstrace-envelope": "frame/9", "wstrace-session": "not-a-session"}, "", ()
     )
-    assert request == hs.Request(None, None, None, None)
+    assert request == hs.Request(None, None, None, None, True)  # malformed, yet an instrumented client
 
 
 def test_read_request_under_trust_ignore_takes_no_session_and_no_context() -> None:
     headers = [("wstrace-envelope", "frame/1"), ("wstrace-session", SESSION), ("traceparent", TRACEPARENT)]
-    assert hs.read_request(Config.load(trust="ignore"), headers, "", ()) == hs.Request("frame", None, None, None)
+    assert hs.read_request(Config.load(trust="ignore"), headers, "", ()) == hs.Request("frame", None, None, None, True)
 
 
 def test_read_request_from_a_browsers_query_and_subprotocol() -> None:

@@ -231,18 +231,24 @@ class Request(NamedTuple):
     """The client's context, from the first handshake source that holds one."""
     source: Optional[str]
     """That source's name."""
+    instrumented: bool
+    """The client sent a wstrace header: it is instrumented, and expects the answer."""
 
 
 def read_request(config: Config, headers: HeaderSource, query: str, subprotocols: Sequence[str]) -> Request:
     pairs = header_pairs(headers)
     offer = session = None
+    instrumented = False
     for key, value in pairs:
-        if key == sc.SESSION_HEADER and config.trust != "ignore":
-            session = session_or_none(value)
+        if key == sc.SESSION_HEADER:
+            instrumented = True
+            if config.trust != "ignore":
+                session = session_or_none(value)
         elif key == sc.ENVELOPE_HEADER:
+            instrumented = True
             offer = parse_offer(value)
     context, source = extract_handshake(config, pairs, query, subprotocols)
-    return Request(offer, session, context, source)
+    return Request(offer, session, context, source, instrumented)
 
 
 def read_response(config: Config, headers: HeaderSource) -> tuple[Optional[EnvelopeFormat], Optional[str]]:

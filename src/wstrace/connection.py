@@ -59,6 +59,7 @@ class ConnectionTracer:
     # Slots, and no copies of options: thousands of connections may be open, each with one of these.
     __slots__ = (
         "__weakref__",
+        "_answer",
         "_closed",
         "_closing",
         "_counts",
@@ -106,6 +107,7 @@ class ConnectionTracer:
         """The handshake span until it ends, then only its span context."""
         self._recording = False
         self._offered: Optional[EnvelopeFormat] = None
+        self._answer = False
         self._wire: Optional[Wire] = None
         self._sent = self._received = 0
         self._recv_span: Optional[Span] = None
@@ -181,6 +183,7 @@ class ConnectionTracer:
         try:
             request = hs.read_request(config, headers, query, subprotocols)
             self._offered = request.offer
+            self._answer = request.instrumented
             if request.session_id is not None:
                 self._spans.session_id = request.session_id
             attributes = hs.server_attributes(
@@ -221,7 +224,10 @@ class ConnectionTracer:
             spans.handshake = span.get_span_context()
 
     def response_headers(self) -> dict[str, str]:
-        """Headers a server adds to its 101 response: the envelope answer and session id."""
+        """Headers a server adds to its 101 response: the envelope answer and session id, to a client that
+        sent a wstrace header; nothing to any other client (an un-instrumented peer sees nothing of wstrace)."""
+        if not self._answer:
+            return {}
         headers = {sc.SESSION_HEADER: self.session_id}
         if self._offered is not None and self.config.envelope != "off":
             headers[sc.ENVELOPE_HEADER] = hs.offer_header(self._offered)

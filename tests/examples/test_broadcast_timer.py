@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
 
 from tests.conftest import Telemetry
-from tests.examples.test_fastapi_lifespan import tree
+from tests.examples.shapes import tree
 from tests.instrumentation import contract
 
 

@@ -12,7 +12,7 @@ from types import ModuleType
 from opentelemetry.sdk.trace import ReadableSpan
 
 from tests.conftest import Telemetry
-from tests.examples.test_fastapi_lifespan import Node, tree
+from tests.examples.shapes import Node, tree
 from tests.instrumentation import contract
 
 

@@ -11,7 +11,7 @@ from types import ModuleType
 from opentelemetry.sdk.trace import ReadableSpan
 
 from tests.conftest import Telemetry
-from tests.examples.test_fastapi_lifespan import tree
+from tests.examples.shapes import tree
 from tests.instrumentation import contract
 
 

@@ -17,6 +17,7 @@ from opentelemetry.trace import SpanKind
 from websockets.asyncio.client import connect
 
 from tests.conftest import Telemetry
+from tests.examples.shapes import Node, count, tree
 from tests.instrumentation import contract
 from tests.instrumentation.uvicorn_server import serve, settle
 from wstrace.instrumentation.websockets import WebsocketsInstrumentor
@@ -50,30 +51,6 @@ async def chat(url: str, lines: list[str]) -> list[Any]:
             await ws.send(line)
             replies.append(await ws.recv())
         return replies
-
-
-Node = tuple[str, str, str, tuple[Any, ...]]
-
-
-def tree(spans: list[ReadableSpan]) -> Node:
-    """One trace as its root's (scope, kind, name, children), children in name order; every span is in it."""
-    children: dict[int | None, list[ReadableSpan]] = defaultdict(list)
-    for span in spans:
-        children[contract.parent_id(span)].append(span)
-
-    def node(span: ReadableSpan) -> Node:
-        below = tuple(sorted((node(c) for c in children[contract.span_id(span)]), key=lambda n: n[2]))
-        return (span.instrumentation_scope.name, span.kind.name, span.name, below)
-
-    (root,) = children[None]
-    assert sum(len(c) for c in children.values()) == len(spans)
-    result = node(root)
-    assert count(result) == len(spans), "every span hangs from the root"
-    return result
-
-
-def count(node: Node) -> int:
-    return 1 + sum(count(c) for c in node[3])
 
 
 def test_example_trace_shape(telemetry: Telemetry, client: None) -> None:

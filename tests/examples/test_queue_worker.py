@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from websockets.asyncio.client import connect
 
 from tests.conftest import Telemetry
-from tests.examples.test_fastapi_lifespan import tree
+from tests.examples.shapes import tree
 from tests.instrumentation import contract
 from tests.instrumentation.uvicorn_server import serve, settle
 from wstrace.instrumentation.websockets import WebsocketsInstrumentor

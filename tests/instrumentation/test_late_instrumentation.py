@@ -23,7 +23,7 @@ from websockets.asyncio.server import ServerConnection
 
 from tests.conftest import Telemetry
 from tests.instrumentation import aiohttp_app, contract, tornado_app
-from tests.instrumentation.test_websocket_client import ws_server
+from tests.instrumentation.thread_server import ws_server
 from wstrace.instrumentation.aiohttp import AiohttpInstrumentor
 from wstrace.instrumentation.tornado import TornadoInstrumentor
 from wstrace.instrumentation.websocket_client import WebsocketClientInstrumentor

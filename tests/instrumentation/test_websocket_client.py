@@ -16,7 +16,6 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 from unittest import mock
 
@@ -27,12 +26,13 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 from websocket import ABNF, WebSocketApp, WebSocketBadStatusException, WebSocketConnectionClosedException
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 
 from tests.conftest import Telemetry
 from tests.console import console_spans
 from tests.instrumentation import contract
 from tests.instrumentation.contract import linked_to, parent_id, side, span_id, trace_id
+from tests.instrumentation.thread_server import ws_server
 from wstrace.instrumentation.websocket_client import WebsocketClientInstrumentor
 from wstrace.instrumentation.websockets import WebsocketsInstrumentor
 
@@ -55,35 +55,6 @@ def instrument(telemetry: Telemetry) -> Iterator[Callable[..., None]]:
     yield do
     client.uninstrument()
     server.uninstrument()
-
-
-@contextmanager
-def ws_server(handler: Handler, path: str = "/chat", **serve_options: Any) -> Iterator[str]:
-    """A websockets asyncio server in a background thread with its own event loop.
-
-    Leaving the block closes the server and waits for its connections, so every
-    server-side span has ended when the test looks at them.
-    """
-    ready = threading.Event()
-    state: dict[str, Any] = {}
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        state["loop"], state["stop"] = loop, loop.create_future()
-        async with serve(handler, "127.0.0.1", 0, **serve_options) as srv:
-            state["port"] = srv.sockets[0].getsockname()[1]
-            ready.set()
-            await state["stop"]
-
-    thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
-    thread.start()
-    assert ready.wait(5), "the server did not start"
-    try:
-        yield f"ws://127.0.0.1:{state['port']}{path}"
-    finally:
-        state["loop"].call_soon_threadsafe(state["stop"].set_result, None)
-        thread.join(10)
-        assert not thread.is_alive(), "the server did not stop"
 
 
 async def echo(ws: ServerConnection) -> None:

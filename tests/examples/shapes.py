@@ -1,0 +1,36 @@
+"""Trace shapes of the example apps: a trace as a tree of (scope, kind, name, children)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from opentelemetry.sdk.trace import ReadableSpan
+
+from tests.instrumentation import contract
+
+
+__all__ = ["Node", "count", "tree"]
+
+Node = tuple[str, str, str, tuple[Any, ...]]
+
+
+def tree(spans: list[ReadableSpan]) -> Node:
+    """One trace as its root's (scope, kind, name, children), children in name order; every span is in it."""
+    children: dict[int | None, list[ReadableSpan]] = defaultdict(list)
+    for span in spans:
+        children[contract.parent_id(span)].append(span)
+
+    def node(span: ReadableSpan) -> Node:
+        below = tuple(sorted((node(c) for c in children[contract.span_id(span)]), key=lambda n: n[2]))
+        return (span.instrumentation_scope.name, span.kind.name, span.name, below)
+
+    (root,) = children[None]
+    assert sum(len(c) for c in children.values()) == len(spans)
+    result = node(root)
+    assert count(result) == len(spans), "every span hangs from the root"
+    return result
+
+
+def count(node: Node) -> int:
+    return 1 + sum(count(c) for c in node[3])
