@@ -585,3 +585,13 @@ def test_messages_with_one_sender_context_become_one_receive_stream(telemetry: T
     assert stream.attributes["wstrace.stream.size"] == 6
     assert stream.attributes["websocket.message.ordinal"] == 1
     assert replies.received((None, None), "e", True, 5, 1, now + 4000, Context()) is None  # no sender context
+
+
+def test_the_same_sender_context_after_the_idle_gap_starts_afresh(telemetry: Telemetry) -> None:
+    replies = _connection(telemetry, stream_idle=1)
+    peer = telemetry.provider.get_tracer("peer").start_span("peer run")
+    sender = (trace.set_span_in_context(peer), peer.get_span_context())
+    now = time.monotonic_ns()
+    assert replies.received(sender, "a", True, 1, 1, now, Context()) is None
+    assert replies.received(sender, "b", True, 2, 1, now + 2 * SEC, Context()) is None  # long after: alone again
+    assert replies.received(sender, "c", True, 3, 1, now + 2 * SEC + 1000, Context()) is not None

@@ -347,7 +347,8 @@ class Replies:
         run = self.inrun
         if run is not None:
             stream = run.stream
-            if run.key != key or (stream is not None and (stream.ended or now - stream.stats.last_ns > self.idle_ns)):
+            last_ns = stream.stats.last_ns if stream is not None else run.first_ns
+            if run.key != key or now - last_ns > self.idle_ns or (stream is not None and stream.ended):
                 if stream is not None:
                     stream.end(at_last_chunk=True)
                 run = self.inrun = None
