@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 import pytest
-from opentelemetry import baggage, context as otel_context
+from opentelemetry import baggage, context as otel_context, trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan
@@ -451,3 +451,30 @@ def test_a_client_that_sent_no_wstrace_header_gets_none(telemetry: Telemetry) ->
     assert set(traced.response_headers()) == {"wstrace-session", "wstrace-envelope"}
     ignoring = server(telemetry, c.request_headers(), trust="ignore")
     assert ignoring.response_headers()["wstrace-session"] != c.session_id  # its own id, still answered
+
+
+def test_nested_in_another_instrumentations_server_span(telemetry: Telemetry) -> None:
+    """Under an outer SERVER span wstrace's handshake is INTERNAL, ignores the headers the outer span continued,
+    takes a browser's query context as parent (trust parent) and links the outer span."""
+    outer = telemetry.provider.get_tracer("outer").start_span("WS /chat", kind=SpanKind.SERVER)
+    token = otel_context.attach(trace.set_span_in_context(outer))
+    try:
+        config = Config.load({"WSTRACE_ROUTES": ROUTES_ENV}, handshake_sources="headers,query")
+        nested = ConnectionTracer.server(
+            telemetry.provider.get_tracer("t"),
+            config,
+            path="/chat",
+            headers=[("traceparent", "00-11111111111111111111111111111111-2222222222222222-01")],
+            query=f"traceparent={TRACEPARENT}",
+            nested_in=outer.get_span_context(),
+        )
+    finally:
+        otel_context.detach(token)
+    nested.opened()
+    outer.end()
+    hs = next(s for s in telemetry.named("GET /chat"))
+    assert hs.kind is SpanKind.INTERNAL
+    assert hs.context.trace_id == REMOTE_TRACE and hs.attributes["wstrace.context.source"] == "query"
+    assert [(lk.attributes or {}).get("wstrace.link.kind") for lk in hs.links] == ["server"]
+    assert hs.links[0].context.span_id == outer.get_span_context().span_id
+    assert "websocket.session.id" not in (telemetry.one("WS /chat").attributes or {}), "never written on"

@@ -133,13 +133,19 @@ def _without_baggage(carrier: dict[str, str]) -> dict[str, str]:
 
 
 def extract_handshake(
-    config: Config, headers: HeaderSource, query: str, subprotocols: Sequence[str]
+    config: Config, headers: HeaderSource, query: str, subprotocols: Sequence[str], nested: bool = False
 ) -> tuple[Optional[Context], Optional[str]]:
-    """The peer's context from the first configured handshake source that holds one, and that source's name."""
+    """The peer's context from the first configured handshake source that holds one, and that source's name.
+
+    ``nested``: another instrumentation's SERVER span already continued the headers; only the query and
+    subprotocol sources are read.
+    """
     if config.trust == "ignore":
         return None, None
     wanted = propagation.fields()
     for source in config.handshake_sources:
+        if nested and source == "headers":
+            continue
         if source == "headers":
             carrier = headers_carrier(headers, wanted)
         elif source == "query":
@@ -235,7 +241,9 @@ class Request(NamedTuple):
     """The client sent a wstrace header: it is instrumented, and expects the answer."""
 
 
-def read_request(config: Config, headers: HeaderSource, query: str, subprotocols: Sequence[str]) -> Request:
+def read_request(
+    config: Config, headers: HeaderSource, query: str, subprotocols: Sequence[str], nested: bool = False
+) -> Request:
     pairs = header_pairs(headers)
     offer = session = None
     instrumented = False
@@ -247,7 +255,7 @@ def read_request(config: Config, headers: HeaderSource, query: str, subprotocols
         elif key == sc.ENVELOPE_HEADER:
             instrumented = True
             offer = parse_offer(value)
-    context, source = extract_handshake(config, pairs, query, subprotocols)
+    context, source = extract_handshake(config, pairs, query, subprotocols, nested)
     return Request(offer, session, context, source, instrumented)
 
 

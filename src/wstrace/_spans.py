@@ -38,7 +38,9 @@ OUT = "sent"
 IN = "received"
 """``websocket.message.direction`` of an inbound message."""
 
-_LINK_ATTRIBUTES = {kind: {sc.LINK_KIND: kind} for kind in ("handshake", "creation", "remote", "inbound", "previous")}
+_LINK_ATTRIBUTES = {
+    kind: {sc.LINK_KIND: kind} for kind in ("handshake", "creation", "remote", "inbound", "previous", "server")
+}
 
 
 def link(span_context: trace.SpanContext, kind: str) -> Link:

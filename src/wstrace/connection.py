@@ -37,7 +37,7 @@ from wstrace._context import Attachment, attach
 from wstrace._counting import LOCK as COUNT_LOCK
 from wstrace._log import warn_once
 from wstrace._replies import IN_EXCHANGE, NOTHING_TO_END, OWNER, REQUEST, Inbound, Replies, SendHandle
-from wstrace._spans import ConnectionSpans, record_error, route as route_names, size
+from wstrace._spans import ConnectionSpans, link, record_error, route as route_names, size
 from wstrace._wire import Wire, wire_for
 from wstrace.carriers import HeaderSource
 from wstrace.config import Config, EnvelopeFormat
@@ -172,16 +172,22 @@ class ConnectionTracer:
         route: Optional[str] = None,
         instruments: Optional[Instruments] = None,
         start_time: Optional[int] = None,
+        nested_in: Optional[SpanContext] = None,
     ) -> ConnectionTracer:
         """Start the server's handshake span from an upgrade request.
 
         Context is looked for in the configured handshake sources, in order, and
         used as the trust policy says. ``start_time`` (ns since the epoch) backdates
-        the handshake span, for adapters that learn the route late.
+        the handshake span, for adapters that learn the route late. ``nested_in`` is
+        another instrumentation's SERVER span for this request (current at the call):
+        wstrace never writes on it; its handshake span is then ``INTERNAL`` (one SERVER
+        span per request), reads context only from the query and subprotocol (the outer
+        span continued the headers), and links the outer span when that is not its parent.
         """
         self = cls("server", tracer, config, route=route or _mapped(config, path), instruments=instruments)
         try:
-            request = hs.read_request(config, headers, query, subprotocols)
+            nested = nested_in is not None and nested_in.is_valid
+            request = hs.read_request(config, headers, query, subprotocols, nested)
             self._offered = request.offer
             self._answer = request.instrumented
             if request.session_id is not None:
@@ -201,7 +207,12 @@ class ConnectionTracer:
                 ),
             )
             parent, links = hs.apply_trust(config, request.context, otel_context.get_current())
-            self._start_handshake(parent, links, attributes, SpanKind.SERVER, start_time)
+            kind = SpanKind.SERVER
+            if nested:
+                kind = SpanKind.INTERNAL
+                if trace.get_current_span(parent).get_span_context() != nested_in:
+                    links = (*links, link(nested_in, "server"))  # type: ignore[arg-type]  # nested: not None
+            self._start_handshake(parent, links, attributes, kind, start_time)
         except Exception as exc:
             warn_once("starting the server handshake span", exc)
         return self

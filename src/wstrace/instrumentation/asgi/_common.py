@@ -74,7 +74,7 @@ def outer_server_span(span: Span) -> Optional[Span]:
     The rule: the current span is recording and of kind SERVER. Only an
     outer HTTP instrumentation (OpenTelemetry's ASGI middleware, FastAPI's
     native telemetry) makes such a span around an ASGI call; an ASGI server
-    makes none. wstrace's handshake span becomes its child (see ``_nested``);
+    makes none. wstrace's handshake span becomes its child (``ConnectionTracer.server(nested_in=...)``);
     wstrace never writes on it.
     """
     if span.is_recording() and getattr(span, "kind", None) is SpanKind.SERVER:

@@ -12,6 +12,7 @@ import time
 from typing import Any, Optional
 
 from opentelemetry.context import Context
+from opentelemetry.trace import SpanContext
 
 from wstrace._context import Attachment, attach, detach
 from wstrace.connection import ConnectionTracer
@@ -35,6 +36,7 @@ class Handshake:
         "_attached",
         "_entered",
         "_entry",
+        "_nested_in",
         "_offered",
         "_root_path",
         "_settings",
@@ -52,8 +54,11 @@ class Handshake:
         offered: list[str],
         echo: Optional[str],
         entry: Context,
+        nested_in: Optional[SpanContext] = None,
     ) -> None:
         self._settings = settings
+        self._nested_in = nested_in
+        """Another instrumentation's SERVER span for this request, which wstrace's handshake span goes inside."""
         self.scope = scope
         """The scope passed to the application; a router records the matched route in it."""
         self._offered = offered
@@ -101,6 +106,7 @@ class Handshake:
                 route=route_template(scope, self._root_path),
                 instruments=self._settings.instruments,
                 start_time=self._entered,
+                nested_in=self._nested_in,
             )
         finally:
             attachment.detach()

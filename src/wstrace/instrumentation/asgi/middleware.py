@@ -20,7 +20,6 @@ from wstrace.instrumentation.asgi._common import (
     offered_subprotocols,
 )
 from wstrace.instrumentation.asgi._connection import Connection
-from wstrace.instrumentation.asgi._nested import nested_settings
 from wstrace.instrumentation.asgi._server import Handshake
 
 
@@ -49,7 +48,6 @@ class WstraceASGIMiddleware:
     ) -> None:
         self.app = app  # ``app``, like every ASGI middleware, so that stack walkers find what is inside
         self._settings = Settings.make(Config.load(**options), tracer_provider, meter_provider)
-        self._nested: Optional[Settings] = None
         self._active: Optional[Callable[[], bool]] = None
 
     @classmethod
@@ -58,7 +56,6 @@ class WstraceASGIMiddleware:
         self = cls.__new__(cls)
         self.app = app
         self._settings = settings
-        self._nested = None
         self._active = active
         return self
 
@@ -73,16 +70,11 @@ class WstraceASGIMiddleware:
         scope[MARK] = True
         if len(rest) != len(offered):
             scope["subprotocols"] = rest
-        settings = self._settings
-        if current_server_span() is not None:
-            # Another instrumentation's SERVER span covers this request: ours goes inside it, never on it.
-            settings = self._nested or self._nested_settings()
-        handshake = Handshake(settings, scope, offered, echo, otel_context.get_current())
+        # Another instrumentation's SERVER span may cover this request: ours goes inside it, never on it.
+        outer = current_server_span()
+        nested_in = outer.get_span_context() if outer is not None else None
+        handshake = Handshake(self._settings, scope, offered, echo, otel_context.get_current(), nested_in)
         await Connection(handshake, receive, send).run(self.app)
-
-    def _nested_settings(self) -> Settings:
-        nested = self._nested = nested_settings(self._settings)
-        return nested
 
     def _enabled(self) -> bool:
         active = self._active
