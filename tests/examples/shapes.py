@@ -1,8 +1,12 @@
-"""Trace shapes of the example apps: a trace as a tree of (scope, kind, name, children)."""
+"""The example apps, loaded from ``examples/``, and their traces as trees of (scope, kind, name, children)."""
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections import defaultdict
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
@@ -10,7 +14,20 @@ from opentelemetry.sdk.trace import ReadableSpan
 from tests.instrumentation import contract
 
 
-__all__ = ["Node", "count", "tree"]
+__all__ = ["Node", "count", "load_example", "tree"]
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def load_example(name: str) -> ModuleType:
+    """``examples/<name>.py`` as a module (examples are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"{name}_example", EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
 
 Node = tuple[str, str, str, tuple[Any, ...]]
 

@@ -3,30 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import sys
 from collections import defaultdict
-from pathlib import Path
 from types import ModuleType
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
 
 from tests.conftest import Telemetry
+from tests.examples import shapes
 from tests.examples.shapes import tree
 from tests.instrumentation import contract
 
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "broadcast_timer.py"
-
-
 def load_example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("broadcast_timer_example", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return shapes.load_example("broadcast_timer")
 
 
 def handshake_of(span: ReadableSpan) -> int:

@@ -3,29 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import sys
 from collections import defaultdict
-from pathlib import Path
 from types import ModuleType
 
 from opentelemetry.sdk.trace import ReadableSpan
 
 from tests.conftest import Telemetry
+from tests.examples import shapes
 from tests.examples.shapes import Node, tree
 from tests.instrumentation import contract
 
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "chat_client.py"
-
-
 def load_example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("chat_client_example", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return shapes.load_example("chat_client")
 
 
 def link_kinds(span: ReadableSpan) -> list[str]:

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import sys
 from collections import defaultdict
 from collections.abc import Iterator
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -17,23 +14,18 @@ from opentelemetry.trace import SpanKind
 from websockets.asyncio.client import connect
 
 from tests.conftest import Telemetry
+from tests.examples import shapes
 from tests.examples.shapes import Node, count, tree
 from tests.instrumentation import contract
 from tests.instrumentation.uvicorn_server import serve, settle
 from wstrace.instrumentation.websockets import WebsocketsInstrumentor
 
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "fastapi_lifespan.py"
 WSTRACE_KEYS = ("websocket.", "wstrace.", "http.response.status_code", "messaging.")
 
 
 def load_example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("fastapi_lifespan_example", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return shapes.load_example("fastapi_lifespan")
 
 
 @pytest.fixture

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
-import sys
 from collections import defaultdict
 from collections.abc import Iterator
-from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -16,23 +13,18 @@ from opentelemetry.sdk.trace import ReadableSpan
 from websockets.asyncio.client import connect
 
 from tests.conftest import Telemetry
+from tests.examples import shapes
 from tests.examples.shapes import tree
 from tests.instrumentation import contract
 from tests.instrumentation.uvicorn_server import serve, settle
 from wstrace.instrumentation.websockets import WebsocketsInstrumentor
 
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "queue_worker.py"
 PROMPTS = ("hello", "what is a websocket", "thanks")
 
 
 def load_example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("queue_worker_example", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return shapes.load_example("queue_worker")
 
 
 @pytest.fixture
