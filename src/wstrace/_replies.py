@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from typing import Any, Callable, Hashable, Optional, Sequence, Union
+from typing import Any, Callable, Hashable, Optional, Union
 
 from opentelemetry import context as otel_context, trace
 from opentelemetry.context import Context
@@ -242,7 +242,7 @@ class Replies:
         On a client whose reply stream is current, a send that does not continue that exchange is a new
         request: it leaves the reply's trace for the application's own context, linked to the exchange before.
         """
-        links: tuple[Link, ...] = ()
+        previous: Optional[trace.SpanContext] = None
         fresh = False
         request: Optional[Request] = current.get(REQUEST)  # type: ignore[assignment]
         key_of = self.spans.config.stream_key if client else None
@@ -251,14 +251,14 @@ class Replies:
             if key is not None and key == request.key and not request.done:
                 return IN_EXCHANGE  # a message of the open exchange (a tool result mid-stream): stays in its trace
             if request.stream is not None:
-                links = (link(request.stream.span.get_span_context(), "previous"),)
+                previous = request.stream.span.get_span_context()
             current = request.below if request.below is not None else Context()
             fresh = True
         if key is not None:
             return None  # a keyed request is a span (and a trace) of its own
-        if not links and last_inbound is not None and not trace.get_current_span(current).get_span_context().is_valid:
-            links = (link(last_inbound, "inbound"),)  # a push: what the connection handled last
-        frame, handle, run = self.run_chunk(current, links, wire, payload, is_text, ordinal, body_size, fresh)
+        frame, handle, run = self.run_chunk(
+            current, wire, payload, is_text, ordinal, body_size, fresh, previous, last_inbound
+        )
         if run is not None and client:
             run.request = self.track_request(trace.set_span_in_context(run.stream.span), payload, None)
         return frame, handle
@@ -266,17 +266,19 @@ class Replies:
     def run_chunk(
         self,
         current: Context,
-        links: Sequence[Link],
         wire: Optional[Wire],
         payload: Any,
         is_text: bool,
         ordinal: int,
         body_size: Optional[int],
         fresh: bool = False,
+        previous: Optional[trace.SpanContext] = None,
+        last_inbound: Optional[trace.SpanContext] = None,
     ) -> tuple[Any, SendHandle, Optional[Run]]:
         """A message sent under ``current`` (no reply, no keyed request) joins the run sent under the same
-        context, or starts a new one (returned) with ``links``; ``fresh`` always starts a new one (a new
-        request). Returns the frame and the handle."""
+        context, or starts a new one (returned); ``fresh`` always starts a new one (a new request, linked to
+        the exchange before it, ``previous``). A new run with no context links to ``last_inbound``, the
+        message the connection handled last. Returns the frame and the handle."""
         now = time.monotonic_ns()
         parent = trace.get_current_span(current).get_span_context()
         key = parent.span_id if parent.is_valid else 0
@@ -288,6 +290,12 @@ class Replies:
                 run = self.run = None
         new = None
         if run is None:
+            # Links are made only here, for the run's one span: never per message.
+            links: tuple[Link, ...] = ()
+            if previous is not None:
+                links = (link(previous, "previous"),)
+            elif not key and last_inbound is not None:
+                links = (link(last_inbound, "inbound"),)
             span = self.spans.send(payload, is_text, ordinal, None, current, links, wall_ns(now))
             run = new = self.run = Run(key, self.start(span, now, "outbound", answers=False))
             self._watch(run, self.idle_ns)
