@@ -13,7 +13,8 @@ Workloads (every loop is bounded by its count and by ``--deadline`` seconds):
 * ``concurrent``: ``--connections`` connections open at once, each makes ``--count`` round trips; the
   rate is round trips per second over the whole phase, opening included.
 * ``idle``: opens ``--connections`` connections, one round trip each, then keeps them idle while the
-  server is probed (``probe`` on stdout, then a line on stdin to go on).
+  server is probed (``probe`` on stdout, then a line on stdin to go on); then as many again, and a
+  second probe.
 * ``long``: one connection carries ``--count`` messages (pipelined in windows); the server is probed
   after the first tenth and at the end.
 
@@ -175,6 +176,11 @@ async def idle(peer: Peer, connections: int, deadline: float) -> dict[str, Any]:
     elapsed = time.perf_counter() - start
     await asyncio.sleep(0.5)  # let the server settle (handshakes logged, tasks parked)
     await probe("open")
+    # A second batch: what it adds is what each further connection costs. The first batch also pays
+    # one-off costs (first-use allocations, the span processor's batch in flight when the probe flushes it).
+    await asyncio.wait_for(asyncio.gather(*(one() for _ in range(connections))), deadline)
+    await asyncio.sleep(0.5)
+    await probe("more")
     await asyncio.gather(*(ws.close() for ws in sockets))
     return {"rate": connections / elapsed, "done": connections, "seconds": elapsed}
 
