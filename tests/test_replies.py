@@ -547,7 +547,11 @@ def test_a_client_run_is_a_request_and_a_keyed_send_is_not_a_run(telemetry: Tele
     first_request = replies.last_request
     _sent(replies, Context(), "again", 2, client=True)
     assert first_request.start_ns <= replies.run.stream.stats.last_ns  # a reply to a run answers its latest message
-    assert _sent(replies, Context(), "7:ask", 3, client=True) is None  # a keyed request: a span of its own
+    frame, handle = _sent(replies, Context(), "7:ask", 3, client=True)  # a keyed request: a span of its own
+    assert frame == "7:ask" and handle.span is not None and handle.stream is None
+    assert replies.requests is not None and list(replies.requests) == ["7"]  # its answers form its reply stream
+    handle.span.end()
+    assert telemetry.named("send /chat")[-1].attributes["websocket.message.ordinal"] == 3
 
 
 def test_idle_runs_end_on_the_loop(telemetry: Telemetry) -> None:

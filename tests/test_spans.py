@@ -207,11 +207,9 @@ def _spans(telemetry: Telemetry, model: str = "message", trust: str = "parent", 
         route("/chat"),
         SESSION,
     )
-    handshake = spans.tracer.start_span("GET /chat", Context(), SpanKind.SERVER)
-    handshake.end()
-    spans.handshake = handshake.get_span_context()
-    if model == "connection":
-        spans.open_connection(spans.tracer.start_span("websocket /chat", trace.set_span_in_context(handshake)))
+    handshake = spans.start_handshake(Context(), (), {}, SpanKind.SERVER)
+    assert spans.handshake == handshake.get_span_context()
+    spans.opened(handshake, 101, None, None)
     return spans
 
 
@@ -335,8 +333,7 @@ def test_close_in_the_message_model_is_a_linked_root(telemetry: Telemetry) -> No
     spans = _spans(telemetry)
     app = telemetry.provider.get_tracer("app").start_span("ambient")
     with trace.use_span(app, end_on_exit=True):
-        close = spans.close(1006, "gone", None, "1006")
-    close.end()
+        spans.close(1006, "gone", None, "1006")
     done = telemetry.one("close /chat")
     assert done.parent is None
     assert _kinds(done) == [(_handshake_id(telemetry), "handshake")]
@@ -354,8 +351,8 @@ def test_close_in_the_message_model_is_a_linked_root(telemetry: Telemetry) -> No
 
 def test_a_normal_close_and_one_without_code(telemetry: Telemetry) -> None:
     spans = _spans(telemetry)
-    spans.close(1000, "", "local", None).end()
-    spans.close(None, "", "local", RuntimeError("handler")).end()
+    spans.close(1000, "", "local", None)
+    spans.close(None, "", "local", RuntimeError("handler"))
     normal, dropped = telemetry.named("close /chat")
     assert normal.status.status_code is StatusCode.UNSET
     assert (normal.attributes or {})["websocket.close.initiator"] == "local"
@@ -367,9 +364,7 @@ def test_a_normal_close_and_one_without_code(telemetry: Telemetry) -> None:
 
 def test_close_in_the_connection_model_is_recorded_on_the_connection_span(telemetry: Telemetry) -> None:
     spans = _spans(telemetry, model="connection")
-    span = spans.close(1011, "oops", "remote", "1011")
-    assert span is spans.connection
-    span.end()
+    spans.close(1011, "oops", "remote", "1011")
     assert not telemetry.named("close /chat")
     done = telemetry.one("websocket /chat")
     assert (done.attributes or {})["websocket.close.code"] == 1011
@@ -480,3 +475,48 @@ def test_a_redact_hook_returning_the_wrong_type_records_nothing(returned: Any) -
 
 def test_something_that_is_not_a_payload_records_nothing() -> None:
     assert captured(_config(), object(), True) == {}
+
+
+def test_the_handshake_ends_at_the_101_with_what_was_agreed(telemetry: Telemetry) -> None:
+    spans = ConnectionSpans(telemetry.provider.get_tracer("wstrace"), Config.load(), route("/chat"), SESSION)
+    span = spans.start_handshake(Context(), (), {"url.path": "/chat"}, SpanKind.SERVER)
+    kept = spans.opened(span, 101, "frame", "chat.v2")
+    done = telemetry.one("GET /chat")
+    assert kept == done.context == spans.handshake
+    assert dict(done.attributes or {}) == {
+        "url.path": "/chat",
+        "http.response.status_code": 101,
+        "websocket.envelope": "frame",
+        "websocket.session.id": SESSION,
+        "websocket.subprotocol": "chat.v2",
+    }
+    assert spans.connection is None  # the message model has no connection span
+
+
+def test_wstraces_own_subprotocol_is_not_recorded(telemetry: Telemetry) -> None:
+    spans = ConnectionSpans(telemetry.provider.get_tracer("wstrace"), Config.load(), route("/chat"), SESSION)
+    spans.opened(spans.start_handshake(Context(), (), {}, SpanKind.SERVER), 101, None, "wstrace.tp.00-abc")
+    attributes = dict(telemetry.one("GET /chat").attributes or {})
+    assert "websocket.subprotocol" not in attributes and attributes["websocket.envelope"] == "none"
+
+
+@pytest.mark.parametrize(
+    ("client", "status", "error", "failed"),
+    [(True, 403, None, True), (False, 403, None, False), (False, 503, None, True), (False, None, OSError("x"), True)],
+)
+def test_a_failed_handshake_is_an_error_when_it_is_this_ends_fault(
+    telemetry: Telemetry, client: bool, status: Any, error: Any, failed: bool
+) -> None:
+    spans = ConnectionSpans(telemetry.provider.get_tracer("wstrace"), Config.load(), route("/chat"), SESSION)
+    spans.failed(spans.start_handshake(Context(), (), {}, SpanKind.CLIENT), client, status, error)
+    done = telemetry.one("GET /chat")
+    assert (done.status.status_code is StatusCode.ERROR) is failed
+    assert (done.attributes or {}).get("http.response.status_code") == status
+
+
+def test_a_clean_close_that_raised_records_the_exception_only(telemetry: Telemetry) -> None:
+    spans = _spans(telemetry)
+    spans.close(1000, "", "local", None, RuntimeError("after close"))
+    done = telemetry.one("close /chat")
+    assert done.status.status_code is StatusCode.UNSET
+    assert [event.name for event in done.events] == ["exception"]

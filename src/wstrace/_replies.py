@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from typing import Any, Callable, Hashable, Optional, Union
+from typing import Any, Callable, Hashable, Optional
 
 from opentelemetry import context as otel_context, trace
 from opentelemetry.context import Context
@@ -30,7 +30,6 @@ from wstrace.streams import StreamRecorder, StreamStats, wall_ns
 
 
 __all__ = [
-    "IN_EXCHANGE",
     "InRun",
     "NOTHING_TO_END",
     "OWNER",
@@ -47,8 +46,6 @@ __all__ = [
 OWNER = otel_context.create_key("wstrace-inbound")
 """Context key under which a message being handled offers itself as the owner of replies."""
 REQUEST = otel_context.create_key("wstrace-request")
-IN_EXCHANGE = object()
-"""``Replies.outbound``'s answer for a message of an exchange still open: a span of its own, in its trace."""
 """Context key under which a client's reply stream, while current, names the request it answers."""
 
 _MAX_PENDING_REQUESTS = 1024
@@ -235,12 +232,13 @@ class Replies:
         body_size: Optional[int],
         client: bool,
         last_inbound: Optional[trace.SpanContext],
-    ) -> Union[tuple[Any, SendHandle], object, None]:
-        """A message sent outside any reply: a run chunk (the frame and handle are returned), ``None`` for a
-        keyed request (a span and a request of its own), or ``IN_EXCHANGE``.
+    ) -> tuple[Any, SendHandle]:
+        """A message sent outside any reply (message spans and streams on): the frame and its handle.
 
-        On a client whose reply stream is current, a send that does not continue that exchange is a new
-        request: it leaves the reply's trace for the application's own context, linked to the exchange before.
+        It joins the run sent under the same context; a keyed request, or a message of an exchange still open
+        (its ``stream_key``), has a span of its own. On a client whose reply stream is current, a send that
+        does not continue that exchange is a new request: it leaves the reply's trace for the application's
+        own context, linked to the exchange before.
         """
         previous: Optional[trace.SpanContext] = None
         fresh = False
@@ -249,19 +247,37 @@ class Replies:
         key = safe_key(key_of, payload) if key_of is not None else None
         if request is not None and request.replies is self:
             if key is not None and key == request.key and not request.done:
-                return IN_EXCHANGE  # a message of the open exchange (a tool result mid-stream): stays in its trace
+                # A message of the open exchange (a tool result mid-stream): stays in its trace.
+                return self._own_span(current, wire, payload, is_text, ordinal, body_size, None)
             if request.stream is not None:
                 previous = request.stream.span.get_span_context()
             current = request.below if request.below is not None else Context()
             fresh = True
-        if key is not None:
-            return None  # a keyed request is a span (and a trace) of its own
+        if key is not None:  # a keyed request is a span (and a trace) of its own
+            return self._own_span(current, wire, payload, is_text, ordinal, body_size, key_of)
         frame, handle, run = self.run_chunk(
             current, wire, payload, is_text, ordinal, body_size, fresh, previous, last_inbound
         )
         if run is not None and client:
             run.request = self.track_request(trace.set_span_in_context(run.stream.span), payload, None)
         return frame, handle
+
+    def _own_span(
+        self,
+        current: Context,
+        wire: Optional[Wire],
+        payload: Any,
+        is_text: bool,
+        ordinal: int,
+        body_size: Optional[int],
+        key_of: Optional[Callable[[Any], Optional[Hashable]]],
+    ) -> tuple[Any, SendHandle]:
+        """A message with a span of its own; with ``key_of``, a request whose answers form its reply stream."""
+        span = self.spans.send(payload, is_text, ordinal, body_size, current)
+        ctx = trace.set_span_in_context(span)
+        if key_of is not None:
+            self.track_request(ctx, payload, key_of)
+        return (wire.wrap(payload, is_text, propagation.inject(ctx)) if wire is not None else payload), SendHandle(span)
 
     def run_chunk(
         self,
@@ -336,6 +352,40 @@ class Replies:
             self.run = None
         if self.inrun is not None and self.inrun.stream is stream:
             self.inrun = None
+
+    def inbound(
+        self,
+        client: bool,
+        payload: Any,
+        carrier: Optional[dict[str, str]],
+        is_text: bool,
+        ordinal: int,
+        body_size: Optional[int],
+        now: int,
+        ambient: Context,
+    ) -> tuple[Span, Context, bool, Optional[StreamRecorder]]:
+        """An inbound message, with streams on: the span to make current, the context to attach, whether that span
+        is the message's own (to end when it is handled) and the stream it ends (``stream_end``), if any.
+
+        On a client, a message answering a request joins the request's reply stream; else a message carrying
+        the same sender context as the one before joins the peer's run; else it gets a receive span of its own.
+        """
+        config = self.spans.config
+        request = self.request_for(payload, now, config.stream_key) if client else None
+        self.end_push()
+        if request is not None:
+            span, base, ends = self.reply_received(request, payload, carrier, is_text, ordinal, body_size, now, ambient)
+            if request.below is None:  # the application's context when its reply began
+                request.below = ambient
+            return span, otel_context.set_value(REQUEST, request, trace.set_span_in_context(span, base)), False, ends
+        sender = hs.remote(config, carrier)
+        chunk = (
+            None if config.chunk_spans else self.received(sender, payload, is_text, ordinal, body_size, now, ambient)
+        )
+        if chunk is not None:
+            return chunk[0], trace.set_span_in_context(*chunk), False, None
+        span, base = self.spans.receive(payload, is_text, ordinal, body_size, sender, ambient)
+        return span, trace.set_span_in_context(span, base), True, None
 
     def received(
         self,

@@ -12,7 +12,7 @@ from typing import Any, Optional, Sequence
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode
 
 from wstrace import semconv as sc
 from wstrace._log import warn_once
@@ -26,6 +26,7 @@ __all__ = [
     "Route",
     "captured",
     "link",
+    "mapped_route",
     "message_attributes",
     "receive_parent",
     "record_error",
@@ -84,6 +85,18 @@ def route(name: Optional[str]) -> Route:
             _ROUTES.clear()
         found = _ROUTES[name] = Route(name)
     return found
+
+
+def mapped_route(config: Config, path: str) -> Optional[str]:
+    """The ``routes`` option's name for ``path``, if it gives one; never raises."""
+    if config.routes is None:
+        return None
+    try:
+        route = config.routes(path or "/")
+    except Exception as exc:
+        warn_once("the routes function", exc)
+        return None
+    return route if isinstance(route, str) and route else None
 
 
 def message_attributes(session_id: str, is_text: bool, ordinal: int, body_size: Optional[int]) -> dict[str, Any]:
@@ -165,9 +178,48 @@ class ConnectionSpans:
         link kept for the connection's lifetime would keep a copy of them per connection."""
         return (link(self.handshake, "handshake"),) if self.handshake is not None else ()
 
-    def open_connection(self, span: Span) -> None:
-        self.connection = span
-        self.connection_ctx = trace.set_span_in_context(span)
+    def start_handshake(
+        self,
+        parent: Context,
+        links: Sequence[Link],
+        attributes: dict[str, Any],
+        kind: SpanKind,
+        start_time: Optional[int] = None,
+    ) -> Span:
+        """The handshake span; a sampled one is what the ``message`` model's spans link to."""
+        span = self.tracer.start_span(
+            self.names.handshake, parent, kind=kind, attributes=attributes, links=links, start_time=start_time
+        )
+        if span.is_recording():
+            self.handshake = span.get_span_context()
+        return span
+
+    def opened(self, span: Span, status: int, envelope: Optional[str], subprotocol: Optional[str]) -> SpanContext:
+        """End a sampled handshake span at the 101 and, in the ``connection`` model, open the connection span;
+        returns the handshake's span context, all that is kept of it."""
+        span.set_attributes(
+            {sc.HTTP_RESPONSE_STATUS_CODE: status, sc.ENVELOPE: envelope or "none", sc.SESSION_ID: self.session_id}
+        )
+        if subprotocol and not subprotocol.startswith(sc.SUBPROTOCOL_PREFIX):  # ours carries a peer's context
+            span.set_attribute(sc.SUBPROTOCOL, subprotocol)
+        span.end()
+        if self.config.model == "connection":
+            attributes = {sc.NETWORK_PROTOCOL_NAME: "websocket", sc.SESSION_ID: self.session_id}
+            self.connection = self.tracer.start_span(
+                self.names.connection, trace.set_span_in_context(span), kind=SpanKind.INTERNAL, attributes=attributes
+            )
+            self.connection_ctx = trace.set_span_in_context(self.connection)
+        return span.get_span_context()
+
+    def failed(self, span: Span, client: bool, status: Optional[int], error: Optional[BaseException]) -> None:
+        """End a sampled handshake span that got no 101."""
+        if status is not None:
+            span.set_attribute(sc.HTTP_RESPONSE_STATUS_CODE, status)
+        # A client that gets no 101 has failed whatever the status; a
+        # server's 4xx refusal is the client's fault, not the server's.
+        if error is not None or (status is not None and (client or status >= 500)):
+            record_error(span, error or str(status), str(error) if error else f"HTTP {status}")
+        span.end()
 
     def _attributes(self, payload: Any, is_text: bool, ordinal: int, body_size: Optional[int]) -> dict[str, Any]:
         attributes = message_attributes(self.session_id, is_text, ordinal, body_size)
@@ -257,9 +309,17 @@ class ConnectionSpans:
         )
 
     def close(
-        self, code: Optional[int], reason: str, initiator: Optional[str], error: Optional[BaseException | str]
-    ) -> Span:
-        """The close's span (``message`` model), or the connection span with the close recorded on it."""
+        self,
+        code: Optional[int],
+        reason: str,
+        initiator: Optional[str],
+        failure: Optional[BaseException | str],
+        error: Optional[BaseException] = None,
+    ) -> None:
+        """End the close's span (``message`` model), or the connection span with the close recorded on it.
+
+        ``failure`` makes it an error; an ``error`` that did not (a clean close that raised) is recorded only.
+        """
         attributes: dict[str, Any] = {
             sc.NETWORK_PROTOCOL_NAME: "websocket",
             sc.SESSION_ID: self.session_id,
@@ -276,9 +336,11 @@ class ConnectionSpans:
             )
         else:
             span.set_attributes(attributes)
-        if error is not None:
-            record_error(span, error, f"WebSocket closed with code {code}" + (f": {reason}" if reason else ""))
-        return span
+        if failure is not None:
+            record_error(span, failure, f"WebSocket closed with code {code}" + (f": {reason}" if reason else ""))
+        elif error is not None:
+            span.record_exception(error)
+        span.end()
 
 
 def size(payload: Any) -> Optional[int]:

@@ -29,15 +29,15 @@ from typing import Any, Literal, Optional, Sequence, Union
 
 from opentelemetry import context as otel_context, trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanContext, SpanKind
+from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind
 
 from wstrace import _close, _handshake as hs, propagation, semconv as sc
 from wstrace._close import Initiator
 from wstrace._context import Attachment, attach
 from wstrace._counting import LOCK as COUNT_LOCK
 from wstrace._log import warn_once
-from wstrace._replies import IN_EXCHANGE, NOTHING_TO_END, OWNER, REQUEST, Inbound, Replies, SendHandle
-from wstrace._spans import ConnectionSpans, link, record_error, route as route_names, size
+from wstrace._replies import NOTHING_TO_END, OWNER, Inbound, Replies, SendHandle
+from wstrace._spans import ConnectionSpans, link, mapped_route, record_error, route as route_names, size
 from wstrace._wire import Wire, wire_for
 from wstrace.carriers import HeaderSource
 from wstrace.config import Config, EnvelopeFormat
@@ -140,10 +140,11 @@ class ConnectionTracer:
         instruments: Optional[Instruments] = None,
     ) -> ConnectionTracer:
         """Start the client's handshake span as a child of the current context."""
-        self = cls("client", tracer, config, route=_mapped(config, path), instruments=instruments)
+        self = cls("client", tracer, config, route=mapped_route(config, path), instruments=instruments)
         try:
             attributes = hs.client_attributes(url, scheme, host, port, self.session_id)
-            self._start_handshake(otel_context.get_current(), (), attributes, SpanKind.CLIENT)
+            self._handshake = self._spans.start_handshake(otel_context.get_current(), (), attributes, SpanKind.CLIENT)
+            self._recording = self._handshake.is_recording()
         except Exception as exc:  # pragma: no cover - defensive
             warn_once("starting the client handshake span", exc)
         return self
@@ -184,7 +185,7 @@ class ConnectionTracer:
         span per request), reads context only from the query and subprotocol (the outer
         span continued the headers), and links the outer span when that is not its parent.
         """
-        self = cls("server", tracer, config, route=route or _mapped(config, path), instruments=instruments)
+        self = cls("server", tracer, config, route=route or mapped_route(config, path), instruments=instruments)
         try:
             nested = nested_in is not None and nested_in.is_valid
             request = hs.read_request(config, headers, query, subprotocols, nested)
@@ -192,19 +193,14 @@ class ConnectionTracer:
             self._answer = request.instrumented
             if request.session_id is not None:
                 self._spans.session_id = request.session_id
+            addresses = (
+                (sc.SERVER_ADDRESS, server_address),
+                (sc.SERVER_PORT, server_port),
+                (sc.CLIENT_ADDRESS, client_address),
+                (sc.CLIENT_PORT, client_port),
+            )
             attributes = hs.server_attributes(
-                method,
-                path,
-                scheme,
-                self.route,
-                self.session_id,
-                request.source,
-                (
-                    (sc.SERVER_ADDRESS, server_address),
-                    (sc.SERVER_PORT, server_port),
-                    (sc.CLIENT_ADDRESS, client_address),
-                    (sc.CLIENT_PORT, client_port),
-                ),
+                method, path, scheme, self.route, self.session_id, request.source, addresses
             )
             parent, links = hs.apply_trust(config, request.context, otel_context.get_current())
             kind = SpanKind.SERVER
@@ -212,27 +208,11 @@ class ConnectionTracer:
                 kind = SpanKind.INTERNAL
                 if trace.get_current_span(parent).get_span_context() != nested_in:
                     links = (*links, link(nested_in, "server"))  # type: ignore[arg-type]  # nested: not None
-            self._start_handshake(parent, links, attributes, kind, start_time)
+            self._handshake = self._spans.start_handshake(parent, links, attributes, kind, start_time)
+            self._recording = self._handshake.is_recording()
         except Exception as exc:
             warn_once("starting the server handshake span", exc)
         return self
-
-    def _start_handshake(
-        self,
-        parent: Context,
-        links: Sequence[Link],
-        attributes: dict[str, Any],
-        kind: SpanKind,
-        start_time: Optional[int] = None,
-    ) -> None:
-        spans = self._spans
-        span = spans.tracer.start_span(
-            spans.names.handshake, parent, kind=kind, attributes=attributes, links=links, start_time=start_time
-        )
-        self._handshake = span
-        self._recording = span.is_recording()
-        if self._recording:
-            spans.handshake = span.get_span_context()
 
     def response_headers(self) -> dict[str, str]:
         """Headers a server adds to its 101 response: the envelope answer and session id, to a client that
@@ -264,24 +244,9 @@ class ConnectionTracer:
                 seconds = (self._opened_ns - self._started_ns) / 1e9
                 self._instruments.connection_opened(self._metric_attributes(), seconds)
             span = self._handshake
-            if not isinstance(span, Span) or not self._recording:
-                return
-            span.set_attributes(
-                {sc.HTTP_RESPONSE_STATUS_CODE: status, sc.ENVELOPE: fmt or "none", sc.SESSION_ID: self.session_id}
-            )
-            if subprotocol and not subprotocol.startswith(sc.SUBPROTOCOL_PREFIX):  # ours carries a peer's context
-                span.set_attribute(sc.SUBPROTOCOL, subprotocol)
-            span.end()
-            # From now on only its context is needed (links, handshake_context): let the SDK's span go.
-            self._handshake = span.get_span_context()
-            if config.model == "connection":
-                attributes = {sc.NETWORK_PROTOCOL_NAME: "websocket", sc.SESSION_ID: self.session_id}
-                spans = self._spans
-                context = trace.set_span_in_context(span)
-                connection = spans.tracer.start_span(
-                    spans.names.connection, context, kind=SpanKind.INTERNAL, attributes=attributes
-                )
-                spans.open_connection(connection)
+            if isinstance(span, Span) and self._recording:
+                # From now on only its context is needed (links, handshake_context): let the SDK's span go.
+                self._handshake = self._spans.opened(span, status, fmt, subprotocol)
         except Exception as exc:
             warn_once("recording the opened connection", exc)
 
@@ -293,13 +258,9 @@ class ConnectionTracer:
             return
         try:
             if self._recording:
-                if status is not None:
-                    span.set_attribute(sc.HTTP_RESPONSE_STATUS_CODE, status)
-                # A client that gets no 101 has failed whatever the status; a
-                # server's 4xx refusal is the client's fault, not the server's.
-                if error is not None or (status is not None and (self.side == "client" or status >= 500)):
-                    record_error(span, error or str(status), str(error) if error else f"HTTP {status}")
-            span.end()
+                self._spans.failed(span, self.side == "client", status, error)
+            else:
+                span.end()
         except Exception as exc:
             warn_once("recording a failed handshake", exc)
 
@@ -359,21 +320,21 @@ class ConnectionTracer:
                 config = self.config
                 if config.message_spans:
                     self._sent += 1
-                    sent = None
                     if config.streams:
-                        client = self.side == "client"
-                        sent = self._ensure_replies().outbound(
-                            current, wire, payload, is_text, self._sent, body_size, client, self._last_inbound
+                        return self._ensure_replies().outbound(
+                            current,
+                            wire,
+                            payload,
+                            is_text,
+                            self._sent,
+                            body_size,
+                            self.side == "client",
+                            self._last_inbound,
                         )
-                    if isinstance(sent, tuple):
-                        return sent
                     span = self._spans.send(payload, is_text, self._sent, body_size, current)
                     handle = SendHandle(span)
-                    span_ctx = trace.set_span_in_context(span)
-                    if self.side == "client" and config.streams and sent is not IN_EXCHANGE:
-                        self._ensure_replies().track_request(span_ctx, payload, config.stream_key)
                     if wire is not None:
-                        carrier = propagation.inject(span_ctx)
+                        carrier = propagation.inject(trace.set_span_in_context(span))
                 elif wire is not None:
                     carrier = propagation.inject(current)  # without message spans the current context still travels
             if wire is not None:
@@ -428,39 +389,22 @@ class ConnectionTracer:
         config = self.config
         if not self._recording or not config.message_spans:
             return
+        self._received += 1
         ambient = otel_context.get_current()
         now = time.monotonic_ns()
-        request = None
-        in_stream = False
-        if self.side == "client" and config.streams and self._replies is not None:
-            request = self._replies.request_for(payload, now, config.stream_key)
-        self._received += 1
-        if self._replies is not None:
-            self._replies.end_push()
-        if request is not None:
-            replies = self._replies
-            span, base, self._recv_ends_stream = replies.reply_received(  # type: ignore[union-attr]
-                request, payload, carrier, is_text, self._received, body_size, now, ambient
+        if config.streams:
+            replies = self._ensure_replies()
+            span, ctx, own, self._recv_ends_stream = replies.inbound(
+                self.side == "client", payload, carrier, is_text, self._received, body_size, now, ambient
             )
+            if self.side == "server":
+                ctx = otel_context.set_value(OWNER, Inbound(replies, ctx, now), ctx)
         else:
             sender = hs.remote(config, carrier)
-            chunk = None
-            if config.streams and not config.chunk_spans:
-                replies = self._ensure_replies()
-                chunk = replies.received(sender, payload, is_text, self._received, body_size, now, ambient)
-            if chunk is not None:
-                (span, base), in_stream = chunk, True
-            else:
-                span, base = self._spans.receive(payload, is_text, self._received, body_size, sender, ambient)
-        ctx = trace.set_span_in_context(span, base)
-        if self.side == "server" and config.streams:
-            ctx = otel_context.set_value(OWNER, Inbound(self._ensure_replies(), ctx, now), ctx)
-        elif request is not None:
-            if request.below is None:  # the application's context when its reply began
-                request.below = ambient
-            ctx = otel_context.set_value(REQUEST, request, ctx)
+            span, base = self._spans.receive(payload, is_text, self._received, body_size, sender, ambient)
+            ctx, own = trace.set_span_in_context(span, base), True
         self._last_inbound = span.get_span_context()
-        self._recv_span = span if (request is None and not in_stream) or config.chunk_spans else None
+        self._recv_span = span if own or config.chunk_spans else None
         self._recv = attach(ctx)
 
     def receive_done(self, error: Optional[BaseException] = None) -> None:
@@ -576,21 +520,6 @@ class ConnectionTracer:
                 seconds = (time.monotonic_ns() - self._opened_ns) / 1e9
                 self._instruments.connection_closed(self._metric_attributes(), end.code, seconds)
             if self._recording:
-                span = self._spans.close(end.code, end.reason, end.initiator, failure)
-                if error is not None and failure is None:
-                    span.record_exception(error)
-                span.end()
+                self._spans.close(end.code, end.reason, end.initiator, failure, error)
         except Exception as exc:
             warn_once("recording the close", exc)
-
-
-def _mapped(config: Config, path: str) -> Optional[str]:
-    """The ``routes`` option's name for ``path``, if it gives one; never raises."""
-    if config.routes is None:
-        return None
-    try:
-        route = config.routes(path or "/")
-    except Exception as exc:
-        warn_once("the routes function", exc)
-        return None
-    return route if isinstance(route, str) and route else None
