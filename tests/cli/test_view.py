@@ -368,6 +368,73 @@ def test_command_reports_skipped_lines(tmp_path: Path, trace_file: Path, capsys:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Folding (the fold itself: test_fold.py)
+
+RUN = 40  # identical sends in the long run
+
+
+def write_long_run(path: Path) -> dict[str, str]:
+    """A turn sending RUN identical frames (each received by the server), then an ack linking to a hidden frame;
+    and a one-span trace. Returns span ids: "first", "hidden" (frame 20), "hidden receive", "last", "ack"."""
+    device = TracerProvider(id_generator=CountingIds(), resource=Resource.create({"service.name": "device"}))
+    device.add_span_processor(SimpleSpanProcessor(OtlpJsonFileExporter(path)))
+    ws = device.get_tracer("wstrace.instrumentation.websockets", "0.1.0")
+    turn = make_span(ws, "voice turn", SpanKind.INTERNAL, 0, 100)
+    frame = {"messaging.message.body.size": 640, "websocket.session.id": SESSION_1}
+    ids: dict[str, str] = {}
+    for i in range(RUN):
+        send = make_span(ws, "send /voice", SpanKind.PRODUCER, 1 + 2 * i, 2 + 2 * i, turn, frame)
+        receive = make_span(ws, "receive /voice", SpanKind.CONSUMER, 1.2 + 2 * i, 1.8 + 2 * i, send, frame)
+        if i in (0, 20, RUN - 1):
+            ids[{0: "first", 20: "hidden", RUN - 1: "last"}[i]] = f"{send.get_span_context().span_id:016x}"
+        if i == 20:
+            ids["hidden receive"] = f"{receive.get_span_context().span_id:016x}"
+            to_frame = (Link(send.get_span_context(), {"wstrace.link.kind": "inbound"}),)
+    ack = make_span(ws, "ack", SpanKind.INTERNAL, 90, 91, turn, links=to_frame)
+    ids["ack"] = f"{ack.get_span_context().span_id:016x}"
+    make_span(ws, "lonely", SpanKind.INTERNAL, 200, 201)
+    device.shutdown()
+    return ids
+
+
+@pytest.fixture(scope="module")
+def long_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    path = tmp_path_factory.mktemp("fold") / "run.jsonl"
+    return path, write_long_run(path)
+
+
+def test_command_folds_long_runs_unless_no_fold(
+    long_run: tuple[Path, dict[str, str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`wstrace view` shows a run's first and last subtree and one summary row between; --no-fold every span."""
+    path, _ = long_run
+    total = 1 + 2 * RUN + 1 + 1
+    assert main(["view", str(path), "--width", "200"]) == 0
+    out = capsys.readouterr().out
+    folded = sections(out)["1" * 32]
+    assert tree(folded) == [
+        (0, "voice turn"),
+        (1, "send /voice"),
+        (2, "receive /voice"),
+        (1, f"{RUN - 2} more send /voice ({2 * (RUN - 2)} spans)"),  # after "⋯ "
+        (1, "send /voice"),
+        (2, "receive /voice"),
+        (1, "ack"),
+    ]
+    summary = folded[3]
+    assert (summary["start"], summary["duration"]) == ("3.00", "75.00")  # frames 1 (from 3 ms) to 38 (to 78 ms)
+    assert f"size={(RUN - 2) * 640}" in summary["rest"]
+    assert f"7 rows, {total - 1} spans" in out  # the header counts every span of the trace
+    assert f"{total} spans in 2 traces" in out
+
+    assert main(["view", str(path), "--width", "200", "--no-fold"]) == 0
+    out = capsys.readouterr().out
+    whole = sections(out)["1" * 32]
+    assert len(whole) == total - 1 and "more" not in out
+    assert f"  ·  {total - 1} spans" in out and f"{total} spans in 2 traces" in out
+
+
+# ---------------------------------------------------------------------------------------------------------
 # HTML
 
 
@@ -490,3 +557,117 @@ def test_html_page_in_headless_chromium(trace_file: Path, tmp_path: Path) -> Non
             browser.close()
     assert problems == []
     assert time.monotonic() - started < 20
+
+
+def test_html_folds_long_runs_into_a_summary_that_holds_them(
+    long_run: tuple[Path, dict[str, str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The page's summary row carries the hidden rows; counts are of every span, and 1 span is "1 span"."""
+    path, ids = long_run
+    total = 1 + 2 * RUN + 1 + 1
+    out = tmp_path / "run.html"
+    assert main(["view", str(path), "--html", str(out)]) == 0
+    assert f"wrote {out}: 2 traces, {total} spans" in capsys.readouterr().out
+    page = out.read_text(encoding="utf-8")
+    assert f'<p class="summary">run.jsonl · 2 traces · {total} spans</p>' in page
+    turn, lonely = data_block(page)["traces"]
+    assert (turn["spanCount"], lonely["spanCount"]) == (total - 1, 1)
+    assert [entry["name"] for entry in turn["spans"]][3] == f"⋯ {RUN - 2} more send /voice ({2 * (RUN - 2)} spans)"
+    summary = turn["spans"][3]
+    assert (summary["hiddenSpans"], summary["size"], summary["depth"]) == (2 * (RUN - 2), (RUN - 2) * 640, 1)
+    assert (summary["offsetMs"], summary["durationMs"]) == (3.0, 75.0)
+    assert "spanId" not in summary and len(turn["spans"]) == 7
+    assert ids["hidden"] in [entry.get("spanId") for entry in summary["folded"]]
+    assert [len(entry.get("folded", ())) for entry in summary["folded"]] == [0] * 2 * (RUN - 2)
+    [ack] = [entry for entry in turn["spans"] if entry["name"] == "ack"]
+    assert ack["links"][0]["spanId"] == ids["hidden"] and ack["links"][0]["inPage"]
+
+    assert main(["view", str(path), "--trace", "2", "--html", str(out)]) == 0
+    assert f"wrote {out}: 1 trace, 1 span\n" in capsys.readouterr().out
+    assert '<p class="summary">run.jsonl · 1 trace · 1 span</p>' in out.read_text(encoding="utf-8")
+
+    assert main(["view", str(path), "--no-fold", "--html", str(out)]) == 0
+    assert f"wrote {out}: 2 traces, {total} spans" in capsys.readouterr().out
+    turn, _ = data_block(out.read_text(encoding="utf-8"))["traces"]
+    assert len(turn["spans"]) == total - 1 and not any("folded" in entry for entry in turn["spans"])
+
+
+def test_html_folded_run_expands_in_headless_chromium(long_run: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    """A folded run is one visible summary row; a click (or Enter) shows and hides its rows, with no network
+    and nothing the page's Content-Security-Policy refuses; a link to a hidden span opens the fold."""
+    chromium = _browser()
+    from playwright.sync_api import expect, sync_playwright  # noqa: PLC0415 - optional: see _browser
+
+    path, ids = long_run
+    total = 1 + 2 * RUN + 1 + 1
+    folded_file, whole_file = tmp_path / "folded.html", tmp_path / "whole.html"
+    assert main(["view", str(path), "--html", str(folded_file)]) == 0
+    assert main(["view", str(path), "--html", str(whole_file), "--no-fold"]) == 0
+    problems: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "profile"),
+            executable_path=chromium,
+            headless=True,
+            args=CHROMIUM_FLAGS,
+            viewport={"width": 1280, "height": 900},
+        )
+        try:
+            page = browser.new_page()
+            page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+            page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+            pages = {folded_file.as_uri(), whole_file.as_uri()}
+            page.on("request", lambda r: problems.append(f"request {r.url}") if r.url not in pages else None)
+            page.goto(folded_file.as_uri())
+
+            summary = page.locator(".row.fold")
+            expect(summary).to_have_count(1)
+            expect(summary).to_be_visible()
+            expect(summary).to_contain_text(f"{RUN - 2} more send /voice ({2 * (RUN - 2)} spans)")
+            expect(summary).to_contain_text(f"size={(RUN - 2) * 640}")
+            expect(summary).to_contain_text("+3.000 ms · 75.000 ms")
+            expect(summary).to_have_attribute("aria-expanded", "false")
+            hidden = page.locator(f'.row[data-span-id="{ids["hidden"]}"]')
+            hidden_receive = page.locator(f'.row[data-span-id="{ids["hidden receive"]}"]')
+            expect(page.locator(".row")).to_have_count(total + 1)  # every span is in the page, and the summary
+            expect(page.locator(".row:visible")).to_have_count(7 + 1)  # the folded turn, and the lonely span
+            expect(hidden).to_be_hidden()
+            expect(hidden_receive).to_be_hidden()
+            for shown in ("first", "last", "ack"):
+                expect(page.locator(f'.row[data-span-id="{ids[shown]}"]')).to_be_visible()
+            facts = page.locator(".trace-head .facts")
+            expect(facts.nth(0)).to_contain_text(f"  ·  {total - 1} spans  ·  session {SESSION_1}")
+            expect(facts.nth(1)).to_have_text(re.compile(r"  ·  1 span$"))
+            expect(page.locator("header .summary")).to_have_text(f"run.jsonl · 2 traces · {total} spans")
+
+            summary.click()
+            expect(summary).to_have_attribute("aria-expanded", "true")
+            expect(hidden).to_be_visible()
+            expect(hidden_receive).to_be_visible()
+            expect(page.locator(".row:visible")).to_have_count(total + 1)
+            hidden.click()  # a hidden span's row, once shown, opens its own details
+            expect(hidden.locator("xpath=following-sibling::div[1]")).to_be_visible()
+            expect(hidden.locator("xpath=following-sibling::div[1]")).to_contain_text("messaging.message.body.size")
+
+            summary.focus()
+            page.keyboard.press("Enter")
+            expect(summary).to_have_attribute("aria-expanded", "false")
+            expect(hidden).to_be_hidden()
+            expect(page.locator(".row:visible")).to_have_count(7 + 1)
+
+            ack = page.locator(f'.row[data-span-id="{ids["ack"]}"]')
+            ack.click()
+            ack.locator("xpath=following-sibling::div[1]").get_by_role("button", name="show span").click()
+            expect(summary).to_have_attribute("aria-expanded", "true")
+            expect(hidden).to_be_visible()
+            expect(hidden).to_have_attribute("aria-expanded", "true")
+            (REPO / "build").mkdir(exist_ok=True)
+            page.screenshot(path=str(REPO / "build" / "view-fold-screenshot.png"), full_page=True)
+
+            page.goto(whole_file.as_uri())
+            expect(page.locator(".row")).to_have_count(total)
+            expect(page.locator(".row:visible")).to_have_count(total)
+            expect(page.locator(".row.fold")).to_have_count(0)
+        finally:
+            browser.close()
+    assert problems == []

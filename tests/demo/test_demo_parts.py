@@ -1,4 +1,7 @@
-"""The demo's parts on their own: protocol, latency profile, script, audio, folding, requirements, SDK set-up."""
+"""The demo's parts on their own: protocol, latency profile, script, audio, requirements, SDK set-up.
+
+Folding the waterfall is :mod:`wstrace.cli.fold`'s, tested in ``tests/cli/test_fold.py``.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +13,8 @@ from array import array
 from pathlib import Path
 
 import pytest
-from rich.console import Console
 
 from wstrace.cli import demo as cli_demo
-from wstrace.cli.export import SpanRecord
-from wstrace.cli.view import Row, Trace, render_terminal
 from wstrace.demo import audio, dialogue, protocol, run, telemetry
 from wstrace.demo.profile import PROFILES, Pacing, Stage
 
@@ -130,68 +130,6 @@ def test_resampling_keeps_the_duration() -> None:
     source = audio.speech("hello there", "r")
     out = audio.resample(source, 16000, 22050)
     assert abs(audio.duration(source) * 22050 / 16000 - audio.duration(out)) < 0.001
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Folding the waterfall
-
-
-def _span(span_id: str, name: str, start: int, parent: str | None = None, size: int = 0) -> SpanRecord:
-    return SpanRecord(
-        trace_id="t" * 32,
-        span_id=span_id,
-        parent_span_id=parent,
-        name=name,
-        kind="PRODUCER",
-        start_ns=start,
-        end_ns=start + 10,
-        attributes={"messaging.message.body.size": size} if size else {},
-        resource={"service.name": "voice-device"},
-    )
-
-
-def test_long_runs_of_identical_subtrees_fold_to_first_summary_last() -> None:
-    rows = [Row(_span("root", "voice turn", 0), 0)]
-    for i in range(6):
-        rows.append(Row(_span(f"s{i}", "send /voice", 100 * (i + 1), "root", size=640), 1))
-        rows.append(Row(_span(f"r{i}", "receive /voice", 100 * (i + 1) + 5, f"s{i}"), 2))
-    rows.append(Row(_span("end", "send /voice", 1000, "root", size=34), 1))  # a different subtree: kept
-    folded = run.fold(Trace("t" * 32, tuple(rows), 0, 1010))
-    names = [(row.depth, row.span.name) for row in folded.rows]
-    assert names == [
-        (0, "voice turn"),
-        (1, "send /voice"),
-        (2, "receive /voice"),
-        (1, "⋯ 4 more send /voice (8 spans)"),
-        (1, "send /voice"),
-        (2, "receive /voice"),
-        (1, "send /voice"),
-    ]
-    summary = folded.rows[3].span
-    assert (summary.start_ns, summary.end_ns) == (200, 515)
-    assert summary.attributes["messaging.message.body.size"] == 4 * 640
-
-
-def test_a_folded_trace_header_counts_every_span() -> None:
-    """The header of a folded trace says how many rows it shows and how many spans the trace holds."""
-    rows = [Row(_span("root", "voice turn", 0), 0)]
-    for i in range(6):
-        rows.append(Row(_span(f"s{i}", "send /voice", 100 * (i + 1), "root", size=640), 1))
-        rows.append(Row(_span(f"r{i}", "receive /voice", 100 * (i + 1) + 5, f"s{i}"), 2))
-    trace = Trace("t" * 32, tuple(rows), 0, 1010)
-    console = Console(record=True, width=200)
-    render_terminal([run.fold(trace)], console)
-    render_terminal([trace], console)
-    folded_header, whole_header = [line for line in console.export_text().splitlines() if " ms  ·  " in line]
-    assert folded_header.endswith("  ·  6 rows, 13 spans")  # root, first, summary, last
-    assert whole_header.endswith("  ·  13 spans")
-
-
-def test_short_runs_are_not_folded() -> None:
-    rows = [Row(_span("root", "voice turn", 0), 0)]
-    rows += [Row(_span(f"s{i}", "send /voice", 10 * (i + 1), "root"), 1) for i in range(run.FOLD_MIN - 1)]
-    trace = Trace("t" * 32, tuple(rows), 0, 100)
-    assert run.fold(trace).rows == trace.rows
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -31,6 +31,11 @@ def _parser() -> argparse.ArgumentParser:
     view.add_argument("--session", metavar="ID", help="only traces with a span whose websocket.session.id is ID")
     view.add_argument("--width", metavar="N", type=int, help="terminal width in columns (default: detected)")
     view.add_argument("--html", metavar="OUT", help="write a self-contained HTML page to OUT instead")
+    view.add_argument(
+        "--no-fold",
+        action="store_true",
+        help="show every span (default: a run of 5 or more identical sibling subtrees shows as first, summary, last)",
+    )
     return parser
 
 

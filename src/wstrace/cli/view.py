@@ -6,7 +6,7 @@ import argparse
 import math
 import sys
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from wstrace.cli.export import SpanRecord, TraceFile, read_trace_file
+from wstrace.cli.fold import fold
 from wstrace.cli.view_html import render_html
 
 
@@ -45,11 +46,19 @@ class Row:
     span: SpanRecord
     depth: int
     orphan: bool = False
+    folded: tuple[Row, ...] = ()
+    """On a summary row of a folded run (:func:`wstrace.cli.fold.fold`): the rows it stands for; else empty."""
+
+    @property
+    def hidden_spans(self) -> int:
+        """How many spans a summary row stands for (nested summaries' included); 0 for a span's own row."""
+        return sum(row.hidden_spans if row.folded else 1 for row in self.folded)
 
 
 @dataclass(frozen=True)
 class Trace:
-    """One trace's spans in tree order (depth first, siblings by start time)."""
+    """One trace's spans in tree order (depth first, siblings by start time); in a folded trace
+    (:func:`wstrace.cli.fold.fold`), a summary row stands for each long run's middle."""
 
     trace_id: str
     rows: tuple[Row, ...]
@@ -68,16 +77,26 @@ class Trace:
         """From the first span's start to the last span's end."""
         return max(0, self.end_ns - self.start_ns)
 
+    def every_span(self) -> Iterator[SpanRecord]:
+        """Each span of the trace in tree order, those behind a summary row included (never the summary)."""
+        stack = list(reversed(self.rows))
+        while stack:
+            row = stack.pop()
+            if row.folded:
+                stack.extend(reversed(row.folded))
+            else:
+                yield row.span
+
     @property
     def root_name(self) -> str:
         """The name of the first true root, else of the first orphan."""
-        roots = [row for row in self.rows if row.depth == 0]
+        roots = [row for row in self.rows if row.depth == 0 and not row.folded]
         return next((row.span.name for row in roots if not row.orphan), roots[0].span.name if roots else "")
 
     @property
     def sessions(self) -> tuple[str, ...]:
         """The distinct ``websocket.session.id`` values on its spans."""
-        found = (str(row.span.attributes[SESSION_ID]) for row in self.rows if SESSION_ID in row.span.attributes)
+        found = (str(span.attributes[SESSION_ID]) for span in self.every_span() if SESSION_ID in span.attributes)
         return tuple(dict.fromkeys(found))
 
 
@@ -308,7 +327,9 @@ def main(args: argparse.Namespace) -> int:
         )
         print(f"wstrace view: no trace in {path} matches {wanted} ({_count(len(traces), 'trace')})", file=sys.stderr)
         return 1
-    spans = sum(len(t.rows) for t in selected)
+    spans = sum(t.spans for t in selected)  # every span, folded or not
+    if not args.no_fold:
+        selected = [fold(t) for t in selected]
     if args.html:
         out = Path(args.html)
         try:

@@ -1,5 +1,8 @@
 """``wstrace view --html``: one self-contained page with a waterfall per trace and a details panel per span.
 
+A folded run (:mod:`wstrace.cli.fold`) is one summary row; clicking it shows the rows it stands for, which
+travel in the page with it.
+
 The page loads nothing: CSS and JavaScript are inline, and its Content-Security-Policy allows only those two
 blocks (by hash), so even a span name that slipped past escaping could run no script. The spans travel as
 JSON in a ``<script type="application/json">`` block and are put on the page with ``textContent`` only.
@@ -18,10 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 
 if TYPE_CHECKING:
-    from wstrace.cli.view import Trace
+    from wstrace.cli.export import SpanRecord
+    from wstrace.cli.view import Row, Trace
 
 
 __all__ = ["format_value", "render_html", "value_type"]
+
+SIZE = "messaging.message.body.size"
 
 
 def value_type(value: Any) -> str:
@@ -75,36 +81,49 @@ def _ms(ns: int) -> float:
 
 
 def _page_data(traces: Sequence[Trace], source: str) -> dict[str, Any]:
-    shown = {row.span.span_id for trace in traces for row in trace.rows}
+    shown = {span.span_id for trace in traces for span in trace.every_span()}
     resources: dict[str, int] = {}
     resource_list: list[list[list[str]]] = []
     out: list[dict[str, Any]] = []
-    for trace in traces:
+
+    def resource_index(span: SpanRecord) -> int:
+        resource = _attributes(span.resource)
+        key = json.dumps(resource)
+        if key not in resources:  # every span of a process carries the same resource: send it once
+            resources[key] = len(resource_list)
+            resource_list.append(resource)
+        return resources[key]
+
+    def entries(rows: Sequence[Row], trace: Trace) -> list[dict[str, Any]]:
         total = trace.duration_ns
-        spans = []
-        for row in trace.rows:
+        found = []
+        for row in rows:
             span = row.span
             offset = span.start_ns - trace.start_ns
-            resource = _attributes(span.resource)
-            key = json.dumps(resource)
-            if key not in resources:  # every span of a process carries the same resource: send it once
-                resources[key] = len(resource_list)
-                resource_list.append(resource)
-            spans.append(
+            entry: dict[str, Any] = {
+                "name": span.name,
+                "kind": span.kind.lower(),
+                "depth": row.depth,
+                "offsetMs": _ms(offset),
+                "durationMs": _ms(span.duration_ns),
+                "left": 100 * offset / total if total else 0,
+                "width": 100 * span.duration_ns / total if total else 100,
+            }
+            if row.folded:  # a summary row: what it stands for goes with it, shown on click
+                size = span.attributes.get(SIZE)
+                entry.update(
+                    {"hiddenSpans": row.hidden_spans, "size": size, "folded": entries(row.folded, trace)},
+                )
+                found.append(entry)
+                continue
+            entry.update(
                 {
-                    "name": span.name,
                     "spanId": span.span_id,
                     "parentSpanId": span.parent_span_id or "",
-                    "kind": span.kind.lower(),
-                    "depth": row.depth,
                     "orphan": row.orphan,
                     "status": span.status,
                     "statusMessage": span.status_message,
                     "scope": " ".join(filter(None, (span.scope, span.scope_version))),
-                    "offsetMs": _ms(offset),
-                    "durationMs": _ms(span.duration_ns),
-                    "left": 100 * offset / total if total else 0,
-                    "width": 100 * span.duration_ns / total if total else 100,
                     "attributes": _attributes(span.attributes),
                     "events": [
                         {
@@ -123,21 +142,30 @@ def _page_data(traces: Sequence[Trace], source: str) -> dict[str, Any]:
                         }
                         for link in span.links
                     ],
-                    "resource": resources[key],
+                    "resource": resource_index(span),
                 }
             )
+            found.append(entry)
+        return found
+
+    for trace in traces:
         started = datetime.fromtimestamp(trace.start_ns / 1e9, tz=timezone.utc)
         out.append(
             {
                 "traceId": trace.trace_id,
                 "root": trace.root_name,
                 "started": started.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC",
-                "durationMs": _ms(total),
+                "durationMs": _ms(trace.duration_ns),
                 "sessions": list(trace.sessions),
-                "spans": spans,
+                "spanCount": trace.spans,
+                "spans": entries(trace.rows, trace),
             }
         )
     return {"source": source, "traces": out, "resources": resource_list}
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'s' * (n != 1)}"
 
 
 def _script_json(data: object) -> str:
@@ -151,8 +179,8 @@ def _hash(source: str) -> str:
 
 def render_html(traces: Sequence[Trace], *, source: str = "") -> str:
     """The whole page for ``traces``; ``source`` (the file name) goes in its title."""
-    spans = sum(len(t.rows) for t in traces)
-    summary = f"{source + ' · ' if source else ''}{len(traces)} traces · {spans} spans"
+    spans = sum(t.spans for t in traces)  # every span, also those folded behind a summary row
+    summary = f"{source + ' · ' if source else ''}{_count(len(traces), 'trace')} · {_count(spans, 'span')}"
     policy = (
         f"default-src 'none'; style-src {_hash(_STYLE)}; script-src {_hash(_SCRIPT)}; "
         "img-src 'none'; base-uri 'none'; form-action 'none'"
@@ -243,6 +271,11 @@ td.value { white-space: pre-wrap; word-break: break-all; }
 .event, .link { font-size: 12px; margin-top: 4px; }
 .event-time { color: var(--muted); }
 .link button { margin-left: 8px; font-size: 11px; }
+.row.fold .name { color: var(--muted); font-style: italic; }
+.row.fold .bar { opacity: .5; background: repeating-linear-gradient(90deg, var(--bar) 0 3px, transparent 3px 5px); }
+.fold-mark { display: inline-block; width: 1em; color: var(--muted); }
+.row.fold[aria-expanded="true"] .fold-mark { transform: rotate(90deg); }
+.fold-size { color: var(--muted); font-size: 11px; margin-left: 6px; }
 .flash { animation: flash 1.2s ease-out; }
 @keyframes flash { from { background: var(--open); } to { background: transparent; } }
 """
@@ -287,6 +320,9 @@ _SCRIPT = """
   const goTo = (spanId) => {
     const row = main.querySelector('.row[data-span-id="' + CSS.escape(spanId) + '"]');
     if (!row) return;
+    for (let group = row.parentElement; group && group !== main; group = group.parentElement) {
+      if (group.classList.contains("folded")) toggle(group.previousElementSibling, true);  // its summary row
+    }
     toggle(row, true);
     row.scrollIntoView({ block: "center" });
     row.focus();
@@ -361,14 +397,20 @@ _SCRIPT = """
     return line;
   };
 
+  const plural = (count, noun) => count.toLocaleString("en-US") + " " + noun + (count === 1 ? "" : "s");
+
+  // A span's row opens its details panel (the next element); a summary row of a folded run shows the rows
+  // it stands for (the next element too: their group).
   const spanRow = (span) => {
-    const row = el("div", "grid row" + (span.status === "ERROR" ? " error" : ""));
+    const fold = span.folded !== undefined;
+    const row = el("div", "grid row" + (fold ? " fold" : "") + (span.status === "ERROR" ? " error" : ""));
     row.tabIndex = 0;
     row.setAttribute("role", "button");
     row.setAttribute("aria-expanded", "false");
-    row.dataset.spanId = span.spanId;
+    if (!fold) row.dataset.spanId = span.spanId;
     const label = el("div", "label");
     label.style.paddingLeft = 8 + 16 * span.depth + "px";
+    if (fold) label.appendChild(el("span", "fold-mark", "\\u25b8"));
     if (span.orphan) {
       const mark = el("span", "orphan-mark", "\\u22ef");
       mark.title = "parent span not in the file";
@@ -376,7 +418,10 @@ _SCRIPT = """
     }
     label.appendChild(el("span", "name", span.name));
     label.appendChild(el("span", "kind", span.kind));
-    label.title = span.name;
+    const size = fold && span.size ? "size=" + span.size : "";
+    if (size) label.appendChild(el("span", "fold-size", size));
+    const hint = fold ? "click to show the " + plural(span.hiddenSpans, "span") : "";
+    label.title = [span.name, size, hint].filter(Boolean).join("  ");
     row.appendChild(label);
     const track = el("div", "track");
     const bar = el("div", "bar");
@@ -395,6 +440,20 @@ _SCRIPT = """
     return row;
   };
 
+  const addRows = (parent, spans) => {
+    for (const span of spans) {
+      parent.appendChild(spanRow(span));
+      if (span.folded === undefined) {
+        parent.appendChild(details(span));
+      } else {
+        const group = el("div", "folded");
+        group.hidden = true;
+        addRows(group, span.folded);
+        parent.appendChild(group);
+      }
+    }
+  };
+
   for (const trace of data.traces) {
     const section = el("section", "trace");
     section.dataset.traceId = trace.traceId;
@@ -403,15 +462,12 @@ _SCRIPT = """
     title.appendChild(el("span", "trace-id", trace.traceId));
     title.appendChild(el("span", "root", trace.root));
     head.appendChild(title);
-    const facts = [trace.started, ms(trace.durationMs), trace.spans.length + " spans"];
+    const facts = [trace.started, ms(trace.durationMs), plural(trace.spanCount, "span")];
     for (const session of trace.sessions) facts.push("session " + session);
     head.appendChild(el("div", "facts", facts.join("  ·  ")));
     section.appendChild(head);
     section.appendChild(axis(trace.durationMs));
-    for (const span of trace.spans) {
-      section.appendChild(spanRow(span));
-      section.appendChild(details(span));
-    }
+    addRows(section, trace.spans);
     main.appendChild(section);
   }
 })();

@@ -9,9 +9,10 @@ cannot give the two ends different resources; and because that is what a device 
 append whole lines to one OTLP/JSON file (:mod:`.telemetry`).
 
 After the conversation this module reads the file back, the way any consumer of the trace would: the
-waterfall comes from ``wstrace view``'s renderer (long runs of identical sibling spans, such as the 20 ms
-uplink frames, are folded for the terminal; ``wstrace view FILE`` shows every span) and the latency table
-from the spans' attributes.
+waterfall comes from ``wstrace view``'s renderer, folded as ``wstrace view FILE`` folds it (a long run of
+identical sibling spans shows as its first, a summary row and its last; here, a long run of identical traces
+too, such as the one-span traces of the uplink frames with ``--envelope off``; ``wstrace view FILE --no-fold``
+shows every span), and the latency table from the spans' attributes.
 """
 
 from __future__ import annotations
@@ -34,18 +35,17 @@ from rich.text import Text
 from websockets.exceptions import ConnectionClosed
 
 from wstrace.cli.export import SpanRecord, read_spans
-from wstrace.cli.view import Row, Trace, build_traces, render_terminal
+from wstrace.cli.fold import FOLD_MIN, fold, service
+from wstrace.cli.view import Trace, build_traces, render_terminal
 from wstrace.demo import audio, dialogue, protocol, telemetry
 from wstrace.demo.device import LATENCY, Device, TurnResult
 from wstrace.demo.profile import PROFILES, Pacing
 
 
-__all__ = ["DEFAULT_OUT", "Options", "TurnLatency", "fold", "latencies", "missing_requirements", "run"]
+__all__ = ["DEFAULT_OUT", "Options", "TurnLatency", "latencies", "missing_requirements", "run"]
 
 DEFAULT_OUT = Path("wstrace-traces.jsonl")
 NUMBER = "wstrace.voice.turn.number"
-FOLD_MIN = 5
-"""Runs of this many identical sibling subtrees (or traces) or more are folded in the terminal."""
 
 
 class DemoError(Exception):
@@ -274,87 +274,8 @@ async def _converse(options: Options, tel: telemetry.Telemetry, progress: Progre
 # Reading the trace back
 
 
-def _service(span: SpanRecord) -> str:
-    return str(span.resource.get("service.name", ""))
-
-
-def _subtree(rows: Sequence[Row], children: dict[int, list[int]], index: int) -> list[int]:
-    found, stack = [], [index]
-    while stack:
-        current = stack.pop()
-        found.append(current)
-        stack.extend(reversed(children[current]))
-    return found
-
-
-def fold(trace: Trace, minimum: int = FOLD_MIN) -> Trace:
-    """``trace`` with each run of ``minimum`` or more identical sibling subtrees shown as first, summary, last.
-
-    Identical: the same names, kinds and services at the same places. The summary row spans the hidden
-    subtrees' time and sums their top spans' payload sizes.
-    """
-    rows = trace.rows
-    children: dict[int, list[int]] = defaultdict(list)
-    stack: list[int] = []
-    for index, row in enumerate(rows):
-        while stack and rows[stack[-1]].depth >= row.depth:
-            stack.pop()
-        children[stack[-1] if stack else -1].append(index)
-        stack.append(index)
-
-    def shape(index: int) -> tuple[tuple[int, str, str, str], ...]:
-        base = rows[index].depth
-        return tuple(
-            (rows[i].depth - base, rows[i].span.name, rows[i].span.kind, _service(rows[i].span))
-            for i in _subtree(rows, children, index)
-        )
-
-    out: list[Row] = []
-
-    def emit(siblings: list[int]) -> None:
-        shapes = [shape(i) for i in siblings]
-        k = 0
-        while k < len(siblings):
-            end = k
-            while end + 1 < len(siblings) and shapes[end + 1] == shapes[k]:
-                end += 1
-            run = siblings[k : end + 1]
-            if len(run) >= minimum:
-                emit_tree(run[0])
-                out.append(_summary(rows, children, run[1:-1]))
-                emit_tree(run[-1])
-            else:
-                for index in run:
-                    emit_tree(index)
-            k = end + 1
-
-    def emit_tree(index: int) -> None:
-        out.append(rows[index])
-        emit(children[index])
-
-    emit(children[-1])
-    return Trace(trace.trace_id, tuple(out), trace.start_ns, trace.end_ns, span_count=trace.spans)
-
-
-def _summary(rows: Sequence[Row], children: dict[int, list[int]], hidden: list[int]) -> Row:
-    first = rows[hidden[0]].span
-    spans = [rows[i].span for index in hidden for i in _subtree(rows, children, index)]
-    size = sum(int(rows[i].span.attributes.get("messaging.message.body.size", 0) or 0) for i in hidden)
-    record = SpanRecord(
-        trace_id=first.trace_id,
-        span_id="",
-        parent_span_id=None,
-        name=f"⋯ {len(hidden)} more {first.name}" + (f" ({len(spans)} spans)" if len(spans) > len(hidden) else ""),
-        kind=first.kind,
-        start_ns=min(s.start_ns for s in spans),
-        end_ns=max(s.end_ns for s in spans),
-        attributes={"messaging.message.body.size": size} if size else {},
-    )
-    return Row(record, rows[hidden[0]].depth)
-
-
 def _trace_shape(trace: Trace) -> tuple[tuple[int, str, str], ...]:
-    return tuple((row.depth, row.span.name, _service(row.span)) for row in trace.rows)
+    return tuple((row.depth, row.span.name, service(row.span)) for row in trace.rows)
 
 
 def show_waterfall(traces: Sequence[Trace], console: Console) -> None:
@@ -411,12 +332,12 @@ def latencies(spans: Sequence[SpanRecord]) -> list[TurnLatency]:
         parent, seen = by_id.get(span.parent_span_id or ""), 0
         while parent is not None and not parent.name.startswith("invoke_agent") and seen < 64:
             parent, seen = by_id.get(parent.parent_span_id or ""), seen + 1
-        if parent is not None and _service(span) == "voice-server":
+        if parent is not None and service(span) == "voice-server":
             key = (str(parent.attributes.get("gen_ai.conversation.id")), int(parent.attributes.get(NUMBER, 0)))
             stages[key][str(operation)] = span
     rows = []
     for span in spans:
-        if span.name != "voice turn" or _service(span) != "voice-device":
+        if span.name != "voice turn" or service(span) != "voice-device":
             continue
         a = span.attributes
         number = int(a.get(NUMBER, 0))
@@ -559,5 +480,7 @@ def _report(options: Options, console: Console, otlp: bool) -> int:
             (" · also sent over OTLP" if otlp else "", "dim"),
         )
     )
-    console.print(Text(f"every span, unfolded: wstrace view {out}   (or: wstrace view {out} --html trace.html)", "dim"))
+    console.print(
+        Text(f"every span, unfolded: wstrace view {out} --no-fold   (or: wstrace view {out} --html trace.html)", "dim")
+    )
     return 0
