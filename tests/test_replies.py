@@ -599,3 +599,25 @@ def test_the_same_sender_context_after_the_idle_gap_starts_afresh(telemetry: Tel
     assert replies.received(sender, "a", True, 1, 1, now, Context()) is None
     assert replies.received(sender, "b", True, 2, 1, now + 2 * SEC, Context()) is None  # long after: alone again
     assert replies.received(sender, "c", True, 3, 1, now + 2 * SEC + 1000, Context()) is not None
+
+
+def test_a_first_answer_after_an_idle_gap_needs_the_requests_trace(telemetry: Telemetry) -> None:
+    """Later than ``stream_idle`` after the request, a first message is its reply only if its envelope puts the
+    sender in the request's trace; else it is a push, and the request is over."""
+    replies = _connection(telemetry, stream_idle=0.5)
+    request_span = telemetry.provider.get_tracer("wstrace").start_span("send /chat")
+    ctx = trace.set_span_in_context(request_span)
+    sent = request_span.get_span_context()
+    late = 10**9  # 1 s in ns: twice the idle gap
+    replies.track_request(ctx, "q1", None)
+    request = replies.last_request
+    assert request is not None
+    assert replies.request_for("soon", request.start_ns + 1000, None) is request  # within the gap: no proof needed
+    same_trace = {"traceparent": f"00-{sent.trace_id:032x}-{'1' * 16}-01"}
+    other_trace = {"traceparent": f"00-{'2' * 32}-{'1' * 16}-01"}
+    assert replies.request_for("slow answer", request.start_ns + late, None, same_trace) is request
+    assert replies.request_for("push", request.start_ns + late, None, other_trace) is None
+    assert request.done  # over: what follows is not its reply either
+    replies.track_request(ctx, "q2", None)
+    second = replies.last_request
+    assert second is not None and replies.request_for("push", second.start_ns + late, None) is None

@@ -371,7 +371,7 @@ class Replies:
         the same sender context as the one before joins the peer's run; else it gets a receive span of its own.
         """
         config = self.spans.config
-        request = self.request_for(payload, now, config.stream_key) if client else None
+        request = self.request_for(payload, now, config.stream_key, carrier) if client else None
         self.end_push()
         if request is not None:
             span, base, ends = self.reply_received(request, payload, carrier, is_text, ordinal, body_size, now, ambient)
@@ -608,10 +608,23 @@ class Replies:
                 evicted.stream.end(at_last_chunk=True)
         return request
 
+    def _in_trace(self, carrier: Optional[dict[str, str]], ctx: Context) -> bool:
+        sender = hs.remote(self.spans.config, carrier)[1] if carrier is not None else None
+        return sender is not None and sender.trace_id == trace.get_current_span(ctx).get_span_context().trace_id
+
     def request_for(
-        self, payload: Any, now: int, key_of: Optional[Callable[[Any], Optional[Hashable]]]
+        self,
+        payload: Any,
+        now: int,
+        key_of: Optional[Callable[[Any], Optional[Hashable]]],
+        carrier: Optional[dict[str, str]] = None,
     ) -> Optional[Request]:
-        """The request an inbound message answers, if it is still streaming."""
+        """The request an inbound message answers, if it is still streaming.
+
+        A first answer that comes more than ``stream_idle`` after the request is taken as its reply only if
+        the message's envelope (``carrier``) puts its sender in the request's trace: after such a gap, a
+        message with no such proof is as likely a push (a notification, a timer) as a slow answer.
+        """
         if key_of is None:
             request = self.last_request
         else:
@@ -620,7 +633,11 @@ class Replies:
         if request is None or request.done:
             return None
         stream = request.stream
-        if stream is not None and (stream.ended or now - stream.stats.last_ns > self.idle_ns):
+        if stream is None:
+            if now - request.start_ns > self.idle_ns and not self._in_trace(carrier, request.ctx):
+                request.done = True
+                return None
+        elif stream.ended or now - stream.stats.last_ns > self.idle_ns:
             stream.end(at_last_chunk=True)
             request.done = True
             return None

@@ -6,7 +6,6 @@ import asyncio
 from collections import defaultdict
 from types import ModuleType
 
-import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
 
@@ -125,12 +124,6 @@ def test_nothing_outlives_its_message(telemetry: Telemetry) -> None:
     assert server_close.attributes["websocket.close.initiator"] == "remote"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core: a client takes any message after its last send, however late, as that request's reply "
-    "(Replies.request_for has no limit on the wait for the first reply); the push becomes the reply stream of "
-    "report 2, with time_to_first_chunk = the idle gap",
-)
 def test_a_push_after_idle_is_not_an_answer(telemetry: Telemetry) -> None:
     """The server's push is a run that answers nothing (its own span has no time to first chunk); the device
     receives it like any run, a receive span of its own, not as the reply to the report it sent a gap before:
