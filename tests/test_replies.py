@@ -621,3 +621,30 @@ def test_a_first_answer_after_an_idle_gap_needs_the_requests_trace(telemetry: Te
     replies.track_request(ctx, "q2", None)
     second = replies.last_request
     assert second is not None and replies.request_for("push", second.start_ns + late, None) is None
+
+
+def test_a_run_longer_than_the_limit_ends_and_the_next_one_links_to_it(telemetry: Telemetry) -> None:
+    """A steady sender (a heartbeat that nothing answers) gets spans it can export as it goes, chained."""
+    replies = _connection(telemetry, run_limit=0.05)
+    _sent(replies, Context(), "beat 1", 1)
+    _sent(replies, Context(), "beat 2", 2)  # within the limit: the same run
+    time.sleep(0.06)
+    _sent(replies, Context(), "beat 3", 3)  # past it: a new run
+    (first,) = telemetry.named("send /chat")  # the first run ended, and was exported
+    assert first.attributes["wstrace.stream.chunk_count"] == 2
+    assert replies.run is not None
+    replies.run.stream.end(at_last_chunk=True)
+    second = telemetry.named("send /chat")[-1]
+    assert second.parent is None and second.attributes["wstrace.stream.chunk_count"] == 1
+    assert [(lk.context.span_id, lk.attributes["wstrace.link.kind"]) for lk in second.links] == [
+        (first.context.span_id, "previous")
+    ]
+
+
+def test_a_run_limit_of_zero_is_no_limit(telemetry: Telemetry) -> None:
+    replies = _connection(telemetry, run_limit=0)
+    _sent(replies, Context(), "a", 1)
+    time.sleep(0.01)
+    _sent(replies, Context(), "b", 2)
+    assert not telemetry.named("send /chat") and replies.run is not None
+    assert replies.run.stream.stats.count == 2

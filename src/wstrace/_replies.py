@@ -49,6 +49,7 @@ REQUEST = otel_context.create_key("wstrace-request")
 """Context key under which a client's reply stream, while current, names the request it answers."""
 
 _MAX_PENDING_REQUESTS = 1024
+_NO_LIMIT = 1 << 62  # ns: a run_limit of 0
 # Open streams per connection: beyond this the oldest ends at its last chunk, so a
 # server answering faster than stream_idle cannot pile up open spans until close.
 _MAX_OPEN_STREAMS = 1024
@@ -176,6 +177,7 @@ class Replies:
         "inrun",
         "instruments",
         "last_request",
+        "limit_ns",
         "loop",
         "orphans",
         "requests",
@@ -189,6 +191,7 @@ class Replies:
         self.spans = spans
         self.instruments = instruments
         self.idle_ns = int(spans.config.stream_idle * 1e9)
+        self.limit_ns = int(spans.config.run_limit * 1e9) or _NO_LIMIT
         self.streams: dict[StreamStats, StreamRecorder] = {}
         """Open streams, oldest first; a stream leaves when it ends."""
         self.orphans: list[StreamRecorder] = []
@@ -301,9 +304,14 @@ class Replies:
         run = self.run
         if run is not None:
             stream = run.stream
-            if fresh or run.key != key or stream.ended or now - stream.stats.last_ns > self.idle_ns:
+            stats = stream.stats
+            if fresh or run.key != key or stream.ended or now - stats.last_ns > self.idle_ns:
                 stream.end(at_last_chunk=True)  # another context, or an idle gap: this message starts a new run
                 run = self.run = None
+            elif now - stats.first_ns > self.limit_ns:
+                stream.end(at_last_chunk=True)  # long enough: export it, and chain the next run to it
+                previous, run = stream.span.get_span_context(), None
+                self.run = None
         new = None
         if run is None:
             # Links are made only here, for the run's one span: never per message.

@@ -257,6 +257,11 @@ class Config:
     stream_idle: float = 5.0
     """A gap between chunks longer than this (seconds) ends a stream. Env ``WSTRACE_STREAM_IDLE``."""
 
+    run_limit: float = 60.0
+    """A run (messages sent in a row under one context, with no message to answer) that has lasted this long
+    (seconds) ends, and its next message starts a new one linked to it, so a connection that sends steadily
+    (heartbeats, telemetry) still exports its spans as it goes. ``0``: no limit. Env ``WSTRACE_RUN_LIMIT``."""
+
     stall_threshold: float = 1.0
     """A gap between chunks longer than this (seconds) is a stall event. Env ``WSTRACE_STALL_THRESHOLD``."""
 
@@ -361,6 +366,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "streams": _bool,
     "chunk_spans": _bool,
     "stream_idle": _seconds,
+    "run_limit": _seconds,
     "stall_threshold": _seconds,
     "stream_end": _callable,
     "stream_key": _callable,
