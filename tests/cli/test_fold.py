@@ -7,7 +7,7 @@ from typing import Optional
 from rich.console import Console
 
 from wstrace.cli.export import SpanRecord
-from wstrace.cli.fold import FOLD_MIN, fold
+from wstrace.cli.fold import FOLD_MIN, fold, runs
 from wstrace.cli.view import Row, Trace, build_traces, render_terminal
 
 
@@ -202,3 +202,9 @@ def test_rows_are_reused_and_the_input_is_unchanged() -> None:
     folded = fold(trace)
     assert trace.rows is before and trace.span_count is None
     assert folded.rows[1] is trace.rows[1] and isinstance(folded.rows[3], Row)
+
+
+def test_runs_are_the_stretches_of_equal_keys() -> None:
+    assert list(runs([])) == []
+    assert list(runs(["a"])) == [(0, 1)]
+    assert list(runs(["a", "a", "b", "a", "a", "a"])) == [(0, 2), (2, 3), (3, 6)]

@@ -9,7 +9,7 @@ terminal shows the summary only. The trace still counts every span (``Trace.span
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from wstrace.cli.view import Row, Trace
 
 
-__all__ = ["FOLD_MIN", "fold", "service"]
+__all__ = ["FOLD_MIN", "fold", "runs", "service"]
 
 FOLD_MIN = 5
 """Runs of this many identical sibling subtrees (or traces) or more are folded."""
@@ -60,13 +60,8 @@ def fold(trace: Trace, minimum: int = FOLD_MIN) -> Trace:
         )
 
     def emit(siblings: list[int], out: list[Row]) -> None:
-        shapes = [shape(i) for i in siblings]
-        k = 0
-        while k < len(siblings):
-            end = k
-            while end + 1 < len(siblings) and shapes[end + 1] == shapes[k]:
-                end += 1
-            run = siblings[k : end + 1]
+        for start, end in runs([shape(i) for i in siblings]):
+            run = siblings[start:end]
             if len(run) >= minimum:
                 emit_tree(run[0], out)
                 hidden: list[Row] = []
@@ -77,7 +72,6 @@ def fold(trace: Trace, minimum: int = FOLD_MIN) -> Trace:
             else:
                 for index in run:
                     emit_tree(index, out)
-            k = end + 1
 
     def emit_tree(index: int, out: list[Row]) -> None:
         out.append(rows[index])
@@ -86,6 +80,15 @@ def fold(trace: Trace, minimum: int = FOLD_MIN) -> Trace:
     shown: list[Row] = []
     emit(children[-1], shown)
     return replace(trace, rows=tuple(shown), span_count=trace.spans)
+
+
+def runs(keys: Sequence[Hashable]) -> Iterator[tuple[int, int]]:
+    """``(start, end)`` of each run of equal consecutive ``keys``, ``end`` exclusive."""
+    start = 0
+    for index in range(1, len(keys) + 1):
+        if index == len(keys) or keys[index] != keys[start]:
+            yield start, index
+            start = index
 
 
 def _subtree(children: dict[int, list[int]], index: int) -> list[int]:

@@ -35,7 +35,7 @@ from rich.text import Text
 from websockets.exceptions import ConnectionClosed
 
 from wstrace.cli.export import SpanRecord, read_spans
-from wstrace.cli.fold import FOLD_MIN, fold, service
+from wstrace.cli.fold import FOLD_MIN, fold, runs, service
 from wstrace.cli.view import Trace, build_traces, render_terminal
 from wstrace.demo import audio, dialogue, protocol, telemetry
 from wstrace.demo.device import LATENCY, Device, TurnResult
@@ -280,14 +280,9 @@ def _trace_shape(trace: Trace) -> tuple[tuple[int, str, str], ...]:
 
 def show_waterfall(traces: Sequence[Trace], console: Console) -> None:
     """Print the traces folded; runs of identical small traces (``--envelope off``) print as first and last."""
-    shapes = [_trace_shape(t) for t in traces]
-    k = 0
-    while k < len(traces):
-        end = k
-        while end + 1 < len(traces) and shapes[end + 1] == shapes[k]:
-            end += 1
-        run = traces[k : end + 1]
-        if k:
+    for start, end in runs([_trace_shape(t) for t in traces]):
+        run = traces[start:end]
+        if start:
             console.print()
         if len(run) >= FOLD_MIN:
             render_terminal([fold(run[0])], console)
@@ -295,7 +290,6 @@ def show_waterfall(traces: Sequence[Trace], console: Console) -> None:
             render_terminal([fold(run[-1])], console)
         else:
             render_terminal([fold(t) for t in run], console)
-        k = end + 1
 
 
 @dataclass(frozen=True)
