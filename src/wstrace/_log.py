@@ -6,9 +6,9 @@ import logging
 from typing import Optional
 
 
-__all__ = ["warn_once"]
+__all__ = ["log", "warn_once"]
 
-_log = logging.getLogger("wstrace")
+_log = log = logging.getLogger("wstrace")
 _warned: set[str] = set()
 
 

@@ -35,7 +35,7 @@ from wstrace import _close, _handshake as hs, propagation, semconv as sc
 from wstrace._close import Initiator
 from wstrace._context import Attachment, attach
 from wstrace._counting import LOCK as COUNT_LOCK
-from wstrace._log import warn_once
+from wstrace._log import log, warn_once
 from wstrace._replies import NOTHING_TO_END, OWNER, Inbound, Replies, SendHandle
 from wstrace._spans import ConnectionSpans, link, mapped_route, record_error, route as route_names, size
 from wstrace._wire import Wire, wire_for
@@ -68,6 +68,7 @@ class ConnectionTracer:
         "_last_inbound",
         "_offered",
         "_opened_ns",
+        "_plain_seen",
         "_received",
         "_recording",
         "_recv",
@@ -118,6 +119,8 @@ class ConnectionTracer:
         self._replies: Optional[Replies] = None
         self._closing: Optional[_close.Closing] = None
         self._closed = False
+        self._plain_seen = False
+        """A message without an envelope arrived while one is in force (warned once, under ``always``)."""
 
     @property
     def session_id(self) -> str:
@@ -377,6 +380,16 @@ class ConnectionTracer:
             carrier = None
             if self._wire is not None:
                 payload, carrier = self._wire.strip(wire)
+                if carrier is None and not self._plain_seen:
+                    self._plain_seen = True
+                    if self.config.envelope == "always":
+                        log.warning(
+                            "wstrace: envelope='always' on this %s's connection %s, but the peer sent a message "
+                            "with no envelope: is it instrumented, with the same envelope format? Such messages "
+                            "are delivered as they are; the peer may not strip the envelopes this end sends.",
+                            self.side,
+                            self.session_id,
+                        )
             if record and not self._closed and not otel_context.get_value(_SUPPRESS):
                 self._start_receive(payload, carrier, isinstance(payload, str) if text is None else text)
         except Exception as exc:

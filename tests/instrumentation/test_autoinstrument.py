@@ -94,3 +94,21 @@ def test_unusable_library_is_skipped_not_fatal(
     others_ok = adapter != "websockets" or expected
     assert result.stdout.strip().splitlines()[-1] == f"instrumented {expected} {others_ok}"
     assert "Traceback" not in result.stderr
+
+
+def test_each_skip_message_names_its_own_library_only(tmp_path: Path) -> None:
+    """With every library outside its range, each entry point says why it skips, naming only its library."""
+    for _, _, _, dist in ADAPTERS:
+        info = tmp_path / f"{dist}-0.1.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    result = instrumented([sys.executable, "-c", "print('app ran')"], {"PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 0 and result.stdout.strip() == "app ran", result.stderr
+    lines = [line for line in result.stderr.splitlines() if "only instruments" in line or "any of" in line]
+    named: dict[str, list[str]] = {}
+    for adapter, _, _, _ in ADAPTERS:
+        entry = f"wstrace-{adapter.replace('_', '-')}"
+        (line,) = [line for line in lines if f"{entry} " in line]
+        named[entry] = [d for _, _, _, d in ADAPTERS if d.replace("_", "-") in line.replace("_", "-")]
+    assert named == {f"wstrace-{a.replace('_', '-')}": [d] for a, _, _, d in ADAPTERS}, result.stderr
+    assert "Traceback" not in result.stderr

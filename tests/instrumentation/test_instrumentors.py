@@ -331,6 +331,23 @@ def test_instrument_twice_is_a_noop(case: Case, telemetry: Telemetry, instrument
         assert not {"wstrace-session", "wstrace-envelope"} & seen.response, "a bare client gets no wstrace header"
 
 
+def test_instrument_again_with_other_options_says_what_it_ignored(
+    case: Case, telemetry: Telemetry, instrument: Callable[..., None], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A second instrument() keeps the first call's options; with options of its own it names them."""
+    instrument(model="message")
+    with caplog.at_level("WARNING", logger="wstrace.instrumentation._instrumentor"):
+        case.instrumentor().instrument(tracer_provider=telemetry.provider, model="message")  # the same: silent
+        assert not [r for r in caplog.records if r.name.startswith("wstrace")]
+        case.instrumentor().instrument(tracer_provider=telemetry.provider, model="connection", envelope="always")
+    (record,) = [r for r in caplog.records if r.name.startswith("wstrace")]
+    message = record.getMessage()
+    assert type(case.instrumentor()).__name__ in message
+    assert "model='connection'" in message and "envelope='always'" in message
+    roundtrip(case, telemetry)
+    only(telemetry, case.ends)  # still the message model: spans per message, no connection span
+
+
 class NoOpSpy(trace.NoOpTracerProvider):
     """A no-op tracer provider (every span non-recording) that notes the name and kind of each span started."""
 

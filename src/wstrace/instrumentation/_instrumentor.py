@@ -34,6 +34,7 @@ __all__ = [
 _CONFIG_KEYS = frozenset(f.name for f in fields(Config))
 _OTHER_KEYS = frozenset({"tracer_provider", "meter_provider", "skip_dep_check"})
 _log = logging.getLogger(__name__)
+_UNSET = object()
 
 
 class Settings:
@@ -116,6 +117,23 @@ class WstraceInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
     def instrumentation_dependencies(self) -> Collection[str]:
         return self._instruments
+
+    def instrument(self, **kwargs: Any) -> None:
+        """Patch the library with these options; a second call keeps the first call's, and says which of its
+        own options it ignored (``uninstrument()`` first to change them)."""
+        if self.is_instrumented_by_opentelemetry:
+            first: dict[str, Any] = self.__dict__.get("_wstrace_options", {})
+            ignored = sorted(k for k, v in kwargs.items() if k != "skip_dep_check" and first.get(k, _UNSET) != v)
+            if ignored:
+                _log.warning(
+                    "wstrace: %s is already instrumented; this call's %s ignored (call uninstrument() first)",
+                    type(self).__name__,
+                    ", ".join(f"{name}={kwargs[name]!r}" for name in ignored),
+                )
+                return
+        else:
+            self.__dict__["_wstrace_options"] = dict(kwargs)
+        super().instrument(**kwargs)
 
     def _instrument(self, **kwargs: Any) -> None:
         # opentelemetry-instrument skips the version check for each entry point
