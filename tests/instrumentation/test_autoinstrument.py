@@ -112,3 +112,22 @@ def test_each_skip_message_names_its_own_library_only(tmp_path: Path) -> None:
         named[entry] = [d for _, _, _, d in ADAPTERS if d.replace("_", "-") in line.replace("_", "-")]
     assert named == {f"wstrace-{a.replace('_', '-')}": [d] for a, _, _, d in ADAPTERS}, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_zero_code_app_writes_a_file_wstrace_view_renders(tmp_path: Path) -> None:
+    """OTEL_TRACES_EXPORTER=wstrace_file selects wstrace's OTLP/JSON file exporter; WSTRACE_TRACES_FILE names
+    the file, and ``wstrace view`` renders what it holds."""
+    out = tmp_path / "traces" / "app.jsonl"
+    options = {"OTEL_TRACES_EXPORTER": "wstrace_file", "WSTRACE_TRACES_FILE": str(out)}
+    result = instrumented([sys.executable, "examples/echo_app.py"], options)
+    assert result.returncode == 0, result.stderr
+    assert "echo: hello" in result.stdout
+    assert out.is_file(), result.stderr
+    wstrace = str(Path(sys.executable).parent / "wstrace")
+    view = subprocess.run(
+        [wstrace, "view", str(out)], capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "160"}
+    )
+    assert view.returncode == 0, view.stderr
+    assert "receive" in view.stdout and "send" in view.stdout
+    spans = int(view.stdout.strip().splitlines()[-1].split()[0])
+    assert spans >= 10  # two handshakes, four sends and receives, two closes at least

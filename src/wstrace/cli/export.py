@@ -194,16 +194,25 @@ def encode_line(spans: Sequence[ReadableSpan]) -> bytes:
     return text.encode("utf-8", "replace") + b"\n"
 
 
+TRACES_FILE_ENV = "WSTRACE_TRACES_FILE"
+DEFAULT_TRACES_FILE = "wstrace-traces.jsonl"
+
+
 class OtlpJsonFileExporter(SpanExporter):
     """Appends each export batch to ``path`` as one OTLP/JSON line, the Collector ``file`` exporter's format.
+
+    Zero-code: ``OTEL_TRACES_EXPORTER=wstrace_file`` selects it (entry point), writing to
+    ``WSTRACE_TRACES_FILE`` (default ``wstrace-traces.jsonl``), a file ``wstrace view`` renders.
 
     Thread-safe; the file is opened (and its directory made) on the first export and flushed after every
     batch. Failures never reach the caller: the first is logged, and ``export`` returns ``FAILURE``.
     Pair it with a ``BatchSpanProcessor`` in an application, a ``SimpleSpanProcessor`` in tests.
     """
 
-    def __init__(self, path: PathLike) -> None:
-        self.path = Path(path)
+    def __init__(self, path: Optional[PathLike] = None) -> None:
+        # With no path (as opentelemetry-instrument builds it, for OTEL_TRACES_EXPORTER=wstrace_file), the
+        # file is WSTRACE_TRACES_FILE, else wstrace-traces.jsonl in the working directory.
+        self.path = Path(path if path is not None else os.environ.get(TRACES_FILE_ENV) or DEFAULT_TRACES_FILE)
         self._lock = threading.Lock()
         self._file: Optional[IO[bytes]] = None
         self._closed = False
