@@ -214,3 +214,13 @@ def test_the_application_reads_like_one() -> None:
                 span_calls[name] = span_calls.get(name, 0) + 1
     # The device's conversation and turn spans, the server's invoke_agent span: nothing else.
     assert span_calls == {"device": 2, "server": 1}
+
+
+def test_the_view_hint_works_when_pasted(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``wstrace`` when the shell finds this very command; its path when the venv is not on PATH."""
+    here = Path(sys.executable).parent
+    monkeypatch.setenv("PATH", f"{here}:/usr/bin:/bin")
+    assert run.view_command() == "wstrace"
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    monkeypatch.chdir(tmp_path)  # elsewhere: an absolute path, not one that climbs out of here
+    assert run.view_command() == str(here / "wstrace")

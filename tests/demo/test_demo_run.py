@@ -6,6 +6,8 @@ import importlib.util
 import itertools
 import json
 import re
+import socket
+from pathlib import Path
 
 import pytest
 from google.protobuf.json_format import Parse
@@ -22,7 +24,7 @@ from tests.demo.checks import (
     stage_spans,
     turn_of,
 )
-from tests.demo.conftest import DemoRun
+from tests.demo.conftest import SPEED, DemoRun, run_demo
 from wstrace.cli.export import read_trace_file
 from wstrace.demo.run import latencies
 
@@ -178,3 +180,19 @@ def test_otlp_export_when_the_endpoint_is_set(plain_run: DemoRun) -> None:
             received += sum(len(scope.spans) for scope in resource_spans.scope_spans)
     assert services == {"voice-device", "voice-server"}
     assert received == len(plain_run.spans)
+    assert plain_run.returncode == 0 and "also sent over OTLP" in plain_run.stdout
+
+
+def test_a_dead_otlp_endpoint_is_said_and_fails_the_run(tmp_path: Path) -> None:
+    """Asked for OTLP and nothing got through: the demo says so, names the endpoint, and exits 1."""
+    if importlib.util.find_spec("opentelemetry.exporter.otlp.proto.http") is None:
+        pytest.skip("opentelemetry-exporter-otlp-proto-http is not installed")
+    with socket.socket() as sock:  # a port nothing listens on: bound, never listening
+        sock.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_EXPORTER_OTLP_TIMEOUT": "1"}
+        run = run_demo(tmp_path, "--turns", "1", "--speed", SPEED, "--envelope", "off", env=env)
+    assert run.returncode == 1, run.stderr
+    assert f"nothing reached the OTLP endpoint {endpoint}" in run.stderr
+    assert "also sent over OTLP" not in run.stdout
+    assert run.spans  # the trace file still has every span

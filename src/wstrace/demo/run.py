@@ -20,6 +20,9 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import os
+import shlex
+import shutil
 import statistics
 import sys
 import uuid
@@ -442,10 +445,20 @@ def run(options: Options, console: Optional[Console] = None) -> int:
         tel.shutdown()
     if status == 130 or (status and not out.exists()):
         return status
-    return _report(options, console, tel.otlp) or status  # after a failure, what was traced still helps
+    status = _report(options, console, tel.otlp) or status  # after a failure, what was traced still helps
+    if tel.otlp is not None and tel.otlp.failed and not tel.otlp.sent:
+        endpoint = next(os.environ[name] for name in telemetry.OTLP_ENDPOINT_VARIABLES if os.environ.get(name))
+        failed = tel.otlp.failed
+        print(
+            f"wstrace demo: nothing reached the OTLP endpoint {endpoint} "
+            f"({failed} {'batch' if failed == 1 else 'batches'} of spans failed); every span is in {out}",
+            file=sys.stderr,
+        )
+        status = status or 1
+    return status
 
 
-def _report(options: Options, console: Console, otlp: bool) -> int:
+def _report(options: Options, console: Console, otlp: Optional[telemetry.Tally]) -> int:
     out = options.out
     try:
         spans = read_spans(out)
@@ -471,10 +484,33 @@ def _report(options: Options, console: Console, otlp: bool) -> int:
         Text.assemble(
             (f"{len(spans)} spans in {len(traces)} traces written to ", "dim"),
             (str(out), "bold"),
-            (" · also sent over OTLP" if otlp else "", "dim"),
+            (_otlp_note(otlp), "dim"),
         )
     )
-    console.print(
-        Text(f"every span, unfolded: wstrace view {out} --no-fold   (or: wstrace view {out} --html trace.html)", "dim")
-    )
+    view = f"{view_command()} view {shlex.quote(str(out))}"
+    console.print(Text(f"every span, unfolded: {view} --no-fold   (or: {view} --html trace.html)", "dim"))
     return 0
+
+
+def _otlp_note(otlp: Optional[telemetry.Tally]) -> str:
+    if otlp is None or not otlp.sent:
+        return ""
+    if otlp.failed:
+        return f" · {otlp.sent} of {otlp.sent + otlp.failed} batches sent over OTLP"
+    return " · also sent over OTLP"
+
+
+def view_command() -> str:
+    """How to run ``wstrace`` from here, pasted as is: ``wstrace`` when the shell finds this one, else its path
+    (a venv that is not activated), else ``python -m wstrace.cli``."""
+    here = Path(sys.executable).parent / "wstrace"
+    found = shutil.which("wstrace")
+    if found is not None and here.exists() and Path(found).resolve() == here.resolve():
+        return "wstrace"
+    if here.exists():
+        try:
+            relative = os.path.relpath(here)
+        except ValueError:  # another drive (Windows)
+            relative = ".."
+        return shlex.quote(str(here) if relative.startswith("..") else relative)
+    return f"{shlex.quote(sys.executable)} -m wstrace.cli"

@@ -13,13 +13,14 @@ import importlib
 import logging
 import os
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 from wstrace.cli.export import OtlpJsonFileExporter
 from wstrace.demo import protocol
@@ -27,7 +28,7 @@ from wstrace.instrumentation.websockets import WebsocketsInstrumentor
 from wstrace.version import __version__
 
 
-__all__ = ["OTLP_ENDPOINT_VARIABLES", "Telemetry", "otlp_requested", "start"]
+__all__ = ["OTLP_ENDPOINT_VARIABLES", "Tally", "Telemetry", "otlp_requested", "start"]
 
 _log = logging.getLogger(__name__)
 
@@ -38,12 +39,38 @@ OTLP_MISSING = (
 )
 
 
+class Tally(SpanExporter):
+    """Passes batches to ``exporter`` and counts how many got through: the demo says whether OTLP worked."""
+
+    def __init__(self, exporter: SpanExporter) -> None:
+        self.exporter = exporter
+        self.sent = self.failed = 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            result = self.exporter.export(spans)
+        except Exception:
+            result = SpanExportResult.FAILURE
+        if result is SpanExportResult.SUCCESS:
+            self.sent += 1
+        else:
+            self.failed += 1
+        return result
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.exporter.force_flush(timeout_millis)
+
+    def shutdown(self) -> None:
+        self.exporter.shutdown()
+
+
 @dataclass
 class Telemetry:
     """A process's tracer provider and the instrumentors it turned on."""
 
     provider: TracerProvider
-    otlp: bool = False
+    otlp: Optional[Tally] = None
+    """What went over OTLP, when asked for."""
     instrumentors: list[Any] = field(default_factory=list)
 
     def shutdown(self) -> None:
@@ -92,8 +119,8 @@ def start(
             if say is not None:
                 say(OTLP_MISSING.format(variable=variable))
         else:
-            provider.add_span_processor(BatchSpanProcessor(http.OTLPSpanExporter()))
-            telemetry.otlp = True
+            telemetry.otlp = Tally(http.OTLPSpanExporter())
+            provider.add_span_processor(BatchSpanProcessor(telemetry.otlp))
 
     websockets = WebsocketsInstrumentor()
     websockets.instrument(
