@@ -3,7 +3,7 @@ PYTHON ?= .venv/bin/python
 REPS ?= 3
 BENCH_OUT ?= benchmarks/results/latest.json
 
-.PHONY: bench bench-quick bench-micro bench-profile bench-timers bench-deps upstream-tests
+.PHONY: bench bench-quick bench-micro bench-profile bench-timers bench-deps upstream-tests docs
 
 # The full suite: every workload, stack and variant, interleaved; about 10 minutes on 2 cores.
 bench:
@@ -40,3 +40,7 @@ bench-deps:
 UPSTREAM_ARGS ?=
 upstream-tests:
 	scripts/upstream-tests $(UPSTREAM_ARGS)
+
+# The documentation site from docs/ (MkDocs, Material theme), served on http://127.0.0.1:8000 with live reload.
+docs:
+	NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs serve

@@ -33,9 +33,9 @@ from websockets.asyncio.server import ServerConnection, serve
 from wstrace.instrumentation.websockets import WebsocketsInstrumentor
 
 
-SLOW = 0.045
+SLOW = 0.15
 """How long ``slow`` takes: its answer goes out between the chunks of ``count``."""
-STEP = 0.03
+STEP = 0.1
 """The gap between the chunks of ``count``."""
 CALLS = (("slow", "a"), ("count", 3), ("echo", "b"))
 """The calls the client makes at once (method, parameter): ids 1, 2 and 3."""
