@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.routes import path_as_route
-from wstrace.config import Config, RouteTemplates, carry_link
+from wstrace.config import Config, ExcludedUrls, RouteTemplates, carry_link
 from wstrace.envelope import DEFAULT_JSON_FIELD, DEFAULT_MAX_HEADER_BYTES
 from wstrace.exceptions import ConfigError, WstraceError
 
@@ -33,6 +33,7 @@ SETTINGS: list[tuple[str, str, Any]] = [
     ("chunk_spans", "yes", True),
     ("stream_idle", "0.25", 0.25),
     ("run_limit", "0", 0.0),
+    ("excluded_urls", "/health, ^ws://internal", ExcludedUrls(("/health", "^ws://internal"))),
     ("stall_threshold", "2", 2.0),
     ("stream_end", "builtins:bool", bool),
     ("stream_key", "builtins:len", len),
@@ -60,6 +61,7 @@ BAD_VALUES: list[tuple[str, Any]] = [
     ("stream_idle", "soon"),
     ("stream_idle", "-1"),
     ("run_limit", "forever"),
+    ("excluded_urls", "(unclosed"),
     ("stall_threshold", "nan"),
     ("stream_end", "no_such_module_here:f"),
     ("stream_key", "builtins:no_such_function"),

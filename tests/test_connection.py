@@ -478,3 +478,29 @@ def test_nested_in_another_instrumentations_server_span(telemetry: Telemetry) ->
     assert [(lk.attributes or {}).get("wstrace.link.kind") for lk in hs.links] == ["server"]
     assert hs.links[0].context.span_id == outer.get_span_context().span_id
     assert "websocket.session.id" not in (telemetry.one("WS /chat").attributes or {}), "never written on"
+
+
+@pytest.mark.parametrize("excluded", ["/chat", r"chat\Z"])
+def test_an_excluded_url_is_neither_traced_nor_counted(telemetry: Telemetry, excluded: str) -> None:
+    metered = Metered(telemetry, excluded_urls=excluded)
+    assert metered.client.request_headers() == {} and metered.server.response_headers() == {}
+    metered.round_trips(2)
+    metered.client.closed(code=1000, initiator="local")
+    metered.server.closed(code=1000, initiator="remote")
+    assert telemetry.spans == []
+    data = metered.reader.get_metrics_data()
+    assert not any(
+        point.value if hasattr(point, "value") else point.count
+        for resource in (data.resource_metrics if data else ())
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        for point in metric.data.data_points
+    )
+
+
+def test_excluded_urls_come_from_opentelemetrys_variable_unless_wstraces_is_set() -> None:
+    otel = Config.load({"OTEL_PYTHON_EXCLUDED_URLS": "health,metrics"})
+    assert otel.excluded_urls is not None and otel.excluded_urls("ws://h/health") and not otel.excluded_urls("/chat")
+    ours = Config.load({"OTEL_PYTHON_EXCLUDED_URLS": "health", "WSTRACE_EXCLUDED_URLS": "/internal/"})
+    assert ours.excluded_urls is not None and not ours.excluded_urls("/health") and ours.excluded_urls("/internal/x")
+    assert Config.load({}, excluded_urls=lambda url: url.endswith("/x")).excluded_urls("/a/x")  # type: ignore[misc]

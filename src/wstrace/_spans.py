@@ -25,6 +25,7 @@ __all__ = [
     "OUT",
     "Route",
     "captured",
+    "excluded",
     "link",
     "mapped_route",
     "message_attributes",
@@ -97,6 +98,17 @@ def mapped_route(config: Config, path: str) -> Optional[str]:
         warn_once("the routes function", exc)
         return None
     return route if isinstance(route, str) and route else None
+
+
+def excluded(config: Config, url: str) -> bool:
+    """Whether the ``excluded_urls`` option leaves this connection untraced; never raises."""
+    if config.excluded_urls is None:
+        return False
+    try:
+        return bool(config.excluded_urls(url))
+    except Exception as exc:
+        warn_once("the excluded_urls function", exc)
+        return False
 
 
 def message_attributes(session_id: str, is_text: bool, ordinal: int, body_size: Optional[int]) -> dict[str, Any]:

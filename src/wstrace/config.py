@@ -31,6 +31,7 @@ __all__ = [
     "Config",
     "EnvelopeFormat",
     "EnvelopeMode",
+    "ExcludedUrls",
     "HandshakeSource",
     "Model",
     "RouteTemplates",
@@ -190,6 +191,44 @@ def _routes(value: Any) -> Callable[[str], Optional[str]]:
     return RouteTemplates(templates)
 
 
+class ExcludedUrls:
+    """An ``excluded_urls`` option given as regular expressions: true for a URL any of them is found in."""
+
+    __slots__ = ("_pattern", "patterns")
+
+    def __init__(self, patterns: tuple[str, ...]) -> None:
+        self.patterns = patterns
+        self._pattern = re.compile("|".join(f"(?:{p})" for p in patterns))
+
+    def __call__(self, url: str) -> bool:
+        return self._pattern.search(url) is not None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ExcludedUrls) and other.patterns == self.patterns
+
+    def __hash__(self) -> int:
+        return hash(self.patterns)
+
+    def __repr__(self) -> str:
+        return f"ExcludedUrls({self.patterns!r})"
+
+
+def _excluded(value: Any) -> Callable[[str], bool]:
+    """Regular expressions (a sequence, or a comma-separated string), or a callable (``module:function``)."""
+    if callable(value):
+        return value  # type: ignore[no-any-return]
+    items: Any = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(p, str) for p in items):
+        raise ConfigError(f"expected regular expressions (comma-separated), or a callable, got {value!r}")
+    patterns = tuple(p.strip() for p in items if p.strip())
+    if not patterns:
+        raise ConfigError(f"expected at least one regular expression, got {value!r}")
+    try:
+        return ExcludedUrls(patterns)
+    except re.error as exc:
+        raise ConfigError(f"not a regular expression ({exc}): {value!r}") from None
+
+
 def _capture_size(value: str | int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise ConfigError(f"expected a whole number of bytes, got {value!r}")
@@ -288,6 +327,12 @@ class Config:
     a route, span names carry no path and no ``http.route`` is recorded, so metrics never see a raw
     path. Env ``WSTRACE_ROUTES``: comma-separated templates, or ``module:function``."""
 
+    excluded_urls: Optional[Callable[[str], bool]] = None
+    """Connections whose URL matches are not traced at all: no spans, no metrics, no envelope, no header.
+    Comma-separated regular expressions, each searched in the URL without its query (``ws://host:port/path``
+    where the host is known, else the path), as OpenTelemetry's HTTP instrumentations do; or a callable
+    ``url -> bool``. Env ``WSTRACE_EXCLUDED_URLS``, else ``OTEL_PYTHON_EXCLUDED_URLS``."""
+
     redact: Optional[Callable[[Any], Any]] = None
     """With ``capture_payload``: called with each payload, returns what to record (``str``,
     ``bytes``, or ``None`` for nothing). Env ``WSTRACE_REDACT`` names one as ``module:function``."""
@@ -308,6 +353,8 @@ class Config:
         for name in _PARSERS:
             if name not in values:
                 parsed = _parse_env(env, name, getattr(defaults, name))
+                if parsed is _UNSET and name == "excluded_urls":  # OpenTelemetry's own, for every instrumentation
+                    parsed = _parse_env(env, name, None, variable=OTEL_EXCLUDED_URLS)
                 if parsed is not _UNSET:
                     values[name] = parsed
         return replace(defaults, **values)
@@ -323,9 +370,18 @@ def _parse_keyword(name: str, value: Any) -> Any:
 _UNSET: Any = object()
 
 
-def _parse_env(env: Mapping[str, str], name: str, default: Any, parser: Optional[Callable[[Any], Any]] = None) -> Any:
-    """The value of ``WSTRACE_<NAME>``, or ``_UNSET`` when it is unset, blank or bad (logged once)."""
-    variable = f"WSTRACE_{name.upper()}"
+OTEL_EXCLUDED_URLS = "OTEL_PYTHON_EXCLUDED_URLS"
+
+
+def _parse_env(
+    env: Mapping[str, str],
+    name: str,
+    default: Any,
+    parser: Optional[Callable[[Any], Any]] = None,
+    variable: Optional[str] = None,
+) -> Any:
+    """The value of ``WSTRACE_<NAME>`` (or ``variable``), or ``_UNSET`` when it is unset, blank or bad (logged once)."""
+    variable = variable or f"WSTRACE_{name.upper()}"
     raw = env.get(variable)
     if raw is None or not raw.strip():
         return _UNSET
@@ -374,4 +430,5 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "capture_payload_bytes": _capture_size,
     "redact": _callable,
     "routes": _routes,
+    "excluded_urls": _excluded,
 }

@@ -37,7 +37,7 @@ from wstrace._context import Attachment, attach
 from wstrace._counting import LOCK as COUNT_LOCK
 from wstrace._log import log, warn_once
 from wstrace._replies import NOTHING_TO_END, OWNER, Inbound, Replies, SendHandle
-from wstrace._spans import ConnectionSpans, link, mapped_route, record_error, route as route_names, size
+from wstrace._spans import ConnectionSpans, excluded, link, mapped_route, record_error, route as route_names, size
 from wstrace._wire import Wire, wire_for
 from wstrace.carriers import HeaderSource
 from wstrace.config import Config, EnvelopeFormat
@@ -143,6 +143,8 @@ class ConnectionTracer:
         instruments: Optional[Instruments] = None,
     ) -> ConnectionTracer:
         """Start the client's handshake span as a child of the current context."""
+        if excluded(config, hs.strip_query(url)):
+            return cls._untraced("client", tracer, config)
         self = cls("client", tracer, config, route=mapped_route(config, path), instruments=instruments)
         try:
             attributes = hs.client_attributes(url, scheme, host, port, self.session_id)
@@ -152,8 +154,18 @@ class ConnectionTracer:
             warn_once("starting the client handshake span", exc)
         return self
 
+    @classmethod
+    def _untraced(cls, side: Side, tracer: trace.Tracer, config: Config) -> ConnectionTracer:
+        """A connection the ``excluded_urls`` option leaves alone: closed from the start, so nothing is recorded,
+        counted, offered or enveloped."""
+        self = cls(side, tracer, config, route=None, session_id="-")
+        self._closed = True
+        return self
+
     def request_headers(self) -> dict[str, str]:
         """Headers a client adds to its upgrade request: context, envelope offer, session id."""
+        if self._closed:
+            return {}
         handshake = self._handshake
         return hs.request_headers(self.config, handshake if isinstance(handshake, Span) else None, self.session_id)
 
@@ -188,6 +200,10 @@ class ConnectionTracer:
         span per request), reads context only from the query and subprotocol (the outer
         span continued the headers), and links the outer span when that is not its parent.
         """
+        if config.excluded_urls is not None:
+            host = f"{server_address}:{server_port}" if server_address and server_port else server_address
+            if excluded(config, f"{scheme}://{host}{path}" if host else path):
+                return cls._untraced("server", tracer, config)
         self = cls("server", tracer, config, route=route or mapped_route(config, path), instruments=instruments)
         try:
             nested = nested_in is not None and nested_in.is_valid
@@ -236,6 +252,8 @@ class ConnectionTracer:
         force only if the answer made it into the 101 (a server hook may have
         replaced the response), or if it is forced with ``envelope="always"``.
         """
+        if self._closed:  # excluded, or reported failed already
+            return
         try:
             config = self.config
             fmt, session = hs.read_response(config, response_headers)

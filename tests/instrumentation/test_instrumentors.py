@@ -348,6 +348,18 @@ def test_instrument_again_with_other_options_says_what_it_ignored(
     only(telemetry, case.ends)  # still the message model: spans per message, no connection span
 
 
+@pytest.mark.parametrize("pattern", [rf"{ROUTE}\Z", "127\\.0\\.0\\.1:\\d+/ch"])
+def test_excluded_urls_leave_the_connection_alone(
+    case: Case, telemetry: Telemetry, instrument: Callable[..., None], pattern: str
+) -> None:
+    """A matching connection is not traced at all, on either end: no span, no header, no envelope (metrics:
+    tests/test_connection.py)."""
+    instrument(excluded_urls=pattern, envelope="negotiate")
+    seen = roundtrip(case, telemetry)  # the payloads come back unchanged (checked there)
+    assert telemetry.spans == [] and not telemetry.open_spans.names()
+    assert not WSTRACE_HEADERS & seen.request and not WSTRACE_HEADERS & seen.response
+
+
 class NoOpSpy(trace.NoOpTracerProvider):
     """A no-op tracer provider (every span non-recording) that notes the name and kind of each span started."""
 
