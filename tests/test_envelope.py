@@ -684,3 +684,201 @@ def test_buffer_payloads_encode_like_bytes(wrap: Any) -> None:
             assert encode_text(wrap(raw), carrier) == encode_text(raw, carrier)
             assert type(encode(wrap(raw), carrier)) is bytes
             assert decode(encode(wrap(raw), carrier)) == Decoded(raw, expected(carrier))
+
+
+# The frame type decides the layout (protocol 1.1, sections 5 and 8) ------------------------------
+
+LAYOUTS = [
+    ("text", lambda payload, carrier: encode(payload, carrier, text=True)),
+    ("binary", lambda payload, carrier: encode(payload, carrier, text=False)),
+]
+
+
+@pytest.mark.parametrize("carrier", CARRIERS, ids=CARRIER_IDS)
+@pytest.mark.parametrize("payload", [b"", b"bin", BINARY_MAGIC + b"\x00\x00x", TEXT_MAGIC.encode() + b"\x1ex"])
+def test_only_the_frame_types_own_layout_is_an_envelope(payload: bytes, carrier: dict[str, str] | None) -> None:
+    """A text-layout envelope in a binary frame, or a binary one in a text frame, is delivered unchanged."""
+    text_wire = encode(payload, carrier, text=True)
+    binary_wire = encode(payload, carrier, text=False)
+    assert decode(text_wire, text=True) == Decoded(payload, expected(carrier))
+    assert decode(binary_wire, text=False) == Decoded(payload, expected(carrier))
+    assert decode(text_wire, text=False) == Decoded(text_wire, None)
+    assert decode(binary_wire, text=True) == Decoded(binary_wire, None)
+    # parse agrees: the other type's layout is not even an envelope prefix, so it is no error either.
+    assert parse(text_wire, text=False) == Decoded(text_wire, None)
+    assert parse(binary_wire, text=True) == Decoded(binary_wire, None)
+    # Not knowing the frame type, bytes are read in either layout.
+    assert decode(text_wire) == decode(text_wire, text=True)
+    assert decode(binary_wire) == decode(binary_wire, text=False)
+
+
+def test_the_reported_defect_a_text_layout_in_a_binary_frame() -> None:
+    """``1e 77 74 31 traceparent=… 1e bin`` in a binary frame is not ``bin`` with a context."""
+    wire = b"\x1ewt1traceparent=" + TRACEPARENT.encode() + b"\x1ebin"
+    assert decode(wire, text=False) == Decoded(wire, None)
+    assert not decode(wire, text=False).enveloped
+    assert decode(wire, text=True) == Decoded(b"bin", {"traceparent": TRACEPARENT})
+
+
+def test_a_str_is_never_a_binary_frame() -> None:
+    """With ``text=False`` a str (which no binary frame is) is returned as it came, prefix or not."""
+    for wire in (encode("x", {"traceparent": TRACEPARENT}), "\x1ewt\x01\x00\x00x", "plain"):
+        assert decode(wire, text=False) == Decoded(wire, None)
+        assert parse(wire, text=False) == Decoded(wire, None)
+
+
+@pytest.mark.parametrize("text", [True, False])
+def test_parse_still_refuses_a_malformed_envelope_of_the_frames_type(text: bool) -> None:
+    wire = TEXT_MAGIC.encode() + b"A=b\x1ex" if text else BINARY_MAGIC + b"\x00\x03A=bx"
+    with pytest.raises(EnvelopeDecodeError):
+        parse(wire, text=text)
+    assert decode(wire, text=text) == Decoded(wire, None)
+
+
+@PROPERTY
+@given(payload=st.binary(max_size=30), carrier=carriers, text=st.booleans())
+def test_property_each_type_reads_only_its_own_layout(
+    payload: bytes, carrier: dict[str, str] | None, text: bool
+) -> None:
+    wire = encode(payload, carrier, text=text)
+    assert decode(wire, text=text) == Decoded(payload, expected(carrier))
+    assert decode(wire, text=not text) == Decoded(wire, None)
+
+
+# The header grammar is exact (protocol 1.1, sections 7 and 8) ---------------------------------
+
+STRICT_HEADERS = [
+    "k=%ZZ",  # 1.0 took a stray % literally
+    "k=%4",
+    "k=%",
+    'k="v"',  # section 7 allowed it, section 8 refused it: now outside the grammar in both
+    "k=a+b",
+    "k=a!b",
+    "k=a*b",
+    "k=a(b)",
+    "k=a'b",
+    "k=a/b",
+    "k=a:b",
+    "k=a=b",
+    "k=a,b",
+    "k=a;b",
+    "k=a@b",
+    "k=a#b",
+    "k=a[b]",
+    "k=a{b}",
+    "k=a|b",
+    "k=a^b",
+    "k=a`b",
+    "k=a$b",
+    "k=a\\b",
+]
+
+
+@pytest.mark.parametrize("header", STRICT_HEADERS)
+def test_characters_outside_the_value_grammar_are_refused(header: str) -> None:
+    """Every receiver reads a header the same way: a character no sender writes makes it foreign."""
+    for wire in (TEXT_MAGIC + header + "\x1ep", BINARY_MAGIC + len(header).to_bytes(2, "big") + header.encode() + b"p"):
+        assert decode(wire) == Decoded(wire, None)
+        with pytest.raises(EnvelopeDecodeError):
+            parse(wire)
+
+
+def test_the_value_grammar_accepts_what_it_should() -> None:
+    """Unreserved characters as they are or escaped, lowercase hex, empty values."""
+    wire = TEXT_MAGIC + "a=AZaz09-._~&b=%41%7e%c3%bc&c=&d-1.x_y=%25" + "\x1ep"
+    assert decode(wire) == Decoded("p", {"a": "AZaz09-._~", "b": "A~ü", "c": "", "d-1.x_y": "%"})
+
+
+# The JSON format (protocol 1.1, section 6) ---------------------------------------------------------
+
+TP_MEMBER = '"traceparent":"' + TRACEPARENT + '"'
+
+
+@pytest.mark.parametrize(
+    ("wire", "why"),
+    [
+        ('{"_wstrace":{"a":"1","a":"2"},"x":1}', "a key that repeats, as in the framed format"),
+        ('{"_wstrace":{' + TP_MEMBER + "," + TP_MEMBER + "}}", "the same key twice with the same value"),
+        ('{"_wstrace":{"trace\\u0070arent":"' + TRACEPARENT + '"},"x":1}', "an escaped key"),
+        ('{"_wstrace":{"\\u0061":"b"}}', "an escaped key that decodes to a valid one"),
+        ('{"_wstrace":{"a": "b"},"x":1}', "a blank inside the carrier object"),
+        ('{"_wstrace":{ "a":"b"},"x":1}', "a blank after its brace"),
+        ('{"_wstrace":{"a":"b" },"x":1}', "a blank before its closing brace"),
+        ('{"_wstrace":{"a":"b",\n"c":"d"},"x":1}', "a newline between members"),
+        ('{"_wstrace":{"a":"ü"}}', "raw non-ASCII in a text frame"),
+        ('{"_wstrace":{"a":"\x7f"}}', "raw DEL"),
+        ('{"_wstrace":{"a":"\\ud800"}}', "an escaped lone surrogate"),
+        ('{"_wstrace":{"a":"\\udc00\\ud800"}}', "escaped surrogates in the wrong order"),
+        ('{"_wstrace":{"a":"\\u00"}}', "a short \\u escape"),
+        ('{"_wstrace":{"a":"\\a"}}', "an escape JSON does not have"),
+        ('{"_wstrace":{},}', "a comma the encoder would not write before a closing brace"),
+        ('{"_wstrace":{}, \n}', "the same, with blanks"),
+        ('{"_wstrace":{"a":"b"},}', "the same, with a carrier"),
+    ],
+)
+def test_json_non_canonical_carrier_objects_pass_through(wire: str, why: str) -> None:
+    assert decode_json_field(wire) == Decoded(wire, None), why
+    raw = wire.encode("utf-8", "surrogatepass")
+    assert decode_json_field(raw) == Decoded(raw, None), why
+
+
+def test_json_values_decode_every_rfc8259_escape() -> None:
+    wire = '{"_wstrace":{"a":"\\"\\\\\\/\\b\\f\\n\\r\\t\\u0041\\u00FC\\ud83d\\ude80"},"x":1}'
+    assert decode_json_field(wire) == Decoded('{"x":1}', {"a": '"\\/\b\f\n\r\tAü🚀'})
+
+
+MEMBER_WIRES = st.builds(
+    lambda lead, obj, after, rest: lead + '{"_wstrace":' + obj + after + rest,
+    st.text(JSON_WS, max_size=2),
+    st.sampled_from(["{}", '{"a":"b"}', '{"a":"b","c":""}', '{"a":"b","a":"c"}', '{"a" :"b"}', '{"a":"\\u00fc"}']),
+    st.sampled_from(["", ",", " ", "}", " }", ",}", ", }", ",,", "]"]),
+    st.text(max_size=8),
+)
+
+
+@FUZZ
+@given(wire=MEMBER_WIRES, as_bytes=st.booleans())
+def test_property_json_decoding_undoes_exactly_one_encoding(wire: str, as_bytes: bool) -> None:
+    """A wire the decoder accepts is exactly the encoding of what it returns: no two wires for one message."""
+    sent: str | bytes = wire.encode() if as_bytes else wire
+    decoded = decode_json_field(sent)
+    if decoded.carrier is None:
+        assert decoded.payload == sent
+        return
+    reencoded = encode_json_field(decoded.payload, decoded.carrier)
+    if "\\" not in wire:  # an escape may be spelled another way (\u00FC for \u00fc)
+        assert reencoded == sent
+    assert decode_json_field(reencoded) == decoded
+
+
+def test_json_cap_is_the_carrier_objects_length_only() -> None:
+    """1.1: a carrier whose header form is over the cap but whose JSON object fits is sent."""
+    carrier = {"baggage": "a=1,b=2,c=3,d=4"}  # header "baggage=a%3D1%2Cb..." is 41 bytes, the object 29
+    wire = encode_json_field("{}", carrier, max_header=29)
+    assert wire == '{"_wstrace":{"baggage":"a=1,b=2,c=3,d=4"}}'
+    assert decode_json_field(wire, max_header=29) == Decoded("{}", carrier)
+    with pytest.raises(EnvelopeEncodeError):
+        encode("x", carrier, max_header=29)  # the framed format still caps its header
+    with pytest.raises(EnvelopeEncodeError):
+        encode_json_field("{}", carrier, max_header=28)
+
+
+def test_a_carrier_merely_too_big_is_told_apart_from_a_bad_one() -> None:
+    """Over the cap: a ``_CarrierTooLarge`` (an ``EnvelopeEncodeError``), so a sender can log it quietly."""
+    from wstrace.envelope import _CarrierTooLarge  # noqa: PLC0415 - private on purpose
+
+    for too_big in (
+        lambda: encode("x", {"a": "x" * 20}, max_header=10),
+        lambda: encode(b"x", {"a": "x" * 20}, max_header=10),
+        lambda: encode_json_field("{}", {"a": "x" * 20}, max_header=10),
+    ):
+        with pytest.raises(_CarrierTooLarge):
+            too_big()
+    for bad in (
+        lambda: encode("x", {"A": "x"}, max_header=10),
+        lambda: encode_json_field("{}", {"A": "x"}, max_header=10),
+        lambda: encode_json_field("{}", {"a": "\ud800"}),
+    ):
+        with pytest.raises(EnvelopeEncodeError) as info:
+            bad()
+        assert not isinstance(info.value, _CarrierTooLarge)

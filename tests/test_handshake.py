@@ -67,6 +67,17 @@ def test_session_or_none(value: Optional[str], expected: Optional[str]) -> None:
         ("xml/1", None),
         ("", None),
         (None, None),
+        ("\tFrame/1 ", "frame"),  # SP and HT around it, any case: the same offer
+        ("frame/1, json/1", None),  # a list is not an offer
+        ("frame/1,frame/1", None),  # not even of one format
+        ("frame/1,", None),
+        (",frame/1", None),
+        ("frame /1", None),  # nothing is trimmed inside
+        ("frame/01", None),
+        ("frame/1.0", None),
+        ("frame/1\n", None),  # only SP and HT are blanks
+        ("\u00a0frame/1", None),
+        ("\x0bjson/1", None),
     ],
 )
 def test_parse_offer(value: Optional[str], expected: Optional[str]) -> None:
@@ -387,6 +398,26 @@ def test_read_request_refuses_malformed_offers_and_sessions() -> None:
         Config.load(), {"wstrace-envelope": "frame/9", "wstrace-session": "not-a-session"}, "", ()
     )
     assert request == hs.Request(None, None, None, None, True)  # malformed, yet an instrumented client
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [("wstrace-envelope", "frame/1"), ("wstrace-envelope", "frame/1")],
+        [("wstrace-envelope", "frame/1"), ("Wstrace-Envelope", "json/1")],
+        [("wstrace-envelope", "xml/1"), ("wstrace-envelope", "frame/1")],
+        RawHeaders(("wstrace-envelope", "json/1"), ("wstrace-envelope", "json/1")),
+        {"wstrace-envelope": "frame/1, json/1"},  # how a mapping that joins repeated lines shows them
+    ],
+    ids=["same-twice", "two-formats", "bad-then-good", "raw-items", "joined"],
+)
+def test_two_offers_are_no_offer(headers: Any) -> None:
+    """Several ``wstrace-envelope`` lines are one list (RFC 9110, 5.3), and a list is no offer: no answer, plain."""
+    request = hs.read_request(Config.load(), headers, "", ())
+    assert request.offer is None
+    assert request.instrumented
+    assert hs.read_response(Config.load(), headers) == (None, None)
+    assert hs.read_response(Config.load(envelope="always", envelope_format="json"), headers) == ("json", None)
 
 
 def test_read_request_under_trust_ignore_takes_no_session_and_no_context() -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Optional
 
 import pytest
 from opentelemetry import baggage, context as otel_context, propagate, trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from tests import fresh
 from tests.conftest import Telemetry
 from wstrace import envelope
 from wstrace._wire import Prefixes, Wire, wire_for
@@ -100,6 +102,23 @@ def test_strip_leaves_frames_without_an_envelope_alone() -> None:
     assert wire.strip(broken) == (broken, None)
 
 
+def test_strip_reads_only_the_frame_types_layout() -> None:
+    """A binary frame holding the text layout, or a text frame the binary one, is delivered unchanged."""
+    wire = _frame()
+    text_layout = envelope.encode(b"bin", CARRIER, text=True)
+    binary_layout = envelope.encode(b"bin", CARRIER, text=False)
+    assert wire.strip(text_layout, False) == (text_layout, None)
+    assert wire.strip(binary_layout, True) == (binary_layout, None)
+    assert wire.strip(text_layout, True) == (b"bin", CARRIER)
+    assert wire.strip(binary_layout, False) == (b"bin", CARRIER)
+    # The library did not say which type the bytes came in: either layout is read.
+    assert wire.strip(text_layout) == (b"bin", CARRIER)
+    assert wire.strip(binary_layout) == (b"bin", CARRIER)
+    # The JSON form is the same in both frame types.
+    member = _json().wrap(b'{"a":1}', False, dict(CARRIER))
+    assert _json().strip(member, False) == _json().strip(member, True) == (b'{"a":1}', CARRIER)
+
+
 def test_what_is_not_a_payload_goes_through_untouched() -> None:
     frame_object = object()
     for wire in (_frame(), _json()):
@@ -118,6 +137,38 @@ def test_over_cap_carrier_sends_an_empty_envelope_and_the_payload_still_arrives(
         assert decoded.payload == payload
         assert decoded.carrier == {}  # enveloped, without context
         assert wire.strip(sent) == (payload, {})
+
+
+def _over_the_cap() -> list[Any]:
+    """Run in a fresh process: carriers over a 128-byte cap, in both formats, several times."""
+    big = {"traceparent": TRACEPARENT, "baggage": "k=" + "v" * 500}
+    sent = []
+    for fmt in ("frame", "json"):
+        wire = Wire(fmt, 128, "_wt")  # type: ignore[arg-type]
+        sent += [wire.wrap('{"a":1}', True, big) for _ in range(3)]
+    return sent
+
+
+def _a_carrier_no_envelope_can_hold() -> Any:
+    """Run in a fresh process: a propagator wrote a key outside the key grammar."""
+    return _frame().wrap("x", True, {"Traceparent": TRACEPARENT})
+
+
+def test_a_carrier_merely_over_the_cap_is_logged_once_without_a_traceback() -> None:
+    run = fresh.call(_over_the_cap, level=logging.DEBUG)
+    assert run.result == ['\x1ewt1\x1e{"a":1}'] * 3 + ['{"_wt":{},"a":1}'] * 3
+    [record] = run.wstrace
+    assert record.levelno == logging.WARNING
+    assert "128-byte envelope cap" in record.message
+    assert record.text == record.message, "a normal event, not a failure: no traceback"
+
+
+def test_a_carrier_no_envelope_can_hold_is_logged_with_its_traceback() -> None:
+    run = fresh.call(_a_carrier_no_envelope_can_hold, level=logging.DEBUG)
+    assert run.result == "\x1ewt1\x1ex"  # still sent, in an empty envelope
+    [record] = run.wstrace
+    assert record.levelno == logging.WARNING
+    assert "Traceback" in record.text and "EnvelopeEncodeError" in record.text
 
 
 def test_a_payload_no_frame_can_carry_is_sent_as_it_is() -> None:

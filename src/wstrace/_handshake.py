@@ -47,13 +47,25 @@ def session_or_none(value: Optional[str]) -> Optional[str]:
 
 
 def parse_offer(value: Optional[str]) -> Optional[EnvelopeFormat]:
-    """Read a ``wstrace-envelope: <format>/<version>`` header value."""
+    """Read a ``wstrace-envelope: <format>/<version>`` header value (an offer or an answer).
+
+    Exactly one ``frame/1`` or ``json/1``, in any case, with optional SP and HT around it
+    (docs/protocol.md, section 3); a list (``frame/1, json/1``) is not an offer.
+    """
     if not value:
         return None
-    fmt, _, version = value.strip().lower().partition("/")
+    fmt, _, version = value.strip(" \t").lower().partition("/")
     if version != sc.ENVELOPE_VERSION or fmt not in ("frame", "json"):
         return None
     return fmt  # type: ignore[return-value]
+
+
+def _one_offer(values: list[str]) -> Optional[EnvelopeFormat]:
+    """The format of a ``wstrace-envelope`` field sent as ``values`` (one per header line).
+
+    Several lines are one comma-separated list (RFC 9110, section 5.3), which is not an offer.
+    """
+    return parse_offer(values[0]) if len(values) == 1 else None
 
 
 def offer_header(fmt: EnvelopeFormat) -> str:
@@ -245,7 +257,8 @@ def read_request(
     config: Config, headers: HeaderSource, query: str, subprotocols: Sequence[str], nested: bool = False
 ) -> Request:
     pairs = header_pairs(headers)
-    offer = session = None
+    session = None
+    offers: list[str] = []
     instrumented = False
     for key, value in pairs:
         if key == sc.SESSION_HEADER:
@@ -254,24 +267,26 @@ def read_request(
                 session = session_or_none(value)
         elif key == sc.ENVELOPE_HEADER:
             instrumented = True
-            offer = parse_offer(value)
+            offers.append(value)
     context, source = extract_handshake(config, pairs, query, subprotocols, nested)
-    return Request(offer, session, context, source, instrumented)
+    return Request(_one_offer(offers), session, context, source, instrumented)
 
 
 def read_response(config: Config, headers: HeaderSource) -> tuple[Optional[EnvelopeFormat], Optional[str]]:
     """The envelope format in force after a 101 with ``headers``, and the session id it names.
 
     The envelope is in force if the answer made it into the 101, or if it is
-    forced with ``envelope="always"``.
+    forced with ``envelope="always"``. The answer names the format, even one
+    other than the offer's: the server applies the one it answered.
     """
-    answer = session = None
+    session = None
+    answers: list[str] = []
     for name, value in header_pairs(headers):
         if name == sc.ENVELOPE_HEADER:
-            answer = value
+            answers.append(value)
         elif name == sc.SESSION_HEADER:
             session = value
-    agreed = parse_offer(answer)
+    agreed = _one_offer(answers)
     if config.envelope == "always":
         return agreed or config.envelope_format, session_or_none(session)
     return (agreed if config.envelope == "negotiate" else None), session_or_none(session)

@@ -57,8 +57,8 @@ class Wire:
         try:
             return self._encode(payload, is_text, carrier)
         except EnvelopeEncodeError as exc:
-            # Too much baggage: send the frame with an empty envelope, never drop it.
-            warn_once("encoding the envelope (carrier over the cap)", exc)
+            # Too much baggage (or a key no envelope can hold): send the frame with an empty envelope, never drop it.
+            self._dropped(exc)
             if self.format == "json":
                 return codec.encode_json_field(_bytes_or_str(payload), None, field=self.field, max_header=cap)
             return codec.encode(payload, None, text=is_text, max_header=cap)
@@ -80,14 +80,28 @@ class Wire:
             warn_once("encoding an empty envelope", exc)
             return payload
 
-    def strip(self, wire: Any) -> tuple[Any, Optional[dict[str, str]]]:
-        """The application's payload and the sender's carrier (``None`` if the frame had none)."""
+    def _dropped(self, exc: EnvelopeEncodeError) -> None:
+        """Say once that a carrier was left out. One merely over the cap is a size, not a failure: no traceback."""
+        if isinstance(exc, codec._CarrierTooLarge):
+            warn_once(
+                f"a carrier over the {self.cap}-byte envelope cap was sent as an empty envelope"
+                " (raise max_envelope_bytes, or carry less baggage)"
+            )
+        else:
+            warn_once("encoding the envelope", exc)
+
+    def strip(self, wire: Any, text: Optional[bool] = None) -> tuple[Any, Optional[dict[str, str]]]:
+        """The application's payload and the sender's carrier (``None`` if the frame had none).
+
+        ``text`` is the frame type: only that type's layout is an envelope. ``None``: the library did
+        not say (``bytes`` may then hold either layout).
+        """
         if not isinstance(wire, (str, bytes)):
             return wire, None
         if self.format == "json":
             decoded = codec.decode_json_field(wire, field=self.field, max_header=self.cap)
             return decoded.payload, decoded.carrier
-        return codec._decode_parts(wire, self.cap)
+        return codec._decode_parts(wire, self.cap, text)
 
     def in_stream(self, prefixes: Prefixes, span: Span, payload: Any, is_text: bool) -> Any:
         """A stream's chunk in an envelope with the stream's context, encoded once per stream."""
@@ -115,7 +129,7 @@ class Wire:
         try:
             return encode(carrier, max_header=self.cap)
         except EnvelopeEncodeError as exc:
-            warn_once("encoding the envelope (carrier over the cap)", exc)
+            self._dropped(exc)
             return encode(None)
 
 

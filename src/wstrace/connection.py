@@ -381,14 +381,17 @@ class ConnectionTracer:
         except Exception as exc:
             warn_once("ending a send span", exc)
 
-    def received(self, wire: Any, *, text: Optional[bool] = None, record: bool = True) -> Any:
+    def received(self, wire: Any, *, text: Optional[bool] = None, record: bool = True, type_known: bool = True) -> Any:
         """A message arrived: strip the envelope, start its span and make it current.
 
         Returns the application's payload. Call :meth:`receive_done` when the
         application is done with it. ``text`` is the frame type, for libraries
-        that hand text frames over as bytes (default: ``str`` means text).
-        Inside ``suppress_instrumentation()`` (or with ``record=False``) the
-        envelope is still stripped but nothing is recorded.
+        that hand text frames over as bytes (default: ``str`` means text,
+        ``bytes`` binary); only that type's envelope layout is stripped.
+        ``type_known=False``: the library's return type does not tell the frame
+        type (websockets' ``recv(decode=...)``), so ``bytes`` may hold either
+        layout. Inside ``suppress_instrumentation()`` (or with ``record=False``)
+        the envelope is still stripped but nothing is recorded.
         """
         payload = wire
         replies = self._replies
@@ -396,8 +399,9 @@ class ConnectionTracer:
             replies.end_orphans()
         try:
             carrier = None
+            is_text = isinstance(wire, str) if text is None else text
             if self._wire is not None:
-                payload, carrier = self._wire.strip(wire)
+                payload, carrier = self._wire.strip(wire, is_text if type_known else None)
                 if carrier is None and not self._plain_seen:
                     self._plain_seen = True
                     if self.config.envelope == "always":
@@ -409,7 +413,7 @@ class ConnectionTracer:
                             self.session_id,
                         )
             if record and not self._closed and not otel_context.get_value(_SUPPRESS):
-                self._start_receive(payload, carrier, isinstance(payload, str) if text is None else text)
+                self._start_receive(payload, carrier, is_text)
         except Exception as exc:
             warn_once("tracing an inbound message", exc)
         return payload

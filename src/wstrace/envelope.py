@@ -20,8 +20,12 @@ for peers that already speak JSON: ``{"_wstrace":{"traceparent":"…"},…}``.
 Encoders never parse or re-encode the user's payload: they only prepend (or,
 in JSON mode, insert right after the opening brace). Decoders never raise on
 foreign input: anything that is not exactly a valid envelope comes back
-unchanged with ``carrier=None``. The ``parse_*`` functions are the strict
-variants that raise :class:`~wstrace.exceptions.EnvelopeDecodeError`.
+unchanged with ``carrier=None``. :func:`parse` is the strict variant that
+raises :class:`~wstrace.exceptions.EnvelopeDecodeError`.
+
+A decoder that knows the frame type (``text=True`` or ``False``) accepts only
+that type's layout; ``text=None`` means it is not known: a ``str`` is a text
+frame, ``bytes`` may hold either layout.
 """
 
 from __future__ import annotations
@@ -80,13 +84,26 @@ DEFAULT_JSON_FIELD = "_wstrace"
 """Member name that carries the context in the JSON-field form."""
 
 # Keys are HTTP-header-like tokens; values may be any text once percent-decoded.
-_KEY = re.compile(r"[a-z0-9][a-z0-9_.\-]*\Z")
+_KEY_RE = r"[a-z0-9][a-z0-9_.\-]*"
+_KEY = re.compile(_KEY_RE + r"\Z")
 # Values made only of these need no percent-encoding (W3C traceparent, most tracestate and baggage).
 _UNRESERVED = re.compile(r"[A-Za-z0-9_.\-~]*\Z")
-# A header is printable ASCII without space or separators other than & and =.
-_HEADER = re.compile(r"[!#-~]*\Z")
+# The header grammar of docs/protocol.md section 7, exactly, checked in two quick passes: only the characters
+# of keys, values, "=" and "&", and every "%" starts a %XX escape. Items are then split and checked one by one.
+_HEADER_CHARS = re.compile(r"[A-Za-z0-9_.\-~%=&]*\Z")
+_STRAY_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _JSON_WS = " \t\n\r"
 _JSON_WS_B = b" \t\n\r"
+# The JSON carrier object of section 6, exactly: no blanks, printable ASCII only, keys written
+# literally (no escapes), values JSON strings whose escapes are those of RFC 8259.
+_JSON_STRING_RE = r'"[ !#-\[\]-~]*(?:\\(?:["\\/bfnrt]|u[0-9A-Fa-f]{4})[ !#-\[\]-~]*)*"'  # normal* (escape normal*)*
+_JSON_MEMBER_RE = rf'"{_KEY_RE}":{_JSON_STRING_RE}'
+_JSON_MEMBER = re.compile(rf'"({_KEY_RE})":({_JSON_STRING_RE})')
+_JSON_CARRIER = re.compile(rf"\{{(?:{_JSON_MEMBER_RE}(?:,{_JSON_MEMBER_RE})*)?\}}")
+
+
+class _CarrierTooLarge(EnvelopeEncodeError):
+    """The carrier is valid but does not fit under the cap: the sender sends an empty envelope."""
 
 
 @dataclass(frozen=True)
@@ -111,45 +128,53 @@ def _check_max(max_header: int) -> int:
     return max_header
 
 
+def _checked(key: object, value: object) -> None:
+    """Refuse a carrier item no envelope can hold: keys are lowercase tokens, values text with a UTF-8 form."""
+    if not isinstance(key, str) or not isinstance(value, str):
+        raise EnvelopeEncodeError("carrier keys and values must be str")
+    if not _KEY.match(key):
+        raise EnvelopeEncodeError(f"carrier key {key!r} is not a lowercase token")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate has no UTF-8 form
+            raise EnvelopeEncodeError(f"carrier value of {key!r} is not encodable as UTF-8") from exc
+
+
 def _header(carrier: Mapping[str, str] | None, max_header: int) -> str:
     if not carrier:
         return ""
     parts = []
     for key, value in carrier.items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise EnvelopeEncodeError("carrier keys and values must be str")
-        if not _KEY.match(key):
-            raise EnvelopeEncodeError(f"carrier key {key!r} is not a lowercase token")
+        _checked(key, value)
         if _UNRESERVED.match(value):
             parts.append(f"{key}={value}")
-            continue
-        try:
+        else:
             parts.append(f"{key}={quote(value, safe='')}")
-        except UnicodeEncodeError as exc:  # a lone surrogate has no UTF-8 form
-            raise EnvelopeEncodeError(f"carrier value of {key!r} is not encodable as UTF-8") from exc
     header = "&".join(parts)
     if len(header) > _check_max(max_header):
-        raise EnvelopeEncodeError(f"carrier of {len(header)} bytes exceeds the {max_header}-byte header cap")
+        raise _CarrierTooLarge(f"carrier of {len(header)} bytes exceeds the {max_header}-byte header cap")
     return header
 
 
 def _parse_header(header: str) -> dict[str, str]:
     if not header:
         return {}
-    if not _HEADER.match(header):
-        raise EnvelopeDecodeError("header holds characters outside printable ASCII")
+    if not _HEADER_CHARS.match(header) or ("%" in header and _STRAY_PERCENT.search(header)):
+        raise EnvelopeDecodeError("header holds characters outside the header grammar")
     carrier: dict[str, str] = {}
     for part in header.split("&"):
         key, eq, value = part.partition("=")
-        if not eq or key in carrier or not _KEY.match(key):
+        if not eq or "=" in value or not _KEY.match(key):
             raise EnvelopeDecodeError(f"malformed header item {part[:40]!r}")
-        if "%" not in value:
-            carrier[key] = value
-            continue
-        try:
-            carrier[key] = unquote(value, errors="strict")
-        except UnicodeDecodeError as exc:
-            raise EnvelopeDecodeError("header value is not UTF-8 once percent-decoded") from exc
+        if key in carrier:
+            raise EnvelopeDecodeError(f"header key {key!r} repeats")
+        if "%" in value:
+            try:
+                value = unquote(value, errors="strict")
+            except UnicodeDecodeError as exc:
+                raise EnvelopeDecodeError("header value is not UTF-8 once percent-decoded") from exc
+        carrier[key] = value
     return carrier
 
 
@@ -219,21 +244,22 @@ def encode(
     return encode_binary(payload, carrier, max_header=max_header)
 
 
-def parse(wire: Payload, *, max_header: int = DEFAULT_MAX_HEADER_BYTES) -> Decoded:
+def parse(wire: Payload, *, text: bool | None = None, max_header: int = DEFAULT_MAX_HEADER_BYTES) -> Decoded:
     """Strictly decode a frame.
 
-    Returns ``Decoded(wire, None)`` for a frame that does not start with an
-    envelope prefix, and raises :class:`EnvelopeDecodeError` for one that does
-    but is malformed, truncated, or larger than ``max_header``.
+    Returns ``Decoded(wire, None)`` for a frame that does not start with the
+    envelope prefix of its type, and raises :class:`EnvelopeDecodeError` for
+    one that does but is malformed, truncated, or larger than ``max_header``.
+    ``text`` is the frame type, as for :func:`decode`.
     """
-    return Decoded(*_parse_parts(wire, max_header))
+    return Decoded(*_parse_parts(wire, max_header, text))
 
 
-def _parse_parts(wire: Payload, max_header: int) -> tuple[Payload, dict[str, str] | None]:
+def _parse_parts(wire: Payload, max_header: int, text: bool | None = None) -> tuple[Payload, dict[str, str] | None]:
     """:func:`parse` as a plain ``(payload, carrier)`` pair."""
     if isinstance(wire, str):
-        if not wire.startswith(TEXT_MAGIC):
-            return wire, None
+        if text is False or not wire.startswith(TEXT_MAGIC):
+            return wire, None  # a binary frame is never a str: nothing to strip
         end = wire.find(_SEP, len(TEXT_MAGIC), len(TEXT_MAGIC) + max_header + 1)
         if end < 0:
             raise EnvelopeDecodeError("text envelope has no header terminator within the cap")
@@ -241,7 +267,7 @@ def _parse_parts(wire: Payload, max_header: int) -> tuple[Payload, dict[str, str
     if not isinstance(wire, (bytes, bytearray, memoryview)):
         raise EnvelopeDecodeError(f"cannot decode a {type(wire).__name__}")
     wire = bytes(wire)
-    if wire.startswith(BINARY_MAGIC):
+    if text is not True and wire.startswith(BINARY_MAGIC):
         if len(wire) < _BINARY_PREFIX_LEN:
             raise EnvelopeDecodeError("binary envelope truncated before its header length")
         size = int.from_bytes(wire[len(BINARY_MAGIC) : _BINARY_PREFIX_LEN], "big")
@@ -251,8 +277,8 @@ def _parse_parts(wire: Payload, max_header: int) -> tuple[Payload, dict[str, str
         if len(wire) < end:
             raise EnvelopeDecodeError("binary envelope truncated inside its header")
         return wire[end:], _parse_header(_ascii(wire[_BINARY_PREFIX_LEN:end]))
-    if wire.startswith(_TEXT_MAGIC_B):
-        # A text frame received as bytes (for example recv(decode=False)).
+    if text is not False and wire.startswith(_TEXT_MAGIC_B):
+        # A text frame received as bytes (websocket-client, or websockets' recv(decode=False)).
         end = wire.find(_SEP_B, len(_TEXT_MAGIC_B), len(_TEXT_MAGIC_B) + max_header + 1)
         if end < 0:
             raise EnvelopeDecodeError("text envelope has no header terminator within the cap")
@@ -267,20 +293,28 @@ def _ascii(raw: bytes) -> str:
         raise EnvelopeDecodeError("header is not ASCII") from exc
 
 
-def decode(wire: Payload, *, max_header: int = DEFAULT_MAX_HEADER_BYTES) -> Decoded:
+def decode(wire: Payload, *, text: bool | None = None, max_header: int = DEFAULT_MAX_HEADER_BYTES) -> Decoded:
     """Decode a frame without ever raising.
 
     A valid envelope yields its payload and carrier. Anything else (no prefix,
-    a malformed, truncated or oversized header, an unknown version) yields the
-    frame unchanged and ``carrier=None``, so no data is ever lost.
+    a malformed, truncated or oversized header, an unknown version, the other
+    frame type's layout) yields the frame unchanged and ``carrier=None``, so
+    no data is ever lost.
+
+    ``text`` is the frame type: ``True`` accepts only the text layout (in a
+    ``str`` or its UTF-8 ``bytes``), ``False`` only the binary one. ``None``
+    (the type is not known): a ``str`` is a text frame, and ``bytes`` are
+    accepted in either layout.
     """
-    return Decoded(*_decode_parts(wire, max_header))
+    return Decoded(*_decode_parts(wire, max_header, text))
 
 
-def _decode_parts(wire: Payload, max_header: int = DEFAULT_MAX_HEADER_BYTES) -> tuple[Payload, dict[str, str] | None]:
+def _decode_parts(
+    wire: Payload, max_header: int = DEFAULT_MAX_HEADER_BYTES, text: bool | None = None
+) -> tuple[Payload, dict[str, str] | None]:
     """:func:`decode` as a plain ``(payload, carrier)`` pair, for the session's hot path."""
     try:
-        return _parse_parts(wire, max_header)
+        return _parse_parts(wire, max_header, text)
     except EnvelopeDecodeError:
         return wire, None
 
@@ -310,16 +344,21 @@ def encode_json_field(
     A payload that is not a JSON object (by its first non-blank character) is
     returned unchanged: it cannot carry context in this form. The rest of the
     payload is never parsed, so invalid JSON after the brace stays as it was.
+    ``max_header`` caps the carrier object's JSON text, from ``{`` to ``}``.
     """
     if not isinstance(payload, (str, bytes)):
         raise EnvelopeEncodeError(f"cannot encode a {type(payload).__name__} payload")
     start = _json_start(payload)
     if start < 0:
         return payload
-    _header(carrier, max_header)  # same validation and cap as the framed forms
-    obj = json.dumps(dict(carrier or {}), separators=(",", ":"))
-    if len(obj) > max_header:  # the decoder applies the cap to the object's JSON text
-        raise EnvelopeEncodeError(f"carrier of {len(obj)} bytes of JSON exceeds the {max_header}-byte header cap")
+    _check_max(max_header)
+    items = dict(carrier or {})
+    for key, value in items.items():
+        _checked(key, value)
+    # ensure_ascii: '"', '\\' and every character outside U+0020..U+007E escaped, so the object is printable ASCII.
+    obj = json.dumps(items, separators=(",", ":"))
+    if len(obj) > max_header:
+        raise _CarrierTooLarge(f"carrier of {len(obj)} bytes of JSON exceeds the {max_header}-byte header cap")
     member = json.dumps(field) + ":" + obj
     if isinstance(payload, str):
         rest = payload[start + 1 :]
@@ -336,7 +375,10 @@ def decode_json_field(
     """Remove the carrier member that :func:`encode_json_field` inserted; never raises.
 
     Only the canonical form is recognised: the member comes first, right after
-    the brace, with no blanks around its key and colon. Anything else is
+    the brace, with no blanks around its key and colon nor inside the carrier
+    object, which is printable ASCII, at most ``max_header`` bytes long, with
+    unescaped keys that follow the key grammar, no key twice, and string values
+    only; a comma follows it unless only blanks and ``}`` do. Anything else is
     returned unchanged with ``carrier=None``.
     """
     if not isinstance(wire, (str, bytes)):
@@ -349,37 +391,51 @@ def decode_json_field(
     if isinstance(wire, str):
         if not wire.startswith(key, start + 1):
             return Decoded(wire, None)
-        window = wire[value_at : value_at + max_header + 2]
+        window = wire[value_at : value_at + max_header]
     else:
         if not wire.startswith(key.encode("ascii"), start + 1):
             return Decoded(wire, None)
-        # ASCII with replacement keeps one character per byte, so offsets match.
-        window = wire[value_at : value_at + max_header + 2].decode("ascii", errors="replace")
-    carrier, length = _json_carrier(window, max_header)
-    if carrier is None:
+        # One character per byte, so offsets match; a byte over 0x7E fails the grammar.
+        window = wire[value_at : value_at + max_header].decode("latin-1")
+    found = _JSON_CARRIER.match(window)
+    carrier = _json_members(found.group()) if found else None
+    if found is None or carrier is None:
         return Decoded(wire, None)
-    end = value_at + length
-    comma = window[length : length + 1] == ","
-    if comma:
-        end += 1  # the member goes with its comma
-    # Without a comma the encoder saw an empty object, so only blanks and "}" may follow.
+    end = value_at + found.end()
     if isinstance(wire, str):
-        if not comma and wire[end:].lstrip(_JSON_WS)[:1] != "}":
+        rest = wire[end:]
+        if rest[:1] == ",":
+            rest = rest[1:]
+            if rest.lstrip(_JSON_WS)[:1] == "}":
+                return Decoded(wire, None)  # the encoder writes no comma before a closing brace
+        elif rest.lstrip(_JSON_WS)[:1] != "}":
             return Decoded(wire, None)
-        return Decoded(wire[: start + 1] + wire[end:], carrier)
-    if not comma and wire[end:].lstrip(_JSON_WS_B)[:1] != b"}":
+        return Decoded(wire[: start + 1] + rest, carrier)
+    rest_b = wire[end:]
+    if rest_b[:1] == b",":
+        rest_b = rest_b[1:]
+        if rest_b.lstrip(_JSON_WS_B)[:1] == b"}":
+            return Decoded(wire, None)
+    elif rest_b.lstrip(_JSON_WS_B)[:1] != b"}":
         return Decoded(wire, None)
-    return Decoded(wire[: start + 1] + wire[end:], carrier)
+    return Decoded(wire[: start + 1] + rest_b, carrier)
 
 
-def _json_carrier(window: str, max_header: int) -> tuple[dict[str, str] | None, int]:
-    """Parse the carrier object at the start of ``window``; ``(None, 0)`` if it is not one."""
-    try:
-        value, length = json.JSONDecoder().raw_decode(window)
-    except (ValueError, RecursionError):  # RecursionError: deeply nested arrays or objects
-        return None, 0
-    if length > max_header or not isinstance(value, dict) or "\ufffd" in window[:length]:
-        return None, 0
-    if not all(isinstance(v, str) and _KEY.match(k) for k, v in value.items()):
-        return None, 0
-    return value, length
+def _json_members(obj: str) -> dict[str, str] | None:
+    """The carrier in a carrier object that matched the grammar; ``None`` if a key repeats or a value is not
+    Unicode text (an escaped lone surrogate)."""
+    carrier: dict[str, str] = {}
+    for member in _JSON_MEMBER.finditer(obj):
+        key, raw = member.groups()
+        if key in carrier:
+            return None
+        if "\\" not in raw:
+            carrier[key] = raw[1:-1]
+            continue
+        value = json.loads(raw)
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return None
+        carrier[key] = value
+    return carrier

@@ -21,6 +21,8 @@ from opentelemetry.trace import SpanKind
 from tests.conftest import Telemetry
 from tests.instrumentation import contract
 from tests.instrumentation.peers import CLIENTS, INSTRUMENTORS, ROUTE, SERVERS
+from tests.reliability.rawws import RawClient, RawServer
+from wstrace import envelope as codec
 
 
 PAYLOADS: list[str | bytes] = ["hello", b"\x00\x01binary\xff", "\x1ewt1\x1elook-alike", '{"json": [1, 2]}']
@@ -82,3 +84,55 @@ def _wait_for_closes(telemetry: Telemetry) -> None:
         if not telemetry.open_spans.names():
             return
         threading.Event().wait(0.02)
+
+
+# The frame type decides the envelope layout (docs/protocol.md, sections 5 and 8) ------------------
+
+TP = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"
+TEXT_LAYOUT = b"\x1ewt1traceparent=" + TP.encode() + b"\x1ebin"  # the text layout, sent in a binary frame
+BINARY_LAYOUT = b"\x1ewt\x01\x00\x00bin"  # the binary layout: an envelope, stripped
+
+
+def _no_span_continues_the_forged_context(telemetry: Telemetry) -> None:
+    for span in telemetry.named(f"receive {ROUTE}"):
+        assert span.get_span_context().trace_id != int("ab" * 16, 16), span.attributes
+        assert not any(link.context.trace_id == int("ab" * 16, 16) for link in span.links)
+
+
+@pytest.mark.parametrize("server", sorted(SERVERS))
+def test_every_server_delivers_a_binary_frame_in_the_text_layout_unchanged(
+    instrumented: Telemetry, server: str
+) -> None:
+    """Each server adapter tells binary from text: its application echoes the text layout as it came."""
+
+    async def scenario() -> list[Any]:
+        async with SERVERS[server]() as url:
+            client = await RawClient.connect(url, [(b"wstrace-envelope", b"frame/1")])
+            try:
+                assert client.header("wstrace-envelope") == "frame/1"
+                echoes = []
+                for payload in (TEXT_LAYOUT, BINARY_LAYOUT):
+                    await client.send(payload)  # a binary frame, bare
+                    echoes.append(codec.decode(await client.recv(), text=False))  # the server envelopes its echo
+                return echoes
+            finally:
+                await client.close_cleanly()
+
+    echoes = asyncio.run(scenario())
+    assert [echo.payload for echo in echoes] == [TEXT_LAYOUT, b"bin"]
+    assert all(echo.carrier is not None for echo in echoes), "the echoes are enveloped: the envelope is on"
+    _no_span_continues_the_forged_context(instrumented)
+
+
+@pytest.mark.parametrize("client", sorted(CLIENTS))
+def test_every_client_delivers_a_binary_frame_in_the_text_layout_unchanged(
+    instrumented: Telemetry, client: str
+) -> None:
+    """Each client adapter tells binary from text: a server's binary frame in the text layout arrives as it is."""
+
+    async def scenario() -> list[Any]:
+        async with RawServer(replies=[TEXT_LAYOUT, BINARY_LAYOUT]) as url:
+            return await CLIENTS[client](url + ROUTE, ["0", "1"])
+
+    assert asyncio.run(scenario()) == [TEXT_LAYOUT, b"bin"]
+    _no_span_continues_the_forged_context(instrumented)

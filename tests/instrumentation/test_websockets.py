@@ -13,13 +13,14 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import SpanKind, StatusCode
 from websockets.asyncio.client import connect
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.asyncio.server import ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as sync_connect
 from websockets.sync.server import serve as sync_serve
 
 from tests.conftest import Telemetry
 from tests.instrumentation.contract import linked_to, parent_id, span_id, trace_id
+from tests.reliability.rawws import RawClient, frame
 from wstrace.instrumentation.websockets import WebsocketsInstrumentor
 
 
@@ -215,6 +216,115 @@ def test_payloads_survive_negotiated_envelope(telemetry: Telemetry, instrument: 
 
     assert run(scenario()) == payloads
     assert received == payloads
+
+
+def _traceparent(span: Any) -> bytes:
+    sc = span.get_span_context()
+    return f"00-{sc.trace_id:032x}-{sc.span_id:016x}-01".encode()
+
+
+def test_a_binary_frame_holding_the_text_layout_is_delivered_unchanged(
+    telemetry: Telemetry, instrument: Callable[..., None]
+) -> None:
+    """Protocol 1.1, sections 5 and 8: in a binary frame only the binary layout is an envelope.
+
+    ``1e 77 74 31 traceparent=… 1e bin``, written bare in a binary frame (``broadcast`` bypasses ``send``),
+    reaches the handler as those bytes, and its receive span takes nothing from that traceparent; a binary
+    message the instrumented client sends still carries its context.
+    """
+    instrument(model="message", envelope="negotiate")
+    tracer = telemetry.provider.get_tracer("test")
+    forged = tracer.start_span("forged")
+    forged.end()
+    text_layout = b"\x1ewt1traceparent=" + _traceparent(forged) + b"\x1ebin"
+    received: list[tuple[Any, int]] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        async for message in ws:
+            received.append((message, trace.get_current_span().get_span_context().span_id))
+            await ws.send("ok")
+
+    async def scenario() -> None:
+        async with server(handler) as url, connect(url) as ws:
+            broadcast([ws], text_layout)  # a binary frame, exactly these bytes
+            assert await ws.recv() == "ok"
+            with tracer.start_as_current_span("real"):
+                await ws.send(b"bin")
+            assert await ws.recv() == "ok"
+
+    run(scenario())
+    assert [message for message, _ in received] == [text_layout, b"bin"]
+    receives = {span_id(s): s for s in telemetry.named("receive /chat")}
+    bare, enveloped = (receives[span] for _, span in received)
+    assert bare.attributes["websocket.message.type"] == "binary"
+    assert bare.attributes["messaging.message.body.size"] == len(text_layout)
+    assert parent_id(bare) != span_id(forged) and trace_id(bare) != trace_id(forged)
+    assert not linked_to(bare, telemetry.one("forged"))
+    client_send = next(s for s in telemetry.named("send /chat") if parent_id(s) == span_id(telemetry.one("real")))
+    assert parent_id(enveloped) == span_id(client_send)
+
+
+def test_recv_with_decode_cannot_tell_the_frame_type(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """``recv(decode=False)`` returns text frames as bytes: the frame type is unknown, either layout is read."""
+    instrument(model="message", envelope="negotiate")
+    received: list[Any] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        received.append(await ws.recv(decode=False))  # a text frame, as bytes
+        received.append(await ws.recv(decode=False))  # a binary frame
+        received.append(await ws.recv())  # a text frame, as str
+        await ws.send("done")
+
+    async def scenario() -> None:
+        async with server(handler) as url, connect(url) as ws:
+            for payload in ("text ✓", b"\x00binary", "again"):
+                await ws.send(payload)
+            assert await ws.recv() == "done"
+
+    run(scenario())
+    assert received == ["text ✓".encode(), b"\x00binary", "again"]
+
+
+def test_an_envelope_split_across_fragments(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """Section 2: ``recv`` sees the reassembled message, so a header split across fragments is read;
+    ``recv_streaming`` reads the envelope from the first fragment only, and delivers such a message unchanged."""
+    instrument(model="message", envelope="negotiate")
+    tracer = telemetry.provider.get_tracer("test")
+    sender = tracer.start_span("sender")
+    sender.end()
+    header = b"traceparent=" + _traceparent(sender)
+    envelope = b"\x1ewt\x01" + len(header).to_bytes(2, "big") + header
+    parts = [envelope[:20], envelope[20:] + b"pay", b"load"]  # the header runs into the second fragment
+    got: list[Any] = []
+
+    def fragments(opcode: int) -> bytes:
+        first = bytearray(frame(parts[0], opcode))
+        middle = bytearray(frame(parts[1], 0x0))
+        first[0] &= 0x7F  # FIN clear: more fragments follow
+        middle[0] &= 0x7F
+        return bytes(first + middle) + frame(parts[2], 0x0)
+
+    async def handler(ws: ServerConnection) -> None:
+        got.append(await ws.recv())
+        got.append(b"".join([fragment async for fragment in ws.recv_streaming()]))
+        await ws.send("done")
+
+    async def scenario() -> None:
+        async with server(handler) as url:
+            client = await RawClient.connect(url, [(b"wstrace-envelope", b"frame/1")])
+            try:
+                assert client.header("wstrace-envelope") == "frame/1"
+                for _ in range(2):
+                    client.writer.write(fragments(0x2))
+                await client.writer.drain()
+                assert b"done" in await client.recv()
+            finally:
+                await client.close_cleanly()
+
+    run(scenario())
+    assert got == [b"payload", envelope + b"payload"]
+    receives = sorted(telemetry.named("receive /chat"), key=lambda s: s.start_time)
+    assert [parent_id(s) == span_id(sender) for s in receives] == [True, False]
 
 
 # A refusing peer -------------------------------------------------------------

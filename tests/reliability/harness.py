@@ -41,10 +41,13 @@ from wstrace.semconv import SUBPROTOCOL_PREFIX
 __all__ = ["TARGETS", "check", "input_for", "span_attributes_are_ours"]
 
 CAP = codec.DEFAULT_MAX_HEADER_BYTES
-HEADER_CHARS = re.compile(r"[!#-~]*\Z")
+# The header grammar of docs/protocol.md, section 7, written out again here.
+_ITEM = r"[a-z0-9][a-z0-9_.\-]*=(?:[A-Za-z0-9_.~\-]|%[0-9A-Fa-f]{2})*"
+_HEADER = rf"(?:{_ITEM}(?:&{_ITEM})*)?"
+HEADER_CHARS = re.compile(_HEADER + r"\Z")
 KEY = re.compile(r"[a-z0-9][a-z0-9_.\-]*\Z")
-TEXT_PREFIX = re.compile(r"\x1ewt1[!#-~]*\x1e\Z", re.DOTALL)
-TEXT_PREFIX_B = re.compile(rb"\x1ewt1[!#-~]*\x1e\Z", re.DOTALL)
+TEXT_PREFIX = re.compile(rf"\x1ewt1{_HEADER}\x1e\Z")
+TEXT_PREFIX_B = re.compile(rf"\x1ewt1{_HEADER}\x1e\Z".encode())
 JSON_BLANKS = " \t\n\r"
 
 _exporter = InMemorySpanExporter()
@@ -163,8 +166,13 @@ def _decode_text(raw: bytes) -> None:
 
 def _decode_bytes(raw: bytes) -> None:
     for cap in (0, 16, CAP):
-        decoded = codec.decode(raw, max_header=cap)
-        assert_frame_stripping(raw, decoded.payload, decoded.carrier, cap)
+        for text in (None, True, False):
+            decoded = codec.decode(raw, text=text, max_header=cap)
+            assert_frame_stripping(raw, decoded.payload, decoded.carrier, cap)
+            if text is False:
+                assert not raw.startswith(codec.TEXT_MAGIC.encode()) or decoded.carrier is None
+            elif text:
+                assert not raw.startswith(codec.BINARY_MAGIC) or decoded.carrier is None
 
 
 def _decode_json(raw: bytes) -> None:
@@ -196,7 +204,7 @@ def _received(raw: bytes) -> None:
             payload = server.received(wire, text=text)
             server.receive_done()
             if fmt == "frame":
-                decoded = codec.decode(wire)
+                decoded = codec.decode(wire, text=text)  # only the frame type's own layout is an envelope
                 assert_frame_stripping(wire, payload, decoded.carrier, CAP)
             else:
                 decoded = codec.decode_json_field(wire)

@@ -40,6 +40,12 @@ def _message(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     return args[0] if args else kwargs.get("message")
 
 
+def _type_known(args: tuple[Any, ...], kwargs: dict[str, Any], at: int = 0) -> bool:
+    """Whether the returned object's type is the frame type: only without ``decode`` (argument ``at``),
+    which makes websockets return text frames as bytes (``False``) or binary frames as str (``True``)."""
+    return (args[at] if len(args) > at else kwargs.get("decode")) is None
+
+
 def _replace_message(args: tuple[Any, ...], kwargs: dict[str, Any], message: Any) -> tuple[Any, ...]:
     if args:
         return (message, *args[1:])
@@ -74,7 +80,7 @@ async def async_recv(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwa
         return await wrapped(*args, **kwargs)
     ct.receive_done()
     wire = await wrapped(*args, **kwargs)
-    return ct.received(wire)
+    return ct.received(wire, type_known=_type_known(args, kwargs))
 
 
 def sync_recv(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -83,13 +89,15 @@ def sync_recv(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: di
         return wrapped(*args, **kwargs)
     ct.receive_done()
     wire = wrapped(*args, **kwargs)
-    return ct.received(wire)
+    return ct.received(wire, type_known=_type_known(args, kwargs, 1))  # recv(timeout, decode)
 
 
 def async_recv_streaming(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     ct = tracer_of(instance)
     if ct is None:
         return wrapped(*args, **kwargs)
+
+    known = _type_known(args, kwargs)
 
     async def fragments() -> AsyncIterator[Any]:
         # The envelope travels in the first fragment; the span starts with it.
@@ -98,7 +106,7 @@ def async_recv_streaming(wrapped: Wrapped, instance: Any, args: tuple[Any, ...],
         async for fragment in wrapped(*args, **kwargs):
             if first:
                 first = False
-                fragment = ct.received(fragment)
+                fragment = ct.received(fragment, type_known=known)
             yield fragment
 
     return fragments()
@@ -109,13 +117,15 @@ def sync_recv_streaming(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], 
     if ct is None:
         return wrapped(*args, **kwargs)
 
+    known = _type_known(args, kwargs)
+
     def fragments() -> Iterator[Any]:
         ct.receive_done()
         first = True
         for fragment in wrapped(*args, **kwargs):
             if first:
                 first = False
-                fragment = ct.received(fragment)
+                fragment = ct.received(fragment, type_known=known)
             yield fragment
 
     return fragments()
