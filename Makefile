@@ -3,7 +3,7 @@ PYTHON ?= .venv/bin/python
 REPS ?= 3
 BENCH_OUT ?= benchmarks/results/latest.json
 
-.PHONY: bench bench-quick bench-micro bench-profile bench-timers bench-deps upstream-tests docs
+.PHONY: bench bench-quick bench-micro bench-large bench-profile bench-timers bench-deps upstream-tests docs
 
 # The full suite: every workload, stack and variant, interleaved; about 10 minutes on 2 cores.
 bench:
@@ -16,6 +16,10 @@ bench-quick:
 # In-process per-message costs, wstrace against the hand-written minimal instrumentation; about 1 minute.
 bench-micro:
 	$(PYTHON) -m benchmarks.micro --json benchmarks/results/micro.json
+
+# 1 MiB and 16 MiB messages: time, CPU and peak memory, bare against wstrace; about 3 minutes.
+bench-large:
+	$(PYTHON) -m benchmarks.large --senders websockets,websocket-client --json benchmarks/results/large.json
 
 # Where a server's CPU time goes, by layer (py-spy); VARIANT, WORKLOAD and STACK select the server.
 WORKLOAD ?= echo64

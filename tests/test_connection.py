@@ -17,6 +17,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from tests.conftest import Telemetry
 from tests.routes import ROUTES_ENV
 from wstrace import envelope as codec
+from wstrace._wire import SPLIT_AT, Parts
 from wstrace.config import Config
 from wstrace.connection import ConnectionTracer
 from wstrace.metrics import Instruments
@@ -504,3 +505,98 @@ def test_excluded_urls_come_from_opentelemetrys_variable_unless_wstraces_is_set(
     ours = Config.load({"OTEL_PYTHON_EXCLUDED_URLS": "health", "WSTRACE_EXCLUDED_URLS": "/internal/"})
     assert ours.excluded_urls is not None and not ours.excluded_urls("/health") and ours.excluded_urls("/internal/x")
     assert Config.load({}, excluded_urls=lambda url: url.endswith("/x")).excluded_urls("/a/x")  # type: ignore[misc]
+
+
+# Messages sent as fragments ------------------------------------------------------
+
+
+def test_a_message_sent_as_fragments_is_one_message_of_its_whole_size(telemetry: Telemetry) -> None:
+    """send_start(fragment=True) takes the first fragment; send_end(size=) gives the span and the byte count the
+    whole message's size. The envelope goes in front of the first fragment, so the peer gets the joined message
+    with the sender's context."""
+    metered = Metered(telemetry, streams=False)
+    c, s = metered.client, metered.server
+    first, handle = c.send_start("ab", fragment=True)
+    assert first.endswith("ab") and first != "ab"
+    c.send_end(handle, size=6)
+    assert s.received(first + "cd" + "ef") == "abcdef"
+    s.receive_done()
+    send, receive = telemetry.one("send /chat"), telemetry.one("receive /chat")
+    assert receive.parent is not None and receive.parent.span_id == send.context.span_id
+    assert send.attributes["messaging.message.body.size"] == 6
+    assert receive.attributes["messaging.message.body.size"] == 6
+    assert metered.total("wstrace.message.count", **{"websocket.message.direction": "sent"}) == 1
+    assert metered.total("wstrace.message.size", **{"websocket.message.direction": "sent"}) == 6
+    assert metered.total("wstrace.message.size", **{"websocket.message.direction": "received"}) == 6
+
+
+def test_a_large_first_fragment_comes_back_after_its_prefix(telemetry: Telemetry) -> None:
+    """With split=True a large first fragment (or a large message) is not copied behind the prefix."""
+    c, s = connect(telemetry, client_options={"streams": False})
+    big = b"\x00" * SPLIT_AT
+    parts, handle = c.send_start(big, split=True, fragment=True)
+    assert type(parts) is Parts and parts[1] is big
+    c.send_end(handle, size=len(big) + 3)
+    assert s.received(parts[0] + big + b"end") == big + b"end"
+    s.receive_done()
+    assert telemetry.one("send /chat").attributes["messaging.message.body.size"] == len(big) + 3
+    whole, handle = c.send_start(big, split=True)  # a whole message: the handle needs no size
+    assert type(whole) is Parts and whole[1] is big
+    c.send_end(handle)
+    small, handle = c.send_start(b"small", split=True)
+    assert s.received(small) == b"small"
+    c.send_end(handle)
+
+
+def test_a_message_sent_as_fragments_counts_whole_in_its_stream(telemetry: Telemetry) -> None:
+    """A reply sent as fragments is one chunk of the reply stream, of the whole message's size; so is a run's."""
+    metered = Metered(telemetry)
+    c, s = metered.client, metered.server
+    wire, handle = c.send_start("quest", fragment=True)
+    c.send_end(handle, size=len("question"))
+    assert s.received(wire + "ion") == "question"
+    first, handle = s.send_start("ab", fragment=True)
+    s.send_end(handle, size=4)
+    s.send_end(s.send_start("ef")[1])
+    s.receive_done()
+    assert c.received(first + "cd") == "abcd"
+    c.receive_done()
+    reply = next(x for x in telemetry.named("send /chat") if x.attributes.get("wstrace.stream.chunk_count") == 2)
+    assert reply.attributes["wstrace.stream.size"] == 6
+    assert metered.total("wstrace.message.size", **{"websocket.message.direction": "sent"}) == len("question") + 6
+    c.closed(code=1000, initiator="local")
+    (run,) = [x for x in telemetry.named("send /chat") if x is not reply]
+    assert run.attributes["wstrace.stream.size"] == len("question")
+
+
+def test_a_failed_fragmented_message_records_its_error(telemetry: Telemetry) -> None:
+    """The library raised mid-message: its span records the error; as a chunk, its stream ends with it."""
+    c, _ = connect(telemetry, client_options={"streams": False})
+    _, handle = c.send_start("ab", fragment=True)
+    c.send_end(handle, ValueError("fragment 2 failed"), size=3)
+    _, handle = c.send_start("cd", fragment=True)
+    c.send_end(handle, size=2)  # one fragment only
+    send, single = telemetry.named("send /chat")
+    assert single.attributes["messaging.message.body.size"] == 2
+    assert send.status.status_code is StatusCode.ERROR and send.attributes["error.type"] == "ValueError"
+    assert send.attributes["messaging.message.body.size"] == 3
+    c2, _ = connect(telemetry)  # streams on: the client's run is the stream
+    _, handle = c2.send_start("ab", fragment=True)
+    c2.send_end(handle, ValueError("broken"), size=3)
+    run = [x for x in telemetry.named("send /chat") if x not in (send, single)]
+    assert len(run) == 1 and run[0].status.status_code is StatusCode.ERROR
+    assert run[0].attributes["wstrace.stream.size"] == 3
+
+
+def test_a_suppressed_fragmented_message_is_not_counted(telemetry: Telemetry) -> None:
+    """Inside suppress_instrumentation() the envelope still goes, and nothing is counted or recorded."""
+    metered = Metered(telemetry, streams=False)
+    token = otel_context.attach(otel_context.set_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY, True))
+    try:
+        wire, handle = metered.client.send_start("ab", fragment=True)
+    finally:
+        otel_context.detach(token)
+    metered.client.send_end(handle, size=100)
+    assert wire != "ab" and metered.server.received(wire) == "ab"
+    assert metered.total("wstrace.message.size", **{"websocket.message.direction": "sent"}) == 0
+    assert telemetry.named("send /chat") == []

@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import StatusCode
 
 from tests.conftest import Telemetry
-from wstrace._replies import OWNER, Inbound, Replies, Request, safe_key, safe_predicate
+from wstrace._replies import NOTHING_TO_END, OWNER, Fragmented, Inbound, Replies, Request, safe_key, safe_predicate
 from wstrace._spans import ConnectionSpans, route
 from wstrace._wire import wire_for
 from wstrace.config import Config
@@ -439,6 +439,35 @@ def test_reply_chunks_form_one_stream_under_the_message_with_one_envelope_prefix
     (span,) = telemetry.named("send /chat")
     assert span.attributes["wstrace.stream.chunk_count"] == 3
     assert span.parent is not None
+
+
+def test_a_fragmented_chunk_gets_its_whole_size_in_its_stream(telemetry: Telemetry) -> None:
+    """A reply sent as fragments is one chunk; its Fragmented handle adds the rest of its size when it ends, to
+    the stream, the chunk span (chunk_spans) and the counts; a failure ends the stream with the error."""
+    replies = _connection(telemetry, chunk_spans=True)
+    owner = _handled(telemetry, replies)
+    replies.sent_to = None
+    _, handle = replies.reply_chunk(owner, None, "ab", True, 1, 2)
+    stream = replies.sent_to
+    assert stream is owner.stream and stream is not None
+    counts = [0] * 8
+    whole = Fragmented(handle, stream, 2, 1)
+    assert whole.stream is stream and whole.span is handle.span
+    whole.whole(2, counts)  # nothing beyond the first fragment
+    assert counts == [0] * 8 and stream.stats.size == 2
+    whole.whole(10, counts)
+    assert counts[5] == 8 and stream.stats.size == 10
+    uncounted = Fragmented(NOTHING_TO_END, None, 2, -1)
+    uncounted.whole(5, counts)
+    assert counts[5] == 8
+    assert whole.span is not None
+    whole.span.end()
+    (chunk,) = [s for s in telemetry.named("send /chat") if s.attributes.get("wstrace.stream.chunk_count") is None]
+    assert chunk.attributes["messaging.message.body.size"] == 10
+    stream.end(ValueError("the rest of the fragments failed"))
+    assert stream.stats.size == 10
+    whole.whole(20, None)  # the stream has ended: its size stays
+    assert stream.stats.size == 10
 
 
 def test_a_reply_after_the_idle_gap_starts_a_new_stream(telemetry: Telemetry) -> None:

@@ -12,7 +12,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from tests import fresh
 from tests.conftest import Telemetry
 from wstrace import envelope
-from wstrace._wire import Prefixes, Wire, wire_for
+from wstrace._wire import SPLIT_AT, Parts, Prefixes, SplitWire, Wire, is_large, split_wire, wire_for
 from wstrace.config import Config
 
 
@@ -320,6 +320,94 @@ def test_in_stream_json_injects_per_chunk_and_round_trips(telemetry: Telemetry, 
         (f'{{"token": "{n}"}}', {"traceparent": _traceparent_of(span)}) for n in range(3)
     ]
     span.end()
+
+
+# Split: a large payload behind its prefix, not copied ---------------------------------------------
+
+
+def _joined(parts: Parts) -> Any:
+    prefix, payload = parts
+    return prefix + payload if isinstance(prefix, str) else prefix + bytes(payload)
+
+
+BIG_TEXT = "é" + "x" * SPLIT_AT
+BIG_BYTES = b"\x1ewt\x01" + bytes(SPLIT_AT)
+
+
+@pytest.mark.parametrize(
+    ("payload", "is_text", "arrives"),
+    [
+        (BIG_TEXT, True, BIG_TEXT),
+        (BIG_BYTES, False, BIG_BYTES),
+        (bytearray(BIG_BYTES), False, BIG_BYTES),
+        (memoryview(BIG_BYTES), False, BIG_BYTES),
+        (BIG_TEXT.encode(), True, BIG_TEXT.encode()),  # UTF-8 bytes sent as text
+        (BIG_TEXT, False, BIG_TEXT.encode()),  # a str sent as binary: encoded, as the library would
+    ],
+    ids=["str", "bytes", "bytearray", "memoryview", "text-bytes", "str-binary"],
+)
+def test_a_large_payload_comes_back_after_its_prefix_uncopied(payload: Any, is_text: bool, arrives: Any) -> None:
+    """A SplitWire returns a payload of SPLIT_AT or more as Parts: the envelope prefix, then the payload itself
+    (the same object unless a str goes as binary); joined, they are exactly what Wire.wrap sends."""
+    wire = split_wire(_frame())
+    parts = wire.wrap(payload, is_text, CARRIER)
+    assert type(parts) is Parts
+    prefix, rest = parts
+    if not (isinstance(payload, str) and not is_text):
+        assert rest is payload
+    assert len(prefix) < 200 and isinstance(prefix, str) == (isinstance(payload, str) and is_text)
+    assert _joined(parts) == _frame().wrap(payload, is_text, CARRIER)
+    assert _frame().strip(_joined(parts)) == (arrives, CARRIER)
+
+
+def test_below_the_threshold_or_in_json_a_split_wire_wraps_as_a_wire_does() -> None:
+    small = "x" * (SPLIT_AT - 1)
+    assert not is_large(small) and is_large(small + "x") and is_large(memoryview(bytes(SPLIT_AT)))
+    assert not is_large(object())
+    assert split_wire(_frame()).wrap(small, True, CARRIER) == _frame().wrap(small, True, CARRIER)
+    big_json = '{"a":"' + "x" * SPLIT_AT + '"}'
+    json_split = split_wire(_json())
+    assert json_split.wrap(big_json, True, CARRIER) == _json().wrap(big_json, True, CARRIER)
+    assert split_wire(_frame()).wrap(frame_object := object(), True, CARRIER) is frame_object
+
+
+def test_a_split_wire_over_the_cap_sends_an_empty_envelope_before_the_payload() -> None:
+    wire = split_wire(_frame(cap=10))
+    prefix, rest = wire.wrap(BIG_BYTES, False, CARRIER)
+    assert prefix == envelope.binary_prefix(None) and rest is BIG_BYTES
+    prefix, rest = wire.wrap_empty(BIG_TEXT, True)
+    assert prefix == envelope.text_prefix(None) and rest is BIG_TEXT
+
+
+def test_a_split_wire_keeps_a_streams_prefix(telemetry: Telemetry, counting: CountingPropagator) -> None:
+    """A stream's large chunk goes after the stream's prefix, encoded once, like its small ones."""
+    wire = split_wire(_frame())
+    span = telemetry.provider.get_tracer("t").start_span("send /chat")
+    prefixes = Prefixes()
+    small = wire.in_stream(prefixes, span, "token", True)
+    parts = wire.in_stream(prefixes, span, BIG_TEXT, True)
+    audio = wire.in_stream(prefixes, span, BIG_BYTES, False)
+    assert counting.injected == 1
+    assert type(parts) is Parts and parts[0] == prefixes.text and parts[1] is BIG_TEXT
+    assert type(audio) is Parts and audio[0] == prefixes.binary and audio[1] is BIG_BYTES
+    assert wire.strip(small) == ("token", {"traceparent": _traceparent_of(span)})
+    assert wire.strip(_joined(parts)) == (BIG_TEXT, {"traceparent": _traceparent_of(span)})
+    assert wire.strip(_joined(audio)) == (BIG_BYTES, {"traceparent": _traceparent_of(span)})
+    json_wire = split_wire(_json())
+    big_json = '{"a":"' + "x" * SPLIT_AT + '"}'
+    chunk = json_wire.in_stream(Prefixes(), span, big_json, True)
+    assert json_wire.strip(chunk) == (big_json, {"traceparent": _traceparent_of(span)})
+    span.end()
+
+
+def test_split_wire_shares_one_per_settings() -> None:
+    wire = _frame()
+    split = split_wire(wire)
+    assert isinstance(split, SplitWire) and split is split_wire(_frame())
+    assert (split.format, split.cap, split.field) == (wire.format, wire.cap, wire.field)
+    assert split_wire(_frame(cap=100)) is not split
+    for cap in range(100, 200):
+        assert split_wire(_frame(cap=cap)).cap == cap
 
 
 # Sharing ---------------------------------------------------------------------------------------

@@ -22,10 +22,12 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Link, Span, SpanKind
 
 from wstrace import _handshake as hs, propagation
+from wstrace._counting import LOCK as COUNT_LOCK
 from wstrace._log import warn_once
 from wstrace._spans import ConnectionSpans, link
 from wstrace._wire import Prefixes, Wire
 from wstrace.metrics import Instruments
+from wstrace.semconv import MESSAGING_MESSAGE_BODY_SIZE
 from wstrace.streams import StreamRecorder, StreamStats, wall_ns
 
 
@@ -33,6 +35,7 @@ __all__ = [
     "InRun",
     "NOTHING_TO_END",
     "OWNER",
+    "Fragmented",
     "REQUEST",
     "Inbound",
     "Replies",
@@ -90,6 +93,38 @@ class SendHandle:
 
 NOTHING_TO_END = SendHandle(None)
 """The handle of a send that needs no ``send_end`` (a stream chunk, or nothing recorded)."""
+
+
+class Fragmented(SendHandle):
+    """The handle of a message the application sends as fragments: at its end it gets the whole message's size
+    (its span's body size, its stream's bytes and the byte count; its start counted the first fragment)."""
+
+    __slots__ = ("first", "slot")
+
+    def __init__(self, handle: SendHandle, stream: Optional[StreamRecorder], first: int, slot: int) -> None:
+        # With its stream, a chunk's failure ends that stream with the error, as a failed last chunk would.
+        super().__init__(handle.span, handle.stream or stream, handle.ends_stream)
+        self.first = first
+        """The first fragment's size, already counted."""
+        self.slot = slot
+        """The counts slot of the message (``_counting.slot``), -1 if it was not counted."""
+
+    def whole(self, total: int, counts: Optional[list[int]]) -> None:
+        """The message is over, ``total`` bytes in all: add what its first fragment did not count."""
+        extra = total - self.first
+        if extra <= 0:
+            return
+        try:
+            if counts is not None and self.slot >= 0:
+                with COUNT_LOCK:
+                    counts[self.slot + 4] += extra
+            span, stream = self.span, self.stream
+            if span is not None and span.is_recording():
+                span.set_attribute(MESSAGING_MESSAGE_BODY_SIZE, total)
+            if stream is not None and not stream.ended:
+                stream.stats.size += extra
+        except Exception as exc:  # pragma: no cover - defensive
+            warn_once("recording the size of a fragmented message", exc)
 
 
 class Inbound:
@@ -182,6 +217,7 @@ class Replies:
         "orphans",
         "requests",
         "run",
+        "sent_to",
         "spans",
         "streams",
         "sweep_at",
@@ -208,6 +244,8 @@ class Replies:
         self.inrun: Optional[InRun] = None
         """The run the peer is sending, as far as this end has received it."""
         self.sweep_at = _SWEEP_FLOOR
+        self.sent_to: Optional[StreamRecorder] = None
+        """The stream the last chunk sent joined (for a message sent as fragments, whose size is known at its end)."""
 
     # Chunks ------------------------------------------------------------------
 
@@ -458,6 +496,7 @@ class Replies:
         spans = self.spans
         config = spans.config
         stream.chunk(body_size or 0, now)
+        self.sent_to = stream
         handle = NOTHING_TO_END
         if config.stream_end is not None and safe_predicate(config.stream_end, payload):
             handle = SendHandle(None, stream, ends_stream=True)

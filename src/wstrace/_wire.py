@@ -3,7 +3,10 @@
 A :class:`Wire` holds no per-connection state (format, cap and JSON field
 only), so connections with the same settings share one. A stream's envelope
 prefix, the same for every chunk, is encoded once and kept in its
-:class:`Prefixes`.
+:class:`Prefixes`. For a library that can send a message as fragments, the
+:func:`split_wire` of a connection's wire hands a large payload back as
+:class:`Parts` (the envelope prefix, then the payload), so that the payload is
+never copied behind its prefix.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from wstrace.config import Config, EnvelopeFormat
 from wstrace.exceptions import EnvelopeEncodeError
 
 
-__all__ = ["Prefixes", "Wire", "wire_for"]
+__all__ = ["SPLIT_AT", "Parts", "Prefixes", "SplitWire", "Wire", "split_wire", "wire_for"]
 
 _P = TypeVar("_P", str, bytes)
 _PAYLOAD = (str, bytes, bytearray, memoryview)
@@ -148,4 +151,70 @@ def wire_for(config: Config, fmt: EnvelopeFormat) -> Wire:
         if len(_WIRES) > 64:  # settings come from instrument() calls: a handful per process
             _WIRES.clear()
         found = _WIRES[key] = Wire(*key)
+    return found
+
+
+SPLIT_AT = 1 << 20
+"""Payload length (bytes, or characters of a ``str``) from which a :class:`SplitWire` sends the envelope prefix
+as a fragment of its own. Below it, copying the payload behind the prefix costs less CPU than two more frames
+and the receiver's reassembly (``docs/performance.md``, "Large messages"), and the copy is small."""
+
+
+class Parts(tuple[Any, Any]):
+    """A message to send as two fragments, in this order: its envelope prefix, then its payload (unchanged, or
+    a ``str`` sent as binary encoded to UTF-8 as the library would). The peer reassembles them (RFC 6455)."""
+
+    __slots__ = ()
+
+
+class SplitWire(Wire):
+    """A connection's envelope, for a library that can send a message as fragments.
+
+    ``wrap`` and ``in_stream`` return :class:`Parts` for a payload of :data:`SPLIT_AT` or more in the framed
+    format, instead of a copy of the payload behind its prefix; anything else as :class:`Wire` does. (The JSON
+    format inserts its member inside the payload: it always copies.)
+    """
+
+    __slots__ = ()
+
+    def wrap(self, payload: Any, is_text: bool, carrier: Optional[dict[str, str]]) -> Any:
+        if self.format != "frame" or not is_large(payload):
+            return super().wrap(payload, is_text, carrier)
+        # The envelope of an empty payload is exactly the prefix (or an empty envelope's, over the cap).
+        return _parts(super().wrap(_empty(payload, is_text), is_text, carrier), payload, is_text)
+
+    def in_stream(self, prefixes: Prefixes, span: Span, payload: Any, is_text: bool) -> Any:
+        if self.format != "frame" or not is_large(payload):
+            return super().in_stream(prefixes, span, payload, is_text)
+        return _parts(super().in_stream(prefixes, span, _empty(payload, is_text), is_text), payload, is_text)
+
+
+def is_large(payload: Any) -> bool:
+    """Whether ``payload`` is a payload of :data:`SPLIT_AT` or more (bytes, or characters of a ``str``)."""
+    if isinstance(payload, memoryview):
+        return payload.nbytes >= SPLIT_AT
+    return isinstance(payload, (str, bytes, bytearray)) and len(payload) >= SPLIT_AT
+
+
+def _empty(payload: Any, is_text: bool) -> Any:
+    return "" if is_text and isinstance(payload, str) else b""
+
+
+def _parts(prefix: Any, payload: Any, is_text: bool) -> Parts:
+    if not is_text and isinstance(payload, str):
+        payload = payload.encode("utf-8")  # what the library sends for a str in a binary frame
+    return Parts((prefix, payload))
+
+
+_SPLIT_WIRES: dict[tuple[EnvelopeFormat, int, str], SplitWire] = {}
+
+
+def split_wire(wire: Wire) -> SplitWire:
+    """The shared :class:`SplitWire` with ``wire``'s format, cap and JSON field."""
+    key = (wire.format, wire.cap, wire.field)
+    found = _SPLIT_WIRES.get(key)
+    if found is None:
+        if len(_SPLIT_WIRES) > 64:
+            _SPLIT_WIRES.clear()
+        found = _SPLIT_WIRES[key] = SplitWire(*key)
     return found

@@ -36,9 +36,9 @@ from wstrace._close import Initiator
 from wstrace._context import Attachment, attach
 from wstrace._counting import LOCK as COUNT_LOCK
 from wstrace._log import log, warn_once
-from wstrace._replies import NOTHING_TO_END, OWNER, Inbound, Replies, SendHandle
+from wstrace._replies import NOTHING_TO_END, OWNER, Fragmented, Inbound, Replies, SendHandle
 from wstrace._spans import ConnectionSpans, excluded, link, mapped_route, record_error, route as route_names, size
-from wstrace._wire import Wire, wire_for
+from wstrace._wire import Wire, split_wire, wire_for
 from wstrace.carriers import HeaderSource
 from wstrace.config import Config, EnvelopeFormat
 from wstrace.metrics import Instruments
@@ -312,7 +312,15 @@ class ConnectionTracer:
 
     # Messages ----------------------------------------------------------------
 
-    def send_start(self, payload: Any, *, text: Optional[bool] = None, record: bool = True) -> tuple[Any, SendHandle]:
+    def send_start(
+        self,
+        payload: Any,
+        *,
+        text: Optional[bool] = None,
+        record: bool = True,
+        split: bool = False,
+        fragment: bool = False,
+    ) -> tuple[Any, SendHandle]:
         """Start tracing an outbound message and return the frame to put on the wire.
 
         ``payload`` is what the application passed; it is returned unchanged
@@ -320,10 +328,20 @@ class ConnectionTracer:
         library lets the caller choose it (default: ``str`` means text).
         ``record=False``, like ``suppress_instrumentation()``, still applies the envelope.
         When the returned handle is :data:`NOTHING_TO_END`, ``send_end`` may be skipped.
+
+        ``split=True``, from a library that can send a message as fragments: a large payload
+        (``wstrace._wire.SPLIT_AT``) comes back as :class:`~wstrace._wire.Parts`, the envelope
+        prefix and the payload, to send as two fragments rather than as a copy of the payload
+        behind its prefix. ``fragment=True``: ``payload`` is the first fragment of a message the
+        application sends as fragments; pass the whole message's size to :meth:`send_end`.
         """
         is_text = isinstance(payload, str) if text is None else text
+        if fragment:
+            return self._first_fragment(payload, is_text, record, split)
         handle = NOTHING_TO_END
         wire = self._wire
+        if split and wire is not None:
+            wire = split_wire(wire)
         try:
             carrier: Optional[dict[str, str]] = None
             current = otel_context.get_current()
@@ -366,8 +384,27 @@ class ConnectionTracer:
                 payload = wire.wrap_empty(payload, is_text)
         return payload, handle
 
-    def send_end(self, handle: SendHandle, error: Optional[BaseException] = None) -> None:
-        """The outbound message was handed to the transport, or failed with ``error``."""
+    def _first_fragment(self, payload: Any, is_text: bool, record: bool, split: bool) -> tuple[Any, SendHandle]:
+        """:meth:`send_start` for a message's first fragment: a handle that takes the message's size at its end."""
+        replies = self._replies
+        if replies is not None:
+            replies.sent_to = None
+        counted = record and not self._closed and not otel_context.get_value(_SUPPRESS)
+        frame, handle = self.send_start(payload, text=is_text, record=record, split=split)
+        replies = self._replies
+        stream = replies.sent_to if replies is not None else None
+        return frame, Fragmented(handle, stream, size(payload) or 0, (1 if is_text else 0) if counted else -1)
+
+    def send_end(
+        self, handle: SendHandle, error: Optional[BaseException] = None, *, size: Optional[int] = None
+    ) -> None:
+        """The outbound message was handed to the transport, or failed with ``error``.
+
+        ``size``: the whole size of a message sent as fragments (see :meth:`send_start`), when
+        more than its first fragment's.
+        """
+        if size is not None and isinstance(handle, Fragmented):
+            handle.whole(size, self._counts)
         span, stream = handle.span, handle.stream
         if span is None and stream is None:
             return

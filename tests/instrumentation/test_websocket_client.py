@@ -359,7 +359,7 @@ def test_every_send_path_keeps_its_frame_type(telemetry: Telemetry, instrument: 
         "frag!",
     ]
     # Seven messages in a row with no context of the client's own: one run, one send span with seven chunks
-    # (a fragmented message counts once, with its first frame). The server receives the first on its own span,
+    # (a fragmented message counts once, with all its frames). The server receives the first on its own span,
     # then the run as one receive stream; both continue it.
     (run,) = [s for s in telemetry.named("send /chat") if s.kind is SpanKind.PRODUCER]
     assert run.attributes["wstrace.stream.chunk_count"] == 7
@@ -370,7 +370,7 @@ def test_every_send_path_keeps_its_frame_type(telemetry: Telemetry, instrument: 
     (stream,) = [s for s in receives if "wstrace.stream.chunk_count" in s.attributes]
     assert {parent_id(r) for r in receives} == {span_id(run)}
     assert stream.attributes["wstrace.stream.chunk_count"] == 7
-    # (Their sizes differ: the sender sees a fragmented message's first fragment, the receiver all of it.)
+    assert run.attributes["wstrace.stream.size"] == stream.attributes["wstrace.stream.size"]  # all of each message
     contract.no_open_spans(telemetry)
 
 

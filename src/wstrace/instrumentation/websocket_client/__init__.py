@@ -21,9 +21,12 @@ receive span. In ``WebSocketApp`` the receive span is current while
 ``on_data`` and ``on_message`` run and ends when they return. Close frames
 from either side, ``shutdown()`` and a dropped connection end the connection.
 
+A message sent frame by frame (``send_frame`` with ``fin=0``, then
+continuation frames) is one message: its envelope goes in its first frame,
+its send span ends with its last frame and has the whole message's size.
+
 Not covered: ``ping``/``pong`` and close frames (control frames, never
-enveloped); continuation frames sent with ``send_frame`` are sent unchanged
-(the envelope and the send span go with the first frame of the message).
+enveloped).
 
 Options (keyword or environment variable) are listed in ``docs/configuration.md``.
 """

@@ -14,7 +14,9 @@ __all__ = [
     "CLOSING",
     "OPCODE_BINARY",
     "OPCODE_CLOSE",
+    "OPCODE_CONT",
     "OPCODE_TEXT",
+    "SENDING",
     "close_frame_args",
     "connection_lost",
     "done_here",
@@ -29,11 +31,14 @@ ATTR = "_wstrace"
 """Attribute under which a ``WebSocket`` holds its ConnectionTracer."""
 CLOSING = "_wstrace_closing"
 """Set on a ``WebSocket`` (true) while its ``close()`` runs."""
+SENDING = "_wstrace_sending"
+"""Set on a ``WebSocket`` while it sends a fragmented message frame by frame: the message's ``Outgoing``."""
 _RECEIVER = "_wstrace_receiver"
 """Identity of the thread that last had a message returned (and its receive span attached)."""
 
 # RFC 6455 opcodes, as in websocket.ABNF; repeated here so that importing the
 # adapter does not import the library.
+OPCODE_CONT = 0x0
 OPCODE_TEXT = 0x1
 OPCODE_BINARY = 0x2
 OPCODE_CLOSE = 0x8

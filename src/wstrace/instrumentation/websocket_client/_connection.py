@@ -3,6 +3,9 @@
 - ``send_frame`` is the one path every outbound message takes (``send``,
   ``send_text``, ``send_bytes``, ``send_binary``, ``WebSocketApp.send*``, and
   frames the application builds itself); the frame's opcode says text or binary.
+  A message sent as fragments (a first frame with ``fin=0``, then continuation
+  frames) is one message: its envelope and span start with its first frame, and
+  the span ends with its last.
 - ``recv_data_frame`` is the one path every inbound message takes (``recv``,
   ``recv_data``, iteration, and ``WebSocketApp``'s read loop); it also sees the
   peer's close frame and a dropped connection.
@@ -18,13 +21,16 @@ import copy
 from typing import Any, Callable, Optional
 
 from wstrace._close import NORMAL
-from wstrace.connection import ConnectionTracer
+from wstrace.connection import NOTHING_TO_END, ConnectionTracer
+from wstrace.instrumentation._fragments import Outgoing
 from wstrace.instrumentation._instrumentor import send_then_end
 from wstrace.instrumentation.websocket_client._common import (
     CLOSING,
     OPCODE_BINARY,
     OPCODE_CLOSE,
+    OPCODE_CONT,
     OPCODE_TEXT,
+    SENDING,
     close_frame_args,
     close_reason_text,
     connection_lost,
@@ -34,7 +40,7 @@ from wstrace.instrumentation.websocket_client._common import (
 )
 
 
-__all__ = ["close", "dispatcher_read", "recv_data_frame", "send_frame", "shutdown"]
+__all__ = ["close", "dispatcher_read", "finished", "recv_data_frame", "send_frame", "shutdown"]
 
 Wrapped = Callable[..., Any]
 _DATA = (OPCODE_TEXT, OPCODE_BINARY)
@@ -44,9 +50,12 @@ def send_frame(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: d
     ct = tracer_of(instance)
     frame: Any = args[0] if args else kwargs.get("frame")
     opcode = getattr(frame, "opcode", None)
-    # Control frames and continuation frames pass unchanged: the envelope of a
-    # fragmented message is at the start of its first frame.
-    if ct is None or opcode not in _DATA:
+    if ct is None:
+        return wrapped(*args, **kwargs)
+    if opcode == OPCODE_CONT:
+        return _continuation(instance, frame, wrapped, args, kwargs)
+    # Control frames pass unchanged (they may come between a fragmented message's frames).
+    if opcode not in _DATA:
         return wrapped(*args, **kwargs)
     text = opcode == OPCODE_TEXT
     payload = frame.data
@@ -57,7 +66,15 @@ def send_frame(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: d
             payload = payload.encode("latin-1" if getattr(frame, "mask_value", 1) else "utf-8")
         except UnicodeEncodeError:
             return wrapped(*args, **kwargs)  # the library raises its own error
-    wire, handle = ct.send_start(payload, text=text)
+    finished(instance)  # a fragmented message left without its last frame: a new message starts
+    out: Optional[Outgoing] = None
+    if getattr(frame, "fin", 1):
+        wire, handle = ct.send_start(payload, text=text)
+    else:
+        # The first frame of a fragmented message: its envelope goes here; its span ends with its last frame.
+        out = Outgoing(ct, text, split=False)
+        (wire,) = out.first(payload)
+        handle = NOTHING_TO_END
     if wire is not frame.data:
         # A copy: the application may send the same frame object again.
         frame = copy.copy(frame)
@@ -66,7 +83,41 @@ def send_frame(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: d
             args = (frame, *args[1:])
         else:
             kwargs["frame"] = frame
-    return send_then_end(ct, handle, wrapped, args, kwargs)
+    if out is None:
+        return send_then_end(ct, handle, wrapped, args, kwargs)
+    try:
+        result = wrapped(*args, **kwargs)
+    except BaseException as exc:
+        out.end(exc)
+        raise
+    setattr(instance, SENDING, out)
+    return result
+
+
+def _continuation(instance: Any, frame: Any, wrapped: Wrapped, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """A continuation frame goes unchanged; it counts towards its message, which ends with its last frame."""
+    out: Optional[Outgoing] = getattr(instance, SENDING, None)
+    if not isinstance(out, Outgoing):
+        return wrapped(*args, **kwargs)
+    out.more(frame.data)
+    if getattr(frame, "fin", 1):
+        setattr(instance, SENDING, None)
+        return out.call(wrapped, args, kwargs)
+    try:
+        return wrapped(*args, **kwargs)
+    except BaseException as exc:
+        setattr(instance, SENDING, None)
+        out.end(exc)
+        raise
+
+
+def finished(instance: Any) -> None:
+    """End the fragmented message being sent, if any, as far as it went (the connection is ending, or the
+    application started another message before its last frame)."""
+    out: Optional[Outgoing] = getattr(instance, SENDING, None)
+    if isinstance(out, Outgoing):
+        setattr(instance, SENDING, None)
+        out.end()
 
 
 def recv_data_frame(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -78,6 +129,7 @@ def recv_data_frame(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwar
         result = wrapped(*args, **kwargs)
     except BaseException as exc:
         if connection_lost(exc) and not getattr(instance, CLOSING, False):
+            finished(instance)
             ct.closed(error=exc)  # no close frame: the TCP connection dropped
         raise
     opcode, frame = result
@@ -87,6 +139,7 @@ def recv_data_frame(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwar
         # The peer's close frame: the answer to ours, if another thread's close() is waiting for it,
         # or else one that the library has already answered (send_close).
         ct.close_received(*close_frame_args(frame.data))
+        finished(instance)
         ct.closed()
     return result
 
@@ -108,6 +161,7 @@ def close(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[s
     if ct is None:
         return wrapped(*args, **kwargs)
     done_here(instance, ct)
+    finished(instance)
     was_open = bool(getattr(instance, "connected", False))  # close() returns at once on a closed connection
     if was_open:
         status = args[0] if args else kwargs.get("status", NORMAL)  # the library's default
@@ -146,6 +200,7 @@ def shutdown(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dic
             # The socket closed with no closing handshake (shutdown() without close(),
             # or WebSocketApp dropping the old socket to reconnect).
             done_here(instance, ct)
+            finished(instance)
             ct.closed()
 
 

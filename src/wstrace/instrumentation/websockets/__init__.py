@@ -11,7 +11,10 @@ point ``wstrace-websockets``).
 
 Covered: ``websockets.asyncio.client.connect``, ``websockets.asyncio.server.serve``,
 ``websockets.sync.client.connect`` and ``websockets.sync.server.serve``; on their
-connections ``send``, ``recv``, ``recv_streaming``, iteration and ``close``.
+connections ``send``, ``recv``, ``recv_streaming``, iteration and ``close``. A
+``send`` of an iterable (or asynchronous iterable) of fragments is one message,
+enveloped once at the start of its first fragment; a message of 1 MiB or more
+goes as two fragments, its envelope then itself, rather than copied behind it.
 Not covered: ``broadcast()``, which writes frames without going through
 ``send`` (its frames carry no envelope, and receivers deliver them as they
 are), and the deprecated ``websockets.legacy`` implementation.

@@ -7,11 +7,15 @@ pass straight through.
 
 from __future__ import annotations
 
+import asyncio
 import sys
-from typing import Any, AsyncIterator, Callable, Iterator, Optional
+from collections.abc import AsyncIterable, Iterable, Mapping
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Optional
 
 from wstrace._close import INTERNAL_ERROR
-from wstrace.connection import NOTHING_TO_END
+from wstrace._wire import SPLIT_AT, Parts
+from wstrace.connection import NOTHING_TO_END, ConnectionTracer, SendHandle
+from wstrace.instrumentation._fragments import Outgoing, afragments, fragments
 from wstrace.instrumentation._instrumentor import end_after, send_then_end
 from wstrace.instrumentation.websockets._common import report_close, tracer_of
 
@@ -30,6 +34,7 @@ __all__ = [
 ]
 
 Wrapped = Callable[..., Any]
+_DATA = (str, bytes, bytearray, memoryview)
 
 
 def _text_flag(kwargs: dict[str, Any]) -> Any:
@@ -53,25 +58,74 @@ def _replace_message(args: tuple[Any, ...], kwargs: dict[str, Any], message: Any
     return args
 
 
+def _start(ct: ConnectionTracer, message: Any, text: Optional[bool]) -> tuple[Any, SendHandle]:
+    """``send_start`` for a whole message. A large one, in the framed envelope, goes as two fragments (the
+    library sends a list as a fragmented message), its envelope prefix then itself, so as not to be copied
+    behind the prefix."""
+    if isinstance(message, _DATA):
+        length = message.nbytes if type(message) is memoryview else len(message)
+        if length >= SPLIT_AT and ct.envelope == "frame":
+            wire, handle = ct.send_start(message, text=text, split=True)
+            return (list(wire) if type(wire) is Parts else wire), handle
+    return ct.send_start(message, text=text)
+
+
 def async_send(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     # A plain function returning an awaitable: a stream chunk needs nothing after
     # the send, so it gets the library's own coroutine, without a second frame.
     ct = tracer_of(instance)
     if ct is None:
         return wrapped(*args, **kwargs)
-    wire, handle = ct.send_start(_message(args, kwargs), text=_text_flag(kwargs))
-    args = _replace_message(args, kwargs, wire)
+    message = _message(args, kwargs)
+    if not isinstance(message, _DATA) and _fragmented(message):
+        # Fragments, sent as the library pulls them: one message, enveloped as a whole.
+        out = Outgoing(ct, _text_flag(kwargs))
+        parts = fragments(out, message) if isinstance(message, Iterable) else afragments(out, message)
+        return out.after(wrapped(*_replace_message(args, kwargs, parts), **kwargs))
+    wire, handle = _start(ct, message, _text_flag(kwargs))
+    sending = wrapped(*_replace_message(args, kwargs, wire), **kwargs)
+    if type(wire) is list:
+        sending = _to_the_end(sending)
     if handle is NOTHING_TO_END:
-        return wrapped(*args, **kwargs)
-    return end_after(ct, handle, wrapped(*args, **kwargs))
+        return sending
+    return end_after(ct, handle, sending)
+
+
+async def _to_the_end(sending: Awaitable[Any]) -> Any:
+    """A message split in two fragments is sent to its end even if the caller is cancelled meanwhile.
+
+    websockets writes a whole message's one frame before its send can be cancelled (while it waits for the
+    write buffer to drain); a fragmented message cancelled between fragments would leave the connection
+    unable to send anything else. So the send runs in a task of its own, as far as its last fragment, and
+    the caller's cancellation reaches only the caller, as it would have without wstrace.
+    """
+    task = asyncio.ensure_future(sending)
+    task.add_done_callback(_retrieved)
+    return await asyncio.shield(task)
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # the caller may have gone: its error is the caller's, not for asyncio to log
 
 
 def sync_send(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     ct = tracer_of(instance)
     if ct is None:
         return wrapped(*args, **kwargs)
-    wire, handle = ct.send_start(_message(args, kwargs), text=_text_flag(kwargs))
+    message = _message(args, kwargs)
+    if not isinstance(message, _DATA) and isinstance(message, Iterable) and _fragmented(message):
+        # Fragments (the sync send takes no asynchronous iterable): one message, enveloped as a whole.
+        out = Outgoing(ct, _text_flag(kwargs))
+        return out.call(wrapped, _replace_message(args, kwargs, fragments(out, message)), kwargs)
+    wire, handle = _start(ct, message, _text_flag(kwargs))
     return send_then_end(ct, handle, wrapped, _replace_message(args, kwargs, wire), kwargs)
+
+
+def _fragmented(message: Any) -> bool:
+    """Whether websockets sends ``message``, not a str or bytes-like object, as a fragmented message: an
+    iterable (or asynchronous iterable) of fragments, but not a mapping (refused)."""
+    return not isinstance(message, Mapping) and isinstance(message, (Iterable, AsyncIterable))
 
 
 async def async_recv(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
