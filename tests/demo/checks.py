@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tests.demo.conftest import DemoRun
 from wstrace.cli.export import SpanRecord
+from wstrace.demo.server import STAGE
 
 
 STAGES = ("speech_to_text", "chat", "text_to_speech")
@@ -28,12 +29,11 @@ def assert_no_orphans(run: DemoRun) -> None:
 
 
 def stage_spans(run: DemoRun, operation: str) -> list[SpanRecord]:
+    """The server's stream spans of one stage (not an SDK instrumentation's spans)."""
     return [
         s
         for s in run.spans
-        if s.attributes.get("gen_ai.operation.name") == operation
-        and s.scope == "wstrace"
-        and service(s) == "voice-server"
+        if s.attributes.get(STAGE) == operation and s.scope == "wstrace" and service(s) == "voice-server"
     ]
 
 
@@ -96,6 +96,7 @@ def assert_turn_complete(run: DemoRun, members: list[SpanRecord], turn: SpanReco
         found = [s for s in stage_spans(run, operation) if turn_of(run, s) == number]
         assert len(found) == 1, operation
         assert found[0].kind == "CLIENT" and found[0].name.startswith(operation + " sim-")
+        assert found[0].attributes["gen_ai.operation.name"] == operation  # simulated: the stage is the GenAI span
         assert found[0].trace_id == turn.trace_id
         assert all(found[0].attributes.get(key) is not None for key in STREAM_TIMES)
     outbound = [

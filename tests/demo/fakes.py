@@ -16,6 +16,8 @@ REPLY_TOKENS = ("Hello", " from", " the", " fake", " model", ".", " Nice", " to"
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     requests: list[tuple[str, bytes]]
+    headers: list[dict[str, str]]
+    """Each request's headers, names in lower case, in the order of ``requests``."""
 
 
 class _LLMHandler(BaseHTTPRequestHandler):
@@ -27,6 +29,7 @@ class _LLMHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         self.server.requests.append((self.path, body))
+        self.server.headers.append({name.lower(): value for name, value in self.headers.items()})
         if not self.path.endswith("/chat/completions"):
             self.send_error(404)
             return
@@ -81,6 +84,7 @@ class _CollectorHandler(BaseHTTPRequestHandler):
 def _serve(handler: type[BaseHTTPRequestHandler]) -> Iterator[_Server]:
     server = _Server(("127.0.0.1", 0), handler)
     server.requests = []
+    server.headers = []
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -6,6 +6,7 @@ Folding the waterfall is :mod:`wstrace.cli.fold`'s, tested in ``tests/cli/test_f
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import statistics
 import sys
@@ -184,8 +185,26 @@ def test_a_missing_otlp_exporter_is_one_line_and_the_file_still_works(
     assert [(s.name, s.resource["service.name"]) for s in spans] == [("hello", "voice-test")]
 
 
+def test_an_optional_instrumentation_is_loaded_quietly_or_said_broken(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not installed: left out without a word. Installed but failing to import: one warning saying what is lost."""
+    (tmp_path / "broken_instrumentation.py").write_text("import no_such_dependency_of_it\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with caplog.at_level(logging.WARNING, logger=telemetry.__name__):
+        assert telemetry._optional_instrumentor("no_such_instrumentation", "Instrumentor", "its spans") is None
+        assert not caplog.records
+        assert telemetry._optional_instrumentor("broken_instrumentation", "Instrumentor", "its spans") is None
+    (record,) = caplog.records
+    assert record.getMessage() == (
+        "cannot load broken_instrumentation (No module named 'no_such_dependency_of_it'); its spans are left out"
+    )
+
+
 def test_the_application_reads_like_one() -> None:
     """Device, server and engines import no SDK and no wstrace internals, and start spans only for turns.
+
+    The one other span call makes the LLM stage's stream span current, so that the SDK's spans nest under it.
 
     The import-linter contract proposed with the demo covers wstrace's own modules; this covers the SDK,
     which import-linter cannot name (a subpackage of an external package).
@@ -196,6 +215,7 @@ def test_the_application_reads_like_one() -> None:
 
     root = Path(wstrace.demo.__file__).parent
     span_calls: dict[str, int] = {}
+    made_current: dict[str, int] = {}
     for name in ("audio", "device", "dialogue", "engines", "profile", "protocol", "server"):
         tree = ast.parse((root / f"{name}.py").read_text(encoding="utf-8"))
         for node in ast.walk(tree):
@@ -210,10 +230,13 @@ def test_the_application_reads_like_one() -> None:
                     module,
                 )
                 assert module in ("opentelemetry", "opentelemetry.trace") or not module.startswith("opentelemetry")
-            if isinstance(node, ast.Attribute) and node.attr in ("start_span", "start_as_current_span", "use_span"):
+            if isinstance(node, ast.Attribute) and node.attr in ("start_span", "start_as_current_span"):
                 span_calls[name] = span_calls.get(name, 0) + 1
+            if isinstance(node, ast.Attribute) and node.attr == "use_span":
+                made_current[name] = made_current.get(name, 0) + 1
     # The device's conversation and turn spans, the server's invoke_agent span: nothing else.
     assert span_calls == {"device": 2, "server": 1}
+    assert made_current == {"server": 1}
 
 
 def test_the_view_hint_works_when_pasted(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

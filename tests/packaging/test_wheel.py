@@ -16,6 +16,8 @@ MAX_VENV_MB = 150
 
 
 def _run(args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    # As a user runs it: a PYTHONPATH naming this checkout (as the suite may run) would shadow the installed copy.
+    kwargs.setdefault("env", {k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     return subprocess.run(args, capture_output=True, text=True, timeout=600, check=False, **kwargs)  # type: ignore[call-overload]
 
 
@@ -60,7 +62,7 @@ def test_the_wheel_installs_what_it_promises(installed: Path) -> None:
 
 def test_the_demo_runs_from_a_lean_venv_and_its_hint_works_when_pasted(installed: Path, tmp_path: Path) -> None:
     assert _size_mb(installed) <= MAX_VENV_MB
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "WSTRACE_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "WSTRACE_")) and k != "PYTHONPATH"}
     env.update(PATH="/usr/bin:/bin", COLUMNS="200")  # the venv is not activated
     out = tmp_path / "t.jsonl"
     demo = _run(

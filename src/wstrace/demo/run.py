@@ -43,6 +43,7 @@ from wstrace.cli.view import Trace, build_traces, render_terminal
 from wstrace.demo import audio, dialogue, protocol, telemetry
 from wstrace.demo.device import LATENCY, Device, TurnResult
 from wstrace.demo.profile import PROFILES, Pacing
+from wstrace.demo.server import STAGE
 
 
 __all__ = ["DEFAULT_OUT", "Options", "TurnLatency", "latencies", "missing_requirements", "run"]
@@ -322,8 +323,8 @@ def latencies(spans: Sequence[SpanRecord]) -> list[TurnLatency]:
     by_id = {s.span_id: s for s in spans}
     stages: dict[tuple[str, int], dict[str, SpanRecord]] = defaultdict(dict)
     for span in spans:
-        operation = span.attributes.get("gen_ai.operation.name")
-        # The scope tells wstrace.stream's spans from an SDK instrumentation's (openai-v2 also makes "chat").
+        # The server marks its stages' stream spans; an SDK instrumentation's span (openai-v2's "chat") is not one.
+        operation = span.attributes.get(STAGE)
         if operation not in ("speech_to_text", "chat", "text_to_speech") or span.scope != "wstrace":
             continue
         parent, seen = by_id.get(span.parent_span_id or ""), 0
@@ -347,7 +348,7 @@ def latencies(spans: Sequence[SpanRecord]) -> list[TurnLatency]:
                 transcript=str(a.get("wstrace.voice.turn.transcript", "")),
                 reply=str(a.get("wstrace.voice.turn.reply", "")),
                 asr=_number(asr.attributes.get("wstrace.stream.time_to_last_chunk")) if asr else None,
-                llm_ttft=_number(chat.attributes.get("gen_ai.response.time_to_first_chunk")) if chat else None,
+                llm_ttft=_number(chat.attributes.get("wstrace.stream.time_to_first_chunk")) if chat else None,
                 tts_ttfb=_number(tts.attributes.get("wstrace.stream.time_to_first_chunk")) if tts else None,
                 voice_to_voice=_number(a.get(LATENCY)),
             )

@@ -12,7 +12,10 @@ answer them:
 Tracing here is what an application writes on top of the instrumentors: the queue is a
 ``wstrace.TracedAsyncQueue`` and the pool a ``wstrace.TracedThreadPoolExecutor`` (drop-in replacements that
 carry the trace context across), each stage is a ``wstrace.stream`` (time to first chunk, chunk gaps) named
-after the GenAI operation, and the turn is an ``invoke_agent`` span. The WebSocket spans come from
+after the GenAI operation, and the turn is an ``invoke_agent`` span. When the LLM's client makes its own GenAI
+span (the OpenAI SDK, instrumented by opentelemetry-instrumentation-openai-v2), that span is the stage's
+``chat <model>``: the stream is then ``chat <model> stream``, an internal span around it that measures what the
+pipeline saw, and the SDK's span (and its HTTP request's) nest under it. The WebSocket spans come from
 ``WebsocketsInstrumentor``: the reply's audio is sent while the ``end_of_turn`` message's context is current,
 so it forms that message's outbound stream.
 """
@@ -41,6 +44,9 @@ __all__ = ["Turn", "VoiceAssistant"]
 _log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("wstrace.demo.server")
 
+STAGE = "wstrace.voice.stage"
+"""On each stage's stream span: ``speech_to_text``, ``chat`` or ``text_to_speech``."""
+
 _SENTENCE_END = re.compile(r"[.!?]\s*$")
 _HISTORY = 12  # messages of context the LLM gets
 
@@ -61,9 +67,18 @@ class VoiceAssistant:
     """Serves ``/voice``: one handler per connection, a queue of turns, workers that answer them."""
 
     def __init__(
-        self, asr: ASR, llm: LLM, tts: TTS, *, on_event: Optional[Callable[[Event], None]] = None, workers: int = 2
+        self,
+        asr: ASR,
+        llm: LLM,
+        tts: TTS,
+        *,
+        on_event: Optional[Callable[[Event], None]] = None,
+        workers: int = 2,
+        llm_client_spans: bool = False,
     ) -> None:
+        """``llm_client_spans``: the LLM's client makes its own GenAI ``chat`` span (an instrumented SDK)."""
         self.asr, self.llm, self.tts = asr, llm, tts
+        self._llm_client_spans = llm_client_spans
         self.turns: TracedAsyncQueue[Turn] = TracedAsyncQueue(name="turns")
         # One ASR thread: decoders are heavy and seldom thread-safe.
         self.asr_pool = TracedThreadPoolExecutor(max_workers=1, thread_name_prefix="asr")
@@ -163,7 +178,11 @@ class VoiceAssistant:
         with wstrace.stream(
             f"speech_to_text {self.asr.model}",
             gen_ai_operation="speech_to_text",
-            attributes={"gen_ai.request.model": self.asr.model, "gen_ai.provider.name": self.asr.provider},
+            attributes={
+                "gen_ai.request.model": self.asr.model,
+                "gen_ai.provider.name": self.asr.provider,
+                STAGE: "speech_to_text",
+            },
         ) as words:
             heard = []
             for word in self.asr.transcribe(turn.audio, turn.number):
@@ -185,12 +204,22 @@ class VoiceAssistant:
         """Stream the LLM's reply, handing each finished sentence to the TTS."""
         text: list[str] = []
         pending = ""
+        if self._llm_client_spans:
+            # The SDK's span is the GenAI chat span; this one only measures the stream, so it claims no operation.
+            name, operation, attributes = f"chat {self.llm.model} stream", None, {STAGE: "chat"}
+        else:
+            name, operation = f"chat {self.llm.model}", "chat"
+            attributes = {
+                "gen_ai.request.model": self.llm.model,
+                "gen_ai.provider.name": self.llm.provider,
+                STAGE: "chat",
+            }
         try:
-            with wstrace.stream(
-                f"chat {self.llm.model}",
-                gen_ai_operation="chat",
-                attributes={"gen_ai.request.model": self.llm.model, "gen_ai.provider.name": self.llm.provider},
-            ) as tokens:
+            with (
+                wstrace.stream(name, gen_ai_operation=operation, attributes=attributes) as tokens,
+                # Current while the client runs, so that its spans (the SDK's, the HTTP request's) nest under it.
+                trace.use_span(tokens.span, record_exception=False, set_status_on_exception=False),
+            ):
                 async for token in self.llm.stream(history, turn.number):
                     tokens.chunk(len(token.encode("utf-8")))
                     if not text:
@@ -215,7 +244,11 @@ class VoiceAssistant:
         with wstrace.stream(
             f"text_to_speech {self.tts.model}",
             gen_ai_operation="text_to_speech",
-            attributes={"gen_ai.request.model": self.tts.model, "gen_ai.provider.name": self.tts.provider},
+            attributes={
+                "gen_ai.request.model": self.tts.model,
+                "gen_ai.provider.name": self.tts.provider,
+                STAGE: "text_to_speech",
+            },
         ) as speech:
             index = 0
             while text is not None:

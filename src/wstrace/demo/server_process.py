@@ -94,7 +94,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except ImportError as exc:
             emit({"event": "failed", "error": f"{exc.name or exc} is not installed"})
             return 1
-        asyncio.run(_serve(VoiceAssistant(asr, llm, tts, on_event=emit), args.host, args.port))
+        assistant = VoiceAssistant(asr, llm, tts, on_event=emit, llm_client_spans=tel.llm_client_spans)
+        asyncio.run(_serve(assistant, args.host, args.port))
     except KeyboardInterrupt:  # run by hand and interrupted: stop quietly, keep the spans
         return 130
     finally:

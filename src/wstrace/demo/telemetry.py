@@ -72,6 +72,8 @@ class Telemetry:
     otlp: Optional[Tally] = None
     """What went over OTLP, when asked for."""
     instrumentors: list[Any] = field(default_factory=list)
+    llm_client_spans: bool = False
+    """The OpenAI SDK makes its own GenAI ``chat`` spans (opentelemetry-instrumentation-openai-v2 is on)."""
 
     def shutdown(self) -> None:
         """Turn the instrumentation off and flush every span; idempotent."""
@@ -79,6 +81,17 @@ class Telemetry:
             instrumentor.uninstrument()
         self.instrumentors.clear()
         self.provider.shutdown()
+
+
+def _optional_instrumentor(module: str, name: str, leaves_out: str) -> Any:
+    """An instance of ``module.name``, or None when that instrumentation is not installed (a broken one is logged)."""
+    try:
+        loaded: Any = importlib.import_module(module)
+    except ImportError as exc:
+        if exc.name not in (module, "opentelemetry.instrumentation"):  # installed, but broken
+            _log.warning("cannot load %s (%s); %s are left out", module, exc, leaves_out)
+        return None
+    return getattr(loaded, name)()
 
 
 def otlp_requested() -> Optional[str]:
@@ -132,15 +145,21 @@ def start(
     )
     telemetry.instrumentors.append(websockets)
     if instrument_openai:
-        # Optional: the OpenAI SDK's own spans join the trace when the instrumentation is installed.
-        name = "opentelemetry.instrumentation.openai_v2"
-        try:
-            openai_v2: Any = importlib.import_module(name)
-        except ImportError as exc:
-            if exc.name not in (name, "opentelemetry.instrumentation"):  # installed, but broken
-                _log.warning("cannot load %s (%s); the OpenAI SDK's own spans are left out", name, exc)
-        else:
-            instrumentor = openai_v2.OpenAIInstrumentor()
-            instrumentor.instrument(tracer_provider=provider)
-            telemetry.instrumentors.append(instrumentor)
+        # Optional: the OpenAI SDK's own chat spans, and its HTTP requests (httpx) as client spans that carry
+        # traceparent to the LLM server, join the trace when the instrumentations are installed.
+        for module, name, leaves_out in (
+            ("opentelemetry.instrumentation.openai_v2", "OpenAIInstrumentor", "the OpenAI SDK's own spans"),
+            (
+                "opentelemetry.instrumentation.httpx",
+                "HTTPXClientInstrumentor",
+                "the LLM request's HTTP span and its traceparent",
+            ),
+        ):
+            instrumentor = _optional_instrumentor(module, name, leaves_out)
+            if instrumentor is None:
+                continue
+            instrumentor.instrument(tracer_provider=provider)  # logs, and does nothing, on a version conflict
+            if instrumentor.is_instrumented_by_opentelemetry:
+                telemetry.instrumentors.append(instrumentor)
+                telemetry.llm_client_spans |= name == "OpenAIInstrumentor"
     return telemetry
