@@ -34,6 +34,12 @@ SETTINGS: list[tuple[str, str, Any]] = [
     ("stream_idle", "0.25", 0.25),
     ("run_limit", "0", 0.0),
     ("excluded_urls", "/health, ^ws://internal", ExcludedUrls(("/health", "^ws://internal"))),
+    ("request_hook", "builtins:print", print),
+    ("response_hook", "builtins:print", print),
+    ("message_hook", "builtins:print", print),
+    ("capture_request_headers", "Host, X-Request-.*", ("host", "x-request-.*")),
+    ("capture_response_headers", "upgrade", ("upgrade",)),
+    ("sanitize_headers", "authorization", ("authorization",)),
     ("stall_threshold", "2", 2.0),
     ("stream_end", "builtins:bool", bool),
     ("stream_key", "builtins:len", len),
@@ -62,6 +68,12 @@ BAD_VALUES: list[tuple[str, Any]] = [
     ("stream_idle", "-1"),
     ("run_limit", "forever"),
     ("excluded_urls", "(unclosed"),
+    ("request_hook", "builtins:nothing_here"),
+    ("response_hook", "not a path"),
+    ("message_hook", "builtins:__doc__"),
+    ("capture_request_headers", "x-(open"),
+    ("capture_response_headers", "[bad"),
+    ("sanitize_headers", "*"),
     ("stall_threshold", "nan"),
     ("stream_end", "no_such_module_here:f"),
     ("stream_key", "builtins:no_such_function"),
@@ -156,7 +168,9 @@ def test_keyword_beats_environment(option: str, text: str, expected: Any) -> Non
     """A keyword wins over the environment variable of the same option."""
     default = getattr(Config(), option)
     # None means "unset" for a keyword, so options defaulting to None are overridden by another value.
-    override = default if default is not None else (lambda payload: None)
+    override: Any = default if default is not None else (lambda payload: None)
+    if option.endswith("_headers"):  # names, not a callable
+        override = ("x-from-keyword",)
     config = Config.load(environ={env_name(option): text}, **{option: override})
     assert getattr(config, option) == override
 
@@ -466,3 +480,19 @@ def test_route_templates_match_one_segment_per_name() -> None:
 def test_routes_may_be_a_callable_by_keyword_or_by_name() -> None:
     assert Config.load({}, routes=str.upper).routes is str.upper
     assert Config.load({"WSTRACE_ROUTES": "tests.routes:path_as_route"}).routes is path_as_route
+
+
+def test_header_options_fall_back_to_opentelemetrys_variables() -> None:
+    prefix = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_"
+    env = {
+        prefix + "SERVER_REQUEST": "X-Forwarded-For",
+        prefix + "SERVER_RESPONSE": "upgrade",
+        prefix + "CLIENT_RESPONSE": "sec-websocket-protocol",
+        prefix + "SANITIZE_FIELDS": "set-cookie",
+    }
+    config = Config.load(env)
+    assert config.capture_request_headers == ("x-forwarded-for",)
+    assert config.capture_response_headers == ("upgrade", "sec-websocket-protocol")
+    assert config.sanitize_headers == ("set-cookie",)
+    ours = Config.load({**env, "WSTRACE_CAPTURE_REQUEST_HEADERS": "host"})
+    assert ours.capture_request_headers == ("host",)

@@ -520,3 +520,29 @@ def test_a_clean_close_that_raised_records_the_exception_only(telemetry: Telemet
     done = telemetry.one("close /chat")
     assert done.status.status_code is StatusCode.UNSET
     assert [event.name for event in done.events] == ["exception"]
+
+
+def test_a_failing_hook_is_logged_once_with_its_traceback() -> None:
+    """In a fresh interpreter (the warning is once per process): a hook that raises is logged once, naming it."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    probe = """
+import logging
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import SpanKind
+from wstrace._spans import ConnectionSpans, route
+from wstrace.config import Config
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+def broken(*args):
+    raise RuntimeError("hook bug")
+spans = ConnectionSpans(TracerProvider().get_tracer("t"), Config.load({}, message_hook=broken), route("/c"), "s")
+for n in range(3):
+    spans.send("x", True, n, 1, Context()).end()
+print("sent")
+"""
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0 and done.stdout.strip() == "sent", done.stderr
+    assert done.stderr.count("wstrace: the message_hook failed; tracing continues without it") == 1
+    assert "RuntimeError: hook bug" in done.stderr

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import codecs
+import re
 from typing import Any, Optional, Sequence
 
 from opentelemetry import trace
@@ -26,6 +27,7 @@ __all__ = [
     "Route",
     "captured",
     "excluded",
+    "header_attributes",
     "link",
     "mapped_route",
     "message_attributes",
@@ -98,6 +100,21 @@ def mapped_route(config: Config, path: str) -> Optional[str]:
         warn_once("the routes function", exc)
         return None
     return route if isinstance(route, str) and route else None
+
+
+def header_attributes(
+    config: Config, prefix: str, wanted: Sequence[str], headers: Sequence[tuple[str, str]]
+) -> dict[str, list[str]]:
+    """``http.{request,response}.header.<name>`` for each header whose lower-case name a pattern matches in
+    full, values in order; a name ``sanitize_headers`` matches is recorded as ``[REDACTED]``."""
+    found: dict[str, list[str]] = {}
+    sanitize = config.sanitize_headers or ()
+    for name, value in headers:
+        key = name.lower()
+        if any(re.fullmatch(pattern, key) for pattern in wanted):
+            redacted = any(re.fullmatch(pattern, key) for pattern in sanitize)
+            found.setdefault(prefix + key, []).append("[REDACTED]" if redacted else value)
+    return found
 
 
 def excluded(config: Config, url: str) -> bool:
@@ -206,7 +223,14 @@ class ConnectionSpans:
             self.handshake = span.get_span_context()
         return span
 
-    def opened(self, span: Span, status: int, envelope: Optional[str], subprotocol: Optional[str]) -> SpanContext:
+    def opened(
+        self,
+        span: Span,
+        status: int,
+        envelope: Optional[str],
+        subprotocol: Optional[str],
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> SpanContext:
         """End a sampled handshake span at the 101 and, in the ``connection`` model, open the connection span;
         returns the handshake's span context, all that is kept of it."""
         span.set_attributes(
@@ -214,6 +238,7 @@ class ConnectionSpans:
         )
         if subprotocol and not subprotocol.startswith(sc.SUBPROTOCOL_PREFIX):  # ours carries a peer's context
             span.set_attribute(sc.SUBPROTOCOL, subprotocol)
+        self._responded(span, status, headers)
         span.end()
         if self.config.model == "connection":
             attributes = {sc.NETWORK_PROTOCOL_NAME: "websocket", sc.SESSION_ID: self.session_id}
@@ -231,6 +256,7 @@ class ConnectionSpans:
         # server's 4xx refusal is the client's fault, not the server's.
         if error is not None or (status is not None and (client or status >= 500)):
             record_error(span, error or str(status), str(error) if error else f"HTTP {status}")
+        self._responded(span, status, ())
         span.end()
 
     def _attributes(self, payload: Any, is_text: bool, ordinal: int, body_size: Optional[int]) -> dict[str, Any]:
@@ -262,17 +288,19 @@ class ConnectionSpans:
         else:
             links = (*self.links, *links)
         attributes = self._attributes(payload, is_text, ordinal, body_size)
-        return self.tracer.start_span(
+        span = self.tracer.start_span(
             self.names.send, parent, kind=SpanKind.PRODUCER, attributes=attributes, links=links, start_time=start_time
         )
+        return self._started(span, payload, OUT)
 
     def reply(self, parent: Context, payload: Any, is_text: bool, ordinal: int, start_time: int) -> Span:
         """The span of a server's reply stream, started by its first chunk."""
         links = () if self.connection_ctx is not None else self.links
         attributes = self._attributes(payload, is_text, ordinal, None)
-        return self.tracer.start_span(
+        span = self.tracer.start_span(
             self.names.send, parent, kind=SpanKind.PRODUCER, attributes=attributes, links=links, start_time=start_time
         )
+        return self._started(span, payload, OUT)
 
     def receive(
         self,
@@ -299,7 +327,7 @@ class ConnectionSpans:
             links=links,
             start_time=start_time,
         )
-        return span, base
+        return self._started(span, payload, IN), base
 
     def chunk(
         self,
@@ -312,13 +340,48 @@ class ConnectionSpans:
         sender: Optional[trace.SpanContext],
     ) -> Span:
         """A span for one chunk under its stream's span (``chunk_spans``), linked to the sender's chunk."""
-        return self.tracer.start_span(
+        span = self.tracer.start_span(
             self.names.send if kind is SpanKind.PRODUCER else self.names.receive,
             context=trace.set_span_in_context(stream),
             kind=kind,
             attributes=self._attributes(payload, is_text, ordinal, body_size),
             links=(link(sender, "creation"),) if sender is not None else (),
         )
+        return self._started(span, payload, OUT if kind is SpanKind.PRODUCER else IN)
+
+    def _started(self, span: Span, payload: Any, direction: str) -> Span:
+        hook = self.config.message_hook
+        if hook is not None and span.is_recording():
+            try:
+                hook(span, payload, direction)
+            except Exception as exc:
+                warn_once("the message_hook", exc)
+        return span
+
+    def requested(self, span: Span, headers: Sequence[tuple[str, str]], capture: bool) -> None:
+        """A handshake span's request side: captured request headers (``capture``), then the request hook."""
+        config = self.config
+        if capture and config.capture_request_headers:
+            span.set_attributes(
+                header_attributes(config, "http.request.header.", config.capture_request_headers, headers)
+            )
+        if config.request_hook is not None:
+            try:
+                config.request_hook(span, list(headers))
+            except Exception as exc:
+                warn_once("the request_hook", exc)
+
+    def _responded(self, span: Span, status: Optional[int], headers: Sequence[tuple[str, str]]) -> None:
+        config = self.config
+        if headers and config.capture_response_headers:
+            span.set_attributes(
+                header_attributes(config, "http.response.header.", config.capture_response_headers, headers)
+            )
+        if config.response_hook is not None:
+            try:
+                config.response_hook(span, status, list(headers))
+            except Exception as exc:
+                warn_once("the response_hook", exc)
 
     def close(
         self,

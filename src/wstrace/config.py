@@ -191,6 +191,20 @@ def _routes(value: Any) -> Callable[[str], Optional[str]]:
     return RouteTemplates(templates)
 
 
+def _header_names(value: Any) -> tuple[str, ...]:
+    """Header names or regular expressions: a sequence, or a comma-separated string."""
+    items: Any = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(n, str) for n in items):
+        raise ConfigError(f"expected header names (comma-separated), got {value!r}")
+    names = tuple(n.strip().lower() for n in items if n.strip())
+    for name in names:
+        try:
+            re.compile(name)
+        except re.error as exc:
+            raise ConfigError(f"not a header name or regular expression ({exc}): {name!r}") from None
+    return names
+
+
 class ExcludedUrls:
     """An ``excluded_urls`` option given as regular expressions: true for a URL any of them is found in."""
 
@@ -333,6 +347,34 @@ class Config:
     where the host is known, else the path), as OpenTelemetry's HTTP instrumentations do; or a callable
     ``url -> bool``. Env ``WSTRACE_EXCLUDED_URLS``, else ``OTEL_PYTHON_EXCLUDED_URLS``."""
 
+    request_hook: Optional[Callable[[Any, list[tuple[str, str]]], None]] = None
+    """``f(span, headers)``, called as a handshake span starts: a server gets the upgrade request's headers, a
+    client the headers wstrace adds to its request (the only ones it sees). For attributes of your own; it
+    may not end the span. Env ``WSTRACE_REQUEST_HOOK`` names one as ``module:function``."""
+
+    response_hook: Optional[Callable[[Any, Optional[int], list[tuple[str, str]]], None]] = None
+    """``f(span, status, headers)``, called before a handshake span ends: the 101's status and headers (both
+    sides), or a failed handshake's status (``None`` if there was no response) and no headers. Env
+    ``WSTRACE_RESPONSE_HOOK``."""
+
+    message_hook: Optional[Callable[[Any, Any, str], None]] = None
+    """``f(span, payload, direction)``, called as a message's span (or a stream's, with its first message)
+    starts; ``direction`` is ``sent`` or ``received``. Env ``WSTRACE_MESSAGE_HOOK``."""
+
+    capture_request_headers: Optional[tuple[str, ...]] = None
+    """Upgrade request headers recorded on the server's handshake span as ``http.request.header.<name>``:
+    names or regular expressions, case-insensitive. Env ``WSTRACE_CAPTURE_REQUEST_HEADERS``, else
+    ``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST``."""
+
+    capture_response_headers: Optional[tuple[str, ...]] = None
+    """101 response headers recorded on both ends' handshake spans as ``http.response.header.<name>``. Env
+    ``WSTRACE_CAPTURE_RESPONSE_HEADERS``, else ``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE``
+    (server) and ``..._CLIENT_RESPONSE`` (client), both read."""
+
+    sanitize_headers: Optional[tuple[str, ...]] = None
+    """Captured headers whose value is recorded as ``[REDACTED]``: names or regular expressions. Env
+    ``WSTRACE_SANITIZE_HEADERS``, else ``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS``."""
+
     redact: Optional[Callable[[Any], Any]] = None
     """With ``capture_payload``: called with each payload, returns what to record (``str``,
     ``bytes``, or ``None`` for nothing). Env ``WSTRACE_REDACT`` names one as ``module:function``."""
@@ -353,8 +395,12 @@ class Config:
         for name in _PARSERS:
             if name not in values:
                 parsed = _parse_env(env, name, getattr(defaults, name))
-                if parsed is _UNSET and name == "excluded_urls":  # OpenTelemetry's own, for every instrumentation
-                    parsed = _parse_env(env, name, None, variable=OTEL_EXCLUDED_URLS)
+                for variable in _OTEL_FALLBACKS.get(name, ()):  # OpenTelemetry's own, read by its HTTP instrumentations
+                    if parsed is _UNSET:
+                        parsed = _parse_env(env, name, None, variable=variable)
+                    elif name == "capture_response_headers":  # the server's and the client's, both
+                        more = _parse_env(env, name, None, variable=variable)
+                        parsed = parsed + more if more is not _UNSET else parsed
                 if parsed is not _UNSET:
                     values[name] = parsed
         return replace(defaults, **values)
@@ -370,7 +416,14 @@ def _parse_keyword(name: str, value: Any) -> Any:
 _UNSET: Any = object()
 
 
-OTEL_EXCLUDED_URLS = "OTEL_PYTHON_EXCLUDED_URLS"
+_CAPTURE = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_"
+_OTEL_FALLBACKS = {
+    "excluded_urls": ("OTEL_PYTHON_EXCLUDED_URLS",),
+    "capture_request_headers": (_CAPTURE + "SERVER_REQUEST",),
+    "capture_response_headers": (_CAPTURE + "SERVER_RESPONSE", _CAPTURE + "CLIENT_RESPONSE"),
+    "sanitize_headers": (_CAPTURE + "SANITIZE_FIELDS",),
+}
+"""OpenTelemetry's variables, read for an option whose ``WSTRACE_`` variable is unset (in this order)."""
 
 
 def _parse_env(
@@ -431,4 +484,10 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "redact": _callable,
     "routes": _routes,
     "excluded_urls": _excluded,
+    "request_hook": _callable,
+    "response_hook": _callable,
+    "message_hook": _callable,
+    "capture_request_headers": _header_names,
+    "capture_response_headers": _header_names,
+    "sanitize_headers": _header_names,
 }

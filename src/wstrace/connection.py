@@ -166,8 +166,11 @@ class ConnectionTracer:
         """Headers a client adds to its upgrade request: context, envelope offer, session id."""
         if self._closed:
             return {}
-        handshake = self._handshake
-        return hs.request_headers(self.config, handshake if isinstance(handshake, Span) else None, self.session_id)
+        handshake = self._handshake if isinstance(self._handshake, Span) else None
+        headers = hs.request_headers(self.config, handshake, self.session_id)
+        if handshake is not None and self._recording and self.config.request_hook is not None:
+            self._spans.requested(handshake, list(headers.items()), capture=False)
+        return headers
 
     @classmethod
     def server(
@@ -227,8 +230,10 @@ class ConnectionTracer:
                 kind = SpanKind.INTERNAL
                 if trace.get_current_span(parent).get_span_context() != nested_in:
                     links = (*links, link(nested_in, "server"))  # type: ignore[arg-type]  # nested: not None
-            self._handshake = self._spans.start_handshake(parent, links, attributes, kind, start_time)
-            self._recording = self._handshake.is_recording()
+            self._handshake = span = self._spans.start_handshake(parent, links, attributes, kind, start_time)
+            self._recording = span.is_recording()
+            if self._recording and (config.request_hook or config.capture_request_headers):
+                self._spans.requested(span, hs.header_pairs(headers), capture=True)
         except Exception as exc:
             warn_once("starting the server handshake span", exc)
         return self
@@ -267,7 +272,9 @@ class ConnectionTracer:
             span = self._handshake
             if isinstance(span, Span) and self._recording:
                 # From now on only its context is needed (links, handshake_context): let the SDK's span go.
-                self._handshake = self._spans.opened(span, status, fmt, subprotocol)
+                wanted = config.response_hook or config.capture_response_headers
+                pairs = hs.header_pairs(response_headers) if wanted else ()
+                self._handshake = self._spans.opened(span, status, fmt, subprotocol, pairs)
         except Exception as exc:
             warn_once("recording the opened connection", exc)
 

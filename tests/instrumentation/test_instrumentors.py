@@ -360,6 +360,72 @@ def test_excluded_urls_leave_the_connection_alone(
     assert not WSTRACE_HEADERS & seen.request and not WSTRACE_HEADERS & seen.response
 
 
+def test_hooks_and_captured_headers(case: Case, telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """Every instrumented end calls the request, response and message hooks on its own spans, records the
+    headers asked for (the server its request's, both ends the 101's) and redacts the sanitised ones."""
+    calls: list[tuple[str, Any, Any]] = []
+
+    def on_request(span: Any, headers: list[tuple[str, str]]) -> None:
+        calls.append(("request", span.kind, dict((k.lower(), v) for k, v in headers)))
+
+    def on_response(span: Any, status: Any, headers: list[tuple[str, str]]) -> None:
+        calls.append(("response", span.kind, status))
+        span.set_attribute("app.upgraded", any(k.lower() == "upgrade" for k, _ in headers))
+
+    def on_message(span: Any, payload: Any, direction: str) -> None:
+        calls.append(("message", span.kind, (payload, direction)))
+
+    instrument(
+        request_hook=on_request,
+        response_hook=on_response,
+        message_hook=on_message,
+        capture_request_headers="host,user-agent",
+        capture_response_headers="upgrade,sec-websocket-.*",
+        sanitize_headers="sec-websocket-accept,user-agent",
+    )
+    roundtrip(case, telemetry)
+    for kind in case.ends:
+        (handshake,) = [s for s in telemetry.named(f"GET {ROUTE}") if s.kind is kind]
+        attributes = dict(handshake.attributes or {})
+        assert ("response", kind, 101) in calls
+        if kind is SERVER and case.instrumentor is StarletteInstrumentor:
+            # ASGI: the server writes the 101's own headers; the middleware sees only websocket.accept's.
+            assert attributes["app.upgraded"] is False
+            assert not [key for key in attributes if key.startswith("http.response.header.")]
+        else:
+            assert attributes["http.response.header.upgrade"] == ("websocket",)
+            assert attributes["http.response.header.sec-websocket-accept"] == ("[REDACTED]",)
+            assert attributes["app.upgraded"] is True
+        if kind is SERVER:
+            assert attributes["http.request.header.host"][0].startswith("127.0.0.1")
+            assert attributes.get("http.request.header.user-agent", ("[REDACTED]",)) == ("[REDACTED]",)
+            (request,) = [headers for what, k, headers in calls if what == "request" and k is SERVER]
+            assert request["upgrade"].lower() == "websocket"
+        else:
+            assert not [key for key in attributes if key.startswith("http.request.header.")]
+            (request,) = [headers for what, k, headers in calls if what == "request" and k is CLIENT]
+            assert "traceparent" in request  # the client's hook sees the headers wstrace adds
+    messages = [(kind, arguments) for what, kind, arguments in calls if what == "message"]
+    # One call per message (or stream) span as it starts, with its payload and direction.
+    sent = [payload for kind, (payload, direction) in messages if kind is SpanKind.PRODUCER and direction == "sent"]
+    heard = [
+        payload for kind, (payload, direction) in messages if kind is SpanKind.CONSUMER and direction == "received"
+    ]
+    assert len(sent) == len(telemetry.named(f"send {ROUTE}")) and len(heard) == len(telemetry.named(f"receive {ROUTE}"))
+    assert sent and heard and len(sent) + len(heard) == len(messages)
+    as_bytes = {p.encode() if isinstance(p, str) else p for p in PAYLOADS}  # some libraries hand text as bytes
+    assert {p.encode() if isinstance(p, str) else bytes(p) for p in sent + heard} <= as_bytes
+
+
+def test_a_failing_hook_leaves_tracing_whole(case: Case, telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    def broken(*args: Any) -> None:
+        raise RuntimeError("hook bug")
+
+    instrument(request_hook=broken, response_hook=broken, message_hook=broken)
+    roundtrip(case, telemetry)  # the payloads come back unchanged (checked there)
+    only(telemetry, case.ends)  # every span, as without hooks (the warning, once per process: test_spans)
+
+
 class NoOpSpy(trace.NoOpTracerProvider):
     """A no-op tracer provider (every span non-recording) that notes the name and kind of each span started."""
 
