@@ -35,10 +35,11 @@ NEGOTIATES = {"daphne": False, "uvicorn": True, "hypercorn": True}
 
 
 @pytest.fixture
-def server(request: pytest.FixtureRequest) -> Iterator[PeerProcess]:
+def server(request: pytest.FixtureRequest) -> Iterator[tuple[str, PeerProcess]]:
+    """The ASGI server named by the test's parameter, serving the instrumented app in its own process."""
     env = peer_env({"PYTHONPATH": f"{ROOT / 'src'}:{ROOT}"})
     peer = PeerProcess([sys.executable, str(SERVER), request.param], env)
-    yield peer
+    yield request.param, peer
     peer.stop()
 
 
@@ -57,9 +58,9 @@ def _named(spans: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("server", sorted(NEGOTIATES), indirect=True)
-def test_client_receives_exactly_what_the_app_sent(telemetry: Telemetry, server: PeerProcess) -> None:
-    name = server.proc.args[2]  # type: ignore[index]
-    url = server.url
+def test_client_receives_exactly_what_the_app_sent(telemetry: Telemetry, server: tuple[str, PeerProcess]) -> None:
+    name, peer = server
+    url = peer.url
     instrumentor = WebsocketsInstrumentor()
     instrumentor.instrument(tracer_provider=telemetry.provider)
     try:
@@ -76,15 +77,15 @@ def test_client_receives_exactly_what_the_app_sent(telemetry: Telemetry, server:
     finally:
         instrumentor.uninstrument()
     assert received == ["welcome", *PAYLOADS], "the client got something the app did not send"
-    server.wait_for("closed")
-    assert server.received() == PAYLOADS, "the app got something the client did not send"
+    peer.wait_for("closed")
+    assert peer.received() == PAYLOADS, "the app got something the client did not send"
 
     client_hs = contract.handshake(telemetry, "/chat", SpanKind.CLIENT)
     envelope = (client_hs.attributes or {})["websocket.envelope"]
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not any('"close /chat"' in line for line in server.lines):
+    while time.monotonic() < deadline and not any('"close /chat"' in line for line in peer.lines):
         time.sleep(0.05)  # the close span ends just after the app returns
-    spans = _spans(server)
+    spans = _spans(peer)
     server_hs = next(s for s in _named(spans, "GET /chat") if s["kind"] == "SpanKind.SERVER")
     assert server_hs["attributes"]["websocket.envelope"] == envelope
     # Handshake context travels in the upgrade request's headers under every server.

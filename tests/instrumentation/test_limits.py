@@ -278,7 +278,7 @@ def test_client_limit_applies_to_the_payload(telemetry: Telemetry, client: str, 
             for kind in kinds(fmt):
                 for n in SIZES:
                     got = await LIMITED_CLIENTS[client](url, kind, n)
-                    for _ in range(200):  # the server notes the close a moment after the client is done
+                    for _ in range(1000):  # the server notes the close a moment after the client is done
                         if len(sender.closes) > len(outcomes):
                             break
                         await asyncio.sleep(0.01)
