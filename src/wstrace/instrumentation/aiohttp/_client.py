@@ -13,6 +13,7 @@ from wstrace.instrumentation.aiohttp._common import (
     new_client_tracer,
     on_connection_lost,
 )
+from wstrace.instrumentation.aiohttp._limits import client_limit, settle
 
 
 __all__ = ["Wrapper", "ws_connect"]
@@ -32,6 +33,7 @@ def ws_connect(settings: Settings) -> Wrapper:
             # A URL we cannot read: aiohttp rejects it with its own exception.
             return await wrapped(*args, **kwargs)
         kwargs["headers"] = merged_headers(kwargs.get("headers"), ct.request_headers())
+        limit = client_limit(settings.config, wrapped, kwargs)
         # Current during the upgrade request, so that an HTTP client
         # instrumentation's span for it nests under the handshake span.
         attachment = attach(ct.handshake_context)
@@ -44,6 +46,7 @@ def ws_connect(settings: Settings) -> Wrapper:
             attachment.detach()
         response = getattr(ws, "_response", None)
         ct.opened(response_headers=getattr(response, "headers", ()), subprotocol=ws.protocol)
+        settle(ws, limit, ct, server=False)
         setattr(ws, ATTR, ct)
         on_connection_lost(ws, ct)
         return ws

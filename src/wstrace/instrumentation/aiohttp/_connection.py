@@ -27,6 +27,7 @@ from wstrace.instrumentation.aiohttp._common import (
     in_send,
     tracer_of,
 )
+from wstrace.instrumentation.aiohttp._limits import refuse
 
 
 __all__ = ["WRAPPERS", "close", "receive", "send_bytes", "send_frame", "send_str"]
@@ -104,6 +105,9 @@ async def receive(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs
     setattr(instance, RECEIVING, True)
     try:
         msg = await wrapped(*args, **kwargs)
+        if (msg.type == TEXT or msg.type == BINARY) and refuse(instance, msg.data):
+            # Over the application's limit: aiohttp handles the error its reader now holds (close 1009, ERROR).
+            msg = await wrapped(*args, **kwargs)
     except BaseException as exc:
         # A receive timeout leaves the connection open; only a closed one has ended.
         if getattr(instance, "closed", False) and not getattr(instance, LOCAL_CLOSE, False):

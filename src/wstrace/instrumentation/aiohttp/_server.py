@@ -22,6 +22,7 @@ from wstrace.instrumentation.aiohttp._common import (
     tracer_of,
     watch_server,
 )
+from wstrace.instrumentation.aiohttp._limits import server_limit, settle
 
 
 __all__ = ["connection_lost", "prepare"]
@@ -40,10 +41,13 @@ def prepare(settings: Settings) -> Wrapper:
         except Exception:
             # Not a request we can read: let aiohttp deal with it, untraced.
             return await wrapped(*args, **kwargs)
+        limit = server_limit(instance, settings.config)
         attachment = attach(ct.handshake_context)
         try:
             result = await wrapped(*args, **kwargs)
         except BaseException as exc:
+            if limit is not None:
+                instance._max_msg_size = limit.limit
             # An HTTPException is the response itself (400 for a request that
             # is no upgrade): its status says what happened, it is no failure.
             status = failure_status(exc)
@@ -53,6 +57,7 @@ def prepare(settings: Settings) -> Wrapper:
             attachment.detach()
         # The headers as sent: signal handlers may have changed them.
         ct.opened(response_headers=instance.headers, subprotocol=instance.ws_protocol)
+        settle(instance, limit, ct, server=True)
         setattr(instance, ATTR, ct)
         connection = ct.connection_context
         if connection is not None:

@@ -23,6 +23,11 @@ The handshake span starts when the application takes the connection (receives
 span names use the route template (``scope["route"]``, set by Starlette's and
 FastAPI's routers) instead of the path.
 
+The envelope is negotiated only under a server that puts ``websocket.accept``'s
+headers on the 101, which ASGI spec version 2.1 added (``scope["asgi"]["spec_version"]``):
+uvicorn and hypercorn do; daphne declares no version and drops them, so its
+connections stay plain. The server's own message-size limit counts the envelope.
+
 When the span current at entry is a recording SERVER span (OpenTelemetry's
 ``OpenTelemetryMiddleware`` or FastAPI's native telemetry outside this middleware),
 wstrace's handshake span is an INTERNAL child of it; wstrace never writes on a

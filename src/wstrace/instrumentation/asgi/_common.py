@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable, MutableMapping, Optional
+from typing import Any, Awaitable, Callable, Mapping, MutableMapping, Optional
 
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind
@@ -16,6 +16,7 @@ __all__ = [
     "Receive",
     "Scope",
     "Send",
+    "accept_carries_headers",
     "address",
     "current_server_span",
     "outer_server_span",
@@ -35,6 +36,22 @@ MARK = "wstrace.asgi"
 """Scope key set on a traced connection, so that a second wstrace middleware (a
 mounted sub-application, or the middleware added both by hand and by the
 instrumentor) passes it through instead of tracing it twice."""
+
+
+def accept_carries_headers(scope: Scope) -> bool:
+    """Whether the server puts ``websocket.accept``'s ``headers`` on the 101: ASGI spec version 2.1 and later.
+
+    The spec added the key in 2.1; a server that claims no ``spec_version`` is at 2.0 and may drop it. daphne
+    (4.2) claims none and drops it; uvicorn (2.4) and hypercorn (2.3) send it. Without it, the envelope answer
+    never reaches the client, so the envelope cannot be agreed.
+    """
+    asgi = scope.get("asgi")
+    version = asgi.get("spec_version", "2.0") if isinstance(asgi, Mapping) else "2.0"
+    try:
+        major, _, minor = str(version).partition(".")
+        return (int(major), int(minor.partition(".")[0] or 0)) >= (2, 1)
+    except ValueError:
+        return False
 
 
 def offered_subprotocols(scope: Scope) -> list[str]:

@@ -20,6 +20,7 @@ from wstrace.instrumentation._instrumentor import Settings
 from wstrace.instrumentation.asgi._common import (
     Message,
     Scope,
+    accept_carries_headers,
     address,
     encode_headers,
     route_template,
@@ -122,10 +123,15 @@ class Handshake:
         detach(attached)
 
     def accept_message(self, message: Message) -> Message:
-        """A copy of the ``websocket.accept`` event with our headers (and the echoed token) added."""
+        """A copy of the ``websocket.accept`` event with our headers (and the echoed token) added.
+
+        Only for a server that sends the event's headers (:func:`accept_carries_headers`): to any other, none
+        are added, so the envelope is not agreed (the client would never see the answer).
+        """
         ct = self.tracer()
         accept = dict(message)
-        accept["headers"] = encode_headers(message.get("headers"), ct.response_headers())
+        ours = ct.response_headers() if accept_carries_headers(self.scope) else {}
+        accept["headers"] = encode_headers(message.get("headers"), ours)
         if self.echo is not None and not message.get("subprotocol"):
             accept["subprotocol"] = self.echo
         return accept
@@ -133,7 +139,9 @@ class Handshake:
     def accepted(self, accept: Message) -> None:
         self.release()
         self.open = True
-        self.tracer().opened(response_headers=accept["headers"], subprotocol=accept.get("subprotocol"))
+        # The 101 as the client got it: with none of the event's headers if the server drops them.
+        headers = accept["headers"] if accept_carries_headers(self.scope) else ()
+        self.tracer().opened(response_headers=headers, subprotocol=accept.get("subprotocol"))
 
     def refused(self, status: Optional[int], error: Optional[BaseException] = None) -> None:
         """The application closed before accepting (403), sent a denial response, or failed."""

@@ -20,6 +20,7 @@ from wstrace.instrumentation.tornado._common import (
     new_client_tracer,
     traced,
 )
+from wstrace.instrumentation.tornado._limits import raise_limit
 
 
 __all__ = ["connection_init", "headers_received", "on_http_response"]
@@ -68,6 +69,7 @@ async def headers_received(
         t.settled = t.opened = True
         headers = args[1] if len(args) > 1 else kwargs.get("headers")
         t.ct.opened(response_headers=headers or (), subprotocol=instance.protocol.selected_subprotocol)
+        raise_limit(t, instance.protocol)
     return result
 
 

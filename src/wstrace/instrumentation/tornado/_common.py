@@ -10,6 +10,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 
 from wstrace._context import Attachment, attach, detach
+from wstrace._limits import Limit
 from wstrace.carriers import hide_trace_tokens
 from wstrace.connection import ConnectionTracer
 from wstrace.instrumentation._instrumentor import Settings, client_tracer
@@ -47,6 +48,7 @@ class Traced:
         "_attached",
         "ct",
         "failure",
+        "limit",
         "loop_delivers",
         "loop_receive",
         "opened",
@@ -65,6 +67,8 @@ class Traced:
         self.opened = False
         self.failure: Optional[BaseException] = None
         """What the application's ``on_message`` raised (tornado logs it and never re-raises), for its span."""
+        self.limit: Optional[Limit] = None
+        """The application's ``max_message_size``, once tornado's was raised by the envelope's overhead."""
         self._attached: Optional[Attachment] = None
 
     def enter(self, ctx: Optional[Context]) -> None:

@@ -24,6 +24,7 @@ from wstrace._close import NORMAL
 from wstrace.connection import ConnectionTracer
 from wstrace.instrumentation._instrumentor import send_then_end
 from wstrace.instrumentation.tornado._common import Traced, traced
+from wstrace.instrumentation.tornado._limits import refused
 
 
 __all__ = [
@@ -66,9 +67,12 @@ def run_callback(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs:
     """``WebSocketProtocol._run_callback(callback, *args)``: the call of ``on_message`` with a data message."""
     handler = instance.handler
     t = traced(handler)
-    if t is None or not t.loop_delivers or len(args) != 2 or kwargs or args[0] != handler.on_message:
-        # Not a data message, or a client whose messages wait for read_message.
-        return wrapped(*args, **kwargs)
+    if t is None or len(args) != 2 or kwargs or args[0] != handler.on_message:
+        return wrapped(*args, **kwargs)  # not a data message
+    if t.limit is not None and refused(t, instance, args[1]):
+        return None  # over the application's limit: closed as tornado closes it, and not delivered
+    if not t.loop_delivers:
+        return wrapped(*args, **kwargs)  # a client whose messages wait for read_message
     ct = t.ct
     _end_loop_receive(t)
     payload = ct.received(args[1])

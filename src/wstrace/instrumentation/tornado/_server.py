@@ -21,6 +21,7 @@ from wstrace.instrumentation.tornado._common import (
     new_server_tracer,
     traced,
 )
+from wstrace.instrumentation.tornado._limits import raise_limit
 
 
 __all__ = ["accept_connection", "detach_stream", "get"]
@@ -80,5 +81,6 @@ def detach_stream(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, .
         subprotocol = protocol.selected_subprotocol if protocol is not None else None
         # The headers as sent: an answer a hook removed is not in force.
         t.ct.opened(response_headers=instance._headers, subprotocol=subprotocol)
+        raise_limit(t, protocol)
         t.enter(t.ct.connection_context)
     return stream

@@ -11,6 +11,7 @@ from wstrace.instrumentation.websockets._common import (
     merged_headers,
     new_client_tracer,
 )
+from wstrace.instrumentation.websockets._limits import watch_client
 
 
 __all__ = ["async_handshake", "sync_handshake"]
@@ -32,6 +33,7 @@ def async_handshake(settings: Settings) -> Wrapper:
             return await wrapped(*args, **kwargs)
         ct = new_client_tracer(settings, instance)
         args = _with_headers(args, kwargs, ct.request_headers())
+        watch_client(instance.protocol, settings.config)
         try:
             result = await wrapped(*args, **kwargs)
         except BaseException as exc:
@@ -50,6 +52,7 @@ def sync_handshake(settings: Settings) -> Wrapper:
             return wrapped(*args, **kwargs)
         ct = new_client_tracer(settings, instance)
         args = _with_headers(args, kwargs, ct.request_headers())
+        watch_client(instance.protocol, settings.config)
         try:
             result = wrapped(*args, **kwargs)
         except BaseException as exc:

@@ -31,6 +31,7 @@ from wstrace.instrumentation.websockets._common import (
     new_server_tracer,
     report_close,
 )
+from wstrace.instrumentation.websockets._limits import watch_server
 from wstrace.instrumentation.websockets._options import ServerOptions
 
 
@@ -74,6 +75,7 @@ def _hooks(settings: Settings, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
     def process_request(connection: Any, request: Any) -> Any:
         ct = new_server_tracer(settings, connection, request)
         setattr(connection, HANDSHAKE, ct)
+        watch_server(connection.protocol, settings.config)
         return _call_in(ct.handshake_context, user_request, connection, request)
 
     def process_response(connection: Any, request: Any, response: Any) -> Any:

@@ -1,0 +1,165 @@
+"""``max_size`` on a connection that carries the envelope: the application's limit holds for its payloads.
+
+websockets checks each frame's length against ``max_size`` in its sans-I/O ``Protocol``, before reading the
+frame. Once the envelope is in force, that limit is raised by the most an envelope adds, and each data frame
+is checked again in ``Protocol.recv_frame``, this time its payload (the frame less its envelope) against the
+application's limit: a frame over it raises ``PayloadTooBig`` there, which websockets handles as its own
+(close 1009 with the same reason, ``ConnectionClosedError`` in ``recv``). The limit is raised at the moment
+the protocol sees the final 101, sent (server) or received (client), before any frame after it is parsed.
+Only the connection's own protocol object is changed, never the classes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from wstrace._limits import Limit, in_force, overhead
+from wstrace._log import warn_once
+from wstrace.config import Config
+
+
+__all__ = ["watch_client", "watch_server"]
+
+
+def watch_server(protocol: Any, config: Config) -> None:
+    """Before the 101 goes out: the response that ``send_response`` sends settles the limit."""
+    try:
+        if config.envelope == "off" or "send_response" in vars(protocol):
+            return
+        send_response = protocol.send_response
+    except Exception as exc:  # not websockets' own protocol object: its limit is left alone
+        warn_once("watching websockets' max_size", exc)
+        return
+
+    def send(response: Any) -> None:
+        del protocol.send_response  # once: the class's method again
+        if getattr(response, "status_code", None) == 101:
+            _settle(protocol, config, response.headers)
+        send_response(response)
+
+    protocol.send_response = send
+
+
+def watch_client(protocol: Any, config: Config) -> None:
+    """Before the handshake: the response that ``process_response`` accepts settles the limit.
+
+    It runs as the response is parsed, before the frames that came in the same read.
+    """
+    try:
+        if config.envelope == "off" or "process_response" in vars(protocol):
+            return
+        process_response = protocol.process_response
+    except Exception as exc:
+        warn_once("watching websockets' max_size", exc)
+        return
+
+    def process(response: Any) -> None:
+        del protocol.process_response
+        process_response(response)  # raises InvalidHandshake for a response websockets refuses
+        _settle(protocol, config, response.headers)
+
+    protocol.process_response = process
+
+
+def _settle(protocol: Any, config: Config, headers: Any) -> None:
+    try:
+        fmt = in_force(config, headers)
+        if fmt is None:
+            return
+        names = _NEW if hasattr(protocol, _NEW[0]) else _OLD
+        message = getattr(protocol, names[0])
+        fragment = getattr(protocol, names[2], None) if names[2] else None
+        if message is None and fragment is None:
+            return  # no limit at all
+        extra = overhead(config, fmt)
+        check = _Check(protocol, names, config, fmt, message, fragment)
+        if message is not None:
+            setattr(protocol, names[0], message + extra)
+        if fragment is not None:
+            setattr(protocol, names[2], fragment + extra)
+        protocol.recv_frame = check
+    except Exception as exc:  # the library's limit stays as it was
+        warn_once("raising websockets' max_size by the envelope", exc)
+
+
+_NEW = ("max_message_size", "current_size", "max_fragment_size")
+"""websockets 16 and later: a message limit, an optional fragment limit, the size read so far."""
+_OLD = ("max_size", "cur_size", "")
+"""websockets 15: ``max_size`` and ``cur_size``."""
+
+
+class _Check:
+    """``Protocol.recv_frame`` for one connection: the application's limits, on payload bytes.
+
+    The rules are websockets' own (``Protocol.parse``), counted without the envelope: a message's payload
+    at most ``message`` bytes, each frame's at most ``fragment``; a fragmented message's envelope is at
+    the start of its first frame. Over a limit, ``PayloadTooBig`` is raised with the sizes websockets
+    would name without the envelope, so that the close reason is the same.
+    """
+
+    __slots__ = (
+        "_compressed",
+        "_envelope",
+        "_fragment",
+        "_limit",
+        "_message",
+        "_names",
+        "_protocol",
+        "_recv_frame",
+    )
+
+    def __init__(
+        self,
+        protocol: Any,
+        names: tuple[str, str, str],
+        config: Config,
+        fmt: Any,
+        message: Optional[int],
+        fragment: Optional[int],
+    ) -> None:
+        self._protocol = protocol
+        self._recv_frame: Callable[[Any], None] = protocol.recv_frame
+        self._names = names
+        self._message = message
+        self._fragment = fragment
+        smallest = min(x for x in (message, fragment) if x is not None)
+        self._limit = Limit(smallest)
+        self._limit.settle(config, fmt)
+        self._envelope = 0
+        """Envelope bytes at the start of the fragmented message being read."""
+        self._compressed = any(getattr(e, "name", None) == "permessage-deflate" for e in protocol.extensions)
+        """Frames arrive compressed (websockets, aiohttp and tornado compress every data frame once
+        permessage-deflate is agreed): websockets then finds a payload too big while inflating it, and names
+        no frame size in the reason."""
+
+    def __call__(self, frame: Any) -> None:
+        opcode = int(frame.opcode)
+        if opcode in (1, 2):  # TEXT, BINARY: a message starts
+            data = frame.data
+            if frame.fin:
+                if len(data) > self._limit.limit:
+                    self._check(self._limit.payload_size(data), None)
+            else:
+                payload = self._limit.payload_size(data)
+                self._envelope = len(data) - payload
+                self._check(payload, None)
+        elif opcode == 0:  # CONT
+            read = getattr(self._protocol, self._names[1], None)
+            if read is not None:
+                self._check(len(frame.data), read - self._envelope)
+        self._recv_frame(frame)
+
+    def _check(self, length: int, read: Optional[int]) -> None:
+        """Raise websockets' ``PayloadTooBig`` if a frame of ``length`` payload bytes, after ``read``, is over."""
+        allowed = None
+        if self._message is not None:
+            allowed = self._message if read is None else self._message - read
+        if self._fragment is not None:
+            allowed = self._fragment if allowed is None else min(allowed, self._fragment)
+        if allowed is None or length <= allowed:
+            return
+        from websockets.exceptions import PayloadTooBig  # noqa: PLC0415 - loaded with the connection
+
+        # websockets adds what was read so far to the exception (set_current_size): what it read of the payload.
+        setattr(self._protocol, self._names[1], read)
+        raise PayloadTooBig(None if self._compressed else length, allowed)
