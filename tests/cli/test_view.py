@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,7 +26,15 @@ from rich.console import Console
 
 from wstrace.cli import main
 from wstrace.cli.export import OtlpJsonFileExporter, SpanRecord, read_spans
-from wstrace.cli.view import Trace, build_traces, render_terminal, select_traces, waterfall
+from wstrace.cli.view import (
+    Trace,
+    build_traces,
+    render_terminal,
+    select_traces,
+    service_tags,
+    services_of,
+    waterfall,
+)
 from wstrace.cli.view_html import render_html
 
 
@@ -671,3 +680,269 @@ def test_html_folded_run_expands_in_headless_chromium(long_run: tuple[Path, dict
         finally:
             browser.close()
     assert problems == []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Two services, narrow terminals, piped output, wide pages
+
+SERVICES = {"voice-device": "device", "voice-server": "server"}  # each service and its tag in the terminal
+NUMBER_CUT = re.compile(r"\d…|…\d|[\d,.]…")
+
+
+def write_voice(path: Path) -> None:
+    """A voice turn at real-time scale, traced by a device and a server writing one file (figures like
+    3,804.12 ms that a narrow table used to cut); a heartbeat trace whose run of 12 sends folds; an error close
+    12 s in. Every span's start and duration are distinct."""
+    ids = CountingIds()
+    providers = [
+        TracerProvider(id_generator=ids, resource=Resource.create({"service.name": name})) for name in SERVICES
+    ]
+    for provider in providers:
+        provider.add_span_processor(SimpleSpanProcessor(OtlpJsonFileExporter(path)))
+    device, server = (provider.get_tracer("wstrace.instrumentation.websockets", "0.1.0") for provider in providers)
+    up = {"websocket.message.ordinal": 1, "messaging.message.body.size": 62754}
+    turn = make_span(device, "voice turn", SpanKind.INTERNAL, 0, 3804.12)
+    send = make_span(device, "send /voice", SpanKind.PRODUCER, 22.57, 1962.31, turn, up)
+    receive = make_span(server, "receive /voice", SpanKind.CONSUMER, 23.74, 1963.77, send, up)
+    process = make_span(server, "process turns", SpanKind.CONSUMER, 1964.14, 3801.86, receive)
+    agent = {"gen_ai.operation.name": "invoke_agent"}
+    invoke = make_span(server, "invoke_agent voice-assistant", SpanKind.INTERNAL, 1964.4, 3801.48, process, agent)
+    stage = {"gen_ai.operation.name": "speech_to_text"}
+    make_span(server, "speech_to_text sim-asr", SpanKind.CLIENT, 1965.11, 2125.66, invoke, stage)
+    chat = {"gen_ai.operation.name": "chat", **stream(16, 75, 0.37208, 0.83224, 0.03068, 0.04839, 0)}
+    make_span(server, "chat sim-llm", SpanKind.CLIENT, 2126.41, 2958.8, invoke, chat)
+    speech = {"gen_ai.operation.name": "text_to_speech", **stream(104, 133120, 0.08162, 1.05538, 0.00945, 0.0088, 0)}
+    make_span(server, "text_to_speech sim-tts", SpanKind.CLIENT, 2770.62, 3826.36, invoke, speech)
+    audio = {"websocket.message.ordinal": 1, **stream(105, 133311, 0.88862, 1.86281, 0.00937, 0.00879, 0)}
+    reply = make_span(server, "send /voice", SpanKind.PRODUCER, 2852.38, 3826.74, receive, audio)
+    make_span(device, "receive /voice", SpanKind.CONSUMER, 2853.74, 3827.12, reply, audio)
+
+    beat = make_span(device, "heartbeats", SpanKind.INTERNAL, 4000, 16345.67)
+    for i in range(12):
+        ping = make_span(device, "send /voice", SpanKind.PRODUCER, 4001 + 1000.5 * i, 4001.25 + 1000.5 * i, beat)
+        make_span(server, "receive /voice", SpanKind.CONSUMER, 4001.5 + 1000.5 * i, 4002.1 + 1000.5 * i, ping)
+    closed = {"websocket.close.code": 1006, "error.type": "close 1006"}
+    make_span(server, "close /voice", SpanKind.INTERNAL, 16345.6, 16347.04, None, closed, error="abnormal close")
+    for provider in providers:
+        provider.shutdown()
+
+
+@pytest.fixture(scope="module")
+def voice_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("voice") / "voice.jsonl"
+    write_voice(path)
+    return path
+
+
+def piped(*args: str, columns: int) -> str:
+    """``wstrace ARGS``'s standard output through a pipe (not a terminal), ``COLUMNS`` set."""
+    environment = {**os.environ, "COLUMNS": str(columns), "PYTHONIOENCODING": "utf-8"}
+    for name in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "OTEL_EXPORTER_OTLP_ENDPOINT"):
+        environment.pop(name, None)
+    done = subprocess.run(
+        [sys.executable, "-m", "wstrace.cli", *args],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        env=environment,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def assert_readable(text: str, columns: int) -> None:
+    """No line wider than the terminal, and nothing cut with an ellipsis: no number, no name."""
+    assert "\x1b[" not in text  # piped: no colour codes
+    too_wide = [line for line in text.splitlines() if len(line) > columns]
+    assert too_wide == [], f"lines wider than {columns} columns"
+    assert NUMBER_CUT.search(text) is None and "…" not in text, text
+
+
+def span_row(text: str, span: SpanRecord, origin_ns: int) -> str:
+    """The one line of ``span``'s trace section showing its start offset and duration, in full, side by side."""
+    section = text.split(f"trace {span.trace_id}", 1)[1].split("\ntrace ", 1)[0]
+    start = f"+{(span.start_ns - origin_ns) / 1e6:,.2f}"
+    duration = f"{span.duration_ns / 1e6:,.2f}"
+    pattern = re.compile(rf"(?<![\d,.+]){re.escape(start)} +{re.escape(duration)}(?![\d,.])")
+    lines = [line for line in section.splitlines() if pattern.search(line)]
+    assert len(lines) == 1, (span.name, start, duration, section)
+    return lines[0]
+
+
+@pytest.mark.parametrize("columns", [80, 200])
+def test_piped_terminal_view_keeps_every_figure_and_names_services(voice_file: Path, columns: int) -> None:
+    """`wstrace view FILE | …` at 80 and 200 columns: every start, duration and count in full, each span's
+    service on its row, no line wider than the terminal, and an error still says so."""
+    spans = read_spans(voice_file)
+    traces = build_traces(spans)
+    origin = {t.trace_id: t.start_ns for t in traces}
+    whole = piped("view", str(voice_file), "--no-fold", columns=columns)
+    assert_readable(whole, columns)
+    for span in spans:
+        row = span_row(whole, span, origin[span.trace_id])
+        tags = {tag for tag in SERVICES.values() if re.search(rf"(?<![\w-]){tag}(?![\w-])", row)}
+        assert tags == {SERVICES[str(span.resource["service.name"])]}, row
+    for each in traces:
+        assert f"  ·  {each.duration_ns / 1e6:,.2f} ms  ·  " in whole
+    assert "services voice-device, voice-server" in whole  # the tags' full names
+    assert "ERROR: abnormal close" in whole
+    assert f"{len(spans)} spans in 3 traces" in whole
+
+    folded = piped("view", str(voice_file), columns=columns)
+    assert_readable(folded, columns)
+    assert "⋯ 10 more send /voice (20 spans)" in folded
+    assert "6 rows, 25 spans" in folded and f"{len(spans)} spans in 3 traces" in folded
+    summary = next(line for line in folded.splitlines() if "10 more send /voice" in line)
+    assert re.search(r"(?<![\w-])device(?![\w-])", summary) and re.search(r"\+1,001\.50 +9,005\.60 ", summary)
+    assert "12,345.67 ms" in folded and "3,827.12 ms" in folded
+
+
+def test_terminal_view_stays_readable_when_narrow(voice_file: Path) -> None:
+    """Down to 60 columns nothing is cut: less important columns make way first."""
+    for columns in (60, 100, 120, 160):
+        assert_readable(piped("view", str(voice_file), "--no-fold", columns=columns), columns)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+    """A one-turn `wstrace demo` piped at 80 columns: its trace file, its page (--html) and its output."""
+    directory = tmp_path_factory.mktemp("demo")
+    out, page = directory / "demo.jsonl", directory / "demo.html"
+    text = piped("demo", "--turns", "1", "--speed", "20", "--out", str(out), "--html", str(page), columns=80)
+    return out, page, text
+
+
+def test_demo_waterfall_piped_at_80_columns(demo_run: tuple[Path, Path, str]) -> None:
+    """The demo's waterfall (the viewer's) fits 80 columns, cuts nothing and names each span's service."""
+    out, _, text = demo_run
+    assert_readable(text, 80)
+    spans = read_spans(out)
+    origin = {t.trace_id: t.start_ns for t in build_traces(spans)}
+    waterfall_text = text.split("the conversation's traces", 1)[1]
+    for span in spans:  # one turn makes no run to fold
+        row = span_row(waterfall_text, span, origin[span.trace_id])
+        tags = {tag for tag in SERVICES.values() if re.search(rf"(?<![\w-]){tag}(?![\w-])", row)}
+        assert tags == {SERVICES[str(span.resource["service.name"])]}, row
+
+
+# Every visible row's "start · duration" cell, measured: the text inside its cell, the cell not scrolled, the
+# text inside its trace's section and the viewport. Returns what is not.
+CUT_CELLS = """() => {
+  const found = [];
+  const viewport = document.documentElement.clientWidth;
+  for (const row of document.querySelectorAll(".row")) {
+    if (!row.getClientRects().length) continue;
+    const cell = row.querySelector(".time");
+    const range = document.createRange();
+    range.selectNodeContents(cell);
+    const text = range.getBoundingClientRect(), box = cell.getBoundingClientRect();
+    const section = row.closest("section").getBoundingClientRect();
+    if (cell.scrollWidth > cell.clientWidth || text.left < box.left || text.right > box.right
+        || text.right > section.right || text.right > viewport) {
+      found.push(cell.textContent + " text " + text.left + "-" + text.right + " cell " + box.left + "-" + box.right);
+    }
+  }
+  return found;
+}"""
+
+
+def test_html_time_and_service_in_headless_chromium(
+    demo_run: tuple[Path, Path, str], voice_file: Path, tmp_path: Path
+) -> None:
+    """At 1400 and 1920 px, every row's "start · duration" is in full view and each span's service is named,
+    on the page of `wstrace demo --html` and on that of `wstrace view --html` (big figures, a fold open)."""
+    chromium = _browser()
+    from playwright.sync_api import expect, sync_playwright  # noqa: PLC0415 - optional: see _browser
+
+    demo_file, demo_page, _ = demo_run
+    voice_page = tmp_path / "voice.html"
+    assert main(["view", str(voice_file), "--html", str(voice_page)]) == 0
+    problems: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "profile"),
+            executable_path=chromium,
+            headless=True,
+            args=CHROMIUM_FLAGS,
+            viewport={"width": 1400, "height": 900},
+        )
+        try:
+            page = browser.new_page()
+            page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+            page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+            for width in (1400, 1920):
+                page.set_viewport_size({"width": width, "height": 900})
+                for trace_file, page_file in ((demo_file, demo_page), (voice_file, voice_page)):
+                    spans = read_spans(trace_file)
+                    page.goto(page_file.as_uri())
+                    expect(page.locator(".row[data-span-id]")).to_have_count(len(spans))
+                    for summary in page.locator(".row.fold").all():
+                        summary.click()  # the hidden rows' figures count too
+                    assert page.evaluate(CUT_CELLS) == [], (width, page_file.name)
+                    shown = dict(
+                        zip(
+                            page.locator(".row[data-span-id]").evaluate_all("rows => rows.map(r => r.dataset.spanId)"),
+                            page.locator(".row[data-span-id] .service").all_inner_texts(),
+                            strict=True,
+                        )
+                    )
+                    assert shown == {s.span_id: s.resource["service.name"] for s in spans}
+                    assert set(shown.values()) == set(SERVICES)
+                    heads = page.locator(".trace-head .facts").all_inner_texts()
+                    assert all(not re.search(r"(?<![\d,])1 spans", head) for head in heads)
+                    assert any(re.search(r"·\s+1 span(\s+·|$)", head) for head in heads)  # the close traces
+                    for legend in page.locator(".trace-head").all():  # each trace names its services
+                        assert legend.locator(".services .service").count() >= 1
+                page.screenshot(path=str(tmp_path / f"voice-{width}.png"), full_page=True)
+        finally:
+            browser.close()
+    assert problems == []
+
+
+def test_service_tags_drop_the_shared_prefix() -> None:
+    """A service's tag is its name without the prefix every name shares up to a separator."""
+    assert service_tags(["voice-device", "voice-server"]) == SERVICES
+    assert service_tags(["shop.cart", "shop.checkout", "shop.cart"]) == {
+        "shop.cart": "cart",
+        "shop.checkout": "checkout",
+    }
+    assert service_tags(["chat"]) == {"chat": "chat"}
+    for names in (["voice", "voice-server"], ["api", "apis"], ["a-1", "b-1"]):
+        assert service_tags(names) == {name: name for name in names}
+
+
+def test_services_are_coloured_and_tagged_alike_in_every_part(voice_file: Path) -> None:
+    """In a terminal each service has a colour, on its tag and its bars; tags and colours stay the same
+    when the output is printed in parts (as the demo does), given every service of the output."""
+    traces = build_traces(read_spans(voice_file))
+    out = io.StringIO()
+    console = Console(file=out, width=200, force_terminal=True, color_system="standard")
+    render_terminal(traces, console)
+    lines = out.getvalue().splitlines()
+    turn = next(line for line in lines if "voice turn" in line and "internal" in line)
+    assert "\x1b[36mdevice" in turn and "\x1b[36m█" in turn  # cyan
+    agent = next(line for line in lines if "invoke_agent" in line)
+    assert "\x1b[35mserver" in agent and re.search("\x1b\\[35m *█", agent)  # magenta
+
+    close = [t for t in traces if t.root_name == "close /voice"]  # one service alone
+    assert "service" not in render(close, 200).splitlines()[2]  # no column for one service: the header names it
+    assert "service voice-server" in render(close, 200)
+    out = io.StringIO()
+    console = Console(file=out, width=200, color_system=None)
+    render_terminal(close, console, services=services_of(traces))
+    header, row = out.getvalue().splitlines()[2:4]
+    assert header.split()[:2] == ["span", "service"] and row.split()[:3] == ["close", "/voice", "server"]
+
+
+def test_narrow_output_says_what_it_left_out(voice_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Columns left out to fit are named on the last line, with the width that shows them."""
+    assert main(["view", str(voice_file), "--width", "80"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    found = re.fullmatch(r"kind and attributes not shown at 80 columns \(--width (\d+) shows them\)", last)
+    assert found is not None, last
+    assert main(["view", str(voice_file), "--width", found[1]]) == 0
+    out = capsys.readouterr().out
+    assert "not shown" not in out and "close_code=1006 error.type=close 1006 ERROR:" in out  # the attributes wrap
+    assert max(len(line) for line in out.splitlines()) <= int(found[1])

@@ -6,7 +6,9 @@ import os
 import subprocess
 import sys
 import venv
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -15,10 +17,12 @@ ROOT = Path(__file__).resolve().parents[2]
 MAX_VENV_MB = 150
 
 
-def _run(args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
-    # As a user runs it: a PYTHONPATH naming this checkout (as the suite may run) would shadow the installed copy.
-    kwargs.setdefault("env", {k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
-    return subprocess.run(args, capture_output=True, text=True, timeout=600, check=False, **kwargs)  # type: ignore[call-overload]
+def _run(
+    args: list[str], env: Optional[Mapping[str, str]] = None, **kwargs: object
+) -> subprocess.CompletedProcess[str]:
+    # Without the caller's PYTHONPATH, which may point at this checkout: the venv must run what it installed.
+    clean = {k: v for k, v in (os.environ if env is None else env).items() if k != "PYTHONPATH"}
+    return subprocess.run(args, capture_output=True, text=True, timeout=600, check=False, env=clean, **kwargs)  # type: ignore[call-overload]
 
 
 def _size_mb(path: Path) -> float:

@@ -114,5 +114,6 @@ def _summary(rows: Sequence[Row], children: dict[int, list[int]], hidden: list[i
         start_ns=min(s.start_ns for s in spans),
         end_ns=max(s.end_ns for s in spans),
         attributes={SIZE: size} if size else {},
+        resource=first.span.resource,  # the run's spans are of one service (the same at the same places)
     )
     return replace(first, span=record, orphan=False, folded=folded)

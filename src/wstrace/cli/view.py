@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
+import textwrap
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,11 +19,22 @@ from rich.table import Table
 from rich.text import Text
 
 from wstrace.cli.export import SpanRecord, TraceFile, read_trace_file
-from wstrace.cli.fold import fold
+from wstrace.cli.fold import fold, service
 from wstrace.cli.view_html import render_html
 
 
-__all__ = ["Row", "Trace", "build_traces", "main", "render_terminal", "select_traces", "waterfall"]
+__all__ = [
+    "Omitted",
+    "Row",
+    "Trace",
+    "build_traces",
+    "main",
+    "render_terminal",
+    "select_traces",
+    "service_tags",
+    "services_of",
+    "waterfall",
+]
 
 SESSION_ID = "websocket.session.id"
 STREAM_CHUNKS = "wstrace.stream.chunk_count"
@@ -162,6 +175,19 @@ def select_traces(
 
 # ---------------------------------------------------------------------------------------------------------
 # Terminal
+#
+# Each table is laid out for the console's width before rich sees it, so that rich never has to squeeze a
+# column: a figure (a start, a duration, a stream's numbers) is never cut. What does not fit makes way in
+# order of importance: the attributes and the kind are left out (the last line says so), the waterfall
+# narrows, and long names wrap.
+
+GAP = 2  # columns between two cells
+NAME_MIN = 12
+NAME_WANTED = 24  # names get this much before there is a waterfall
+BAR_MIN, BAR_MAX = 10, 60
+ATTRIBUTES_MIN = 20
+SEPARATORS = "-._/: "
+SERVICE_STYLES = ("cyan", "magenta", "green", "yellow", "blue", "bright_cyan", "bright_magenta", "bright_green")
 
 
 def waterfall(start_ns: int, end_ns: int, origin_ns: int, total_ns: int, width: int) -> str:
@@ -175,6 +201,120 @@ def waterfall(start_ns: int, end_ns: int, origin_ns: int, total_ns: int, width: 
         return " " * left + "▏" + " " * (width - left - 1)
     right = min(width, max(left + 1, math.ceil((end_ns - origin_ns) * width / total_ns)))
     return " " * left + "█" * (right - left) + " " * (width - right)
+
+
+def services_of(traces: Iterable[Trace]) -> tuple[str, ...]:
+    """The ``service.name`` values of the traces' spans, in order of first appearance."""
+    found = dict.fromkeys(service(span) for trace in traces for span in trace.every_span())
+    return tuple(name for name in found if name)
+
+
+def service_tags(services: Sequence[str]) -> dict[str, str]:
+    """A short tag per service: its name without the prefix that all the names share up to a separator
+    (``voice-device`` and ``voice-server`` are ``device`` and ``server``); the names themselves otherwise."""
+    names = list(dict.fromkeys(services))
+    if len(names) > 1:
+        shared = names[0]
+        for name in names[1:]:
+            while not name.startswith(shared):
+                shared = shared[:-1]
+        cut = max(shared.rfind(separator) for separator in SEPARATORS) + 1
+        if cut and all(len(name) > cut for name in names):
+            return {name: name[cut:] for name in names}
+    return {name: name for name in names}
+
+
+COLUMN_ORDER = ("service", "waterfall", "kind", "attributes", "stalls", "mean ms", "p95 ms")
+"""The columns a table may leave out, in the order a note names them."""
+
+
+@dataclass(frozen=True)
+class Omitted:
+    """What :func:`render_terminal` left out to fit the console: the columns, and the width that shows them."""
+
+    columns: tuple[str, ...] = ()
+    width: int = 0
+    """The narrowest console that shows every column of every table; 0 when nothing was left out."""
+
+    def __or__(self, other: Omitted) -> Omitted:
+        columns = set(self.columns + other.columns)
+        return Omitted(tuple(c for c in COLUMN_ORDER if c in columns), max(self.width, other.width))
+
+    def note(self, width: int) -> str:
+        """``kind and attributes not shown at 80 columns``, or ``""`` when nothing was left out."""
+        if not self.columns:
+            return ""
+        names = ", ".join(self.columns[:-1]) + " and " if len(self.columns) > 1 else ""
+        return f"{names}{self.columns[-1]} not shown at {width} columns"
+
+
+class _Services:
+    """Each service's tag and colour; the column is shown when there are two services or more."""
+
+    def __init__(self, services: Sequence[str]) -> None:
+        self.tags = service_tags(services)
+        self.styles = {name: SERVICE_STYLES[i % len(SERVICE_STYLES)] for i, name in enumerate(self.tags)}
+        self.column = len(self.tags) > 1
+
+    def tag(self, span: SpanRecord) -> Text:
+        name = service(span)
+        return Text(self.tags.get(name, name) or "-", style=self.styles.get(name, ""))
+
+    def style(self, span: SpanRecord) -> str:
+        return self.styles.get(service(span), "cyan")
+
+
+class _Room:
+    """Columns taken from a width, each but the first after a gap."""
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self.used = -GAP
+
+    def take(self, size: int, force: bool = False) -> int:
+        """``size`` if it fits (or ``force``), else 0 (the column is left out)."""
+        if size <= 0 or not (force or self.used + GAP + size <= self.width):
+            return 0
+        self.used += GAP + size
+        return size
+
+    def grow(self, size: int, limit: int) -> int:
+        """``size`` grown towards ``limit`` by what is left."""
+        extra = max(0, min(limit - size, self.width - self.used))
+        self.used += extra
+        return size + extra
+
+
+def _wrapped(first: str, rest: str, text: str, width: int) -> list[str]:
+    """``text`` after ``first`` in lines of ``width``, continued after ``rest``; a number stays with the word
+    after it (``(76 spans)``), and words longer than a line break."""
+    if len(first) + len(text) <= width:
+        return [first + text]
+    bound = _NUMBER_AND_WORD.sub("\\1\x00", text.replace("\x00", " "))  # textwrap breaks at ASCII blanks only
+    lines = textwrap.wrap(
+        bound, width=max(width, len(rest) + 1), initial_indent=first, subsequent_indent=rest, break_on_hyphens=False
+    )
+    return [line.replace("\x00", " ") for line in lines] or [first]
+
+
+_NUMBER_AND_WORD = re.compile(r"(\d) ")
+
+
+def _name_cell(row: Row, width: int, error_line: bool) -> Text:
+    """The span's name, indented by depth; a long name wraps under itself. With ``error_line`` (the attributes
+    column left out), an error span's status follows on a line of its own."""
+    span = row.span
+    indent = "  " * row.depth
+    mark = ORPHAN_MARK if row.orphan else ""
+    lines = _wrapped(indent + mark, indent + "  ", span.name, width)
+    error = span.status == "ERROR"
+    text = Text("\n".join(lines), style="bold red" if error else "", no_wrap=False, overflow="fold")
+    if mark:
+        text.stylize("yellow", len(indent), len(indent) + len(mark))
+    if error and error_line:
+        status = "ERROR" + (f": {span.status_message}" if span.status_message else "")
+        text.append("\n" + "\n".join(_wrapped(indent + "  ", indent + "  ", status, width)), style="red")
+    return text
 
 
 def _ms(ns: float) -> str:
@@ -210,82 +350,222 @@ def _started(ns: int) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
 
 
-def _trace_table(trace: Trace, width: int) -> Table:
-    bar_width = max(10, min(60, width // 4))
-    table = Table(box=None, pad_edge=False, show_edge=False, padding=(0, 1), header_style="bold dim")
-    table.add_column("span", no_wrap=True, overflow="ellipsis", max_width=max(16, width * 2 // 5))
-    table.add_column("kind", no_wrap=True)
-    table.add_column("start ms", justify="right", no_wrap=True)
-    table.add_column("ms", justify="right", no_wrap=True)
-    table.add_column("waterfall", width=bar_width, no_wrap=True)
-    table.add_column("attributes", overflow="fold")
-    for row in trace.rows:
+def _widest(header: str, cells: Iterable[str]) -> int:
+    return max([len(header), *(len(cell) for cell in cells)])
+
+
+def _table() -> Table:
+    return Table(box=None, pad_edge=False, show_edge=False, padding=(0, GAP // 2), header_style="bold dim")
+
+
+def _error(span: SpanRecord) -> bool:
+    return span.status == "ERROR"
+
+
+def _narrowest(width: int, shows_all: Callable[[int], bool]) -> int:
+    """The narrowest console, from ``width`` up, where ``shows_all``; 0 when that is ``width`` itself."""
+    if shows_all(width):
+        return 0
+    return next((wider for wider in range(width + 1, 4096) if shows_all(wider)), 4096)
+
+
+def _span_widths(width: int, natural: dict[str, int]) -> dict[str, int]:
+    """The span table's column widths for a console ``width`` columns wide, 0 for a column left out.
+
+    Start and duration in full, always; then, as room allows: the service, names of up to ``NAME_WANTED``
+    characters, a waterfall, the names in full (they wrap until then), the kind, a waterfall of a quarter of
+    the width, and the attributes (they wrap); what is left goes to the waterfall when the attributes are left
+    out.
+    """
+    room = _Room(width)
+    widths = {"start": room.take(natural["start"], force=True), "duration": room.take(natural["duration"], force=True)}
+    widths["name"] = room.take(min(natural["name"], NAME_MIN), force=True)
+    widths["service"] = room.take(natural["service"])
+    widths["name"] = room.grow(widths["name"], min(natural["name"], NAME_WANTED))
+    widths["waterfall"] = room.take(BAR_MIN)
+    widths["name"] = room.grow(widths["name"], min(natural["name"], max(NAME_MIN, width // 2)))
+    widths["kind"] = room.take(natural["kind"])
+    if widths["waterfall"]:
+        widths["waterfall"] = room.grow(widths["waterfall"], max(BAR_MIN, min(BAR_MAX, width // 4)))
+    widths["attributes"] = room.take(min(natural["attributes"], ATTRIBUTES_MIN))
+    if widths["attributes"]:
+        widths["attributes"] = room.grow(widths["attributes"], natural["attributes"])
+    elif widths["waterfall"]:
+        widths["waterfall"] = room.grow(widths["waterfall"], BAR_MAX)
+    return widths
+
+
+def _trace_table(trace: Trace, width: int, services: _Services) -> tuple[Table, Omitted]:
+    rows = trace.rows
+    starts = ["+" + _ms(row.span.start_ns - trace.start_ns) for row in rows]
+    durations = [_ms(row.span.duration_ns) for row in rows]
+    kinds = [row.span.kind.lower() for row in rows]
+    attributes = [_key_attributes(row.span) for row in rows]
+    names = [len("  " * row.depth + (ORPHAN_MARK if row.orphan else "") + row.span.name) for row in rows]
+    tags = [services.tag(row.span) for row in rows]
+    natural = {
+        "name": max([len("span"), *names]),
+        "service": _widest("service", (tag.plain for tag in tags)) if services.column else 0,
+        "kind": _widest("kind", kinds),
+        "start": _widest("start ms", starts),
+        "duration": _widest("ms", durations),
+        "attributes": _widest("attributes", (a.plain for a in attributes)) if any(a.plain for a in attributes) else 0,
+    }
+
+    # An error's status goes on a line of its own under the name when there is no attributes column.
+    statuses = [len("  " * row.depth + "  ERROR: " + row.span.status_message) for row in rows if _error(row.span)]
+    with_status = {**natural, "name": max([natural["name"], *statuses])}
+    optional = [key for key in ("service", "waterfall", "kind", "attributes") if natural.get(key, 1)]
+
+    def layout(width: int) -> dict[str, int]:
+        widths = _span_widths(width, natural)
+        return _span_widths(width, with_status) if statuses and not widths["attributes"] else widths
+
+    widths = layout(width)
+    left_out = tuple(key for key in optional if not widths[key])
+    omitted = Omitted(left_out, _narrowest(width, lambda w: all(layout(w)[key] for key in optional)))
+    name_w, service_w, kind_w, bar_w, attributes_w = (
+        widths[key] for key in ("name", "service", "kind", "waterfall", "attributes")
+    )
+
+    table = _table()
+    table.add_column("span", width=name_w, no_wrap=True, overflow="fold")
+    if service_w:
+        table.add_column("service", width=service_w, no_wrap=True, overflow="fold")
+    if kind_w:
+        table.add_column("kind", width=kind_w, no_wrap=True, overflow="fold")
+    table.add_column("start ms", width=widths["start"], justify="right", no_wrap=True, overflow="fold")
+    table.add_column("ms", width=widths["duration"], justify="right", no_wrap=True, overflow="fold")
+    if bar_w:
+        table.add_column("waterfall", width=bar_w, no_wrap=True, overflow="crop")
+    if attributes_w:
+        table.add_column("attributes", width=attributes_w, overflow="fold")
+    for row, start, duration, kind, tag, attribute in zip(
+        rows, starts, durations, kinds, tags, attributes, strict=True
+    ):
         span = row.span
-        error = span.status == "ERROR"
-        name = Text("  " * row.depth)
-        if row.orphan:
-            name.append(ORPHAN_MARK, style="yellow")
-        name.append(span.name, style="bold red" if error else "")
-        table.add_row(
-            name,
-            span.kind.lower(),
-            "+" + _ms(span.start_ns - trace.start_ns),
-            _ms(span.duration_ns),
-            Text(
-                waterfall(span.start_ns, span.end_ns, trace.start_ns, trace.duration_ns, bar_width),
-                style="red" if error else "cyan",
-            ),
-            _key_attributes(span),
-        )
-    return table
+        cells: list[Any] = [_name_cell(row, name_w, error_line=not attributes_w)]
+        if service_w:
+            cells.append(tag)
+        if kind_w:
+            cells.append(kind)
+        cells += [start, duration]
+        if bar_w:
+            bar = waterfall(span.start_ns, span.end_ns, trace.start_ns, trace.duration_ns, bar_w)
+            cells.append(Text(bar, style="red" if span.status == "ERROR" else services.style(span)))
+        if attributes_w:
+            cells.append(attribute)
+        table.add_row(*cells)
+    return table, omitted
 
 
-def _stream_table(trace: Trace) -> Optional[Table]:
+STREAM_COLUMNS = (
+    ("chunks", STREAM_CHUNKS, _number, True),
+    ("bytes", "wstrace.stream.size", _number, True),
+    ("TTFC ms", "wstrace.stream.time_to_first_chunk", _seconds_ms, True),
+    ("TTLC ms", "wstrace.stream.time_to_last_chunk", _seconds_ms, True),
+    ("stalls", "wstrace.stream.stalls", _number, False),
+    ("mean ms", "wstrace.stream.chunk_interval.mean", _seconds_ms, False),
+    ("p95 ms", "wstrace.stream.chunk_interval.p95", _seconds_ms, False),
+)
+"""The streams table's figures: header, attribute, format, and whether it stays at any width (the others are
+left out, last first, when the console is too narrow)."""
+STREAM_ORDER = ("chunks", "bytes", "TTFC ms", "TTLC ms", "mean ms", "p95 ms", "stalls")
+
+
+def _stream_table(trace: Trace, width: int, services: _Services) -> tuple[Optional[Table], Omitted]:
     streams = [row.span for row in trace.rows if STREAM_CHUNKS in row.span.attributes]
     if not streams:
-        return None
-    table = Table(title="streams", title_justify="left", box=None, pad_edge=False, padding=(0, 1))
-    table.header_style = "bold dim"
-    table.add_column("span", no_wrap=True, overflow="ellipsis")
-    for header in ("chunks", "bytes", "TTFC ms", "TTLC ms", "mean ms", "p95 ms", "stalls"):
-        table.add_column(header, justify="right", no_wrap=True)
-    for span in streams:
-        a = span.attributes
-        table.add_row(
-            Text(span.name, style="red" if span.status == "ERROR" else ""),
-            _number(a.get(STREAM_CHUNKS)),
-            _number(a.get("wstrace.stream.size")),
-            _seconds_ms(a.get("wstrace.stream.time_to_first_chunk")),
-            _seconds_ms(a.get("wstrace.stream.time_to_last_chunk")),
-            _seconds_ms(a.get("wstrace.stream.chunk_interval.mean")),
-            _seconds_ms(a.get("wstrace.stream.chunk_interval.p95")),
-            _number(a.get("wstrace.stream.stalls")),
-        )
-    return table
+        return None, Omitted()
+    figures = {header: [show(span.attributes.get(key)) for span in streams] for header, key, show, _ in STREAM_COLUMNS}
+    # A header may wrap at its space ("TTFC" over "ms"); a figure never does.
+    least = {header: max(_widest("", cells), *map(len, header.split())) for header, cells in figures.items()}
+    tags = [services.tag(span) for span in streams]
+    name = max([len("span"), *(len(span.name) for span in streams)])
+    service = _widest("service", (tag.plain for tag in tags)) if services.column else 0
+
+    def layout(width: int) -> dict[str, int]:
+        room = _Room(width)
+        widths = {"span": room.take(min(name, NAME_MIN), force=True)}
+        widths.update({header: room.take(least[header], force=True) for header, *_, kept in STREAM_COLUMNS if kept})
+        widths["service"] = room.take(service)
+        widths.update({header: room.take(least[header]) for header, *_, kept in STREAM_COLUMNS if not kept})
+        widths["span"] = room.grow(widths["span"], min(name, max(NAME_MIN, width // 2)))
+        for header in STREAM_ORDER:
+            if widths[header]:
+                widths[header] = room.grow(widths[header], len(header))
+        return widths
+
+    widths = layout(width)
+    optional = ("service", *STREAM_ORDER) if service else STREAM_ORDER
+    left_out = tuple(key for key in optional if not widths[key])
+    omitted = Omitted(left_out, _narrowest(width, lambda w: all(layout(w)[key] for key in optional)))
+    name_w, service_w = widths["span"], widths["service"]
+
+    table = _table()
+    table.title, table.title_justify = "streams", "left"
+    table.add_column("span", width=name_w, no_wrap=True, overflow="fold")
+    if service_w:
+        table.add_column("service", width=service_w, no_wrap=True, overflow="fold")
+    shown = [header for header in STREAM_ORDER if widths[header]]
+    for header in shown:
+        table.add_column(header, width=widths[header], justify="right", overflow="fold")
+    for index, span in enumerate(streams):
+        lines = _wrapped("", "  ", span.name, name_w)
+        cells: list[Any] = [Text("\n".join(lines), style="red" if span.status == "ERROR" else "", no_wrap=False)]
+        if service_w:
+            cells.append(tags[index])
+        table.add_row(*cells, *(figures[header][index] for header in shown))
+    return table, omitted
 
 
-def render_terminal(traces: Sequence[Trace], console: Console) -> None:
-    """Print each trace: a header, the span tree with a waterfall, and its streams' figures."""
+def _facts(facts: Sequence[str], width: int) -> Text:
+    """The facts joined by `` · ``, on as few lines as fit ``width``, never splitting one (unless it is
+    longer than a line)."""
+    lines: list[str] = []
+    for fact in facts:
+        if lines and len(joined := f"{lines[-1]}  ·  {fact}") <= width:
+            lines[-1] = joined
+        else:
+            lines.append(fact)
+    return Text("\n".join(lines), style="dim", overflow="fold")
+
+
+def render_terminal(traces: Sequence[Trace], console: Console, *, services: Optional[Sequence[str]] = None) -> Omitted:
+    """Print each trace: a header, the span tree with a waterfall, and its streams' figures.
+
+    Each span's service (``service.name``) has a colour and, when the traces hold two services or more, a
+    column of its own, tagged as :func:`service_tags` says for ``services`` (by default the traces' own;
+    pass every service of the output when it is printed in parts, so the tags and colours stay the same).
+    The tables fit the console's width; returns what they left out to fit.
+    """
+    known = _Services(services_of(traces) if services is None else services)
+    omitted = Omitted()
     for number, trace in enumerate(traces):
         if number:
             console.print()
         console.print(
             Text.assemble(("trace ", "bold"), (trace.trace_id, "bold cyan"), "  ", (trace.root_name, "bold")),
-            no_wrap=True,
-            overflow="ellipsis",
+            overflow="fold",
         )
         # Every span counts, also those a folded trace shows as one summary row.
         spans = _count(trace.spans, "span")
         shown = spans if len(trace.rows) == trace.spans else f"{_count(len(trace.rows), 'row')}, {spans}"
         facts = [_started(trace.start_ns), f"{_ms(trace.duration_ns)} ms", shown]
         facts.extend(f"session {session}" for session in trace.sessions)
-        console.print(Text("  ·  ".join(facts), style="dim"))
-        console.print(_trace_table(trace, console.width))
+        names = services_of([trace])
+        if names:
+            facts.append(f"service{'s' * (len(names) > 1)} {', '.join(names)}")
+        console.print(_facts(facts, console.width))
+        table, left_out = _trace_table(trace, console.width, known)
+        console.print(table)
         if any(row.orphan for row in trace.rows):
             console.print(Text(f"{ORPHAN_MARK}parent span not in the file", style="dim yellow"))
-        streams = _stream_table(trace)
+        streams, streams_left_out = _stream_table(trace, console.width, known)
         if streams is not None:
             console.print(streams)
+        omitted = omitted | left_out | streams_left_out
+    return omitted
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -340,6 +620,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"wrote {out}: {_count(len(selected), 'trace')}, {_count(spans, 'span')}{_summary(loaded)}")
         return 0
     console = Console(width=args.width) if args.width else Console()
-    render_terminal(selected, console)
+    omitted = render_terminal(selected, console)
     console.print(Text(f"\n{_count(spans, 'span')} in {_count(len(selected), 'trace')}{_summary(loaded)}", style="dim"))
+    if omitted.columns:
+        hint = f"{omitted.note(console.width)} (--width {omitted.width} shows them)"
+        console.print(Text(hint, style="dim"), overflow="fold")
     return 0

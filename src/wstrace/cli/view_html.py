@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from wstrace.cli.fold import service
+
 
 if TYPE_CHECKING:
     from wstrace.cli.export import SpanRecord
@@ -82,6 +84,8 @@ def _ms(ns: int) -> float:
 
 def _page_data(traces: Sequence[Trace], source: str) -> dict[str, Any]:
     shown = {span.span_id for trace in traces for span in trace.every_span()}
+    # Every service of the page, in order of first appearance: a service's place is its colour.
+    services = list(dict.fromkeys(service(span) for trace in traces for span in trace.every_span()))
     resources: dict[str, int] = {}
     resource_list: list[list[list[str]]] = []
     out: list[dict[str, Any]] = []
@@ -103,6 +107,7 @@ def _page_data(traces: Sequence[Trace], source: str) -> dict[str, Any]:
             entry: dict[str, Any] = {
                 "name": span.name,
                 "kind": span.kind.lower(),
+                "service": service(span),
                 "depth": row.depth,
                 "offsetMs": _ms(offset),
                 "durationMs": _ms(span.duration_ns),
@@ -157,11 +162,12 @@ def _page_data(traces: Sequence[Trace], source: str) -> dict[str, Any]:
                 "started": started.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC",
                 "durationMs": _ms(trace.duration_ns),
                 "sessions": list(trace.sessions),
+                "services": list(dict.fromkeys(filter(None, map(service, trace.every_span())))),
                 "spanCount": trace.spans,
                 "spans": entries(trace.rows, trace),
             }
         )
-    return {"source": source, "traces": out, "resources": resource_list}
+    return {"source": source, "traces": out, "resources": resource_list, "services": services}
 
 
 def _count(n: int, noun: str) -> str:
@@ -221,6 +227,8 @@ _STYLE = """
 :root {
   --bg: #ffffff; --fg: #1f2328; --muted: #656d76; --line: #d8dee4; --panel: #f6f8fa;
   --hover: #f3f6f9; --open: #ddf4ff; --bar: #2f81f7; --error: #cf222e; --orphan: #9a6700;
+  --s0: #2f81f7; --s1: #8250df; --s2: #1a7f37; --s3: #bc4c00; --s4: #bf3989; --s5: #1b7c83; --s6: #953800;
+  --s7: #6e7781;
   color-scheme: light dark;
   font: 14px/1.4 system-ui, -apple-system, "Segoe UI", sans-serif;
 }
@@ -228,22 +236,40 @@ _STYLE = """
   :root {
     --bg: #0d1117; --fg: #e6edf3; --muted: #8d96a0; --line: #30363d; --panel: #161b22;
     --hover: #1c2128; --open: #12263f; --bar: #4493f8; --error: #f85149; --orphan: #d29922;
+    --s0: #4493f8; --s1: #a371f7; --s2: #3fb950; --s3: #f0883e; --s4: #db61a2; --s5: #39c5cf; --s6: #d29922;
+    --s7: #8b949e;
   }
 }
 body { margin: 0; padding: 16px 24px 40px; background: var(--bg); color: var(--fg); }
 h1 { font-size: 18px; margin: 0; }
 .summary { color: var(--muted); margin: 2px 0 16px; }
 .mono, .trace-id, .time, td.value, .link-id { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; }
-.trace { border: 1px solid var(--line); border-radius: 6px; margin-bottom: 20px; overflow: hidden; }
+[hidden] { display: none !important; }
+.trace { border: 1px solid var(--line); border-radius: 6px; margin-bottom: 20px; overflow-x: auto;
+  display: grid; grid-template-columns: minmax(220px, 32%) max-content minmax(120px, 1fr) max-content; }
+.trace > *, .folded > * { grid-column: 1 / -1; }
+.grid, .folded { display: grid; grid-template-columns: minmax(220px, 32%) max-content minmax(120px, 1fr) 16em;
+  grid-template-columns: subgrid; align-items: center; }
 .trace-head { padding: 8px 12px; background: var(--panel); border-bottom: 1px solid var(--line); }
 .trace-head h2 { font-size: 14px; margin: 0; font-weight: 600; }
 .trace-head .root { margin-left: 10px; }
 .trace-head .facts { color: var(--muted); font-size: 12px; }
-.grid { display: grid; grid-template-columns: minmax(220px, 32%) 1fr 160px; align-items: center; }
+.trace-head .services { font-size: 12px; margin-top: 2px; }
+.trace-head .services .service { margin-right: 14px; }
+.service { white-space: nowrap; padding: 0 8px; font-size: 12px; }
+.service::before { content: ""; display: inline-block; width: 9px; height: 9px; margin-right: 5px;
+  border-radius: 2px; background: var(--svc, var(--bar)); }
+.axis .service::before { display: none; }
+.s0 { --svc: var(--s0); } .s1 { --svc: var(--s1); } .s2 { --svc: var(--s2); } .s3 { --svc: var(--s3); }
+.s4 { --svc: var(--s4); } .s5 { --svc: var(--s5); } .s6 { --svc: var(--s6); } .s7 { --svc: var(--s7); }
 .axis { color: var(--muted); font-size: 11px; border-bottom: 1px solid var(--line); height: 20px; }
 .axis .track { height: 20px; }
-.tick { position: absolute; top: 3px; white-space: nowrap; }
+.tick { position: absolute; top: 3px; white-space: nowrap; transform: translateX(-50%); }
+.tick.start { transform: none; }
 .tick.end { transform: translateX(-100%); }
+.axis .track { container-type: inline-size; }
+@container (max-width: 400px) { .tick.quarter { display: none; } }
+@container (max-width: 200px) { .tick.half { display: none; } }
 .row { cursor: pointer; border-bottom: 1px solid var(--line); }
 .row:hover { background: var(--hover); }
 .row:focus { outline: 2px solid var(--bar); outline-offset: -2px; }
@@ -252,10 +278,11 @@ h1 { font-size: 18px; margin: 0; }
 .kind { color: var(--muted); font-size: 11px; margin-left: 6px; }
 .orphan-mark { color: var(--orphan); margin-right: 4px; }
 .track { position: relative; height: 24px; margin: 0 8px; }
-.bar { position: absolute; top: 6px; height: 12px; min-width: 2px; background: var(--bar); border-radius: 2px; }
+.bar { position: absolute; top: 6px; height: 12px; min-width: 2px; background: var(--svc, var(--bar));
+  border-radius: 2px; }
 .row.error .bar { background: var(--error); }
 .row.error .name { color: var(--error); font-weight: 600; }
-.time { font-size: 12px; color: var(--muted); text-align: right; padding-right: 12px; white-space: nowrap; }
+.time { font-size: 12px; color: var(--muted); text-align: right; padding: 0 12px 0 8px; white-space: nowrap; }
 .details { padding: 8px 16px 12px; background: var(--panel); border-bottom: 1px solid var(--line); }
 .details h3 { font-size: 11px; margin: 10px 0 4px; text-transform: uppercase; letter-spacing: .05em;
   color: var(--muted); }
@@ -272,7 +299,8 @@ td.value { white-space: pre-wrap; word-break: break-all; }
 .event-time { color: var(--muted); }
 .link button { margin-left: 8px; font-size: 11px; }
 .row.fold .name { color: var(--muted); font-style: italic; }
-.row.fold .bar { opacity: .5; background: repeating-linear-gradient(90deg, var(--bar) 0 3px, transparent 3px 5px); }
+.row.fold .bar { opacity: .5;
+  background: repeating-linear-gradient(90deg, var(--svc, var(--bar)) 0 3px, transparent 3px 5px); }
 .fold-mark { display: inline-block; width: 1em; color: var(--muted); }
 .row.fold[aria-expanded="true"] .fold-mark { transform: rotate(90deg); }
 .fold-size { color: var(--muted); font-size: 11px; margin-left: 6px; }
@@ -292,7 +320,15 @@ _SCRIPT = """
     if (text !== undefined && text !== null) node.textContent = String(text);
     return node;
   };
-  const ms = (value) => value.toFixed(3) + " ms";
+  const ms = (value) =>
+    value.toLocaleString("en-US", { minimumFractionDigits: 3, maximumFractionDigits: 3 }) + " ms";
+  // A service's colour: its place among the page's services.
+  const colour = (service) => service ? "s" + (data.services.indexOf(service) % 8) : "";
+  const serviceTag = (service) => {
+    const tag = el("span", "service " + colour(service), service || "-");
+    if (!service) tag.title = "no service.name in the span's resource";
+    return tag;
+  };
 
   const table = (rows) => {
     const node = el("table", "attributes");
@@ -340,6 +376,7 @@ _SCRIPT = """
       ["span id", span.spanId],
       ["parent", span.parentSpanId ? span.parentSpanId + (span.orphan ? " (not in the file)" : "") : "none"],
       ["kind", span.kind],
+      ["service", span.service || "none"],
       ["status", status],
       ["scope", span.scope || "none"],
       ["start", "+" + ms(span.offsetMs)],
@@ -386,9 +423,15 @@ _SCRIPT = """
   const axis = (total) => {
     const line = el("div", "grid axis");
     line.appendChild(el("div", "label", "span"));
+    line.appendChild(el("div", "service", "service"));
     const track = el("div", "track");
+    // Round figures, as precise as the trace is short; the quarters make way on a narrow track.
+    const digits = total >= 100 ? 0 : total >= 10 ? 1 : total >= 1 ? 2 : 3;
+    const label = (value) =>
+      value.toLocaleString("en-US", { minimumFractionDigits: digits, maximumFractionDigits: digits }) + " ms";
+    const places = { 0: "start", 0.25: "quarter", 0.5: "half", 0.75: "quarter", 1: "end" };
     for (const fraction of [0, 0.25, 0.5, 0.75, 1]) {
-      const tick = el("span", fraction === 1 ? "tick end" : "tick", ms(total * fraction));
+      const tick = el("span", "tick " + places[fraction], label(total * fraction));
       tick.style.left = fraction * 100 + "%";
       track.appendChild(tick);
     }
@@ -403,7 +446,8 @@ _SCRIPT = """
   // it stands for (the next element too: their group).
   const spanRow = (span) => {
     const fold = span.folded !== undefined;
-    const row = el("div", "grid row" + (fold ? " fold" : "") + (span.status === "ERROR" ? " error" : ""));
+    const classes = ["grid row", fold ? "fold" : "", span.status === "ERROR" ? "error" : "", colour(span.service)];
+    const row = el("div", classes.filter(Boolean).join(" "));
     row.tabIndex = 0;
     row.setAttribute("role", "button");
     row.setAttribute("aria-expanded", "false");
@@ -423,6 +467,7 @@ _SCRIPT = """
     const hint = fold ? "click to show the " + plural(span.hiddenSpans, "span") : "";
     label.title = [span.name, size, hint].filter(Boolean).join("  ");
     row.appendChild(label);
+    row.appendChild(el("div", "service", span.service || "-"));  // its colour is the row's
     const track = el("div", "track");
     const bar = el("div", "bar");
     bar.style.left = Math.min(span.left, 100) + "%";
@@ -465,6 +510,11 @@ _SCRIPT = """
     const facts = [trace.started, ms(trace.durationMs), plural(trace.spanCount, "span")];
     for (const session of trace.sessions) facts.push("session " + session);
     head.appendChild(el("div", "facts", facts.join("  ·  ")));
+    if (trace.services.length) {
+      const legend = el("div", "services");
+      for (const service of trace.services) legend.appendChild(serviceTag(service));
+      head.appendChild(legend);
+    }
     section.appendChild(head);
     section.appendChild(axis(trace.durationMs));
     addRows(section, trace.spans);

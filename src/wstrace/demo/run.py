@@ -39,7 +39,7 @@ from websockets.exceptions import ConnectionClosed
 
 from wstrace.cli.export import SpanRecord, read_spans
 from wstrace.cli.fold import FOLD_MIN, fold, runs, service
-from wstrace.cli.view import Trace, build_traces, render_terminal
+from wstrace.cli.view import Omitted, Trace, build_traces, render_terminal, services_of
 from wstrace.demo import audio, dialogue, protocol, telemetry
 from wstrace.demo.device import LATENCY, Device, TurnResult
 from wstrace.demo.profile import PROFILES, Pacing
@@ -282,18 +282,22 @@ def _trace_shape(trace: Trace) -> tuple[tuple[int, str, str], ...]:
     return tuple((row.depth, row.span.name, service(row.span)) for row in trace.rows)
 
 
-def show_waterfall(traces: Sequence[Trace], console: Console) -> None:
-    """Print the traces folded; runs of identical small traces (``--envelope off``) print as first and last."""
+def show_waterfall(traces: Sequence[Trace], console: Console) -> Omitted:
+    """Print the traces folded; runs of identical small traces (``--envelope off``) print as first and last.
+    Returns what the tables left out to fit the console."""
+    services = services_of(traces)  # every part tags and colours the services alike
+    omitted = Omitted()
     for start, end in runs([_trace_shape(t) for t in traces]):
         run = traces[start:end]
         if start:
             console.print()
         if len(run) >= FOLD_MIN:
-            render_terminal([fold(run[0])], console)
+            omitted |= render_terminal([fold(run[0])], console, services=services)
             console.print(Text(f"\n⋯ {len(run) - 2} more traces like the one above\n", style="dim"))
-            render_terminal([fold(run[-1])], console)
+            omitted |= render_terminal([fold(run[-1])], console, services=services)
         else:
-            render_terminal([fold(t) for t in run], console)
+            omitted |= render_terminal([fold(t) for t in run], console, services=services)
+    return omitted
 
 
 @dataclass(frozen=True)
@@ -470,7 +474,10 @@ def _report(options: Options, console: Console, otlp: Optional[telemetry.Tally])
     if options.waterfall and traces:
         console.print()
         console.rule("the conversation's traces", style="dim")
-        show_waterfall(traces, console)
+        omitted = show_waterfall(traces, console)
+        if omitted.columns:
+            note = f"{omitted.note(console.width)} (a {omitted.width}-column terminal shows them)"
+            console.print(Text(note, style="dim"), overflow="fold")
     rows = latencies(spans)
     if rows:
         console.print()
