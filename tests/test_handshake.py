@@ -22,6 +22,7 @@ SPAN_ID = 0xB7AD6B7169203331
 TRACEPARENT = f"00-{TRACE_ID:032x}-{SPAN_ID:016x}-01"
 OTHER_TRACEPARENT = f"00-{0x1234:032x}-{0x5678:016x}-01"
 SESSION = "0123456789abcdef0123456789abcdef"
+OTHER_SESSION = "fedcba9876543210fedcba9876543210"
 
 
 def _span_context(ctx: Optional[Context]) -> Optional[trace.SpanContext]:
@@ -400,6 +401,26 @@ def test_read_request_from_a_browsers_query_and_subprotocol() -> None:
     assert (request.source, _trace_id(request.context)) == ("query", TRACE_ID)
     request = hs.read_request(config, {}, "", [f"wstrace.tp.{TRACEPARENT}"])
     assert (request.source, _trace_id(request.context)) == ("subprotocol", TRACE_ID)
+
+
+def test_a_browsers_session_id_travels_with_its_context() -> None:
+    """A browser cannot send the ``wstrace-session`` header: the query string or a ``wstrace.sid.`` token carries
+    it, read from the configured handshake sources in their order; the header wins; malformed ids are refused."""
+    query = f"traceparent={TRACEPARENT}&wstrace-session={SESSION}"
+    token = f"wstrace.sid.{OTHER_SESSION}"
+    both = Config.load(handshake_sources=("headers", "query", "subprotocol"))
+    assert hs.read_request(both, {}, query, [token]).session_id == SESSION
+    reversed_sources = Config.load(handshake_sources=("subprotocol", "query"))
+    assert hs.read_request(reversed_sources, {}, query, [token]).session_id == OTHER_SESSION
+    header = {"wstrace-session": OTHER_SESSION}
+    assert hs.read_request(both, header, query, ()).session_id == OTHER_SESSION
+    request = hs.read_request(both, {}, query, ())
+    assert (request.session_id, request.instrumented) == (SESSION, False)  # no wstrace header: no answer headers
+    assert hs.read_request(both, {}, "wstrace-session=XYZ", ["wstrace.sid.nothex"]).session_id is None
+    assert hs.read_request(both, {}, "wstrace-session=XYZ", [token]).session_id == OTHER_SESSION
+    assert hs.read_request(Config.load(), {}, query, [token]).session_id is None  # sources not configured
+    ignore = Config.load(trust="ignore", handshake_sources=("query", "subprotocol"))
+    assert hs.read_request(ignore, {}, query, [token]).session_id is None
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,14 @@ from opentelemetry.trace import Link, Span
 from wstrace import propagation, semconv as sc
 from wstrace._log import warn_once
 from wstrace._spans import link
-from wstrace.carriers import HeaderSource, headers_carrier, query_carrier, split_subprotocols
+from wstrace.carriers import (
+    HeaderSource,
+    headers_carrier,
+    query_carrier,
+    query_session,
+    split_subprotocols,
+    subprotocol_session,
+)
 from wstrace.config import Config, EnvelopeFormat
 
 
@@ -255,8 +262,25 @@ def read_request(
         elif key == sc.ENVELOPE_HEADER:
             instrumented = True
             offer = parse_offer(value)
+    if session is None and config.trust != "ignore":
+        session = _browser_session(config, query, subprotocols)
     context, source = extract_handshake(config, pairs, query, subprotocols, nested)
     return Request(offer, session, context, source, instrumented)
+
+
+def _browser_session(config: Config, query: str, subprotocols: Sequence[str]) -> Optional[str]:
+    """A browser's session id, which cannot travel in a header: a ``wstrace-session`` query parameter or a
+    ``wstrace.sid.<id>`` subprotocol token, from the sources the server reads context from, in their order."""
+    for source in config.handshake_sources:
+        if source == "query":
+            found = session_or_none(query_session(query))
+        elif source == "subprotocol":
+            found = session_or_none(subprotocol_session(subprotocols))
+        else:
+            continue
+        if found is not None:
+            return found
+    return None
 
 
 def read_response(config: Config, headers: HeaderSource) -> tuple[Optional[EnvelopeFormat], Optional[str]]:
