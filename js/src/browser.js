@@ -85,7 +85,7 @@ function untraced(s) {
 export function tracedWebSocketClass(Base, options = {}) {
   const Native = Base ?? options.WebSocket ?? globalThis.WebSocket;
   if (typeof Native !== "function") throw new TypeError("wstrace: no WebSocket class to trace");
-  const s = settings(options, "always");
+  const s = settings(options, "always", ["handshake", "WebSocket"]);
   if (s.envelope === "negotiate") {
     throw new TypeError("wstrace: a browser cannot negotiate the envelope (it cannot read the 101): use always or off");
   }

@@ -60,13 +60,34 @@ const MAX_STALL_EVENTS = 32;
 /** @param {unknown} [_error] */
 const NOTHING = (_error) => {};
 
+const OPTIONS = new Set([
+  "tracerProvider",
+  "envelope",
+  "envelopeFormat",
+  "jsonField",
+  "maxEnvelopeBytes",
+  "trust",
+  "route",
+  "streams",
+  "streamIdle",
+  "runLimit",
+  "stallThreshold",
+  "streamEnd",
+  "sessionId",
+]);
+
 /**
- * Options with their defaults, checked; a bad option throws a TypeError naming it (at setup, never per message).
+ * Options with their defaults, checked; a bad or unknown option throws a TypeError naming it (at setup, never per
+ * message).
  * @param {TracingOptions} options
  * @param {"always" | "negotiate" | "off"} defaultEnvelope
+ * @param {string[]} [more]  names of the caller's own options, also allowed
  * @returns {Settings}
  */
-export function settings(options = {}, defaultEnvelope = "negotiate") {
+export function settings(options = {}, defaultEnvelope = "negotiate", more = []) {
+  for (const name of Object.keys(options)) {
+    if (!OPTIONS.has(name) && !more.includes(name)) throw new TypeError(`wstrace: unknown option ${name}`);
+  }
   /** @type {Settings} */
   const s = {
     envelope: defaultEnvelope,
@@ -118,10 +139,11 @@ export function newSessionId() {
 /**
  * A URL without its query, fragment and credentials, as `url.full` records it.
  * @param {URL} url
+ * @param {string} scheme  `ws` or `wss` (a browser also takes `http` and `https` URLs)
  * @returns {string}
  */
-function fullUrl(url) {
-  return `${url.protocol}//${url.host}${url.pathname}`;
+function fullUrl(url, scheme) {
+  return `${scheme}://${url.host}${url.pathname}`;
 }
 
 /**
@@ -356,7 +378,7 @@ export class ConnectionTracer {
       try {
         const u = new URL(String(url), /** @type {any} */ (globalThis).location?.href);
         const scheme = u.protocol.replace(/:$/, "").replace(/^http/, "ws");
-        attributes["url.full"] = fullUrl(u);
+        attributes["url.full"] = fullUrl(u, scheme);
         attributes["url.scheme"] = scheme;
         attributes["server.address"] = u.hostname.replace(/^\[|\]$/g, "");
         attributes["server.port"] = u.port ? Number(u.port) : scheme === "wss" ? 443 : 80;

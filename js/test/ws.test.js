@@ -254,6 +254,7 @@ test("instrumentation that fails never breaks the connection", async () => {
     console.warn = warn;
   }
   assert.throws(() => tracedWs(WebSocket, { envelope: /** @type {any} */ ("sometimes") }), /bad option envelope/);
+  assert.throws(() => tracedWs(WebSocket, /** @type {any} */ ({ streamidle: 1 })), /unknown option streamidle/);
 });
 
 test("a connection that fails fails the handshake span", async () => {
