@@ -405,22 +405,20 @@ def test_read_request_from_a_browsers_query_and_subprotocol() -> None:
 
 def test_a_browsers_session_id_travels_with_its_context() -> None:
     """A browser cannot send the ``wstrace-session`` header: the query string or a ``wstrace.sid.`` token carries
-    it, read from the configured handshake sources in their order; the header wins; malformed ids are refused."""
+    it, read from the configured handshake sources in their order; malformed ids are refused."""
     query = f"traceparent={TRACEPARENT}&wstrace-session={SESSION}"
     token = f"wstrace.sid.{OTHER_SESSION}"
     both = Config.load(handshake_sources=("headers", "query", "subprotocol"))
-    assert hs.read_request(both, {}, query, [token]).session_id == SESSION
+    assert hs.browser_session(both, query, [token]) == SESSION
     reversed_sources = Config.load(handshake_sources=("subprotocol", "query"))
-    assert hs.read_request(reversed_sources, {}, query, [token]).session_id == OTHER_SESSION
-    header = {"wstrace-session": OTHER_SESSION}
-    assert hs.read_request(both, header, query, ()).session_id == OTHER_SESSION
-    request = hs.read_request(both, {}, query, ())
-    assert (request.session_id, request.instrumented) == (SESSION, False)  # no wstrace header: no answer headers
-    assert hs.read_request(both, {}, "wstrace-session=XYZ", ["wstrace.sid.nothex"]).session_id is None
-    assert hs.read_request(both, {}, "wstrace-session=XYZ", [token]).session_id == OTHER_SESSION
-    assert hs.read_request(Config.load(), {}, query, [token]).session_id is None  # sources not configured
+    assert hs.browser_session(reversed_sources, query, [token]) == OTHER_SESSION
+    assert hs.browser_session(both, "wstrace-session=XYZ", ["wstrace.sid.nothex"]) is None
+    assert hs.browser_session(both, "wstrace-session=XYZ", [token]) == OTHER_SESSION
+    assert hs.browser_session(Config.load(), query, [token]) is None  # sources not configured
     ignore = Config.load(trust="ignore", handshake_sources=("query", "subprotocol"))
-    assert hs.read_request(ignore, {}, query, [token]).session_id is None
+    assert hs.browser_session(ignore, query, [token]) is None
+    request = hs.read_request(both, {}, query, ())
+    assert (request.session_id, request.instrumented) == (None, False), "read_request reads headers only"
 
 
 @pytest.mark.parametrize(

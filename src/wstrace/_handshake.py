@@ -31,6 +31,7 @@ from wstrace.config import Config, EnvelopeFormat
 __all__ = [
     "Request",
     "apply_trust",
+    "browser_session",
     "client_attributes",
     "extract",
     "extract_handshake",
@@ -166,6 +167,24 @@ def extract_handshake(
     return None, None
 
 
+def browser_session(config: Config, query: str, subprotocols: Sequence[str]) -> Optional[str]:
+    """A browser's session id, which cannot travel in the ``wstrace-session`` header: a ``wstrace-session``
+    query parameter or a ``wstrace.sid.<id>`` subprotocol token, from the sources the server reads context
+    from, in their order; ``None`` under trust ``ignore``. The header, when sent, wins (the caller's rule)."""
+    if config.trust == "ignore":
+        return None
+    for source in config.handshake_sources:
+        if source == "query":
+            found = session_or_none(query_session(query))
+        elif source == "subprotocol":
+            found = session_or_none(subprotocol_session(subprotocols))
+        else:
+            continue
+        if found is not None:
+            return found
+    return None
+
+
 def apply_trust(config: Config, peer: Optional[Context], ambient: Context) -> tuple[Context, Sequence[Link]]:
     """Parent on, link to, or ignore a peer's handshake context, per the trust policy."""
     if peer is None:
@@ -262,25 +281,8 @@ def read_request(
         elif key == sc.ENVELOPE_HEADER:
             instrumented = True
             offer = parse_offer(value)
-    if session is None and config.trust != "ignore":
-        session = _browser_session(config, query, subprotocols)
     context, source = extract_handshake(config, pairs, query, subprotocols, nested)
     return Request(offer, session, context, source, instrumented)
-
-
-def _browser_session(config: Config, query: str, subprotocols: Sequence[str]) -> Optional[str]:
-    """A browser's session id, which cannot travel in a header: a ``wstrace-session`` query parameter or a
-    ``wstrace.sid.<id>`` subprotocol token, from the sources the server reads context from, in their order."""
-    for source in config.handshake_sources:
-        if source == "query":
-            found = session_or_none(query_session(query))
-        elif source == "subprotocol":
-            found = session_or_none(subprotocol_session(subprotocols))
-        else:
-            continue
-        if found is not None:
-            return found
-    return None
 
 
 def read_response(config: Config, headers: HeaderSource) -> tuple[Optional[EnvelopeFormat], Optional[str]]:
