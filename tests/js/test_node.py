@@ -90,3 +90,5 @@ def test_package_metadata() -> None:
     assert lock["packages"][""]["devDependencies"] == package["devDependencies"], "package-lock.json is stale"
     ignored = (JS / ".gitignore").read_text().split()
     assert "node_modules/" in ignored and "types/" in ignored
+    # The sdist's builder reads only the root .gitignore: without these, an sdist would carry node_modules.
+    assert {"js/node_modules/", "js/types/"} <= set((REPO / ".gitignore").read_text().split())
