@@ -3,12 +3,21 @@ from __future__ import annotations
 import pytest
 from websockets.datastructures import Headers
 
-from wstrace.carriers import MAX_VALUE_BYTES, headers_carrier, hide_trace_tokens, query_carrier, split_subprotocols
-from wstrace.semconv import SUBPROTOCOL_PREFIX
+from wstrace.carriers import (
+    MAX_VALUE_BYTES,
+    headers_carrier,
+    hide_trace_tokens,
+    query_carrier,
+    query_session,
+    split_subprotocols,
+    subprotocol_session,
+)
+from wstrace.semconv import SESSION_SUBPROTOCOL_PREFIX, SUBPROTOCOL_PREFIX
 
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 FIELDS = {"traceparent", "tracestate", "baggage"}
+SESSION = "0123456789abcdef0123456789abcdef"
 
 
 # headers_carrier -------------------------------------------------------------
@@ -237,6 +246,29 @@ def test_trace_tokens_hidden_and_echoed_only_when_alone() -> None:
     assert hide_trace_tokens([ours, SUBPROTOCOL_PREFIX + "x"]) == ([], ours)
     assert hide_trace_tokens(["chat"]) == (["chat"], None)
     assert hide_trace_tokens([]) == ([], None)
+
+
+def test_session_tokens_hidden_like_trace_tokens() -> None:
+    """A browser's ``wstrace.sid.`` token never reaches the application; offered alone, it is echoed."""
+    sid = SESSION_SUBPROTOCOL_PREFIX + SESSION
+    tp = SUBPROTOCOL_PREFIX + TRACEPARENT
+    assert split_subprotocols(["chat", sid, tp]) == ({"traceparent": TRACEPARENT}, ["chat"])
+    assert hide_trace_tokens(["chat", tp, sid]) == (["chat"], None)
+    assert hide_trace_tokens([tp, sid]) == ([], tp)
+    assert hide_trace_tokens([sid]) == ([], sid)
+
+
+def test_session_from_query_and_subprotocols() -> None:
+    """The first ``wstrace-session`` parameter or ``wstrace.sid.`` token, unchecked (the handshake checks it)."""
+    assert query_session(f"a=1&wstrace-session={SESSION}&wstrace-session=x") == SESSION
+    assert query_session(f"WSTRACE-SESSION={SESSION}".encode()) == SESSION
+    assert query_session("a=1") is None
+    assert query_session("") is None
+    assert query_session("wstrace-session=" + "0" * (4 * MAX_VALUE_BYTES)) is None  # an oversized query is ignored
+    assert subprotocol_session(["chat", SESSION_SUBPROTOCOL_PREFIX + SESSION, SESSION_SUBPROTOCOL_PREFIX + "x"]) == (
+        SESSION
+    )
+    assert subprotocol_session(["chat"]) is None
 
 
 def test_malformed_trace_token_left_for_the_library() -> None:

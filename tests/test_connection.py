@@ -171,6 +171,27 @@ def test_browser_handshake_sources(
     assert (hs.context.trace_id == REMOTE_TRACE) is (expected is not None)
 
 
+def test_a_server_adopts_a_browsers_session_id_unless_the_header_names_one(telemetry: Telemetry) -> None:
+    """A browser's ``wstrace-session`` query parameter (or ``wstrace.sid.`` token) names the session; a header wins."""
+    tracer = telemetry.provider.get_tracer("test")
+    config = Config.load(handshake_sources=("headers", "query"))
+    browser = ConnectionTracer.server(tracer, config, path="/", query=f"wstrace-session={'a' * 32}")
+    assert browser.session_id == "a" * 32
+    assert browser.response_headers() == {}, "a client that sent no wstrace header gets none"
+    header = ConnectionTracer.server(
+        tracer, config, path="/", query=f"wstrace-session={'a' * 32}", headers={"wstrace-session": "b" * 32}
+    )
+    assert header.session_id == "b" * 32
+    token = ConnectionTracer.server(
+        tracer, Config.load(handshake_sources="subprotocol"), path="/", subprotocols=[f"wstrace.sid.{'c' * 32}"]
+    )
+    assert token.session_id == "c" * 32
+    for ct in (browser, header, token):
+        ct.handshake_failed(status=400)
+    handshakes = [s for s in telemetry.spans if s.name.startswith("GET")]
+    assert {(s.attributes or {})["websocket.session.id"] for s in handshakes} == {"a" * 32, "b" * 32, "c" * 32}
+
+
 def test_ordinals_count_each_direction(telemetry: Telemetry) -> None:
     """Sent and received messages are numbered separately from 1."""
     c, s = connect(telemetry)

@@ -22,6 +22,7 @@ SPAN_ID = 0xB7AD6B7169203331
 TRACEPARENT = f"00-{TRACE_ID:032x}-{SPAN_ID:016x}-01"
 OTHER_TRACEPARENT = f"00-{0x1234:032x}-{0x5678:016x}-01"
 SESSION = "0123456789abcdef0123456789abcdef"
+OTHER_SESSION = "fedcba9876543210fedcba9876543210"
 
 
 def _span_context(ctx: Optional[Context]) -> Optional[trace.SpanContext]:
@@ -431,6 +432,24 @@ def test_read_request_from_a_browsers_query_and_subprotocol() -> None:
     assert (request.source, _trace_id(request.context)) == ("query", TRACE_ID)
     request = hs.read_request(config, {}, "", [f"wstrace.tp.{TRACEPARENT}"])
     assert (request.source, _trace_id(request.context)) == ("subprotocol", TRACE_ID)
+
+
+def test_a_browsers_session_id_travels_with_its_context() -> None:
+    """A browser cannot send the ``wstrace-session`` header: the query string or a ``wstrace.sid.`` token carries
+    it, read from the configured handshake sources in their order; malformed ids are refused."""
+    query = f"traceparent={TRACEPARENT}&wstrace-session={SESSION}"
+    token = f"wstrace.sid.{OTHER_SESSION}"
+    both = Config.load(handshake_sources=("headers", "query", "subprotocol"))
+    assert hs.browser_session(both, query, [token]) == SESSION
+    reversed_sources = Config.load(handshake_sources=("subprotocol", "query"))
+    assert hs.browser_session(reversed_sources, query, [token]) == OTHER_SESSION
+    assert hs.browser_session(both, "wstrace-session=XYZ", ["wstrace.sid.nothex"]) is None
+    assert hs.browser_session(both, "wstrace-session=XYZ", [token]) == OTHER_SESSION
+    assert hs.browser_session(Config.load(), query, [token]) is None  # sources not configured
+    ignore = Config.load(trust="ignore", handshake_sources=("query", "subprotocol"))
+    assert hs.browser_session(ignore, query, [token]) is None
+    request = hs.read_request(both, {}, query, ())
+    assert (request.session_id, request.instrumented) == (None, False), "read_request reads headers only"
 
 
 @pytest.mark.parametrize(

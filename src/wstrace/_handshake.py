@@ -17,13 +17,21 @@ from opentelemetry.trace import Link, Span
 from wstrace import propagation, semconv as sc
 from wstrace._log import warn_once
 from wstrace._spans import link
-from wstrace.carriers import HeaderSource, headers_carrier, query_carrier, split_subprotocols
+from wstrace.carriers import (
+    HeaderSource,
+    headers_carrier,
+    query_carrier,
+    query_session,
+    split_subprotocols,
+    subprotocol_session,
+)
 from wstrace.config import Config, EnvelopeFormat
 
 
 __all__ = [
     "Request",
     "apply_trust",
+    "browser_session",
     "client_attributes",
     "extract",
     "extract_handshake",
@@ -169,6 +177,24 @@ def extract_handshake(
             if ctx is not None and propagation.remote_span_context(ctx) is not None:
                 return ctx, source
     return None, None
+
+
+def browser_session(config: Config, query: str, subprotocols: Sequence[str]) -> Optional[str]:
+    """A browser's session id, which cannot travel in the ``wstrace-session`` header: a ``wstrace-session``
+    query parameter or a ``wstrace.sid.<id>`` subprotocol token, from the sources the server reads context
+    from, in their order; ``None`` under trust ``ignore``. The header, when sent, wins (the caller's rule)."""
+    if config.trust == "ignore":
+        return None
+    for source in config.handshake_sources:
+        if source == "query":
+            found = session_or_none(query_session(query))
+        elif source == "subprotocol":
+            found = session_or_none(subprotocol_session(subprotocols))
+        else:
+            continue
+        if found is not None:
+            return found
+    return None
 
 
 def apply_trust(config: Config, peer: Optional[Context], ambient: Context) -> tuple[Context, Sequence[Link]]:

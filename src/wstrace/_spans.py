@@ -236,7 +236,7 @@ class ConnectionSpans:
         span.set_attributes(
             {sc.HTTP_RESPONSE_STATUS_CODE: status, sc.ENVELOPE: envelope or "none", sc.SESSION_ID: self.session_id}
         )
-        if subprotocol and not subprotocol.startswith(sc.SUBPROTOCOL_PREFIX):  # ours carries a peer's context
+        if subprotocol and not subprotocol.startswith(sc.TOKEN_PREFIXES):  # ours carries a peer's context or session
             span.set_attribute(sc.SUBPROTOCOL, subprotocol)
         self._responded(span, status, headers)
         span.end()

@@ -12,10 +12,18 @@ import re
 from typing import Any, Collection, Iterable, Mapping, Optional, Sequence, Union
 from urllib.parse import parse_qsl
 
-from wstrace.semconv import SUBPROTOCOL_PREFIX
+from wstrace.semconv import SESSION_SUBPROTOCOL_PREFIX, SUBPROTOCOL_PREFIX, TOKEN_PREFIXES
 
 
-__all__ = ["HeaderSource", "headers_carrier", "hide_trace_tokens", "query_carrier", "split_subprotocols"]
+__all__ = [
+    "HeaderSource",
+    "headers_carrier",
+    "hide_trace_tokens",
+    "query_carrier",
+    "query_session",
+    "split_subprotocols",
+    "subprotocol_session",
+]
 
 HeaderSource = Union[Mapping[str, str], Iterable[tuple[Union[str, bytes], Union[str, bytes]]]]
 """Headers as a mapping (case-insensitive lookup is not assumed) or as a list of pairs."""
@@ -74,8 +82,28 @@ def query_carrier(query: str | bytes, fields: Collection[str], *, max_value: int
     return carrier
 
 
+def query_session(query: str | bytes) -> Optional[str]:
+    """The first ``wstrace-session`` parameter of a URL query string (a browser's session id), unchecked."""
+    if isinstance(query, bytes):
+        query = query.decode("latin-1")
+    if not query or len(query) > 4 * MAX_VALUE_BYTES or "wstrace-session" not in query.lower():
+        return None
+    for name, value in parse_qsl(query, keep_blank_values=False):
+        if name.lower() == "wstrace-session":
+            return value
+    return None
+
+
+def subprotocol_session(offered: Sequence[str]) -> Optional[str]:
+    """The session id of the first ``wstrace.sid.<id>`` token offered (a browser's), unchecked."""
+    for token in offered:
+        if token.startswith(SESSION_SUBPROTOCOL_PREFIX):
+            return token[len(SESSION_SUBPROTOCOL_PREFIX) :]
+    return None
+
+
 def split_subprotocols(offered: Sequence[str]) -> tuple[dict[str, str], list[str]]:
-    """Separate a ``wstrace.tp.<traceparent>`` token from the application's subprotocols.
+    """Separate a ``wstrace.tp.<traceparent>`` token (and ``wstrace.sid.`` ones) from the application's subprotocols.
 
     Browsers cannot set headers on the upgrade request, but they can offer
     subprotocols. Returns the carrier and the offered list without our tokens.
@@ -87,7 +115,7 @@ def split_subprotocols(offered: Sequence[str]) -> tuple[dict[str, str], list[str
             value = token[len(SUBPROTOCOL_PREFIX) :]
             if value and len(value) <= 128 and "traceparent" not in carrier:
                 carrier["traceparent"] = value
-        else:
+        elif not token.startswith(SESSION_SUBPROTOCOL_PREFIX):
             rest.append(token)
     return carrier, rest
 
@@ -99,14 +127,14 @@ _TOKEN = re.compile(r"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
 def hide_trace_tokens(offered: Sequence[str]) -> tuple[list[str], Optional[str]]:
     """The offered subprotocols the application should see, and the token a server should echo.
 
-    ``wstrace.tp.`` tokens carry a browser's context (``docs/protocol.md``,
-    section 4); the application never sees them. A browser that offered only
+    ``wstrace.tp.`` tokens carry a browser's context and ``wstrace.sid.`` ones its
+    session id (``docs/protocol.md``, section 4); the application never sees them. A browser that offered only
     such tokens fails its handshake unless one is selected, so the first is
     echoed, when the application selects none. A list where one of them is
     not a valid token is left as it is, for the library to reject (websockets
     answers 400): removing it would accept a request the library refuses.
     """
-    tokens = [p for p in offered if p.startswith(SUBPROTOCOL_PREFIX)]
+    tokens = [p for p in offered if p.startswith(TOKEN_PREFIXES)]
     if not tokens or not all(_TOKEN.fullmatch(p) for p in tokens):
         return list(offered), None
     rest = split_subprotocols(offered)[1]

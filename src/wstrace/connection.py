@@ -213,8 +213,9 @@ class ConnectionTracer:
             request = hs.read_request(config, headers, query, subprotocols, nested)
             self._offered = request.offer
             self._answer = request.instrumented
-            if request.session_id is not None:
-                self._spans.session_id = request.session_id
+            session = request.session_id or hs.browser_session(config, query, subprotocols)
+            if session is not None:
+                self._spans.session_id = session
             addresses = (
                 (sc.SERVER_ADDRESS, server_address),
                 (sc.SERVER_PORT, server_port),

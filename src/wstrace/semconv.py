@@ -57,3 +57,8 @@ ENVELOPE_VERSION = "1"
 
 # Prefix of a Sec-WebSocket-Protocol token that carries a traceparent (browsers).
 SUBPROTOCOL_PREFIX = "wstrace.tp."
+# Prefix of a Sec-WebSocket-Protocol token that carries a session id (browsers); the query string carries it
+# as a ``wstrace-session`` parameter.
+SESSION_SUBPROTOCOL_PREFIX = "wstrace.sid."
+# Every token wstrace hides from the application.
+TOKEN_PREFIXES = (SUBPROTOCOL_PREFIX, SESSION_SUBPROTOCOL_PREFIX)

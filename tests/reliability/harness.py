@@ -35,7 +35,7 @@ from wstrace.carriers import headers_carrier, query_carrier, split_subprotocols
 from wstrace.config import Config
 from wstrace.connection import ConnectionTracer
 from wstrace.redis import RedisHop, decode_entry, decode_value
-from wstrace.semconv import SUBPROTOCOL_PREFIX
+from wstrace.semconv import TOKEN_PREFIXES
 
 
 __all__ = ["TARGETS", "check", "input_for", "span_attributes_are_ours"]
@@ -281,7 +281,7 @@ def _query(raw: bytes) -> None:
 def _subprotocols(raw: bytes) -> None:
     offered = _text(raw).split(",")
     carrier, rest = split_subprotocols(offered)
-    assert rest == [t for t in offered if not t.startswith(SUBPROTOCOL_PREFIX)], "only our tokens are removed"
+    assert rest == [t for t in offered if not t.startswith(TOKEN_PREFIXES)], "only our tokens are removed"
     assert set(carrier) <= {"traceparent"} and all(1 <= len(v) <= 128 for v in carrier.values())
 
 
