@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import codecs
 import re
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -100,6 +100,14 @@ def mapped_route(config: Config, path: str) -> Optional[str]:
         warn_once("the routes function", exc)
         return None
     return route if isinstance(route, str) and route else None
+
+
+def _call(name: str, hook: Callable[..., Any], *args: Any) -> None:
+    """Run the user's hook; what it raises is logged once, never passed on."""
+    try:
+        hook(*args)
+    except Exception as exc:
+        warn_once(f"the {name}", exc)
 
 
 def header_attributes(
@@ -350,38 +358,26 @@ class ConnectionSpans:
         return self._started(span, payload, OUT if kind is SpanKind.PRODUCER else IN)
 
     def _started(self, span: Span, payload: Any, direction: str) -> Span:
-        hook = self.config.message_hook
-        if hook is not None and span.is_recording():
-            try:
-                hook(span, payload, direction)
-            except Exception as exc:
-                warn_once("the message_hook", exc)
+        if self.config.message_hook is not None and span.is_recording():
+            _call("message_hook", self.config.message_hook, span, payload, direction)
         return span
 
     def requested(self, span: Span, headers: Sequence[tuple[str, str]], capture: bool) -> None:
         """A handshake span's request side: captured request headers (``capture``), then the request hook."""
         config = self.config
         if capture and config.capture_request_headers:
-            span.set_attributes(
-                header_attributes(config, "http.request.header.", config.capture_request_headers, headers)
-            )
+            wanted = config.capture_request_headers
+            span.set_attributes(header_attributes(config, "http.request.header.", wanted, headers))
         if config.request_hook is not None:
-            try:
-                config.request_hook(span, list(headers))
-            except Exception as exc:
-                warn_once("the request_hook", exc)
+            _call("request_hook", config.request_hook, span, list(headers))
 
     def _responded(self, span: Span, status: Optional[int], headers: Sequence[tuple[str, str]]) -> None:
         config = self.config
         if headers and config.capture_response_headers:
-            span.set_attributes(
-                header_attributes(config, "http.response.header.", config.capture_response_headers, headers)
-            )
+            wanted = config.capture_response_headers
+            span.set_attributes(header_attributes(config, "http.response.header.", wanted, headers))
         if config.response_hook is not None:
-            try:
-                config.response_hook(span, status, list(headers))
-            except Exception as exc:
-                warn_once("the response_hook", exc)
+            _call("response_hook", config.response_hook, span, status, list(headers))
 
     def close(
         self,
