@@ -1,7 +1,7 @@
 """The measuring client: uninstrumented, so only the server's cost is measured, except in ``uplink``.
 
     python -m benchmarks.client URL --workload echo|stream|push|uplink|concurrent|idle|long [--count N]
-        [--size B] [--connections C] [--traced-peer] [--fast-read] [--instrument off|wstrace]
+        [--size B] [--connections C] [--traced-peer] [--fast-read] [--instrument off|sdk|wstrace]
         [--envelope off|negotiate] [--deadline S]
 
 With ``--traced-peer`` it behaves like an instrumented peer at no cost of its own: it offers the envelope
@@ -16,7 +16,8 @@ Workloads (every loop is bounded by its count and by ``--deadline`` seconds):
   (``upload``) and waits for the server's acknowledgement. The instrumented side is this client:
   ``--instrument wstrace`` installs wstrace's websockets instrumentation with the SDK of
   :mod:`benchmarks.common` (``--envelope``); ``off`` (the bare baseline) runs the same code with the
-  OpenTelemetry API alone, whose span is a no-op.
+  OpenTelemetry API alone, whose span is a no-op; ``sdk`` has the SDK make the application's span, and no
+  wstrace (what the SDK's presence costs by itself).
 * ``concurrent``: ``--connections`` connections open at once, each makes ``--count`` round trips; the
   rate is round trips per second over the whole phase, opening included.
 * ``idle``: opens ``--connections`` connections, one round trip each, then keeps them idle while the
@@ -268,16 +269,17 @@ async def long(peer: Peer, count: int, deadline: float) -> dict[str, Any]:
     return {"rate": (sent - first) / elapsed, "done": sent, "first": first}
 
 
-def instrument(envelope: str) -> tuple[Any, Callable[[], int]]:
-    """wstrace's websockets instrumentation on this client, with the benchmark SDK; returns a tracer for the
-    application's own spans and what counts the spans exported."""
+def instrument(envelope: str, wstrace: bool = True) -> tuple[Any, Callable[[], int]]:
+    """wstrace's websockets instrumentation on this client (unless not ``wstrace``), with the benchmark SDK;
+    returns a tracer for the application's own spans and what counts the spans exported."""
     from benchmarks.common import sdk  # noqa: PLC0415 - the bare client loads no SDK
     from wstrace.instrumentation.websockets import WebsocketsInstrumentor  # noqa: PLC0415
 
     tracer_provider, meter_provider, spans = sdk()
-    WebsocketsInstrumentor().instrument(
-        tracer_provider=tracer_provider, meter_provider=meter_provider, envelope=envelope
-    )
+    if wstrace:
+        WebsocketsInstrumentor().instrument(
+            tracer_provider=tracer_provider, meter_provider=meter_provider, envelope=envelope
+        )
 
     def count() -> int:
         tracer_provider.force_flush()
@@ -297,7 +299,9 @@ def main() -> None:
     parser.add_argument("--traced-peer", action="store_true")
     parser.add_argument("--fast-read", action="store_true", help="stream, push: no wait_for per message")
     parser.add_argument("--rounds", type=int, default=1, help="stream, push, uplink: measured rounds of --count")
-    parser.add_argument("--instrument", choices=("off", "wstrace"), default="off", help="uplink: instrument the client")
+    parser.add_argument(
+        "--instrument", choices=("off", "sdk", "wstrace"), default="off", help="uplink: instrument the client"
+    )
     parser.add_argument("--envelope", choices=("off", "negotiate"), default="negotiate", help="with --instrument")
     parser.add_argument("--deadline", type=float, default=60.0, help="seconds a workload may take at most")
     args = parser.parse_args()
@@ -306,8 +310,8 @@ def main() -> None:
         parser.error("--instrument is for the uplink workload only: elsewhere the client must cost nothing")
     count_spans: Optional[Callable[[], int]] = None
     tracer: Any = None
-    if args.instrument == "wstrace":
-        tracer, count_spans = instrument(args.envelope)
+    if args.instrument != "off":
+        tracer, count_spans = instrument(args.envelope, wstrace=args.instrument == "wstrace")
     elif args.workload == "uplink":
         from opentelemetry import trace  # noqa: PLC0415 - the API alone: the application's span is a no-op
 

@@ -89,6 +89,7 @@ MINIMAL_OFF = ("--variant", "minimal", "--envelope", "off")
 MINIMAL_ON = ("--variant", "minimal", "--envelope", "on")
 FAST_READ = ("--fast-read",)
 CLIENT_BARE = ("--instrument", "off")
+CLIENT_SDK = ("--instrument", "sdk")
 CLIENT_OFF = ("--instrument", "wstrace", "--envelope", "off")
 CLIENT_ON = ("--instrument", "wstrace", "--envelope", "negotiate")
 
@@ -149,6 +150,7 @@ def variants() -> list[Variant]:
     add("push", "websockets", "wstrace push run, envelope off", MSG_OFF)
     add("push", "websockets", "wstrace push run, envelope on", MSG_ON, traced_peer=True)
     add("uplink", "websockets", "bare", BARE, client=CLIENT_BARE)
+    add("uplink", "websockets", "SDK only (the application's span), no wstrace", BARE, client=CLIENT_SDK)
     add("uplink", "websockets", "wstrace client, envelope off", BARE, client=CLIENT_OFF)
     add("uplink", "websockets", "wstrace client, envelope on", (*BARE, "--traced-peer"), client=CLIENT_ON)
     for stack in ("websockets", "aiohttp", "starlette"):
@@ -696,6 +698,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     report["targets"] = targets(report)
     report["machine"] = machine()
     report["counts"] = counts
+    report["unpinned"] = args.unpinned
     report["reps"] = reps_done
     report["seconds"] = round(time.monotonic() - started, 1)
     report["command"] = shlex.join([Path(sys.executable).name, "-m", "benchmarks.run", *(argv or sys.argv[1:])])
