@@ -29,7 +29,11 @@ Workloads (every loop is bounded by its count and by ``--deadline`` seconds):
 ``--fast-read`` reads stream and push chunks with a bare ``recv()`` under one deadline for the whole
 stream (the default wraps every ``recv()`` in ``asyncio.wait_for``, which costs a task per message).
 ``--rounds R`` measures ``stream``, ``push`` and ``uplink`` R times over one connection (one stream, push
-run or upload each) and reports the median round's rate, and every round's.
+run or upload each) and reports the median round's rate, and every round's. With rounds, it also reports the
+CPU time the instrumented side spent per message over all rounds (``cpu_us``): for ``uplink`` its own, for
+``stream`` and ``push`` the server's, which ``--server-cpu`` asks the runner for (``cpu start`` and ``cpu end``
+on stdout, each answered by a line on stdin). Unlike the rate, it does not depend on which side is the
+bottleneck, nor on time a process spends descheduled.
 
 Prints one JSON object as its last line.
 """
@@ -80,9 +84,9 @@ class Peer:
         return wrap(payload) if self.traced else payload
 
 
-async def probe(label: str) -> None:
-    """Ask the runner to probe the server now; wait until it has."""
-    print(f"probe {label}", flush=True)
+async def probe(label: str, what: str = "probe") -> None:
+    """Ask the runner to probe the server now (``probe``: its memory; ``cpu``: its CPU time); wait until it has."""
+    print(f"{what} {label}", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
 
 
@@ -134,14 +138,23 @@ async def read_chunks(ws: ClientConnection, count: int, deadline: float, fast: b
     return last, received
 
 
-def by_rounds(rates: list[float], done: int, warmup: int) -> dict[str, Any]:
+def by_rounds(rates: list[float], done: int, warmup: int, cpu_s: Optional[float] = None) -> dict[str, Any]:
     """The result of a workload measured in rounds: the median round's rate (a round disturbed by the rest of
-    the machine does not move it), and every round's."""
-    return {"rate": statistics.median(rates), "rounds": rates, "done": done, "warmup": warmup}
+    the machine does not move it), and every round's; with ``cpu_s``, the CPU time of all rounds, per message."""
+    result = {"rate": statistics.median(rates), "rounds": rates, "done": done, "warmup": warmup}
+    if cpu_s is not None:
+        result["cpu_us"] = cpu_s / done * 1e6
+    return result
 
 
 async def stream(
-    peer: Peer, count: int, deadline: float, prefix: str = STREAM_PREFIX, fast: bool = False, rounds: int = 1
+    peer: Peer,
+    count: int,
+    deadline: float,
+    prefix: str = STREAM_PREFIX,
+    fast: bool = False,
+    rounds: int = 1,
+    server_cpu: bool = False,
 ) -> dict[str, Any]:
     """Ask for ``count`` chunks (``stream:N``: the handler's reply; ``push:N``: a context-less task's) and read
     them, ``rounds`` times: each round is one stream (or one push run) of ``count`` messages."""
@@ -149,6 +162,8 @@ async def stream(
         warmup = min(1000, count)
         await ws.send(peer.wire(f"{prefix}{warmup}"))
         await read_chunks(ws, warmup, deadline, fast)
+        if server_cpu:
+            await probe("start", "cpu")
         rates = []
         done = 0
         for _ in range(rounds):
@@ -159,6 +174,8 @@ async def stream(
             done += received
             if unwrap(last) != CHUNK:
                 raise SystemExit(f"bad chunk: {str(last)[:80]!r}")
+        if server_cpu:
+            await probe("end", "cpu")
     return by_rounds(rates, done, warmup)
 
 
@@ -181,11 +198,13 @@ async def uplink(peer: Peer, count: int, deadline: float, tracer: Any, rounds: i
         warmup = min(1000, count)
         await asyncio.wait_for(upload(ws, warmup), deadline)
         rates = []
+        cpu = time.process_time()  # this process's, all threads: the instrumented side's CPU
         for _ in range(rounds):
             start = time.perf_counter()
             await asyncio.wait_for(upload(ws, count), deadline)
             rates.append(count / (time.perf_counter() - start))
-    return by_rounds(rates, count * rounds, warmup)
+        cpu = time.process_time() - cpu
+    return by_rounds(rates, count * rounds, warmup, cpu)
 
 
 async def concurrent(peer: Peer, connections: int, count: int, deadline: float) -> dict[str, Any]:
@@ -299,6 +318,7 @@ def main() -> None:
     parser.add_argument("--traced-peer", action="store_true")
     parser.add_argument("--fast-read", action="store_true", help="stream, push: no wait_for per message")
     parser.add_argument("--rounds", type=int, default=1, help="stream, push, uplink: measured rounds of --count")
+    parser.add_argument("--server-cpu", action="store_true", help="stream, push: ask for the server's CPU time")
     parser.add_argument(
         "--instrument", choices=("off", "sdk", "wstrace"), default="off", help="uplink: instrument the client"
     )
@@ -321,7 +341,7 @@ def main() -> None:
         work = echo(peer, args.count, args.size, args.deadline)
     elif args.workload in ("stream", "push"):
         prefix = STREAM_PREFIX if args.workload == "stream" else PUSH_PREFIX
-        work = stream(peer, args.count, args.deadline, prefix, args.fast_read, args.rounds)
+        work = stream(peer, args.count, args.deadline, prefix, args.fast_read, args.rounds, args.server_cpu)
     elif args.workload == "uplink":
         work = uplink(peer, args.count, args.deadline, tracer, args.rounds)
     elif args.workload == "concurrent":

@@ -198,6 +198,8 @@ def client_args(variant: Variant, counts: dict[str, int]) -> list[str]:
     elif workload in ("stream-unpinned", "push", "uplink"):
         # One connection, several rounds of one stream (push run, upload) each; the median round counts.
         count = counts["stream" if workload == "stream-unpinned" else workload]
+        if workload != "uplink" and counts.get("server_cpu"):
+            args.append("--server-cpu")  # the instrumented side is the server: the runner asks it its CPU time
         args += [
             "--workload",
             workload.partition("-")[0],
@@ -262,20 +264,27 @@ def run_once(variant: Variant, counts: dict[str, int], log: IO[str], pin: bool =
         )
         assert client.stdin is not None and client.stdout is not None
         probes: dict[str, Any] = {}
+        cpu: dict[str, float] = {}
         while True:
             line = _line(client.stdout)
-            if not line.startswith("probe "):
+            what, _, label = line.partition(" ")
+            if what not in ("probe", "cpu"):
                 break
-            server.stdin.write("probe\n")
+            server.stdin.write(f"{what}\n")  # a memory probe, or the server's CPU time
             server.stdin.flush()
-            answer = _line(server.stdout)
-            probes[line.split(" ", 1)[1]] = json.loads(answer.split(" ", 1)[1])
+            answer = json.loads(_line(server.stdout).split(" ", 1)[1])
+            if what == "cpu":
+                cpu[label] = answer["cpu"]
+            else:
+                probes[label] = answer
             client.stdin.write("go\n")
             client.stdin.flush()
         result: dict[str, Any] = json.loads(line)
         if client.wait(30) != 0:
             raise RuntimeError(f"the client failed with status {client.returncode}")
         result["probes"] = probes
+        if "start" in cpu and "end" in cpu and result.get("done"):
+            result["cpu_us"] = (cpu["end"] - cpu["start"]) / result["done"] * 1e6  # the server's, per message
         server.stdin.write("stop\n")
         server.stdin.flush()
         rest, _ = server.communicate(timeout=60)
@@ -325,6 +334,19 @@ def summarise(results: dict[Variant, Result]) -> list[dict[str, Any]]:
             if latency:
                 # Robust to the scheduler stalls a shared machine adds to the mean: bare p50 / variant p50.
                 row["p50_ratio_median"] = statistics.median(b / a for a, b in latency)
+        cpu = [run["cpu_us"] for run in result.runs if "cpu_us" in run]
+        if cpu:
+            # The instrumented side's CPU per message (rounds workloads): whichever side is the bottleneck.
+            row.update(cpu_us_median=statistics.median(cpu), cpu_us_min=min(cpu), cpu_us_max=max(cpu))
+            cpu_pairs = paired(result, base, "cpu_us") if base is not None else []
+            if cpu_pairs:
+                cpu_ratios = [b / a for a, b in cpu_pairs]
+                row.update(
+                    cpu_ratio_median=statistics.median(cpu_ratios),
+                    cpu_ratio_min=min(cpu_ratios),
+                    cpu_ratio_max=max(cpu_ratios),
+                    cpu_extra_us=statistics.median(a - b for a, b in cpu_pairs),
+                )
     return rows
 
 
@@ -418,10 +440,12 @@ def own_cost(results: dict[Variant, Result]) -> list[dict[str, Any]]:
     return rows
 
 
-def _ratio(rows: list[dict[str, Any]], workload: str, stack: str, variant: str) -> Optional[float]:
+def _ratio(
+    rows: list[dict[str, Any]], workload: str, stack: str, variant: str, key: str = "ratio_median"
+) -> Optional[float]:
     for row in rows:
         if (row["workload"], row["stack"], row["variant"]) == (workload, stack, variant):
-            value = row.get("ratio_median")
+            value = row.get(key)
             return float(value) if value is not None else None
     return None
 
@@ -461,6 +485,11 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             value = _ratio(rows, workload, stack, variant)
             if value is not None:
                 check(f"{workload} {stack}: {variant}, ratio to bare", value, 0.85)
+            # The same goal on CPU per message of the instrumented side (bare CPU / variant CPU): what the
+            # throughput would be where that side is the bottleneck, with the machine's noise mostly left out.
+            value = _ratio(rows, workload, stack, variant, "cpu_ratio_median")
+            if value is not None:
+                check(f"{workload} {stack}: {variant}, CPU per message, bare / variant", value, 0.85)
     for row in report["own_cost"]:
         check(
             f"{row['workload']} {row['stack']}: wstrace own cost vs minimal ({row['variant']})",
@@ -508,6 +537,23 @@ def tables(report: dict[str, Any]) -> str:
             f" | {_fmt(row.get('p50_us_median'), '.0f')} | {_fmt(row.get('p50_ratio_median'), '.2f')}"
             f" | {_fmt(row.get('spans_per_run'), '.0f')} |"
         )
+    cpu_rows = [row for row in report["rows"] if "cpu_us_median" in row]
+    if cpu_rows:
+        out += [
+            "",
+            "| CPU of the instrumented side | stack | variant | CPU µs per message, median (min-max)"
+            " | bare CPU / variant CPU, paired median (min-max) | extra CPU µs per message |",
+            "|---|---|---|---:|---:|---:|",
+        ]
+        for row in cpu_rows:
+            ratio = extra = ""
+            if "cpu_ratio_median" in row:
+                ratio = f"{row['cpu_ratio_median']:.2f} ({row['cpu_ratio_min']:.2f}-{row['cpu_ratio_max']:.2f})"
+                extra = f"{row['cpu_extra_us']:+.2f}"
+            out.append(
+                f"| {row['workload']} | {row['stack']} | {row['variant']}"
+                f" | {row['cpu_us_median']:.2f} ({row['cpu_us_min']:.2f}-{row['cpu_us_max']:.2f}) | {ratio} | {extra} |"
+            )
     if report["own_cost"]:
         out += [
             "",
@@ -655,6 +701,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "push": args.push_count,
         "uplink": args.uplink_count,
         "rounds": args.rounds,
+        "server_cpu": 1,  # run_once answers the client's "cpu" requests (profile and timers do not)
         "fast_read": int(args.fast_read),
         "connections": args.connections,
         "concurrent": args.concurrent_count,

@@ -14,8 +14,9 @@ with an empty ``contextvars.Context`` sends (a worker's or a timer's pushes, wit
 the handler goes on reading; and ``upload:N``, after which the server reads N messages and answers ``ack``.
 The server is driven over stdin/stdout: it prints ``ready`` once listening; a ``probe`` line is answered
 with a ``probe {json}`` line (RSS, pymalloc blocks and GC objects after exporting pending spans and a
-full collection); ``stop`` (or end of input) stops it, and it prints ``spans N`` (spans that reached the
-discarding exporter) before it exits. It also stops by itself after ``--lifetime`` seconds.
+full collection); a ``cpu`` line with a ``cpu {json}`` line (the CPU time the process has used, all its
+threads, read at once); ``stop`` (or end of input) stops it, and it prints ``spans N`` (spans that reached
+the discarding exporter) before it exits. It also stops by itself after ``--lifetime`` seconds.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import json
 import os
 import sys
 import threading
+import time
 import tracemalloc
 from collections.abc import Awaitable, Callable
 from typing import Any, Optional
@@ -435,6 +437,8 @@ def control(loop: asyncio.AbstractEventLoop, stop: asyncio.Future[None]) -> None
         command = line.strip()
         if command == "probe":
             loop.call_soon_threadsafe(probe)
+        elif command == "cpu":  # read here, not on the loop: the loop may be busy, and this waits for nothing
+            print(f"cpu {json.dumps({'cpu': time.process_time()})}", flush=True)
         elif command == "stop":
             break
     loop.call_soon_threadsafe(finish)
