@@ -1,7 +1,8 @@
-"""The measuring client: never instrumented, so only the server's cost is measured.
+"""The measuring client: uninstrumented, so only the server's cost is measured, except in ``uplink``.
 
-    python -m benchmarks.client URL --workload echo|stream|concurrent|idle|long [--count N] [--size B]
-        [--connections C] [--traced-peer] [--deadline S]
+    python -m benchmarks.client URL --workload echo|stream|push|uplink|concurrent|idle|long [--count N]
+        [--size B] [--connections C] [--traced-peer] [--fast-read] [--instrument off|sdk|wstrace]
+        [--envelope off|negotiate] [--deadline S]
 
 With ``--traced-peer`` it behaves like an instrumented peer at no cost of its own: it offers the envelope
 in the handshake, sends messages in a ready-made envelope (sampled context), and strips the replies.
@@ -9,7 +10,14 @@ in the handshake, sends messages in a ready-made envelope (sampled context), and
 Workloads (every loop is bounded by its count and by ``--deadline`` seconds):
 
 * ``echo``: ``--count`` sequential round trips of a ``--size``-byte text message, after a warm-up.
-* ``stream``: asks for ``--count`` 64-byte chunks and reads them all (a server push stream).
+* ``stream``: asks for ``--count`` 64-byte chunks and reads them all (the handler's reply stream).
+* ``push``: the same, but the server pushes the chunks from a task with no context (a worker's pushes).
+* ``uplink``: the client sends ``--count`` 64-byte messages under one application span of its own
+  (``upload``) and waits for the server's acknowledgement. The instrumented side is this client:
+  ``--instrument wstrace`` installs wstrace's websockets instrumentation with the SDK of
+  :mod:`benchmarks.common` (``--envelope``); ``off`` (the bare baseline) runs the same code with the
+  OpenTelemetry API alone, whose span is a no-op; ``sdk`` has the SDK make the application's span, and no
+  wstrace (what the SDK's presence costs by itself).
 * ``concurrent``: ``--connections`` connections open at once, each makes ``--count`` round trips; the
   rate is round trips per second over the whole phase, opening included.
 * ``idle``: opens ``--connections`` connections, one round trip each, then keeps them idle while the
@@ -17,6 +25,15 @@ Workloads (every loop is bounded by its count and by ``--deadline`` seconds):
   second probe.
 * ``long``: one connection carries ``--count`` messages (pipelined in windows); the server is probed
   after the first tenth and at the end.
+
+``--fast-read`` reads stream and push chunks with a bare ``recv()`` under one deadline for the whole
+stream (the default wraps every ``recv()`` in ``asyncio.wait_for``, which costs a task per message).
+``--rounds R`` measures ``stream``, ``push`` and ``uplink`` R times over one connection (one stream, push
+run or upload each) and reports the median round's rate, and every round's. With rounds, it also reports the
+CPU time the instrumented side spent per message over all rounds (``cpu_us``): for ``uplink`` its own, for
+``stream`` and ``push`` the server's, which ``--server-cpu`` asks the runner for (``cpu start`` and ``cpu end``
+on stdout, each answered by a line on stdin). Unlike the rate, it does not depend on which side is the
+bottleneck, nor on time a process spends descheduled.
 
 Prints one JSON object as its last line.
 """
@@ -29,25 +46,20 @@ import json
 import statistics
 import sys
 import time
-from typing import Any
+from typing import Any, Callable, Optional
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from benchmarks.common import CHUNK, STREAM_PREFIX, TRACEPARENT, raise_fd_limit
-
-
-HEADER = f"traceparent={TRACEPARENT}"
-
-
-def wrap(payload: str) -> str:
-    """A text envelope as a traced peer would send it (the wire format of docs/protocol.md)."""
-    return f"\x1ewt1{HEADER}\x1e{payload}"
-
-
-def unwrap(wire: str | bytes) -> str | bytes:
-    if isinstance(wire, str) and wire.startswith("\x1ewt1"):
-        return wire[wire.index("\x1e", 4) + 1 :]
-    return wire
+from benchmarks.common import (
+    CHUNK,
+    ENVELOPE_OFFER,
+    PUSH_PREFIX,
+    STREAM_PREFIX,
+    UPLOAD_PREFIX,
+    raise_fd_limit,
+    unwrap,
+    wrap,
+)
 
 
 class Peer:
@@ -56,7 +68,7 @@ class Peer:
         self.traced = traced
 
     def connect(self, **options: Any) -> Any:
-        headers = {"wstrace-envelope": "frame/1"} if self.traced else {}
+        headers = dict([ENVELOPE_OFFER]) if self.traced else {}
         return connect(
             self.url,
             additional_headers=headers,
@@ -72,9 +84,9 @@ class Peer:
         return wrap(payload) if self.traced else payload
 
 
-async def probe(label: str) -> None:
-    """Ask the runner to probe the server now; wait until it has."""
-    print(f"probe {label}", flush=True)
+async def probe(label: str, what: str = "probe") -> None:
+    """Ask the runner to probe the server now (``probe``: its memory; ``cpu``: its CPU time); wait until it has."""
+    print(f"{what} {label}", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
 
 
@@ -109,22 +121,90 @@ async def echo(peer: Peer, count: int, size: int, deadline: float) -> dict[str, 
     }
 
 
-async def stream(peer: Peer, count: int, deadline: float) -> dict[str, Any]:
+async def read_chunks(ws: ClientConnection, count: int, deadline: float, fast: bool) -> tuple[Any, int]:
+    """Read ``count`` messages; returns the last one and how many arrived."""
+    last: Any = None
+    received = 0
+    if fast:
+        recv = ws.recv
+        async with asyncio.timeout(deadline):
+            while received < count:
+                last = await recv()
+                received += 1
+        return last, received
+    while received < count:
+        last = await asyncio.wait_for(ws.recv(), deadline)
+        received += 1
+    return last, received
+
+
+def by_rounds(rates: list[float], done: int, warmup: int, cpu_s: Optional[float] = None) -> dict[str, Any]:
+    """The result of a workload measured in rounds: the median round's rate (a round disturbed by the rest of
+    the machine does not move it), and every round's; with ``cpu_s``, the CPU time of all rounds, per message."""
+    result = {"rate": statistics.median(rates), "rounds": rates, "done": done, "warmup": warmup}
+    if cpu_s is not None:
+        result["cpu_us"] = cpu_s / done * 1e6
+    return result
+
+
+async def stream(
+    peer: Peer,
+    count: int,
+    deadline: float,
+    prefix: str = STREAM_PREFIX,
+    fast: bool = False,
+    rounds: int = 1,
+    server_cpu: bool = False,
+) -> dict[str, Any]:
+    """Ask for ``count`` chunks (``stream:N``: the handler's reply; ``push:N``: a context-less task's) and read
+    them, ``rounds`` times: each round is one stream (or one push run) of ``count`` messages."""
     async with peer.connect(max_queue=None) as ws:
-        await ws.send(peer.wire(f"{STREAM_PREFIX}{min(1000, count)}"))  # warm-up
-        for _ in range(min(1000, count)):
-            await ws.recv()
-        start = time.perf_counter()
-        await ws.send(peer.wire(f"{STREAM_PREFIX}{count}"))
-        last: Any = None
-        received = 0
-        while received < count:
-            last = await asyncio.wait_for(ws.recv(), deadline)
-            received += 1
-        elapsed = time.perf_counter() - start
-        if unwrap(last) != CHUNK:
-            raise SystemExit(f"bad chunk: {str(last)[:80]!r}")
-    return {"rate": received / elapsed, "done": received, "warmup": min(1000, count)}
+        warmup = min(1000, count)
+        await ws.send(peer.wire(f"{prefix}{warmup}"))
+        await read_chunks(ws, warmup, deadline, fast)
+        if server_cpu:
+            await probe("start", "cpu")
+        rates = []
+        done = 0
+        for _ in range(rounds):
+            start = time.perf_counter()
+            await ws.send(peer.wire(f"{prefix}{count}"))
+            last, received = await read_chunks(ws, count, deadline, fast)
+            rates.append(received / (time.perf_counter() - start))
+            done += received
+            if unwrap(last) != CHUNK:
+                raise SystemExit(f"bad chunk: {str(last)[:80]!r}")
+        if server_cpu:
+            await probe("end", "cpu")
+    return by_rounds(rates, done, warmup)
+
+
+async def uplink(peer: Peer, count: int, deadline: float, tracer: Any, rounds: int = 1) -> dict[str, Any]:
+    """Send ``count`` messages under one application span (``upload``), then wait for the server's ``ack``;
+    ``rounds`` times, each under a span of its own (one run each)."""
+    payload = "u" * 64
+
+    async def upload(ws: ClientConnection, n: int) -> None:
+        send = ws.send
+        with tracer.start_as_current_span("upload"):
+            await send(f"{UPLOAD_PREFIX}{n}")
+            for _ in range(n):
+                await send(payload)
+            ack = await ws.recv()
+        if unwrap(ack) != "ack":
+            raise SystemExit(f"bad acknowledgement: {str(ack)[:80]!r}")
+
+    async with peer.connect() as ws:
+        warmup = min(1000, count)
+        await asyncio.wait_for(upload(ws, warmup), deadline)
+        rates = []
+        cpu = time.process_time()  # this process's, all threads: the instrumented side's CPU
+        for _ in range(rounds):
+            start = time.perf_counter()
+            await asyncio.wait_for(upload(ws, count), deadline)
+            rates.append(count / (time.perf_counter() - start))
+        cpu = time.process_time() - cpu
+    return by_rounds(rates, count * rounds, warmup, cpu)
 
 
 async def concurrent(peer: Peer, connections: int, count: int, deadline: float) -> dict[str, Any]:
@@ -208,29 +288,72 @@ async def long(peer: Peer, count: int, deadline: float) -> dict[str, Any]:
     return {"rate": (sent - first) / elapsed, "done": sent, "first": first}
 
 
+def instrument(envelope: str, wstrace: bool = True) -> tuple[Any, Callable[[], int]]:
+    """wstrace's websockets instrumentation on this client (unless not ``wstrace``), with the benchmark SDK;
+    returns a tracer for the application's own spans and what counts the spans exported."""
+    from benchmarks.common import sdk  # noqa: PLC0415 - the bare client loads no SDK
+    from wstrace.instrumentation.websockets import WebsocketsInstrumentor  # noqa: PLC0415
+
+    tracer_provider, meter_provider, spans = sdk()
+    if wstrace:
+        WebsocketsInstrumentor().instrument(
+            tracer_provider=tracer_provider, meter_provider=meter_provider, envelope=envelope
+        )
+
+    def count() -> int:
+        tracer_provider.force_flush()
+        return spans.count
+
+    return tracer_provider.get_tracer("bench.client"), count
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("url")
-    parser.add_argument("--workload", choices=("echo", "stream", "concurrent", "idle", "long"), required=True)
+    workloads = ("echo", "stream", "push", "uplink", "concurrent", "idle", "long")
+    parser.add_argument("--workload", choices=workloads, required=True)
     parser.add_argument("--count", type=int, default=5000)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--connections", type=int, default=1000)
     parser.add_argument("--traced-peer", action="store_true")
+    parser.add_argument("--fast-read", action="store_true", help="stream, push: no wait_for per message")
+    parser.add_argument("--rounds", type=int, default=1, help="stream, push, uplink: measured rounds of --count")
+    parser.add_argument("--server-cpu", action="store_true", help="stream, push: ask for the server's CPU time")
+    parser.add_argument(
+        "--instrument", choices=("off", "sdk", "wstrace"), default="off", help="uplink: instrument the client"
+    )
+    parser.add_argument("--envelope", choices=("off", "negotiate"), default="negotiate", help="with --instrument")
     parser.add_argument("--deadline", type=float, default=60.0, help="seconds a workload may take at most")
     args = parser.parse_args()
     raise_fd_limit()
+    if args.instrument != "off" and args.workload != "uplink":
+        parser.error("--instrument is for the uplink workload only: elsewhere the client must cost nothing")
+    count_spans: Optional[Callable[[], int]] = None
+    tracer: Any = None
+    if args.instrument != "off":
+        tracer, count_spans = instrument(args.envelope, wstrace=args.instrument == "wstrace")
+    elif args.workload == "uplink":
+        from opentelemetry import trace  # noqa: PLC0415 - the API alone: the application's span is a no-op
+
+        tracer = trace.get_tracer("bench.client")
     peer = Peer(args.url, args.traced_peer)
     if args.workload == "echo":
         work = echo(peer, args.count, args.size, args.deadline)
-    elif args.workload == "stream":
-        work = stream(peer, args.count, args.deadline)
+    elif args.workload in ("stream", "push"):
+        prefix = STREAM_PREFIX if args.workload == "stream" else PUSH_PREFIX
+        work = stream(peer, args.count, args.deadline, prefix, args.fast_read, args.rounds, args.server_cpu)
+    elif args.workload == "uplink":
+        work = uplink(peer, args.count, args.deadline, tracer, args.rounds)
     elif args.workload == "concurrent":
         work = concurrent(peer, args.connections, args.count, args.deadline)
     elif args.workload == "idle":
         work = idle(peer, args.connections, args.deadline)
     else:
         work = long(peer, args.count, args.deadline)
-    print(json.dumps(asyncio.run(work)), flush=True)
+    result = asyncio.run(work)
+    if count_spans is not None:
+        result["spans"] = count_spans()  # the instrumented client's spans (uplink)
+    print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

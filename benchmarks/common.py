@@ -26,10 +26,28 @@ ROUTE = "/bench"
 CHUNK = "y" * 64
 """What the server sends for each message of a stream."""
 STREAM_PREFIX = "stream:"
-"""``stream:N`` asks the server for N chunks."""
+"""``stream:N`` asks the server for N chunks, sent by the handler while it handles the request (a reply stream)."""
+PUSH_PREFIX = "push:"
+"""``push:N`` asks the server for N chunks pushed by a task with no context (a worker's or a timer's)."""
+UPLOAD_PREFIX = "upload:"
+"""``upload:N`` announces N messages from the client; the server reads them and answers ``ack``."""
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 """The context a traced peer sends (sampled)."""
 UNSAMPLED_TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
+ENVELOPE_OFFER = ("wstrace-envelope", "frame/1")
+"""The handshake header a traced peer sends (offer) and answers (agreement)."""
+
+
+def wrap(payload: str) -> str:
+    """A text envelope carrying ``TRACEPARENT``, as a traced peer sends it (the wire format of docs/protocol.md)."""
+    return f"\x1ewt1traceparent={TRACEPARENT}\x1e{payload}"
+
+
+def unwrap(wire: str | bytes) -> str | bytes:
+    """The payload of a text envelope (a traced peer strips what it receives); anything else as it is."""
+    if isinstance(wire, str) and wire.startswith("\x1ewt1"):
+        return wire[wire.index("\x1e", 4) + 1 :]
+    return wire
 
 
 class DiscardSpans(SpanExporter):

@@ -1,10 +1,11 @@
 """Profile one benchmark server variant under load: where its CPU time goes, by layer.
 
-    python -m benchmarks.profile [--workload echo64|echo16k|stream] [--stack websockets] [--variant "..."]
-        [--seconds 8] [--rate 2000] [--raw OUT.raw]
+    python -m benchmarks.profile [--workload echo64|echo16k|stream|stream-unpinned|push|uplink]
+        [--stack websockets] [--variant "..."] [--seconds 8] [--rate 2000] [--raw OUT.raw]
 
 Runs the server of a variant from :mod:`benchmarks.run` under py-spy (sampling, all running threads,
 full file names), drives it with the measuring client for about ``--seconds``, and attributes every sample
+(for ``uplink``, whose instrumented side is the client, the client runs under py-spy, against its server)
 to a layer by the file of its innermost frame: wstrace, the OpenTelemetry SDK (spans, metrics), the
 OpenTelemetry API and context, the WebSocket library, asyncio, the benchmark application, other. It then
 lists the wstrace functions by inclusive time, and wstrace's hottest lines by self time. Times are per
@@ -121,26 +122,33 @@ def analyse(raw: Path, per_unit_us: float) -> str:
 
 
 def profile(variant: Variant, seconds: float, rate: int, raw: Path) -> tuple[float, float, str]:
-    """Run the variant once under py-spy; returns the client's rate, server µs per unit, and the unit's name."""
+    """Run the variant once under py-spy; returns the client's rate, the profiled process's µs per unit, and
+    the unit's name."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(spy).exists():
         raise SystemExit("py-spy is not installed: .venv/bin/pip install py-spy")
-    port = free_port()
-    server_cmd = [sys.executable, "-m", "benchmarks.server", "--stack", variant.stack, "--port", str(port)]
-    server_cmd += [*variant.server]
     spy_cmd = [spy, "record", "--nonblocking", "--full-filenames", "--threads", "--idle", "-r", str(rate)]
-    spy_cmd += ["-f", "raw", "-o", str(raw), "--", *pinned(0, server_cmd)]
-    spy_cmd = pinned(1, spy_cmd)  # py-spy shares the client's CPU, not the server's
+    spy_cmd += ["-f", "raw", "-o", str(raw), "--"]
     # Enough work for about --seconds at a typical instrumented rate.
     counts = {
         "echo64": int(4000 * seconds),
         "echo16k": int(3000 * seconds),
         "stream": int(30000 * seconds),
+        "push": int(30000 * seconds),
+        "uplink": int(30000 * seconds),
+        "rounds": 1,
         "connections": 300,
         "concurrent": 5,
         "long": int(8000 * seconds),
         "deadline": int(seconds * 4 + 30),
     }
+    if variant.workload == "uplink":
+        return profile_client(variant, counts, spy_cmd)
+    pin = variant.pinned
+    port = free_port()
+    server_cmd = [sys.executable, "-m", "benchmarks.server", "--stack", variant.stack, "--port", str(port)]
+    server_cmd += [*variant.server]
+    spy_cmd = pinned(1, [*spy_cmd, *pinned(0, server_cmd, pin)], pin)  # py-spy shares the client's CPU
     server = subprocess.Popen(
         spy_cmd,
         stdin=subprocess.PIPE,
@@ -160,7 +168,9 @@ def profile(variant: Variant, seconds: float, rate: int, raw: Path) -> tuple[flo
         started = time.monotonic()
         url = f"ws://127.0.0.1:{port}{ROUTE}"
         client_cmd = [sys.executable, "-m", "benchmarks.client", url, *client_args(variant, counts)]
-        out = subprocess.run(pinned(1, client_cmd), capture_output=True, text=True, cwd=ROOT, check=True, timeout=300)
+        out = subprocess.run(
+            pinned(1, client_cmd, pin), capture_output=True, text=True, cwd=ROOT, check=True, timeout=300
+        )
         result = json.loads(out.stdout.strip().splitlines()[-1])
         server.stdin.write("stop\n")
         server.stdin.flush()
@@ -174,9 +184,49 @@ def profile(variant: Variant, seconds: float, rate: int, raw: Path) -> tuple[flo
     return float(result["rate"]), wall / units * 1e6, PER_UNIT[variant.workload]
 
 
+def profile_client(variant: Variant, counts: dict[str, int], spy_cmd: list[str]) -> tuple[float, float, str]:
+    """``uplink``: the instrumented side is the client; it runs under py-spy (on CPU 1, py-spy on CPU 0)."""
+    port = free_port()
+    server_cmd = [sys.executable, "-m", "benchmarks.server", "--stack", variant.stack, "--port", str(port)]
+    server = subprocess.Popen(
+        pinned(0, [*server_cmd, *variant.server]),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert server.stdin is not None and server.stdout is not None
+        if server.stdout.readline().strip() != "ready":
+            raise SystemExit("the server did not start")
+        url = f"ws://127.0.0.1:{port}{ROUTE}"
+        client_cmd = [sys.executable, "-m", "benchmarks.client", url, *client_args(variant, counts)]
+        started = time.monotonic()
+        out = subprocess.run(
+            pinned(0, [*spy_cmd, *pinned(1, client_cmd)]),
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            check=True,
+            timeout=300,
+        )
+        wall = time.monotonic() - started
+        # py-spy writes lines of its own after the client's.
+        result = json.loads(next(line for line in reversed(out.stdout.splitlines()) if line.startswith("{")))
+        server.communicate("stop\n", timeout=60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    units = result["done"] + result.get("warmup", 0)
+    return float(result["rate"]), wall / units * 1e6, PER_UNIT[variant.workload]
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workload", default="echo64", choices=("echo64", "echo16k", "stream"))
+    workloads = ("echo64", "echo16k", "stream", "stream-unpinned", "push", "uplink")
+    parser.add_argument("--workload", default="echo64", choices=workloads)
     parser.add_argument("--stack", default="websockets")
     parser.add_argument("--variant", default="wstrace message, envelope off", help="a variant name from --list")
     parser.add_argument("--seconds", type=float, default=10.0)

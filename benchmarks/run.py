@@ -1,18 +1,23 @@
 """Run the benchmark suite: bare and instrumented variants interleaved, medians and paired ratios to bare.
 
     python -m benchmarks.run [--reps 3] [--quick] [--only SUBSTRING] [--stacks a,b] [--workloads a,b]
-        [--out benchmarks/results/latest.json] [--markdown OUT] [--budget-minutes 10]
+        [--out benchmarks/results/latest.json] [--markdown OUT] [--budget-minutes 10] [--unpinned]
 
 Every run starts a fresh server process (pinned to CPU 0 when taskset exists) and a fresh measuring client
-(CPU 1), on 127.0.0.1 only, each bounded by a count, a deadline and a timeout. Each rep runs every chosen
-variant once, in declared order on even reps and reversed on odd ones (A B C … C B A …), so that slow
-drift of the machine hits every variant alike. A variant's ratio is paired by rep: rep i of the variant
-against rep i of its group's bare run (same workload and stack), then the median is taken.
+(CPU 1), on 127.0.0.1 only, each bounded by a count, a deadline and a timeout; the variants of
+``stream-unpinned`` (and every variant, with ``--unpinned``) run both processes unpinned, sharing the CPUs.
+Each rep runs every chosen variant once, in declared order on even reps and reversed on odd ones
+(A B C … C B A …), so that slow drift of the machine hits every variant alike. A variant's ratio is paired
+by rep: rep i of the variant against rep i of its group's bare run (same workload and stack), then the
+median is taken.
 
-Workloads: ``echo64`` and ``echo16k`` (sequential round trips), ``stream`` (a server push of 10,000
-messages), ``concurrent`` (1,000 connections opening and exchanging messages at once), ``idle`` (RSS that
-a second batch of 1,000 idle connections adds to the first) and ``long`` (memory held per message on one
-connection carrying 100,000).
+Workloads: ``echo64`` and ``echo16k`` (sequential round trips), ``stream`` (a reply stream of 10,000
+messages, sent by the handler in the request's context), ``stream-unpinned`` (the same, unpinned, read by a
+client that reads as fast as websockets allows), ``push`` (10,000 messages pushed by a task with no context
+after the client's request), ``uplink`` (the *client* sends 10,000 messages under one application span;
+the instrumented side is the client), ``concurrent`` (1,000 connections opening and exchanging messages at
+once), ``idle`` (RSS that a second batch of 1,000 idle connections adds to the first) and ``long`` (memory
+held per message on one connection carrying 100,000).
 """
 
 from __future__ import annotations
@@ -36,13 +41,16 @@ from typing import IO, Any, Optional
 from benchmarks.common import ROOT, ROUTE, ddtrace_available, free_port
 
 
-WORKLOADS = ("echo64", "echo16k", "stream", "concurrent", "idle", "long")
+WORKLOADS = ("echo64", "echo16k", "stream", "stream-unpinned", "push", "uplink", "concurrent", "idle", "long")
 STACKS = ("websockets", "aiohttp", "starlette", "tornado")
 MEMORY_WORKLOADS = ("idle", "long")
 PER_UNIT = {
     "echo64": "round trip",
     "echo16k": "round trip",
     "stream": "message",
+    "stream-unpinned": "message",
+    "push": "message",
+    "uplink": "message",
     "concurrent": "round trip",
     "idle": "connection",
     "long": "message",
@@ -58,6 +66,10 @@ class Variant:
     traced_peer: bool = False
     needs: str = ""
     """An optional package the variant needs (``ddtrace``); without it the variant is skipped."""
+    client: tuple[str, ...] = ()
+    """More arguments for the client (``uplink``: its own instrumentation; ``--fast-read``)."""
+    pinned: bool = True
+    """Server on CPU 0, client on CPU 1; otherwise both run where the scheduler puts them."""
 
     @property
     def bare(self) -> bool:
@@ -75,6 +87,11 @@ CONN_OFF = ("--variant", "wstrace", "--model", "connection", "--envelope", "off"
 SAMPLED_OUT = ("--variant", "wstrace", "--sampled-out")
 MINIMAL_OFF = ("--variant", "minimal", "--envelope", "off")
 MINIMAL_ON = ("--variant", "minimal", "--envelope", "on")
+FAST_READ = ("--fast-read",)
+CLIENT_BARE = ("--instrument", "off")
+CLIENT_SDK = ("--instrument", "sdk")
+CLIENT_OFF = ("--instrument", "wstrace", "--envelope", "off")
+CLIENT_ON = ("--instrument", "wstrace", "--envelope", "negotiate")
 
 
 def variants() -> list[Variant]:
@@ -122,6 +139,20 @@ def variants() -> list[Variant]:
         if stack == "starlette":
             add("stream", stack, "otel-asgi", ("--variant", "otel-asgi"))
             add("stream", stack, "ddtrace", ("--variant", "ddtrace"), needs="ddtrace")
+    # The shapes of docs/streams.md beyond the reply stream (websockets): a reply stream with both processes
+    # unpinned and a client that reads as fast as it can; a worker's pushes (a run with no context); and a
+    # client's uplink under an application span, where the client is the instrumented side.
+    unpinned = {"client": FAST_READ, "pinned": False}
+    add("stream-unpinned", "websockets", "bare", BARE, **unpinned)
+    add("stream-unpinned", "websockets", "wstrace stream metrics, envelope off", MSG_OFF, **unpinned)
+    add("stream-unpinned", "websockets", "wstrace stream metrics, envelope on", MSG_ON, traced_peer=True, **unpinned)
+    add("push", "websockets", "bare", BARE)
+    add("push", "websockets", "wstrace push run, envelope off", MSG_OFF)
+    add("push", "websockets", "wstrace push run, envelope on", MSG_ON, traced_peer=True)
+    add("uplink", "websockets", "bare", BARE, client=CLIENT_BARE)
+    add("uplink", "websockets", "SDK only (the application's span), no wstrace", BARE, client=CLIENT_SDK)
+    add("uplink", "websockets", "wstrace client, envelope off", BARE, client=CLIENT_OFF)
+    add("uplink", "websockets", "wstrace client, envelope on", (*BARE, "--traced-peer"), client=CLIENT_ON)
     for stack in ("websockets", "aiohttp", "starlette"):
         add("concurrent", stack, "bare", BARE)
         add("concurrent", stack, "wstrace message, envelope off", MSG_OFF)
@@ -150,8 +181,8 @@ class Result:
     failures: list[str] = field(default_factory=list)
 
 
-def pinned(cpu: int, argv: list[str]) -> list[str]:
-    if shutil.which("taskset") and (os.cpu_count() or 1) >= 2:
+def pinned(cpu: int, argv: list[str], pin: bool = True) -> list[str]:
+    if pin and shutil.which("taskset") and (os.cpu_count() or 1) >= 2:
         return ["taskset", "-c", str(cpu), *argv]
     return argv
 
@@ -164,6 +195,19 @@ def client_args(variant: Variant, counts: dict[str, int]) -> list[str]:
         args += ["--workload", "echo", "--count", str(counts[workload]), "--size", str(size)]
     elif workload == "stream":
         args += ["--workload", "stream", "--count", str(counts["stream"])]
+    elif workload in ("stream-unpinned", "push", "uplink"):
+        # One connection, several rounds of one stream (push run, upload) each; the median round counts.
+        count = counts["stream" if workload == "stream-unpinned" else workload]
+        if workload != "uplink" and counts.get("server_cpu"):
+            args.append("--server-cpu")  # the instrumented side is the server: the runner asks it its CPU time
+        args += [
+            "--workload",
+            workload.partition("-")[0],
+            "--count",
+            str(count),
+            "--rounds",
+            str(counts.get("rounds", 1)),
+        ]
     elif workload == "concurrent":
         args += ["--workload", "concurrent", "--connections", str(counts["connections"])]
         args += ["--count", str(counts["concurrent"])]
@@ -173,7 +217,9 @@ def client_args(variant: Variant, counts: dict[str, int]) -> list[str]:
         args += ["--workload", "long", "--count", str(counts["long"])]
     if variant.traced_peer:
         args.append("--traced-peer")
-    return args
+    if counts.get("fast_read") and workload in ("stream", "push") and "--fast-read" not in variant.client:
+        args.append("--fast-read")
+    return [*args, *variant.client]
 
 
 def _line(stream: IO[str]) -> str:
@@ -183,8 +229,12 @@ def _line(stream: IO[str]) -> str:
     return line.strip()
 
 
-def run_once(variant: Variant, counts: dict[str, int], log: IO[str]) -> dict[str, Any]:
-    """One server and one client, fresh; returns the client's result with ``spans`` and ``probes``."""
+def run_once(variant: Variant, counts: dict[str, int], log: IO[str], pin: bool = True) -> dict[str, Any]:
+    """One server and one client, fresh; returns the client's result with ``spans`` and ``probes``.
+
+    ``spans`` are the server's, or the client's where the client is the instrumented side (``uplink``).
+    """
+    pin = pin and variant.pinned
     port = free_port()
     python = sys.executable
     server_cmd = [python, "-m", "benchmarks.server", "--stack", variant.stack, "--port", str(port), *variant.server]
@@ -193,7 +243,7 @@ def run_once(variant: Variant, counts: dict[str, int], log: IO[str]) -> dict[str
     log.write(f"\n$ {shlex.join(server_cmd)}\n$ {shlex.join(client_cmd)}\n")
     log.flush()
     server = subprocess.Popen(
-        pinned(0, server_cmd), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT
+        pinned(0, server_cmd, pin), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT
     )
     client: Optional[subprocess.Popen[str]] = None
 
@@ -210,29 +260,36 @@ def run_once(variant: Variant, counts: dict[str, int], log: IO[str]) -> dict[str
         if _line(server.stdout) != "ready":
             raise RuntimeError("the server did not start")
         client = subprocess.Popen(
-            pinned(1, client_cmd), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT
+            pinned(1, client_cmd, pin), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT
         )
         assert client.stdin is not None and client.stdout is not None
         probes: dict[str, Any] = {}
+        cpu: dict[str, float] = {}
         while True:
             line = _line(client.stdout)
-            if not line.startswith("probe "):
+            what, _, label = line.partition(" ")
+            if what not in ("probe", "cpu"):
                 break
-            server.stdin.write("probe\n")
+            server.stdin.write(f"{what}\n")  # a memory probe, or the server's CPU time
             server.stdin.flush()
-            answer = _line(server.stdout)
-            probes[line.split(" ", 1)[1]] = json.loads(answer.split(" ", 1)[1])
+            answer = json.loads(_line(server.stdout).split(" ", 1)[1])
+            if what == "cpu":
+                cpu[label] = answer["cpu"]
+            else:
+                probes[label] = answer
             client.stdin.write("go\n")
             client.stdin.flush()
         result: dict[str, Any] = json.loads(line)
         if client.wait(30) != 0:
             raise RuntimeError(f"the client failed with status {client.returncode}")
         result["probes"] = probes
+        if "start" in cpu and "end" in cpu and result.get("done"):
+            result["cpu_us"] = (cpu["end"] - cpu["start"]) / result["done"] * 1e6  # the server's, per message
         server.stdin.write("stop\n")
         server.stdin.flush()
         rest, _ = server.communicate(timeout=60)
         spans = [int(word.split()[1]) for word in rest.splitlines() if word.startswith("spans ")]
-        result["spans"] = spans[0] if spans else None
+        result["spans"] = spans[0] if spans else result.get("spans")
         return result
     finally:
         timer.cancel()
@@ -277,6 +334,19 @@ def summarise(results: dict[Variant, Result]) -> list[dict[str, Any]]:
             if latency:
                 # Robust to the scheduler stalls a shared machine adds to the mean: bare p50 / variant p50.
                 row["p50_ratio_median"] = statistics.median(b / a for a, b in latency)
+        cpu = [run["cpu_us"] for run in result.runs if "cpu_us" in run]
+        if cpu:
+            # The instrumented side's CPU per message (rounds workloads): whichever side is the bottleneck.
+            row.update(cpu_us_median=statistics.median(cpu), cpu_us_min=min(cpu), cpu_us_max=max(cpu))
+            cpu_pairs = paired(result, base, "cpu_us") if base is not None else []
+            if cpu_pairs:
+                cpu_ratios = [b / a for a, b in cpu_pairs]
+                row.update(
+                    cpu_ratio_median=statistics.median(cpu_ratios),
+                    cpu_ratio_min=min(cpu_ratios),
+                    cpu_ratio_max=max(cpu_ratios),
+                    cpu_extra_us=statistics.median(a - b for a, b in cpu_pairs),
+                )
     return rows
 
 
@@ -370,10 +440,12 @@ def own_cost(results: dict[Variant, Result]) -> list[dict[str, Any]]:
     return rows
 
 
-def _ratio(rows: list[dict[str, Any]], workload: str, stack: str, variant: str) -> Optional[float]:
+def _ratio(
+    rows: list[dict[str, Any]], workload: str, stack: str, variant: str, key: str = "ratio_median"
+) -> Optional[float]:
     for row in rows:
         if (row["workload"], row["stack"], row["variant"]) == (workload, stack, variant):
-            value = row.get("ratio_median")
+            value = row.get(key)
             return float(value) if value is not None else None
     return None
 
@@ -400,6 +472,24 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         value = _ratio(rows, "stream", stack, "wstrace stream metrics, envelope off")
         if value is not None:
             check(f"stream {stack}: stream metrics, ratio to bare", value, 0.85)
+    # The trace-shapes issue: a reply stream unpinned, a worker's pushes, a client's uplink (docs/streams.md).
+    for workload, variant in (
+        ("stream-unpinned", "wstrace stream metrics, envelope off"),
+        ("stream-unpinned", "wstrace stream metrics, envelope on"),
+        ("push", "wstrace push run, envelope off"),
+        ("push", "wstrace push run, envelope on"),
+        ("uplink", "wstrace client, envelope off"),
+        ("uplink", "wstrace client, envelope on"),
+    ):
+        for stack in STACKS:
+            value = _ratio(rows, workload, stack, variant)
+            if value is not None:
+                check(f"{workload} {stack}: {variant}, ratio to bare", value, 0.85)
+            # The same goal on CPU per message of the instrumented side (bare CPU / variant CPU): what the
+            # throughput would be where that side is the bottleneck, with the machine's noise mostly left out.
+            value = _ratio(rows, workload, stack, variant, "cpu_ratio_median")
+            if value is not None:
+                check(f"{workload} {stack}: {variant}, CPU per message, bare / variant", value, 0.85)
     for row in report["own_cost"]:
         check(
             f"{row['workload']} {row['stack']}: wstrace own cost vs minimal ({row['variant']})",
@@ -447,6 +537,23 @@ def tables(report: dict[str, Any]) -> str:
             f" | {_fmt(row.get('p50_us_median'), '.0f')} | {_fmt(row.get('p50_ratio_median'), '.2f')}"
             f" | {_fmt(row.get('spans_per_run'), '.0f')} |"
         )
+    cpu_rows = [row for row in report["rows"] if "cpu_us_median" in row]
+    if cpu_rows:
+        out += [
+            "",
+            "| CPU of the instrumented side | stack | variant | CPU µs per message, median (min-max)"
+            " | bare CPU / variant CPU, paired median (min-max) | extra CPU µs per message |",
+            "|---|---|---|---:|---:|---:|",
+        ]
+        for row in cpu_rows:
+            ratio = extra = ""
+            if "cpu_ratio_median" in row:
+                ratio = f"{row['cpu_ratio_median']:.2f} ({row['cpu_ratio_min']:.2f}-{row['cpu_ratio_max']:.2f})"
+                extra = f"{row['cpu_extra_us']:+.2f}"
+            out.append(
+                f"| {row['workload']} | {row['stack']} | {row['variant']}"
+                f" | {row['cpu_us_median']:.2f} ({row['cpu_us_min']:.2f}-{row['cpu_us_max']:.2f}) | {ratio} | {extra} |"
+            )
     if report["own_cost"]:
         out += [
             "",
@@ -563,7 +670,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--workloads", default="", help=f"comma-separated, among {','.join(WORKLOADS)}")
     p.add_argument("--echo-count", type=int, default=5000)
     p.add_argument("--echo16k-count", type=int, default=2000)
-    p.add_argument("--stream-count", type=int, default=10_000)
+    p.add_argument("--stream-count", type=int, default=10_000, help="stream and stream-unpinned: chunks")
+    p.add_argument("--push-count", type=int, default=10_000, help="push: chunks the server's worker pushes")
+    p.add_argument("--uplink-count", type=int, default=10_000, help="uplink: messages the client sends")
+    p.add_argument("--rounds", type=int, default=5, help="stream-unpinned, push, uplink: measured rounds per run")
+    p.add_argument("--fast-read", action="store_true", help="stream, push: the client reads with no wait_for")
     p.add_argument("--connections", type=int, default=1000)
     p.add_argument("--concurrent-count", type=int, default=5, help="round trips per connection")
     p.add_argument("--long-count", type=int, default=100_000)
@@ -571,6 +682,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-minutes", type=float, default=15.0, help="start no rep that would end past this")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "latest.json")
     p.add_argument("--markdown", type=Path, help="also write the tables here")
+    p.add_argument("--unpinned", action="store_true", help="run every variant unpinned (no taskset)")
     p.add_argument("--list", action="store_true", help="list the chosen variants and exit")
     return p
 
@@ -581,10 +693,16 @@ def main(argv: Optional[list[str]] = None) -> int:
         args.reps = 1 if args.reps == 3 else args.reps
         args.echo_count, args.echo16k_count = min(args.echo_count, 2000), min(args.echo16k_count, 500)
         args.long_count, args.connections = min(args.long_count, 20_000), min(args.connections, 300)
+        args.rounds = min(args.rounds, 2)
     counts = {
         "echo64": args.echo_count,
         "echo16k": args.echo16k_count,
         "stream": args.stream_count,
+        "push": args.push_count,
+        "uplink": args.uplink_count,
+        "rounds": args.rounds,
+        "server_cpu": 1,  # run_once answers the client's "cpu" requests (profile and timers do not)
+        "fast_read": int(args.fast_read),
         "connections": args.connections,
         "concurrent": args.concurrent_count,
         "long": args.long_count,
@@ -610,7 +728,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             for i, variant in enumerate(order):
                 result = results[variant]
                 try:
-                    outcome = run_once(variant, counts, log)
+                    outcome = run_once(variant, counts, log, pin=not args.unpinned)
                 except Exception as exc:
                     result.failures.append(f"rep {rep + 1}: {exc}")
                     print(f"rep {rep + 1} {variant.key}: FAILED ({exc}); see {log_path}", file=sys.stderr)
@@ -627,6 +745,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     report["targets"] = targets(report)
     report["machine"] = machine()
     report["counts"] = counts
+    report["unpinned"] = args.unpinned
     report["reps"] = reps_done
     report["seconds"] = round(time.monotonic() - started, 1)
     report["command"] = shlex.join([Path(sys.executable).name, "-m", "benchmarks.run", *(argv or sys.argv[1:])])

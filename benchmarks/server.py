@@ -4,28 +4,49 @@
 
 Variants: ``bare``; ``wstrace`` (``--model``, ``--envelope``, ``--streams``, ``--chunk-spans``,
 ``--sampled-out``); ``minimal`` (the hand-written raw-API instrumentation of :mod:`benchmarks.minimal`,
-``--envelope on|off``); ``otel-asgi`` and ``ddtrace`` (Starlette only).
+``--envelope on|off``); ``otel-asgi`` and ``ddtrace`` (Starlette only). ``--traced-peer`` (bare websockets
+only) makes the bare server a traced peer at no cost of its own, for an instrumented client: it answers the
+envelope offer in the handshake, strips the envelope of the messages it reads, and sends ``ack`` in one.
 
-Every connection at ``/bench`` echoes each message, except ``stream:N``, answered with N 64-byte chunks.
+Every connection at ``/bench`` echoes each message, except ``stream:N``, answered with N 64-byte chunks sent
+by the handler while it handles the request (a reply stream); ``push:N``, whose N chunks a task started
+with an empty ``contextvars.Context`` sends (a worker's or a timer's pushes, with no span current), while
+the handler goes on reading; and ``upload:N``, after which the server reads N messages and answers ``ack``.
 The server is driven over stdin/stdout: it prints ``ready`` once listening; a ``probe`` line is answered
 with a ``probe {json}`` line (RSS, pymalloc blocks and GC objects after exporting pending spans and a
-full collection); ``stop`` (or end of input) stops it, and it prints ``spans N`` (spans that reached the
-discarding exporter) before it exits. It also stops by itself after ``--lifetime`` seconds.
+full collection); a ``cpu`` line with a ``cpu {json}`` line (the CPU time the process has used, all its
+threads, read at once); ``stop`` (or end of input) stops it, and it prints ``spans N`` (spans that reached
+the discarding exporter) before it exits. It also stops by itself after ``--lifetime`` seconds.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextvars
 import json
 import os
 import sys
 import threading
+import time
 import tracemalloc
 from collections.abc import Awaitable, Callable
 from typing import Any, Optional
 
-from benchmarks.common import CHUNK, ROUTE, STREAM_PREFIX, memory_probe, raise_fd_limit, sdk, use_bench_deps
+from benchmarks.common import (
+    CHUNK,
+    ENVELOPE_OFFER,
+    PUSH_PREFIX,
+    ROUTE,
+    STREAM_PREFIX,
+    UPLOAD_PREFIX,
+    memory_probe,
+    raise_fd_limit,
+    sdk,
+    unwrap,
+    use_bench_deps,
+    wrap,
+)
 
 
 Recv = Callable[[], Awaitable[Any]]
@@ -42,24 +63,30 @@ class Telemetry:
         self.count: Callable[[], Optional[int]] = lambda: None
         self.tracer: Any = None
         self.envelope = False
+        self.traced_peer = False
+        """A bare server playing a traced peer (``--traced-peer``): see the module's docstring."""
 
 
 TELEMETRY = Telemetry()
 
 
 async def session(recv: Recv, send: Send) -> None:
-    """The application every stack runs: echo, or ``stream:N`` chunks; with ``minimal``, its spans too."""
+    """The application every stack runs: echo, ``stream:N`` chunks, ``push:N`` chunks from a task with no
+    context, or ``upload:N`` read and acknowledged; with ``minimal``, its spans too."""
     minimal = None
     if TELEMETRY.tracer is not None:
         from benchmarks.minimal import MinimalConnection  # noqa: PLC0415
 
         minimal = MinimalConnection(TELEMETRY.tracer, ROUTE, envelope=TELEMETRY.envelope)
+    pushers: set[asyncio.Task[None]] = set()
     while True:
         message = await recv()
         if message is None:
             return
         if minimal is not None:
             message = minimal.received(message)
+        elif TELEMETRY.traced_peer:
+            message = unwrap(message)
         if isinstance(message, str) and message.startswith(STREAM_PREFIX):
             for _ in range(int(message[len(STREAM_PREFIX) :])):
                 if minimal is None:
@@ -68,6 +95,19 @@ async def session(recv: Recv, send: Send) -> None:
                     wire, span = minimal.send_span(CHUNK)
                     await send(wire)
                     span.end()
+        elif isinstance(message, str) and message.startswith(PUSH_PREFIX):
+            # A worker: a task made under an empty context, so no span (and no message being handled) is
+            # current where it sends. The handler goes back to reading at once.
+            task = asyncio.create_task(
+                push(send, int(message[len(PUSH_PREFIX) :]), minimal), context=contextvars.Context()
+            )
+            pushers.add(task)
+            task.add_done_callback(pushers.discard)
+        elif isinstance(message, str) and message.startswith(UPLOAD_PREFIX):
+            for _ in range(int(message[len(UPLOAD_PREFIX) :])):
+                if await recv() is None:
+                    return
+            await send(wrap("ack") if TELEMETRY.traced_peer else "ack")
         elif minimal is None:
             await send(message)
         else:
@@ -76,6 +116,16 @@ async def session(recv: Recv, send: Send) -> None:
             minimal.send_end(span, len(message))
         if minimal is not None:
             minimal.receive_done()
+
+
+async def push(send: Send, count: int, minimal: Any) -> None:
+    for _ in range(count):
+        if minimal is None:
+            await send(CHUNK)
+        else:
+            wire, span = minimal.send_span(CHUNK)
+            await send(wire)
+            span.end()
 
 
 # Stacks ---------------------------------------------------------------------------------------------
@@ -94,7 +144,13 @@ async def serve_websockets(port: int, stop: asyncio.Future[None]) -> None:
 
         await session(recv, ws.send)
 
-    async with serve(handler, "127.0.0.1", port, compression=None, ping_interval=None, backlog=BACKLOG):
+    def answer_envelope(connection: Any, request: Any, response: Any) -> None:
+        name, value = ENVELOPE_OFFER
+        if request.headers.get(name) == value and response.status_code == 101:
+            response.headers[name] = value
+
+    options: dict[str, Any] = {"process_response": answer_envelope} if TELEMETRY.traced_peer else {}
+    async with serve(handler, "127.0.0.1", port, compression=None, ping_interval=None, backlog=BACKLOG, **options):
         print("ready", flush=True)
         await stop
 
@@ -244,6 +300,7 @@ def install(args: argparse.Namespace) -> Any:
     """Set up the variant's instrumentation; returns the (possibly wrapped) Starlette app."""
     app = starlette_app() if args.stack == "starlette" else None
     if args.variant == "bare":
+        TELEMETRY.traced_peer = args.traced_peer
         return app
     if args.variant == "ddtrace":
         return install_ddtrace(app)
@@ -380,6 +437,8 @@ def control(loop: asyncio.AbstractEventLoop, stop: asyncio.Future[None]) -> None
         command = line.strip()
         if command == "probe":
             loop.call_soon_threadsafe(probe)
+        elif command == "cpu":  # read here, not on the loop: the loop may be busy, and this waits for nothing
+            print(f"cpu {json.dumps({'cpu': time.process_time()})}", flush=True)
         elif command == "stop":
             break
     loop.call_soon_threadsafe(finish)
@@ -416,12 +475,15 @@ def parse(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--metrics", choices=("on", "off"), default="on")
     parser.add_argument("--chunk-spans", action="store_true")
     parser.add_argument("--sampled-out", action="store_true", help="sample every handshake out")
+    parser.add_argument("--traced-peer", action="store_true", help="bare websockets: play a traced peer")
     parser.add_argument("--lifetime", type=float, default=300.0, help="stop after this many seconds")
     parser.add_argument("--profile", metavar="OUT", help="profile with pyinstrument from ready to stop; write OUT")
     parser.add_argument("--tracemalloc", action="store_true", help="trace allocations; each probe lists the new ones")
     args = parser.parse_args(argv)
     if args.variant in ("otel-asgi", "ddtrace") and args.stack != "starlette":
         parser.error(f"--variant {args.variant} needs --stack starlette")
+    if args.traced_peer and (args.variant != "bare" or args.stack != "websockets"):
+        parser.error("--traced-peer needs --variant bare --stack websockets")
     if args.envelope == "on":
         args.envelope = "negotiate"
     args.streams = args.streams == "on"

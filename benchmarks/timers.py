@@ -1,6 +1,7 @@
 """Where a round trip's time goes inside a real server: timers around wstrace's and the SDK's entry points.
 
-    python -m benchmarks.timers [--workload echo64] [--stack websockets] [--variant "..."] [--count 5000]
+    python -m benchmarks.timers [--workload echo64|echo16k|stream|stream-unpinned|push|uplink] [--stack websockets]
+        [--variant "..."] [--count 5000]
 
 Runs one server variant of :mod:`benchmarks.run` with a ``perf_counter_ns`` timer around each entry point an
 adapter calls (``ConnectionTracer.received`` and friends), the reply stream's end and histogram record, the
@@ -8,7 +9,8 @@ SDK's span end, ``set_attributes`` and histogram record, and the minimal instrum
 with the measuring client; and prints µs per call and calls per unit. Unlike the in-process micro-benchmark,
 the figures include what a busy server adds (cold caches, the event loop, the span processor's thread); unlike
 py-spy, they are exact per call. The timers add about 0.2 µs to each call they wrap, and inclusive times
-nest (``received`` includes the ``end_orphans`` it calls).
+nest (``received`` includes the ``end_orphans`` it calls). For ``uplink`` the timed process is the client
+(the instrumented side), against its bare server.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from benchmarks.run import PER_UNIT, client_args, pinned, variants
 
 TIMED = {
     "wstrace.connection:ConnectionTracer": ("received", "send_start", "send_end", "receive_done"),
-    "wstrace._replies:Replies": ("end_orphans",),
+    "wstrace._replies:Replies": ("end_orphans", "reply_chunk", "outbound", "run_chunk"),
     "wstrace.streams:StreamRecorder": ("end", "_record"),
     "opentelemetry.sdk.trace:Tracer": ("start_span",),
     "opentelemetry.sdk.trace:_Span": ("end", "set_attributes"),
@@ -34,10 +36,12 @@ TIMED = {
 }
 MARK = "timers "
 
-# Runs in the server process before benchmarks.server: wraps each timed method, reports at exit.
+# Runs in the timed process (benchmarks.server, or benchmarks.client for uplink) before its module: wraps each
+# timed method, reports at exit.
 BOOT = """
 import atexit, importlib, json, runpy, sys, time
 TIMED = json.loads(sys.argv.pop(1))
+MODULE = sys.argv.pop(1)
 spent = {}
 def timed(cls, name):
     original = getattr(cls, name)
@@ -57,14 +61,15 @@ for where, names in TIMED.items():
     for name in names:
         timed(cls, name)
 atexit.register(lambda: print("MARK" + json.dumps(spent), file=sys.stderr, flush=True))
-sys.argv[0] = "benchmarks.server"
-runpy.run_module("benchmarks.server", run_name="__main__")
+sys.argv[0] = MODULE
+runpy.run_module(MODULE, run_name="__main__")
 """.replace("MARK", MARK)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workload", default="echo64", choices=("echo64", "echo16k", "stream"))
+    workloads = ("echo64", "echo16k", "stream", "stream-unpinned", "push", "uplink")
+    parser.add_argument("--workload", default="echo64", choices=workloads)
     parser.add_argument("--stack", default="websockets")
     parser.add_argument("--variant", default="wstrace message, envelope off", help="a variant name (run's --list)")
     parser.add_argument("--count", type=int, default=5000, help="round trips (or messages) after the warm-up")
@@ -75,9 +80,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         names = ", ".join(v.name for v in found)
         raise SystemExit(f"no variant {args.variant!r} for {args.workload} {args.stack}; one of: {names}")
     port = free_port()
-    server_cmd = [sys.executable, "-c", BOOT, json.dumps(TIMED), "--stack", chosen.stack, "--port", str(port)]
+    client_timed = chosen.workload == "uplink"  # the instrumented side is the client
+    pin = chosen.pinned
+    python = [sys.executable, "-m", "benchmarks.server"]
+    boot = [sys.executable, "-c", BOOT, json.dumps(TIMED)]
+    server_cmd = [*(python if client_timed else [*boot, "benchmarks.server"]), "--stack", chosen.stack]
     server = subprocess.Popen(
-        pinned(0, [*server_cmd, *chosen.server]),
+        pinned(0, [*server_cmd, "--port", str(port), *chosen.server], pin),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -88,19 +97,24 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         if server.stdout.readline().strip() != "ready":
             raise SystemExit("the server did not start")
-        counts = dict.fromkeys(("echo64", "echo16k", "stream"), args.count) | {"deadline": 120}
-        client_cmd = [sys.executable, "-m", "benchmarks.client", f"ws://127.0.0.1:{port}{ROUTE}"]
-        client_cmd += client_args(chosen, counts)
-        out = subprocess.run(pinned(1, client_cmd), capture_output=True, text=True, cwd=ROOT, check=True, timeout=300)
+        counts = dict.fromkeys(("echo64", "echo16k", "stream", "push", "uplink"), args.count)
+        counts |= {"deadline": 120, "rounds": 1}
+        client = [*boot, "benchmarks.client"] if client_timed else [sys.executable, "-m", "benchmarks.client"]
+        client_cmd = [*client, f"ws://127.0.0.1:{port}{ROUTE}", *client_args(chosen, counts)]
+        out = subprocess.run(
+            pinned(1, client_cmd, pin), capture_output=True, text=True, cwd=ROOT, check=True, timeout=300
+        )
         result = json.loads(out.stdout.strip().splitlines()[-1])
         _, err = server.communicate("stop\n", timeout=120)
+        if client_timed:
+            err = out.stderr
     finally:
         if server.poll() is None:
             server.kill()
             server.wait()
     spent = next((json.loads(line[len(MARK) :]) for line in err.splitlines() if line.startswith(MARK)), None)
     if spent is None:
-        raise SystemExit(f"the server reported no timers:\n{err[-2000:]}")
+        raise SystemExit(f"the timed process reported no timers:\n{err[-2000:]}")
     units = result["done"] + result.get("warmup", 0)
     unit = PER_UNIT[chosen.workload]
     print(f"{chosen.key}: {result['rate']:,.0f} {unit}s/s with the timers on\n")

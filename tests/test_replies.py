@@ -14,7 +14,17 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import StatusCode
 
 from tests.conftest import Telemetry
-from wstrace._replies import NOTHING_TO_END, OWNER, Fragmented, Inbound, Replies, Request, safe_key, safe_predicate
+from wstrace._replies import (
+    NOTHING_TO_END,
+    OWNER,
+    REQUEST,
+    Fragmented,
+    Inbound,
+    Replies,
+    Request,
+    safe_key,
+    safe_predicate,
+)
 from wstrace._spans import ConnectionSpans, route
 from wstrace._wire import wire_for
 from wstrace.config import Config
@@ -553,6 +563,41 @@ def test_sends_under_one_context_are_one_run_and_another_context_starts_the_next
     assert "wstrace.stream.time_to_first_chunk" not in first.attributes  # a run answers nothing
     assert first.parent is not None and first.parent.span_id == trace.get_current_span(turn).get_span_context().span_id
     assert replies.run is not None and replies.run.stream.stats.count == 1
+
+
+def test_the_same_context_object_continues_its_run_until_a_gap_an_end_or_a_reply_is_current(
+    telemetry: Telemetry,
+) -> None:
+    """A run remembers the context object of its last message (contexts are immutable) to skip the lookups
+    for the next; every other rule still applies to that object: the idle gap, a run ended elsewhere, and on a
+    client a reply stream current in it (each send is then a new request)."""
+    replies = _connection(telemetry, stream_idle=0.05)
+    turn = trace.set_span_in_context(telemetry.provider.get_tracer("app").start_span("voice turn"))
+    _sent(replies, turn, "a", 1)
+    first = replies.run
+    assert first is not None and first.ctx is turn
+    _sent(replies, turn, "b", 2)
+    assert replies.run is first and first.stream.stats.count == 2
+    time.sleep(0.06)
+    _sent(replies, turn, "c", 3)  # the same object after the idle gap: a new run
+    assert replies.run is not first and first.stream.ended
+    second = replies.run
+    assert second is not None
+    second.stream.end(at_last_chunk=True)  # ended elsewhere (the open-stream cap, a sweep)
+    _sent(replies, turn, "d", 4)
+    assert replies.run is not second and replies.run is not None and replies.run.stream.stats.count == 1
+    assert [s.attributes["wstrace.stream.chunk_count"] for s in telemetry.named("send /chat")] == [2, 1]
+
+    client = _connection(telemetry)
+    _sent(client, Context(), "prompt", 1, client=True)
+    request = client.last_request
+    assert request is not None and request.replies is client
+    reading = otel_context.set_value(REQUEST, request, Context())  # the reply stream is current
+    _sent(client, reading, "again", 2, client=True)
+    run = client.run
+    assert run is not None and run.ctx is None  # a fresh start is not remembered
+    _sent(client, reading, "and again", 3, client=True)
+    assert client.run is not run  # still a new request each time, as without the shortcut
 
 
 def test_a_push_links_to_the_last_inbound_message_and_ends_at_the_next(telemetry: Telemetry) -> None:

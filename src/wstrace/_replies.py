@@ -176,7 +176,7 @@ class Run:
     a timer's pushes). ``key`` is that span's id, 0 for none.
     """
 
-    __slots__ = ("key", "prefixes", "request", "stream")
+    __slots__ = ("ctx", "key", "prefixes", "request", "stream")
 
     def __init__(self, key: int, stream: StreamRecorder) -> None:
         self.key = key
@@ -184,6 +184,10 @@ class Run:
         self.prefixes: Optional[Prefixes] = None
         self.request: Optional[Request] = None
         """On a client, the request the run is: the messages answering it form its reply stream."""
+        self.ctx: Optional[Context] = None
+        """The context object the run's last message was sent under, when that sent it as a plain run chunk
+        (no request it answers, no fresh start): the same object again (contexts are immutable) means the
+        same parent and the same decision, so the next message skips the lookups."""
 
 
 class InRun:
@@ -211,10 +215,12 @@ class Replies:
         "idle_ns",
         "inrun",
         "instruments",
+        "keyed",
         "last_request",
         "limit_ns",
         "loop",
         "orphans",
+        "plain",
         "requests",
         "run",
         "sent_to",
@@ -226,8 +232,12 @@ class Replies:
     def __init__(self, spans: ConnectionSpans, instruments: Optional[Instruments]) -> None:
         self.spans = spans
         self.instruments = instruments
-        self.idle_ns = int(spans.config.stream_idle * 1e9)
-        self.limit_ns = int(spans.config.run_limit * 1e9) or _NO_LIMIT
+        config = spans.config
+        self.idle_ns = int(config.stream_idle * 1e9)
+        self.limit_ns = int(config.run_limit * 1e9) or _NO_LIMIT
+        self.plain = config.stream_end is None and not config.chunk_spans
+        """Chunks need no end-marker test and no span of their own: the common case, on the hot path."""
+        self.keyed = config.stream_key is not None
         self.streams: dict[StreamStats, StreamRecorder] = {}
         """Open streams, oldest first; a stream leaves when it ends."""
         self.orphans: list[StreamRecorder] = []
@@ -255,9 +265,9 @@ class Replies:
         """Server side: a message sent while ``owner`` is handled joins its reply stream; returns the frame."""
         now = time.monotonic_ns()
         stream = owner.stream
-        if stream is not None and not stream.ended and now - stream.stats.last_ns > self.idle_ns:
-            stream.end(at_last_chunk=True)  # an idle gap ends a stream; this chunk starts the next
-        if stream is None or stream.ended:
+        if stream is None or stream.ended or now - stream.stats.last_ns > self.idle_ns:
+            if stream is not None and not stream.ended:
+                stream.end(at_last_chunk=True)  # an idle gap ends a stream; this chunk starts the next
             span = self.spans.reply(owner.ctx, payload, is_text, ordinal, wall_ns(now))
             stream = owner.stream = self.start(span, owner.start_ns, "outbound")
             owner.prefixes = None
@@ -281,6 +291,16 @@ class Replies:
         does not continue that exchange is a new request: it leaves the reply's trace for the application's
         own context, linked to the exchange before.
         """
+        run = self.run
+        if run is not None and current is run.ctx and not (client and self.keyed):
+            # The hot path of a run: the same context object as its last message, so the same decision.
+            stream = run.stream
+            now = time.monotonic_ns()
+            stats = stream.stats
+            if not stream.ended and now - stats.last_ns <= self.idle_ns and now - stats.first_ns <= self.limit_ns:
+                if run.request is not None:
+                    run.request.start_ns = now  # a reply to a run answers its latest message
+                return self._chunk(stream, run, wire, payload, is_text, ordinal, body_size, now)
         previous: Optional[trace.SpanContext] = None
         fresh = False
         request: Optional[Request] = current.get(REQUEST)  # type: ignore[assignment]
@@ -296,11 +316,13 @@ class Replies:
             fresh = True
         if key is not None:  # a keyed request is a span (and a trace) of its own
             return self._own_span(current, wire, payload, is_text, ordinal, body_size, key_of)
-        frame, handle, run = self.run_chunk(
+        frame, handle, new = self.run_chunk(
             current, wire, payload, is_text, ordinal, body_size, fresh, previous, last_inbound
         )
-        if run is not None and client:
-            run.request = self.track_request(trace.set_span_in_context(run.stream.span), payload, None)
+        if new is not None and client:
+            new.request = self.track_request(trace.set_span_in_context(new.stream.span), payload, None)
+        if not fresh and self.run is not None:
+            self.run.ctx = current  # the same context object next time takes the hot path above
         return frame, handle
 
     def _own_span(
@@ -493,10 +515,19 @@ class Replies:
         now: int,
     ) -> tuple[Any, SendHandle]:
         """Count a chunk of ``stream`` and put it in its envelope (the stream's prefix, kept by ``holder``)."""
+        gap = stream.stats.add(body_size or 0, now)  # the stream is open: its callers checked
+        if gap:
+            stream.stalled(gap)
+        self.sent_to = stream
+        if self.plain:
+            if wire is None:
+                return payload, NOTHING_TO_END
+            prefixes = holder.prefixes
+            if prefixes is None:
+                prefixes = holder.prefixes = Prefixes()
+            return wire.in_stream(prefixes, stream.span, payload, is_text), NOTHING_TO_END
         spans = self.spans
         config = spans.config
-        stream.chunk(body_size or 0, now)
-        self.sent_to = stream
         handle = NOTHING_TO_END
         if config.stream_end is not None and safe_predicate(config.stream_end, payload):
             handle = SendHandle(None, stream, ends_stream=True)

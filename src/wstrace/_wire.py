@@ -108,6 +108,10 @@ class Wire:
 
     def in_stream(self, prefixes: Prefixes, span: Span, payload: Any, is_text: bool) -> Any:
         """A stream's chunk in an envelope with the stream's context, encoded once per stream."""
+        if is_text and type(payload) is str:
+            prefix = prefixes.text  # only ever set below, for the frame format
+            if prefix is not None:
+                return prefix + payload  # every chunk of a text stream after its first
         if self.format != "frame" or not isinstance(payload, _PAYLOAD):
             return self.wrap(payload, is_text, propagation.inject(trace.set_span_in_context(span)))
         carrier = prefixes.carrier

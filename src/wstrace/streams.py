@@ -40,6 +40,8 @@ MAX_STALL_EVENTS = 32
 
 _NS = 1e-9
 _NO_INTERVALS: array[int] = array("q")  # shared and never appended to: see StreamStats.add
+_APPEND_UNTIL = MAX_INTERVALS + 1
+"""Chunk counts up to which every gap is kept (chunk k brings gap k - 1); beyond it, a reservoir sample."""
 
 
 class StreamStats:
@@ -60,27 +62,31 @@ class StreamStats:
         """Gaps between chunks in ns; allocated with the second chunk (most replies have one)."""
 
     def add(self, size: int, now_ns: int) -> int:
-        """Count a chunk; returns the gap before it in ns if that gap was a stall, else 0."""
-        self.count += 1
+        """Count a chunk; returns the gap before it in ns if that gap was a stall, else 0.
+
+        Called for every chunk of every stream: kept to a few attribute reads and writes.
+        """
+        count = self.count = self.count + 1
         self.size += size
-        if self.count == 1:
+        if count == 1:
             self.first_ns = self.last_ns = now_ns
             return 0
         gap = now_ns - self.last_ns
         self.last_ns = now_ns
         if gap > self.max_gap_ns:
             self.max_gap_ns = gap
-        intervals = self.intervals
-        if intervals is _NO_INTERVALS:
-            intervals = self.intervals = array("q")
-        if len(intervals) < MAX_INTERVALS:
-            intervals.append(gap)
+        if count <= _APPEND_UNTIL:  # the intervals so far (count - 2) are all kept
+            if count == 2:
+                self.intervals = array("q", (gap,))
+            else:
+                self.intervals.append(gap)
         else:
             # Reservoir sampling keeps percentiles honest for very long streams.
-            slot = random.randrange(self.count - 1)
+            slot = random.randrange(count - 1)
             if slot < MAX_INTERVALS:
-                intervals[slot] = gap
-        if self.stall_ns and gap > self.stall_ns:
+                self.intervals[slot] = gap
+        stall_ns = self.stall_ns
+        if stall_ns and gap > stall_ns:
             self.stalls += 1
             return gap
         return 0
@@ -174,10 +180,19 @@ class StreamRecorder:
             return
         now = time.monotonic_ns() if now_ns is None else now_ns
         gap = self.stats.add(size, now)
-        if gap and self.stats.stalls <= MAX_STALL_EVENTS and self.span.is_recording():
+        if gap:
+            self.stalled(gap)
+
+    def stalled(self, gap: int) -> None:
+        """The chunk just counted came after a stall of ``gap`` ns: an event on the span, up to a limit.
+
+        For callers that feed ``stats.add`` themselves (the reply and run chunks, which know the stream is open).
+        """
+        stats = self.stats
+        if stats.stalls <= MAX_STALL_EVENTS and self.span.is_recording():
             self.span.add_event(
                 "wstrace.stream.stall",
-                {"wstrace.stream.stall.duration": gap * _NS, "wstrace.stream.chunk.index": self.stats.count},
+                {"wstrace.stream.stall.duration": gap * _NS, "wstrace.stream.chunk.index": stats.count},
             )
 
     def end(self, error: Optional[BaseException | str] = None, *, at_last_chunk: bool = False) -> None:
