@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -24,6 +22,7 @@ from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from rich.console import Console
 
+from tests.browser import CHROMIUM_FLAGS, chromium as find_chromium
 from wstrace.cli import main
 from wstrace.cli.export import OtlpJsonFileExporter, SpanRecord, read_spans
 from wstrace.cli.view import (
@@ -44,16 +43,6 @@ SESSION_2 = "5e5520bb" * 4
 HOSTILE = '<img src=x onerror="alert(1)">[bold]x[/bold]</script>'
 HANDSHAKE, MESSAGE, CLOSE, ORPHAN, ODD = "1" * 32, "2" * 32, "3" * 32, "a" * 32, "4" * 32
 REPO = Path(__file__).resolve().parents[2]
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 class CountingIds(IdGenerator):
@@ -484,26 +473,10 @@ def test_html_command_writes_the_page(trace_file: Path, tmp_path: Path, capsys: 
     assert [t["traceId"] for t in data_block(out.read_text(encoding="utf-8"))["traces"]] == [MESSAGE]
 
 
-def _browser() -> str:
-    """The Chromium executable, or skip (fail under CI) saying what is missing."""
-    chromium = shutil.which("chromium") or "/usr/bin/chromium"
-    missing = []
-    if not os.access(chromium, os.X_OK):
-        missing.append("Debian's chromium at /usr/bin/chromium (apt-get install chromium)")
-    if importlib.util.find_spec("playwright") is None:
-        missing.append("the playwright package (pip install playwright; it drives the system Chromium)")
-    if missing:
-        message = "the HTML view test needs " + " and ".join(missing)
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return chromium
-
-
 def test_html_page_in_headless_chromium(trace_file: Path, tmp_path: Path) -> None:
     """The page shows every span, opens a span's details on click, follows links, and logs no error."""
-    chromium = _browser()
-    from playwright.sync_api import expect, sync_playwright  # noqa: PLC0415 - optional: see _browser
+    chromium = find_chromium("the HTML view test")
+    from playwright.sync_api import expect, sync_playwright  # noqa: PLC0415 - optional: see tests/browser.py
 
     started = time.monotonic()
     spans = read_spans(trace_file)
@@ -604,8 +577,8 @@ def test_html_folds_long_runs_into_a_summary_that_holds_them(
 def test_html_folded_run_expands_in_headless_chromium(long_run: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
     """A folded run is one visible summary row; a click (or Enter) shows and hides its rows, with no network
     and nothing the page's Content-Security-Policy refuses; a link to a hidden span opens the fold."""
-    chromium = _browser()
-    from playwright.sync_api import expect, sync_playwright  # noqa: PLC0415 - optional: see _browser
+    chromium = find_chromium("the HTML view test")
+    from playwright.sync_api import expect, sync_playwright  # noqa: PLC0415 - optional: see tests/browser.py
 
     path, ids = long_run
     total = 1 + 2 * RUN + 1 + 1
@@ -853,8 +826,8 @@ def test_html_time_and_service_in_headless_chromium(
 ) -> None:
     """At 1400 and 1920 px, every row's "start · duration" is in full view and each span's service is named,
     on the page of `wstrace demo --html` and on that of `wstrace view --html` (big figures, a fold open)."""
-    chromium = _browser()
-    from playwright.sync_api import expect, sync_playwright  # noqa: PLC0415 - optional: see _browser
+    chromium = find_chromium("the HTML view test")
+    from playwright.sync_api import expect, sync_playwright  # noqa: PLC0415 - optional: see tests/browser.py
 
     demo_file, demo_page, _ = demo_run
     voice_page = tmp_path / "voice.html"

@@ -7,51 +7,22 @@ through its ``send``, the server's ``receive`` and reply stream, to the page's `
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
-import os
-import shutil
 from typing import Any
 
 import pytest
 
-from tests.js.node import JS, in_ci, node_modules, require_node
+from tests.browser import CHROMIUM_FLAGS, chromium
+from tests.js.node import JS, node_modules, require_node
 from tests.js.peer import JsServer, js_server
 
 
 pytestmark = pytest.mark.timeout(300)
 
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def _chromium() -> str:
-    """The Chromium executable, or skip (fail under CI) saying what is missing."""
-    chromium = shutil.which("chromium") or "/usr/bin/chromium"
-    missing = []
-    if not os.access(chromium, os.X_OK):
-        missing.append("Debian's chromium at /usr/bin/chromium (apt-get install chromium)")
-    if importlib.util.find_spec("playwright") is None:
-        missing.append("the playwright package (pip install playwright; it drives the system Chromium)")
-    if missing:
-        message = "the browser test needs " + " and ".join(missing)
-        if in_ci(os.environ):
-            pytest.fail(message)
-        pytest.skip(message)
-    return chromium
-
 
 @pytest.fixture(scope="module")
 def server() -> Any:
-    _chromium()
+    chromium("the browser test")
     _node, npm = require_node()
     node_modules(npm)
     args = ["--envelope", "always", "--sources", "query,subprotocol", "--chunks", "2", "--subprotocols", "chat"]
@@ -61,11 +32,13 @@ def server() -> Any:
 
 @pytest.fixture(scope="module")
 def page(server: JsServer) -> Any:
-    from playwright.sync_api import sync_playwright  # noqa: PLC0415 - optional: see _chromium
+    from playwright.sync_api import sync_playwright  # noqa: PLC0415 - optional: see tests/browser.py
 
     problems: list[str] = []
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=_chromium(), headless=True, args=CHROMIUM_FLAGS)
+        browser = playwright.chromium.launch(
+            executable_path=chromium("the browser test"), headless=True, args=CHROMIUM_FLAGS
+        )
         try:
             tab = browser.new_page()
             tab.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
