@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from rich.console import Console
 
-from tests.browser import CHROMIUM_FLAGS, chromium as find_chromium
+from tests.browser import chromium_page
 from wstrace.cli import main
 from wstrace.cli.export import OtlpJsonFileExporter, SpanRecord, read_spans
 from wstrace.cli.view import (
@@ -475,68 +475,54 @@ def test_html_command_writes_the_page(trace_file: Path, tmp_path: Path, capsys: 
 
 def test_html_page_in_headless_chromium(trace_file: Path, tmp_path: Path) -> None:
     """The page shows every span, opens a span's details on click, follows links, and logs no error."""
-    chromium = find_chromium("the HTML view test")
-    from playwright.sync_api import expect, sync_playwright  # noqa: PLC0415 - optional: see tests/browser.py
+    from playwright.sync_api import expect  # noqa: PLC0415 - optional: see tests/browser.py
 
     started = time.monotonic()
     spans = read_spans(trace_file)
     page_file = tmp_path / "view.html"
     assert main(["view", str(trace_file), "--html", str(page_file)]) == 0
     problems: list[str] = []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "profile"),  # a fresh --user-data-dir
-            executable_path=chromium,
-            headless=True,
-            args=CHROMIUM_FLAGS,
-            viewport={"width": 1280, "height": 900},
-        )
-        try:
-            page = browser.new_page()
-            page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
-            page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
-            page.on("dialog", lambda dialog: (problems.append(f"dialog: {dialog.message}"), dialog.dismiss()))
-            page.goto(page_file.as_uri())
-            expect(page.locator(".row")).to_have_count(len(spans))
-            assert sorted(page.locator(".row .name").all_inner_texts()) == sorted(s.name for s in spans)
-            assert page.locator("section.trace").count() == 5 and page.locator("img").count() == 0
+    with chromium_page("the HTML view test", tmp_path / "profile", 1280, problems) as page:
+        page.on("dialog", lambda dialog: (problems.append(f"dialog: {dialog.message}"), dialog.dismiss()))
+        page.goto(page_file.as_uri())
+        expect(page.locator(".row")).to_have_count(len(spans))
+        assert sorted(page.locator(".row .name").all_inner_texts()) == sorted(s.name for s in spans)
+        assert page.locator("section.trace").count() == 5 and page.locator("img").count() == 0
 
-            close = next(s for s in spans if s.name == "close /chat")
-            row = page.locator(f'.row[data-span-id="{close.span_id}"]')
-            panel = row.locator("xpath=following-sibling::div[1]")
-            expect(panel).to_be_hidden()
-            row.click()
-            expect(panel).to_be_visible()
-            expect(row).to_have_attribute("aria-expanded", "true")
-            key = page.locator("td.key", has_text=re.compile(r"^websocket\.close\.code$"))
-            code = panel.locator("tr").filter(has=key)
-            expect(code.locator("td.value")).to_be_visible()
-            expect(code.locator("td.value")).to_have_text("1006")
-            expect(panel).to_contain_text("ERROR: abnormal close")
+        close = next(s for s in spans if s.name == "close /chat")
+        row = page.locator(f'.row[data-span-id="{close.span_id}"]')
+        panel = row.locator("xpath=following-sibling::div[1]")
+        expect(panel).to_be_hidden()
+        row.click()
+        expect(panel).to_be_visible()
+        expect(row).to_have_attribute("aria-expanded", "true")
+        key = page.locator("td.key", has_text=re.compile(r"^websocket\.close\.code$"))
+        code = panel.locator("tr").filter(has=key)
+        expect(code.locator("td.value")).to_be_visible()
+        expect(code.locator("td.value")).to_have_text("1006")
+        expect(panel).to_contain_text("ERROR: abnormal close")
 
-            # The stream span: its stall event with the event's attributes, and its link to the handshake.
-            reply = next(s for s in spans if s.name == "send /chat" and "wstrace.stream.chunk_count" in s.attributes)
-            reply_row = page.locator(f'.row[data-span-id="{reply.span_id}"]')
-            reply_row.click()
-            reply_panel = reply_row.locator("xpath=following-sibling::div[1]")
-            expect(reply_panel.locator(".event-name")).to_have_text("wstrace.stream.stall")
-            expect(reply_panel).to_contain_text("wstrace.stream.stall.duration")
-            expect(reply_panel).to_contain_text("wstrace.stream.chunk_count")
-            handshake_row = page.locator(f'.row[data-span-id="{reply.links[0].span_id}"]')
-            expect(handshake_row).to_have_attribute("aria-expanded", "false")
-            reply_panel.get_by_role("button", name="show span").click()
-            expect(handshake_row).to_have_attribute("aria-expanded", "true")
+        # The stream span: its stall event with the event's attributes, and its link to the handshake.
+        reply = next(s for s in spans if s.name == "send /chat" and "wstrace.stream.chunk_count" in s.attributes)
+        reply_row = page.locator(f'.row[data-span-id="{reply.span_id}"]')
+        reply_row.click()
+        reply_panel = reply_row.locator("xpath=following-sibling::div[1]")
+        expect(reply_panel.locator(".event-name")).to_have_text("wstrace.stream.stall")
+        expect(reply_panel).to_contain_text("wstrace.stream.stall.duration")
+        expect(reply_panel).to_contain_text("wstrace.stream.chunk_count")
+        handshake_row = page.locator(f'.row[data-span-id="{reply.links[0].span_id}"]')
+        expect(handshake_row).to_have_attribute("aria-expanded", "false")
+        reply_panel.get_by_role("button", name="show span").click()
+        expect(handshake_row).to_have_attribute("aria-expanded", "true")
 
-            # Untrusted text is text: the hostile name is shown as typed and ran nothing.
-            expect(page.locator(".row .name", has_text="onerror")).to_have_text(HOSTILE)
-            odd = page.locator(".row", has_text="onerror")
-            odd.click()
-            expect(odd.locator("xpath=following-sibling::div[1]")).to_contain_text("</script><script>alert(2)</script>")
+        # Untrusted text is text: the hostile name is shown as typed and ran nothing.
+        expect(page.locator(".row .name", has_text="onerror")).to_have_text(HOSTILE)
+        odd = page.locator(".row", has_text="onerror")
+        odd.click()
+        expect(odd.locator("xpath=following-sibling::div[1]")).to_contain_text("</script><script>alert(2)</script>")
 
-            (REPO / "build").mkdir(exist_ok=True)
-            page.screenshot(path=str(REPO / "build" / "view-screenshot.png"), full_page=True)
-        finally:
-            browser.close()
+        (REPO / "build").mkdir(exist_ok=True)
+        page.screenshot(path=str(REPO / "build" / "view-screenshot.png"), full_page=True)
     assert problems == []
     assert time.monotonic() - started < 20
 
@@ -577,8 +563,7 @@ def test_html_folds_long_runs_into_a_summary_that_holds_them(
 def test_html_folded_run_expands_in_headless_chromium(long_run: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
     """A folded run is one visible summary row; a click (or Enter) shows and hides its rows, with no network
     and nothing the page's Content-Security-Policy refuses; a link to a hidden span opens the fold."""
-    chromium = find_chromium("the HTML view test")
-    from playwright.sync_api import expect, sync_playwright  # noqa: PLC0415 - optional: see tests/browser.py
+    from playwright.sync_api import expect  # noqa: PLC0415 - optional: see tests/browser.py
 
     path, ids = long_run
     total = 1 + 2 * RUN + 1 + 1
@@ -586,72 +571,59 @@ def test_html_folded_run_expands_in_headless_chromium(long_run: tuple[Path, dict
     assert main(["view", str(path), "--html", str(folded_file)]) == 0
     assert main(["view", str(path), "--html", str(whole_file), "--no-fold"]) == 0
     problems: list[str] = []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "profile"),
-            executable_path=chromium,
-            headless=True,
-            args=CHROMIUM_FLAGS,
-            viewport={"width": 1280, "height": 900},
-        )
-        try:
-            page = browser.new_page()
-            page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
-            page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
-            pages = {folded_file.as_uri(), whole_file.as_uri()}
-            page.on("request", lambda r: problems.append(f"request {r.url}") if r.url not in pages else None)
-            page.goto(folded_file.as_uri())
+    with chromium_page("the HTML view test", tmp_path / "profile", 1280, problems) as page:
+        pages = {folded_file.as_uri(), whole_file.as_uri()}
+        page.on("request", lambda r: problems.append(f"request {r.url}") if r.url not in pages else None)
+        page.goto(folded_file.as_uri())
 
-            summary = page.locator(".row.fold")
-            expect(summary).to_have_count(1)
-            expect(summary).to_be_visible()
-            expect(summary).to_contain_text(f"{RUN - 2} more send /voice ({2 * (RUN - 2)} spans)")
-            expect(summary).to_contain_text(f"size={(RUN - 2) * 640}")
-            expect(summary).to_contain_text("+3.000 ms · 75.000 ms")
-            expect(summary).to_have_attribute("aria-expanded", "false")
-            hidden = page.locator(f'.row[data-span-id="{ids["hidden"]}"]')
-            hidden_receive = page.locator(f'.row[data-span-id="{ids["hidden receive"]}"]')
-            expect(page.locator(".row")).to_have_count(total + 1)  # every span is in the page, and the summary
-            expect(page.locator(".row:visible")).to_have_count(7 + 1)  # the folded turn, and the lonely span
-            expect(hidden).to_be_hidden()
-            expect(hidden_receive).to_be_hidden()
-            for shown in ("first", "last", "ack"):
-                expect(page.locator(f'.row[data-span-id="{ids[shown]}"]')).to_be_visible()
-            facts = page.locator(".trace-head .facts")
-            expect(facts.nth(0)).to_contain_text(f"  ·  {total - 1} spans  ·  session {SESSION_1}")
-            expect(facts.nth(1)).to_have_text(re.compile(r"  ·  1 span$"))
-            expect(page.locator("header .summary")).to_have_text(f"run.jsonl · 2 traces · {total} spans")
+        summary = page.locator(".row.fold")
+        expect(summary).to_have_count(1)
+        expect(summary).to_be_visible()
+        expect(summary).to_contain_text(f"{RUN - 2} more send /voice ({2 * (RUN - 2)} spans)")
+        expect(summary).to_contain_text(f"size={(RUN - 2) * 640}")
+        expect(summary).to_contain_text("+3.000 ms · 75.000 ms")
+        expect(summary).to_have_attribute("aria-expanded", "false")
+        hidden = page.locator(f'.row[data-span-id="{ids["hidden"]}"]')
+        hidden_receive = page.locator(f'.row[data-span-id="{ids["hidden receive"]}"]')
+        expect(page.locator(".row")).to_have_count(total + 1)  # every span is in the page, and the summary
+        expect(page.locator(".row:visible")).to_have_count(7 + 1)  # the folded turn, and the lonely span
+        expect(hidden).to_be_hidden()
+        expect(hidden_receive).to_be_hidden()
+        for shown in ("first", "last", "ack"):
+            expect(page.locator(f'.row[data-span-id="{ids[shown]}"]')).to_be_visible()
+        facts = page.locator(".trace-head .facts")
+        expect(facts.nth(0)).to_contain_text(f"  ·  {total - 1} spans  ·  session {SESSION_1}")
+        expect(facts.nth(1)).to_have_text(re.compile(r"  ·  1 span$"))
+        expect(page.locator("header .summary")).to_have_text(f"run.jsonl · 2 traces · {total} spans")
 
-            summary.click()
-            expect(summary).to_have_attribute("aria-expanded", "true")
-            expect(hidden).to_be_visible()
-            expect(hidden_receive).to_be_visible()
-            expect(page.locator(".row:visible")).to_have_count(total + 1)
-            hidden.click()  # a hidden span's row, once shown, opens its own details
-            expect(hidden.locator("xpath=following-sibling::div[1]")).to_be_visible()
-            expect(hidden.locator("xpath=following-sibling::div[1]")).to_contain_text("messaging.message.body.size")
+        summary.click()
+        expect(summary).to_have_attribute("aria-expanded", "true")
+        expect(hidden).to_be_visible()
+        expect(hidden_receive).to_be_visible()
+        expect(page.locator(".row:visible")).to_have_count(total + 1)
+        hidden.click()  # a hidden span's row, once shown, opens its own details
+        expect(hidden.locator("xpath=following-sibling::div[1]")).to_be_visible()
+        expect(hidden.locator("xpath=following-sibling::div[1]")).to_contain_text("messaging.message.body.size")
 
-            summary.focus()
-            page.keyboard.press("Enter")
-            expect(summary).to_have_attribute("aria-expanded", "false")
-            expect(hidden).to_be_hidden()
-            expect(page.locator(".row:visible")).to_have_count(7 + 1)
+        summary.focus()
+        page.keyboard.press("Enter")
+        expect(summary).to_have_attribute("aria-expanded", "false")
+        expect(hidden).to_be_hidden()
+        expect(page.locator(".row:visible")).to_have_count(7 + 1)
 
-            ack = page.locator(f'.row[data-span-id="{ids["ack"]}"]')
-            ack.click()
-            ack.locator("xpath=following-sibling::div[1]").get_by_role("button", name="show span").click()
-            expect(summary).to_have_attribute("aria-expanded", "true")
-            expect(hidden).to_be_visible()
-            expect(hidden).to_have_attribute("aria-expanded", "true")
-            (REPO / "build").mkdir(exist_ok=True)
-            page.screenshot(path=str(REPO / "build" / "view-fold-screenshot.png"), full_page=True)
+        ack = page.locator(f'.row[data-span-id="{ids["ack"]}"]')
+        ack.click()
+        ack.locator("xpath=following-sibling::div[1]").get_by_role("button", name="show span").click()
+        expect(summary).to_have_attribute("aria-expanded", "true")
+        expect(hidden).to_be_visible()
+        expect(hidden).to_have_attribute("aria-expanded", "true")
+        (REPO / "build").mkdir(exist_ok=True)
+        page.screenshot(path=str(REPO / "build" / "view-fold-screenshot.png"), full_page=True)
 
-            page.goto(whole_file.as_uri())
-            expect(page.locator(".row")).to_have_count(total)
-            expect(page.locator(".row:visible")).to_have_count(total)
-            expect(page.locator(".row.fold")).to_have_count(0)
-        finally:
-            browser.close()
+        page.goto(whole_file.as_uri())
+        expect(page.locator(".row")).to_have_count(total)
+        expect(page.locator(".row:visible")).to_have_count(total)
+        expect(page.locator(".row.fold")).to_have_count(0)
     assert problems == []
 
 
@@ -826,51 +798,37 @@ def test_html_time_and_service_in_headless_chromium(
 ) -> None:
     """At 1400 and 1920 px, every row's "start · duration" is in full view and each span's service is named,
     on the page of `wstrace demo --html` and on that of `wstrace view --html` (big figures, a fold open)."""
-    chromium = find_chromium("the HTML view test")
-    from playwright.sync_api import expect, sync_playwright  # noqa: PLC0415 - optional: see tests/browser.py
+    from playwright.sync_api import expect  # noqa: PLC0415 - optional: see tests/browser.py
 
     demo_file, demo_page, _ = demo_run
     voice_page = tmp_path / "voice.html"
     assert main(["view", str(voice_file), "--html", str(voice_page)]) == 0
     problems: list[str] = []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "profile"),
-            executable_path=chromium,
-            headless=True,
-            args=CHROMIUM_FLAGS,
-            viewport={"width": 1400, "height": 900},
-        )
-        try:
-            page = browser.new_page()
-            page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
-            page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
-            for width in (1400, 1920):
-                page.set_viewport_size({"width": width, "height": 900})
-                for trace_file, page_file in ((demo_file, demo_page), (voice_file, voice_page)):
-                    spans = read_spans(trace_file)
-                    page.goto(page_file.as_uri())
-                    expect(page.locator(".row[data-span-id]")).to_have_count(len(spans))
-                    for summary in page.locator(".row.fold").all():
-                        summary.click()  # the hidden rows' figures count too
-                    assert page.evaluate(CUT_CELLS) == [], (width, page_file.name)
-                    shown = dict(
-                        zip(
-                            page.locator(".row[data-span-id]").evaluate_all("rows => rows.map(r => r.dataset.spanId)"),
-                            page.locator(".row[data-span-id] .service").all_inner_texts(),
-                            strict=True,
-                        )
+    with chromium_page("the HTML view test", tmp_path / "profile", 1400, problems) as page:
+        for width in (1400, 1920):
+            page.set_viewport_size({"width": width, "height": 900})
+            for trace_file, page_file in ((demo_file, demo_page), (voice_file, voice_page)):
+                spans = read_spans(trace_file)
+                page.goto(page_file.as_uri())
+                expect(page.locator(".row[data-span-id]")).to_have_count(len(spans))
+                for summary in page.locator(".row.fold").all():
+                    summary.click()  # the hidden rows' figures count too
+                assert page.evaluate(CUT_CELLS) == [], (width, page_file.name)
+                shown = dict(
+                    zip(
+                        page.locator(".row[data-span-id]").evaluate_all("rows => rows.map(r => r.dataset.spanId)"),
+                        page.locator(".row[data-span-id] .service").all_inner_texts(),
+                        strict=True,
                     )
-                    assert shown == {s.span_id: s.resource["service.name"] for s in spans}
-                    assert set(shown.values()) == set(SERVICES)
-                    heads = page.locator(".trace-head .facts").all_inner_texts()
-                    assert all(not re.search(r"(?<![\d,])1 spans", head) for head in heads)
-                    assert any(re.search(r"·\s+1 span(\s+·|$)", head) for head in heads)  # the close traces
-                    for legend in page.locator(".trace-head").all():  # each trace names its services
-                        assert legend.locator(".services .service").count() >= 1
-                page.screenshot(path=str(tmp_path / f"voice-{width}.png"), full_page=True)
-        finally:
-            browser.close()
+                )
+                assert shown == {s.span_id: s.resource["service.name"] for s in spans}
+                assert set(shown.values()) == set(SERVICES)
+                heads = page.locator(".trace-head .facts").all_inner_texts()
+                assert all(not re.search(r"(?<![\d,])1 spans", head) for head in heads)
+                assert any(re.search(r"·\s+1 span(\s+·|$)", head) for head in heads)  # the close traces
+                for legend in page.locator(".trace-head").all():  # each trace names its services
+                    assert legend.locator(".services .service").count() >= 1
+            page.screenshot(path=str(tmp_path / f"voice-{width}.png"), full_page=True)
     assert problems == []
 
 
