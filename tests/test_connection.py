@@ -399,6 +399,42 @@ def test_every_collection_sees_every_message(telemetry: Telemetry) -> None:
     assert metered.total("wstrace.message.count", **{"websocket.message.direction": "sent"}) == 6 + 1 + 3
 
 
+def test_a_streams_chunks_are_counted_once_by_type_while_open_and_after_it_ends(telemetry: Telemetry) -> None:
+    """A reply stream counts its chunks itself (the hot path takes no lock): every collection sees them exactly
+    once, by type, before and after the stream ends, with a binary chunk in a text stream counted as binary."""
+    metered = Metered(telemetry)
+    wire, handle = metered.client.send_start("stream please")
+    metered.client.send_end(handle)
+    metered.server.received(wire)
+    for chunk in ("one", b"\x00\x01", "three"):
+        metered.server.send_end(metered.server.send_start(chunk)[1])
+
+    def sent() -> tuple[int, int, int, int]:
+        return (
+            metered.total(
+                "wstrace.message.count", **{"websocket.message.direction": "sent", "websocket.message.type": "text"}
+            ),
+            metered.total(
+                "wstrace.message.count", **{"websocket.message.direction": "sent", "websocket.message.type": "binary"}
+            ),
+            metered.total(
+                "wstrace.message.size", **{"websocket.message.direction": "sent", "websocket.message.type": "text"}
+            ),
+            metered.total(
+                "wstrace.message.size", **{"websocket.message.direction": "sent", "websocket.message.type": "binary"}
+            ),
+        )
+
+    expected = (1 + 2, 1, len("stream please") + len("one") + len("three"), 2)
+    assert sent() == expected  # the stream is open: its chunks so far
+    assert sent() == expected  # a second collection sees the same, not twice as many
+    metered.server.receive_done()  # the handler is done: its reply stream ends
+    assert telemetry.one("send /chat").attributes["wstrace.stream.chunk_count"] == 3
+    assert sent() == expected  # folded into the route's counts, once
+    metered.server.closed(code=1000, initiator="remote")
+    assert sent() == expected
+
+
 def test_close_metric_agrees_with_the_close_span(telemetry: Telemetry) -> None:
     """An end that drops the connection on purpose, without a close frame, has no close code in span or metric."""
     metered = Metered(telemetry)

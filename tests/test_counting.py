@@ -144,3 +144,33 @@ def test_concurrent_adds_from_threads_add_up_exactly(collected: Collected) -> No
         _key("/busy", SENT, "text"): 3 * half,
         _key("/busy", RECEIVED, "text"): 3 * half,
     }
+
+
+class _Open:
+    """A Counted of its own: what an outbound stream reports while it counts its chunks."""
+
+    def __init__(self, counts: list[int], index: int) -> None:
+        self.counts, self.index = counts, index
+        self.messages = self.size = self.others = self.other_size = 0
+
+    def partial(self) -> tuple[list[int], int, int, int, int, int]:
+        return self.counts, self.index, self.messages, self.size, self.others, self.other_size
+
+
+def test_open_counts_are_observed_and_folded_exactly_once(collected: Collected) -> None:
+    totals = collected.totals
+    counts = totals.counts("/chat")
+    totals.add(counts, slot(SENT, True), 4)
+    stream = _Open(counts, slot(SENT, True))
+    totals.open[stream] = None
+    stream.messages, stream.size, stream.others, stream.other_size = 3, 30, 1, 2
+    expected = {_key("/chat", SENT, "text"): 4, _key("/chat", SENT, "binary"): 1}
+    assert collected.points("wstrace.message.count") == expected
+    assert collected.points("wstrace.message.size") == {
+        _key("/chat", SENT, "text"): 34,
+        _key("/chat", SENT, "binary"): 2,
+    }
+    totals.fold(stream)
+    totals.fold(stream)  # once only
+    assert collected.points("wstrace.message.count") == expected
+    assert counts[slot(SENT, True)] == 4 and counts[slot(SENT, False)] == 1 and not totals.open

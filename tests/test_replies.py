@@ -437,7 +437,7 @@ def test_reply_chunks_form_one_stream_under_the_message_with_one_envelope_prefix
     replies = _connection(telemetry)
     owner = _handled(telemetry, replies)
     wire = wire_for(replies.spans.config, "frame")
-    frames = [replies.reply_chunk(owner, wire, f"token {n}", True, n + 1, 7)[0] for n in range(3)]
+    frames = [replies.reply_chunk(owner, wire, f"token {n}", True, n + 1)[0] for n in range(3)]
     stream = owner.stream
     assert stream is not None and stream.stats.count == 3 and len(replies.streams) == 1
     prefix = frames[0][: -len("token 0")]
@@ -457,7 +457,7 @@ def test_a_fragmented_chunk_gets_its_whole_size_in_its_stream(telemetry: Telemet
     replies = _connection(telemetry, chunk_spans=True)
     owner = _handled(telemetry, replies)
     replies.sent_to = None
-    _, handle = replies.reply_chunk(owner, None, "ab", True, 1, 2)
+    _, handle = replies.reply_chunk(owner, None, "ab", True, 1)
     stream = replies.sent_to
     assert stream is owner.stream and stream is not None
     counts = [0] * 8
@@ -483,10 +483,10 @@ def test_a_fragmented_chunk_gets_its_whole_size_in_its_stream(telemetry: Telemet
 def test_a_reply_after_the_idle_gap_starts_a_new_stream(telemetry: Telemetry) -> None:
     replies = _connection(telemetry, stream_idle=0.001)
     owner = _handled(telemetry, replies)
-    replies.reply_chunk(owner, None, b"first", False, 1, 5)
+    replies.reply_chunk(owner, None, b"first", False, 1)
     first = owner.stream
     time.sleep(0.01)
-    replies.reply_chunk(owner, None, b"second", False, 2, 6)
+    replies.reply_chunk(owner, None, b"second", False, 2)
     assert first is not None and first.ended and owner.stream is not first
 
 
@@ -494,12 +494,12 @@ def test_the_end_marker_hands_the_stream_to_send_end_and_chunk_spans_get_their_o
     replies = _connection(telemetry, chunk_spans=True, stream_end=lambda p: p == "done")
     owner = _handled(telemetry, replies)
     wire = wire_for(replies.spans.config, "frame")
-    frame, handle = replies.reply_chunk(owner, wire, "token", True, 1, 5)
+    frame, handle = replies.reply_chunk(owner, wire, "token", True, 1)
     assert handle.span is not None and handle.stream is None
     chunk_carrier = wire.strip(frame)[1]
     assert chunk_carrier is not None
     assert chunk_carrier["traceparent"].split("-")[2] == f"{handle.span.get_span_context().span_id:016x}"
-    _, last = replies.reply_chunk(owner, None, "done", True, 2, 4)
+    _, last = replies.reply_chunk(owner, None, "done", True, 2)
     assert last.ends_stream and last.stream is owner.stream and last.span is not None
 
 

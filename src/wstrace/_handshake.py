@@ -10,9 +10,9 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable, Mapping, NamedTuple, Optional, Sequence
 
-from opentelemetry import trace
+from opentelemetry import context as otel_context, trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Link, Span
+from opentelemetry.trace import Link, Span, SpanContext, SpanKind
 
 from wstrace import propagation, semconv as sc
 from wstrace._log import warn_once
@@ -30,6 +30,7 @@ from wstrace.config import Config, EnvelopeFormat
 
 __all__ = [
     "Request",
+    "ServerStart",
     "apply_trust",
     "browser_session",
     "client_attributes",
@@ -42,6 +43,7 @@ __all__ = [
     "read_response",
     "remote",
     "server_attributes",
+    "server_start",
     "session_or_none",
     "strip_query",
 ]
@@ -296,6 +298,35 @@ def read_request(
             offers.append(value)
     context, source = extract_handshake(config, pairs, query, subprotocols, nested)
     return Request(_one_offer(offers), session, context, source, instrumented)
+
+
+class ServerStart(NamedTuple):
+    """How a server's handshake span starts, from its upgrade request."""
+
+    request: Request
+    session_id: Optional[str]
+    """The client's session id, or a browser's (query or subprotocol token)."""
+    parent: Context
+    links: Sequence[Link]
+    kind: SpanKind
+
+
+def server_start(
+    config: Config, headers: HeaderSource, query: str, subprotocols: Sequence[str], nested_in: Optional[SpanContext]
+) -> ServerStart:
+    """Read the request and apply the trust policy. ``nested_in``: another instrumentation's SERVER span for
+    this request; the handshake span is then ``INTERNAL`` (one SERVER span per request), reads context only from
+    the query and subprotocol (the outer span continued the headers), and links the outer span unless parented
+    on it."""
+    nested = nested_in is not None and nested_in.is_valid
+    request = read_request(config, headers, query, subprotocols, nested)
+    session = request.session_id or browser_session(config, query, subprotocols)
+    parent, links = apply_trust(config, request.context, otel_context.get_current())
+    if not nested:
+        return ServerStart(request, session, parent, links, SpanKind.SERVER)
+    if trace.get_current_span(parent).get_span_context() != nested_in:
+        links = (*links, link(nested_in, "server"))  # type: ignore[arg-type]  # nested: not None
+    return ServerStart(request, session, parent, links, SpanKind.INTERNAL)
 
 
 def read_response(config: Config, headers: HeaderSource) -> tuple[Optional[EnvelopeFormat], Optional[str]]:

@@ -15,20 +15,20 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from typing import Any, Callable, Hashable, Optional
+from typing import Any, Callable, Hashable, Optional, cast
 
 from opentelemetry import context as otel_context, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, Span, SpanKind
 
 from wstrace import _handshake as hs, propagation
-from wstrace._counting import LOCK as COUNT_LOCK
+from wstrace._counting import LOCK as COUNT_LOCK, MessageTotals
 from wstrace._log import warn_once
-from wstrace._spans import ConnectionSpans, link
+from wstrace._spans import ConnectionSpans, link, size
 from wstrace._wire import Prefixes, Wire
 from wstrace.metrics import Instruments
 from wstrace.semconv import MESSAGING_MESSAGE_BODY_SIZE
-from wstrace.streams import StreamRecorder, StreamStats, wall_ns
+from wstrace.streams import APPEND_UNTIL, StreamRecorder, StreamStats, wall_ns
 
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "Fragmented",
     "REQUEST",
     "Inbound",
+    "Outbound",
     "Replies",
     "Request",
     "Run",
@@ -127,6 +128,31 @@ class Fragmented(SendHandle):
             warn_once("recording the size of a fragmented message", exc)
 
 
+class Outbound(StreamRecorder):
+    """A stream this end sends (a reply or a run). Its chunks are messages, which the stream counts (``stats``)
+    on the path every chunk takes; they join the route's message counts when it ends (``_counting``)."""
+
+    __slots__ = ("counts", "index", "other_size", "others", "totals")
+    counts: Optional[list[int]]
+    index: int
+    """The counts slot of the first chunk's type (``_counting.slot``): sent binary 0, sent text 1."""
+    others: int
+    other_size: int
+    """The chunks of the other type, and their bytes."""
+    totals: Optional[MessageTotals]
+
+    def partial(self) -> tuple[list[int], int, int, int, int, int]:
+        """``_counting.Counted``: its chunks so far, most of them of the first chunk's type."""
+        stats, others, other_size = self.stats, self.others, self.other_size
+        assert self.counts is not None  # only a stream with counts is ever open in the totals
+        return self.counts, self.index, stats.count - others, stats.size - other_size, others, other_size
+
+    def end(self, error: Optional[BaseException | str] = None, *, at_last_chunk: bool = False) -> None:
+        if not self.ended and self.totals is not None:
+            self.totals.fold(self)  # first: the messages count even if ending the span fails
+        super().end(error, at_last_chunk=at_last_chunk)
+
+
 class Inbound:
     """A message being handled on the server: the owner of the reply stream sent while it is current.
 
@@ -141,7 +167,7 @@ class Inbound:
         self.replies = replies
         self.ctx = ctx
         self.start_ns = start_ns
-        self.stream: Optional[StreamRecorder] = None
+        self.stream: Optional[Outbound] = None
         self.prefixes: Optional[Prefixes] = None
 
     def __del__(self) -> None:
@@ -178,7 +204,7 @@ class Run:
 
     __slots__ = ("ctx", "key", "prefixes", "request", "stream")
 
-    def __init__(self, key: int, stream: StreamRecorder) -> None:
+    def __init__(self, key: int, stream: Outbound) -> None:
         self.key = key
         self.stream = stream
         self.prefixes: Optional[Prefixes] = None
@@ -211,6 +237,7 @@ class Replies:
     """One connection's open reply streams and, on a client, its requests in flight."""
 
     __slots__ = (
+        "counts",
         "flush_pending",
         "idle_ns",
         "inrun",
@@ -229,9 +256,13 @@ class Replies:
         "sweep_at",
     )
 
-    def __init__(self, spans: ConnectionSpans, instruments: Optional[Instruments]) -> None:
+    def __init__(
+        self, spans: ConnectionSpans, instruments: Optional[Instruments], counts: Optional[list[int]] = None
+    ) -> None:
         self.spans = spans
         self.instruments = instruments
+        self.counts = counts
+        """The route's message counts (``_counting``), where the messages sent through here are counted."""
         config = spans.config
         self.idle_ns = int(config.stream_idle * 1e9)
         self.limit_ns = int(config.run_limit * 1e9) or _NO_LIMIT
@@ -260,18 +291,46 @@ class Replies:
     # Chunks ------------------------------------------------------------------
 
     def reply_chunk(
-        self, owner: Inbound, wire: Optional[Wire], payload: Any, is_text: bool, ordinal: int, body_size: Optional[int]
+        self, owner: Inbound, wire: Optional[Wire], payload: Any, is_text: bool, ordinal: int
     ) -> tuple[Any, SendHandle]:
         """Server side: a message sent while ``owner`` is handled joins its reply stream; returns the frame."""
         now = time.monotonic_ns()
         stream = owner.stream
+        if stream is not None and self.plain and not stream.ended:
+            stats = stream.stats
+            gap = now - stats.last_ns
+            count = stats.count
+            if (
+                gap <= self.idle_ns
+                and 1 < count < APPEND_UNTIL
+                and gap <= stats.stall_limit
+                and is_text == stream.index
+            ):
+                # The usual chunk of a stream under way, on the path every chunk takes: StreamStats.add for a
+                # chunk after the second, before the reservoir and with no stall, and _chunk with no end marker
+                # and no chunk span, written out here to spare three calls.
+                stats.count = count + 1
+                kind = type(payload)
+                if kind is bytes or (kind is str and payload.isascii()):
+                    stats.size += len(payload)
+                else:
+                    stats.size += size(payload) or 0
+                stats.last_ns = now
+                stats.intervals.append(gap)
+                self.sent_to = stream
+                if wire is None:
+                    return payload, NOTHING_TO_END
+                prefixes = owner.prefixes
+                if prefixes is None:
+                    prefixes = owner.prefixes = Prefixes()
+                return wire.in_stream(prefixes, stream.span, payload, is_text), NOTHING_TO_END
         if stream is None or stream.ended or now - stream.stats.last_ns > self.idle_ns:
             if stream is not None and not stream.ended:
                 stream.end(at_last_chunk=True)  # an idle gap ends a stream; this chunk starts the next
             span = self.spans.reply(owner.ctx, payload, is_text, ordinal, wall_ns(now))
-            stream = owner.stream = self.start(span, owner.start_ns, "outbound")
+            stream = owner.stream = self.outbound_stream(span, owner.start_ns, is_text)
             owner.prefixes = None
-        return self._chunk(stream, owner, wire, payload, is_text, ordinal, body_size, now)
+        return self._chunk(stream, owner, wire, payload, is_text, ordinal, size(payload), now)
 
     def outbound(
         self,
@@ -336,6 +395,8 @@ class Replies:
         key_of: Optional[Callable[[Any], Optional[Hashable]]],
     ) -> tuple[Any, SendHandle]:
         """A message with a span of its own; with ``key_of``, a request whose answers form its reply stream."""
+        if self.counts is not None and self.instruments is not None:
+            self.instruments.totals.add(self.counts, 1 if is_text else 0, body_size)
         span = self.spans.send(payload, is_text, ordinal, body_size, current)
         ctx = trace.set_span_in_context(span)
         if key_of is not None:
@@ -381,7 +442,7 @@ class Replies:
             elif not key and last_inbound is not None:
                 links = (link(last_inbound, "inbound"),)
             span = self.spans.send(payload, is_text, ordinal, None, current, links, wall_ns(now))
-            run = new = self.run = Run(key, self.start(span, now, "outbound", answers=False))
+            run = new = self.run = Run(key, self.outbound_stream(span, now, is_text, answers=False))
             self._watch(run, self.idle_ns)
         elif run.request is not None:
             run.request.start_ns = now  # a reply to a run answers its latest message
@@ -505,7 +566,7 @@ class Replies:
 
     def _chunk(
         self,
-        stream: StreamRecorder,
+        stream: Outbound,
         holder: Inbound | Run,
         wire: Optional[Wire],
         payload: Any,
@@ -515,9 +576,13 @@ class Replies:
         now: int,
     ) -> tuple[Any, SendHandle]:
         """Count a chunk of ``stream`` and put it in its envelope (the stream's prefix, kept by ``holder``)."""
-        gap = stream.stats.add(body_size or 0, now)  # the stream is open: its callers checked
+        body = body_size or 0
+        gap = stream.stats.add(body, now)  # the stream is open: its callers checked
         if gap:
             stream.stalled(gap)
+        if is_text != stream.index:  # a chunk of the other type than the first (rare): counted apart
+            stream.others += 1
+            stream.other_size += body
         self.sent_to = stream
         if self.plain:
             if wire is None:
@@ -582,9 +647,29 @@ class Replies:
 
     # Streams -----------------------------------------------------------------
 
-    def start(self, span: Span, start_ns: int, direction: str, answers: bool = True) -> StreamRecorder:
+    def outbound_stream(self, span: Span, start_ns: int, is_text: bool, answers: bool = True) -> Outbound:
+        """A stream this end sends on ``span`` (:meth:`start`), its messages counted by type from ``is_text``,
+        its first chunk's type."""
+        stream = cast(Outbound, self.start(span, start_ns, "outbound", answers, Outbound))
+        stream.counts = counts = self.counts
+        stream.index = 1 if is_text else 0
+        stream.others = stream.other_size = 0
+        stream.totals = None
+        if counts is not None and self.instruments is not None:
+            stream.totals = totals = self.instruments.totals
+            totals.open[stream] = None  # one dict operation, no lock: see MessageTotals.open
+        return stream
+
+    def start(
+        self,
+        span: Span,
+        start_ns: int,
+        direction: str,
+        answers: bool = True,
+        kind: type[StreamRecorder] = StreamRecorder,
+    ) -> StreamRecorder:
         """A stream on ``span``: a reply timed from its request at ``start_ns``, or a run (``answers=False``)."""
-        stream = StreamRecorder(
+        stream = kind(
             span,
             StreamStats(start_ns, self.spans.config.stall_threshold),
             instruments=self.instruments,

@@ -1,24 +1,11 @@
 """The per-connection facade that turns WebSocket events into telemetry.
 
-An adapter (or your own code, for a library wstrace has no adapter for) makes
-one :class:`ConnectionTracer` per connection and reports what happens to it:
-
-* client: :meth:`ConnectionTracer.client`, send :meth:`~ConnectionTracer.request_headers`
-  with the upgrade, then :meth:`~ConnectionTracer.opened` with the response headers;
-* server: :meth:`ConnectionTracer.server` when the upgrade request arrives, add
-  :meth:`~ConnectionTracer.response_headers` to the 101, then :meth:`~ConnectionTracer.opened`;
-* either side: :meth:`~ConnectionTracer.handshake_failed` if there is no 101;
-  :meth:`~ConnectionTracer.send_start` / :meth:`~ConnectionTracer.send_end` around
-  each outbound message; :meth:`~ConnectionTracer.receive_done` before waiting for
-  the next message and :meth:`~ConnectionTracer.received` once it arrives;
-  :meth:`~ConnectionTracer.close_sent` / :meth:`~ConnectionTracer.close_received`
-  as close frames go by, and :meth:`~ConnectionTracer.closed` when the connection ends.
-
-The rules live in the modules below it (``docs/architecture.md``): the
-handshake and trust policy, the envelope on the wire, span names and
-attributes, reply streams, message counts and the close rules. Methods called
-from instrumented paths never raise into the caller; they log the first
-failure and carry on, and the payload always gets through.
+An adapter (or your own code, for a library wstrace has no adapter for) makes one
+:class:`ConnectionTracer` per connection with :meth:`~ConnectionTracer.client` or
+:meth:`~ConnectionTracer.server` and reports what happens to it, in the order of
+``docs/howto/custom-library.md``. The rules live in the modules below it
+(``docs/architecture.md``). Methods called from instrumented paths never raise into
+the caller; they log the first failure and carry on, and the payload always gets through.
 """
 
 from __future__ import annotations
@@ -33,11 +20,11 @@ from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind
 
 from wstrace import _close, _handshake as hs, propagation, semconv as sc
 from wstrace._close import Initiator
-from wstrace._context import Attachment, attach
+from wstrace._context import Attachment, attach, current as current_context
 from wstrace._counting import LOCK as COUNT_LOCK
-from wstrace._log import log, warn_once
+from wstrace._log import plain_peer, warn_once
 from wstrace._replies import NOTHING_TO_END, OWNER, Fragmented, Inbound, Replies, SendHandle
-from wstrace._spans import ConnectionSpans, excluded, link, mapped_route, record_error, route as route_names, size
+from wstrace._spans import ConnectionSpans, excluded, mapped_route, record_error, route as route_names, size
 from wstrace._wire import Wire, split_wire, wire_for
 from wstrace.carriers import HeaderSource
 from wstrace.config import Config, EnvelopeFormat
@@ -195,13 +182,10 @@ class ConnectionTracer:
     ) -> ConnectionTracer:
         """Start the server's handshake span from an upgrade request.
 
-        Context is looked for in the configured handshake sources, in order, and
-        used as the trust policy says. ``start_time`` (ns since the epoch) backdates
-        the handshake span, for adapters that learn the route late. ``nested_in`` is
-        another instrumentation's SERVER span for this request (current at the call):
-        wstrace never writes on it; its handshake span is then ``INTERNAL`` (one SERVER
-        span per request), reads context only from the query and subprotocol (the outer
-        span continued the headers), and links the outer span when that is not its parent.
+        Context is looked for in the configured handshake sources, in order, and used as the trust
+        policy says. ``start_time`` (ns since the epoch) backdates the span, for adapters that learn
+        the route late. ``nested_in`` is another instrumentation's SERVER span for this request
+        (current at the call): wstrace never writes on it, and its own handshake span is ``INTERNAL``.
         """
         if config.excluded_urls is not None:
             host = f"{server_address}:{server_port}" if server_address and server_port else server_address
@@ -209,13 +193,10 @@ class ConnectionTracer:
                 return cls._untraced("server", tracer, config)
         self = cls("server", tracer, config, route=route or mapped_route(config, path), instruments=instruments)
         try:
-            nested = nested_in is not None and nested_in.is_valid
-            request = hs.read_request(config, headers, query, subprotocols, nested)
-            self._offered = request.offer
-            self._answer = request.instrumented
-            session = request.session_id or hs.browser_session(config, query, subprotocols)
-            if session is not None:
-                self._spans.session_id = session
+            start = hs.server_start(config, headers, query, subprotocols, nested_in)
+            self._offered, self._answer = start.request.offer, start.request.instrumented
+            if start.session_id is not None:
+                self._spans.session_id = start.session_id
             addresses = (
                 (sc.SERVER_ADDRESS, server_address),
                 (sc.SERVER_PORT, server_port),
@@ -223,15 +204,11 @@ class ConnectionTracer:
                 (sc.CLIENT_PORT, client_port),
             )
             attributes = hs.server_attributes(
-                method, path, scheme, self.route, self.session_id, request.source, addresses
+                method, path, scheme, self.route, self.session_id, start.request.source, addresses
             )
-            parent, links = hs.apply_trust(config, request.context, otel_context.get_current())
-            kind = SpanKind.SERVER
-            if nested:
-                kind = SpanKind.INTERNAL
-                if trace.get_current_span(parent).get_span_context() != nested_in:
-                    links = (*links, link(nested_in, "server"))  # type: ignore[arg-type]  # nested: not None
-            self._handshake = span = self._spans.start_handshake(parent, links, attributes, kind, start_time)
+            self._handshake = span = self._spans.start_handshake(
+                start.parent, start.links, attributes, start.kind, start_time
+            )
             self._recording = span.is_recording()
             if self._recording and (config.request_hook or config.capture_request_headers):
                 self._spans.requested(span, hs.header_pairs(headers), capture=True)
@@ -329,21 +306,30 @@ class ConnectionTracer:
         split: bool = False,
         fragment: bool = False,
     ) -> tuple[Any, SendHandle]:
-        """Start tracing an outbound message and return the frame to put on the wire.
+        """Start tracing an outbound message; returns the frame to put on the wire (``payload``, unless the
+        envelope is in force) and the handle for :meth:`send_end` (which :data:`NOTHING_TO_END` lets you skip).
 
-        ``payload`` is what the application passed; it is returned unchanged
-        unless the envelope is in force. ``text`` is the frame type when the
-        library lets the caller choose it (default: ``str`` means text).
-        ``record=False``, like ``suppress_instrumentation()``, still applies the envelope.
-        When the returned handle is :data:`NOTHING_TO_END`, ``send_end`` may be skipped.
-
-        ``split=True``, from a library that can send a message as fragments: a large payload
-        (``wstrace._wire.SPLIT_AT``) comes back as :class:`~wstrace._wire.Parts`, the envelope
-        prefix and the payload, to send as two fragments rather than as a copy of the payload
-        behind its prefix. ``fragment=True``: ``payload`` is the first fragment of a message the
-        application sends as fragments; pass the whole message's size to :meth:`send_end`.
+        ``text``: the frame type, when the library lets the caller choose it (default: ``str`` is text).
+        ``record=False``, like ``suppress_instrumentation()``, still applies the envelope. ``split=True``: the
+        library can send fragments, so a payload of ``_wire.SPLIT_AT`` or more comes back as
+        :class:`~wstrace._wire.Parts` (prefix, payload) instead of copied behind the prefix. ``fragment=True``:
+        ``payload`` is a message's first fragment; pass the whole message's size to :meth:`send_end`.
         """
         is_text = isinstance(payload, str) if text is None else text
+        current = current_context()
+        owner: Optional[Inbound] = current.get(OWNER)  # type: ignore[assignment]
+        if owner is not None and owner.replies is self._replies and record and not (split or fragment):
+            # The hot path, first: a chunk of the reply stream to the message being handled (an owner is
+            # only ever made on a sampled connection), counted by its stream, with no span of its own.
+            if not current.get(_SUPPRESS) and not self._closed:
+                self._sent += 1
+                try:
+                    return owner.replies.reply_chunk(owner, self._wire, payload, is_text, self._sent)
+                except Exception as exc:
+                    warn_once("tracing an outbound message", exc)
+                    return (
+                        self._wire.wrap_empty(payload, is_text) if self._wire is not None else payload
+                    ), NOTHING_TO_END
         if fragment:
             return self._first_fragment(payload, is_text, record, split)
         handle = NOTHING_TO_END
@@ -352,32 +338,29 @@ class ConnectionTracer:
             wire = split_wire(wire)
         try:
             carrier: Optional[dict[str, str]] = None
-            current = otel_context.get_current()
             if not record or current.get(_SUPPRESS) or self._closed:
                 pass
             elif not self._recording:
                 self._count(is_text, size(payload))
             else:
-                owner: Optional[Inbound] = current.get(OWNER)  # type: ignore[assignment]
+                self._sent += 1
+                if owner is not None and owner.replies is self._replies:  # a reply chunk sent as fragments
+                    return owner.replies.reply_chunk(owner, wire, payload, is_text, self._sent)
+                config = self.config
+                if config.message_spans and config.streams:  # counted where it goes: a run, or a span
+                    return self._ensure_replies().outbound(
+                        current,
+                        wire,
+                        payload,
+                        is_text,
+                        self._sent,
+                        size(payload),
+                        self.side == "client",
+                        self._last_inbound,
+                    )
                 body_size = size(payload)
                 self._count(is_text, body_size)
-                if owner is not None and owner.replies is self._replies:
-                    self._sent += 1  # hot path: a chunk of a reply stream, with no span of its own
-                    return owner.replies.reply_chunk(owner, wire, payload, is_text, self._sent, body_size)
-                config = self.config
                 if config.message_spans:
-                    self._sent += 1
-                    if config.streams:
-                        return self._ensure_replies().outbound(
-                            current,
-                            wire,
-                            payload,
-                            is_text,
-                            self._sent,
-                            body_size,
-                            self.side == "client",
-                            self._last_inbound,
-                        )
                     span = self._spans.send(payload, is_text, self._sent, body_size, current)
                     handle = SendHandle(span)
                     if wire is not None:
@@ -401,7 +384,9 @@ class ConnectionTracer:
         frame, handle = self.send_start(payload, text=is_text, record=record, split=split)
         replies = self._replies
         stream = replies.sent_to if replies is not None else None
-        return frame, Fragmented(handle, stream, size(payload) or 0, (1 if is_text else 0) if counted else -1)
+        # A chunk's bytes are counted by its stream: the rest of the message is added to the stream's size.
+        slot = (1 if is_text else 0) if counted and stream is None else -1
+        return frame, Fragmented(handle, stream, size(payload) or 0, slot)
 
     def send_end(
         self, handle: SendHandle, error: Optional[BaseException] = None, *, size: Optional[int] = None
@@ -427,16 +412,12 @@ class ConnectionTracer:
             warn_once("ending a send span", exc)
 
     def received(self, wire: Any, *, text: Optional[bool] = None, record: bool = True, type_known: bool = True) -> Any:
-        """A message arrived: strip the envelope, start its span and make it current.
+        """A message arrived: strip the envelope, start its span and make it current; returns the payload.
 
-        Returns the application's payload. Call :meth:`receive_done` when the
-        application is done with it. ``text`` is the frame type, for libraries
-        that hand text frames over as bytes (default: ``str`` means text,
-        ``bytes`` binary); only that type's envelope layout is stripped.
-        ``type_known=False``: the library's return type does not tell the frame
-        type (websockets' ``recv(decode=...)``), so ``bytes`` may hold either
-        layout. Inside ``suppress_instrumentation()`` (or with ``record=False``)
-        the envelope is still stripped but nothing is recorded.
+        Call :meth:`receive_done` when the application is done with it. ``text``: the frame type, for
+        libraries that hand text frames over as bytes (default: ``str`` is text); only that type's envelope
+        layout is stripped. ``type_known=False``: the library's return type does not tell the frame type
+        (websockets' ``recv(decode=...)``). ``record=False`` (or ``suppress_instrumentation()``) strips only.
         """
         payload = wire
         replies = self._replies
@@ -450,13 +431,7 @@ class ConnectionTracer:
                 if carrier is None and not self._plain_seen:
                     self._plain_seen = True
                     if self.config.envelope == "always":
-                        log.warning(
-                            "wstrace: envelope='always' on this %s's connection %s, but the peer sent a message "
-                            "with no envelope: is it instrumented, with the same envelope format? Such messages "
-                            "are delivered as they are; the peer may not strip the envelopes this end sends.",
-                            self.side,
-                            self.session_id,
-                        )
+                        plain_peer(self.side, self.session_id)
             if record and not self._closed and not otel_context.get_value(_SUPPRESS):
                 self._start_receive(payload, carrier, is_text)
         except Exception as exc:
@@ -523,12 +498,12 @@ class ConnectionTracer:
 
     def _ensure_replies(self) -> Replies:
         if self._replies is None:
-            self._replies = Replies(self._spans, self._instruments)
+            self._replies = Replies(self._spans, self._instruments, self._counts)
         return self._replies
 
     def _count(self, slot: int, body_size: Optional[int]) -> None:
-        """Count a message: ``slot`` is its direction and type (``_counting.slot``: sent binary 0, sent text 1,
-        received binary 2, received text 3), written out by the callers, as this runs for every message."""
+        """Count a message; ``slot``: sent binary 0, sent text 1, received binary 2, received text 3
+        (``_counting.slot``, written out by the callers as this runs for every message)."""
         counts = self._counts
         if counts is not None:
             with COUNT_LOCK:
@@ -566,18 +541,13 @@ class ConnectionTracer:
         reason: str = "",
         initiator: Optional[Initiator] = None,
     ) -> None:
-        """The connection ended. Idempotent.
+        """The connection ended (idempotent): every open span ends, marked as an error if the close was abnormal.
 
-        Report the close frames first (:meth:`close_sent`, :meth:`close_received`);
-        the rules in ``docs/semantic-conventions.md`` turn them into the close's
-        code, initiator and status. ``error`` is what ended the connection;
-        ``local_end`` says this end dropped it on purpose, without a closing
-        handshake (an ASGI application that returned without closing).
-
-        A library that tells only at the end may pass ``code``, ``reason`` and
-        ``initiator`` instead: who sent the first close frame of a completed
-        closing handshake; ``initiator=None`` means the TCP connection dropped.
-        Every open span ends; an abnormal close marks them as errors.
+        Report the close frames first (:meth:`close_sent`, :meth:`close_received`); ``docs/semantic-conventions.md``
+        says how they give the close's code, initiator and status. ``error``: what ended the connection.
+        ``local_end``: this end dropped it on purpose without a closing handshake (an ASGI app that returned).
+        A library that tells only at the end passes ``code``, ``reason`` and ``initiator`` (who sent the first
+        close frame of a completed closing handshake; ``None``: the TCP connection dropped) instead.
         """
         if self._closed:
             return

@@ -40,14 +40,25 @@ MAX_STALL_EVENTS = 32
 
 _NS = 1e-9
 _NO_INTERVALS: array[int] = array("q")  # shared and never appended to: see StreamStats.add
-_APPEND_UNTIL = MAX_INTERVALS + 1
+APPEND_UNTIL = MAX_INTERVALS + 1
 """Chunk counts up to which every gap is kept (chunk k brings gap k - 1); beyond it, a reservoir sample."""
 
 
 class StreamStats:
     """Timing and size of one stream's chunks. Pure bookkeeping, no telemetry."""
 
-    __slots__ = ("count", "first_ns", "intervals", "last_ns", "max_gap_ns", "size", "stall_ns", "stalls", "start_ns")
+    __slots__ = (
+        "count",
+        "first_ns",
+        "intervals",
+        "last_ns",
+        "max_gap_ns",
+        "size",
+        "stall_limit",
+        "stall_ns",
+        "stalls",
+        "start_ns",
+    )
 
     def __init__(self, start_ns: int, stall_threshold: float) -> None:
         self.start_ns = start_ns
@@ -57,6 +68,8 @@ class StreamStats:
         self.size = 0
         self.max_gap_ns = 0
         self.stall_ns = int(stall_threshold * 1e9) if stall_threshold > 0 else 0
+        self.stall_limit = self.stall_ns or 1 << 62
+        """The longest gap that is not a stall, in ns (one comparison on a chunk's path)."""
         self.stalls = 0
         self.intervals = _NO_INTERVALS
         """Gaps between chunks in ns; allocated with the second chunk (most replies have one)."""
@@ -73,15 +86,18 @@ class StreamStats:
             return 0
         gap = now_ns - self.last_ns
         self.last_ns = now_ns
-        if gap > self.max_gap_ns:
-            self.max_gap_ns = gap
-        if count <= _APPEND_UNTIL:  # the intervals so far (count - 2) are all kept
+        if count <= APPEND_UNTIL:  # the intervals so far (count - 2) are all kept: the largest is among them
             if count == 2:
                 self.intervals = array("q", (gap,))
             else:
                 self.intervals.append(gap)
         else:
-            # Reservoir sampling keeps percentiles honest for very long streams.
+            # Reservoir sampling keeps percentiles honest for very long streams; it may drop the largest gap,
+            # so from here on that is kept apart.
+            if count == APPEND_UNTIL + 1:
+                self.max_gap_ns = max(self.intervals)
+            if gap > self.max_gap_ns:
+                self.max_gap_ns = gap
             slot = random.randrange(count - 1)
             if slot < MAX_INTERVALS:
                 self.intervals[slot] = gap
@@ -98,6 +114,12 @@ class StreamStats:
     @property
     def time_to_last_chunk(self) -> Optional[float]:
         return (self.last_ns - self.start_ns) * _NS if self.count else None
+
+    @property
+    def max_interval_ns(self) -> int:
+        """The largest gap between two chunks, in ns (0 before the second chunk)."""
+        intervals = self.intervals
+        return max(self.max_gap_ns, max(intervals)) if intervals else self.max_gap_ns
 
     @property
     def mean_interval(self) -> Optional[float]:
@@ -119,7 +141,7 @@ class StreamStats:
             result["wstrace.stream.time_to_last_chunk"] = self.time_to_last_chunk
         if self.count > 1:
             result["wstrace.stream.chunk_interval.mean"] = self.mean_interval
-            result["wstrace.stream.chunk_interval.max"] = self.max_gap_ns * _NS
+            result["wstrace.stream.chunk_interval.max"] = self.max_interval_ns * _NS
             p50, p95 = self._percentiles(0.50, 0.95)
             result["wstrace.stream.chunk_interval.p50"] = p50
             result["wstrace.stream.chunk_interval.p95"] = p95

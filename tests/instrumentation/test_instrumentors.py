@@ -12,6 +12,7 @@ client: its peer is a bare websockets client.
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -315,6 +316,19 @@ def test_uninstrument_restores_everything(case: Case, telemetry: Telemetry, inst
     # Only the still instrumented peer's spans: its handshake, its receives, its echoes, its close.
     expected = [SERVER, *[SpanKind.CONSUMER, SpanKind.PRODUCER] * len(PAYLOADS), SpanKind.INTERNAL] if case.peer else []
     assert sorted(s.kind.name for s in telemetry.spans) == sorted(k.name for k in expected)
+
+
+def test_patched_methods_keep_their_kind_and_uninstrument_puts_the_same_objects_back(
+    case: Case, instrument: Callable[..., None]
+) -> None:
+    """A method on the hot path is a plain function rather than a wrapt wrapper (the kit's ``hot`` patches):
+    it stays a coroutine function where the library's is one, and uninstrument() restores the very objects."""
+    before = {(o, n): vars(o).get(n, "inherited") for o, n in case.patched}
+    kinds = {(o, n): inspect.iscoroutinefunction(getattr(o, n)) for o, n in case.patched}
+    instrument()
+    assert {(o, n): inspect.iscoroutinefunction(getattr(o, n)) for o, n in case.patched} == kinds
+    case.instrumentor().uninstrument()
+    assert {(o, n): vars(o).get(n, "inherited") for o, n in case.patched} == before
 
 
 def test_instrument_twice_is_a_noop(case: Case, telemetry: Telemetry, instrument: Callable[..., None]) -> None:

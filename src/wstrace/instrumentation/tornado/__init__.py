@@ -56,10 +56,10 @@ class TornadoInstrumentor(WstraceInstrumentor):
         self._wrap(ws, "WebSocketClientConnection.headers_received", _client.headers_received)
         self._wrap(ws, "WebSocketClientConnection._on_http_response", _client.on_http_response)
         # Messages and close, on the protocol that both sides share.
-        self._wrap(ws, "WebSocketProtocol13.write_message", _connection.write_message)
-        self._wrap(ws, "WebSocketProtocol._run_callback", _connection.run_callback)
+        self._wrap(ws, "WebSocketProtocol13.write_message", _connection.write_message, hot=True)
+        self._wrap(ws, "WebSocketProtocol._run_callback", _connection.run_callback, hot=True)
         self._wrap(ws, "WebSocketProtocol13._receive_frame_loop", _connection.receive_frame_loop)
         self._wrap(ws, "WebSocketProtocol13.close", _connection.protocol_close)
         # The client's queue of messages, read in the application's task.
-        self._wrap(ws, "WebSocketClientConnection.read_message", _connection.read_message)
+        self._wrap(ws, "WebSocketClientConnection.read_message", _connection.read_message, hot=True)
         self._wrap(ws, "WebSocketClientConnection.close", _connection.client_close)

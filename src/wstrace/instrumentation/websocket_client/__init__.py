@@ -54,8 +54,8 @@ class WebsocketClientInstrumentor(WstraceInstrumentor):
         import websocket._core as core  # noqa: PLC0415
 
         self._wrap(core, "WebSocket.connect", _client.connect(settings))
-        self._wrap(core, "WebSocket.send_frame", _connection.send_frame)
-        self._wrap(core, "WebSocket.recv_data_frame", _connection.recv_data_frame)
+        self._wrap(core, "WebSocket.send_frame", _connection.send_frame, hot=True)
+        self._wrap(core, "WebSocket.recv_data_frame", _connection.recv_data_frame, hot=True)
         self._wrap(core, "WebSocket.close", _connection.close)
         self._wrap(core, "WebSocket.shutdown", _connection.shutdown)
         # WebSocketApp's read loop is driven by a dispatcher; where the classes

@@ -38,6 +38,9 @@ from wstrace.instrumentation.websockets.package import _instruments
 __all__ = ["WebsocketsInstrumentor", "server_options"]
 
 
+_HOT = frozenset({"send", "recv"})  # every message takes them: plain functions, not wrapt wrappers
+
+
 class WebsocketsInstrumentor(WstraceInstrumentor):
     """Instruments every websockets client and server connection (asyncio and sync)."""
 
@@ -76,4 +79,4 @@ class WebsocketsInstrumentor(WstraceInstrumentor):
         }
         for module, methods in wrappers.items():
             for name, wrapper in methods.items():
-                self._wrap(module, f"Connection.{name}", wrapper)
+                self._wrap(module, f"Connection.{name}", wrapper, hot=name in _HOT)

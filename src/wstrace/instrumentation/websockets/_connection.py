@@ -17,7 +17,7 @@ from wstrace._wire import SPLIT_AT, Parts
 from wstrace.connection import NOTHING_TO_END, ConnectionTracer, SendHandle
 from wstrace.instrumentation._fragments import Outgoing, afragments, fragments
 from wstrace.instrumentation._instrumentor import end_after, send_then_end
-from wstrace.instrumentation.websockets._common import report_close, tracer_of
+from wstrace.instrumentation.websockets._common import ATTR, report_close, tracer_of
 
 
 __all__ = [
@@ -73,9 +73,17 @@ def _start(ct: ConnectionTracer, message: Any, text: Optional[bool]) -> tuple[An
 def async_send(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     # A plain function returning an awaitable: a stream chunk needs nothing after
     # the send, so it gets the library's own coroutine, without a second frame.
-    ct = tracer_of(instance)
-    if ct is None:
+    ct = getattr(instance, ATTR, None)
+    if not isinstance(ct, ConnectionTracer):
         return wrapped(*args, **kwargs)
+    if not kwargs and len(args) == 1:
+        # The usual call, send(message), on the path every chunk of a stream takes: no helper calls.
+        message = args[0]
+        kind = type(message)
+        if (kind is str or kind is bytes) and len(message) < SPLIT_AT:
+            wire, handle = ct.send_start(message)
+            sending = wrapped(wire)
+            return sending if handle is NOTHING_TO_END else end_after(ct, handle, sending)
     message = _message(args, kwargs)
     if not isinstance(message, _DATA) and _fragmented(message):
         # Fragments, sent as the library pulls them: one message, enveloped as a whole.
