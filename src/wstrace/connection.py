@@ -316,47 +316,33 @@ class ConnectionTracer:
         ``payload`` is a message's first fragment; pass the whole message's size to :meth:`send_end`.
         """
         is_text = isinstance(payload, str) if text is None else text
-        current = current_context()
-        owner: Optional[Inbound] = current.get(OWNER)  # type: ignore[assignment]
-        if owner is not None and owner.replies is self._replies and record and not (split or fragment):
-            # The hot path, first: a chunk of the reply stream to the message being handled (an owner is
-            # only ever made on a sampled connection), counted by its stream, with no span of its own.
-            if not current.get(_SUPPRESS) and not self._closed:
-                self._sent += 1
-                try:
-                    return owner.replies.reply_chunk(owner, self._wire, payload, is_text, self._sent)
-                except Exception as exc:
-                    warn_once("tracing an outbound message", exc)
-                    return (
-                        self._wire.wrap_empty(payload, is_text) if self._wire is not None else payload
-                    ), NOTHING_TO_END
         if fragment:
             return self._first_fragment(payload, is_text, record, split)
-        handle = NOTHING_TO_END
         wire = self._wire
         if split and wire is not None:
             wire = split_wire(wire)
+        handle = NOTHING_TO_END
         try:
+            current = current_context()
             carrier: Optional[dict[str, str]] = None
+            owner: Optional[Inbound] = current.get(OWNER)  # type: ignore[assignment]
             if not record or current.get(_SUPPRESS) or self._closed:
                 pass
+            elif owner is not None and owner.replies is self._replies:
+                # The hot path: a chunk of the reply stream to the message being handled (an owner is only
+                # ever made on a sampled connection), counted by its stream, with no span of its own.
+                self._sent += 1
+                return owner.replies.reply_chunk(owner, wire, payload, is_text, self._sent)
             elif not self._recording:
                 self._count(is_text, size(payload))
             else:
                 self._sent += 1
-                if owner is not None and owner.replies is self._replies:  # a reply chunk sent as fragments
-                    return owner.replies.reply_chunk(owner, wire, payload, is_text, self._sent)
                 config = self.config
                 if config.message_spans and config.streams:  # counted where it goes: a run, or a span
-                    return self._ensure_replies().outbound(
-                        current,
-                        wire,
-                        payload,
-                        is_text,
-                        self._sent,
-                        size(payload),
-                        self.side == "client",
-                        self._last_inbound,
+                    client = self.side == "client"
+                    replies = self._ensure_replies()
+                    return replies.outbound(
+                        current, wire, payload, is_text, self._sent, size(payload), client, self._last_inbound
                     )
                 body_size = size(payload)
                 self._count(is_text, body_size)

@@ -171,26 +171,38 @@ class WstraceInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     def _wrap(self, owner: Any, name: str, wrapper: Callable[..., Any], *, hot: bool = False) -> None:
         """Patch ``owner.<name>`` (``name`` may be dotted, as ``Class.method``) with a wrapt-style ``wrapper``.
 
-        ``hot``: a method on the path every message takes (send, recv), replaced by a plain function
-        that calls ``wrapper`` as wrapt would. A wrapt wrapper costs about 5,900 instructions per call,
-        a plain function 1,200 and a coroutine function 1,900 (docs/performance.md), which is much of
-        what a stream's chunk costs.
+        ``hot``: a method on the path every message takes (send, receive), replaced by a plain function
+        that calls ``wrapper`` as wrapt would (see :meth:`_replace`).
+        """
+        if hot:
+            self._replace(owner, name, functools.partial(_method, wrapper=wrapper))
+            return
+        *path, leaf = name.split(".")
+        for part in path:
+            owner = getattr(owner, part)
+        wrapt.wrap_function_wrapper(owner, leaf, wrapper)
+        self._patched.append((owner, leaf, _WRAPT))
+
+    def _replace(self, owner: Any, name: str, make: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+        """Replace the method ``owner.<name>`` with the function ``make(original)`` returns.
+
+        For the methods every message takes: a wrapt wrapper costs about 5,900 instructions per call, a
+        plain function 1,200 and a coroutine function 1,900 (docs/performance.md), which is much of what a
+        stream's chunk costs. ``make`` keeps the method's kind (a coroutine function for one); an async
+        wrapper is best written as the method itself, so that a waiting receive holds one frame, not two.
         """
         *path, leaf = name.split(".")
         for part in path:
             owner = getattr(owner, part)
-        if not hot:
-            wrapt.wrap_function_wrapper(owner, leaf, wrapper)
-            self._patched.append((owner, leaf, _WRAPT))
-            return
+        original = getattr(owner, leaf)
         own = vars(owner).get(leaf, _UNSET)  # put back exactly: the class's own attribute, or none
-        setattr(owner, leaf, _method(getattr(owner, leaf), wrapper))
+        setattr(owner, leaf, functools.wraps(original)(make(original)))
         self._patched.append((owner, leaf, own))
 
 
 def _method(original: Callable[..., Any], wrapper: Callable[..., Any]) -> Callable[..., Any]:
-    """A function to put on a class in place of its method ``original``, which calls ``wrapper(bound original,
-    self, args, kwargs)``; a coroutine function if ``original`` is one (callers may check)."""
+    """In place of the method ``original``, a function calling ``wrapper(bound original, self, args, kwargs)``,
+    as wrapt does; a coroutine function if ``original`` is one (callers may check)."""
     bind = types.MethodType
 
     async def coroutine_method(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -199,9 +211,7 @@ def _method(original: Callable[..., Any], wrapper: Callable[..., Any]) -> Callab
     def method(self: Any, *args: Any, **kwargs: Any) -> Any:
         return wrapper(bind(original, self), self, args, kwargs)
 
-    if inspect.iscoroutinefunction(original):
-        return functools.wraps(original)(coroutine_method)
-    return functools.wraps(original)(method)
+    return coroutine_method if inspect.iscoroutinefunction(original) else method
 
 
 def send_then_end(

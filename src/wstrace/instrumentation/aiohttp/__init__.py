@@ -54,4 +54,4 @@ class AiohttpInstrumentor(WstraceInstrumentor):
         for module, cls in ((client_ws, client_ws.ClientWebSocketResponse), (web_ws, web_ws.WebSocketResponse)):
             for name, wrapper in _connection.WRAPPERS.items():
                 if name in vars(cls):  # send_frame is missing before aiohttp 3.11
-                    self._wrap(module, f"{cls.__name__}.{name}", wrapper, hot=name != "close")
+                    self._wrap(module, f"{cls.__name__}.{name}", wrapper, hot=name.startswith("send"))

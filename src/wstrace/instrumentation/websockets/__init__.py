@@ -64,7 +64,6 @@ class WebsocketsInstrumentor(WstraceInstrumentor):
         wrappers: dict[Any, dict[str, Any]] = {
             aconnection: {
                 "send": _connection.async_send,
-                "recv": _connection.async_recv,
                 "recv_streaming": _connection.async_recv_streaming,
                 "close": _connection.async_close,
                 "connection_lost": _connection.async_connection_lost,
@@ -80,3 +79,4 @@ class WebsocketsInstrumentor(WstraceInstrumentor):
         for module, methods in wrappers.items():
             for name, wrapper in methods.items():
                 self._wrap(module, f"Connection.{name}", wrapper, hot=name in _HOT)
+        self._replace(aconnection, "Connection.recv", _connection.async_recv_method)

@@ -23,7 +23,7 @@ from wstrace.instrumentation.websockets._common import ATTR, report_close, trace
 __all__ = [
     "async_close",
     "async_connection_lost",
-    "async_recv",
+    "async_recv_method",
     "async_recv_streaming",
     "async_send",
     "sync_close",
@@ -136,13 +136,19 @@ def _fragmented(message: Any) -> bool:
     return not isinstance(message, Mapping) and isinstance(message, (Iterable, AsyncIterable))
 
 
-async def async_recv(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    ct = tracer_of(instance)
-    if ct is None:
-        return await wrapped(*args, **kwargs)
-    ct.receive_done()
-    wire = await wrapped(*args, **kwargs)
-    return ct.received(wire, type_known=_type_known(args, kwargs))
+def async_recv_method(original: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """``Connection.recv`` (asyncio), written as the method itself: an idle connection waits in it, so it
+    holds one frame, as the library's own does."""
+
+    async def recv(self: Any, *args: Any, **kwargs: Any) -> Any:
+        ct = tracer_of(self)
+        if ct is None:
+            return await original(self, *args, **kwargs)
+        ct.receive_done()
+        wire = await original(self, *args, **kwargs)
+        return ct.received(wire, type_known=_type_known(args, kwargs))
+
+    return recv
 
 
 def sync_recv(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
