@@ -62,8 +62,15 @@ class PeerProcess:
     def opened(self) -> dict[str, Any]:
         return self.wait_for("open")
 
-    def received(self) -> list[str | bytes]:
-        return [restore(e) for e in self.events() if e["event"] == "message"]
+    def received(self, expected: int = 0, timeout: float = 20.0) -> list[str | bytes]:
+        """The messages the peer printed, waiting until it printed ``expected`` of them: the reply the test
+        read may come before this process reads the peer's line for the message."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [restore(e) for e in self.events() if e["event"] == "message"]
+            if len(found) >= expected or time.monotonic() > deadline or self.proc.poll() is not None:
+                return found
+            time.sleep(0.02)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

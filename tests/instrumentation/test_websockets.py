@@ -339,7 +339,7 @@ def test_server_that_refuses_the_envelope(
     payloads: list[str | bytes] = ["one", b"two"]
 
     assert run(exchange(peer.url, payloads)) == payloads
-    assert peer.received() == payloads
+    assert peer.received(len(payloads)) == payloads
     client_hs = telemetry.one("GET /chat")
     assert client_hs.attributes["websocket.envelope"] == "none"
     exported = peer.exported_spans()
