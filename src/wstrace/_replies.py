@@ -250,6 +250,7 @@ class Replies:
         "plain",
         "requests",
         "run",
+        "runs_again",
         "sent_to",
         "spans",
         "streams",
@@ -257,7 +258,11 @@ class Replies:
     )
 
     def __init__(
-        self, spans: ConnectionSpans, instruments: Optional[Instruments], counts: Optional[list[int]] = None
+        self,
+        spans: ConnectionSpans,
+        instruments: Optional[Instruments],
+        counts: Optional[list[int]] = None,
+        client: bool = False,
     ) -> None:
         self.spans = spans
         self.instruments = instruments
@@ -269,6 +274,9 @@ class Replies:
         self.plain = config.stream_end is None and not config.chunk_spans
         """Chunks need no end-marker test and no span of their own: the common case, on the hot path."""
         self.keyed = config.stream_key is not None
+        self.runs_again = not (client and self.keyed)
+        """A message sent under its run's context continues the run (:meth:`again`); not on a client with a
+        ``stream_key``, where each send may be a request of its own."""
         self.streams: dict[StreamStats, StreamRecorder] = {}
         """Open streams, oldest first; a stream leaves when it ends."""
         self.orphans: list[StreamRecorder] = []
@@ -296,40 +304,13 @@ class Replies:
         """Server side: a message sent while ``owner`` is handled joins its reply stream; returns the frame."""
         now = time.monotonic_ns()
         stream = owner.stream
-        if stream is not None and self.plain and not stream.ended:
-            stats = stream.stats
-            gap = now - stats.last_ns
-            count = stats.count
-            if (
-                gap <= self.idle_ns
-                and 1 < count < APPEND_UNTIL
-                and gap <= stats.stall_limit
-                and is_text == stream.index
-            ):
-                # The usual chunk of a stream under way, on the path every chunk takes: StreamStats.add for a
-                # chunk after the second, before the reservoir and with no stall, and _chunk with no end marker
-                # and no chunk span, written out here to spare three calls.
-                stats.count = count + 1
-                kind = type(payload)
-                if kind is bytes or (kind is str and payload.isascii()):
-                    stats.size += len(payload)
-                else:
-                    stats.size += size(payload) or 0
-                stats.last_ns = now
-                stats.intervals.append(gap)
-                self.sent_to = stream
-                if wire is None:
-                    return payload, NOTHING_TO_END
-                prefixes = owner.prefixes
-                if prefixes is None:
-                    prefixes = owner.prefixes = Prefixes()
-                return wire.in_stream(prefixes, stream.span, payload, is_text), NOTHING_TO_END
-        if stream is None or stream.ended or now - stream.stats.last_ns > self.idle_ns:
-            if stream is not None and not stream.ended:
-                stream.end(at_last_chunk=True)  # an idle gap ends a stream; this chunk starts the next
-            span = self.spans.reply(owner.ctx, payload, is_text, ordinal, wall_ns(now))
-            stream = owner.stream = self.outbound_stream(span, owner.start_ns, is_text)
-            owner.prefixes = None
+        if stream is not None and not stream.ended:
+            if now - stream.stats.last_ns <= self.idle_ns:
+                return self._chunk(stream, owner, wire, payload, is_text, ordinal, size(payload), now)
+            stream.end(at_last_chunk=True)  # an idle gap ends a stream; this chunk starts the next
+        span = self.spans.reply(owner.ctx, payload, is_text, ordinal, wall_ns(now))
+        stream = owner.stream = self.outbound_stream(span, owner.start_ns, is_text)
+        owner.prefixes = None
         return self._chunk(stream, owner, wire, payload, is_text, ordinal, size(payload), now)
 
     def outbound(
@@ -350,16 +331,6 @@ class Replies:
         does not continue that exchange is a new request: it leaves the reply's trace for the application's
         own context, linked to the exchange before.
         """
-        run = self.run
-        if run is not None and current is run.ctx and not (client and self.keyed):
-            # The hot path of a run: the same context object as its last message, so the same decision.
-            stream = run.stream
-            now = time.monotonic_ns()
-            stats = stream.stats
-            if not stream.ended and now - stats.last_ns <= self.idle_ns and now - stats.first_ns <= self.limit_ns:
-                if run.request is not None:
-                    run.request.start_ns = now  # a reply to a run answers its latest message
-                return self._chunk(stream, run, wire, payload, is_text, ordinal, body_size, now)
         previous: Optional[trace.SpanContext] = None
         fresh = False
         request: Optional[Request] = current.get(REQUEST)  # type: ignore[assignment]
@@ -563,6 +534,63 @@ class Replies:
         if run is not None and run.key == 0:
             run.stream.end(at_last_chunk=True)
             self.run = None
+
+    def again(
+        self, current: Context, owner: Optional[Inbound], wire: Optional[Wire], payload: Any, is_text: bool
+    ) -> Optional[tuple[Any, SendHandle]]:
+        """The usual chunk of a stream under way, the frame to send, or ``None`` for any other message.
+
+        On the path every chunk takes: the next chunk of the reply stream to ``owner`` (the message being
+        handled), or of the run last sent under the very same context object (contexts are immutable: the
+        same object means the same parent, request and decision), with no end marker, no chunk span, no
+        idle gap, stall or run limit, after the stream's second chunk and before its reservoir. The rules of
+        :meth:`reply_chunk`, :meth:`outbound`, :meth:`_chunk` and ``StreamStats.add`` for that case, written
+        out in one function.
+        """
+        run = None
+        if owner is not None:
+            if owner.replies is not self:
+                return None
+            holder: Inbound | Run = owner
+            stream = owner.stream
+            if stream is None:
+                return None
+        else:
+            run = self.run
+            if run is None or current is not run.ctx or not self.runs_again:
+                return None
+            holder, stream = run, run.stream
+        if stream.ended or not self.plain:
+            return None
+        now = time.monotonic_ns()
+        stats = stream.stats
+        gap = now - stats.last_ns
+        count = stats.count
+        if not (
+            gap <= self.idle_ns and 1 < count < APPEND_UNTIL and gap <= stats.stall_limit and is_text == stream.index
+        ):
+            return None
+        if run is not None:
+            if now - stats.first_ns > self.limit_ns:
+                return None
+            request = run.request
+            if request is not None:
+                request.start_ns = now  # a reply to a run answers its latest message
+        stats.count = count + 1
+        kind = type(payload)
+        if kind is bytes or (kind is str and payload.isascii()):
+            stats.size += len(payload)
+        else:
+            stats.size += size(payload) or 0
+        stats.last_ns = now
+        stats.intervals.append(gap)
+        self.sent_to = stream
+        if wire is None:
+            return payload, NOTHING_TO_END
+        prefixes = holder.prefixes
+        if prefixes is None:
+            prefixes = holder.prefixes = Prefixes()
+        return wire.in_stream(prefixes, stream.span, payload, is_text), NOTHING_TO_END
 
     def _chunk(
         self,

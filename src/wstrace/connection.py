@@ -326,11 +326,15 @@ class ConnectionTracer:
             current = current_context()
             carrier: Optional[dict[str, str]] = None
             owner: Optional[Inbound] = current.get(OWNER)  # type: ignore[assignment]
+            replies = self._replies
             if not record or current.get(_SUPPRESS) or self._closed:
                 pass
-            elif owner is not None and owner.replies is self._replies:
-                # The hot path: a chunk of the reply stream to the message being handled (an owner is only
-                # ever made on a sampled connection), counted by its stream, with no span of its own.
+            elif replies is not None and (sent := replies.again(current, owner, wire, payload, is_text)) is not None:
+                self._sent += 1  # the hot path: a chunk of a stream under way, counted by its stream
+                return sent
+            elif owner is not None and owner.replies is replies:
+                # A chunk of the reply stream to the message being handled (an owner is only ever made on a
+                # sampled connection), with no span of its own.
                 self._sent += 1
                 return owner.replies.reply_chunk(owner, wire, payload, is_text, self._sent)
             elif not self._recording:
@@ -484,7 +488,7 @@ class ConnectionTracer:
 
     def _ensure_replies(self) -> Replies:
         if self._replies is None:
-            self._replies = Replies(self._spans, self._instruments, self._counts)
+            self._replies = Replies(self._spans, self._instruments, self._counts, self.side == "client")
         return self._replies
 
     def _count(self, slot: int, body_size: Optional[int]) -> None:
