@@ -585,12 +585,7 @@ class Replies:
         stats.last_ns = now
         stats.intervals.append(gap)
         self.sent_to = stream
-        if wire is None:
-            return payload, NOTHING_TO_END
-        prefixes = holder.prefixes
-        if prefixes is None:
-            prefixes = holder.prefixes = Prefixes()
-        return wire.in_stream(prefixes, stream.span, payload, is_text), NOTHING_TO_END
+        return (payload if wire is None else _in_stream(wire, holder, stream, payload, is_text)), NOTHING_TO_END
 
     def _chunk(
         self,
@@ -613,12 +608,7 @@ class Replies:
             stream.other_size += body
         self.sent_to = stream
         if self.plain:
-            if wire is None:
-                return payload, NOTHING_TO_END
-            prefixes = holder.prefixes
-            if prefixes is None:
-                prefixes = holder.prefixes = Prefixes()
-            return wire.in_stream(prefixes, stream.span, payload, is_text), NOTHING_TO_END
+            return (payload if wire is None else _in_stream(wire, holder, stream, payload, is_text)), NOTHING_TO_END
         spans = self.spans
         config = spans.config
         handle = NOTHING_TO_END
@@ -630,10 +620,7 @@ class Replies:
             if wire is not None:
                 payload = wire.wrap(payload, is_text, propagation.inject(trace.set_span_in_context(chunk)))
         elif wire is not None:
-            prefixes = holder.prefixes
-            if prefixes is None:
-                prefixes = holder.prefixes = Prefixes()
-            payload = wire.in_stream(prefixes, stream.span, payload, is_text)
+            payload = _in_stream(wire, holder, stream, payload, is_text)
         return payload, handle
 
     def reply_received(
@@ -833,6 +820,14 @@ class Replies:
             request.done = True
             return None
         return request
+
+
+def _in_stream(wire: Wire, holder: Inbound | Run, stream: StreamRecorder, payload: Any, is_text: bool) -> Any:
+    """A chunk in its envelope, with the stream's prefix (encoded once, kept by ``holder``)."""
+    prefixes = holder.prefixes
+    if prefixes is None:
+        prefixes = holder.prefixes = Prefixes()
+    return wire.in_stream(prefixes, stream.span, payload, is_text)
 
 
 def _running_loop() -> Optional[asyncio.AbstractEventLoop]:
