@@ -722,3 +722,68 @@ def test_a_run_limit_of_zero_is_no_limit(telemetry: Telemetry) -> None:
     _sent(replies, Context(), "b", 2)
     assert not telemetry.named("send /chat") and replies.run is not None
     assert replies.run.stream.stats.count == 2
+
+
+# The usual chunk (Replies.again) -------------------------------------------------------------------------
+
+
+def test_again_continues_a_reply_stream_as_reply_chunk_would(telemetry: Telemetry) -> None:
+    """From a stream's third chunk, ``again`` counts the chunk and frames it exactly as the full path does."""
+    replies = _connection(telemetry)
+    owner = _handled(telemetry, replies)
+    wire = wire_for(replies.spans.config, "frame")
+    assert replies.again(Context(), owner, wire, "token 0", True) is None  # no stream yet
+    slow = [replies.reply_chunk(owner, wire, f"token {n}", True, n + 1)[0] for n in range(2)]
+    stream = owner.stream
+    assert stream is not None
+    sent = replies.again(Context(), owner, wire, "token 2", True)
+    assert sent is not None and sent[1] is NOTHING_TO_END
+    assert sent[0] == slow[0][: -len("token 0")] + "token 2", "the stream's prefix, as reply_chunk put it"
+    assert replies.again(Context(), owner, None, b"\x00\x01", False) is None  # the other type: the full path
+    assert replies.again(Context(), owner, None, "token 3", True) == ("token 3", NOTHING_TO_END)
+    stats = stream.stats
+    assert (stats.count, stats.size, len(stats.intervals)) == (4, 4 * len("token 0"), 3)
+    assert replies.sent_to is stream
+    other = _connection(telemetry)
+    assert other.again(Context(), owner, None, "x", True) is None  # another connection's message
+    stream.end()
+    assert replies.again(Context(), owner, None, "token 4", True) is None  # an ended stream
+
+
+def test_again_leaves_stalls_idle_gaps_end_markers_and_chunk_spans_to_the_full_path(telemetry: Telemetry) -> None:
+    replies = _connection(telemetry, stall_threshold=0.5)
+    owner = _handled(telemetry, replies)
+    for n in range(2):
+        replies.reply_chunk(owner, None, "t", True, n + 1)
+    stream = owner.stream
+    assert stream is not None
+    stream.stats.last_ns -= SEC  # a second since the last chunk: a stall
+    assert replies.again(Context(), owner, None, "t", True) is None
+    stream.stats.last_ns -= 10 * SEC  # past the idle gap too
+    assert replies.again(Context(), owner, None, "t", True) is None
+    for options in ({"chunk_spans": True}, {"stream_end": lambda p: p == "done"}):
+        marked = _connection(telemetry, **options)
+        handled = _handled(telemetry, marked)
+        for n in range(3):
+            marked.reply_chunk(handled, None, "t", True, n + 1)
+        assert marked.again(Context(), handled, None, "t", True) is None
+
+
+def test_again_continues_a_run_under_the_same_context_object_only(telemetry: Telemetry) -> None:
+    replies = _connection(telemetry)
+    turn = trace.set_span_in_context(telemetry.provider.get_tracer("app").start_span("voice turn"))
+    for n in range(3):
+        _sent(replies, turn, f"frame {n}", n + 1)
+    run = replies.run
+    assert run is not None and run.ctx is turn
+    assert replies.again(turn, None, None, "frame 3", True) == ("frame 3", NOTHING_TO_END)
+    assert run.stream.stats.count == 4
+    same_span_other_object = trace.set_span_in_context(trace.get_current_span(turn))
+    assert replies.again(same_span_other_object, None, None, "frame 4", True) is None
+    run.stream.stats.first_ns -= 61 * SEC  # the run has lasted its limit (run_limit, 60 s)
+    assert replies.again(turn, None, None, "frame 4", True) is None
+    keyed = _connection(telemetry, stream_key=lambda p: None)
+    keyed_client = Replies(keyed.spans, None, None, client=True)
+    for n in range(3):
+        _sent(keyed_client, turn, f"frame {n}", n + 1, client=True)
+    assert keyed_client.again(turn, None, None, "frame 3", True) is None  # each send may be a request
