@@ -787,3 +787,16 @@ def test_again_continues_a_run_under_the_same_context_object_only(telemetry: Tel
     for n in range(3):
         _sent(keyed_client, turn, f"frame {n}", n + 1, client=True)
     assert keyed_client.again(turn, None, None, "frame 3", True) is None  # each send may be a request
+
+
+def test_an_ended_stream_is_not_kept_by_the_connection(telemetry: Telemetry) -> None:
+    """The stream the last chunk joined is remembered (for a message sent as fragments) only while it is open:
+    an idle connection must not keep its last reply, and that reply's span, alive."""
+    replies = _connection(telemetry)
+    owner = _handled(telemetry, replies)
+    replies.reply_chunk(owner, None, "only", True, 1)
+    stream = owner.stream
+    assert stream is not None and replies.sent_to is stream
+    stream.end()
+    assert replies.sent_to is None and not replies.streams
+    assert replies not in gc.get_referrers(stream)  # nothing of the connection holds it any more

@@ -703,6 +703,9 @@ class Replies:
 
     def forget(self, stats: StreamStats) -> None:
         """A stream ended (its ``on_end``)."""
+        sent_to = self.sent_to
+        if sent_to is not None and sent_to.stats is stats:
+            self.sent_to = None  # an ended stream, its span with it, is not kept for an idle connection
         streams = self.streams
         streams.pop(stats, None)
         if not streams:

@@ -374,6 +374,8 @@ class ConnectionTracer:
         frame, handle = self.send_start(payload, text=is_text, record=record, split=split)
         replies = self._replies
         stream = replies.sent_to if replies is not None else None
+        if replies is not None:
+            replies.sent_to = None
         # A chunk's bytes are counted by its stream: the rest of the message is added to the stream's size.
         slot = (1 if is_text else 0) if counted and stream is None else -1
         return frame, Fragmented(handle, stream, size(payload) or 0, slot)
