@@ -13,6 +13,7 @@ reply any more.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import OrderedDict
 from typing import Any, Callable, Hashable, Optional, cast
@@ -54,6 +55,10 @@ REQUEST = otel_context.create_key("wstrace-request")
 
 _MAX_PENDING_REQUESTS = 1024
 _NO_LIMIT = 1 << 62  # ns: a run_limit of 0
+# Shared by every connection with no open stream and no orphan, and never written to: an idle connection
+# holds no dict or list of its own for them.
+_NO_STREAMS: dict[StreamStats, StreamRecorder] = {}  # written to only after an `is` test
+_NO_ORPHANS: tuple[StreamRecorder, ...] = ()
 # Open streams per connection: beyond this the oldest ends at its last chunk, so a
 # server answering faster than stream_idle cannot pile up open spans until close.
 _MAX_OPEN_STREAMS = 1024
@@ -269,17 +274,17 @@ class Replies:
         self.counts = counts
         """The route's message counts (``_counting``), where the messages sent through here are counted."""
         config = spans.config
-        self.idle_ns = int(config.stream_idle * 1e9)
-        self.limit_ns = int(config.run_limit * 1e9) or _NO_LIMIT
+        self.idle_ns = _ns(config.stream_idle)
+        self.limit_ns = _ns(config.run_limit) or _NO_LIMIT
         self.plain = config.stream_end is None and not config.chunk_spans
         """Chunks need no end-marker test and no span of their own: the common case, on the hot path."""
         self.keyed = config.stream_key is not None
         self.runs_again = not (client and self.keyed)
         """A message sent under its run's context continues the run (:meth:`again`); not on a client with a
         ``stream_key``, where each send may be a request of its own."""
-        self.streams: dict[StreamStats, StreamRecorder] = {}
+        self.streams: dict[StreamStats, StreamRecorder] = _NO_STREAMS
         """Open streams, oldest first; a stream leaves when it ends."""
-        self.orphans: list[StreamRecorder] = []
+        self.orphans: list[StreamRecorder] | tuple[StreamRecorder, ...] = _NO_ORPHANS
         """Server reply streams whose message no context holds any more: they are complete."""
         self.flush_pending = False
         """An ``end_orphans`` call is scheduled on the event loop, or about to run here."""
@@ -694,7 +699,10 @@ class Replies:
             brief_single=True,
             answers=answers,
         )
-        self.streams[stream.stats] = stream
+        streams = self.streams
+        if streams is _NO_STREAMS:
+            streams = self.streams = {}
+        streams[stream.stats] = stream
         if len(self.streams) > self.sweep_at:
             self.sweep(time.monotonic_ns())
         if len(self.streams) > _MAX_OPEN_STREAMS:
@@ -710,7 +718,7 @@ class Replies:
         streams.pop(stats, None)
         if not streams:
             # A dict keeps the room it grew to: an idle connection should not keep room for streams.
-            self.streams = {}
+            self.streams = _NO_STREAMS
 
     def release(self, stream: StreamRecorder) -> None:
         """No context holds the stream's message any more: end it on the loop's next turn, or at the next event.
@@ -721,7 +729,11 @@ class Replies:
         leaves the stream to the connection's next event.
         """
         try:
-            self.orphans.append(stream)
+            orphans = self.orphans
+            if isinstance(orphans, list):
+                orphans.append(stream)
+            else:
+                self.orphans = [stream]
             loop = self.loop
             if loop is not None and not self.flush_pending and asyncio.get_running_loop() is loop:
                 self.flush_pending = True
@@ -731,7 +743,7 @@ class Replies:
 
     def end_orphans(self) -> None:
         self.flush_pending = False
-        orphans, self.orphans = self.orphans, []
+        orphans, self.orphans = self.orphans, _NO_ORPHANS
         try:
             for stream in orphans:
                 stream.end(at_last_chunk=True)
@@ -757,8 +769,8 @@ class Replies:
         for stream in list(self.streams.values()):
             if not stream.ended:
                 stream.end(error, at_last_chunk=error is None)
-        self.streams.clear()
-        self.orphans = []
+        self.streams = _NO_STREAMS
+        self.orphans = _NO_ORPHANS
 
     # Client requests ---------------------------------------------------------
 
@@ -823,6 +835,12 @@ class Replies:
             request.done = True
             return None
         return request
+
+
+@functools.lru_cache(maxsize=64)
+def _ns(seconds: float) -> int:
+    """``seconds`` in ns, one int object per value for every connection (an idle one holds a few)."""
+    return int(seconds * 1e9)
 
 
 def _in_stream(wire: Wire, holder: Inbound | Run, stream: StreamRecorder, payload: Any, is_text: bool) -> Any:

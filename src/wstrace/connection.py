@@ -247,6 +247,7 @@ class ConnectionTracer:
             if self._instruments is not None:  # sampled or not: metrics count every connection
                 seconds = (self._opened_ns - self._started_ns) / 1e9
                 self._instruments.connection_opened(self._metric_attributes(), seconds)
+            self._started_ns = 0  # not needed any more: an idle connection keeps no int for it
             span = self._handshake
             if isinstance(span, Span) and self._recording:
                 # From now on only its context is needed (links, handshake_context): let the SDK's span go.
