@@ -337,3 +337,28 @@ def test_fragmented_message_limit_counts_payload_only(telemetry: Telemetry) -> N
             instrumentor.uninstrument()
     assert comparable(traced) == comparable(bare)
     assert traced[0] == (LIMIT - 1, "delivered", True)
+
+
+def test_raising_the_limit_adds_no_attribute_to_the_protocol(telemetry: Telemetry) -> None:
+    """The raised limit rides in websockets' own attribute: a new attribute on each connection's protocol would
+    give its ``__dict__`` keys of its own, about 1.3 KB per connection (docs/performance.md, idle memory)."""
+    seen: list[Any] = []
+
+    async def keep(ws: Any) -> None:
+        seen.append(ws.protocol)
+        async for message in ws:
+            await ws.send(message)
+
+    async def one() -> None:
+        async with serve(keep, "127.0.0.1", 0, max_size=LIMIT) as srv:
+            async with async_connect(f"ws://127.0.0.1:{srv.sockets[0].getsockname()[1]}{ROUTE}") as ws:
+                await ws.send("x" * (LIMIT - 1))
+                assert await ws.recv() == "x" * (LIMIT - 1)
+
+    asyncio.run(one())
+    with instrumented(telemetry, "frame"):
+        asyncio.run(one())
+    bare, traced = seen
+    assert type(traced.max_message_size) is not int, "the limit was raised (the envelope is in force)"
+    assert traced.max_message_size > bare.max_message_size == LIMIT
+    assert set(vars(traced)) == set(vars(bare))

@@ -30,7 +30,7 @@ from __future__ import annotations
 from typing import Any
 
 from wstrace.instrumentation._instrumentor import Settings, WstraceInstrumentor
-from wstrace.instrumentation.websockets import _client, _connection, _server
+from wstrace.instrumentation.websockets import _client, _connection, _limits, _server
 from wstrace.instrumentation.websockets._options import server_options
 from wstrace.instrumentation.websockets.package import _instruments
 
@@ -53,6 +53,7 @@ class WebsocketsInstrumentor(WstraceInstrumentor):
         import websockets.asyncio.client as aclient  # noqa: PLC0415
         import websockets.asyncio.connection as aconnection  # noqa: PLC0415
         import websockets.asyncio.server as aserver  # noqa: PLC0415
+        import websockets.protocol as protocol  # noqa: PLC0415
         import websockets.sync.client as sclient  # noqa: PLC0415
         import websockets.sync.connection as sconnection  # noqa: PLC0415
         import websockets.sync.server as sserver  # noqa: PLC0415
@@ -80,3 +81,4 @@ class WebsocketsInstrumentor(WstraceInstrumentor):
             for name, wrapper in methods.items():
                 self._wrap(module, f"Connection.{name}", wrapper, hot=name in _HOT)
         self._replace(aconnection, "Connection.recv", _connection.async_recv_method)
+        self._replace(protocol, "Protocol.recv_frame", _limits.recv_frame_method)

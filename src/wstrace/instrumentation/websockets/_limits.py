@@ -6,7 +6,11 @@ is checked again in ``Protocol.recv_frame``, this time its payload (the frame le
 application's limit: a frame over it raises ``PayloadTooBig`` there, which websockets handles as its own
 (close 1009 with the same reason, ``ConnectionClosedError`` in ``recv``). The limit is raised at the moment
 the protocol sees the final 101, sent (server) or received (client), before any frame after it is parsed.
-Only the connection's own protocol object is changed, never the classes.
+
+The raised limit is a :class:`_Raised`, an ``int`` that carries the connection's check, in the protocol's
+own attribute: a new attribute on the protocol object would cost each connection about 1.3 KB (its
+``__dict__`` no longer shares its keys with the class's other instances), more than the rest of what
+wstrace keeps per idle connection. ``Protocol.recv_frame`` (:func:`recv_frame_method`) finds it there.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from wstrace._log import warn_once
 from wstrace.config import Config
 
 
-__all__ = ["watch_client", "watch_server"]
+__all__ = ["recv_frame_method", "watch_client", "watch_server"]
 
 
 def watch_server(protocol: Any, config: Config) -> None:
@@ -74,18 +78,51 @@ def _settle(protocol: Any, config: Config, headers: Any) -> None:
         extra = overhead(config, fmt)
         check = _Check(protocol, names, config, fmt, message, fragment)
         if message is not None:
-            setattr(protocol, names[0], message + extra)
+            setattr(protocol, names[0], _Raised(message + extra, check))
         if fragment is not None:
-            setattr(protocol, names[2], fragment + extra)
-        protocol.recv_frame = check
+            # The check rides on the message limit when there is one, else on this one.
+            setattr(protocol, names[2], _Raised(fragment + extra, check) if message is None else fragment + extra)
     except Exception as exc:  # the library's limit stays as it was
         warn_once("raising websockets' max_size by the envelope", exc)
+
+
+class _Raised(int):
+    """A limit raised by the envelope's most, carrying the check of the application's own limit."""
+
+    def __new__(cls, value: int, check: _Check) -> _Raised:
+        raised = super().__new__(cls, value)
+        raised.check = check
+        return raised
+
+    check: _Check
+
+
+def recv_frame_method(original: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:
+    """``Protocol.recv_frame``: a frame of a connection whose limit the envelope raised is checked first."""
+    message, _, fragment = _names()
+
+    def recv_frame(self: Any, frame: Any) -> None:
+        raised = getattr(self, message, None)
+        if raised is None and fragment:
+            raised = getattr(self, fragment, None)
+        if type(raised) is _Raised:
+            raised.check(frame)
+        original(self, frame)
+
+    return recv_frame
 
 
 _NEW = ("max_message_size", "current_size", "max_fragment_size")
 """websockets 16 and later: a message limit, an optional fragment limit, the size read so far."""
 _OLD = ("max_size", "cur_size", "")
 """websockets 15: ``max_size`` and ``cur_size``."""
+
+
+def _names() -> tuple[str, str, str]:
+    import websockets.protocol  # noqa: PLC0415 - loaded with the instrumentation
+
+    source = getattr(websockets.protocol.Protocol.__init__, "__code__", None)
+    return _NEW if source is not None and _NEW[0] in source.co_names else _OLD
 
 
 class _Check:
@@ -105,7 +142,6 @@ class _Check:
         "_message",
         "_names",
         "_protocol",
-        "_recv_frame",
     )
 
     def __init__(
@@ -118,7 +154,6 @@ class _Check:
         fragment: Optional[int],
     ) -> None:
         self._protocol = protocol
-        self._recv_frame: Callable[[Any], None] = protocol.recv_frame
         self._names = names
         self._message = message
         self._fragment = fragment
@@ -147,7 +182,6 @@ class _Check:
             read = getattr(self._protocol, self._names[1], None)
             if read is not None:
                 self._check(len(frame.data), read - self._envelope)
-        self._recv_frame(frame)
 
     def _check(self, length: int, read: Optional[int]) -> None:
         """Raise websockets' ``PayloadTooBig`` if a frame of ``length`` payload bytes, after ``read``, is over."""
