@@ -590,7 +590,12 @@ class Replies:
         stats.last_ns = now
         stats.intervals.append(gap)
         self.sent_to = stream
-        return (payload if wire is None else _in_stream(wire, holder, stream, payload, is_text)), NOTHING_TO_END
+        if wire is None:
+            return payload, NOTHING_TO_END
+        prefixes = holder.prefixes
+        if prefixes is not None and prefixes.text is not None and kind is str and is_text and type(wire) is Wire:
+            return prefixes.text + payload, NOTHING_TO_END  # Wire.in_stream's first case: a text stream's chunk
+        return _in_stream(wire, holder, stream, payload, is_text), NOTHING_TO_END
 
     def _chunk(
         self,

@@ -87,7 +87,9 @@ def test_otlp_endpoint_down(request: pytest.FixtureRequest) -> None:
     assert m.faulted <= MAX_RATIO * m.base
     assert run.wstrace == []
     exporter_logs = sdk_records(run, "opentelemetry", logging.WARNING)
-    assert len(exporter_logs) < m.trips / 20, f"{len(exporter_logs)} exporter log records for {m.trips} round trips"
+    # The exporter logs per failed export, and exports are timed (every 20 ms), so a slower (loaded) machine
+    # logs more for the same round trips: 28 for 510 seen under load. Per message would be 510 or more.
+    assert len(exporter_logs) < m.trips / 10, f"{len(exporter_logs)} exporter log records for {m.trips} round trips"
     assert m.shutdown < 10
 
 
