@@ -425,7 +425,7 @@ class ConnectionTracer:
                     self._plain_seen = True
                     if self.config.envelope == "always":
                         plain_peer(self.side, self.session_id)
-            if record and not self._closed and not otel_context.get_value(_SUPPRESS):
+            if record and not self._closed and not current_context().get(_SUPPRESS):
                 self._start_receive(payload, carrier, is_text)
         except Exception as exc:
             warn_once("tracing an inbound message", exc)
@@ -438,7 +438,7 @@ class ConnectionTracer:
         if not self._recording or not config.message_spans:
             return
         self._received += 1
-        ambient = otel_context.get_current()
+        ambient = current_context()
         now = time.monotonic_ns()
         if config.streams:
             replies = self._ensure_replies()
