@@ -8,16 +8,23 @@ Handlers: ``echo`` answers with its arguments (an ack) and emits ``echoed`` with
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import Any, Optional
 
 import socketio
 import uvicorn
 from aiohttp import web
 from opentelemetry import trace
+
+from tests.console import console_spans
 
 
 def span_id_now() -> int:
@@ -109,3 +116,91 @@ def make_client(received: list[tuple[str, list[Any]]], answer: Optional[Any] = N
         return answer if answer is not None else (args[0] if args else None)
 
     return client
+
+
+PEERS = Path(__file__).resolve().parent.parent / "peers"
+ROOT = PEERS.parents[1]
+
+
+def peer_env() -> dict[str, str]:
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WSTRACE_", "OTEL_"))}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT)])
+    return env
+
+
+class ServerProcess:
+    """``tests/peers/socketio_server.py`` in a process of its own; reads its output on a thread."""
+
+    def __init__(self, redis_port: Optional[int], bare: bool = False) -> None:
+
+        args = [sys.executable, str(PEERS / "socketio_server.py"), str(redis_port) if redis_port else "-"]
+        if bare:
+            args.append("bare")
+        self.proc = subprocess.Popen(
+            args,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=peer_env(),
+            cwd=ROOT,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def events(self) -> list[dict[str, Any]]:
+        return [json.loads(line[5:]) for line in list(self.lines) if line.startswith("PEER ")]
+
+    def wait_for(self, event: str, timeout: float = 20.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for item in self.events():
+                if item["event"] == event:
+                    return item
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise AssertionError(f"server printed no {event!r} event:\n" + "\n".join(self.lines))
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.wait_for('listening')['port']}"
+
+    def spans(self) -> list[dict[str, Any]]:
+        return console_spans("\n".join(line for line in list(self.lines) if not line.startswith("PEER ")))
+
+    def stop(self) -> str:
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(10)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._reader.join(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        return "\n".join(self.lines)
+
+
+async def close_manager(manager: Any) -> None:
+    """Stop an AsyncRedisManager's listening task and close its connections (the library has no close)."""
+    task = getattr(manager, "thread", None)
+    if task is not None:
+        task.cancel()
+        try:
+            await task
+        except BaseException:  # noqa: BLE001 - cancelled, or whatever it died of
+            pass
+    for name in ("pubsub", "redis"):
+        conn = getattr(manager, name, None)
+        if conn is not None:
+            await conn.aclose()

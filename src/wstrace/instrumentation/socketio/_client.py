@@ -109,7 +109,9 @@ async def eio_connect(wrapped: Callable[..., Any], instance: Any, args: tuple[An
     return await wrapped(*args, **kwargs)
 
 
-async def handle_connect(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+async def handle_connect(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
     """Wrap ``AsyncClient._handle_connect(namespace, data)``: the server's answer turns the carrier on for the
     namespace; the library gets the data without it."""
     try:
@@ -170,7 +172,7 @@ def emit(settings: Settings) -> Wrapper:
         if not is_instrumentation_enabled():
             return await wrapped(*args, **kwargs)
         try:
-            given = dict(zip(_EMIT_ARGS, args))
+            given = dict(zip(_EMIT_ARGS, args, strict=False))
             given.update(kwargs)
             event = given.get("event")
             namespace = given.get("namespace") or "/"

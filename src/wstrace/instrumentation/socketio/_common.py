@@ -176,10 +176,10 @@ def current_emit() -> Optional[Emit]:
     return _EMIT.get()
 
 
-class emitting:  # noqa: N801 - used as a context manager, like a function
+class emitting:
     """Start an emit's PRODUCER span and make it (and its :class:`Emit`) current for the emit's sends."""
 
-    __slots__ = ("_emit", "_rooms", "_token", "_attachment")
+    __slots__ = ("_attachment", "_emit", "_rooms", "_token")
 
     def __init__(
         self,
@@ -253,7 +253,9 @@ def process_span(
     session_id: Optional[str],
 ) -> tuple[Span, Context]:
     attrs = attributes(event, namespace, "process", session_id)
-    span = settings.tracer.start_span(f"{name} {event} {namespace}", parent, kind=SpanKind.CONSUMER, attributes=attrs, links=links)
+    span = settings.tracer.start_span(
+        f"{name} {event} {namespace}", parent, kind=SpanKind.CONSUMER, attributes=attrs, links=links
+    )
     return span, trace.set_span_in_context(span, parent)
 
 

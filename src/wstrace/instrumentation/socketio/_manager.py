@@ -16,7 +16,7 @@ from wstrace import _handshake as hs, propagation
 from wstrace._log import warn_once
 from wstrace._spans import link
 from wstrace.instrumentation._instrumentor import Settings, is_instrumentation_enabled
-from wstrace.instrumentation.socketio._common import PUBSUB_KEY, valid_carrier, current_emit, emitting
+from wstrace.instrumentation.socketio._common import PUBSUB_KEY, current_emit, emitting, valid_carrier
 
 
 __all__ = ["emit", "handle_emit", "publish"]
@@ -34,7 +34,7 @@ def emit(settings: Settings) -> Wrapper:
         if current_emit() is not None or kwargs.get("ignore_queue") or not is_instrumentation_enabled():
             return await wrapped(*args, **kwargs)
         try:
-            given = dict(zip(_EMIT_ARGS, args))
+            given = dict(zip(_EMIT_ARGS, args, strict=False))
             given.update(kwargs)
             span = emitting(
                 settings,

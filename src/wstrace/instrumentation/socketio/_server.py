@@ -123,7 +123,8 @@ async def handle_eio_disconnect(
         return await wrapped(*args, **kwargs)
     finally:
         try:
-            ct = _connections(instance).pop(args[0] if args else kwargs.get("eio_sid"), None)
+            eio_sid: Any = args[0] if args else kwargs.get("eio_sid")
+            ct = _connections(instance).pop(eio_sid, None)
             if ct is not None:
                 reason = str(args[1] if len(args) > 1 else kwargs.get("reason", ""))
                 if reason in _REMOTE_REASONS:
@@ -153,7 +154,7 @@ def send_packet(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...
             if emit_ is not None:
                 emit_.recipients += 1
                 if emit_.carrier is not None and kind == _EVENT and _agreed(instance, eio_sid):
-                    data = list(pkt.data) + [emit_.carrier]
+                    data = [*list(pkt.data), emit_.carrier]
                     args = (eio_sid, type(pkt)(kind, data=data, namespace=pkt.namespace, id=pkt.id))
     except Exception as exc:
         warn_once("adding wstrace to a Socket.IO packet", exc)
