@@ -198,7 +198,7 @@ async def close_manager(manager: Any) -> None:
         task.cancel()
         try:
             await task
-        except BaseException:  # noqa: BLE001 - cancelled, or whatever it died of
+        except BaseException:  # cancelled, or whatever it died of
             pass
     for name in ("pubsub", "redis"):
         conn = getattr(manager, name, None)

@@ -668,3 +668,51 @@ def test_trace_current_span_untouched_after_handler(telemetry: Telemetry, instru
 
     run(scenario())
     assert seen == [True]
+
+
+@pytest.mark.parametrize("trust", ["link", "ignore"])
+def test_trust_link_or_ignore(telemetry: Telemetry, instrument: Callable[..., None], trust: str) -> None:
+    """Under ``trust=link`` a handler's span is a new trace linked (``remote``) to the sender's span; under
+    ``ignore`` it is a new trace with no link to it. Either way the carrier is removed."""
+    instrument(trust=trust)
+    records: list[dict[str, Any]] = []
+
+    async def scenario() -> None:
+        sio = make_server(records)
+        async with aiohttp_server(sio) as url:
+            client = make_client([])
+            await client.connect(url, transports=["websocket"])
+            await client.call("echo", "x")
+            await client.disconnect()
+
+    run(scenario())
+    assert [r["args"] for r in records if r["event"] == "echo"] == [["x"]]
+    send = telemetry.one("send echo /")
+    handler = telemetry.one("process echo /")
+    assert handler.parent is None and tid(handler) != tid(send)
+    remote = [link for link in handler.links if link.attributes["wstrace.link.kind"] == "remote"]
+    if trust == "link":
+        assert [link.context.span_id for link in remote] == [sid(send)]
+    else:
+        assert remote == []
+
+
+def test_message_spans_off(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """``message_spans=False``: no event spans, and the handler still runs in the sender's context (the carrier
+    holds the context current at the emit)."""
+    instrument(message_spans=False)
+    tracer = telemetry.provider.get_tracer("test")
+    records: list[dict[str, Any]] = []
+
+    async def scenario() -> None:
+        sio = make_server(records)
+        async with aiohttp_server(sio) as url:
+            client = make_client([])
+            await client.connect(url, transports=["websocket"])
+            with tracer.start_as_current_span("caller"):
+                await client.call("echo", "x")
+            await client.disconnect()
+
+    run(scenario())
+    assert not [s for s in telemetry.spans if s.attributes.get("messaging.system") == "socket.io"]
+    assert [r["span_id"] for r in records if r["event"] == "echo"] == [sid(telemetry.one("caller"))]

@@ -61,10 +61,10 @@ PUBSUB_KEY = "wstrace"
 """Key added to a pub/sub manager's ``emit`` message: the emitter's context, a propagator carrier."""
 
 SYSTEM = "socket.io"
-EVENT_NAME = "messaging.socket.io.event_name"
-NAMESPACE = "messaging.socket.io.namespace"
-ROOMS = "messaging.socket.io.rooms"
-RECIPIENTS = "wstrace.socketio.recipients"
+EVENT_NAME = sc.SOCKETIO_EVENT_NAME
+NAMESPACE = sc.SOCKETIO_NAMESPACE
+ROOMS = sc.SOCKETIO_ROOMS
+RECIPIENTS = sc.SOCKETIO_RECIPIENTS
 
 MAX_FIELDS = 8
 """Most entries a carrier may hold (traceparent, tracestate, baggage, ... of any propagator)."""
@@ -198,10 +198,14 @@ class emitting:
         if rooms:
             attrs[ROOMS] = rooms
             attrs[sc.MESSAGING_DESTINATION_NAME] = rooms[0] if len(rooms) == 1 else ",".join(rooms)
-        span = settings.tracer.start_span(
-            f"send {event} {namespace}", parent, kind=SpanKind.PRODUCER, attributes=attrs, links=links
-        )
-        ctx = trace.set_span_in_context(span, parent if parent is not None else otel_context.get_current())
+        base = parent if parent is not None else otel_context.get_current()
+        if settings.config.message_spans:
+            span = settings.tracer.start_span(
+                f"send {event} {namespace}", parent, kind=SpanKind.PRODUCER, attributes=attrs, links=links
+            )
+        else:  # no event spans: the carrier holds the context current at the emit
+            span = trace.NonRecordingSpan(trace.get_current_span(base).get_span_context())
+        ctx = trace.set_span_in_context(span, base)
         self._emit = Emit(span, ctx)
         self._rooms = count
         self._token: Optional[contextvars.Token[Optional[Emit]]] = None
@@ -252,6 +256,9 @@ def process_span(
     links: Sequence[Link],
     session_id: Optional[str],
 ) -> tuple[Span, Context]:
+    if not settings.config.message_spans:  # no event spans: the handler runs in the sender's context
+        span: Span = trace.NonRecordingSpan(trace.get_current_span(parent).get_span_context())
+        return span, trace.set_span_in_context(span, parent)
     attrs = attributes(event, namespace, "process", session_id)
     span = settings.tracer.start_span(
         f"{name} {event} {namespace}", parent, kind=SpanKind.CONSUMER, attributes=attrs, links=links
