@@ -132,18 +132,27 @@ def peer_env() -> dict[str, str]:
 class ServerProcess:
     """``tests/peers/socketio_server.py`` in a process of its own; reads its output on a thread."""
 
-    def __init__(self, redis_port: Optional[int], bare: bool = False) -> None:
-
+    def __init__(self, redis_port: Optional[int], bare: bool = False, zero_code: bool = False) -> None:
+        """``zero_code``: bare, run under ``opentelemetry-instrument`` (console exporter)."""
         args = [sys.executable, str(PEERS / "socketio_server.py"), str(redis_port) if redis_port else "-"]
-        if bare:
+        env = peer_env()
+        if bare or zero_code:
             args.append("bare")
+        if zero_code:
+            args.insert(0, str(Path(sys.executable).parent / "opentelemetry-instrument"))
+            env.update(
+                OTEL_TRACES_EXPORTER="console",
+                OTEL_METRICS_EXPORTER="none",
+                OTEL_LOGS_EXPORTER="none",
+                OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="asyncio,threading,aiohttp-client,aiohttp-server,redis",
+            )
         self.proc = subprocess.Popen(
             args,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env=peer_env(),
+            env=env,
             cwd=ROOT,
         )
         self.lines: list[str] = []

@@ -716,3 +716,35 @@ def test_message_spans_off(telemetry: Telemetry, instrument: Callable[..., None]
     run(scenario())
     assert not [s for s in telemetry.spans if s.attributes.get("messaging.system") == "socket.io"]
     assert [r["span_id"] for r in records if r["event"] == "echo"] == [sid(telemetry.one("caller"))]
+
+
+def test_zero_code(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """A bare server run under ``opentelemetry-instrument`` (entry point ``wstrace-socketio``) traces its events
+    and continues an instrumented client's."""
+    import importlib.metadata  # noqa: PLC0415
+
+    from tests.missing import skip_or_fail  # noqa: PLC0415
+
+    names = {e.name for e in importlib.metadata.entry_points(group="opentelemetry_instrumentor")}
+    if "wstrace-socketio" not in names:
+        skip_or_fail("the installed wstrace has no wstrace-socketio entry point: reinstall it (pip install -e .)")
+    server = ServerProcess(None, zero_code=True)
+    try:
+        url = server.url
+        instrument()
+
+        async def scenario() -> Any:
+            client = make_client([])
+            await client.connect(url, transports=["websocket"])
+            answer = await client.call("echo", "zero")
+            await client.disconnect()
+            return answer
+
+        assert run(scenario()) == "zero"
+    finally:
+        output = server.stop()
+    assert server.wait_for("echo")["args"] == ["zero"]  # the carrier was removed before the handler
+    handler = next((s for s in server.spans() if s["name"] == "process echo /"), None)
+    assert handler is not None, output
+    send = telemetry.one("send echo /")
+    assert handler["parent_id"] == f"0x{send.context.span_id:016x}"
