@@ -15,9 +15,9 @@ from wstrace.instrumentation.socketio._common import (
     ANSWER_VALUE,
     OFFER_HEADER,
     emitting,
-    end_span,
     process_span,
     remote_parent,
+    run_in_span,
     split_carrier,
     wrap_callback,
 )
@@ -129,35 +129,28 @@ def handle_event(settings: Settings) -> Wrapper:
     """Wrap ``AsyncClient._handle_event(namespace, id, data)``: the handler runs in a CONSUMER span."""
 
     async def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if not is_instrumentation_enabled() or len(args) < 3 or kwargs:
+        if len(args) < 3 or kwargs:
             return await wrapped(*args, **kwargs)
+        span = None
         try:
             namespace, _id, data = args[:3]
             namespace = namespace or "/"
             carrier = None
             if isinstance(data, list) and len(data) > 1 and namespace in _agreed(instance):
                 rest, carrier = split_carrier(data)
-                if carrier is not None:
+                if carrier is not None:  # removed even with instrumentation suppressed: the peer sent it for us
                     args = (args[0], args[1], rest, *args[3:])
-            ct = _ct(instance)
-            parent, links = remote_parent(settings.config, carrier, ct)
-            event = data[0] if isinstance(data, list) and data else ""
-            span, ctx = process_span(
-                settings, "process", event, namespace, parent, links, ct.session_id if ct is not None else None
-            )
+            if is_instrumentation_enabled():
+                ct = _ct(instance)
+                parent, links = remote_parent(settings.config, carrier, ct)
+                event = data[0] if isinstance(data, list) and data else ""
+                session_id = ct.session_id if ct is not None else None
+                span, ctx = process_span(settings, "process", event, namespace, parent, links, session_id)
         except Exception as exc:
             warn_once("starting a Socket.IO handler span", exc)
+        if span is None:
             return await wrapped(*args, **kwargs)
-        token = otel_context.attach(ctx)
-        try:
-            result = await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            end_span(span, exc)
-            raise
-        finally:
-            otel_context.detach(token)
-        end_span(span)
-        return result
+        return await run_in_span(span, ctx, wrapped(*args, **kwargs))
 
     return wrapper
 
@@ -185,7 +178,7 @@ def emit(settings: Settings) -> Wrapper:
         with span as emit_:
             try:
                 callback = given.get("callback")
-                if callback is not None:
+                if callable(callback):  # anything else is passed on untouched
                     given["callback"] = wrap_callback(settings, callback, emit_, event, namespace, session_id)
                 if emit_.carrier is not None and namespace in _agreed(instance):
                     data = given.get("data")

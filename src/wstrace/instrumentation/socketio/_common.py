@@ -42,6 +42,8 @@ __all__ = [
     "handshake_links",
     "offered",
     "process_span",
+    "remote_parent",
+    "run_in_span",
     "split_carrier",
     "valid_carrier",
     "wrap_callback",
@@ -317,6 +319,11 @@ def wrap_callback(
         return result
 
     return acknowledged
+
+
+async def run_in_span(span: Span, ctx: Context, coro: Any) -> Any:
+    """Await ``coro`` with ``ctx`` (holding ``span``) current, then end the span (with the error, re-raised)."""
+    return await _finish(coro, span, ctx)
 
 
 async def _finish(coro: Any, span: Span, ctx: Context) -> Any:

@@ -15,10 +15,10 @@ from wstrace.instrumentation.socketio._common import (
     ATTR_CONN,
     current_emit,
     emitting,
-    end_span,
     offered,
     process_span,
     remote_parent,
+    run_in_span,
     splice,
     split_carrier,
     wrap_callback,
@@ -204,7 +204,7 @@ def emit(settings: Settings) -> Wrapper:
         with span as emit_:
             try:
                 callback = _arg(args, kwargs, _EMIT_ARGS, "callback")
-                if callback is not None:
+                if callable(callback):  # anything else is passed on untouched
                     acked = wrap_callback(settings, callback, emit_, event, namespace, None)
                     if len(args) > _CALLBACK_AT:
                         args = (*args[:_CALLBACK_AT], acked, *args[_CALLBACK_AT + 1 :])
@@ -222,34 +222,27 @@ def handle_event_internal(settings: Settings) -> Wrapper:
     a CONSUMER span, with the carrier (where agreed) stripped from its arguments."""
 
     async def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if not is_instrumentation_enabled() or len(args) < 5 or kwargs:
+        if len(args) < 5 or kwargs:
             return await wrapped(*args, **kwargs)
+        span = None
         try:
             server, _sid, eio_sid, data, namespace = args[:5]
             namespace = namespace or "/"
             carrier = None
             if isinstance(data, list) and len(data) > 1 and _agreed(server, eio_sid):
                 rest, carrier = split_carrier(data)
-                if carrier is not None:
+                if carrier is not None:  # removed even with instrumentation suppressed: the peer sent it for us
                     args = (*args[:3], rest, *args[4:])
-            ct = _connections(server).get(eio_sid)
-            parent, links = remote_parent(settings.config, carrier, ct)
-            event = data[0] if isinstance(data, list) and data else ""
-            span, ctx = process_span(
-                settings, "process", event, namespace, parent, links, ct.session_id if ct is not None else None
-            )
+            if is_instrumentation_enabled():
+                ct = _connections(server).get(eio_sid)
+                parent, links = remote_parent(settings.config, carrier, ct)
+                event = data[0] if isinstance(data, list) and data else ""
+                session_id = ct.session_id if ct is not None else None
+                span, ctx = process_span(settings, "process", event, namespace, parent, links, session_id)
         except Exception as exc:
             warn_once("starting a Socket.IO handler span", exc)
+        if span is None:
             return await wrapped(*args, **kwargs)
-        token = otel_context.attach(ctx)
-        try:
-            result = await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            end_span(span, exc)
-            raise
-        finally:
-            otel_context.detach(token)
-        end_span(span)
-        return result
+        return await run_in_span(span, ctx, wrapped(*args, **kwargs))
 
     return wrapper
