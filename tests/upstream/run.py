@@ -201,7 +201,7 @@ SUITES: dict[str, Suite] = {
             "--ignore=tests/common/test_admin.py",
             "--ignore=tests/common/test_redis_manager.py",
         ],
-        needs=["python-engineio", "pytest-asyncio"],
+        needs=["python-engineio", "msgpack", "pytest-asyncio"],
         note="its asyncio (the adapter's stage 1) and threaded unit tests, asyncio_mode=auto from its pyproject",
     ),
     "websockets": Suite(
