@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextvars
 import inspect
 import json
+import weakref
 from typing import Any, Callable, Optional, Sequence
 
 from opentelemetry import context as otel_context, trace
@@ -121,11 +122,20 @@ def carrier_arg(ctx: Optional[Context] = None) -> Optional[dict[str, Any]]:
     return {CARRIER_KEY: carrier} if carrier else None
 
 
+_HANDSHAKE_LINKS: weakref.WeakKeyDictionary[ConnectionTracer, tuple[Link, ...]] = weakref.WeakKeyDictionary()
+
+
 def handshake_links(ct: Optional[ConnectionTracer]) -> Sequence[Link]:
+    """The link to a connection's handshake, one tuple per connection (as the WebSocket receive spans reuse
+    theirs)."""
     if ct is None:
         return ()
-    span_context = trace.get_current_span(ct.handshake_context).get_span_context()
-    return (link(span_context, "handshake"),) if span_context.is_valid else ()
+    found = _HANDSHAKE_LINKS.get(ct)
+    if found is None:
+        span_context = trace.get_current_span(ct.handshake_context).get_span_context()
+        found = (link(span_context, "handshake"),) if span_context.is_valid else ()
+        _HANDSHAKE_LINKS[ct] = found
+    return found
 
 
 def attributes(event: Any, namespace: str, operation: str, session_id: Optional[str]) -> dict[str, Any]:
