@@ -191,7 +191,7 @@ def current_emit() -> Optional[Emit]:
 class emitting:
     """Start an emit's PRODUCER span and make it (and its :class:`Emit`) current for the emit's sends."""
 
-    __slots__ = ("_attachment", "_emit", "_rooms", "_token")
+    __slots__ = ("_attachment", "_count", "_emit", "_token")
 
     def __init__(
         self,
@@ -219,7 +219,7 @@ class emitting:
             span = trace.NonRecordingSpan(trace.get_current_span(base).get_span_context())
         ctx = trace.set_span_in_context(span, base)
         self._emit = Emit(span, ctx)
-        self._rooms = count
+        self._count = count
         self._token: Optional[contextvars.Token[Optional[Emit]]] = None
         self._attachment: Optional[object] = None
 
@@ -231,7 +231,7 @@ class emitting:
     def __exit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> None:
         span = self._emit.span
         try:
-            if self._rooms and span.is_recording():
+            if self._count and span.is_recording():
                 span.set_attribute(RECIPIENTS, self._emit.recipients)
             if exc is not None:
                 record_error(span, exc)
