@@ -32,6 +32,10 @@ MESSAGING_MESSAGE_ID = "messaging.message.id"
 MESSAGING_CONSUMER_GROUP_NAME = "messaging.consumer.group.name"
 MESSAGING_BATCH_MESSAGE_COUNT = "messaging.batch.message_count"
 ERROR_TYPE = "error.type"
+# OpenTelemetry JS's socket.io instrumentation (opentelemetry-js-contrib), so Python and Node services read alike.
+SOCKETIO_EVENT_NAME = "messaging.socket.io.event_name"
+SOCKETIO_NAMESPACE = "messaging.socket.io.namespace"
+SOCKETIO_ROOMS = "messaging.socket.io.rooms"
 
 # wstrace's own names.
 SESSION_ID = "websocket.session.id"
@@ -49,6 +53,7 @@ SIDE = "websocket.side"
 STREAM_DIRECTION = "wstrace.stream.direction"
 CONTEXT_SOURCE = "wstrace.context.source"
 LINK_KIND = "wstrace.link.kind"
+SOCKETIO_RECIPIENTS = "wstrace.socketio.recipients"
 
 # Handshake headers of the envelope negotiation and the shared session id.
 ENVELOPE_HEADER = "wstrace-envelope"

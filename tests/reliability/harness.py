@@ -14,7 +14,10 @@ The properties, for every target:
 * a payload sent through a pair of ``ConnectionTracer`` s comes back equal, whatever it looks like;
 * incoming context never puts peer text into a span: every attribute key is one wstrace documents and
   every string value has a known shape;
-* the Redis carrier loses nothing: an entry or value without a valid envelope is returned as it was.
+* the Redis carrier loses nothing: an entry or value without a valid envelope is returned as it was;
+* a Socket.IO event's arguments come back as they were (the same object) unless they end with exactly one
+  well-formed carrier, which alone is removed (``docs/protocol.md`` section 13); offers, pub/sub carriers and
+  engine.io queries of any shape never raise.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from wstrace import envelope as codec, propagation
 from wstrace.carriers import headers_carrier, query_carrier, split_subprotocols
 from wstrace.config import Config
 from wstrace.connection import ConnectionTracer
+from wstrace.instrumentation._instrumentor import Settings, engineio_request
+from wstrace.instrumentation.socketio import _common as sio_common, _manager as sio_manager
 from wstrace.redis import RedisHop, decode_entry, decode_value
 from wstrace.semconv import TOKEN_PREFIXES
 
@@ -317,6 +322,35 @@ def _redis(raw: bytes) -> None:
     assert popped is None if shape is None else popped is not None
 
 
+_SIO_SETTINGS = Settings.make(Config.load(environ={}), TracerProvider())
+
+
+def _socketio(raw: bytes) -> None:
+    """A Socket.IO event's arguments (the input as JSON), an engine.io request's query and offer header, and a
+    pub/sub message's carrier, all from a peer holding anything at all."""
+    text = _text(raw)
+    assert isinstance(sio_common.offered({"QUERY_STRING": text, "HTTP_WSTRACE_SOCKETIO": text}), bool)
+    assert isinstance(engineio_request(text), bool) and isinstance(engineio_request(raw), bool)
+    try:
+        shape = json.loads(raw)
+    except (ValueError, RecursionError):
+        shape = [text, {sio_common.CARRIER_KEY: text}]
+    for args in (shape, [shape], ["event", shape], ["event", {sio_common.CARRIER_KEY: shape}]):
+        if not isinstance(args, list):
+            continue
+        rest, carrier = sio_common.split_carrier(args)
+        if carrier is None:
+            assert rest is args
+        else:
+            assert list(rest) == args[:-1] and carrier == args[-1][sio_common.CARRIER_KEY]
+            assert sio_common.valid_carrier(carrier)
+        sio_manager._parent(_SIO_SETTINGS, shape)
+        sio_manager._parent(_SIO_SETTINGS, carrier)
+    if raw[:1] == b"2":
+        spliced = sio_common.splice(text, '{"x":1}')
+        assert spliced is None or spliced.startswith(text[:-1])
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "decode-text": _decode_text,
     "decode-bytes": _decode_bytes,
@@ -327,6 +361,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "query": _query,
     "subprotocols": _subprotocols,
     "redis": _redis,
+    "socketio": _socketio,
 }
 _ORDER = list(TARGETS.values())
 

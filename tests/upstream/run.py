@@ -180,6 +180,30 @@ SUITES: dict[str, Suite] = {
         needs=["websockets"],
         note="its local-server tests against the websockets echo server of its CI, started in-process",
     ),
+    "python-socketio": Suite(
+        "python-socketio",
+        "python-socketio",
+        _prepare_with_tests_dir(),
+        [
+            "tests/async/test_server.py",
+            "tests/async/test_client.py",
+            "tests/async/test_manager.py",
+            "tests/async/test_pubsub_manager.py",
+            "tests/async/test_namespace.py",
+            "tests/async/test_simple_client.py",
+            "tests/common",
+        ],
+        # As its tox.ini runs them. The admin tests start real servers and outlast the time limit bare; the Redis
+        # manager tests import valkey.
+        options=[
+            "-p",
+            "no:logging",
+            "--ignore=tests/common/test_admin.py",
+            "--ignore=tests/common/test_redis_manager.py",
+        ],
+        needs=["python-engineio", "msgpack", "pytest-asyncio"],
+        note="its asyncio (the adapter's stage 1) and threaded unit tests, asyncio_mode=auto from its pyproject",
+    ),
     "websockets": Suite(
         "websockets",
         "websockets",
@@ -188,9 +212,9 @@ SUITES: dict[str, Suite] = {
         note="the sdist ships no tests",
     ),
 }
-DEFAULT_LIBRARIES = ["tornado", "starlette", "fastapi", "aiohttp", "websocket-client", "websockets"]
+DEFAULT_LIBRARIES = ["tornado", "starlette", "fastapi", "aiohttp", "websocket-client", "websockets", "python-socketio"]
 # Installed in the venv for every run, so that every adapter is exercised whatever the suite.
-LIBRARIES_ALWAYS = ["tornado", "aiohttp", "starlette", "fastapi", "websockets", "websocket-client"]
+LIBRARIES_ALWAYS = ["tornado", "aiohttp", "starlette", "fastapi", "websockets", "websocket-client", "python-socketio"]
 
 
 def log(message: str) -> None:

@@ -38,6 +38,7 @@ ADAPTERS = (
     ("starlette", "wstrace.instrumentation.starlette", "StarletteInstrumentor"),
     ("websocket", "wstrace.instrumentation.websocket_client", "WebsocketClientInstrumentor"),
     ("tornado", "wstrace.instrumentation.tornado", "TornadoInstrumentor"),
+    ("socketio", "wstrace.instrumentation.socketio", "SocketioInstrumentor"),
 )
 """(import name of the library, adapter module, instrumentor class)."""
 

@@ -27,8 +27,10 @@ from wstrace.version import __version__
 __all__ = [
     "Settings",
     "WstraceInstrumentor",
+    "claim_engineio",
     "client_tracer",
     "end_after",
+    "engineio_request",
     "is_instrumentation_enabled",
     "option_overrides",
     "send_then_end",
@@ -39,6 +41,31 @@ _OTHER_KEYS = frozenset({"tracer_provider", "meter_provider", "skip_dep_check"})
 _log = logging.getLogger(__name__)
 _UNSET = object()
 _WRAPT = object()  # a patch made by wrapt, which ``unwrap`` undoes
+_ENGINEIO_OWNERS: set[str] = set()
+
+
+def claim_engineio(owner: str, on: bool) -> None:
+    """An adapter that traces engine.io connections itself (Socket.IO) claims them while it is instrumented."""
+    if on:
+        _ENGINEIO_OWNERS.add(owner)
+    else:
+        _ENGINEIO_OWNERS.discard(owner)
+
+
+def engineio_request(query: Any) -> bool:
+    """Whether a WebSocket upgrade is an engine.io connection that another adapter traces: one claims them
+    (:func:`claim_engineio`), and the query has an ``EIO`` parameter and ``transport=websocket``. The
+    WebSocket-level adapters then stand down: no spans, no envelope, no headers. Never raises."""
+    if not _ENGINEIO_OWNERS:
+        return False
+    try:
+        text = query.decode("latin-1") if isinstance(query, (bytes, bytearray)) else str(query or "")
+        if "EIO=" not in text:
+            return False
+        keys = {part.partition("=")[0]: part.partition("=")[2] for part in text.split("&")}
+        return "EIO" in keys and keys.get("transport") == "websocket"
+    except Exception:
+        return False
 
 
 class Settings:

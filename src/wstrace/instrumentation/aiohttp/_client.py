@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from wstrace._context import attach
-from wstrace.instrumentation._instrumentor import Settings, is_instrumentation_enabled
+from wstrace.instrumentation._instrumentor import Settings, engineio_request, is_instrumentation_enabled
 from wstrace.instrumentation.aiohttp._common import (
     ATTR,
     failure_status,
@@ -21,11 +21,19 @@ __all__ = ["Wrapper", "ws_connect"]
 Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
 
 
+def _query(url: object) -> str:
+    query = getattr(url, "query_string", None)  # a yarl.URL
+    if isinstance(query, str):
+        return query
+    return str(url).partition("?")[2] if url is not None else ""
+
+
 def ws_connect(settings: Settings) -> Wrapper:
     """Wrap ``ClientSession._ws_connect``, the coroutine behind ``ws_connect()`` and its context manager."""
 
     async def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if not is_instrumentation_enabled():
+        url = args[0] if args else kwargs.get("url")
+        if not is_instrumentation_enabled() or engineio_request(_query(url)):  # Socket.IO's: traced there
             return await wrapped(*args, **kwargs)
         try:
             ct = new_client_tracer(settings, instance, args[0] if args else kwargs.get("url"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from wstrace._context import attach
-from wstrace.instrumentation._instrumentor import Settings, is_instrumentation_enabled
+from wstrace.instrumentation._instrumentor import Settings, engineio_request, is_instrumentation_enabled
 from wstrace.instrumentation.aiohttp._client import Wrapper
 from wstrace.instrumentation.aiohttp._common import (
     ATTR,
@@ -34,6 +34,8 @@ def prepare(settings: Settings) -> Wrapper:
         if not is_instrumentation_enabled() or tracer_of(instance) is not None or instance.prepared:
             return await wrapped(*args, **kwargs)
         request = args[0] if args else kwargs.get("request")
+        if engineio_request(getattr(request, "query_string", "")):  # the Socket.IO adapter traces those
+            return await wrapped(*args, **kwargs)
         try:
             offered = offered_subprotocols(request)
             ct = new_server_tracer(settings, request, offered)

@@ -9,7 +9,7 @@ from opentelemetry.metrics import MeterProvider
 
 from wstrace.carriers import hide_trace_tokens
 from wstrace.config import Config
-from wstrace.instrumentation._instrumentor import Settings, is_instrumentation_enabled
+from wstrace.instrumentation._instrumentor import Settings, engineio_request, is_instrumentation_enabled
 from wstrace.instrumentation.asgi._common import (
     MARK,
     ASGIApp,
@@ -60,7 +60,12 @@ class WstraceASGIMiddleware:
         return self
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "websocket" or MARK in scope or not self._enabled():
+        if (
+            scope["type"] != "websocket"
+            or MARK in scope
+            or not self._enabled()
+            or engineio_request(scope.get("query_string", b""))  # the Socket.IO adapter traces those
+        ):
             await self.app(scope, receive, send)
             return
         offered = offered_subprotocols(scope)

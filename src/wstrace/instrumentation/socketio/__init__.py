@@ -1,0 +1,85 @@
+"""Instrumentation for `python-socketio <https://python-socketio.readthedocs.io/>`_ (asyncio server and client).
+
+Usage::
+
+    from wstrace.instrumentation.socketio import SocketioInstrumentor
+
+    SocketioInstrumentor().instrument()
+
+or, with no code change, ``opentelemetry-instrument python app.py`` (entry point ``wstrace-socketio``).
+The instrumentor patches the classes, so every ``socketio.AsyncServer`` (mounted as an ASGI or aiohttp app),
+every ``socketio.AsyncClient`` and every ``AsyncPubSubManager`` (``AsyncRedisManager``, ...) is traced.
+
+Spans are per Socket.IO **event**, not per engine.io frame:
+
+* the engine.io connection request is the connection's handshake span (context from its headers or query, as
+  for any WebSocket server); the client's ``connect`` is its handshake span and sends its context;
+* ``emit`` is one PRODUCER span ``send {event} {namespace}`` whatever the number of recipients (their count in
+  ``wstrace.socketio.recipients``); a handler runs in a CONSUMER span ``process {event} {namespace}``; an ack
+  callback runs in ``ack {event} {namespace}``, a child of the emit it answers;
+* between two instrumented ends (negotiated in the handshake), each event carries its sender's context; a peer
+  without wstrace sees exactly what it would see from a bare end;
+* through a pub/sub manager, the emit's context travels in the published message, and the other processes
+  deliver it in spans of the same trace.
+
+Not covered yet (stage 2): the threaded ``socketio.Server`` / ``socketio.Client``, WSGI, the long-polling
+transport's own behaviour, and stream spans for runs of emits. ``docs/adapters/socketio.md`` is the guide.
+
+Options (keyword or environment variable) are listed in ``docs/configuration.md``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from wstrace.instrumentation._instrumentor import Settings, WstraceInstrumentor, claim_engineio
+from wstrace.instrumentation.socketio import _client, _manager, _server
+from wstrace.instrumentation.socketio.package import _instruments
+
+
+__all__ = ["SocketioInstrumentor"]
+
+
+class SocketioInstrumentor(WstraceInstrumentor):
+    """Instruments every asyncio python-socketio server, client and pub/sub manager."""
+
+    _module = "socketio"
+    _instruments = _instruments
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        claim_engineio("socketio", False)
+        super()._uninstrument(**kwargs)
+
+    def _patch(self, settings: Settings) -> None:
+        # Imported here, not at the top: importing the adapter must not import the library.
+        import engineio.async_client as eio_client  # noqa: PLC0415
+        import socketio.async_aiopika_manager as aiopika  # noqa: PLC0415
+        import socketio.async_client as client  # noqa: PLC0415
+        import socketio.async_pubsub_manager as pubsub  # noqa: PLC0415
+        import socketio.async_redis_manager as redis_manager  # noqa: PLC0415
+        import socketio.async_server as server  # noqa: PLC0415
+
+        self._wrap(server, "AsyncServer._handle_eio_connect", _server.handle_eio_connect(settings))
+        self._wrap(server, "AsyncServer._handle_eio_disconnect", _server.handle_eio_disconnect)
+        self._wrap(server, "AsyncServer._send_packet", _server.send_packet)
+        self._wrap(server, "AsyncServer._send_eio_packet", _server.send_eio_packet)
+        self._wrap(server, "AsyncServer.emit", _server.emit(settings))
+        self._wrap(server, "AsyncServer._handle_event_internal", _server.handle_event_internal(settings))
+
+        self._wrap(eio_client, "AsyncClient.connect", _client.eio_connect)
+        self._wrap(client, "AsyncClient.connect", _client.connect(settings))
+        self._wrap(client, "AsyncClient._handle_connect", _client.handle_connect)
+        self._wrap(client, "AsyncClient._handle_event", _client.handle_event(settings))
+        self._wrap(client, "AsyncClient.emit", _client.emit(settings))
+        self._wrap(client, "AsyncClient._handle_eio_disconnect", _client.handle_eio_disconnect)
+
+        self._wrap(pubsub, "AsyncPubSubManager.emit", _manager.emit(settings))
+        self._wrap(pubsub, "AsyncPubSubManager._handle_emit", _manager.handle_emit(settings))
+        for module, cls in (
+            (redis_manager, redis_manager.AsyncRedisManager),
+            (aiopika, aiopika.AsyncAioPikaManager),
+        ):
+            if "_publish" in vars(cls):
+                self._wrap(module, f"{cls.__name__}._publish", _manager.publish)
+        # The WebSocket-level adapters (ASGI, aiohttp) leave engine.io connections to this one.
+        claim_engineio("socketio", True)

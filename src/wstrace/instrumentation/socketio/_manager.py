@@ -1,0 +1,106 @@
+"""``socketio.AsyncPubSubManager`` (``AsyncRedisManager``, ...): an emit's context across server processes.
+
+The emitter's process adds one key, ``"wstrace"`` (a propagator carrier), to the ``emit`` message it publishes;
+every other process delivers the emit to its own clients in a PRODUCER span that continues it. A process without
+wstrace reads only the keys it knows (``_handle_emit``), so the extra key changes nothing for it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from opentelemetry.context import Context
+from opentelemetry.trace import Link
+
+from wstrace import _handshake as hs, propagation
+from wstrace._log import warn_once
+from wstrace._spans import link
+from wstrace.instrumentation._instrumentor import Settings, is_instrumentation_enabled
+from wstrace.instrumentation.socketio._common import PUBSUB_KEY, current_emit, emitting, valid_carrier
+
+
+__all__ = ["emit", "handle_emit", "publish"]
+
+Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
+
+_EMIT_ARGS = ("event", "data", "namespace", "room", "skip_sid", "callback", "to")
+
+
+def emit(settings: Settings) -> Wrapper:
+    """Wrap ``AsyncPubSubManager.emit``: called outside ``AsyncServer.emit`` (a write-only manager in another
+    process), it gets the emit span the server's ``emit`` would have made."""
+
+    async def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if current_emit() is not None or kwargs.get("ignore_queue") or not is_instrumentation_enabled():
+            return await wrapped(*args, **kwargs)
+        try:
+            given = dict(zip(_EMIT_ARGS, args, strict=False))
+            given.update(kwargs)
+            span = emitting(
+                settings,
+                given.get("event"),
+                given.get("namespace") or "/",
+                given.get("to") or given.get("room"),
+                count=not getattr(instance, "write_only", False),
+            )
+        except Exception as exc:
+            warn_once("starting a Socket.IO emit span", exc)
+            return await wrapped(*args, **kwargs)
+        with span:
+            return await wrapped(*args, **kwargs)
+
+    return wrapper
+
+
+async def publish(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Wrap ``<manager>._publish(data)``: an ``emit`` message leaves with the emit span's context."""
+    emit_ = current_emit()
+    if emit_ is not None and args:
+        try:
+            data = args[0]
+            if isinstance(data, dict) and data.get("method") == "emit" and PUBSUB_KEY not in data:
+                carrier = propagation.inject(emit_.context)
+                if carrier:
+                    args = ({**data, PUBSUB_KEY: carrier}, *args[1:])  # a copy: the local delivery keeps its own
+        except Exception as exc:
+            warn_once("adding wstrace to a Socket.IO pub/sub message", exc)
+    return await wrapped(*args, **kwargs)
+
+
+def _parent(settings: Settings, carrier: Any) -> tuple[Optional[Context], tuple[Link, ...]]:
+    if not valid_carrier(carrier):
+        return None, ()  # missing, malformed or foreign: a fresh trace
+    remote, remote_span = hs.remote(settings.config, carrier)
+    if remote is None or remote_span is None:
+        return None, ()
+    if settings.config.trust == "parent":
+        return remote, ()
+    return Context(), (link(remote_span, "remote"),)
+
+
+def handle_emit(settings: Settings) -> Wrapper:
+    """Wrap ``AsyncPubSubManager._handle_emit(message)``: a message from another process is delivered to this
+    process's clients in a PRODUCER span that continues the emitter's trace (the message is passed on as it
+    came: the library reads only the keys it knows)."""
+
+    async def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if current_emit() is not None or not args or not is_instrumentation_enabled():
+            return await wrapped(*args, **kwargs)  # this process's own emit: its span is current
+        try:
+            message = args[0]
+            parent, links = _parent(settings, message.get(PUBSUB_KEY))
+            span = emitting(
+                settings,
+                message.get("event"),
+                message.get("namespace") or "/",
+                message.get("room"),
+                parent=parent if parent is not None else Context(),
+                links=links,
+            )
+        except Exception as exc:
+            warn_once("starting a Socket.IO delivery span", exc)
+            return await wrapped(*args, **kwargs)
+        with span:
+            return await wrapped(*args, **kwargs)
+
+    return wrapper

@@ -1,0 +1,248 @@
+"""``socketio.AsyncServer``: the connection's handshake span, the carrier's answer, emit and handler spans."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from opentelemetry import context as otel_context
+
+from wstrace._log import warn_once
+from wstrace.connection import ConnectionTracer
+from wstrace.instrumentation._instrumentor import Settings, is_instrumentation_enabled
+from wstrace.instrumentation.socketio._common import (
+    ANSWER_KEY,
+    ANSWER_VALUE,
+    ATTR_CONN,
+    current_emit,
+    emitting,
+    offered,
+    process_span,
+    remote_parent,
+    run_in_span,
+    splice,
+    split_carrier,
+    wrap_callback,
+)
+
+
+__all__ = [
+    "emit",
+    "handle_eio_connect",
+    "handle_eio_disconnect",
+    "handle_event_internal",
+    "send_eio_packet",
+    "send_packet",
+]
+
+Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
+
+# socketio.packet / engineio.packet type codes (stable protocol numbers).
+_CONNECT = 0
+_EVENT = 2
+_BINARY_EVENT = 5
+_EIO_MESSAGE = 4
+
+_EMIT_ARGS = ("event", "data", "to", "room", "skip_sid", "namespace", "callback", "ignore_queue")
+_CALLBACK_AT = _EMIT_ARGS.index("callback")
+
+
+def _connections(server: Any) -> dict[str, ConnectionTracer]:
+    found: Optional[dict[str, ConnectionTracer]] = server.__dict__.get(ATTR_CONN)
+    if found is None:
+        found = server.__dict__[ATTR_CONN] = {}
+    return found
+
+
+def _agreed(server: Any, eio_sid: Any) -> bool:
+    """Whether this engine.io session offered the carrier (the server answers every offer)."""
+    environ = getattr(server, "environ", None)
+    return isinstance(environ, dict) and offered(environ.get(eio_sid))
+
+
+def _environ_headers(environ: dict[str, Any]) -> list[tuple[str, str]]:
+    headers = [(k[5:].replace("_", "-").lower(), v) for k, v in environ.items() if k.startswith("HTTP_")]
+    return [(k, v) for k, v in headers if isinstance(v, str)]
+
+
+def _new_tracer(settings: Settings, environ: dict[str, Any]) -> ConnectionTracer:
+    port = environ.get("SERVER_PORT")
+    return ConnectionTracer.server(
+        settings.tracer,
+        settings.config,
+        path=str(environ.get("PATH_INFO") or "/"),
+        query=str(environ.get("QUERY_STRING") or ""),
+        headers=_environ_headers(environ),
+        method=str(environ.get("REQUEST_METHOD") or "GET"),
+        scheme="wss" if environ.get("wsgi.url_scheme") == "https" else "ws",
+        server_address=environ.get("SERVER_NAME") if isinstance(environ.get("SERVER_NAME"), str) else None,
+        server_port=int(port) if isinstance(port, (int, str)) and str(port).isdigit() else None,
+        client_address=environ.get("REMOTE_ADDR") if isinstance(environ.get("REMOTE_ADDR"), str) else None,
+        instruments=settings.instruments,
+    )
+
+
+def handle_eio_connect(settings: Settings) -> Wrapper:
+    """Wrap ``AsyncServer._handle_eio_connect(eio_sid, environ)``: the engine.io connection request is the
+    Socket.IO connection's handshake."""
+
+    async def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if not is_instrumentation_enabled():
+            return await wrapped(*args, **kwargs)
+        ct: Optional[ConnectionTracer] = None
+        try:
+            eio_sid, environ = args[0], args[1]
+            if isinstance(environ, dict):
+                ct = _new_tracer(settings, environ)
+                _connections(instance)[eio_sid] = ct
+        except Exception as exc:  # a request we cannot read: untraced
+            warn_once("reading an engine.io connection request", exc)
+        if ct is None:
+            return await wrapped(*args, **kwargs)
+        token = otel_context.attach(ct.handshake_context)
+        try:
+            result = await wrapped(*args, **kwargs)
+        except BaseException as exc:
+            ct.handshake_failed(error=exc)
+            raise
+        finally:
+            otel_context.detach(token)
+        ct.opened()
+        return result
+
+    return wrapper
+
+
+_REMOTE_REASONS = frozenset({"client disconnect", "transport close"})
+
+
+async def handle_eio_disconnect(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """Wrap ``AsyncServer._handle_eio_disconnect(eio_sid, reason)``: the connection ended."""
+    try:
+        return await wrapped(*args, **kwargs)
+    finally:
+        try:
+            eio_sid: Any = args[0] if args else kwargs.get("eio_sid")
+            ct = _connections(instance).pop(eio_sid, None)
+            if ct is not None:
+                reason = str(args[1] if len(args) > 1 else kwargs.get("reason", ""))
+                if reason in _REMOTE_REASONS:
+                    ct.closed(code=1000, initiator="remote")
+                elif reason == "server disconnect":
+                    ct.closed(code=1000, initiator="local")
+                else:
+                    ct.closed(code=1006, reason=reason, initiator=None)
+        except Exception as exc:
+            warn_once("recording a Socket.IO disconnect", exc)
+
+
+def send_packet(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Wrap ``AsyncServer._send_packet(eio_sid, pkt)``: answer an offer in ``CONNECT``; add the carrier to an
+    ``EVENT`` sent with an ack id (the manager's per-recipient packets)."""
+    try:
+        eio_sid, pkt = args[0], args[1]
+        kind = pkt.packet_type
+        if kind == _CONNECT:
+            data = pkt.data
+            if isinstance(data, dict) and "sid" in data and _agreed(instance, eio_sid):
+                answered = dict(data)  # never the library's own dict
+                answered[ANSWER_KEY] = ANSWER_VALUE
+                args = (eio_sid, type(pkt)(pkt.packet_type, answered, namespace=pkt.namespace, id=pkt.id))
+        elif kind in (_EVENT, _BINARY_EVENT):
+            emit_ = current_emit()
+            if emit_ is not None:
+                emit_.recipients += 1
+                if emit_.carrier is not None and kind == _EVENT and _agreed(instance, eio_sid):
+                    data = [*list(pkt.data), emit_.carrier]
+                    args = (eio_sid, type(pkt)(kind, data=data, namespace=pkt.namespace, id=pkt.id))
+    except Exception as exc:
+        warn_once("adding wstrace to a Socket.IO packet", exc)
+    return wrapped(*args, **kwargs)
+
+
+def send_eio_packet(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Wrap ``AsyncServer._send_eio_packet(eio_sid, eio_pkt)``: the manager's broadcast sends one encoded packet
+    to every recipient; one that agreed gets a copy with the carrier."""
+    emit_ = current_emit()
+    if emit_ is None:
+        return wrapped(*args, **kwargs)
+    try:
+        eio_sid, eio_pkt = args[0], args[1]
+        data = eio_pkt.data
+        if eio_pkt.packet_type == _EIO_MESSAGE and isinstance(data, str) and data[:1] in ("2", "5"):
+            emit_.recipients += 1
+            encoded = emit_.encoded()
+            if encoded is not None and _agreed(instance, eio_sid):
+                spliced = splice(data, encoded)
+                if spliced is not None:
+                    args = (eio_sid, type(eio_pkt)(eio_pkt.packet_type, spliced))
+    except Exception as exc:
+        warn_once("adding wstrace to an engine.io packet", exc)
+    return wrapped(*args, **kwargs)
+
+
+def _arg(args: tuple[Any, ...], kwargs: dict[str, Any], names: tuple[str, ...], name: str, default: Any = None) -> Any:
+    at = names.index(name)
+    return args[at] if len(args) > at else kwargs.get(name, default)
+
+
+def emit(settings: Settings) -> Wrapper:
+    """Wrap ``AsyncServer.emit``: one PRODUCER span per emit, whatever the number of recipients."""
+
+    async def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if not is_instrumentation_enabled():
+            return await wrapped(*args, **kwargs)
+        try:
+            event = _arg(args, kwargs, _EMIT_ARGS, "event")
+            namespace = _arg(args, kwargs, _EMIT_ARGS, "namespace") or "/"
+            room = _arg(args, kwargs, _EMIT_ARGS, "to") or _arg(args, kwargs, _EMIT_ARGS, "room")
+            span = emitting(settings, event, namespace, room)
+        except Exception as exc:
+            warn_once("starting a Socket.IO emit span", exc)
+            return await wrapped(*args, **kwargs)
+        with span as emit_:
+            try:
+                callback = _arg(args, kwargs, _EMIT_ARGS, "callback")
+                if callable(callback):  # anything else is passed on untouched
+                    acked = wrap_callback(settings, callback, emit_, event, namespace, None)
+                    if len(args) > _CALLBACK_AT:
+                        args = (*args[:_CALLBACK_AT], acked, *args[_CALLBACK_AT + 1 :])
+                    else:
+                        kwargs = {**kwargs, "callback": acked}
+            except Exception as exc:
+                warn_once("wrapping a Socket.IO ack callback", exc)
+            return await wrapped(*args, **kwargs)
+
+    return wrapper
+
+
+def handle_event_internal(settings: Settings) -> Wrapper:
+    """Wrap ``AsyncServer._handle_event_internal(server, sid, eio_sid, data, namespace, id)``: the handler runs in
+    a CONSUMER span, with the carrier (where agreed) stripped from its arguments."""
+
+    async def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if len(args) < 5 or kwargs:
+            return await wrapped(*args, **kwargs)
+        span = None
+        try:
+            server, _sid, eio_sid, data, namespace = args[:5]
+            namespace = namespace or "/"
+            carrier = None
+            if isinstance(data, list) and len(data) > 1 and _agreed(server, eio_sid):
+                rest, carrier = split_carrier(data)
+                if carrier is not None:  # removed even with instrumentation suppressed: the peer sent it for us
+                    args = (*args[:3], rest, *args[4:])
+            if is_instrumentation_enabled():
+                ct = _connections(server).get(eio_sid)
+                parent, links = remote_parent(settings.config, carrier, ct)
+                event = data[0] if isinstance(data, list) and data else ""
+                session_id = ct.session_id if ct is not None else None
+                span, ctx = process_span(settings, "process", event, namespace, parent, links, session_id)
+        except Exception as exc:
+            warn_once("starting a Socket.IO handler span", exc)
+        if span is None:
+            return await wrapped(*args, **kwargs)
+        return await run_in_span(span, ctx, wrapped(*args, **kwargs))
+
+    return wrapper
