@@ -357,7 +357,7 @@ class Replies:
         if new is not None and client:
             new.request = self.track_request(trace.set_span_in_context(new.stream.span), payload, None)
         if not fresh and self.run is not None:
-            self.run.ctx = current  # the same context object next time takes the hot path above
+            self.run.ctx = current  # the same context object next time takes the fast path (again)
         return frame, handle
 
     def _own_span(

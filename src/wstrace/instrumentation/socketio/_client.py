@@ -15,8 +15,7 @@ from wstrace.instrumentation.socketio._common import (
     ANSWER_VALUE,
     OFFER_HEADER,
     emitting,
-    process_span,
-    remote_parent,
+    handler_span,
     run_in_span,
     split_carrier,
     wrap_callback,
@@ -142,10 +141,7 @@ def handle_event(settings: Settings) -> Wrapper:
                     args = (args[0], args[1], rest, *args[3:])
             if is_instrumentation_enabled():
                 ct = _ct(instance)
-                parent, links = remote_parent(settings.config, carrier, ct)
-                event = data[0] if isinstance(data, list) and data else ""
-                session_id = ct.session_id if ct is not None else None
-                span, ctx = process_span(settings, "process", event, namespace, parent, links, session_id)
+                span, ctx = handler_span(settings, carrier, ct, data, namespace)
         except Exception as exc:
             warn_once("starting a Socket.IO handler span", exc)
         if span is None:

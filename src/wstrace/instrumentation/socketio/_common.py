@@ -31,6 +31,7 @@ from wstrace.instrumentation._instrumentor import Settings
 
 
 __all__ = [
+    "handler_span",
     "ANSWER_KEY",
     "ANSWER_VALUE",
     "CARRIER_KEY",
@@ -257,6 +258,16 @@ def remote_parent(
         config.trust, connection, handshake_links(ct), remote, remote_span, otel_context.get_current(), None
     )
     return parent, links
+
+
+def handler_span(
+    settings: Settings, carrier: Optional[dict[str, str]], ct: Optional[ConnectionTracer], data: Any, namespace: str
+) -> tuple[Span, Context]:
+    """The span an inbound event's handler runs in (``process {event} {namespace}``), per the trust policy."""
+    parent, links = remote_parent(settings.config, carrier, ct)
+    event = data[0] if isinstance(data, list) and data else ""
+    session_id = ct.session_id if ct is not None else None
+    return process_span(settings, "process", event, namespace, parent, links, session_id)
 
 
 def process_span(

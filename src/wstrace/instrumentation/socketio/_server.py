@@ -15,9 +15,8 @@ from wstrace.instrumentation.socketio._common import (
     ATTR_CONN,
     current_emit,
     emitting,
+    handler_span,
     offered,
-    process_span,
-    remote_parent,
     run_in_span,
     splice,
     split_carrier,
@@ -235,10 +234,7 @@ def handle_event_internal(settings: Settings) -> Wrapper:
                     args = (*args[:3], rest, *args[4:])
             if is_instrumentation_enabled():
                 ct = _connections(server).get(eio_sid)
-                parent, links = remote_parent(settings.config, carrier, ct)
-                event = data[0] if isinstance(data, list) and data else ""
-                session_id = ct.session_id if ct is not None else None
-                span, ctx = process_span(settings, "process", event, namespace, parent, links, session_id)
+                span, ctx = handler_span(settings, carrier, ct, data, namespace)
         except Exception as exc:
             warn_once("starting a Socket.IO handler span", exc)
         if span is None:
