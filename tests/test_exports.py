@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import wstrace
+import wstrace.instrumentation.channels
 import wstrace.instrumentation.websockets
 
 
@@ -31,6 +32,7 @@ def test_public_names_are_pinned() -> None:
         "submit",
     ]
     assert wstrace.instrumentation.websockets.__all__ == ["WebsocketsInstrumentor", "server_options"]
+    assert wstrace.instrumentation.channels.__all__ == ["LAYER_CARRIER_ENV", "ChannelsInstrumentor"]
     for name in wstrace.__all__:
         assert getattr(wstrace, name) is not None
 
@@ -43,13 +45,29 @@ def _loaded_after(statement: str) -> set[str]:
 
 def test_import_loads_no_websocket_library_and_no_sdk() -> None:
     """``import wstrace`` (and the adapter module) loads neither websockets nor the OpenTelemetry SDK."""
-    for statement in ("import wstrace", "import wstrace.instrumentation.websockets", "import wstrace.redis"):
+    for statement in (
+        "import wstrace",
+        "import wstrace.instrumentation.websockets",
+        "import wstrace.instrumentation.channels",
+        "import wstrace.redis",
+    ):
         loaded = _loaded_after(statement)
         assert "wstrace" in loaded
         heavy = {
             m
             for m in loaded
-            if m.split(".")[0] in ("websockets", "aiohttp", "tornado", "starlette", "websocket", "redis")
+            if m.split(".")[0]
+            in (
+                "websockets",
+                "aiohttp",
+                "tornado",
+                "starlette",
+                "websocket",
+                "redis",
+                "channels",
+                "channels_redis",
+                "django",
+            )
         }
         assert heavy == set(), f"{statement} loaded {sorted(heavy)}"
         assert not {m for m in loaded if m.startswith("opentelemetry.sdk")}, statement

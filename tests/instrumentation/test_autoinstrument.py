@@ -65,6 +65,7 @@ ADAPTERS = [
     ("starlette", "StarletteInstrumentor", "starlette", "starlette"),
     ("websocket_client", "WebsocketClientInstrumentor", "websocket", "websocket_client"),
     ("tornado", "TornadoInstrumentor", "tornado", "tornado"),
+    ("channels", "ChannelsInstrumentor", "channels", "channels"),
 ]
 
 

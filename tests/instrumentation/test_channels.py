@@ -440,3 +440,44 @@ def test_served_by_daphne_and_uvicorn(telemetry: Telemetry, client: None, redis_
     assert len(receives) == 2 and _id(produce["parent_id"]) == _sid(receives[1])
     assert _id(process["parent_id"]) == _sid(produce)
     assert {_id(p["parent_id"]) for p in pushes} == {_sid(receives[0]), _sid(process)}
+
+
+def test_connection_model_and_inside_the_opentelemetry_asgi_server_span(telemetry: Telemetry) -> None:
+    """``model="connection"``: one trace per connection, a broadcast's push included, under the connection span;
+    with OpenTelemetry's ASGI middleware outside, wstrace's handshake span is a child of its SERVER span."""
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware  # noqa: PLC0415
+
+    channels_app.use_layer("memory")
+    channels_app.EVENTS.clear()
+    instrumentor = ChannelsInstrumentor()
+    instrumentor.instrument(tracer_provider=telemetry.provider, model="connection")
+    try:
+        app = OpenTelemetryMiddleware(
+            channels_app.build(), tracer_provider=telemetry.provider, exclude_spans=["receive", "send"]
+        )
+        with uvicorn_server.serve(app) as base:
+
+            async def exchange() -> list[Any]:
+                async with connect(base + "/ws/chat/lobby/") as ws:
+                    await ws.send("hi")
+                    echo = await asyncio.wait_for(ws.recv(), 10)
+                    await ws.send("broadcast:hello")
+                    return [echo, await asyncio.wait_for(ws.recv(), 10)]
+
+            assert asyncio.run(exchange()) == ["echo:hi", "hello"]
+            uvicorn_server.settle(telemetry)
+    finally:
+        instrumentor.uninstrument()
+    spans = telemetry.spans
+    (outer,) = [s for s in spans if s.kind is SpanKind.SERVER and s.name != f"GET {CHAT}"]
+    handshake = _one(spans, f"GET {CHAT}")
+    assert parent_id(handshake) == span_id(outer)
+    connection = _one(spans, f"websocket {CHAT}")
+    assert parent_id(connection) == span_id(handshake)
+    receives = _by_name(spans, f"receive {CHAT}")
+    assert len(receives) == 2 and all(parent_id(r) == span_id(connection) for r in receives)
+    process = _one(spans, "process chat_lobby")
+    assert parent_id(process) == span_id(_one(spans, "send chat_lobby"))
+    pushes = _by_name(spans, f"send {CHAT}")
+    assert span_id(process) in {parent_id(p) for p in pushes}
+    assert len({trace_id(s) for s in spans}) == 1, "connection model: one trace"
