@@ -641,7 +641,7 @@ def test_hand_off_moves_a_messages_context_to_the_task_that_handles_it(telemetry
         assert ctx is not None
         token = otel_context.attach(ctx)
         try:
-            reply, h = s.send_start("answer")
+            _reply, h = s.send_start("answer")
             s.send_end(h)
         finally:
             otel_context.detach(token)
