@@ -478,6 +478,10 @@ def test_connection_model_and_inside_the_opentelemetry_asgi_server_span(telemetr
     assert len(receives) == 2 and all(parent_id(r) == span_id(connection) for r in receives)
     process = _one(spans, "process chat_lobby")
     assert parent_id(process) == span_id(_one(spans, "send chat_lobby"))
+    # The connection span, current where the event was dispatched, is linked, never the parent.
+    assert [(link.context.span_id, (link.attributes or {}).get("wstrace.link.kind")) for link in process.links] == [
+        (span_id(connection), "ambient")
+    ]
     pushes = _by_name(spans, f"send {CHAT}")
     assert span_id(process) in {parent_id(p) for p in pushes}
     assert len({trace_id(s) for s in spans}) == 1, "connection model: one trace"

@@ -21,16 +21,15 @@ import logging
 from contextvars import ContextVar
 from typing import Any, Callable, Mapping, Optional
 
-from opentelemetry import trace
+from opentelemetry import context as otel_context, trace
 from opentelemetry.context import Context
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from wstrace import _context, propagation, semconv as sc
 from wstrace._log import warn_once
-from wstrace.config import CarryLink
 from wstrace.instrumentation._instrumentor import Settings, is_instrumentation_enabled
-from wstrace.queues import Carried, _begin, _Processing
+from wstrace.queues import _Processing
 
 
 __all__ = ["KEY", "MAX_ENTRIES", "SYSTEM", "Layers", "parse"]
@@ -212,26 +211,63 @@ class Layers:
             return message, None
         try:
             event = message
-            context = Context()
+            sender: Optional[trace.SpanContext] = None
+            parent = Context()
             destination: Optional[str] = None
-            mode: CarryLink = "parent"
             raw = message.get(KEY, _MISSING)
             if raw is not _MISSING:
                 parsed = parse(raw, self.settings.config.max_envelope_bytes)
                 if parsed is not None:
                     event = {k: v for k, v in message.items() if k != KEY}
-                    sender, destination = parsed
+                    remote, destination = parsed
                     trust = self.settings.config.trust
-                    if trust != "ignore":
-                        context = sender
-                    if trust == "link":
-                        mode = "link"
-            attributes: dict[str, AttributeValue] = {sc.MESSAGING_SYSTEM: SYSTEM, sc.DJANGO_CHANNELS_EVENT_TYPE: kind}
-            processing = _begin(self.settings.tracer, Carried(event, context, destination, attributes), None, mode)
-            return event, processing
+                    if trust == "parent":
+                        parent = remote  # the parent, and the base: the sender's baggage comes along
+                    elif trust == "link":
+                        sender = propagation.remote_span_context(remote)
+            return event, self._process(kind, destination, parent, sender)
         except Exception as exc:
             warn_once("tracing a channel-layer event", exc, logger=_log)
             return message, None
+
+    def _process(
+        self, kind: str, destination: Optional[str], parent: Context, linked: Optional[trace.SpanContext]
+    ) -> _Processing:
+        """Start the handler's ``process`` span and make it current.
+
+        ``parent``: the sender's context under ``trust="parent"`` (then also the base of the new context, so
+        that the sender's baggage comes along), else empty (a new trace, based on the current context);
+        ``linked``: the sender's span under ``trust="link"``. A span current where the event is dispatched
+        (the connection span, in the ``connection`` model) is linked, never the parent: a process span
+        belongs to its event's trace.
+        """
+        links = []
+        if linked is not None:
+            links.append(Link(linked, _CREATION))
+        ambient = trace.get_current_span().get_span_context()
+        if ambient.is_valid:
+            links.append(Link(ambient, _AMBIENT))
+        attributes: dict[str, AttributeValue] = {
+            sc.MESSAGING_SYSTEM: SYSTEM,
+            sc.MESSAGING_OPERATION_TYPE: "process",
+            sc.MESSAGING_OPERATION_NAME: "process",
+            sc.DJANGO_CHANNELS_EVENT_TYPE: kind,
+        }
+        if destination:
+            attributes[sc.MESSAGING_DESTINATION_NAME] = destination
+        span = self.settings.tracer.start_span(
+            f"process {destination}" if destination else "process",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
+            links=links,
+        )
+        base = parent if parent else otel_context.get_current()
+        return _Processing(span, _context.attach(trace.set_span_in_context(span, base)))
+
+
+_CREATION = {sc.LINK_KIND: "creation"}
+_AMBIENT = {sc.LINK_KIND: "ambient"}
 
 
 def _fail(span: trace.Span, exc: BaseException) -> None:
