@@ -92,13 +92,15 @@ def span_destination(name: str) -> str:
 class Layers:
     """The tracer and options the layer wrappers and the dispatch wrapper share."""
 
-    __slots__ = ("_active", "carrier", "settings")
+    __slots__ = ("_active", "_last", "carrier", "settings")
 
     def __init__(self, settings: Settings, carrier: bool, active: Callable[[], bool]) -> None:
         self.settings = settings
         self.carrier = carrier
         """Whether ``send`` and ``group_send`` add :data:`KEY` to the events (the spans are made either way)."""
         self._active = active
+        self._last: Optional[_Opened] = None
+        """The last event opened, as the layer handed it over (kept, so that its identity stays its own)."""
 
     def enabled(self) -> bool:
         return self._active() and is_instrumentation_enabled()
@@ -210,25 +212,37 @@ class Layers:
         if not isinstance(kind, str) or kind.startswith(_ASGI_PREFIXES) or not self.enabled():
             return message, None
         try:
-            event = message
-            sender: Optional[trace.SpanContext] = None
-            parent = Context()
-            destination: Optional[str] = None
-            raw = message.get(KEY, _MISSING)
-            if raw is not _MISSING:
-                parsed = parse(raw, self.settings.config.max_envelope_bytes)
-                if parsed is not None:
-                    event = {k: v for k, v in message.items() if k != KEY}
-                    remote, destination = parsed
-                    trust = self.settings.config.trust
-                    if trust == "parent":
-                        parent = remote  # the parent, and the base: the sender's baggage comes along
-                    elif trust == "link":
-                        sender = propagation.remote_span_context(remote)
-            return event, self._process(kind, destination, parent, sender)
+            last = self._last
+            if last is None or last.message is not message:
+                last = self._last = self._read(message)
+            return last.event, self._process(kind, last.destination, last.parent, last.linked)
         except Exception as exc:
             warn_once("tracing a channel-layer event", exc, logger=_log)
             return message, None
+
+    def _read(self, message: dict[Any, Any]) -> _Opened:
+        """What the carrier of a layer event says, and the event the handler gets.
+
+        ``channels_redis``' core layer hands one dict to every consumer of a process that the event is for
+        (a ``group_send`` to 50 consumers of one process: the same dict, 50 times): it is read once, and
+        they share its stripped copy, as they would share the dict without wstrace.
+        """
+        event = message
+        linked: Optional[trace.SpanContext] = None
+        parent = Context()
+        destination: Optional[str] = None
+        raw = message.get(KEY, _MISSING)
+        if raw is not _MISSING:
+            parsed = parse(raw, self.settings.config.max_envelope_bytes)
+            if parsed is not None:
+                event = {k: v for k, v in message.items() if k != KEY}
+                remote, destination = parsed
+                trust = self.settings.config.trust
+                if trust == "parent":
+                    parent = remote  # the parent, and the base: the sender's baggage comes along
+                elif trust == "link":
+                    linked = propagation.remote_span_context(remote)
+        return _Opened(message, event, parent, linked, destination)
 
     def _process(
         self, kind: str, destination: Optional[str], parent: Context, linked: Optional[trace.SpanContext]
@@ -264,6 +278,26 @@ class Layers:
         )
         base = parent if parent else otel_context.get_current()
         return _Processing(span, _context.attach(trace.set_span_in_context(span, base)))
+
+
+class _Opened:
+    """A layer event read: the dict the layer handed over, the event for the handler, and its span's relations."""
+
+    __slots__ = ("destination", "event", "linked", "message", "parent")
+
+    def __init__(
+        self,
+        message: dict[Any, Any],
+        event: dict[Any, Any],
+        parent: Context,
+        linked: Optional[trace.SpanContext],
+        destination: Optional[str],
+    ) -> None:
+        self.message = message
+        self.event = event
+        self.parent = parent
+        self.linked = linked
+        self.destination = destination
 
 
 _CREATION = {sc.LINK_KIND: "creation"}
