@@ -57,7 +57,14 @@ def test_the_wheel_installs_what_it_promises(installed: Path) -> None:
     where, instrumentors, exporter = done.stdout.splitlines()
     assert str(installed) in where  # the installed copy, not this checkout
     assert instrumentors == str(
-        ["wstrace-aiohttp", "wstrace-starlette", "wstrace-tornado", "wstrace-websocket-client", "wstrace-websockets"]
+        [
+            "wstrace-aiohttp",
+            "wstrace-channels",
+            "wstrace-starlette",
+            "wstrace-tornado",
+            "wstrace-websocket-client",
+            "wstrace-websockets",
+        ]
     )
     assert exporter == "['wstrace.cli.export:OtlpJsonFileExporter']"
     helped = _run([str(installed / "bin" / "wstrace"), "--help"])

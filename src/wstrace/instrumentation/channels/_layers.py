@@ -211,14 +211,16 @@ class Layers:
         kind = message.get("type")
         if not isinstance(kind, str) or kind.startswith(_ASGI_PREFIXES) or not self.enabled():
             return message, None
+        event = message
         try:
             last = self._last
             if last is None or last.message is not message:
                 last = self._last = self._read(message)
-            return last.event, self._process(kind, last.destination, last.parent, last.linked)
+            event = last.event  # a span that fails to start still leaves the handler its event, carrier removed
+            return event, self._process(kind, last.destination, last.parent, last.linked)
         except Exception as exc:
             warn_once("tracing a channel-layer event", exc, logger=_log)
-            return message, None
+            return event, None
 
     def _read(self, message: dict[Any, Any]) -> _Opened:
         """What the carrier of a layer event says, and the event the handler gets.
