@@ -657,3 +657,36 @@ def test_a_suppressed_fragmented_message_is_not_counted(telemetry: Telemetry) ->
     assert wire != "ab" and metered.server.received(wire) == "ab"
     assert metered.total("wstrace.message.size", **{"websocket.message.direction": "sent"}) == 0
     assert telemetry.named("send /chat") == []
+
+
+def test_hand_off_moves_a_messages_context_to_the_task_that_handles_it(telemetry: Telemetry) -> None:
+    """``hand_off`` detaches the receive context where ``received`` attached it and returns it: attached in
+    another task, the reply sent there is the message's reply stream; ``receive_done`` still ends the span."""
+    c, s = connect(telemetry)
+    wire, handle = c.send_start("question")
+    c.send_end(handle)
+
+    async def scenario() -> None:
+        async def receiving() -> Any:
+            s.received(wire)
+            ctx = s.hand_off()
+            assert ctx is not None and otel_context.get_current() is not ctx, "detached in the receiving task"
+            return ctx
+
+        ctx = await asyncio.create_task(receiving())
+        assert ctx is not None
+        token = otel_context.attach(ctx)
+        try:
+            _reply, h = s.send_start("answer")
+            s.send_end(h)
+        finally:
+            otel_context.detach(token)
+        del ctx
+        assert s.hand_off() is None, "handed off once"
+        s.receive_done()
+
+    asyncio.run(scenario())
+    s.closed(code=1000, initiator="remote")
+    receive = next(x for x in telemetry.named("receive /chat") if x.kind is SpanKind.CONSUMER)
+    replies = [x for x in telemetry.named("send /chat") if x.parent and x.parent.span_id == receive.context.span_id]
+    assert len(replies) == 1, "the answer is not the handed-off message's reply"

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import wstrace
+import wstrace.instrumentation.channels
 import wstrace.instrumentation.socketio
 import wstrace.instrumentation.websockets
 
@@ -33,6 +34,7 @@ def test_public_names_are_pinned() -> None:
     ]
     assert wstrace.instrumentation.websockets.__all__ == ["WebsocketsInstrumentor", "server_options"]
     assert wstrace.instrumentation.socketio.__all__ == ["SocketioInstrumentor"]
+    assert wstrace.instrumentation.channels.__all__ == ["LAYER_CARRIER_ENV", "ChannelsInstrumentor"]
     for name in wstrace.__all__:
         assert getattr(wstrace, name) is not None
 
@@ -49,6 +51,7 @@ def test_import_loads_no_websocket_library_and_no_sdk() -> None:
         "import wstrace",
         "import wstrace.instrumentation.websockets",
         "import wstrace.instrumentation.socketio",
+        "import wstrace.instrumentation.channels",
         "import wstrace.redis",
     ):
         loaded = _loaded_after(statement)
@@ -57,7 +60,19 @@ def test_import_loads_no_websocket_library_and_no_sdk() -> None:
             m
             for m in loaded
             if m.split(".")[0]
-            in ("websockets", "aiohttp", "tornado", "starlette", "websocket", "redis", "socketio", "engineio")
+            in (
+                "websockets",
+                "aiohttp",
+                "tornado",
+                "starlette",
+                "websocket",
+                "redis",
+                "socketio",
+                "engineio",
+                "channels",
+                "channels_redis",
+                "django",
+            )
         }
         assert heavy == set(), f"{statement} loaded {sorted(heavy)}"
         assert not {m for m in loaded if m.startswith("opentelemetry.sdk")}, statement

@@ -455,6 +455,20 @@ class ConnectionTracer:
         self._recv_span = span if own or config.chunk_spans else None
         self._recv = attach(ctx)
 
+    def hand_off(self) -> Optional[Context]:
+        """Detach the context :meth:`received` made current, here, and return it (``None`` if it made none).
+
+        For a library that handles each message in another task than the one that received it (Django
+        Channels' consumers receive in a task of their own and dispatch in theirs): the adapter attaches the
+        returned context where the message is handled, and drops it when that is done, so that its reply
+        stream ends then. The receive span still ends at :meth:`receive_done`.
+        """
+        attached, self._recv = self._recv, None
+        if attached is None:
+            return None
+        attached.detach()
+        return attached.ctx
+
     def receive_done(self, error: Optional[BaseException] = None) -> None:
         """The application finished handling the last message (it asks for the next one).
 

@@ -31,6 +31,10 @@ MESSAGING_DESTINATION_NAME = "messaging.destination.name"
 MESSAGING_MESSAGE_ID = "messaging.message.id"
 MESSAGING_CONSUMER_GROUP_NAME = "messaging.consumer.group.name"
 MESSAGING_BATCH_MESSAGE_COUNT = "messaging.batch.message_count"
+MESSAGING_DESTINATION_TEMPORARY = "messaging.destination.temporary"
+# Django Channels' event type (the handler's name, dots for underscores), as OpenTelemetry JS names
+# socket.io's event: messaging.<system>.<name>.
+DJANGO_CHANNELS_EVENT_TYPE = "messaging.django_channels.event_type"
 ERROR_TYPE = "error.type"
 # OpenTelemetry JS's socket.io instrumentation (opentelemetry-js-contrib), so Python and Node services read alike.
 SOCKETIO_EVENT_NAME = "messaging.socket.io.event_name"

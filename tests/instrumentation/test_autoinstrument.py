@@ -66,6 +66,7 @@ ADAPTERS = [
     ("websocket_client", "WebsocketClientInstrumentor", "websocket", "websocket_client"),
     ("tornado", "TornadoInstrumentor", "tornado", "tornado"),
     ("socketio", "SocketioInstrumentor", "socketio", "python_socketio"),
+    ("channels", "ChannelsInstrumentor", "channels", "channels"),
 ]
 
 

@@ -60,6 +60,7 @@ def test_the_wheel_installs_what_it_promises(installed: Path) -> None:
         [
             "wstrace-aiohttp",
             "wstrace-socketio",
+            "wstrace-channels",
             "wstrace-starlette",
             "wstrace-tornado",
             "wstrace-websocket-client",

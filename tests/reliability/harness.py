@@ -22,6 +22,7 @@ The properties, for every target:
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from collections.abc import Callable
@@ -38,6 +39,7 @@ from wstrace.carriers import headers_carrier, query_carrier, split_subprotocols
 from wstrace.config import Config
 from wstrace.connection import ConnectionTracer
 from wstrace.instrumentation._instrumentor import Settings, engineio_request
+from wstrace.instrumentation.channels._layers import KEY as CHANNELS_KEY, Layers, parse as channels_parse
 from wstrace.instrumentation.socketio import _common as sio_common, _manager as sio_manager
 from wstrace.redis import RedisHop, decode_entry, decode_value
 from wstrace.semconv import TOKEN_PREFIXES
@@ -351,6 +353,31 @@ def _socketio(raw: bytes) -> None:
         assert spliced is None or spliced.startswith(text[:-1])
 
 
+_channels = Layers(Settings(_tracer, Config()), carrier=True, active=lambda: True)
+
+
+def _channels_layer(raw: bytes) -> None:
+    """A Channels layer event holding anything under the carrier key: delivered exactly as it came unless the
+    value is a well-formed carrier, which is removed from a copy; the layer's dict is never changed."""
+    values: list[Any] = [_text(raw), raw]
+    try:
+        values.append(json.loads(raw))
+    except (ValueError, RecursionError):
+        pass
+    for value in values:
+        message = {"type": "chat.message", "text": "t", CHANNELS_KEY: value}
+        before = copy.deepcopy(message)
+        event, processing = _channels.open(message)
+        assert processing is not None, "every layer event is handled in a process span"
+        processing.finish()
+        assert message == before, "the layer's dict was changed"
+        if event is message:
+            assert channels_parse(value, CAP) is None, "a well-formed carrier was left in the event"
+        else:
+            assert channels_parse(value, CAP) is not None, "a value that is not our carrier was removed"
+            assert event == {"type": "chat.message", "text": "t"}
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "decode-text": _decode_text,
     "decode-bytes": _decode_bytes,
@@ -362,6 +389,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "subprotocols": _subprotocols,
     "redis": _redis,
     "socketio": _socketio,
+    "channels-layer": _channels_layer,
 }
 _ORDER = list(TARGETS.values())
 

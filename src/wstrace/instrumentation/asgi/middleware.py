@@ -38,6 +38,10 @@ class WstraceASGIMiddleware:
             in the rest. A bad keyword raises :class:`~wstrace.exceptions.ConfigError`.
     """
 
+    _handshake_type: type[Handshake] = Handshake
+    """The handshake and connection classes; a framework adapter (Django Channels) may subclass them."""
+    _connection_type: type[Connection] = Connection
+
     def __init__(
         self,
         app: ASGIApp,
@@ -78,8 +82,8 @@ class WstraceASGIMiddleware:
         # Another instrumentation's SERVER span may cover this request: ours goes inside it, never on it.
         outer = current_server_span()
         nested_in = outer.get_span_context() if outer is not None else None
-        handshake = Handshake(self._settings, scope, offered, echo, otel_context.get_current(), nested_in)
-        await Connection(handshake, receive, send).run(self.app)
+        handshake = self._handshake_type(self._settings, scope, offered, echo, otel_context.get_current(), nested_in)
+        await self._connection_type(handshake, receive, send).run(self.app)
 
     def _enabled(self) -> bool:
         active = self._active
