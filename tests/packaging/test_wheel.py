@@ -59,8 +59,8 @@ def test_the_wheel_installs_what_it_promises(installed: Path) -> None:
     assert instrumentors == str(
         [
             "wstrace-aiohttp",
-            "wstrace-socketio",
             "wstrace-channels",
+            "wstrace-socketio",
             "wstrace-starlette",
             "wstrace-tornado",
             "wstrace-websocket-client",
