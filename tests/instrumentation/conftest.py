@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.console import console_spans
 from tests.peers.bare import describe, restore
+from tests.processes import OutputProcess
 from tests.routes import ROUTES_ENV
 
 
@@ -25,35 +24,8 @@ ROOT = PEER.parents[2]
 BIN = Path(sys.executable).parent
 
 
-class PeerProcess:
+class PeerProcess(OutputProcess):
     """A running ``peers/bare.py`` and everything it printed."""
-
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    def events(self) -> list[dict[str, Any]]:
-        return [json.loads(line[5:]) for line in list(self.lines) if line.startswith("PEER ")]
-
-    def wait_for(self, event: str, timeout: float = 20.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for item in self.events():
-                if item["event"] == event:
-                    return item
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.02)
-        raise AssertionError(f"peer printed no {event!r} event:\n" + "\n".join(self.lines))
 
     @property
     def url(self) -> str:
@@ -80,14 +52,12 @@ class PeerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self._reader.join(5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+        self._closed()
 
     def exported_spans(self) -> list[dict[str, Any]]:
         """Spans the console exporter printed (needs the process stopped, to flush)."""
         self.stop()
-        return console_spans("\n".join(line for line in self.lines if not line.startswith("PEER ")))
+        return self.printed_spans()
 
 
 def peer_env(extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -8,23 +8,19 @@ Handlers: ``echo`` answers with its arguments (an ack) and emits ``echoed`` with
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
 import socketio
-import uvicorn
 from aiohttp import web
 from opentelemetry import trace
 
-from tests.console import console_spans
+from tests.instrumentation.uvicorn_server import serve
+from tests.processes import OutputProcess
 
 
 def span_id_now() -> int:
@@ -84,21 +80,8 @@ async def aiohttp_server(sio: socketio.AsyncServer) -> AsyncIterator[str]:
 @contextmanager
 def asgi_server(app: Any) -> Iterator[str]:
     """An ASGI app under uvicorn in a thread of its own; yields ``http://127.0.0.1:<port>``."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", log_config=None, lifespan="off")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive(), "uvicorn did not start"
-        assert time.monotonic() < deadline, "uvicorn did not start in time"
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with serve(app, scheme="http", lifespan="off") as url:
+        yield url
 
 
 def make_client(received: list[tuple[str, list[Any]]], answer: Optional[Any] = None) -> socketio.AsyncClient:
@@ -129,7 +112,7 @@ def peer_env() -> dict[str, str]:
     return env
 
 
-class ServerProcess:
+class ServerProcess(OutputProcess):
     """``tests/peers/socketio_server.py`` in a process of its own; reads its output on a thread."""
 
     def __init__(self, redis_port: Optional[int], bare: bool = False, zero_code: bool = False) -> None:
@@ -146,44 +129,14 @@ class ServerProcess:
                 OTEL_LOGS_EXPORTER="none",
                 OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="asyncio,threading,aiohttp-client,aiohttp-server,redis",
             )
-        self.proc = subprocess.Popen(
-            args,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-            cwd=ROOT,
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    def events(self) -> list[dict[str, Any]]:
-        return [json.loads(line[5:]) for line in list(self.lines) if line.startswith("PEER ")]
-
-    def wait_for(self, event: str, timeout: float = 20.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for item in self.events():
-                if item["event"] == event:
-                    return item
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.02)
-        raise AssertionError(f"server printed no {event!r} event:\n" + "\n".join(self.lines))
+        super().__init__(args, env, stdin=True)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.wait_for('listening')['port']}"
 
     def spans(self) -> list[dict[str, Any]]:
-        return console_spans("\n".join(line for line in list(self.lines) if not line.startswith("PEER ")))
+        return self.printed_spans()
 
     def stop(self) -> str:
         assert self.proc.stdin is not None
@@ -194,9 +147,7 @@ class ServerProcess:
             if self.proc.poll() is None:
                 self.proc.kill()
                 self.proc.wait(5)
-        self._reader.join(5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+        self._closed()
         return "\n".join(self.lines)
 
 

@@ -21,9 +21,11 @@ from tests.conftest import Telemetry
 
 
 @contextmanager
-def serve(app: Any, ws: str = "auto") -> Iterator[str]:
-    """Run ``app`` under uvicorn in a thread of its own; yields ``ws://127.0.0.1:<port>``."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, ws=ws, log_level="warning", log_config=None)
+def serve(app: Any, ws: str = "auto", *, scheme: str = "ws", lifespan: str = "auto") -> Iterator[str]:
+    """Run ``app`` under uvicorn in a thread of its own; yields ``ws://127.0.0.1:<port>`` (or ``scheme``)."""
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, ws=ws, log_level="warning", log_config=None, lifespan=lifespan
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -34,7 +36,7 @@ def serve(app: Any, ws: str = "auto") -> Iterator[str]:
         time.sleep(0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield f"ws://127.0.0.1:{port}"
+        yield f"{scheme}://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(10)
