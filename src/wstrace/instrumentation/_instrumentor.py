@@ -26,6 +26,7 @@ from wstrace.version import __version__
 
 __all__ = [
     "Settings",
+    "Switch",
     "WstraceInstrumentor",
     "claim_engineio",
     "client_tracer",
@@ -66,6 +67,19 @@ def engineio_request(query: Any) -> bool:
         return "EIO" in keys and keys.get("transport") == "websocket"
     except Exception:
         return False
+
+
+class Switch:
+    """On from ``instrument()`` to ``uninstrument()``: what an adapter built meanwhile (an app's middleware
+    stack, a router's wrapper) asks before tracing, so that it stops tracing after ``uninstrument()``."""
+
+    __slots__ = ("on",)
+
+    def __init__(self) -> None:
+        self.on = True
+
+    def __call__(self) -> bool:
+        return self.on
 
 
 class Settings:

@@ -26,7 +26,7 @@ from opentelemetry.context import Context
 
 from wstrace._context import attach
 from wstrace._log import warn_once
-from wstrace.instrumentation._instrumentor import Settings
+from wstrace.instrumentation._instrumentor import Settings, Switch
 from wstrace.instrumentation.asgi import WstraceASGIMiddleware
 from wstrace.instrumentation.asgi._common import MARK, Message, Receive, Scope, Send
 from wstrace.instrumentation.asgi._connection import Connection
@@ -51,18 +51,6 @@ ROUTE_KEY = "wstrace.channels.route"
 """Scope key of the list of patterns the routers matched, outermost first."""
 
 _log = logging.getLogger("wstrace.instrumentation.channels")
-
-
-class Switch:
-    """On from ``instrument()`` to ``uninstrument()``."""
-
-    __slots__ = ("on",)
-
-    def __init__(self) -> None:
-        self.on = True
-
-    def __call__(self) -> bool:
-        return self.on
 
 
 class _Named:

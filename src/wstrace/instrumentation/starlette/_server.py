@@ -16,7 +16,7 @@ import weakref
 from typing import Any, Callable, Optional
 
 from wstrace._log import warn_once
-from wstrace.instrumentation._instrumentor import Settings
+from wstrace.instrumentation._instrumentor import Settings, Switch
 from wstrace.instrumentation.asgi import WstraceASGIMiddleware
 
 
@@ -25,18 +25,6 @@ __all__ = ["Switch", "Stacks", "build_middleware_stack", "describe", "holds_ours
 Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
 
 _log = logging.getLogger("wstrace.instrumentation.starlette")
-
-
-class Switch:
-    """On from ``instrument()`` to ``uninstrument()``: stacks built meanwhile stop tracing after it."""
-
-    __slots__ = ("on",)
-
-    def __init__(self) -> None:
-        self.on = True
-
-    def __call__(self) -> bool:
-        return self.on
 
 
 def _is_otel_middleware(cls: Any) -> bool:
