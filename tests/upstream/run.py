@@ -125,6 +125,10 @@ def _prepare_with_tests_dir(*extra: str) -> Callable[[Path, Path], None]:
     return prepare
 
 
+# pytest-asyncio, which python-socketio's tests need, is in the one venv every library shares; suites that
+# run on their own plugin (anyio, aiohttp's) and turn warnings into errors stop at its configuration warning.
+NO_ASYNCIO = ["-p", "no:asyncio"]
+
 SUITES: dict[str, Suite] = {
     "tornado": Suite(
         "tornado",
@@ -146,7 +150,7 @@ SUITES: dict[str, Suite] = {
             "tests/test_authentication.py",
             "tests/middleware",
         ],
-        options=["-k", "websocket"],
+        options=["-k", "websocket", *NO_ASYNCIO],
         needs=["anyio"],
         note="TestClient, no server: the ASGI middleware on every app (bare ASGI apps wrapped by the plugin)",
     ),
@@ -155,6 +159,7 @@ SUITES: dict[str, Suite] = {
         "fastapi",
         _prepare_with_tests_dir("docs_src"),
         ["tests/test_ws_router.py", "tests/test_ws_dependencies.py", "tests/test_tutorial/test_websockets"],
+        options=NO_ASYNCIO,
         needs=["starlette", "pydantic"],
     ),
     "aiohttp": Suite(
@@ -169,7 +174,7 @@ SUITES: dict[str, Suite] = {
             "tests/test_websocket_handshake.py",
         ],
         # Upstream addopts load xdist and coverage; keep the rest.
-        options=["-o", "addopts=--strict-markers -m 'not dev_mode and not autobahn and not internal'"],
+        options=["-o", "addopts=--strict-markers -m 'not dev_mode and not autobahn and not internal'", *NO_ASYNCIO],
         needs=["multidict", "yarl", "aiosignal"],
     ),
     "websocket-client": Suite(
