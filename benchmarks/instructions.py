@@ -51,7 +51,7 @@ context.run(loop, n)
 REFS = re.compile(r"I\s+refs:\s+([\d,]+)")
 VALGRIND = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null"]
 ENV = {**os.environ, "PYTHONHASHSEED": "0"}  # the same dict layouts in both runs
-ROUND_WORKLOADS = ("stream-unpinned", "push", "uplink")
+ROUND_WORKLOADS = ("stream-unpinned", "push", "uplink", "echo64")
 
 
 def _refs(stderr: str) -> int:
@@ -83,6 +83,7 @@ def count_socket(variant: Variant, rounds: int, messages: int) -> int:
         if server.stdout.readline().strip() != "ready":
             raise SystemExit("the server did not start")
         counts = {"stream": messages, "push": messages, "uplink": messages, "rounds": rounds, "deadline": 900}
+        counts["echo64"] = messages * rounds  # echo has no rounds: the same difference, as round trips
         client_cmd = [sys.executable, "-m", "benchmarks.client", f"ws://127.0.0.1:{port}{ROUTE}"]
         client_cmd = [*(VALGRIND if on_client else []), *client_cmd, *client_args(variant, counts)]
         client = subprocess.run(client_cmd, capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=1200, check=True)

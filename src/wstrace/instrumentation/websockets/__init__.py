@@ -53,7 +53,9 @@ class WebsocketsInstrumentor(WstraceInstrumentor):
         import websockets.asyncio.client as aclient  # noqa: PLC0415
         import websockets.asyncio.connection as aconnection  # noqa: PLC0415
         import websockets.asyncio.server as aserver  # noqa: PLC0415
+        import websockets.client as client_protocol  # noqa: PLC0415
         import websockets.protocol as protocol  # noqa: PLC0415
+        import websockets.server as server_protocol  # noqa: PLC0415
         import websockets.sync.client as sclient  # noqa: PLC0415
         import websockets.sync.connection as sconnection  # noqa: PLC0415
         import websockets.sync.server as sserver  # noqa: PLC0415
@@ -64,7 +66,6 @@ class WebsocketsInstrumentor(WstraceInstrumentor):
         self._wrap(sserver, "ServerConnection.handshake", _server.sync_handshake(settings))
         wrappers: dict[Any, dict[str, Any]] = {
             aconnection: {
-                "send": _connection.async_send,
                 "recv_streaming": _connection.async_recv_streaming,
                 "close": _connection.async_close,
                 "connection_lost": _connection.async_connection_lost,
@@ -81,4 +82,12 @@ class WebsocketsInstrumentor(WstraceInstrumentor):
             for name, wrapper in methods.items():
                 self._wrap(module, f"Connection.{name}", wrapper, hot=name in _HOT)
         self._replace(aconnection, "Connection.recv", _connection.async_recv_method)
-        self._replace(protocol, "Protocol.recv_frame", _limits.recv_frame_method)
+        self._replace(aconnection, "Connection.send", _connection.async_send_method)
+        # The handshake's response settles a connection's max_size once the envelope is in force.
+        self._replace(server_protocol, "ServerProtocol.send_response", _limits.send_response_method)
+        self._replace(client_protocol, "ClientProtocol.process_response", _limits.process_response_method)
+        _limits.FRAMES.arm(lambda: self._replace(protocol, "Protocol.recv_frame", _limits.recv_frame_method))
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        _limits.FRAMES.arm(None)
+        super()._uninstrument(**kwargs)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import types
 from collections.abc import AsyncIterable, Iterable, Mapping
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Optional
 
@@ -25,7 +26,7 @@ __all__ = [
     "async_connection_lost",
     "async_recv_method",
     "async_recv_streaming",
-    "async_send",
+    "async_send_method",
     "sync_close",
     "sync_close_socket",
     "sync_recv",
@@ -70,20 +71,31 @@ def _start(ct: ConnectionTracer, message: Any, text: Optional[bool]) -> tuple[An
     return ct.send_start(message, text=text)
 
 
-def async_send(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    # A plain function returning an awaitable: a stream chunk needs nothing after
-    # the send, so it gets the library's own coroutine, without a second frame.
-    ct = getattr(instance, ATTR, None)
-    if not isinstance(ct, ConnectionTracer):
-        return wrapped(*args, **kwargs)
-    if not kwargs and len(args) == 1:
-        # The usual call, send(message), on the path every chunk of a stream takes: no helper calls.
-        message = args[0]
-        kind = type(message)
-        if (kind is str or kind is bytes) and len(message) < SPLIT_AT:
-            wire, handle = ct.send_start(message)
-            sending = wrapped(wire)
-            return sending if handle is NOTHING_TO_END else end_after(ct, handle, sending)
+def async_send_method(original: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """``Connection.send`` (asyncio), written as the method itself, with its signature (no argument tuple or
+    dict to build: the supported versions all have it, ``tests`` pin it): the usual call, ``send(message)`` of
+    a str or bytes, takes no helper call (every chunk of a stream takes it); any other goes to
+    :func:`async_send`."""
+
+    async def send(self: Any, message: Any, *, text: Optional[bool] = None) -> Any:
+        ct = getattr(self, ATTR, None)
+        if not isinstance(ct, ConnectionTracer):
+            return await original(self, message, text=text)
+        if text is None:
+            kind = type(message)
+            if (kind is str or kind is bytes) and len(message) < SPLIT_AT:
+                wire, handle = ct.send_start(message)
+                if handle is NOTHING_TO_END:
+                    return await original(self, wire)
+                return await end_after(ct, handle, original(self, wire))
+            return await async_send(types.MethodType(original, self), ct, (message,), {})
+        return await async_send(types.MethodType(original, self), ct, (message,), {"text": text})
+
+    return send
+
+
+def async_send(wrapped: Wrapped, ct: ConnectionTracer, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Any other send: fragments, a large message, keyword arguments."""
     message = _message(args, kwargs)
     if not isinstance(message, _DATA) and _fragmented(message):
         # Fragments, sent as the library pulls them: one message, enveloped as a whole.
@@ -137,16 +149,17 @@ def _fragmented(message: Any) -> bool:
 
 
 def async_recv_method(original: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    """``Connection.recv`` (asyncio), written as the method itself: an idle connection waits in it, so it
-    holds one frame, as the library's own does."""
+    """``Connection.recv`` (asyncio), written as the method itself, with its signature (see
+    :func:`async_send_method`): an idle connection waits in it, so it holds one frame, as the library's own does."""
 
-    async def recv(self: Any, *args: Any, **kwargs: Any) -> Any:
-        ct = tracer_of(self)
-        if ct is None:
-            return await original(self, *args, **kwargs)
+    async def recv(self: Any, decode: Optional[bool] = None) -> Any:
+        ct = getattr(self, ATTR, None)  # tracer_of(), written out: every message takes this path
+        if not isinstance(ct, ConnectionTracer):
+            return await original(self, decode)
         ct.receive_done()
-        wire = await original(self, *args, **kwargs)
-        return ct.received(wire, type_known=_type_known(args, kwargs))
+        wire = await original(self, decode)
+        # With ``decode``, websockets returns text frames as bytes or binary frames as str.
+        return ct.received(wire) if decode is None else ct.received(wire, type_known=False)
 
     return recv
 
