@@ -271,14 +271,9 @@ class _Consumers:
             warn_once("ending a queue's process span", exc, logger=_log)
 
 
-class TracedQueue(queue.Queue[T]):
-    """A ``queue.Queue`` whose items keep the context they were put in.
-
-    ``put`` captures the producer's context; ``get`` starts the
-    ``process {name}`` span and makes it current in the consumer's thread until
-    it calls :meth:`task_done` or ``get`` again. ``q.queue`` holds
-    :class:`Carried` wrappers, not the bare items.
-    """
+class _Carrying(Generic[T]):
+    """What both traced queues add to theirs (the next class in the MRO): a name, the consumers' process
+    spans, and each item put wrapped with the producer's context."""
 
     def __init__(
         self,
@@ -288,13 +283,23 @@ class TracedQueue(queue.Queue[T]):
         carry_link: Optional[CarryLink] = None,
         tracer_provider: Optional[trace.TracerProvider] = None,
     ) -> None:
-        super().__init__(maxsize)
+        super().__init__(maxsize)  # type: ignore[call-arg]  # the queue's
         self.name = name
         self._consumers = _Consumers(_tracer(tracer_provider), name, _carry_link(carry_link))
 
     def _put(self, item: T) -> None:
-        # Runs in the producer's thread, inside put(): its context is current.
-        super()._put(cast(T, Carried(item, otel_context.get_current(), self.name)))
+        # Runs in the producer's thread or task, inside put(): its context is current.
+        super()._put(cast(T, Carried(item, otel_context.get_current(), self.name)))  # type: ignore[misc]
+
+
+class TracedQueue(_Carrying[T], queue.Queue[T]):
+    """A ``queue.Queue`` whose items keep the context they were put in.
+
+    ``put`` captures the producer's context; ``get`` starts the
+    ``process {name}`` span and makes it current in the consumer's thread until
+    it calls :meth:`task_done` or ``get`` again. ``q.queue`` holds
+    :class:`Carried` wrappers, not the bare items.
+    """
 
     def get(self, block: bool = True, timeout: Optional[float] = None) -> T:
         """Remove and return an item, as ``queue.Queue.get``, inside its process span."""
@@ -307,7 +312,7 @@ class TracedQueue(queue.Queue[T]):
         super().task_done()
 
 
-class TracedAsyncQueue(asyncio.Queue[T]):
+class TracedAsyncQueue(_Carrying[T], asyncio.Queue[T]):
     """An ``asyncio.Queue`` whose items keep the context they were put in.
 
     As :class:`TracedQueue`, per consumer task. ``get`` must run in the
@@ -315,21 +320,6 @@ class TracedAsyncQueue(asyncio.Queue[T]):
     ``asyncio.timeout()``, not ``asyncio.wait_for()`` (which runs it in a task
     of its own before Python 3.12).
     """
-
-    def __init__(
-        self,
-        maxsize: int = 0,
-        *,
-        name: Optional[str] = None,
-        carry_link: Optional[CarryLink] = None,
-        tracer_provider: Optional[trace.TracerProvider] = None,
-    ) -> None:
-        super().__init__(maxsize)
-        self.name = name
-        self._consumers = _Consumers(_tracer(tracer_provider), name, _carry_link(carry_link))
-
-    def _put(self, item: T) -> None:
-        super()._put(cast(T, Carried(item, otel_context.get_current(), self.name)))
 
     async def get(self) -> T:
         """Remove and return an item, as ``asyncio.Queue.get``, inside its process span."""
