@@ -27,6 +27,8 @@ from wstrace.version import __version__
 __all__ = [
     "Settings",
     "Switch",
+    "Wrapped",
+    "Wrapper",
     "WstraceInstrumentor",
     "claim_engineio",
     "client_tracer",
@@ -36,6 +38,11 @@ __all__ = [
     "option_overrides",
     "send_then_end",
 ]
+
+Wrapped = Callable[..., Any]
+"""The library's method or function a wrapper is given."""
+Wrapper = Callable[[Wrapped, Any, tuple[Any, ...], dict[str, Any]], Any]
+"""A wrapt-style wrapper: ``wrapper(wrapped, instance, args, kwargs)``."""
 
 _CONFIG_KEYS = frozenset(f.name for f in fields(Config))
 _OTHER_KEYS = frozenset({"tracer_provider", "meter_provider", "skip_dep_check"})

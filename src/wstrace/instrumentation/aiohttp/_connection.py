@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 
 from wstrace._close import ABNORMAL, NORMAL
 from wstrace.connection import ConnectionTracer
-from wstrace.instrumentation._instrumentor import end_after
+from wstrace.instrumentation._instrumentor import Wrapped, end_after
 from wstrace.instrumentation.aiohttp._common import (
     BINARY,
     CLOSE,
@@ -31,8 +31,6 @@ from wstrace.instrumentation.aiohttp._limits import refuse
 
 
 __all__ = ["WRAPPERS", "close", "receive", "send_bytes", "send_frame", "send_str"]
-
-Wrapped = Callable[..., Any]
 
 
 def _argument(args: tuple[Any, ...], kwargs: dict[str, Any], index: int, name: str) -> Any:

@@ -18,12 +18,12 @@ with instrumentation suppressed) passes straight through.
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from wstrace._close import NORMAL
 from wstrace.connection import NOTHING_TO_END, ConnectionTracer
 from wstrace.instrumentation._fragments import Outgoing
-from wstrace.instrumentation._instrumentor import send_then_end
+from wstrace.instrumentation._instrumentor import Wrapped, send_then_end
 from wstrace.instrumentation.websocket_client._common import (
     CLOSING,
     OPCODE_BINARY,
@@ -42,7 +42,6 @@ from wstrace.instrumentation.websocket_client._common import (
 
 __all__ = ["close", "dispatcher_read", "finished", "recv_data_frame", "send_frame", "shutdown"]
 
-Wrapped = Callable[..., Any]
 _DATA = (OPCODE_TEXT, OPCODE_BINARY)
 
 

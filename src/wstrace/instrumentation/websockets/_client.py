@@ -5,11 +5,10 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from wstrace.instrumentation._instrumentor import Settings
+from wstrace.instrumentation._instrumentor import Settings, Wrapper
 from wstrace.instrumentation.websockets._common import (
     ATTR,
     Arguments,
-    Wrapper,
     async_handshake_wrapper,
     handshake_status,
     merged_headers,

@@ -9,7 +9,7 @@ from opentelemetry.context import Context
 from wstrace._context import attach
 from wstrace.carriers import hide_trace_tokens
 from wstrace.connection import ConnectionTracer
-from wstrace.instrumentation._instrumentor import Settings, client_tracer, is_instrumentation_enabled
+from wstrace.instrumentation._instrumentor import Settings, Wrapper, client_tracer, is_instrumentation_enabled
 from wstrace.semconv import ENVELOPE_HEADER, SESSION_HEADER
 
 
@@ -18,7 +18,6 @@ __all__ = [
     "Arguments",
     "HANDSHAKE",
     "Steps",
-    "Wrapper",
     "async_handshake_wrapper",
     "merged_headers",
     "new_client_tracer",
@@ -28,7 +27,6 @@ __all__ = [
     "tracer_of",
 ]
 
-Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
 Arguments = tuple[tuple[Any, ...], dict[str, Any]]
 Steps = Callable[[Settings, Any, tuple[Any, ...], dict[str, Any]], ContextManager[Arguments]]
 """One side's handshake steps around the library's ``handshake(*args, **kwargs)`` on a connection: a context

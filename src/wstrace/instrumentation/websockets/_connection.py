@@ -16,7 +16,7 @@ from wstrace._close import INTERNAL_ERROR
 from wstrace._wire import SPLIT_AT, Parts
 from wstrace.connection import NOTHING_TO_END, ConnectionTracer, SendHandle
 from wstrace.instrumentation._fragments import Outgoing, afragments, fragments
-from wstrace.instrumentation._instrumentor import end_after, send_then_end
+from wstrace.instrumentation._instrumentor import Wrapped, end_after, send_then_end
 from wstrace.instrumentation.websockets._common import ATTR, report_close, tracer_of
 
 
@@ -33,7 +33,6 @@ __all__ = [
     "sync_send",
 ]
 
-Wrapped = Callable[..., Any]
 _DATA = (str, bytes, bytearray, memoryview)
 
 

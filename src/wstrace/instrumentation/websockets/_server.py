@@ -20,12 +20,11 @@ from opentelemetry.context import Context
 
 from wstrace._context import attach
 from wstrace.connection import ConnectionTracer
-from wstrace.instrumentation._instrumentor import Settings
+from wstrace.instrumentation._instrumentor import Settings, Wrapper
 from wstrace.instrumentation.websockets._common import (
     ATTR,
     HANDSHAKE,
     Arguments,
-    Wrapper,
     add_response_headers,
     async_handshake_wrapper,
     attach_for_handler,
