@@ -157,9 +157,20 @@ class WstraceInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """
 
     _module: str = ""
-    """Import name of the instrumented library."""
+    """Import name of the instrumented library: the adapter's ``package._library``."""
     _instruments: Collection[str] = ()
-    """Requirement strings of the supported versions (read by ``opentelemetry-instrument``)."""
+    """Requirement strings of the supported versions (read by ``opentelemetry-instrument``): the adapter's
+    ``package._instruments``."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls._module:  # named by the class itself, or inherited from an adapter's instrumentor
+            return
+        # The library is named once, in the package.py next to the instrumentor, which OpenTelemetry's
+        # tooling reads too.
+        package = importlib.import_module(f"{cls.__module__}.package")
+        cls._module = package._library
+        cls._instruments = package._instruments
 
     @property
     def _patched(self) -> list[tuple[Any, str, Any]]:
