@@ -63,14 +63,14 @@ class WebsocketsInstrumentor(WstraceInstrumentor):
                 "send": _connection.async_send,
                 "recv_streaming": _connection.async_recv_streaming,
                 "close": _connection.async_close,
-                "connection_lost": _connection.async_connection_lost,
+                "connection_lost": _connection.socket_gone,
             },
             sconnection: {
                 "send": _connection.sync_send,
                 "recv": _connection.sync_recv,
                 "recv_streaming": _connection.sync_recv_streaming,
                 "close": _connection.sync_close,
-                "close_socket": _connection.sync_close_socket,
+                "close_socket": _connection.socket_gone,
             },
         }
         for module, methods in wrappers.items():

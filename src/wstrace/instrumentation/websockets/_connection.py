@@ -22,12 +22,11 @@ from wstrace.instrumentation.websockets._common import ATTR, report_close, trace
 
 __all__ = [
     "async_close",
-    "async_connection_lost",
     "async_recv_method",
     "async_recv_streaming",
     "async_send",
+    "socket_gone",
     "sync_close",
-    "sync_close_socket",
     "sync_recv",
     "sync_recv_streaming",
     "sync_send",
@@ -223,7 +222,9 @@ def sync_close(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: d
     return wrapped(*args, **kwargs)
 
 
-def async_connection_lost(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def socket_gone(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The connection's socket is gone (asyncio's ``connection_lost(exc)``, sync's ``close_socket()``): report
+    its close frames and its end, with the error ``connection_lost`` was given."""
     try:
         return wrapped(*args, **kwargs)
     finally:
@@ -231,12 +232,3 @@ def async_connection_lost(wrapped: Wrapped, instance: Any, args: tuple[Any, ...]
         if ct is not None:
             exc = args[0] if args else kwargs.get("exc")
             report_close(ct, instance, exc if isinstance(exc, BaseException) else None)
-
-
-def sync_close_socket(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    try:
-        return wrapped(*args, **kwargs)
-    finally:
-        ct = tracer_of(instance)
-        if ct is not None:
-            report_close(ct, instance)
