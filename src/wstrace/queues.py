@@ -70,6 +70,21 @@ def _tracer(provider: Optional[trace.TracerProvider]) -> trace.Tracer:
     )
 
 
+def _messaging(
+    system: Optional[str], operation_type: str, operation: str, destination: Optional[str]
+) -> dict[str, AttributeValue]:
+    """A messaging span's attributes, in the conventions' names: the system and the destination unless
+    ``None``, the operation's type (``send``, ``process``) and its name."""
+    attributes: dict[str, AttributeValue] = {}
+    if system is not None:
+        attributes[sc.MESSAGING_SYSTEM] = system
+    attributes[sc.MESSAGING_OPERATION_TYPE] = operation_type
+    attributes[sc.MESSAGING_OPERATION_NAME] = operation
+    if destination is not None:
+        attributes[sc.MESSAGING_DESTINATION_NAME] = destination
+    return attributes
+
+
 @dataclass(frozen=True, eq=False)
 class Carried(Generic[T]):
     """An item and the context it was enqueued (or written to Redis) in."""
@@ -162,12 +177,7 @@ def _begin(
         else:
             parent, base = Context(), otel_context.get_current()
         name = destination or carried.destination
-        attributes: dict[str, AttributeValue] = {
-            sc.MESSAGING_OPERATION_TYPE: "process",
-            sc.MESSAGING_OPERATION_NAME: "process",
-        }
-        if name:
-            attributes[sc.MESSAGING_DESTINATION_NAME] = name
+        attributes = _messaging(None, "process", "process", name or None)
         attributes.update(carried.attributes)
         span = tracer.start_span(
             f"process {name}" if name else "process",
