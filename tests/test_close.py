@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import pytest
 
-from wstrace._close import Closing, Outcome, asgi_close, asgi_disconnect, outcome, summarised
+from wstrace._close import Closing, Outcome, as_code, asgi_close, asgi_disconnect, outcome, summarised
 
 
 def _closing(*events: tuple[str, Any, str]) -> Closing:
@@ -152,3 +152,17 @@ def test_asgi_close_is_a_handshake_this_end_started(message: dict[str, Any], exp
     events = Events()
     asgi_close(events, message)
     assert outcome(events.closing) == expected
+
+
+class _Code(enum.IntEnum):
+    GOING_AWAY = 1001
+
+
+@pytest.mark.parametrize(
+    ("value", "code"),
+    [(1000, 1000), (_Code.GOING_AWAY, 1001), ("4000", 4000), (None, None), ("going", None), (object(), None)],
+)
+def test_as_code_reads_what_a_library_close_takes(value: Any, code: Optional[int]) -> None:
+    """The code an application passed to ``close()``: anything ``int()`` takes, else none."""
+    assert as_code(value) == code
+    assert as_code(value).__class__ is (int if code is not None else type(None))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import re
 from pathlib import Path
 from typing import Any
@@ -39,3 +40,15 @@ def test_package_declares_metrics_support(entry_point: str) -> None:
     package = read_package(ENTRY_POINTS[entry_point].partition(":")[0])
     assert package.get("_supports_metrics", False) is True
     assert package["_instruments"], "the supported version range"
+
+
+@pytest.mark.parametrize("entry_point", sorted(ENTRY_POINTS))
+def test_instrumentor_reads_its_library_from_package(entry_point: str) -> None:
+    """The instrumentor checks the versions its package.py declares, and imports the library it names
+    (``_library``; the Socket.IO instrumentor still names its own)."""
+    module, _, name = ENTRY_POINTS[entry_point].partition(":")
+    package = read_package(module)
+    instrumentor = getattr(importlib.import_module(module), name)
+    assert tuple(instrumentor().instrumentation_dependencies()) == tuple(package["_instruments"])
+    assert instrumentor._module == package.get("_library", instrumentor._module)
+    assert instrumentor._module

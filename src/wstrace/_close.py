@@ -22,6 +22,7 @@ __all__ = [
     "Frame",
     "Initiator",
     "Outcome",
+    "as_code",
     "asgi_close",
     "asgi_disconnect",
     "outcome",
@@ -61,6 +62,15 @@ class Outcome(NamedTuple):
     reason: str
     initiator: Optional[Initiator]
     abnormal: bool
+
+
+def as_code(value: Any) -> Optional[int]:
+    """The close code an application passed to its library's ``close()`` as an int (the library took any
+    value ``int()`` takes); ``None`` for one that is none."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _code(code: object) -> Optional[int]:

@@ -97,13 +97,18 @@ def _bool(value: str | bool) -> bool:
     raise ConfigError(f"expected a boolean, got {value!r}")
 
 
-def _size(value: str | int) -> int:
+def _bytes(value: str | int) -> int:
+    """A whole number of bytes, given as a number or a string."""
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise ConfigError(f"expected a whole number of bytes, got {value!r}")
     try:
-        size = int(value)
+        return int(value)
     except (TypeError, ValueError):
         raise ConfigError(f"expected a whole number of bytes, got {value!r}") from None
+
+
+def _size(value: str | int) -> int:
+    size = _bytes(value)
     if not 0 <= size <= 0xFFFF:
         raise ConfigError(f"expected a size within 0..65535 bytes, got {size}")
     return size
@@ -140,7 +145,22 @@ def _callable(value: Any) -> Callable[..., Any]:
     return found  # type: ignore[no-any-return]
 
 
-class RouteTemplates:
+class _Compiled:
+    """An option compiled from strings: equal to, and hashed as, another of its class from the same strings."""
+
+    __slots__ = ()
+
+    def _source(self) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, type(self)) and other._source() == self._source()
+
+    def __hash__(self) -> int:
+        return hash(self._source())
+
+
+class RouteTemplates(_Compiled):
     """A ``routes`` option given as templates: ``/chat/{id}`` names every ``/chat/<one segment>`` path."""
 
     __slots__ = ("_patterns", "templates")
@@ -155,11 +175,8 @@ class RouteTemplates:
                 return template
         return None
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, RouteTemplates) and other.templates == self.templates
-
-    def __hash__(self) -> int:
-        return hash(self.templates)
+    def _source(self) -> tuple[str, ...]:
+        return self.templates
 
     def __repr__(self) -> str:
         return f"RouteTemplates({', '.join(self.templates)})"
@@ -171,6 +188,15 @@ def _template_pattern(template: str) -> str:
     return "[^/]+".join(re.escape(part) for part in parts) + "/?\\Z"
 
 
+def _strings(value: Any, expected: str) -> tuple[str, ...]:
+    """A sequence of strings, or a comma-separated string, as its non-empty items stripped; anything else
+    raises, saying what was ``expected``."""
+    items: Any = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(item, str) for item in items):
+        raise ConfigError(f"expected {expected}, got {value!r}")
+    return tuple(item.strip() for item in items if item.strip())
+
+
 def _routes(value: Any) -> Callable[[str], Optional[str]]:
     """Route templates (a sequence, or a comma-separated string), or a callable (``module:function``)."""
     if callable(value):
@@ -179,12 +205,7 @@ def _routes(value: Any) -> Callable[[str], Optional[str]]:
         text = value.strip()
         if text and not text.startswith("/") and ":" in text:
             return _callable(text)
-        items: Any = text.split(",")
-    else:
-        items = value
-    if not isinstance(items, (list, tuple)) or not all(isinstance(t, str) for t in items):
-        raise ConfigError(f"expected route templates such as '/chat/{{id}}', or a callable, got {value!r}")
-    templates = tuple(t.strip() for t in items if t.strip())
+    templates = _strings(value, "route templates such as '/chat/{id}', or a callable")
     bad = [t for t in templates if not t.startswith("/")]
     if not templates or bad:
         raise ConfigError(f"expected route templates starting with '/', such as '/chat/{{id}}', got {value!r}")
@@ -193,10 +214,7 @@ def _routes(value: Any) -> Callable[[str], Optional[str]]:
 
 def _header_names(value: Any) -> tuple[str, ...]:
     """Header names or regular expressions: a sequence, or a comma-separated string."""
-    items: Any = value.split(",") if isinstance(value, str) else value
-    if not isinstance(items, (list, tuple)) or not all(isinstance(n, str) for n in items):
-        raise ConfigError(f"expected header names (comma-separated), got {value!r}")
-    names = tuple(n.strip().lower() for n in items if n.strip())
+    names = tuple(name.lower() for name in _strings(value, "header names (comma-separated)"))
     for name in names:
         try:
             re.compile(name)
@@ -205,7 +223,7 @@ def _header_names(value: Any) -> tuple[str, ...]:
     return names
 
 
-class ExcludedUrls:
+class ExcludedUrls(_Compiled):
     """An ``excluded_urls`` option given as regular expressions: true for a URL any of them is found in."""
 
     __slots__ = ("_pattern", "patterns")
@@ -217,11 +235,8 @@ class ExcludedUrls:
     def __call__(self, url: str) -> bool:
         return self._pattern.search(url) is not None
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, ExcludedUrls) and other.patterns == self.patterns
-
-    def __hash__(self) -> int:
-        return hash(self.patterns)
+    def _source(self) -> tuple[str, ...]:
+        return self.patterns
 
     def __repr__(self) -> str:
         return f"ExcludedUrls({self.patterns!r})"
@@ -231,10 +246,7 @@ def _excluded(value: Any) -> Callable[[str], bool]:
     """Regular expressions (a sequence, or a comma-separated string), or a callable (``module:function``)."""
     if callable(value):
         return value  # type: ignore[no-any-return]
-    items: Any = value.split(",") if isinstance(value, str) else value
-    if not isinstance(items, (list, tuple)) or not all(isinstance(p, str) for p in items):
-        raise ConfigError(f"expected regular expressions (comma-separated), or a callable, got {value!r}")
-    patterns = tuple(p.strip() for p in items if p.strip())
+    patterns = _strings(value, "regular expressions (comma-separated), or a callable")
     if not patterns:
         raise ConfigError(f"expected at least one regular expression, got {value!r}")
     try:
@@ -244,12 +256,7 @@ def _excluded(value: Any) -> Callable[[str], bool]:
 
 
 def _capture_size(value: str | int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise ConfigError(f"expected a whole number of bytes, got {value!r}")
-    try:
-        size = int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"expected a whole number of bytes, got {value!r}") from None
+    size = _bytes(value)
     if not 1 <= size <= MAX_CAPTURE_BYTES:
         raise ConfigError(f"expected a capture size within 1..{MAX_CAPTURE_BYTES} bytes, got {size}")
     return size

@@ -70,6 +70,21 @@ def _tracer(provider: Optional[trace.TracerProvider]) -> trace.Tracer:
     )
 
 
+def _messaging(
+    system: Optional[str], operation_type: str, operation: str, destination: Optional[str]
+) -> dict[str, AttributeValue]:
+    """A messaging span's attributes, in the conventions' names: the system and the destination unless
+    ``None``, the operation's type (``send``, ``process``) and its name."""
+    attributes: dict[str, AttributeValue] = {}
+    if system is not None:
+        attributes[sc.MESSAGING_SYSTEM] = system
+    attributes[sc.MESSAGING_OPERATION_TYPE] = operation_type
+    attributes[sc.MESSAGING_OPERATION_NAME] = operation
+    if destination is not None:
+        attributes[sc.MESSAGING_DESTINATION_NAME] = destination
+    return attributes
+
+
 @dataclass(frozen=True, eq=False)
 class Carried(Generic[T]):
     """An item and the context it was enqueued (or written to Redis) in."""
@@ -162,12 +177,7 @@ def _begin(
         else:
             parent, base = Context(), otel_context.get_current()
         name = destination or carried.destination
-        attributes: dict[str, AttributeValue] = {
-            sc.MESSAGING_OPERATION_TYPE: "process",
-            sc.MESSAGING_OPERATION_NAME: "process",
-        }
-        if name:
-            attributes[sc.MESSAGING_DESTINATION_NAME] = name
+        attributes = _messaging(None, "process", "process", name or None)
         attributes.update(carried.attributes)
         span = tracer.start_span(
             f"process {name}" if name else "process",
@@ -271,14 +281,9 @@ class _Consumers:
             warn_once("ending a queue's process span", exc, logger=_log)
 
 
-class TracedQueue(queue.Queue[T]):
-    """A ``queue.Queue`` whose items keep the context they were put in.
-
-    ``put`` captures the producer's context; ``get`` starts the
-    ``process {name}`` span and makes it current in the consumer's thread until
-    it calls :meth:`task_done` or ``get`` again. ``q.queue`` holds
-    :class:`Carried` wrappers, not the bare items.
-    """
+class _Carrying(Generic[T]):
+    """What both traced queues add to theirs (the next class in the MRO): a name, the consumers' process
+    spans, and each item put wrapped with the producer's context."""
 
     def __init__(
         self,
@@ -288,13 +293,23 @@ class TracedQueue(queue.Queue[T]):
         carry_link: Optional[CarryLink] = None,
         tracer_provider: Optional[trace.TracerProvider] = None,
     ) -> None:
-        super().__init__(maxsize)
+        super().__init__(maxsize)  # type: ignore[call-arg]  # the queue's
         self.name = name
         self._consumers = _Consumers(_tracer(tracer_provider), name, _carry_link(carry_link))
 
     def _put(self, item: T) -> None:
-        # Runs in the producer's thread, inside put(): its context is current.
-        super()._put(cast(T, Carried(item, otel_context.get_current(), self.name)))
+        # Runs in the producer's thread or task, inside put(): its context is current.
+        super()._put(cast(T, Carried(item, otel_context.get_current(), self.name)))  # type: ignore[misc]
+
+
+class TracedQueue(_Carrying[T], queue.Queue[T]):
+    """A ``queue.Queue`` whose items keep the context they were put in.
+
+    ``put`` captures the producer's context; ``get`` starts the
+    ``process {name}`` span and makes it current in the consumer's thread until
+    it calls :meth:`task_done` or ``get`` again. ``q.queue`` holds
+    :class:`Carried` wrappers, not the bare items.
+    """
 
     def get(self, block: bool = True, timeout: Optional[float] = None) -> T:
         """Remove and return an item, as ``queue.Queue.get``, inside its process span."""
@@ -307,7 +322,7 @@ class TracedQueue(queue.Queue[T]):
         super().task_done()
 
 
-class TracedAsyncQueue(asyncio.Queue[T]):
+class TracedAsyncQueue(_Carrying[T], asyncio.Queue[T]):
     """An ``asyncio.Queue`` whose items keep the context they were put in.
 
     As :class:`TracedQueue`, per consumer task. ``get`` must run in the
@@ -315,21 +330,6 @@ class TracedAsyncQueue(asyncio.Queue[T]):
     ``asyncio.timeout()``, not ``asyncio.wait_for()`` (which runs it in a task
     of its own before Python 3.12).
     """
-
-    def __init__(
-        self,
-        maxsize: int = 0,
-        *,
-        name: Optional[str] = None,
-        carry_link: Optional[CarryLink] = None,
-        tracer_provider: Optional[trace.TracerProvider] = None,
-    ) -> None:
-        super().__init__(maxsize)
-        self.name = name
-        self._consumers = _Consumers(_tracer(tracer_provider), name, _carry_link(carry_link))
-
-    def _put(self, item: T) -> None:
-        super()._put(cast(T, Carried(item, otel_context.get_current(), self.name)))
 
     async def get(self) -> T:
         """Remove and return an item, as ``asyncio.Queue.get``, inside its process span."""

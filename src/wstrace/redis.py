@@ -41,7 +41,7 @@ from wstrace import _context, envelope as codec, propagation, semconv as sc
 from wstrace._log import warn_once
 from wstrace.envelope import DEFAULT_MAX_HEADER_BYTES
 from wstrace.exceptions import EnvelopeEncodeError
-from wstrace.queues import Carried, _tracer
+from wstrace.queues import Carried, _messaging, _tracer
 
 
 __all__ = [
@@ -276,13 +276,8 @@ class _Write:
         self._attachment: Optional[_context.Attachment] = None
         try:
             name = _text(destination)
-            attributes: dict[str, AttributeValue] = {
-                sc.MESSAGING_SYSTEM: _SYSTEM,
-                # "send": the messaging conventions' current name for what "publish" was (deprecated).
-                sc.MESSAGING_OPERATION_TYPE: "send",
-                sc.MESSAGING_OPERATION_NAME: op,
-                sc.MESSAGING_DESTINATION_NAME: name,
-            }
+            # "send": the messaging conventions' current name for what "publish" was (deprecated).
+            attributes = _messaging(_SYSTEM, "send", op, name)
             if len(values) == 1:
                 _set_size(attributes, _size(values[0]) if size is None else size)
             elif len(values) > 1:

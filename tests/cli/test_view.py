@@ -34,7 +34,7 @@ from wstrace.cli.view import (
     services_of,
     waterfall,
 )
-from wstrace.cli.view_html import render_html
+from wstrace.cli.view_html import render_html, value_type
 
 
 T0 = 1_764_000_000_000_000_000
@@ -877,3 +877,21 @@ def test_narrow_output_says_what_it_left_out(voice_file: Path, capsys: pytest.Ca
     out = capsys.readouterr().out
     assert "not shown" not in out and "close_code=1006 error.type=close 1006 ERROR:" in out  # the attributes wrap
     assert max(len(line) for line in out.splitlines()) <= int(found[1])
+
+
+@pytest.mark.parametrize(
+    ("value", "name"),
+    [
+        (None, "empty"),
+        (True, "bool"),  # not "int", though bool is one
+        (3, "int"),
+        (2.5, "double"),
+        ("a", "string"),
+        (b"\x00", "bytes"),
+        ({"k": 1}, "map"),
+        ([1, 2], "array"),
+        (("a",), "array"),
+    ],
+)
+def test_value_type_names_each_otlp_type(value: Any, name: str) -> None:
+    assert value_type(value) == name

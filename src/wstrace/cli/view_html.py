@@ -32,22 +32,23 @@ __all__ = ["format_value", "render_html", "value_type"]
 SIZE = "messaging.message.body.size"
 
 
+_TYPE_NAMES: tuple[tuple[type[Any], str], ...] = (
+    (bool, "bool"),  # before int, which bool is
+    (int, "int"),
+    (float, "double"),
+    (str, "string"),
+    (bytes, "bytes"),
+    (Mapping, "map"),
+)
+
+
 def value_type(value: Any) -> str:
     """The OTLP type name of an attribute value."""
     if value is None:
         return "empty"
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "int"
-    if isinstance(value, float):
-        return "double"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, bytes):
-        return "bytes"
-    if isinstance(value, Mapping):
-        return "map"
+    for kind, name in _TYPE_NAMES:
+        if isinstance(value, kind):
+            return name
     return "array"
 
 

@@ -53,6 +53,11 @@ _HISTORY = 12  # messages of context the LLM gets
 Event = dict[str, Any]
 
 
+def _stage_attributes(engine: ASR | LLM | TTS, stage: str) -> dict[str, Any]:
+    """A stage's stream span attributes: the GenAI model and provider of its engine, and the stage."""
+    return {"gen_ai.request.model": engine.model, "gen_ai.provider.name": engine.provider, STAGE: stage}
+
+
 @dataclass(frozen=True)
 class Turn:
     """A user's turn, from the handler to a worker."""
@@ -178,11 +183,7 @@ class VoiceAssistant:
         with wstrace.stream(
             f"speech_to_text {self.asr.model}",
             gen_ai_operation="speech_to_text",
-            attributes={
-                "gen_ai.request.model": self.asr.model,
-                "gen_ai.provider.name": self.asr.provider,
-                STAGE: "speech_to_text",
-            },
+            attributes=_stage_attributes(self.asr, "speech_to_text"),
         ) as words:
             heard = []
             for word in self.asr.transcribe(turn.audio, turn.number):
@@ -209,11 +210,7 @@ class VoiceAssistant:
             name, operation, attributes = f"chat {self.llm.model} stream", None, {STAGE: "chat"}
         else:
             name, operation = f"chat {self.llm.model}", "chat"
-            attributes = {
-                "gen_ai.request.model": self.llm.model,
-                "gen_ai.provider.name": self.llm.provider,
-                STAGE: "chat",
-            }
+            attributes = _stage_attributes(self.llm, "chat")
         try:
             with (
                 wstrace.stream(name, gen_ai_operation=operation, attributes=attributes) as tokens,
@@ -244,11 +241,7 @@ class VoiceAssistant:
         with wstrace.stream(
             f"text_to_speech {self.tts.model}",
             gen_ai_operation="text_to_speech",
-            attributes={
-                "gen_ai.request.model": self.tts.model,
-                "gen_ai.provider.name": self.tts.provider,
-                STAGE: "text_to_speech",
-            },
+            attributes=_stage_attributes(self.tts, "text_to_speech"),
         ) as speech:
             index = 0
             while text is not None:

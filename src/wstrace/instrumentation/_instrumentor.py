@@ -27,6 +27,8 @@ from wstrace.version import __version__
 __all__ = [
     "Settings",
     "Switch",
+    "Wrapped",
+    "Wrapper",
     "WstraceInstrumentor",
     "claim_engineio",
     "client_tracer",
@@ -36,6 +38,11 @@ __all__ = [
     "option_overrides",
     "send_then_end",
 ]
+
+Wrapped = Callable[..., Any]
+"""The library's method or function a wrapper is given."""
+Wrapper = Callable[[Wrapped, Any, tuple[Any, ...], dict[str, Any]], Any]
+"""A wrapt-style wrapper: ``wrapper(wrapped, instance, args, kwargs)``."""
 
 _CONFIG_KEYS = frozenset(f.name for f in fields(Config))
 _OTHER_KEYS = frozenset({"tracer_provider", "meter_provider", "skip_dep_check"})
@@ -150,9 +157,20 @@ class WstraceInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """
 
     _module: str = ""
-    """Import name of the instrumented library."""
+    """Import name of the instrumented library: the adapter's ``package._library``."""
     _instruments: Collection[str] = ()
-    """Requirement strings of the supported versions (read by ``opentelemetry-instrument``)."""
+    """Requirement strings of the supported versions (read by ``opentelemetry-instrument``): the adapter's
+    ``package._instruments``."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls._module:  # named by the class itself, or inherited from an adapter's instrumentor
+            return
+        # The library is named once, in the package.py next to the instrumentor, which OpenTelemetry's
+        # tooling reads too.
+        package = importlib.import_module(f"{cls.__module__}.package")
+        cls._module = package._library
+        cls._instruments = package._instruments
 
     @property
     def _patched(self) -> list[tuple[Any, str, Any]]:

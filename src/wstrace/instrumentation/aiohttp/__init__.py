@@ -28,7 +28,6 @@ from __future__ import annotations
 
 from wstrace.instrumentation._instrumentor import Settings, WstraceInstrumentor
 from wstrace.instrumentation.aiohttp import _client, _connection, _server
-from wstrace.instrumentation.aiohttp.package import _instruments
 
 
 __all__ = ["AiohttpInstrumentor"]
@@ -36,9 +35,6 @@ __all__ = ["AiohttpInstrumentor"]
 
 class AiohttpInstrumentor(WstraceInstrumentor):
     """Instruments every aiohttp WebSocket connection, client and server."""
-
-    _module = "aiohttp"
-    _instruments = _instruments
 
     def _patch(self, settings: Settings) -> None:
         # Imported here, not at the top: importing the adapter must not import

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from wstrace._context import attach
-from wstrace.instrumentation._instrumentor import Settings, engineio_request, is_instrumentation_enabled
+from wstrace.instrumentation._instrumentor import Settings, Wrapper, engineio_request, is_instrumentation_enabled
 from wstrace.instrumentation.aiohttp._common import (
     ATTR,
     failure_status,
@@ -16,9 +16,7 @@ from wstrace.instrumentation.aiohttp._common import (
 from wstrace.instrumentation.aiohttp._limits import client_limit, settle
 
 
-__all__ = ["Wrapper", "ws_connect"]
-
-Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
+__all__ = ["ws_connect"]
 
 
 def _query(url: object) -> str:

@@ -10,11 +10,11 @@ suppressed) have none and pass straight through.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
-from wstrace._close import ABNORMAL, NORMAL
+from wstrace._close import ABNORMAL, NORMAL, as_code
 from wstrace.connection import ConnectionTracer
-from wstrace.instrumentation._instrumentor import end_after
+from wstrace.instrumentation._instrumentor import Wrapped, end_after
 from wstrace.instrumentation.aiohttp._common import (
     BINARY,
     CLOSE,
@@ -31,8 +31,6 @@ from wstrace.instrumentation.aiohttp._limits import refuse
 
 
 __all__ = ["WRAPPERS", "close", "receive", "send_bytes", "send_frame", "send_str"]
-
-Wrapped = Callable[..., Any]
 
 
 def _argument(args: tuple[Any, ...], kwargs: dict[str, Any], index: int, name: str) -> Any:
@@ -152,7 +150,7 @@ async def close(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: 
     ct.receive_done()  # in the caller's context, where the receive span was attached
     setattr(instance, LOCAL_CLOSE, True)
     if not instance.closed:  # else close() returns at once, sending nothing
-        ct.close_sent(_int(kwargs.get("code", NORMAL)), _text(kwargs.get("message")))
+        ct.close_sent(as_code(kwargs.get("code", NORMAL)), _text(kwargs.get("message")))
     try:
         result = await wrapped(*args, **kwargs)
     except BaseException as exc:
@@ -165,13 +163,6 @@ async def close(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: 
     # returned nothing to receive() (a heartbeat timeout): recorded then, or now, with no frame.
     ct.closed(error=instance.exception() if answer == ABNORMAL or not result else None)
     return result
-
-
-def _int(value: Any) -> Optional[int]:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
 
 
 def _text(message: Any) -> str:

@@ -10,8 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from wstrace._context import attach
-from wstrace.instrumentation._instrumentor import Settings, engineio_request, is_instrumentation_enabled
-from wstrace.instrumentation.aiohttp._client import Wrapper
+from wstrace.instrumentation._instrumentor import Settings, Wrapper, engineio_request, is_instrumentation_enabled
 from wstrace.instrumentation.aiohttp._common import (
     ATTR,
     add_response_headers,

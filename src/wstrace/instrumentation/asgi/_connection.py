@@ -89,11 +89,7 @@ class Connection:
                 await self._send(message)
         elif kind == "websocket.accept" and not hs.open and not hs.ended:
             accept = hs.accept_message(message)
-            try:
-                await self._send(accept)
-            except BaseException as exc:
-                hs.refused(None, exc)
-                raise
+            await self._send_answer(accept, None)
             hs.accepted(accept)
             self._enter_connection()
         elif kind == "websocket.close" and hs.open and not hs.ended:
@@ -102,14 +98,19 @@ class Connection:
             # ASGI: a close before accept is refused with 403; a denial response has its own status.
             status = 403 if kind == "websocket.close" else denial_status(message)
             hs.tracer()
-            try:
-                await self._send(message)
-            except BaseException as exc:
-                hs.refused(status, exc)
-                raise
+            await self._send_answer(message, status)
             hs.refused(status)
         else:
             await self._send(message)
+
+    async def _send_answer(self, message: Message, status: Optional[int]) -> None:
+        """Send the application's answer to the handshake; if that fails, the handshake is refused with
+        ``status`` (``None`` where there is none) and the error."""
+        try:
+            await self._send(message)
+        except BaseException as exc:
+            self._hs.refused(status, exc)
+            raise
 
     async def _send_data(self, ct: ConnectionTracer, message: Message) -> None:
         # Servers send ``bytes`` when both keys are set (uvicorn does), so check it first.

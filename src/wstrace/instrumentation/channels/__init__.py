@@ -41,7 +41,6 @@ from wstrace._log import warn_once
 from wstrace.exceptions import ConfigError
 from wstrace.instrumentation._instrumentor import Settings, WstraceInstrumentor
 from wstrace.instrumentation.channels import _layers, _server
-from wstrace.instrumentation.channels.package import _instruments
 
 
 __all__ = ["LAYER_CARRIER_ENV", "ChannelsInstrumentor"]
@@ -86,9 +85,6 @@ def layer_carrier(value: Any = None, environ: Optional[Mapping[str, str]] = None
 
 class ChannelsInstrumentor(WstraceInstrumentor):
     """Traces Django Channels consumers (through the ASGI middleware) and carries context through channel layers."""
-
-    _module = "channels"
-    _instruments = _instruments
 
     def _instrument(self, **kwargs: Any) -> None:
         self.__dict__["_wstrace_layer_carrier"] = layer_carrier(kwargs.pop("layer_carrier", None))

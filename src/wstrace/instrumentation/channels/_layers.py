@@ -24,12 +24,11 @@ from typing import Any, Callable, Mapping, Optional
 from opentelemetry import context as otel_context, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
-from opentelemetry.util.types import AttributeValue
 
 from wstrace import _context, propagation, semconv as sc
 from wstrace._log import warn_once
 from wstrace.instrumentation._instrumentor import Settings, is_instrumentation_enabled
-from wstrace.queues import _Processing
+from wstrace.queues import _messaging, _Processing
 
 
 __all__ = ["KEY", "MAX_ENTRIES", "SYSTEM", "Layers", "parse"]
@@ -156,12 +155,7 @@ class Layers:
             if not isinstance(destination, str):
                 return None
             shown = span_destination(destination)
-            attributes: dict[str, AttributeValue] = {
-                sc.MESSAGING_SYSTEM: SYSTEM,
-                sc.MESSAGING_OPERATION_TYPE: "send",
-                sc.MESSAGING_OPERATION_NAME: operation,
-                sc.MESSAGING_DESTINATION_NAME: destination,
-            }
+            attributes = _messaging(SYSTEM, "send", operation, destination)
             if shown != destination:
                 attributes[sc.MESSAGING_DESTINATION_TEMPORARY] = True
             if isinstance(message, Mapping):
@@ -263,14 +257,8 @@ class Layers:
         ambient = trace.get_current_span().get_span_context()
         if ambient.is_valid:
             links.append(Link(ambient, _AMBIENT))
-        attributes: dict[str, AttributeValue] = {
-            sc.MESSAGING_SYSTEM: SYSTEM,
-            sc.MESSAGING_OPERATION_TYPE: "process",
-            sc.MESSAGING_OPERATION_NAME: "process",
-            sc.DJANGO_CHANNELS_EVENT_TYPE: kind,
-        }
-        if destination:
-            attributes[sc.MESSAGING_DESTINATION_NAME] = destination
+        attributes = _messaging(SYSTEM, "process", "process", destination or None)
+        attributes[sc.DJANGO_CHANNELS_EVENT_TYPE] = kind
         span = self.settings.tracer.start_span(
             f"process {destination}" if destination else "process",
             context=parent,

@@ -26,7 +26,7 @@ from opentelemetry.context import Context
 
 from wstrace._context import attach
 from wstrace._log import warn_once
-from wstrace.instrumentation._instrumentor import Settings, Switch
+from wstrace.instrumentation._instrumentor import Settings, Switch, Wrapper
 from wstrace.instrumentation.asgi import WstraceASGIMiddleware
 from wstrace.instrumentation.asgi._common import MARK, Message, Receive, Scope, Send
 from wstrace.instrumentation.asgi._connection import Connection
@@ -45,7 +45,6 @@ __all__ = [
     "url_router_wrapper",
 ]
 
-Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
 
 ROUTE_KEY = "wstrace.channels.route"
 """Scope key of the list of patterns the routers matched, outermost first."""

@@ -35,7 +35,6 @@ from opentelemetry.metrics import MeterProvider
 from wstrace.config import Config
 from wstrace.instrumentation._instrumentor import Settings, WstraceInstrumentor
 from wstrace.instrumentation.starlette import _server
-from wstrace.instrumentation.starlette.package import _instruments
 
 
 __all__ = ["StarletteInstrumentor"]
@@ -43,9 +42,6 @@ __all__ = ["StarletteInstrumentor"]
 
 class StarletteInstrumentor(WstraceInstrumentor):
     """Adds the wstrace ASGI middleware to every Starlette and FastAPI application, or to one."""
-
-    _module = "starlette"
-    _instruments = _instruments
 
     @property
     def _switch(self) -> Optional[_server.Switch]:

@@ -16,13 +16,12 @@ import weakref
 from typing import Any, Callable, Optional
 
 from wstrace._log import warn_once
-from wstrace.instrumentation._instrumentor import Settings, Switch
+from wstrace.instrumentation._instrumentor import Settings, Switch, Wrapper
 from wstrace.instrumentation.asgi import WstraceASGIMiddleware
 
 
 __all__ = ["Switch", "Stacks", "build_middleware_stack", "describe", "holds_ours", "instrument_app", "uninstrument_app"]
 
-Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
 
 _log = logging.getLogger("wstrace.instrumentation.starlette")
 

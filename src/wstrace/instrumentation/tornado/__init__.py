@@ -28,7 +28,6 @@ from __future__ import annotations
 
 from wstrace.instrumentation._instrumentor import Settings, WstraceInstrumentor
 from wstrace.instrumentation.tornado import _client, _connection, _server
-from wstrace.instrumentation.tornado.package import _instruments
 
 
 __all__ = ["TornadoInstrumentor"]
@@ -36,9 +35,6 @@ __all__ = ["TornadoInstrumentor"]
 
 class TornadoInstrumentor(WstraceInstrumentor):
     """Instruments every tornado WebSocket handler and client connection."""
-
-    _module = "tornado"
-    _instruments = _instruments
 
     def _patch(self, settings: Settings) -> None:
         # Imported here, not at the top: importing the adapter must not import

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from wstrace.instrumentation._instrumentor import Settings, is_instrumentation_enabled
+from wstrace.instrumentation._instrumentor import Settings, Wrapper, is_instrumentation_enabled
 from wstrace.instrumentation.tornado._common import (
     ATTR,
     Traced,
-    Wrapper,
     add_request_headers,
     new_client_tracer,
     traced,

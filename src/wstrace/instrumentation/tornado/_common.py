@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 from urllib.parse import urlsplit
 
 from opentelemetry import trace
@@ -19,15 +19,12 @@ from wstrace.instrumentation._instrumentor import Settings, client_tracer
 __all__ = [
     "ATTR",
     "Traced",
-    "Wrapper",
     "add_request_headers",
     "hide_subprotocol_tokens",
     "new_client_tracer",
     "new_server_tracer",
     "traced",
 ]
-
-Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
 
 ATTR = "_wstrace"
 """Attribute under which a ``WebSocketHandler`` or ``WebSocketClientConnection`` holds its :class:`Traced`."""

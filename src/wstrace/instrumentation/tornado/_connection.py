@@ -22,7 +22,7 @@ from typing import Any, Awaitable, Callable, Generator, Optional
 
 from wstrace._close import NORMAL
 from wstrace.connection import ConnectionTracer
-from wstrace.instrumentation._instrumentor import send_then_end
+from wstrace.instrumentation._instrumentor import Wrapped, send_then_end
 from wstrace.instrumentation.tornado._common import Traced, traced
 from wstrace.instrumentation.tornado._limits import refused
 
@@ -35,8 +35,6 @@ __all__ = [
     "run_callback",
     "write_message",
 ]
-
-Wrapped = Callable[..., Any]
 
 
 def write_message(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-from wstrace.instrumentation._instrumentor import Settings, is_instrumentation_enabled
+from wstrace.instrumentation._instrumentor import Settings, Wrapper, is_instrumentation_enabled
 from wstrace.instrumentation.tornado._common import (
     ATTR,
     Traced,
-    Wrapper,
     hide_subprotocol_tokens,
     new_server_tracer,
     traced,

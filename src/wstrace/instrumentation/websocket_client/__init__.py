@@ -35,7 +35,6 @@ from __future__ import annotations
 
 from wstrace.instrumentation._instrumentor import Settings, WstraceInstrumentor
 from wstrace.instrumentation.websocket_client import _client, _connection
-from wstrace.instrumentation.websocket_client.package import _instruments
 
 
 __all__ = ["WebsocketClientInstrumentor"]
@@ -43,9 +42,6 @@ __all__ = ["WebsocketClientInstrumentor"]
 
 class WebsocketClientInstrumentor(WstraceInstrumentor):
     """Instruments every websocket-client connection: ``create_connection``, ``WebSocket`` and ``WebSocketApp``."""
-
-    _module = "websocket"
-    _instruments = _instruments
 
     def _patch(self, settings: Settings) -> None:
         # Imported here, not at the top: importing the adapter must not import

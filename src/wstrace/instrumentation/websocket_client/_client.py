@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from wstrace.instrumentation._instrumentor import Settings, is_instrumentation_enabled
+from wstrace.instrumentation._instrumentor import Settings, Wrapper, is_instrumentation_enabled
 from wstrace.instrumentation.websocket_client._common import (
     ATTR,
     done_here,
@@ -20,8 +20,6 @@ from wstrace.instrumentation.websocket_client._common import (
 
 
 __all__ = ["connect"]
-
-Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
 
 
 def connect(settings: Settings) -> Wrapper:

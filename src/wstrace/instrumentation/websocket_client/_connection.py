@@ -18,12 +18,12 @@ with instrumentation suppressed) passes straight through.
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
-from wstrace._close import NORMAL
+from wstrace._close import NORMAL, as_code
 from wstrace.connection import NOTHING_TO_END, ConnectionTracer
 from wstrace.instrumentation._fragments import Outgoing
-from wstrace.instrumentation._instrumentor import send_then_end
+from wstrace.instrumentation._instrumentor import Wrapped, send_then_end
 from wstrace.instrumentation.websocket_client._common import (
     CLOSING,
     OPCODE_BINARY,
@@ -42,7 +42,6 @@ from wstrace.instrumentation.websocket_client._common import (
 
 __all__ = ["close", "dispatcher_read", "finished", "recv_data_frame", "send_frame", "shutdown"]
 
-Wrapped = Callable[..., Any]
 _DATA = (OPCODE_TEXT, OPCODE_BINARY)
 
 
@@ -166,7 +165,7 @@ def close(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[s
     if was_open:
         status = args[0] if args else kwargs.get("status", NORMAL)  # the library's default
         reason = close_reason_text(args[1] if len(args) > 1 else kwargs.get("reason", b""))
-        ct.close_sent(_as_code(status), reason)
+        ct.close_sent(as_code(status), reason)
     setattr(instance, CLOSING, True)
     try:
         result = wrapped(*args, **kwargs)
@@ -178,14 +177,6 @@ def close(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[s
             ct.close_received(*close_frame_args(answer.data))
         ct.closed()  # without an answer: the peer never answered our close frame (timeout or dropped TCP)
     return result
-
-
-def _as_code(status: Any) -> Optional[int]:
-    """The close code the application passed to ``close()``, as an int (the library accepted it)."""
-    try:
-        return int(status)
-    except (TypeError, ValueError):
-        return None
 
 
 def shutdown(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

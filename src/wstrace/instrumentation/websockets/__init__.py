@@ -32,7 +32,6 @@ from typing import Any
 from wstrace.instrumentation._instrumentor import Settings, WstraceInstrumentor
 from wstrace.instrumentation.websockets import _client, _connection, _limits, _server
 from wstrace.instrumentation.websockets._options import server_options
-from wstrace.instrumentation.websockets.package import _instruments
 
 
 __all__ = ["WebsocketsInstrumentor", "server_options"]
@@ -43,9 +42,6 @@ _HOT = frozenset({"send", "recv"})  # every message takes them: plain functions,
 
 class WebsocketsInstrumentor(WstraceInstrumentor):
     """Instruments every websockets client and server connection (asyncio and sync)."""
-
-    _module = "websockets"
-    _instruments = _instruments
 
     def _patch(self, settings: Settings) -> None:
         # Imported here, not at the top: importing the adapter must not import
@@ -68,14 +64,14 @@ class WebsocketsInstrumentor(WstraceInstrumentor):
             aconnection: {
                 "recv_streaming": _connection.async_recv_streaming,
                 "close": _connection.async_close,
-                "connection_lost": _connection.async_connection_lost,
+                "connection_lost": _connection.socket_gone,
             },
             sconnection: {
                 "send": _connection.sync_send,
                 "recv": _connection.sync_recv,
                 "recv_streaming": _connection.sync_recv_streaming,
                 "close": _connection.sync_close,
-                "close_socket": _connection.sync_close_socket,
+                "close_socket": _connection.socket_gone,
             },
         }
         for module, methods in wrappers.items():

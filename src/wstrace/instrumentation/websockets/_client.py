@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Iterator
 
-from wstrace.instrumentation._instrumentor import Settings, is_instrumentation_enabled
+from wstrace.instrumentation._instrumentor import Settings, Wrapper
 from wstrace.instrumentation.websockets._common import (
     ATTR,
+    Arguments,
+    async_handshake_wrapper,
     handshake_status,
     merged_headers,
     new_client_tracer,
+    sync_handshake_wrapper,
 )
 from wstrace.instrumentation.websockets._limits import watch_client
 
 
 __all__ = ["async_handshake", "sync_handshake"]
-
-Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
 
 
 def _with_headers(args: tuple[Any, ...], kwargs: dict[str, Any], ours: dict[str, str]) -> tuple[Any, ...]:
@@ -27,39 +29,24 @@ def _with_headers(args: tuple[Any, ...], kwargs: dict[str, Any], ours: dict[str,
     return args
 
 
-def async_handshake(settings: Settings) -> Wrapper:
-    async def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if not is_instrumentation_enabled():
-            return await wrapped(*args, **kwargs)
-        ct = new_client_tracer(settings, instance)
-        args = _with_headers(args, kwargs, ct.request_headers())
-        watch_client(instance.protocol, settings.config)
-        try:
-            result = await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            ct.handshake_failed(status=handshake_status(instance), error=exc)
-            raise
-        ct.opened(response_headers=instance.response.headers, subprotocol=instance.subprotocol)
-        setattr(instance, ATTR, ct)
-        return result
+@contextmanager
+def _steps(settings: Settings, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Iterator[Arguments]:
+    """Our headers into the request, then the handshake's outcome: the connection opened, or failed."""
+    ct = new_client_tracer(settings, instance)
+    args = _with_headers(args, kwargs, ct.request_headers())
+    watch_client(instance.protocol, settings.config)
+    try:
+        yield args, kwargs
+    except BaseException as exc:
+        ct.handshake_failed(status=handshake_status(instance), error=exc)
+        raise
+    ct.opened(response_headers=instance.response.headers, subprotocol=instance.subprotocol)
+    setattr(instance, ATTR, ct)
 
-    return wrapper
+
+def async_handshake(settings: Settings) -> Wrapper:
+    return async_handshake_wrapper(settings, _steps)
 
 
 def sync_handshake(settings: Settings) -> Wrapper:
-    def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if not is_instrumentation_enabled():
-            return wrapped(*args, **kwargs)
-        ct = new_client_tracer(settings, instance)
-        args = _with_headers(args, kwargs, ct.request_headers())
-        watch_client(instance.protocol, settings.config)
-        try:
-            result = wrapped(*args, **kwargs)
-        except BaseException as exc:
-            ct.handshake_failed(status=handshake_status(instance), error=exc)
-            raise
-        ct.opened(response_headers=instance.response.headers, subprotocol=instance.subprotocol)
-        setattr(instance, ATTR, ct)
-        return result
-
-    return wrapper
+    return sync_handshake_wrapper(settings, _steps)

@@ -2,24 +2,65 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, ContextManager, Optional
 
 from opentelemetry.context import Context
 
 from wstrace._context import attach
 from wstrace.carriers import hide_trace_tokens
 from wstrace.connection import ConnectionTracer
-from wstrace.instrumentation._instrumentor import Settings, client_tracer
+from wstrace.instrumentation._instrumentor import Settings, Wrapper, client_tracer, is_instrumentation_enabled
 from wstrace.semconv import ENVELOPE_HEADER, SESSION_HEADER
 
 
-__all__ = ["ATTR", "HANDSHAKE", "merged_headers", "new_client_tracer", "new_server_tracer", "report_close", "tracer_of"]
+__all__ = [
+    "ATTR",
+    "Arguments",
+    "HANDSHAKE",
+    "Steps",
+    "async_handshake_wrapper",
+    "merged_headers",
+    "new_client_tracer",
+    "new_server_tracer",
+    "report_close",
+    "sync_handshake_wrapper",
+    "tracer_of",
+]
+
+Arguments = tuple[tuple[Any, ...], dict[str, Any]]
+Steps = Callable[[Settings, Any, tuple[Any, ...], dict[str, Any]], ContextManager[Arguments]]
+"""One side's handshake steps around the library's ``handshake(*args, **kwargs)`` on a connection: a context
+manager given the settings, the connection and the arguments, yielding the arguments to call it with."""
 
 ATTR = "_wstrace"
 """Attribute under which an open connection holds its ConnectionTracer."""
 HANDSHAKE = "_wstrace_handshake"
 """Attribute under which a server connection holds its ConnectionTracer until the handshake's outcome:
 a connection that never opened must not record a close when its TCP connection goes."""
+
+
+def async_handshake_wrapper(settings: Settings, steps: Steps) -> Wrapper:
+    """The wrapper of an asyncio connection's ``handshake``: the call inside ``steps``, unless suppressed."""
+
+    async def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if not is_instrumentation_enabled():
+            return await wrapped(*args, **kwargs)
+        with steps(settings, instance, args, kwargs) as (args, kwargs):
+            return await wrapped(*args, **kwargs)
+
+    return wrapper
+
+
+def sync_handshake_wrapper(settings: Settings, steps: Steps) -> Wrapper:
+    """The wrapper of a sync connection's ``handshake``: the call inside ``steps``, unless suppressed."""
+
+    def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if not is_instrumentation_enabled():
+            return wrapped(*args, **kwargs)
+        with steps(settings, instance, args, kwargs) as (args, kwargs):
+            return wrapped(*args, **kwargs)
+
+    return wrapper
 
 
 def tracer_of(connection: Any) -> Optional[ConnectionTracer]:

@@ -17,24 +17,22 @@ from wstrace._close import INTERNAL_ERROR
 from wstrace._wire import SPLIT_AT, Parts
 from wstrace.connection import NOTHING_TO_END, ConnectionTracer, SendHandle
 from wstrace.instrumentation._fragments import Outgoing, afragments, fragments
-from wstrace.instrumentation._instrumentor import end_after, send_then_end
+from wstrace.instrumentation._instrumentor import Wrapped, end_after, send_then_end
 from wstrace.instrumentation.websockets._common import ATTR, report_close, tracer_of
 
 
 __all__ = [
     "async_close",
-    "async_connection_lost",
     "async_recv_method",
     "async_recv_streaming",
     "async_send_method",
+    "socket_gone",
     "sync_close",
-    "sync_close_socket",
     "sync_recv",
     "sync_recv_streaming",
     "sync_send",
 ]
 
-Wrapped = Callable[..., Any]
 _DATA = (str, bytes, bytearray, memoryview)
 
 
@@ -237,7 +235,9 @@ def sync_close(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: d
     return wrapped(*args, **kwargs)
 
 
-def async_connection_lost(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def socket_gone(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The connection's socket is gone (asyncio's ``connection_lost(exc)``, sync's ``close_socket()``): report
+    its close frames and its end, with the error ``connection_lost`` was given."""
     try:
         return wrapped(*args, **kwargs)
     finally:
@@ -245,12 +245,3 @@ def async_connection_lost(wrapped: Wrapped, instance: Any, args: tuple[Any, ...]
         if ct is not None:
             exc = args[0] if args else kwargs.get("exc")
             report_close(ct, instance, exc if isinstance(exc, BaseException) else None)
-
-
-def sync_close_socket(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    try:
-        return wrapped(*args, **kwargs)
-    finally:
-        ct = tracer_of(instance)
-        if ct is not None:
-            report_close(ct, instance)

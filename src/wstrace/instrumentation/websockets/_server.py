@@ -13,23 +13,26 @@ The wrappers are on the connection classes, not on ``serve()``: websockets calls
 from __future__ import annotations
 
 import inspect
-from typing import Any, Awaitable, Callable, Optional
+from contextlib import contextmanager
+from typing import Any, Awaitable, Callable, Iterator, Optional
 
 from opentelemetry.context import Context
 
 from wstrace._context import attach
 from wstrace.connection import ConnectionTracer
-from wstrace.instrumentation._instrumentor import Settings, is_instrumentation_enabled
-from wstrace.instrumentation.websockets._client import Wrapper
+from wstrace.instrumentation._instrumentor import Settings, Wrapper
 from wstrace.instrumentation.websockets._common import (
     ATTR,
     HANDSHAKE,
+    Arguments,
     add_response_headers,
+    async_handshake_wrapper,
     attach_for_handler,
     drop_negotiation_headers,
     handshake_status,
     new_server_tracer,
     report_close,
+    sync_handshake_wrapper,
 )
 from wstrace.instrumentation.websockets._limits import watch_server
 from wstrace.instrumentation.websockets._options import ServerOptions
@@ -110,39 +113,25 @@ def _finish(instance: Any) -> None:
         ct.handshake_failed(status=handshake_status(instance), error=instance.protocol.handshake_exc)
 
 
-def async_handshake(settings: Settings) -> Wrapper:
-    async def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if not is_instrumentation_enabled():
-            return await wrapped(*args, **kwargs)
-        args, kwargs = _hooks(settings, args, kwargs)
-        try:
-            result = await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            ct = handshake_of(instance)
-            if ct is not None:
-                delattr(instance, HANDSHAKE)
-                ct.handshake_failed(status=handshake_status(instance), error=exc)
-            raise
-        _finish(instance)
-        return result
+@contextmanager
+def _steps(settings: Settings, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Iterator[Arguments]:
+    """Our hooks in place of the application's (the handshake span starts in ``process_request``), then the
+    handshake's outcome: the connection opened, or failed."""
+    args, kwargs = _hooks(settings, args, kwargs)
+    try:
+        yield args, kwargs
+    except BaseException as exc:
+        ct = handshake_of(instance)
+        if ct is not None:
+            delattr(instance, HANDSHAKE)
+            ct.handshake_failed(status=handshake_status(instance), error=exc)
+        raise
+    _finish(instance)
 
-    return wrapper
+
+def async_handshake(settings: Settings) -> Wrapper:
+    return async_handshake_wrapper(settings, _steps)
 
 
 def sync_handshake(settings: Settings) -> Wrapper:
-    def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if not is_instrumentation_enabled():
-            return wrapped(*args, **kwargs)
-        args, kwargs = _hooks(settings, args, kwargs)
-        try:
-            result = wrapped(*args, **kwargs)
-        except BaseException as exc:
-            ct = handshake_of(instance)
-            if ct is not None:
-                delattr(instance, HANDSHAKE)
-                ct.handshake_failed(status=handshake_status(instance), error=exc)
-            raise
-        _finish(instance)
-        return result
-
-    return wrapper
+    return sync_handshake_wrapper(settings, _steps)
