@@ -19,8 +19,10 @@ from websockets.asyncio.client import connect as async_connect
 from websockets.asyncio.server import serve
 from websockets.sync.client import connect as sync_connect
 
-from tests.instrumentation import aiohttp_app, tornado_app, uvicorn_server
+from tests.instrumentation import aiohttp_app, channels_app, tornado_app, uvicorn_server
 from wstrace.instrumentation.aiohttp import AiohttpInstrumentor
+from wstrace.instrumentation.channels import ChannelsInstrumentor
+from wstrace.instrumentation.socketio import SocketioInstrumentor
 from wstrace.instrumentation.starlette import StarletteInstrumentor
 from wstrace.instrumentation.tornado import TornadoInstrumentor
 from wstrace.instrumentation.websocket_client import WebsocketClientInstrumentor
@@ -76,13 +78,30 @@ async def tornado_server() -> AsyncIterator[str]:
         yield url
 
 
+CHANNELS_ROUTE = ROUTE.lstrip("/")
+"""The Channels consumer's Django pattern: Django's routes have no leading ``/``, and neither has the route
+its spans are named by (``GET matrix``; the path stays ``/matrix``)."""
+
+
+@asynccontextmanager
+async def channels_server() -> AsyncIterator[str]:
+    # uvicorn puts websocket.accept's headers on the 101 (daphne drops them), so the envelope can be agreed.
+    channels_app.use_layer("memory")
+    with uvicorn_server.serve(channels_app.echo_app(CHANNELS_ROUTE)) as base:
+        yield base + ROUTE
+
+
 SERVERS: dict[str, Callable[[], Any]] = {
     "websockets": websockets_server,
     "aiohttp": aiohttp_server,
     "starlette-uvicorn": starlette_server,
     "fastapi-uvicorn": fastapi_server,
     "tornado": tornado_server,
+    "channels-uvicorn": channels_server,
 }
+
+SERVER_ROUTES: dict[str, str] = {"channels-uvicorn": CHANNELS_ROUTE}
+"""The route a server names its spans by, where it is not ``ROUTE``."""
 
 
 # Clients: each sends the payloads one by one and returns the replies. ----------------------------
@@ -154,6 +173,8 @@ INSTRUMENTORS = (
     WebsocketClientInstrumentor,
     StarletteInstrumentor,
     TornadoInstrumentor,
+    ChannelsInstrumentor,
+    SocketioInstrumentor,
 )
 """Every adapter's instrumentor."""
 
