@@ -2,7 +2,8 @@
 
 Each server echoes every message back on ``ROUTE`` and yields its URL; each client sends payloads one by one and
 returns the replies. ``INSTRUMENTORS`` instruments every adapter, and ``PAIRS`` names one client per server so
-that every adapter, both sides, is covered by a handful of connections.
+that every adapter, both sides, is covered by a handful of connections. ``SOCKETIO_SERVERS`` and
+``SOCKETIO_CLIENTS`` are the Socket.IO matrix's (``test_socketio_interop.py``): events, not messages.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
+import socketio
 import websocket
 from fastapi import FastAPI, WebSocket
 from websockets.asyncio.client import connect as async_connect
 from websockets.asyncio.server import serve
 from websockets.sync.client import connect as sync_connect
 
-from tests.instrumentation import aiohttp_app, channels_app, tornado_app, uvicorn_server
+from tests.instrumentation import aiohttp_app, channels_app, socketio_app, tornado_app, uvicorn_server
 from wstrace.instrumentation.aiohttp import AiohttpInstrumentor
 from wstrace.instrumentation.channels import ChannelsInstrumentor
 from wstrace.instrumentation.socketio import SocketioInstrumentor
@@ -186,3 +188,66 @@ PAIRS = [
     ("tornado", "starlette-uvicorn"),
     ("websocket-client", "fastapi-uvicorn"),
 ]
+
+
+# Socket.IO: servers yield their http:// URL and the list their handlers record into (socketio_app.make_server);
+# clients run one script (SOCKETIO_SCRIPT) and return what they got. ----------------------------------------------
+
+
+SOCKETIO_PINGS = {"ping_interval": 1, "ping_timeout": 2}
+"""A long-polling client's disconnect waits for its pending poll, which the server answers within a ping
+interval and timeout (25 s and 20 s by default)."""
+
+
+@asynccontextmanager
+async def socketio_aiohttp_server() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
+    records: list[dict[str, Any]] = []
+    async with socketio_app.aiohttp_server(socketio_app.make_server(records, **SOCKETIO_PINGS)) as url:
+        yield url, records
+
+
+@asynccontextmanager
+async def socketio_asgi_server() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
+    records: list[dict[str, Any]] = []
+    sio = socketio_app.make_server(records, async_mode="asgi", **SOCKETIO_PINGS)
+    with socketio_app.asgi_server(socketio.ASGIApp(sio)) as url:  # uvicorn, in a thread of its own
+        yield url, records
+
+
+SOCKETIO_SERVERS: dict[str, Callable[[], Any]] = {
+    "aiohttp": socketio_aiohttp_server,
+    "asgi-uvicorn": socketio_asgi_server,
+}
+
+SOCKETIO_ANSWER = "because"
+"""What every client answers the server's ``question`` with."""
+
+
+def socketio_async_client(transports: list[str]) -> Callable[[str], Awaitable[dict[str, Any]]]:
+    """An ``AsyncClient`` over ``transports`` running the script: ``echo`` with two arguments (an ack, and the
+    server emits ``echoed``), then ``ask`` (the server calls ``question`` on the client, which answers)."""
+
+    async def run(url: str) -> dict[str, Any]:
+        received: list[tuple[str, list[Any]]] = []
+        client = socketio_app.make_client(received, answer=SOCKETIO_ANSWER)
+        await client.connect(url, transports=transports)
+        try:
+            acks = [await client.call("echo", ({"a": 1}, "two"), timeout=10)]
+            acks.append(await client.call("ask", "why?", timeout=10))
+            for _ in range(100):  # the echoed event may come after the ack
+                if ("echoed", [{"a": 1}, "two"]) in received:
+                    break
+                await asyncio.sleep(0.02)
+            transport = client.transport()
+        finally:
+            await client.disconnect()
+        return {"acks": acks, "received": received, "transport": transport}
+
+    return run
+
+
+SOCKETIO_CLIENTS: dict[str, Callable[[str], Awaitable[dict[str, Any]]]] = {
+    "async-websocket": socketio_async_client(["websocket"]),
+    "async-polling": socketio_async_client(["polling"]),
+    "async-upgrade": socketio_async_client(["polling", "websocket"]),  # long-polling first, then the upgrade
+}
