@@ -187,6 +187,7 @@ PAIRS = [
     ("aiohttp", "tornado"),
     ("tornado", "starlette-uvicorn"),
     ("websocket-client", "fastapi-uvicorn"),
+    ("aiohttp", "channels-uvicorn"),
 ]
 
 
