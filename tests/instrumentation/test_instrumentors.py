@@ -373,6 +373,20 @@ def test_uninstrument_restores_everything(case: Case, telemetry: Telemetry, inst
     assert sorted(s.kind.name for s in telemetry.spans) == sorted(k.name for k in expected)
 
 
+def test_uninstrument_twice_then_instrument_again(
+    case: Case, telemetry: Telemetry, instrument: Callable[..., None]
+) -> None:
+    """A second uninstrument() is a no-op, and instrument() after it traces again, as the first did."""
+    instrument()
+    for _ in range(2):
+        for instrumentor in (case.instrumentor, *([case.peer] if case.peer else [])):
+            instrumentor().uninstrument()
+    assert [f"{o.__name__}.{n}" for o, n in case.patched if wrapped(o, n)] == []
+    instrument()
+    roundtrip(case, telemetry)
+    only(case, telemetry, case.ends)
+
+
 def test_patched_methods_keep_their_kind_and_uninstrument_puts_the_same_objects_back(
     case: Case, instrument: Callable[..., None]
 ) -> None:
@@ -726,6 +740,18 @@ def test_socketio_uninstrument_restores_everything(telemetry: Telemetry, sio_ins
     assert [f"{o.__name__}.{n}" for o, n in SIO_PATCHED if wrapped(o, n)] == []
     assert not SIO_HEADERS & sio_roundtrip(telemetry)
     assert telemetry.spans == []
+
+
+def test_socketio_uninstrument_twice_then_instrument_again(
+    telemetry: Telemetry, sio_instrument: Callable[..., None]
+) -> None:
+    sio_instrument()
+    SocketioInstrumentor().uninstrument()
+    SocketioInstrumentor().uninstrument()
+    assert [f"{o.__name__}.{n}" for o, n in SIO_PATCHED if wrapped(o, n)] == []
+    sio_instrument()
+    sio_roundtrip(telemetry)
+    sio_only(telemetry, (CLIENT, SERVER))
 
 
 def test_socketio_patched_methods_keep_their_kind_and_uninstrument_puts_the_same_objects_back(
