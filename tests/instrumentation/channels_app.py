@@ -157,10 +157,11 @@ def build() -> Any:
     )
 
 
-def echo_app(route: str) -> Any:
-    """An ASGI application whose one consumer (``AsyncWebsocketConsumer``, under a ``URLRouter``) echoes every
-    message back in its frame type at ``route`` (a Django pattern: no leading ``/``), for the interop matrix."""
-    from channels.generic.websocket import AsyncWebsocketConsumer  # noqa: PLC0415
+def echo_app(route: str, sync: bool = False) -> Any:
+    """An ASGI application whose one consumer (``AsyncWebsocketConsumer``, or ``WebsocketConsumer`` when ``sync``:
+    its handlers run in a thread, under a ``URLRouter``) echoes every message back in its frame type at ``route``
+    (a Django pattern: no leading ``/``), for the interop matrix."""
+    from channels.generic.websocket import AsyncWebsocketConsumer, WebsocketConsumer  # noqa: PLC0415
     from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: PLC0415
     from django.urls import path  # noqa: PLC0415
 
@@ -173,4 +174,12 @@ def echo_app(route: str) -> Any:
             else:
                 await self.send(bytes_data=bytes_data)
 
-    return ProtocolTypeRouter({"websocket": URLRouter([path(route, Echo.as_asgi())])})
+    class SyncEcho(WebsocketConsumer):  # type: ignore[misc]
+        def receive(self, text_data: Any = None, bytes_data: Any = None) -> None:
+            if text_data is not None:
+                self.send(text_data=text_data)
+            else:
+                self.send(bytes_data=bytes_data)
+
+    consumer = SyncEcho if sync else Echo
+    return ProtocolTypeRouter({"websocket": URLRouter([path(route, consumer.as_asgi())])})

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -86,11 +86,16 @@ its spans are named by (``GET matrix``; the path stays ``/matrix``)."""
 
 
 @asynccontextmanager
-async def channels_server() -> AsyncIterator[str]:
+async def channels_server(sync: bool = False) -> AsyncIterator[str]:
     # uvicorn puts websocket.accept's headers on the 101 (daphne drops them), so the envelope can be agreed.
     channels_app.use_layer("memory")
-    with uvicorn_server.serve(channels_app.echo_app(CHANNELS_ROUTE)) as base:
+    with uvicorn_server.serve(channels_app.echo_app(CHANNELS_ROUTE, sync=sync)) as base:
         yield base + ROUTE
+
+
+def channels_sync_server() -> AbstractAsyncContextManager[str]:
+    """A synchronous ``WebsocketConsumer``: its handler runs in a thread, its receive span handed to it."""
+    return channels_server(sync=True)
 
 
 SERVERS: dict[str, Callable[[], Any]] = {
@@ -100,9 +105,10 @@ SERVERS: dict[str, Callable[[], Any]] = {
     "fastapi-uvicorn": fastapi_server,
     "tornado": tornado_server,
     "channels-uvicorn": channels_server,
+    "channels-sync-uvicorn": channels_sync_server,
 }
 
-SERVER_ROUTES: dict[str, str] = {"channels-uvicorn": CHANNELS_ROUTE}
+SERVER_ROUTES: dict[str, str] = {"channels-uvicorn": CHANNELS_ROUTE, "channels-sync-uvicorn": CHANNELS_ROUTE}
 """The route a server names its spans by, where it is not ``ROUTE``."""
 
 
