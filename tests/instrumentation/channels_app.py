@@ -10,6 +10,8 @@ process ``tests/peers/channels_server.py``) asks for it, so other tests never se
   ``sync_<name>``, from a thread.
 * ``ws/json/`` + ``<int:n>/`` (``JsonWebsocketConsumer`` under a nested ``URLRouter``): echoes the JSON content.
 
+:func:`echo_app` is another application, with one consumer that echoes at a given route (the interop matrix).
+
 The layer: :func:`use_layer` picks the in-memory layer, ``channels_redis``' core layer or its pub/sub layer.
 Redis connections get a ``socket_timeout`` above ``channels_redis``' 5 s blocking read: redis-py's default
 (5 s) equals it, and an idle consumer's read can then time out and crash it.
@@ -153,3 +155,31 @@ def build() -> Any:
             )
         }
     )
+
+
+def echo_app(route: str, sync: bool = False) -> Any:
+    """An ASGI application whose one consumer (``AsyncWebsocketConsumer``, or ``WebsocketConsumer`` when ``sync``:
+    its handlers run in a thread, under a ``URLRouter``) echoes every message back in its frame type at ``route``
+    (a Django pattern: no leading ``/``), for the interop matrix."""
+    from channels.generic.websocket import AsyncWebsocketConsumer, WebsocketConsumer  # noqa: PLC0415
+    from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: PLC0415
+    from django.urls import path  # noqa: PLC0415
+
+    configure()
+
+    class Echo(AsyncWebsocketConsumer):  # type: ignore[misc]
+        async def receive(self, text_data: Any = None, bytes_data: Any = None) -> None:
+            if text_data is not None:
+                await self.send(text_data=text_data)
+            else:
+                await self.send(bytes_data=bytes_data)
+
+    class SyncEcho(WebsocketConsumer):  # type: ignore[misc]
+        def receive(self, text_data: Any = None, bytes_data: Any = None) -> None:
+            if text_data is not None:
+                self.send(text_data=text_data)
+            else:
+                self.send(bytes_data=bytes_data)
+
+    consumer = SyncEcho if sync else Echo
+    return ProtocolTypeRouter({"websocket": URLRouter([path(route, consumer.as_asgi())])})

@@ -42,8 +42,9 @@ def side(telemetry: Telemetry, kind: SpanKind, route: str = "/chat") -> Readable
     return next(s for s in telemetry.named(f"GET {route}") if s.kind is kind)
 
 
-def handshake(telemetry: Telemetry, route: str, kind: SpanKind) -> ReadableSpan:
-    """The one handshake span of ``kind`` (CLIENT or SERVER), checked for the common attributes."""
+def handshake(telemetry: Telemetry, route: str, kind: SpanKind, path: str | None = None) -> ReadableSpan:
+    """The one handshake span of ``kind`` (CLIENT or SERVER), checked for the common attributes; a server's
+    ``url.path`` is ``path``, by default the route (a Django route has no leading ``/``, its path has)."""
     spans = [s for s in telemetry.named(f"GET {route}") if s.kind is kind]
     assert len(spans) == 1, f"expected one {kind.name} handshake for {route}, got {[s.name for s in telemetry.spans]}"
     span = spans[0]
@@ -54,7 +55,7 @@ def handshake(telemetry: Telemetry, route: str, kind: SpanKind) -> ReadableSpan:
     assert attributes["websocket.envelope"] in ("frame", "json", "none")
     assert attributes["url.scheme"] in ("ws", "wss", "http", "https")
     if kind is SpanKind.SERVER:
-        assert attributes["url.path"] == route
+        assert attributes["url.path"] == (path or route)
     else:
         assert str(attributes["url.full"]).endswith(route)
     assert span.end_time is not None
@@ -107,15 +108,17 @@ def _kind(operation: str) -> SpanKind:
     return SpanKind.PRODUCER if operation == "send" else SpanKind.CONSUMER
 
 
-def metrics(reader: InMemoryMetricReader, route: str, exchanges: int) -> None:
-    """Both ends of one connection that made ``exchanges`` request/reply round trips recorded their metrics."""
+def metrics(reader: InMemoryMetricReader, route: str, exchanges: int, server_route: str | None = None) -> None:
+    """Both ends of one connection that made ``exchanges`` request/reply round trips recorded their metrics
+    (the server's under ``server_route`` where its route differs from the client's)."""
+    routes = {route, server_route or route}
     points: dict[str, list[Any]] = {}
     data = reader.get_metrics_data()
     for resource in data.resource_metrics if data else ():
         for scope in resource.scope_metrics:
             for metric in scope.metrics:
                 points.setdefault(metric.name, []).extend(
-                    p for p in metric.data.data_points if p.attributes.get("http.route") == route
+                    p for p in metric.data.data_points if p.attributes.get("http.route") in routes
                 )
 
     def by(name: str, key: str) -> dict[Any, int]:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.missing import skip_or_fail
+
 
 REPO = Path(__file__).resolve().parents[2]
 JS = REPO / "js"
@@ -65,3 +67,20 @@ def node_flags(node: str) -> list[str]:
         check=False,
     )
     return ["--experimental-websocket"] if probe.returncode == 0 else []
+
+
+def npm_install(npm: str, where: Path, spec: str) -> Path:
+    """``where/node_modules`` with the npm package ``spec`` installed (from the registry, the first time); a failed
+    install skips the test, or fails it under CI."""
+    where.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(
+        [npm, "install", "--no-audit", "--no-fund", "--loglevel=error", "--no-save", spec],
+        cwd=where,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if result.returncode != 0:
+        skip_or_fail(f"npm install {spec} failed: {result.stdout}\n{result.stderr}")
+    return where / "node_modules"

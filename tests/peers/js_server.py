@@ -120,7 +120,7 @@ class StaticFiles(SimpleHTTPRequestHandler):
         target = None
         for candidate in (found, Path(f"{found}.js"), found / "index.js"):
             if candidate.is_file():
-                target = _browser_file(candidate)
+                target = browser_file(candidate)
                 break
         if target is not None and Path(target) != found:
             self.send_response(302)
@@ -142,7 +142,7 @@ class StaticFiles(SimpleHTTPRequestHandler):
         pass
 
 
-def _browser_file(path: Path) -> Path:
+def browser_file(path: Path) -> Path:
     """``path``, or what the ``browser`` field of the package holding it maps it to."""
     for package in path.parents:
         manifest = package / "package.json"

@@ -163,7 +163,13 @@ SERVERS: dict[str, Callable[..., Any]] = {
 def live(kind: type) -> int:
     """How many objects of ``kind`` are alive after a full collection."""
     gc.collect()
-    return sum(1 for obj in gc.get_objects() if isinstance(obj, kind))
+    return len(_live_objects(kind))
+
+
+def _live_objects(kind: type) -> list[object]:
+    # type(), not isinstance(): isinstance() reads __class__, which a lazy proxy such as Django's unconfigured
+    # settings (imported by the Channels instrumentor) answers by raising.
+    return [obj for obj in gc.get_objects() if issubclass(type(obj), kind)]
 
 
 def settle(telemetry: Telemetry, timeout: float = 5.0) -> None:
@@ -179,6 +185,6 @@ def assert_released(before: int) -> None:
         if live(ConnectionTracer) <= before:
             return
         time.sleep(0.02)  # a server thread may still hold its last frame
-    holders = [obj for obj in gc.get_objects() if isinstance(obj, ConnectionTracer)]
+    holders = _live_objects(ConnectionTracer)
     referrers = [type(r).__name__ for h in holders for r in gc.get_referrers(h)]
     raise AssertionError(f"{len(holders) - before} ConnectionTracer(s) leaked, held by {referrers}")
