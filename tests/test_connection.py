@@ -7,94 +7,14 @@ import logging
 from typing import Any
 
 import pytest
-from opentelemetry import baggage, context as otel_context, trace
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry import baggage, context as otel_context
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind, StatusCode
 
 from tests.conftest import Telemetry
-from tests.routes import ROUTES_ENV
+from tests.tracers import Metered, connect
 from wstrace import envelope as codec
 from wstrace._wire import SPLIT_AT, Parts
-from wstrace.config import Config
-from wstrace.connection import ConnectionTracer
-from wstrace.metrics import Instruments
-
-
-TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-REMOTE_TRACE = 0x0AF7651916CD43DD8448EB211C80319C
-REMOTE_SPAN = 0xB7AD6B7169203331
-
-
-def client(telemetry: Telemetry, **options: Any) -> ConnectionTracer:
-    return ConnectionTracer.client(
-        telemetry.provider.get_tracer("t"),
-        Config.load({"WSTRACE_ROUTES": ROUTES_ENV}, **options),
-        url="ws://example.test:8080/chat?token=secret",
-        scheme="ws",
-        host="example.test",
-        port=8080,
-        path="/chat",
-    )
-
-
-def server(telemetry: Telemetry, headers: Any = (), **options: Any) -> ConnectionTracer:
-    query = options.pop("query", "")
-    subprotocols = options.pop("subprotocols", ())
-    return ConnectionTracer.server(
-        telemetry.provider.get_tracer("t"),
-        Config.load({"WSTRACE_ROUTES": ROUTES_ENV}, **options),
-        path="/chat",
-        query=query,
-        headers=headers,
-        subprotocols=subprotocols,
-    )
-
-
-def connect(telemetry: Telemetry, client_options: Any = None, server_options: Any = None) -> tuple[Any, Any]:
-    """Run a whole handshake between a client and a server tracer."""
-    c = client(telemetry, **(client_options or {}))
-    s = server(telemetry, c.request_headers(), **(server_options or {}))
-    response = s.response_headers()
-    s.opened(response_headers=response)
-    c.opened(response_headers=response)
-    return c, s
-
-
-def handshake(telemetry: Telemetry, kind: SpanKind) -> ReadableSpan:
-    return next(s for s in telemetry.named("GET /chat") if s.kind is kind)
-
-
-def test_handshake_propagates_and_records_http_attributes(telemetry: Telemetry) -> None:
-    """The server handshake continues the client's, and both carry HTTP attributes and the shared session id."""
-    c, s = connect(telemetry)
-    client_hs, server_hs = handshake(telemetry, SpanKind.CLIENT), handshake(telemetry, SpanKind.SERVER)
-    assert server_hs.parent is not None and server_hs.parent.span_id == client_hs.context.span_id
-    assert client_hs.attributes["url.full"] == "ws://example.test:8080/chat", "the query (a token) is not recorded"
-    assert server_hs.attributes["http.response.status_code"] == 101
-    assert server_hs.attributes["wstrace.context.source"] == "headers"
-    assert c.session_id == s.session_id == server_hs.attributes["websocket.session.id"]
-    assert c.envelope == s.envelope == "frame"
-
-
-def test_envelope_not_agreed_when_server_refuses(telemetry: Telemetry) -> None:
-    """A server with envelope=off does not answer the offer, and neither end envelopes frames."""
-    c, s = connect(telemetry, server_options={"envelope": "off"})
-    assert c.envelope is None and s.envelope is None
-    wire, handle = c.send_start("plain")
-    c.send_end(handle)
-    assert wire == "plain"
-
-
-def test_envelope_forced_with_always(telemetry: Telemetry) -> None:
-    """envelope=always on both ends works with no offer (a browser cannot send or read the headers)."""
-    c = client(telemetry, envelope="always")
-    s = server(telemetry, [], envelope="always")  # the browser sent no wstrace headers
-    s.opened(response_headers={})
-    c.opened(response_headers={})
-    assert c.envelope == s.envelope == "frame"
 
 
 @pytest.mark.parametrize("fmt", ["frame", "json"])
@@ -121,19 +41,6 @@ def test_message_context_round_trip(telemetry: Telemetry, fmt: str) -> None:
     assert send.kind is SpanKind.PRODUCER and receive.kind is SpanKind.CONSUMER
 
 
-@pytest.mark.parametrize(
-    ("trust", "parented", "linked"),
-    [("parent", True, False), ("link", False, True), ("ignore", False, False)],
-)
-def test_trust_policy_for_the_handshake(telemetry: Telemetry, trust: str, parented: bool, linked: bool) -> None:
-    """trust decides whether incoming handshake context becomes the parent, a link, or nothing."""
-    s = server(telemetry, [("traceparent", TRACEPARENT)], trust=trust)
-    s.opened()
-    hs = telemetry.one("GET /chat")
-    assert (hs.context.trace_id == REMOTE_TRACE) is parented
-    assert any(link.context.span_id == REMOTE_SPAN for link in hs.links) is linked
-
-
 def test_trust_link_for_messages_drops_baggage(telemetry: Telemetry) -> None:
     """With trust=link a message's context is linked, not parented, and its baggage is not applied."""
     c, s = connect(telemetry, server_options={"trust": "link"})
@@ -150,46 +57,6 @@ def test_trust_link_for_messages_drops_baggage(telemetry: Telemetry) -> None:
     send, receive = telemetry.one("send /chat"), telemetry.one("receive /chat")
     assert receive.parent is None
     assert any(link.context.span_id == send.context.span_id for link in receive.links)
-
-
-@pytest.mark.parametrize(
-    ("sources", "query", "subprotocols", "expected"),
-    [
-        ("query", f"traceparent={TRACEPARENT}&x=1", (), "query"),
-        ("subprotocol", "", ("chat", f"wstrace.tp.{TRACEPARENT}"), "subprotocol"),
-        ("headers", f"traceparent={TRACEPARENT}", (), None),  # not configured: ignored
-    ],
-)
-def test_browser_handshake_sources(
-    telemetry: Telemetry, sources: str, query: str, subprotocols: tuple[str, ...], expected: str | None
-) -> None:
-    """Context in the query string or a subprotocol token is used only when that source is configured."""
-    s = server(telemetry, [], handshake_sources=sources, query=query, subprotocols=subprotocols)
-    s.opened()
-    hs = telemetry.one("GET /chat")
-    assert hs.attributes.get("wstrace.context.source") == expected
-    assert (hs.context.trace_id == REMOTE_TRACE) is (expected is not None)
-
-
-def test_a_server_adopts_a_browsers_session_id_unless_the_header_names_one(telemetry: Telemetry) -> None:
-    """A browser's ``wstrace-session`` query parameter (or ``wstrace.sid.`` token) names the session; a header wins."""
-    tracer = telemetry.provider.get_tracer("test")
-    config = Config.load(handshake_sources=("headers", "query"))
-    browser = ConnectionTracer.server(tracer, config, path="/", query=f"wstrace-session={'a' * 32}")
-    assert browser.session_id == "a" * 32
-    assert browser.response_headers() == {}, "a client that sent no wstrace header gets none"
-    header = ConnectionTracer.server(
-        tracer, config, path="/", query=f"wstrace-session={'a' * 32}", headers={"wstrace-session": "b" * 32}
-    )
-    assert header.session_id == "b" * 32
-    token = ConnectionTracer.server(
-        tracer, Config.load(handshake_sources="subprotocol"), path="/", subprotocols=[f"wstrace.sid.{'c' * 32}"]
-    )
-    assert token.session_id == "c" * 32
-    for ct in (browser, header, token):
-        ct.handshake_failed(status=400)
-    handshakes = [s for s in telemetry.spans if s.name.startswith("GET")]
-    assert {(s.attributes or {})["websocket.session.id"] for s in handshakes} == {"a" * 32, "b" * 32, "c" * 32}
 
 
 def test_ordinals_count_each_direction(telemetry: Telemetry) -> None:
@@ -268,18 +135,6 @@ def test_abnormal_close_ends_open_receive_with_error(telemetry: Telemetry) -> No
     assert telemetry.open_spans.names() == []
 
 
-def test_failed_handshake(telemetry: Telemetry) -> None:
-    """A handshake with no 101 ends with the status; a server 500 and a client error are errors."""
-    s = server(telemetry, [])
-    s.handshake_failed(status=500)
-    c = client(telemetry)
-    c.handshake_failed(error=ConnectionRefusedError("refused"))
-    server_hs, client_hs = handshake(telemetry, SpanKind.SERVER), handshake(telemetry, SpanKind.CLIENT)
-    assert server_hs.status.status_code is StatusCode.ERROR
-    assert client_hs.attributes["error.type"] == "ConnectionRefusedError"
-    assert s.send_start("late")[0] == "late", "a tracer that never opened still passes payloads through"
-
-
 def test_message_spans_off(telemetry: Telemetry) -> None:
     """message_spans=False keeps handshakes and close but makes no message spans, and still strips envelopes."""
     c, s = connect(telemetry, server_options={"message_spans": False})
@@ -316,54 +171,6 @@ def test_message_spans_off_still_carries_the_current_context(telemetry: Telemetr
 
 
 # Metrics ----------------------------------------------------------------------
-
-
-class Metered:
-    """A client and a server tracer on one real SDK meter provider, with what it collected."""
-
-    def __init__(self, telemetry: Telemetry, **options: Any) -> None:
-        self.reader = InMemoryMetricReader()
-        instruments = Instruments(MeterProvider(metric_readers=[self.reader]))
-        tracer = telemetry.provider.get_tracer("t")
-        config = Config.load({"WSTRACE_ROUTES": ROUTES_ENV}, **options)
-        self.client = ConnectionTracer.client(
-            tracer, config, url="ws://h/chat", scheme="ws", host="h", port=80, path="/chat", instruments=instruments
-        )
-        self.server = ConnectionTracer.server(
-            tracer, config, path="/chat", headers=self.client.request_headers(), instruments=instruments
-        )
-        response = self.server.response_headers()
-        self.server.opened(response_headers=response)
-        self.client.opened(response_headers=response)
-
-    def round_trips(self, n: int) -> None:
-        for i in range(n):
-            wire, handle = self.client.send_start(f"ping {i}")
-            self.client.send_end(handle)
-            self.server.received(wire)
-            wire, handle = self.server.send_start(f"pong {i}")
-            self.server.send_end(handle)
-            self.server.receive_done()
-            self.client.received(wire)
-            self.client.receive_done()
-
-    def points(self, name: str) -> list[Any]:
-        data = self.reader.get_metrics_data()
-        return [
-            point
-            for resource in (data.resource_metrics if data else ())
-            for scope in resource.scope_metrics
-            for metric in scope.metrics
-            if metric.name == name
-            for point in metric.data.data_points
-        ]
-
-    def total(self, name: str, **attributes: Any) -> int:
-        return sum(
-            p.count if hasattr(p, "count") else p.value
-            for p in self.points(name)
-            if all(p.attributes.get(k) == v for k, v in attributes.items())
-        )
 
 
 def test_metrics_count_a_sampled_out_connection() -> None:
@@ -456,20 +263,6 @@ def test_close_metric_agrees_with_the_close_span(telemetry: Telemetry) -> None:
 # Robustness -------------------------------------------------------------------
 
 
-def test_server_never_raises_on_headers_it_cannot_read(telemetry: Telemetry) -> None:
-    """Header names or values of unexpected types are skipped; the handshake is still traced from the rest."""
-    headers = [
-        (memoryview(b"x-odd"), b"1"),
-        (42, "forty-two"),
-        ("traceparent", TRACEPARENT),
-        ("just-a-name",),
-    ]
-    s = server(telemetry, headers)
-    s.opened()
-    span = handshake(telemetry, SpanKind.SERVER)
-    assert span.context.trace_id == REMOTE_TRACE
-
-
 def test_receive_done_from_another_task_does_not_log_a_detach_failure(
     telemetry: Telemetry, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -498,73 +291,6 @@ def test_receive_done_from_another_task_does_not_log_a_detach_failure(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
     assert len(telemetry.named("receive /chat")) == 2
     assert telemetry.open_spans.names() == []
-
-
-def test_a_client_that_sent_no_wstrace_header_gets_none(telemetry: Telemetry) -> None:
-    """An un-instrumented client sees nothing of wstrace in the 101; an instrumented one gets the answer."""
-    bare = server(telemetry, [("host", "example.test")])
-    assert bare.response_headers() == {}
-    c = client(telemetry)
-    traced = server(telemetry, c.request_headers())
-    assert set(traced.response_headers()) == {"wstrace-session", "wstrace-envelope"}
-    ignoring = server(telemetry, c.request_headers(), trust="ignore")
-    assert ignoring.response_headers()["wstrace-session"] != c.session_id  # its own id, still answered
-
-
-def test_nested_in_another_instrumentations_server_span(telemetry: Telemetry) -> None:
-    """Under an outer SERVER span wstrace's handshake is INTERNAL, ignores the headers the outer span continued,
-    takes a browser's query context as parent (trust parent) and links the outer span."""
-    outer = telemetry.provider.get_tracer("outer").start_span("WS /chat", kind=SpanKind.SERVER)
-    token = otel_context.attach(trace.set_span_in_context(outer))
-    try:
-        config = Config.load({"WSTRACE_ROUTES": ROUTES_ENV}, handshake_sources="headers,query")
-        nested = ConnectionTracer.server(
-            telemetry.provider.get_tracer("t"),
-            config,
-            path="/chat",
-            headers=[("traceparent", "00-11111111111111111111111111111111-2222222222222222-01")],
-            query=f"traceparent={TRACEPARENT}",
-            nested_in=outer.get_span_context(),
-        )
-    finally:
-        otel_context.detach(token)
-    nested.opened()
-    outer.end()
-    hs = next(s for s in telemetry.named("GET /chat"))
-    assert hs.kind is SpanKind.INTERNAL
-    assert hs.context.trace_id == REMOTE_TRACE and hs.attributes["wstrace.context.source"] == "query"
-    assert [(lk.attributes or {}).get("wstrace.link.kind") for lk in hs.links] == ["server"]
-    assert hs.links[0].context.span_id == outer.get_span_context().span_id
-    assert "websocket.session.id" not in (telemetry.one("WS /chat").attributes or {}), "never written on"
-
-
-@pytest.mark.parametrize("excluded", ["/chat", r"chat\Z"])
-def test_an_excluded_url_is_neither_traced_nor_counted(telemetry: Telemetry, excluded: str) -> None:
-    metered = Metered(telemetry, excluded_urls=excluded)
-    assert metered.client.request_headers() == {} and metered.server.response_headers() == {}
-    metered.round_trips(2)
-    metered.client.closed(code=1000, initiator="local")
-    metered.server.closed(code=1000, initiator="remote")
-    assert telemetry.spans == []
-    data = metered.reader.get_metrics_data()
-    assert not any(
-        point.value if hasattr(point, "value") else point.count
-        for resource in (data.resource_metrics if data else ())
-        for scope in resource.scope_metrics
-        for metric in scope.metrics
-        for point in metric.data.data_points
-    )
-
-
-def test_excluded_urls_come_from_opentelemetrys_variable_unless_wstraces_is_set() -> None:
-    otel = Config.load({"OTEL_PYTHON_EXCLUDED_URLS": "health,metrics"})
-    assert otel.excluded_urls is not None and otel.excluded_urls("ws://h/health") and not otel.excluded_urls("/chat")
-    ours = Config.load({"OTEL_PYTHON_EXCLUDED_URLS": "health", "WSTRACE_EXCLUDED_URLS": "/internal/"})
-    assert ours.excluded_urls is not None and not ours.excluded_urls("/health") and ours.excluded_urls("/internal/x")
-    assert Config.load({}, excluded_urls=lambda url: url.endswith("/x")).excluded_urls("/a/x")  # type: ignore[misc]
-
-
-# Messages sent as fragments ------------------------------------------------------
 
 
 def test_a_message_sent_as_fragments_is_one_message_of_its_whole_size(telemetry: Telemetry) -> None:

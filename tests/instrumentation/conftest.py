@@ -62,7 +62,7 @@ class PeerProcess(OutputProcess):
 
 def peer_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WSTRACE_", "OTEL_"))}
-    env["PYTHONPATH"] = str(ROOT)
+    env["PYTHONPATH"] = os.pathsep.join((str(ROOT / "src"), str(ROOT)))  # this checkout's wstrace, not the installed
     env.update(extra or {})
     return env
 
