@@ -1,0 +1,215 @@
+"""The python-socketio adapter, stage 2: the threaded ``socketio.Server`` (a WSGI app under werkzeug's threaded
+server, engine.io's threading mode with simple-websocket) and ``socketio.Client``, long-polling, the threaded
+``RedisManager`` across processes, and Flask-SocketIO.
+
+Real servers on loopback, real clients (threaded and asyncio, see ``Driver``), a real redis-server and a second
+server process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from typing import Any
+
+import pytest
+import socketio
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import SpanKind
+
+from tests.conftest import Telemetry
+from tests.instrumentation import socketio_app as shared
+from tests.instrumentation.socketio_app import (
+    Driver,
+    asgi_server,
+    kind,
+    make_server,
+    make_threaded_server,
+    parent,
+    python_client,
+    sid,
+    wait_for,
+    wsgi_server,
+)
+
+
+CLIENTS = pytest.mark.parametrize("asynchronous", [False, True], ids=["threaded-client", "asyncio-client"])
+
+
+@pytest.fixture
+def instrument(telemetry: Telemetry) -> Iterator[Callable[..., None]]:
+    yield from shared.instrumenting(telemetry)
+
+
+def closed(telemetry: Telemetry, count: int) -> list[ReadableSpan]:
+    """The ``close`` spans, once ``count`` of them ended (each end records its own in a thread of its own)."""
+
+    def found() -> list[ReadableSpan]:
+        return [s for s in telemetry.spans if s.name.startswith("close")]
+
+    return wait_for(lambda: len(found()) >= count and found()) or []
+
+
+# The threaded server, with either client ---------------------------------------------------------------------
+
+
+@CLIENTS
+def test_event_spans_and_ack(telemetry: Telemetry, instrument: Callable[..., None], asynchronous: bool) -> None:
+    """Against the threaded server (WSGI): client emit → server handler → server emit → client handler, one trace;
+    the ack runs in the emit's trace; the handlers see their arguments without the carrier; the connection's
+    handshake spans carry one session id and the server's continues the client's."""
+    instrument()
+    tracer = telemetry.provider.get_tracer("test")
+    records: list[dict[str, Any]] = []
+    received: list[tuple[str, list[Any]]] = []
+    acked: list[Any] = []
+    with wsgi_server(socketio.WSGIApp(make_threaded_server(records))) as url:
+        client = Driver(asynchronous, received)
+        with tracer.start_as_current_span("connecting"):
+            client.connect(url, transports=["websocket"])
+        with tracer.start_as_current_span("job"):
+            client.emit("echo", ({"a": 1}, "two"), callback=lambda *args: acked.append(args))
+            answer = client.call("echo", [1, 2])
+        wait_for(lambda: len(received) >= 2 and acked)
+        client.disconnect()
+        closed(telemetry, 2)
+    assert answer == [1, 2]
+    assert acked == [({"a": 1}, "two")]
+    echoes = [r for r in records if r["event"] == "echo"]
+    assert [r["args"] for r in echoes] == [[{"a": 1}, "two"], [[1, 2]]]
+    assert sorted(received, key=str) == sorted([("echoed", [{"a": 1}, "two"]), ("echoed", [[1, 2]])], key=str)
+
+    (client_hs,) = [s for s in telemetry.spans if s.kind == SpanKind.CLIENT]
+    assert parent(client_hs) == sid(telemetry.one("connecting"))
+    (server_hs,) = [s for s in telemetry.spans if s.kind == SpanKind.SERVER]
+    assert parent(server_hs) == sid(client_hs)
+    assert server_hs.attributes["wstrace.context.source"] == "headers"
+    session = client_hs.attributes["websocket.session.id"]
+    assert server_hs.attributes["websocket.session.id"] == session
+
+    shared.check_echo_trace(telemetry, records)
+    assert {s.attributes["websocket.session.id"] for s in kind(telemetry, "send echo /", SpanKind.PRODUCER)} == {
+        session
+    }
+    assert sorted(s.attributes["websocket.close.code"] for s in closed(telemetry, 2)) == [1000, 1000]
+
+
+@CLIENTS
+def test_server_call_and_client_answer(
+    telemetry: Telemetry, instrument: Callable[..., None], asynchronous: bool
+) -> None:
+    """The threaded server's ``call``: the client's handler and the server's ack span are children of the server's
+    emit, and the handler that called resumes in its own span."""
+    instrument()
+    records: list[dict[str, Any]] = []
+    received: list[tuple[str, list[Any]]] = []
+    with wsgi_server(socketio.WSGIApp(make_threaded_server(records))) as url:
+        client = Driver(asynchronous, received, answer="because")
+        client.connect(url, transports=["websocket"])
+        answer = client.call("ask", "why?")
+        client.disconnect()
+    assert answer == "because"
+    shared.check_server_call(telemetry, records, received)
+
+
+def test_broadcast_is_one_emit_span(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """The threaded server's emit to a room of three clients (two threaded, one asyncio) is one PRODUCER span with
+    three recipients, and each client's handler is its child."""
+    instrument()
+    received: list[list[tuple[str, list[Any]]]] = [[], [], []]
+    with wsgi_server(socketio.WSGIApp(make_threaded_server([]))) as url:
+        clients = [Driver(asynchronous, r) for asynchronous, r in zip((False, False, True), received, strict=True)]
+        for client in clients:
+            client.connect(url, transports=["websocket"])
+            assert client.call("join") == "joined"
+        assert clients[0].call("shout", "hello") == "shouted"
+        wait_for(lambda: all(received))
+        for client in clients:
+            client.disconnect()
+    shared.check_broadcast(telemetry, received)
+
+
+def _serve_and_run(client: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
+    with wsgi_server(socketio.WSGIApp(make_threaded_server([]))) as url:
+        return client(url)
+
+
+def test_bare_python_client_sees_the_same(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """A bare python-socketio client (another process) gets exactly the same events, arguments and acks from an
+    instrumented threaded server as from a bare one."""
+    bare = _serve_and_run(python_client)
+    instrument()
+    shared.check_bare_client(bare, _serve_and_run(python_client))
+    assert telemetry.named("process echo /")  # the server was traced
+
+
+def test_websocket_client_adapter_stands_down(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """With the websocket-client adapter on too (envelope negotiated), the threaded client's engine.io WebSocket
+    gets no websocket-client spans, headers or envelope: one client handshake span, the Socket.IO one."""
+    from wstrace.instrumentation.websocket_client import WebsocketClientInstrumentor  # noqa: PLC0415
+
+    instrument()
+    ws_instrumentor = WebsocketClientInstrumentor()
+    ws_instrumentor.instrument(tracer_provider=telemetry.provider, envelope="negotiate")
+    received: list[tuple[str, list[Any]]] = []
+    try:
+        with wsgi_server(socketio.WSGIApp(make_threaded_server([]))) as url:
+            client = Driver(False, received)
+            client.connect(url, transports=["websocket"])
+            assert client.call("echo", "hi") == "hi"
+            wait_for(lambda: received)
+            client.disconnect()
+            closed(telemetry, 2)
+    finally:
+        ws_instrumentor.uninstrument()
+    assert received == [("echoed", ["hi"])]
+    shared.check_stood_down(telemetry)
+    assert parent(telemetry.one("process echo /")) == sid(telemetry.one("send echo /"))
+
+
+# Long-polling --------------------------------------------------------------------------------------------------
+
+
+def _serving(threaded: bool, records: list[dict[str, Any]]) -> AbstractContextManager[str]:
+    if threaded:
+        return wsgi_server(socketio.WSGIApp(make_threaded_server(records)))
+    # Short ping times: the asyncio server holds a pending poll until a ping is due, and the asyncio
+    # client's disconnect waits for it (bare as well as traced: about 30 s with the defaults).
+    return asgi_server(socketio.ASGIApp(make_server(records, async_mode="asgi", ping_interval=1, ping_timeout=3)))
+
+
+@CLIENTS
+@pytest.mark.parametrize("threaded", [True, False], ids=["threaded-server", "asyncio-server"])
+def test_long_polling(
+    telemetry: Telemetry, instrument: Callable[..., None], asynchronous: bool, threaded: bool
+) -> None:
+    """Over the polling transport only (threaded server under WSGI, asyncio server under ASGI): the server's
+    handshake span takes its context from the first polling request's headers, the offer is answered, and the
+    per-event carrier works both ways (with acks)."""
+    instrument()
+    tracer = telemetry.provider.get_tracer("test")
+    records: list[dict[str, Any]] = []
+    received: list[tuple[str, list[Any]]] = []
+    with _serving(threaded, records) as url:
+        client = Driver(asynchronous, received, answer="polled")
+        client.connect(url, transports=["polling"])
+        with tracer.start_as_current_span("job"):
+            assert client.call("echo", {"over": "polling"}) == {"over": "polling"}
+            assert client.call("ask", "why?") == "polled"
+        wait_for(lambda: len(received) >= 2)
+        client.disconnect()
+    assert [r["args"] for r in records if r["event"] == "echo"] == [[{"over": "polling"}]]
+    assert received == [("echoed", [{"over": "polling"}]), ("question", ["why?"])]  # no carrier left in them
+    client_hs = next(s for s in telemetry.spans if s.kind == SpanKind.CLIENT)
+    server_hs = next(s for s in telemetry.spans if s.kind == SpanKind.SERVER)
+    assert parent(server_hs) == sid(client_hs)
+    assert server_hs.attributes["wstrace.context.source"] == "headers"
+    assert server_hs.attributes["http.response.status_code"] == client_hs.attributes["http.response.status_code"] == 200
+    send = telemetry.one("send echo /")
+    handler = telemetry.one("process echo /")
+    assert parent(send) == sid(telemetry.one("job"))
+    assert parent(handler) == sid(send)
+    assert parent(telemetry.one("send echoed /")) == sid(handler)
+    assert parent(telemetry.one("process echoed /")) == sid(telemetry.one("send echoed /"))
+    assert parent(telemetry.one("process question /")) == sid(telemetry.one("send question /"))
+    assert parent(telemetry.one("ack echo /")) == sid(send)
