@@ -158,6 +158,33 @@ def check_stood_down(telemetry: Telemetry) -> None:
     assert all(s.attributes.get("websocket.envelope") in (None, "none") for s in telemetry.spans)
 
 
+def hex_ids(span: ReadableSpan) -> tuple[str, str]:
+    """A span's trace and span ids as the console exporter prints them."""
+    return f"0x{span.context.trace_id:032x}", f"0x{span.context.span_id:016x}"
+
+
+def check_redis_hops(
+    received: list[tuple[str, list[Any]]],
+    handlers: list[ReadableSpan],
+    roots: dict[str, tuple[str, str]],
+    b_spans: list[dict[str, Any]],
+) -> None:
+    """Each ``news`` event the client on server B ``received`` (its handler spans ``handlers``) came from the emit
+    ``roots[text]`` (trace and span id) on the other side of Redis: B's delivery (``send news /`` in ``b_spans``)
+    continues that emit, with one recipient, and the client's handler continues B's delivery."""
+    b_sends = [s for s in b_spans if s["name"] == "send news /"]
+    assert len(b_sends) == len(roots) == len(handlers)
+    for (_event, args), handler in zip(received, sorted(handlers, key=lambda s: s.start_time or 0), strict=True):
+        trace_hex, span_hex = roots[args[0]]
+        b_send = next(s for s in b_sends if s["parent_id"] == span_hex)  # B's delivery continues A's emit
+        assert b_send["context"]["trace_id"] == trace_hex
+        assert b_send["kind"] == "SpanKind.PRODUCER"
+        assert b_send["attributes"]["messaging.destination.name"] == "lobby"
+        assert b_send["attributes"]["wstrace.socketio.recipients"] == 1
+        assert hex_ids(handler)[0] == trace_hex
+        assert f"0x{parent(handler):016x}" == b_send["context"]["span_id"]  # the client's handler continues B's
+
+
 def reply(args: tuple[Any, ...]) -> Any:
     """What a test handler returns and emits back for ``args``: one argument as itself, several as a tuple."""
     return tuple(args) if len(args) != 1 else args[0]
@@ -401,12 +428,16 @@ def python_client(url: str, *extra: str) -> dict[str, Any]:
 class ServerProcess(OutputProcess):
     """``tests/peers/socketio_server.py`` in a process of its own; reads its output on a thread."""
 
-    def __init__(self, redis_port: Optional[int], bare: bool = False, zero_code: bool = False) -> None:
-        """``zero_code``: bare, run under ``opentelemetry-instrument`` (console exporter)."""
+    def __init__(
+        self, redis_port: Optional[int], bare: bool = False, zero_code: bool = False, threaded: bool = False
+    ) -> None:
+        """``zero_code``: bare, run under ``opentelemetry-instrument`` (console exporter); ``threaded``: a threaded
+        server (WSGI) behind a ``RedisManager``."""
         args = [sys.executable, str(PEERS / "socketio_server.py"), str(redis_port) if redis_port else "-"]
         env = peer_env()
-        if bare or zero_code:
-            args.append("bare")
+        args.append("bare" if bare or zero_code else "traced")
+        if threaded:
+            args.append("threaded")
         if zero_code:
             args.insert(0, str(Path(sys.executable).parent / "opentelemetry-instrument"))
             env.update(

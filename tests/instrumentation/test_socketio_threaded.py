@@ -8,6 +8,7 @@ server process.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any
@@ -21,6 +22,7 @@ from tests.conftest import Telemetry
 from tests.instrumentation import socketio_app as shared
 from tests.instrumentation.socketio_app import (
     Driver,
+    ServerProcess,
     asgi_server,
     kind,
     make_server,
@@ -213,3 +215,50 @@ def test_long_polling(
     assert parent(telemetry.one("process echoed /")) == sid(telemetry.one("send echoed /"))
     assert parent(telemetry.one("process question /")) == sid(telemetry.one("send question /"))
     assert parent(telemetry.one("ack echo /")) == sid(send)
+
+
+# Across processes, through Redis ------------------------------------------------------------------------------
+
+
+def test_redis_manager_across_processes(telemetry: Telemetry, instrument: Callable[..., None], redis_port: int) -> None:
+    """Two threaded server processes behind ``RedisManager``: server A's handler emits ``news`` to ``lobby``, and
+    server B delivers it to its client in the same trace (A's handler → A's emit → B's delivery → the client's
+    handler). A ``RedisManager(write_only=True)`` in this process emits in a span of its own (no recipient count)
+    that B's delivery continues as well."""
+    instrument()
+    tracer = telemetry.provider.get_tracer("test")
+    server_a = ServerProcess(redis_port, threaded=True)
+    server_b = ServerProcess(redis_port, threaded=True)
+    received: list[tuple[str, list[Any]]] = []
+    try:
+        listener = Driver(False, received)
+        listener.connect(server_b.url, transports=["websocket"])
+        assert listener.call("join") == "joined"
+        shouter = Driver(False, [])
+        shouter.connect(server_a.url, transports=["websocket"])
+        time.sleep(0.5)  # both managers subscribed (each starts listening at its first connection)
+        assert shouter.call("shout", "from a handler") == "shouted"
+        writer = socketio.RedisManager(f"redis://127.0.0.1:{redis_port}/0", write_only=True)
+        with tracer.start_as_current_span("external"):
+            writer.emit("news", "from outside", room="lobby")
+        writer.redis.close()
+        wait_for(lambda: len(received) >= 2)
+        shouter.disconnect()
+        listener.disconnect()
+    finally:
+        server_a.stop()
+        server_b.stop()
+    assert received == [("news", ["from a handler"]), ("news", ["from outside"])]
+    a_spans = server_a.spans()
+    a_handler = next(s for s in a_spans if s["name"] == "process shout /")
+    a_send = next(
+        s for s in a_spans if s["name"] == "send news /" and s["parent_id"] == a_handler["context"]["span_id"]
+    )
+    external = telemetry.one("send news /")  # the write-only manager's emit
+    assert external.kind == SpanKind.PRODUCER and parent(external) == sid(telemetry.one("external"))
+    assert "wstrace.socketio.recipients" not in external.attributes
+    roots = {
+        "from a handler": (a_send["context"]["trace_id"], a_send["context"]["span_id"]),
+        "from outside": shared.hex_ids(external),
+    }
+    shared.check_redis_hops(received, telemetry.named("process news /"), roots, server_b.spans())
