@@ -32,6 +32,7 @@ from opentelemetry.trace import SpanKind
 
 from tests.conftest import Telemetry
 from tests.instrumentation.uvicorn_server import serve
+from tests.missing import skip_or_fail
 from tests.processes import OutputProcess
 
 
@@ -255,11 +256,35 @@ def make_threaded_server(records: list[dict[str, Any]], **options: Any) -> socke
     return sio
 
 
+def make_flask_app(records: list[dict[str, Any]]) -> Any:
+    """A Flask app with Flask-SocketIO (threading mode) whose ``echo`` handler acks with its arguments and emits
+    ``echoed`` with them, as :func:`make_server`'s does."""
+    try:
+        from flask import Flask  # noqa: PLC0415
+        from flask_socketio import SocketIO, emit  # noqa: PLC0415
+    except ImportError as exc:
+        skip_or_fail(f"{exc.name} is not installed (the test extra has it: pip install -e '.[test]')")
+
+    app = Flask(__name__)
+    sio = SocketIO(app, async_mode="threading")
+
+    def echo(*args: Any) -> Any:
+        records.append({"event": "echo", "args": list(args), "span_id": span_id_now()})
+        emit("echoed", reply(args))
+        return reply(args)
+
+    sio.on_event("echo", echo)
+    return app
+
+
 @contextmanager
 def wsgi_server(app: Any) -> Iterator[str]:
     """A WSGI app under werkzeug's threaded development server (it hands engine.io the socket, for the WebSocket
     transport through simple-websocket) in a thread of its own; yields ``http://127.0.0.1:<port>``."""
-    from werkzeug.serving import WSGIRequestHandler, make_server  # noqa: PLC0415
+    try:
+        from werkzeug.serving import WSGIRequestHandler, make_server  # noqa: PLC0415
+    except ImportError:
+        skip_or_fail("werkzeug is not installed (the test extra has it: pip install -e '.[test]')")
 
     class Quiet(WSGIRequestHandler):
         def log(self, type: str, message: str, *args: Any) -> None:

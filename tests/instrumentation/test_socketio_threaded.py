@@ -217,6 +217,35 @@ def test_long_polling(
     assert parent(telemetry.one("ack echo /")) == sid(send)
 
 
+# Flask-SocketIO -------------------------------------------------------------------------------------------------
+
+
+@CLIENTS
+def test_flask_socketio(telemetry: Telemetry, instrument: Callable[..., None], asynchronous: bool) -> None:
+    """A Flask-SocketIO app (threading mode, served by werkzeug) needs nothing of its own: its handlers run in the
+    CONSUMER spans that continue the client's emits, its ``emit`` is a PRODUCER span whose client handler
+    continues it, and the acks are in the emits' traces."""
+    instrument()
+    tracer = telemetry.provider.get_tracer("test")
+    records: list[dict[str, Any]] = []
+    received: list[tuple[str, list[Any]]] = []
+    acked: list[Any] = []
+    with wsgi_server(shared.make_flask_app(records)) as url:
+        client = Driver(asynchronous, received)
+        client.connect(url, transports=["websocket"])
+        with tracer.start_as_current_span("job"):
+            client.emit("echo", ({"a": 1}, "two"), callback=lambda *args: acked.append(args))
+            assert client.call("echo", [1, 2]) == [1, 2]
+        wait_for(lambda: len(received) >= 2 and acked)
+        client.disconnect()
+    assert acked == [({"a": 1}, "two")]
+    assert [r["args"] for r in records] == [[{"a": 1}, "two"], [[1, 2]]]
+    (client_hs,) = [s for s in telemetry.spans if s.kind == SpanKind.CLIENT]
+    (server_hs,) = [s for s in telemetry.spans if s.kind == SpanKind.SERVER]
+    assert parent(server_hs) == sid(client_hs)
+    shared.check_echo_trace(telemetry, records)
+
+
 # Across processes, through Redis ------------------------------------------------------------------------------
 
 
