@@ -291,3 +291,43 @@ def test_redis_manager_across_processes(telemetry: Telemetry, instrument: Callab
         "from outside": shared.hex_ids(external),
     }
     shared.check_redis_hops(received, telemetry.named("process news /"), roots, server_b.spans())
+
+
+# The tornado mount ----------------------------------------------------------------------------------------------
+
+
+def test_tornado_mount(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """An ``AsyncServer`` mounted in a tornado app (``socketio.get_tornado_handler``), with the tornado adapter on
+    too (envelope negotiated): the event spans as on any mount, and the tornado adapter stands down on the
+    engine.io connection (no WebSocket spans or envelope of its own)."""
+    from tests.instrumentation.tornado_app import server  # noqa: PLC0415
+    from wstrace.instrumentation.tornado import TornadoInstrumentor  # noqa: PLC0415
+
+    instrument()
+    tornado_instrumentor = TornadoInstrumentor()
+    tornado_instrumentor.instrument(tracer_provider=telemetry.provider, envelope="negotiate")
+    tracer = telemetry.provider.get_tracer("test")
+    records: list[dict[str, Any]] = []
+    received: list[tuple[str, list[Any]]] = []
+
+    async def scenario() -> Any:
+        sio = make_server(records, async_mode="tornado")
+        async with server(socketio.get_tornado_handler(sio), "/socket.io/") as ws_url:
+            client = shared.make_client(received)
+            await client.connect(ws_url.replace("ws://", "http://")[: -len("/socket.io/")], transports=["websocket"])
+            with tracer.start_as_current_span("job"):
+                answer = await client.call("echo", "hi")
+            await client.disconnect()
+            return answer
+
+    try:
+        assert shared.run(scenario()) == "hi"
+    finally:
+        tornado_instrumentor.uninstrument()
+    assert received == [("echoed", ["hi"])]
+    shared.check_stood_down(telemetry)
+    send = telemetry.one("send echo /")
+    handler = telemetry.one("process echo /")
+    assert parent(send) == sid(telemetry.one("job")) and parent(handler) == sid(send)
+    assert [r["span_id"] for r in records if r["event"] == "echo"] == [sid(handler)]
+    assert parent(telemetry.one("process echoed /")) == sid(telemetry.one("send echoed /"))
