@@ -1,4 +1,4 @@
-"""Instrumentation for `python-socketio <https://python-socketio.readthedocs.io/>`_ (asyncio server and client).
+"""Instrumentation for `python-socketio <https://python-socketio.readthedocs.io/>`_ (servers, clients, managers).
 
 Usage::
 
@@ -7,8 +7,9 @@ Usage::
     SocketioInstrumentor().instrument()
 
 or, with no code change, ``opentelemetry-instrument python app.py`` (entry point ``wstrace-socketio``).
-The instrumentor patches the classes, so every ``socketio.AsyncServer`` (mounted as an ASGI or aiohttp app),
-every ``socketio.AsyncClient`` and every ``AsyncPubSubManager`` (``AsyncRedisManager``, ...) is traced.
+The instrumentor patches the classes, so every ``socketio.Server`` (WSGI, Flask-SocketIO) and
+``socketio.AsyncServer`` (ASGI, aiohttp, tornado), every ``socketio.Client`` and ``socketio.AsyncClient``, and every
+pub/sub manager (``RedisManager``, ``AsyncRedisManager``, ...) is traced, over WebSocket and long-polling.
 
 Spans are per Socket.IO **event**, not per engine.io frame:
 
@@ -22,8 +23,8 @@ Spans are per Socket.IO **event**, not per engine.io frame:
 * through a pub/sub manager, the emit's context travels in the published message, and the other processes
   deliver it in spans of the same trace.
 
-Not covered yet (stage 2): the threaded ``socketio.Server`` / ``socketio.Client``, WSGI, the long-polling
-transport's own behaviour, and stream spans for runs of emits. ``docs/adapters/socketio.md`` is the guide.
+Not covered yet: stream spans for runs of emits, and message metrics per event. ``docs/adapters/socketio.md`` is
+the guide.
 
 Options (keyword or environment variable) are listed in ``docs/configuration.md``.
 """
@@ -41,7 +42,7 @@ __all__ = ["SocketioInstrumentor"]
 
 
 class SocketioInstrumentor(WstraceInstrumentor):
-    """Instruments every asyncio python-socketio server, client and pub/sub manager."""
+    """Instruments every python-socketio server, client and pub/sub manager, threaded and asyncio."""
 
     _module = "socketio"
     _instruments = _instruments
