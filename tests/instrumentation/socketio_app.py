@@ -159,6 +159,49 @@ def check_stood_down(telemetry: Telemetry) -> None:
     assert all(s.attributes.get("websocket.envelope") in (None, "none") for s in telemetry.spans)
 
 
+BAD_CARRIERS: list[Any] = [
+    {"__wstrace__": "not an object"},
+    {"__wstrace__": {"traceparent": "00-" + "f" * 5000}},  # oversized
+    {"__wstrace__": {"traceparent": 1}},  # not a string
+    {"__wstrace__": {}, "other": 1},  # foreign: a key besides ours
+    {"__wstrace__": {str(i): "x" for i in range(20)}},  # too many fields
+    {"__wstrace": {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}},  # not our key
+    {"__wstrace__": {"traceparent": "00-zz-zz-01"}},  # well formed, but no context: removed (the last one)
+]
+"""Last arguments the bad-carrier tests send (with the library's own ``emit``, under the span ``sender``)."""
+
+
+def check_bad_carriers(telemetry: Telemetry, records: list[dict[str, Any]]) -> None:
+    """After ``echo("payload", bad)`` for each of :data:`BAD_CARRIERS`: the malformed, oversized and foreign ones
+    delivered unchanged, the unreadable one removed, and every handler in a fresh trace linked to the handshake."""
+    echoes = sorted((r["args"] for r in records if r["event"] == "echo"), key=json.dumps)
+    expected = [["payload", bad] for bad in BAD_CARRIERS[:-1]] + [["payload"]]
+    assert echoes == sorted(expected, key=json.dumps)
+    sender = telemetry.one("sender")
+    handlers = telemetry.named("process echo /")
+    assert len(handlers) == len(BAD_CARRIERS)
+    for handler in handlers:
+        assert handler.parent is None and tid(handler) != tid(sender)
+        assert [link.attributes["wstrace.link.kind"] for link in handler.links] == ["handshake"]
+
+
+HOSTILE_QUERY = "?traceparent=%ff%fe00-zz&wstrace-socketio=2&wstrace-socketio&wstrace-session=%00&x=" + "y" * 4000
+"""A query for a connection URL: garbage context, a bad offer, a huge value."""
+HOSTILE_HEADERS = {"traceparent": "00-" + "a" * 9000, "tracestate": ",=;" * 300, "wstrace-socketio": "yes"}
+"""Headers for a client's ``connect``: garbage context, a bad offer."""
+
+
+def check_hostile_handshake(telemetry: Telemetry, records: list[dict[str, Any]]) -> None:
+    """After a connection made with :data:`HOSTILE_QUERY` and :data:`HOSTILE_HEADERS` and ``echo("ok")``: it
+    worked, and the server's handshake span continues the client's (whose own ``traceparent`` header wins over
+    the application's, merged last)."""
+    server_hs = [s for s in telemetry.spans if s.kind == SpanKind.SERVER]
+    assert len(server_hs) == 1
+    client_hs = [s for s in telemetry.spans if s.kind == SpanKind.CLIENT]
+    assert parent(server_hs[0]) == sid(client_hs[0])
+    assert [r["args"] for r in records if r["event"] == "echo"] == [["ok"]]
+
+
 def hex_ids(span: ReadableSpan) -> tuple[str, str]:
     """A span's trace and span ids as the console exporter prints them."""
     return f"0x{span.context.trace_id:032x}", f"0x{span.context.span_id:016x}"

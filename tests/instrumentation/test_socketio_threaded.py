@@ -169,6 +169,40 @@ def test_websocket_client_adapter_stands_down(telemetry: Telemetry, instrument: 
     assert parent(telemetry.one("process echo /")) == sid(telemetry.one("send echo /"))
 
 
+def test_bad_carriers_are_delivered_unchanged(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """Between the threaded client and server: a malformed, oversized or foreign carrier is delivered unchanged, an
+    unreadable one removed, each handler in a fresh trace linked to the handshake (as for the asyncio classes)."""
+    instrument()
+    records: list[dict[str, Any]] = []
+    bare_emit = socketio.Client.emit.__wrapped__  # the library's own emit: sends exactly these arguments
+    tracer = telemetry.provider.get_tracer("test")
+    with wsgi_server(socketio.WSGIApp(make_threaded_server(records))) as url:
+        client = Driver(False, [])
+        client.connect(url, transports=["websocket"])
+        with tracer.start_as_current_span("sender"):
+            for bad in shared.BAD_CARRIERS:
+                bare_emit(client.client, "echo", ("payload", bad))
+        wait_for(lambda: len(telemetry.named("process echo /")) == len(shared.BAD_CARRIERS))
+        client.disconnect()
+    shared.check_bad_carriers(telemetry, records)
+
+
+@pytest.mark.parametrize("transports", [["websocket"], None], ids=["websocket", "polling-then-websocket"])
+def test_hostile_handshake_never_raises(
+    telemetry: Telemetry, instrument: Callable[..., None], transports: list[str] | None
+) -> None:
+    """The threaded client and server with a hostile query and headers (garbage traceparent, huge values, a bad
+    offer), over WebSocket and over polling then the upgrade: the connection works and the handshake is traced."""
+    instrument()
+    records: list[dict[str, Any]] = []
+    with wsgi_server(socketio.WSGIApp(make_threaded_server(records))) as url:
+        client = Driver(False, [])
+        client.client.connect(url + shared.HOSTILE_QUERY, headers=shared.HOSTILE_HEADERS, transports=transports)
+        assert client.call("echo", "ok") == "ok"
+        client.disconnect()
+    shared.check_hostile_handshake(telemetry, records)
+
+
 # Long-polling --------------------------------------------------------------------------------------------------
 
 

@@ -154,8 +154,8 @@ def _prepared(prepare: Prepare, instance: Any, args: tuple[Any, ...], kwargs: di
 
 def given(names: Sequence[str], args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
     """A call's arguments by name, from the method's parameter ``names`` (positional first)."""
-    if len(args) > len(names):
-        raise TypeError("more positional arguments than the method takes")  # the library says so: call through
+    if len(args) > len(names) or any(name in kwargs for name in names[: len(args)]):
+        raise TypeError("arguments the method refuses")  # the library says so: the call goes through untouched
     found = dict(zip(names, args, strict=False))
     found.update(kwargs)
     return found
