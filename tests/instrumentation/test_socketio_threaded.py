@@ -8,7 +8,6 @@ server process.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any
@@ -288,6 +287,8 @@ def test_redis_manager_across_processes(telemetry: Telemetry, instrument: Callab
     server B delivers it to its client in the same trace (A's handler → A's emit → B's delivery → the client's
     handler). A ``RedisManager(write_only=True)`` in this process emits in a span of its own (no recipient count)
     that B's delivery continues as well."""
+    import redis  # noqa: PLC0415
+
     instrument()
     tracer = telemetry.provider.get_tracer("test")
     server_a = ServerProcess(redis_port, threaded=True)
@@ -299,7 +300,10 @@ def test_redis_manager_across_processes(telemetry: Telemetry, instrument: Callab
         assert listener.call("join") == "joined"
         shouter = Driver(False, [])
         shouter.connect(server_a.url, transports=["websocket"])
-        time.sleep(0.5)  # both managers subscribed (each starts listening at its first connection)
+        # Both managers subscribed (each starts listening at its first connection).
+        counter = redis.Redis(port=redis_port)
+        assert wait_for(lambda: counter.pubsub_numsub("socketio")[0][1] >= 2, timeout=10)
+        counter.close()
         assert shouter.call("shout", "from a handler") == "shouted"
         writer = socketio.RedisManager(f"redis://127.0.0.1:{redis_port}/0", write_only=True)
         with tracer.start_as_current_span("external"):
