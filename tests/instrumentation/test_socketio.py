@@ -10,27 +10,43 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import socketio
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
 
 from tests.conftest import Telemetry
 from tests.instrumentation.socketio_app import (
+    BAD_CARRIERS,
+    HOSTILE_HEADERS,
+    HOSTILE_QUERY,
     PEERS,
     ServerProcess,
     aiohttp_server,
     asgi_server,
+    check_bad_carriers,
+    check_bare_client,
+    check_broadcast,
+    check_echo_trace,
+    check_hostile_handshake,
+    check_redis_hops,
+    check_server_call,
+    check_stood_down,
     close_manager,
+    hex_ids,
+    instrumenting,
     make_client,
     make_server,
+    parent,
     peer_env,
+    python_client,
+    run,
+    sid,
+    tid,
 )
 from wstrace.instrumentation.socketio import SocketioInstrumentor
 from wstrace.instrumentation.socketio._common import CARRIER_KEY
@@ -38,39 +54,7 @@ from wstrace.instrumentation.socketio._common import CARRIER_KEY
 
 @pytest.fixture
 def instrument(telemetry: Telemetry) -> Iterator[Callable[..., None]]:
-    instrumentor = SocketioInstrumentor()
-
-    def do(**options: Any) -> None:
-        options.setdefault("tracer_provider", telemetry.provider)
-        instrumentor.instrument(**options)
-
-    yield do
-    instrumentor.uninstrument()
-
-
-def run(coro: Awaitable[Any]) -> Any:
-    async def main() -> Any:
-        result = await coro
-        await asyncio.sleep(0.1)  # let disconnect handlers run
-        return result
-
-    return asyncio.run(main())
-
-
-def sid(span: ReadableSpan) -> int:
-    return span.context.span_id
-
-
-def parent(span: ReadableSpan) -> int | None:
-    return span.parent.span_id if span.parent is not None else None
-
-
-def tid(span: ReadableSpan) -> int:
-    return span.context.trace_id
-
-
-def kind(telemetry: Telemetry, name: str, k: SpanKind) -> list[ReadableSpan]:
-    return [s for s in telemetry.named(name) if s.kind == k]
+    yield from instrumenting(telemetry)
 
 
 # One connection, both ends instrumented ------------------------------------------------------------------------
@@ -104,28 +88,7 @@ def test_event_spans_and_ack_across_instrumented_ends(telemetry: Telemetry, inst
     assert [r["args"] for r in echoes] == [[{"a": 1}, "two"], [[1, 2]]]
     assert received == [("echoed", [{"a": 1}, "two"]), ("echoed", [[1, 2]])]
 
-    job = telemetry.one("job")
-    client_sends = kind(telemetry, "send echo /", SpanKind.PRODUCER)
-    handlers = telemetry.named("process echo /")
-    assert len(client_sends) == len(handlers) == 2
-    for send in client_sends:
-        assert parent(send) == sid(job)
-        assert send.attributes["messaging.system"] == "socket.io"
-        assert send.attributes["messaging.socket.io.event_name"] == "echo"
-        assert send.attributes["messaging.socket.io.namespace"] == "/"
-        assert send.attributes["messaging.operation.type"] == "send"
-        handler = next(h for h in handlers if parent(h) == sid(send))
-        assert handler.kind == SpanKind.CONSUMER
-        assert handler.attributes["messaging.operation.type"] == "process"
-        assert handler.attributes["websocket.session.id"] == send.attributes["websocket.session.id"]
-        assert sid(handler) in {r["span_id"] for r in echoes}  # the handler ran in it
-        reply = next(s for s in telemetry.named("send echoed /") if parent(s) == sid(handler))
-        assert reply.attributes["wstrace.socketio.recipients"] == 1
-        client_handler = telemetry.named("process echoed /")
-        assert any(parent(h) == sid(reply) for h in client_handler)
-        ack = next(s for s in telemetry.named("ack echo /") if parent(s) == sid(send))
-        assert ack.kind == SpanKind.CONSUMER
-    assert {tid(s) for s in telemetry.spans if "echo" in s.name or s.name == "job"} == {tid(job)}
+    check_echo_trace(telemetry, records)
 
 
 def test_server_call_and_client_answer(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
@@ -145,14 +108,7 @@ def test_server_call_and_client_answer(telemetry: Telemetry, instrument: Callabl
             return answer
 
     assert run(scenario()) == "because"
-    assert received == [("question", ["why?"])]
-    ask = telemetry.one("process ask /")
-    question = telemetry.one("send question /")
-    assert parent(question) == sid(ask)
-    assert parent(telemetry.one("process question /")) == sid(question)
-    assert parent(telemetry.one("ack question /")) == sid(question)
-    assert [r["span_id"] for r in records if r["event"] == "ask"] == [sid(ask)]
-    assert len({tid(s) for s in telemetry.spans if s.name.endswith((" ask /", " question /"))}) == 1
+    check_server_call(telemetry, records, received)
 
 
 def test_broadcast_is_one_emit_span(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
@@ -175,15 +131,7 @@ def test_broadcast_is_one_emit_span(telemetry: Telemetry, instrument: Callable[.
                 await client.disconnect()
 
     run(scenario())
-    assert all(r == [("news", ["hello"])] for r in received)
-    news = telemetry.one("send news /")
-    assert news.kind == SpanKind.PRODUCER
-    assert news.attributes["messaging.destination.name"] == "lobby"
-    assert news.attributes["messaging.socket.io.rooms"] == ("lobby",)
-    assert news.attributes["wstrace.socketio.recipients"] == 3
-    handlers = telemetry.named("process news /")
-    assert len(handlers) == 3
-    assert all(parent(h) == sid(news) for h in handlers)
+    check_broadcast(telemetry, received)
 
 
 def test_handshake_context_and_session(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
@@ -288,27 +236,10 @@ def test_aiohttp_adapter_stands_down(telemetry: Telemetry, instrument: Callable[
     finally:
         aiohttp_instrumentor.uninstrument()
     assert received == [("echoed", ["hi"])]
-    assert len([s for s in telemetry.spans if s.kind == SpanKind.SERVER]) == 1
-    assert len([s for s in telemetry.spans if s.kind == SpanKind.CLIENT]) == 1
-    assert not [s for s in telemetry.spans if "websocket.message.type" in (s.attributes or {})]
-    assert all(s.attributes.get("websocket.envelope") in (None, "none") for s in telemetry.spans)
+    check_stood_down(telemetry)
 
 
 # Peers without wstrace ----------------------------------------------------------------------------------------
-
-
-def _python_client(url: str, *extra: str) -> dict[str, Any]:
-    result = subprocess.run(
-        [sys.executable, str(PEERS / "socketio_client.py"), url, *extra],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=peer_env(),
-        check=False,
-    )
-    lines = [line for line in result.stdout.splitlines() if line.startswith("PEER ")]
-    assert result.returncode == 0 and lines, result.stdout + result.stderr
-    return json.loads(lines[-1][5:])  # type: ignore[no-any-return]
 
 
 def _serve_and_run(client: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
@@ -322,22 +253,17 @@ def _serve_and_run(client: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
 def test_bare_python_client_sees_the_same(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
     """A bare python-socketio client gets exactly the same events, arguments and acks from an instrumented server
     as from a bare one."""
-    bare = _serve_and_run(_python_client)
+    bare = _serve_and_run(python_client)
     instrument()
-    traced = _serve_and_run(_python_client)
-    assert traced == bare
-    assert ["echoed", [{"a": 1}, "two", [3]]] in bare["received"]
-    assert ["news", ["hello"]] in bare["received"]
-    assert bare["acks"][-1] == {"answer": "why?"}
+    check_bare_client(bare, _serve_and_run(python_client))
     assert telemetry.named("process echo /")  # the server was traced
-    assert CARRIER_KEY not in json.dumps(traced)
 
 
 def test_bare_client_ignores_the_answer(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
     """A bare client that sends the offer anyway connects and talks: the answer in CONNECT is ignored (the
     carriers that then follow are what it asked for, so only the connection and the acks are compared)."""
     instrument()
-    traced = _serve_and_run(lambda url: _python_client(url, "offer"))
+    traced = _serve_and_run(lambda url: python_client(url, "offer"))
     assert traced["acks"][:3] == [[{"a": 1}, "two", [3]], None, "joined"]
     # The server did take the offer: the events that followed carry the carrier, which this client keeps.
     echoed = next(args for event, args in traced["received"] if event == "echoed")
@@ -428,15 +354,6 @@ def test_instrumented_client_with_bare_server(telemetry: Telemetry, instrument: 
 
 # Bad input -------------------------------------------------------------------------------------------------------
 
-BAD_CARRIERS: list[Any] = [
-    {CARRIER_KEY: "not an object"},
-    {CARRIER_KEY: {"traceparent": "00-" + "f" * 5000}},  # oversized
-    {CARRIER_KEY: {"traceparent": 1}},  # not a string
-    {CARRIER_KEY: {}, "other": 1},  # foreign: a key besides ours
-    {CARRIER_KEY: {str(i): "x" for i in range(20)}},  # too many fields
-    {"__wstrace": {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}},  # not our key
-]
-
 
 def test_bad_carriers_are_delivered_unchanged(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
     """Between two instrumented ends, an event whose last argument is a malformed, oversized or foreign carrier is
@@ -455,19 +372,11 @@ def test_bad_carriers_are_delivered_unchanged(telemetry: Telemetry, instrument: 
             with tracer.start_as_current_span("sender"):
                 for bad in BAD_CARRIERS:
                     await bare_emit(client, "echo", ("payload", bad))
-                await bare_emit(client, "echo", ("payload", {CARRIER_KEY: {"traceparent": "00-zz-zz-01"}}))
             await asyncio.sleep(0.3)
             await client.disconnect()
 
     run(scenario())
-    echoes = [r["args"] for r in records if r["event"] == "echo"]
-    assert echoes == [["payload", bad] for bad in BAD_CARRIERS] + [["payload"]]
-    sender = telemetry.one("sender")
-    handlers = telemetry.named("process echo /")
-    assert len(handlers) == len(BAD_CARRIERS) + 1
-    for handler in handlers:
-        assert handler.parent is None and tid(handler) != tid(sender)
-        assert [link.attributes["wstrace.link.kind"] for link in handler.links] == ["handshake"]
+    check_bad_carriers(telemetry, records)
 
 
 def test_hostile_handshake_never_raises(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
@@ -478,11 +387,7 @@ def test_hostile_handshake_never_raises(telemetry: Telemetry, instrument: Callab
 
     async def scenario(url: str) -> Any:
         client = socketio.AsyncClient(reconnection=False)
-        hostile = (
-            "?traceparent=%ff%fe00-zz&wstrace-socketio=2&wstrace-socketio&wstrace-session=%00" + "&x=" + "y" * 4000
-        )
-        headers = {"traceparent": "00-" + "a" * 9000, "tracestate": ",=;" * 300, "wstrace-socketio": "yes"}
-        await client.connect(url + hostile, headers=headers, transports=["websocket"])
+        await client.connect(url + HOSTILE_QUERY, headers=HOSTILE_HEADERS, transports=["websocket"])
         answer = await client.call("echo", "ok")
         await client.disconnect()
         return answer
@@ -493,23 +398,10 @@ def test_hostile_handshake_never_raises(telemetry: Telemetry, instrument: Callab
             return await scenario(url)
 
     assert run(main()) == "ok"
-    server_hs = [s for s in telemetry.spans if s.kind == SpanKind.SERVER]
-    assert len(server_hs) == 1
-    client_hs = [s for s in telemetry.spans if s.kind == SpanKind.CLIENT]
-    # The client's own traceparent header wins over the application's garbage one (merged last).
-    assert parent(server_hs[0]) == sid(client_hs[0])
-    assert [r["args"] for r in records if r["event"] == "echo"] == [["ok"]]
+    check_hostile_handshake(telemetry, records)
 
 
 # Across processes, through Redis ------------------------------------------------------------------------------
-
-
-def _by_id(spans: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {s["context"]["span_id"]: s for s in spans}
-
-
-def _hex(span: ReadableSpan) -> tuple[str, str]:
-    return f"0x{span.context.trace_id:032x}", f"0x{span.context.span_id:016x}"
 
 
 def test_redis_emit_from_a_handler_reaches_another_process(
@@ -555,11 +447,6 @@ def test_redis_emit_from_a_handler_reaches_another_process(
     finally:
         server_b.stop()
     assert received == [("news", ["from a handler"]), ("news", ["from a task"]), ("news", ["from outside"])]
-    b_spans = server_b.spans()
-    b_sends = [s for s in b_spans if s["name"] == "send news /"]
-    assert len(b_sends) == 3
-    client_handlers = telemetry.named("process news /")
-    assert len(client_handlers) == 3
     a_handler = telemetry.one("process shout /")
     a_sends = [s for s in telemetry.named("send news /") if s.kind == SpanKind.PRODUCER]
     roots = {
@@ -567,16 +454,8 @@ def test_redis_emit_from_a_handler_reaches_another_process(
         "from a task": next(s for s in a_sends if parent(s) == sid(telemetry.one("background"))),
         "from outside": next(s for s in a_sends if parent(s) == sid(telemetry.one("external"))),
     }
-    for (_event, args), handler in zip(received, sorted(client_handlers, key=lambda s: s.start_time), strict=True):
-        a_send = roots[args[0]]
-        trace_hex, span_hex = _hex(a_send)
-        b_send = next(s for s in b_sends if s["parent_id"] == span_hex)  # B's delivery continues A's emit
-        assert b_send["context"]["trace_id"] == trace_hex
-        assert b_send["kind"] == "SpanKind.PRODUCER"
-        assert b_send["attributes"]["messaging.destination.name"] == "lobby"
-        assert b_send["attributes"]["wstrace.socketio.recipients"] == 1
-        assert tid(handler) == a_send.context.trace_id
-        assert f"0x{parent(handler):016x}" == b_send["context"]["span_id"]  # the client's handler continues B's
+    hops = {text: hex_ids(span) for text, span in roots.items()}
+    check_redis_hops(received, telemetry.named("process news /"), hops, server_b.spans())
 
 
 def test_redis_message_from_a_bare_process_and_a_bad_key(

@@ -1,9 +1,11 @@
 """A python-socketio server process behind an ``AsyncRedisManager``, for the Socket.IO cross-process tests.
 
-    python socketio_server.py REDIS_PORT|- [bare]
+    python socketio_server.py REDIS_PORT|- [bare|traced] [threaded]
 
 Serves a ``socketio.AsyncServer`` (aiohttp) on a free loopback port, instrumented by wstrace unless ``bare``
-is given; ``-`` for no Redis (one process). Lines for the test start with ``PEER `` and hold one JSON object
+is given; ``-`` for no Redis (one process). ``threaded``: a threaded ``socketio.Server`` behind a
+``RedisManager`` instead, as a WSGI app under werkzeug, with the handlers of
+``tests/instrumentation/socketio_app.py``. Lines for the test start with ``PEER `` and hold one JSON object
 (``listening`` with the port first); spans are printed by the SDK's console exporter, one JSON object each,
 on the same stream. Handlers: ``join`` puts the client in the room ``lobby``; ``shout`` emits ``news`` to
 ``lobby`` (reaching the clients of every server on the same Redis); ``echo`` acks with its arguments. Exits
@@ -27,15 +29,26 @@ def emit(**fields: Any) -> None:
     print("PEER " + json.dumps(fields), flush=True)
 
 
-async def main(redis_port: int | None, bare: bool) -> None:
-    if not bare:
-        from wstrace.instrumentation.socketio import SocketioInstrumentor  # noqa: PLC0415
+def instrument() -> None:
+    from wstrace.instrumentation.socketio import SocketioInstrumentor  # noqa: PLC0415
 
-        provider = TracerProvider()
-        provider.add_span_processor(
-            SimpleSpanProcessor(ConsoleSpanExporter(formatter=lambda span: span.to_json(indent=None) + "\n"))
-        )
-        SocketioInstrumentor().instrument(tracer_provider=provider)
+    provider = TracerProvider()
+    provider.add_span_processor(
+        SimpleSpanProcessor(ConsoleSpanExporter(formatter=lambda span: span.to_json(indent=None) + "\n"))
+    )
+    SocketioInstrumentor().instrument(tracer_provider=provider)
+
+
+def threaded(redis_port: int | None) -> None:
+    from tests.instrumentation.socketio_app import make_threaded_server, wsgi_server  # noqa: PLC0415
+
+    manager = socketio.RedisManager(f"redis://127.0.0.1:{redis_port}/0") if redis_port else None
+    with wsgi_server(socketio.WSGIApp(make_threaded_server([], client_manager=manager))) as url:
+        emit(event="listening", port=int(url.rsplit(":", 1)[1]))
+        sys.stdin.read()  # until the test closes stdin
+
+
+async def main(redis_port: int | None) -> None:
     manager = socketio.AsyncRedisManager(f"redis://127.0.0.1:{redis_port}/0") if redis_port else None
     sio = socketio.AsyncServer(async_mode="aiohttp", client_manager=manager)
 
@@ -68,4 +81,10 @@ async def main(redis_port: int | None, bare: bool) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]) if sys.argv[1] != "-" else None, len(sys.argv) > 2 and sys.argv[2] == "bare"))
+    port = int(sys.argv[1]) if sys.argv[1] != "-" else None
+    if "bare" not in sys.argv[2:]:
+        instrument()
+    if "threaded" in sys.argv[2:]:
+        threaded(port)
+    else:
+        asyncio.run(main(port))

@@ -1,11 +1,10 @@
-"""``socketio.AsyncClient``: the handshake span and offer, the answer per namespace, emit and handler spans."""
+"""``socketio.Client`` and ``socketio.AsyncClient``: the handshake span and offer, the answer per namespace, emit and
+handler spans."""
 
 from __future__ import annotations
 
 import contextvars
 from typing import Any, Callable, Optional
-
-from opentelemetry import context as otel_context
 
 from wstrace._log import warn_once
 from wstrace.connection import ConnectionTracer
@@ -14,17 +13,19 @@ from wstrace.instrumentation.socketio._common import (
     ANSWER_KEY,
     ANSWER_VALUE,
     OFFER_HEADER,
-    emitting,
-    handler_span,
-    run_in_span,
-    split_carrier,
-    wrap_callback,
+    Call,
+    Handshake,
+    Pair,
+    after,
+    given,
+    handling,
+    pair,
+    record_close,
+    starting_emit,
 )
 
 
 __all__ = ["connect", "eio_connect", "emit", "handle_connect", "handle_eio_disconnect", "handle_event"]
-
-Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
 
 ATTR_CT = "_wstrace_ct"
 ATTR_AGREED = "_wstrace_agreed"
@@ -40,10 +41,10 @@ def _ct(client: Any) -> Optional[ConnectionTracer]:
 
 
 def _agreed(client: Any) -> set[str]:
-    found: Optional[set[str]] = client.__dict__.get(ATTR_AGREED)
+    found = client.__dict__.get(ATTR_AGREED)
     if found is None:
-        found = client.__dict__[ATTR_AGREED] = set()
-    return found
+        found = client.__dict__.setdefault(ATTR_AGREED, set())  # one set, whichever thread gets here first
+    return found  # type: ignore[no-any-return]
 
 
 def _trace_url(url: Any, path: Any) -> str:
@@ -53,17 +54,55 @@ def _trace_url(url: Any, path: Any) -> str:
     return f"{base}/{str(path or 'socket.io').strip('/')}/"
 
 
-def connect(settings: Settings) -> Wrapper:
-    """Wrap ``AsyncClient.connect``: the handshake span covers the engine.io connection and the namespaces'
-    ``CONNECT``; the engine.io request carries the context and the offer."""
+class _Connecting(Handshake):
+    """The client's handshake: while ``connect`` runs, the engine.io request gets our headers (:data:`_PENDING`)."""
 
-    async def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if not is_instrumentation_enabled():
-            return await wrapped(*args, **kwargs)
+    __slots__ = ("_client", "_headers", "_pending")
+
+    def __init__(
+        self,
+        ct: ConnectionTracer,
+        client: Any,
+        headers: dict[str, str],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        websocket: bool,
+    ) -> None:
+        super().__init__(ct, args, kwargs, websocket=websocket)
+        self._client = client
+        self._headers = headers
+        self._pending: Optional[contextvars.Token[Optional[dict[str, str]]]] = None
+
+    def __enter__(self) -> _Connecting:
+        self._pending = _PENDING.set(self._headers)
+        super().__enter__()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> None:
+        super().__exit__(exc_type, exc, tb)
         try:
-            url = args[0] if args else kwargs.get("url")
-            path = args[5] if len(args) > 5 else kwargs.get("socketio_path", "socket.io")
-            ct = client_tracer(settings, _trace_url(url, path))
+            if self._pending is not None:
+                _PENDING.reset(self._pending)
+        except ValueError:  # another context (cannot happen for a plain call): leave it
+            pass
+
+    def failed(self) -> None:
+        self._client.__dict__.pop(ATTR_CT, None)
+
+
+_CONNECT_ARGS = ("url", "headers", "auth", "transports", "namespaces", "socketio_path")
+
+
+def connect(settings: Settings) -> Pair:
+    """Wrap ``connect``: the handshake span covers the engine.io connection and the namespaces' ``CONNECT``; the
+    engine.io request carries the context and the offer."""
+
+    def prepare(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Optional[Call]:
+        if not is_instrumentation_enabled():
+            return None
+        try:
+            found = given(_CONNECT_ARGS, args[:6], kwargs)
+            ct = client_tracer(settings, _trace_url(found.get("url"), found.get("socketio_path", "socket.io")))
             headers = ct.request_headers()
             headers[OFFER_HEADER] = ANSWER_VALUE
             _agreed(instance).clear()
@@ -73,46 +112,37 @@ def connect(settings: Settings) -> Wrapper:
             instance.__dict__[ATTR_CT] = ct
         except Exception as exc:
             warn_once("starting a Socket.IO client handshake", exc)
-            return await wrapped(*args, **kwargs)
-        pending = _PENDING.set(headers)
-        token = otel_context.attach(ct.handshake_context)
-        try:
-            result = await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            ct.handshake_failed(error=exc)
-            instance.__dict__.pop(ATTR_CT, None)
-            raise
-        finally:
-            otel_context.detach(token)
-            _PENDING.reset(pending)
-        ct.opened()
-        return result
+            return None
+        transports = found.get("transports")  # the first request is a polling one unless only websocket is allowed
+        websocket = transports == "websocket" or (
+            isinstance(transports, (list, tuple)) and list(transports) == ["websocket"]
+        )
+        return _Connecting(ct, instance, headers, args, kwargs, websocket)
 
-    return wrapper
+    return pair(prepare)
 
 
-async def eio_connect(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """Wrap ``engineio.AsyncClient.connect``: add the Socket.IO client's headers (only under its ``connect``)."""
+def eio_connect(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Wrap the engine.io client's ``connect(url, headers=None, ...)`` (threaded and asyncio: the call is returned
+    as it is, awaited by the caller): add the Socket.IO client's headers (only under its ``connect``)."""
     headers = _PENDING.get()
     if headers is not None:
         try:
-            _PENDING.set(None)  # once: this task's connect only
-            given = args[1] if len(args) > 1 else kwargs.get("headers")
-            merged = {**dict(given or {}), **headers}
+            _PENDING.set(None)  # once: this connect only
+            given_ = args[1] if len(args) > 1 else kwargs.get("headers")
+            merged = {**dict(given_ or {}), **headers}
             if len(args) > 1:
                 args = (args[0], merged, *args[2:])
             else:
                 kwargs = {**kwargs, "headers": merged}
         except Exception as exc:
             warn_once("adding wstrace headers to an engine.io request", exc)
-    return await wrapped(*args, **kwargs)
+    return wrapped(*args, **kwargs)
 
 
-async def handle_connect(
-    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    """Wrap ``AsyncClient._handle_connect(namespace, data)``: the server's answer turns the carrier on for the
-    namespace; the library gets the data without it."""
+def handle_connect(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Wrap ``_handle_connect(namespace, data)`` (threaded and asyncio): the server's answer turns the carrier on
+    for the namespace; the library gets the data without it."""
     try:
         namespace, data = args[0], args[1]
         if isinstance(data, dict) and data.get(ANSWER_KEY) == ANSWER_VALUE:
@@ -121,94 +151,63 @@ async def handle_connect(
             args = (namespace, rest, *args[2:])
     except Exception as exc:
         warn_once("reading a Socket.IO CONNECT answer", exc)
-    return await wrapped(*args, **kwargs)
+    return wrapped(*args, **kwargs)
 
 
-def handle_event(settings: Settings) -> Wrapper:
-    """Wrap ``AsyncClient._handle_event(namespace, id, data)``: the handler runs in a CONSUMER span."""
+def handle_event(settings: Settings) -> Pair:
+    """Wrap ``_handle_event(namespace, id, data)``: the handler runs in a CONSUMER span."""
 
-    async def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def prepare(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Optional[Call]:
         if len(args) < 3 or kwargs:
-            return await wrapped(*args, **kwargs)
-        span = None
-        try:
-            namespace, _id, data = args[:3]
-            namespace = namespace or "/"
-            carrier = None
-            if isinstance(data, list) and len(data) > 1 and namespace in _agreed(instance):
-                rest, carrier = split_carrier(data)
-                if carrier is not None:  # removed even with instrumentation suppressed: the peer sent it for us
-                    args = (args[0], args[1], rest, *args[3:])
-            if is_instrumentation_enabled():
-                ct = _ct(instance)
-                span, ctx = handler_span(settings, carrier, ct, data, namespace)
-        except Exception as exc:
-            warn_once("starting a Socket.IO handler span", exc)
-        if span is None:
-            return await wrapped(*args, **kwargs)
-        return await run_in_span(span, ctx, wrapped(*args, **kwargs))
+            return None
+        namespace = args[0] or "/"
+        return handling(settings, args, 2, namespace in _agreed(instance), _ct(instance), namespace)
 
-    return wrapper
+    return pair(prepare)
 
 
 _EMIT_ARGS = ("event", "data", "namespace", "callback")
 
 
-def emit(settings: Settings) -> Wrapper:
-    """Wrap ``AsyncClient.emit(event, data=None, namespace=None, callback=None)``."""
+def emit(settings: Settings) -> Pair:
+    """Wrap ``emit(event, data=None, namespace=None, callback=None)``: its span, and the carrier where agreed."""
 
-    async def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if not is_instrumentation_enabled():
-            return await wrapped(*args, **kwargs)
+    def prepare(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Optional[Call]:
+        started = starting_emit(settings, _EMIT_ARGS, args, kwargs, ct=_ct(instance), count=False)
+        if started is None:
+            return None
+        call, found = started
         try:
-            given = dict(zip(_EMIT_ARGS, args, strict=False))
-            given.update(kwargs)
-            event = given.get("event")
-            namespace = given.get("namespace") or "/"
-            ct = _ct(instance)
-            session_id = ct.session_id if ct is not None else None
-            span = emitting(settings, event, namespace, None, session_id=session_id, count=False)
-        except Exception as exc:
-            warn_once("starting a Socket.IO emit span", exc)
-            return await wrapped(*args, **kwargs)
-        with span as emit_:
-            try:
-                callback = given.get("callback")
-                if callable(callback):  # anything else is passed on untouched
-                    given["callback"] = wrap_callback(settings, callback, emit_, event, namespace, session_id)
-                if emit_.carrier is not None and namespace in _agreed(instance):
-                    data = given.get("data")
-                    if isinstance(data, tuple):
-                        given["data"] = (*data, emit_.carrier)
-                    elif data is None:
-                        given["data"] = (emit_.carrier,)
-                    else:
-                        given["data"] = (data, emit_.carrier)
-                args, kwargs = (), given
-            except Exception as exc:
-                warn_once("adding wstrace to a Socket.IO emit", exc)
-            return await wrapped(*args, **kwargs)
-
-    return wrapper
-
-
-async def handle_eio_disconnect(
-    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    """Wrap ``AsyncClient._handle_eio_disconnect(reason)``: the connection ended."""
-    try:
-        return await wrapped(*args, **kwargs)
-    finally:
-        try:
-            _agreed(instance).clear()
-            ct = instance.__dict__.pop(ATTR_CT, None)
-            if ct is not None:
-                reason = str(args[0] if args else kwargs.get("reason", ""))
-                if reason == "client disconnect":
-                    ct.closed(code=1000, initiator="local")
-                elif reason == "server disconnect":
-                    ct.closed(code=1000, initiator="remote")
+            carrier = call.emit.carrier
+            if carrier is not None and (found.get("namespace") or "/") in _agreed(instance):
+                data = found.get("data")
+                if isinstance(data, tuple):
+                    found["data"] = (*data, carrier)
+                elif data is None:
+                    found["data"] = (carrier,)
                 else:
-                    ct.closed(code=1006, reason=reason, initiator=None)
+                    found["data"] = (data, carrier)
+                call.args, call.kwargs = (), found
         except Exception as exc:
-            warn_once("recording a Socket.IO disconnect", exc)
+            warn_once("adding wstrace to a Socket.IO emit", exc)
+        return call
+
+    return pair(prepare)
+
+
+_LOCAL_REASONS = frozenset({"client disconnect"})
+_REMOTE_REASONS = frozenset({"server disconnect"})
+
+
+def _disconnect(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
+    def then() -> None:
+        _agreed(instance).clear()
+        ct = instance.__dict__.pop(ATTR_CT, None)
+        if ct is not None:
+            record_close(ct, args[0] if args else kwargs.get("reason", ""), _LOCAL_REASONS, _REMOTE_REASONS)
+
+    return after(then, args, kwargs)
+
+
+handle_eio_disconnect = pair(_disconnect)
+"""Wrap ``_handle_eio_disconnect(reason)``: the connection ended."""

@@ -16,7 +16,7 @@ import contextvars
 import inspect
 import json
 import weakref
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 from opentelemetry import context as otel_context, trace
 from opentelemetry.context import Context
@@ -27,26 +27,37 @@ from wstrace._log import warn_once
 from wstrace._spans import link, receive_parent, record_error
 from wstrace.config import Config
 from wstrace.connection import ConnectionTracer
-from wstrace.instrumentation._instrumentor import Settings
+from wstrace.instrumentation._instrumentor import Settings, is_instrumentation_enabled
 
 
 __all__ = [
-    "handler_span",
     "ANSWER_KEY",
     "ANSWER_VALUE",
     "CARRIER_KEY",
     "OFFER_ENVIRON",
     "OFFER_HEADER",
     "PUBSUB_KEY",
+    "Call",
     "Emit",
+    "Handshake",
+    "InSpan",
+    "Pair",
+    "Wrapper",
+    "after",
     "current_emit",
     "emitting",
+    "given",
+    "handler_span",
+    "handling",
     "handshake_links",
     "offered",
+    "pair",
     "process_span",
+    "record_close",
     "remote_parent",
     "run_in_span",
     "split_carrier",
+    "starting_emit",
     "valid_carrier",
     "wrap_callback",
 ]
@@ -77,6 +88,136 @@ MAX_VALUE = 4096
 
 ATTR_CONN = "_wstrace_connections"
 """Server attribute: engine.io session id → its ConnectionTracer."""
+
+
+Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
+"""A wrapt-style wrapper: ``(wrapped, instance, args, kwargs)``."""
+
+
+class Call:
+    """One call of a patched method as the wrapper makes it: the arguments (changed or not), and what to do around
+    it (here nothing; subclasses make a span current, end the handshake, ...). ``__enter__`` and ``__exit__``
+    never raise, and ``__exit__`` never swallows the library's exception."""
+
+    __slots__ = ("args", "kwargs")
+
+    def __init__(self, args: tuple[Any, ...], kwargs: Optional[dict[str, Any]] = None) -> None:
+        self.args = args
+        self.kwargs = kwargs if kwargs is not None else {}
+
+    def __enter__(self) -> Call:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> None:
+        return None
+
+
+Prepare = Callable[[Any, tuple[Any, ...], dict[str, Any]], Optional[Call]]
+"""Reads a call (``instance, args, kwargs``) and says how to make it; ``None``: call through, untouched."""
+
+
+class Pair(NamedTuple):
+    """The two wrappers of one patch: for the threaded class's method and for the asyncio class's coroutine."""
+
+    threaded: Wrapper
+    asyncio: Wrapper
+
+
+def pair(prepare: Prepare) -> Pair:
+    """The threaded and the asyncio wrapper made from one ``prepare``: the logic is written once, and the two
+    differ only by the ``await``."""
+
+    def threaded(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        call = _prepared(prepare, instance, args, kwargs)
+        if call is None:
+            return wrapped(*args, **kwargs)
+        with call:
+            return wrapped(*call.args, **call.kwargs)
+
+    async def asyncio(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        call = _prepared(prepare, instance, args, kwargs)
+        if call is None:
+            return await wrapped(*args, **kwargs)
+        with call:
+            return await wrapped(*call.args, **call.kwargs)
+
+    return Pair(threaded, asyncio)
+
+
+def _prepared(prepare: Prepare, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Optional[Call]:
+    try:
+        return prepare(instance, args, kwargs)
+    except Exception as exc:  # each prepare catches its own; this is the net under them
+        warn_once("preparing a Socket.IO call", exc)
+        return None
+
+
+def given(names: Sequence[str], args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A call's arguments by name, from the method's parameter ``names`` (positional first)."""
+    if len(args) > len(names) or any(name in kwargs for name in names[: len(args)]):
+        raise TypeError("arguments the method refuses")  # the library says so: the call goes through untouched
+    found = dict(zip(names, args, strict=False))
+    found.update(kwargs)
+    return found
+
+
+class Handshake(Call):
+    """Around the call that makes a connection (a client's ``connect``, the server's engine.io connect handler): the
+    handshake context current while it runs, then the handshake span ends (``opened``, or failed)."""
+
+    __slots__ = ("_status", "_token", "ct")
+
+    def __init__(
+        self, ct: ConnectionTracer, args: tuple[Any, ...], kwargs: dict[str, Any], *, websocket: bool = True
+    ) -> None:
+        super().__init__(args, kwargs)
+        self.ct = ct
+        self._status = 101 if websocket else 200  # long-polling's first request is a plain GET
+        self._token: Optional[object] = None
+
+    def __enter__(self) -> Handshake:
+        self._token = otel_context.attach(self.ct.handshake_context)
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> None:
+        if self._token is not None:
+            otel_context.detach(self._token)  # type: ignore[arg-type]  # logs, never raises, from another context
+        if exc is not None:
+            self.ct.handshake_failed(error=exc)
+            self.failed()
+        else:
+            self.ct.opened(status=self._status)
+
+    def failed(self) -> None:
+        """What a subclass forgets when the connection failed."""
+
+
+class after(Call):
+    """Around a call: ``then()`` runs when it returns or raises (failures logged, never raised)."""
+
+    __slots__ = ("_then",)
+
+    def __init__(self, then: Callable[[], None], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        super().__init__(args, kwargs)
+        self._then = then
+
+    def __exit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> None:
+        try:
+            self._then()
+        except Exception as error:
+            warn_once("recording a Socket.IO disconnect", error)
+
+
+def record_close(ct: ConnectionTracer, reason: Any, local: frozenset[str], remote: frozenset[str]) -> None:
+    """End a connection for an engine.io disconnect ``reason``: 1000 when one end closed it (``local`` or ``remote``
+    reasons), else 1006 with the reason."""
+    text = str(reason)
+    if text in remote:
+        ct.closed(code=1000, initiator="remote")
+    elif text in local:
+        ct.closed(code=1000, initiator="local")
+    else:
+        ct.closed(code=1006, reason=text, initiator=None)
 
 
 def offered(environ: Any) -> bool:
@@ -189,10 +330,11 @@ def current_emit() -> Optional[Emit]:
     return _EMIT.get()
 
 
-class emitting:
-    """Start an emit's PRODUCER span and make it (and its :class:`Emit`) current for the emit's sends."""
+class emitting(Call):
+    """Around an emit: its PRODUCER span and :class:`Emit` current for the emit's sends (``emit``), then the span
+    ends with the recipient count."""
 
-    __slots__ = ("_attachment", "_count", "_emit", "_token")
+    __slots__ = ("_attachment", "_count", "_token", "emit")
 
     def __init__(
         self,
@@ -205,7 +347,10 @@ class emitting:
         links: Sequence[Link] = (),
         session_id: Optional[str] = None,
         count: bool = True,
+        args: tuple[Any, ...] = (),
+        kwargs: Optional[dict[str, Any]] = None,
     ) -> None:
+        super().__init__(args, kwargs)
         attrs = attributes(event, namespace, "send", session_id)
         rooms = rooms_of(room)
         if rooms:
@@ -219,21 +364,21 @@ class emitting:
         else:  # no event spans: the carrier holds the context current at the emit
             span = trace.NonRecordingSpan(trace.get_current_span(base).get_span_context())
         ctx = trace.set_span_in_context(span, base)
-        self._emit = Emit(span, ctx)
+        self.emit = Emit(span, ctx)
         self._count = count
         self._token: Optional[contextvars.Token[Optional[Emit]]] = None
         self._attachment: Optional[object] = None
 
-    def __enter__(self) -> Emit:
-        self._token = _EMIT.set(self._emit)
-        self._attachment = otel_context.attach(self._emit.context)
-        return self._emit
+    def __enter__(self) -> emitting:
+        self._token = _EMIT.set(self.emit)
+        self._attachment = otel_context.attach(self.emit.context)
+        return self
 
     def __exit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> None:
-        span = self._emit.span
+        span = self.emit.span
         try:
             if self._count and span.is_recording():
-                span.set_attribute(RECIPIENTS, self._emit.recipients)
+                span.set_attribute(RECIPIENTS, self.emit.recipients)
             if exc is not None:
                 record_error(span, exc)
             span.end()
@@ -270,6 +415,66 @@ def handler_span(
     return process_span(settings, "process", event, namespace, parent, links, session_id)
 
 
+def handling(
+    settings: Settings,
+    args: tuple[Any, ...],
+    at: int,
+    agreed: bool,
+    ct: Optional[ConnectionTracer],
+    namespace: str,
+) -> Optional[Call]:
+    """Around an inbound event's handler (its arguments ``args[at]``): the carrier, where agreed, removed from the
+    arguments, and the handler run in a CONSUMER span per the trust policy."""
+    data = args[at]
+    carrier = None
+    try:
+        if agreed and isinstance(data, list) and len(data) > 1:
+            rest, carrier = split_carrier(data)
+            if carrier is not None:  # removed even with instrumentation suppressed: the peer sent it for us
+                args = (*args[:at], rest, *args[at + 1 :])
+        if not is_instrumentation_enabled():
+            return Call(args)
+        span, ctx = handler_span(settings, carrier, ct, data, namespace)
+        return InSpan(span, ctx, args)
+    except Exception as exc:
+        warn_once("starting a Socket.IO handler span", exc)
+        return Call(args)
+
+
+def starting_emit(
+    settings: Settings,
+    names: Sequence[str],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    ct: Optional[ConnectionTracer] = None,
+    count: bool = True,
+    ack: bool = True,
+) -> Optional[tuple[emitting, dict[str, Any]]]:
+    """Around an emit (a server's, a client's or a pub/sub manager's, whose parameters are ``names``): its span,
+    and its ack callback run in an ``ack`` span (``ack``); with the emit's arguments by name. ``None``: no span."""
+    if not is_instrumentation_enabled():
+        return None
+    try:
+        found = given(names, args, kwargs)
+        event = found.get("event")
+        namespace = found.get("namespace") or "/"
+        session_id = ct.session_id if ct is not None else None
+        room = found.get("to") or found.get("room")
+        call = emitting(settings, event, namespace, room, session_id=session_id, count=count, args=args, kwargs=kwargs)
+    except Exception as exc:
+        warn_once("starting a Socket.IO emit span", exc)
+        return None
+    try:
+        callback = found.get("callback")
+        if ack and callable(callback):  # anything else is passed on untouched
+            found["callback"] = wrap_callback(settings, callback, call.emit, event, namespace, session_id)
+            call.args, call.kwargs = (), found  # every argument by name
+    except Exception as exc:
+        warn_once("wrapping a Socket.IO ack callback", exc)
+    return call, found
+
+
 def process_span(
     settings: Settings,
     name: str,
@@ -298,6 +503,30 @@ def end_span(span: Span, error: Optional[BaseException] = None) -> None:
         warn_once("ending a Socket.IO span", exc)
 
 
+class InSpan(Call):
+    """Around a handler or callback: ``ctx`` (holding ``span``) current while it runs, then the span ends (with
+    the error, if it raised)."""
+
+    __slots__ = ("_ctx", "_span", "_token")
+
+    def __init__(
+        self, span: Span, ctx: Context, args: tuple[Any, ...] = (), kwargs: Optional[dict[str, Any]] = None
+    ) -> None:
+        super().__init__(args, kwargs)
+        self._span = span
+        self._ctx = ctx
+        self._token: Optional[object] = None
+
+    def __enter__(self) -> InSpan:
+        self._token = otel_context.attach(self._ctx)
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> None:
+        if self._token is not None:
+            otel_context.detach(self._token)  # type: ignore[arg-type]  # logs, never raises, from another context
+        end_span(self._span, exc)
+
+
 def wrap_callback(
     settings: Settings, callback: Callable[..., Any], emit: Emit, event: Any, namespace: str, session_id: Optional[str]
 ) -> Callable[..., Any]:
@@ -307,20 +536,14 @@ def wrap_callback(
     """
     parent = emit.context
 
+    def ack_span() -> InSpan:
+        return InSpan(*process_span(settings, "ack", event, namespace, parent, (), session_id))
+
     if inspect.iscoroutinefunction(callback):
 
         async def acknowledged_async(*args: Any) -> Any:
-            span, ctx = process_span(settings, "ack", event, namespace, parent, (), session_id)
-            token = otel_context.attach(ctx)
-            try:
-                result = await callback(*args)
-            except BaseException as exc:
-                end_span(span, exc)
-                raise
-            finally:
-                otel_context.detach(token)
-            end_span(span)
-            return result
+            with ack_span():
+                return await callback(*args)
 
         return acknowledged_async
 
@@ -334,30 +557,18 @@ def wrap_callback(
             raise
         finally:
             otel_context.detach(token)
-        if inspect.iscoroutine(result):
-            return _finish(result, span, ctx)
+        if inspect.iscoroutine(result):  # a plain function that returned a coroutine: the span lasts until it ends
+            return run_in_span(InSpan(span, ctx), result)
         end_span(span)
         return result
 
     return acknowledged
 
 
-async def run_in_span(span: Span, ctx: Context, coro: Any) -> Any:
-    """Await ``coro`` with ``ctx`` (holding ``span``) current, then end the span (with the error, re-raised)."""
-    return await _finish(coro, span, ctx)
-
-
-async def _finish(coro: Any, span: Span, ctx: Context) -> Any:
-    token = otel_context.attach(ctx)
-    try:
-        result = await coro
-    except BaseException as exc:
-        end_span(span, exc)
-        raise
-    finally:
-        otel_context.detach(token)
-    end_span(span)
-    return result
+async def run_in_span(around: InSpan, coro: Any) -> Any:
+    """Await ``coro`` inside ``around``."""
+    with around:
+        return await coro
 
 
 def splice(data: str, encoded: str) -> Optional[str]:

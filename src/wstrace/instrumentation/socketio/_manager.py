@@ -1,4 +1,5 @@
-"""``socketio.AsyncPubSubManager`` (``AsyncRedisManager``, ...): an emit's context across server processes.
+"""``socketio.PubSubManager`` and ``AsyncPubSubManager`` (``RedisManager``, ``AsyncRedisManager``, ...): an emit's
+context across server processes.
 
 The emitter's process adds one key, ``"wstrace"`` (a propagator carrier), to the ``emit`` message it publishes;
 every other process delivers the emit to its own clients in a PRODUCER span that continues it. A process without
@@ -16,44 +17,41 @@ from wstrace import _handshake as hs, propagation
 from wstrace._log import warn_once
 from wstrace._spans import link
 from wstrace.instrumentation._instrumentor import Settings, is_instrumentation_enabled
-from wstrace.instrumentation.socketio._common import PUBSUB_KEY, current_emit, emitting, valid_carrier
+from wstrace.instrumentation.socketio._common import (
+    PUBSUB_KEY,
+    Call,
+    Pair,
+    current_emit,
+    emitting,
+    pair,
+    starting_emit,
+    valid_carrier,
+)
 
 
 __all__ = ["emit", "handle_emit", "publish"]
 
-Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
-
 _EMIT_ARGS = ("event", "data", "namespace", "room", "skip_sid", "callback", "to")
 
 
-def emit(settings: Settings) -> Wrapper:
-    """Wrap ``AsyncPubSubManager.emit``: called outside ``AsyncServer.emit`` (a write-only manager in another
-    process), it gets the emit span the server's ``emit`` would have made."""
+def emit(settings: Settings) -> Pair:
+    """Wrap the pub/sub manager's ``emit``: called outside the server's ``emit`` (a write-only manager in another
+    process), it gets the emit span the server's ``emit`` would have made (without a recipient count when the
+    manager has no clients)."""
 
-    async def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if current_emit() is not None or kwargs.get("ignore_queue") or not is_instrumentation_enabled():
-            return await wrapped(*args, **kwargs)
-        try:
-            given = dict(zip(_EMIT_ARGS, args, strict=False))
-            given.update(kwargs)
-            span = emitting(
-                settings,
-                given.get("event"),
-                given.get("namespace") or "/",
-                given.get("to") or given.get("room"),
-                count=not getattr(instance, "write_only", False),
-            )
-        except Exception as exc:
-            warn_once("starting a Socket.IO emit span", exc)
-            return await wrapped(*args, **kwargs)
-        with span:
-            return await wrapped(*args, **kwargs)
+    def prepare(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Optional[Call]:
+        if current_emit() is not None or kwargs.get("ignore_queue"):
+            return None
+        count = not getattr(instance, "write_only", False)
+        started = starting_emit(settings, _EMIT_ARGS, args, kwargs, count=count, ack=False)
+        return started[0] if started is not None else None
 
-    return wrapper
+    return pair(prepare)
 
 
-async def publish(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """Wrap ``<manager>._publish(data)``: an ``emit`` message leaves with the emit span's context."""
+def publish(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Wrap ``<manager>._publish(data)`` (threaded and asyncio): an ``emit`` message leaves with the emit span's
+    context."""
     emit_ = current_emit()
     if emit_ is not None and args:
         try:
@@ -64,7 +62,7 @@ async def publish(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, .
                     args = ({**data, PUBSUB_KEY: carrier}, *args[1:])  # a copy: the local delivery keeps its own
         except Exception as exc:
             warn_once("adding wstrace to a Socket.IO pub/sub message", exc)
-    return await wrapped(*args, **kwargs)
+    return wrapped(*args, **kwargs)
 
 
 def _parent(settings: Settings, carrier: Any) -> tuple[Optional[Context], tuple[Link, ...]]:
@@ -78,29 +76,29 @@ def _parent(settings: Settings, carrier: Any) -> tuple[Optional[Context], tuple[
     return Context(), (link(remote_span, "remote"),)
 
 
-def handle_emit(settings: Settings) -> Wrapper:
-    """Wrap ``AsyncPubSubManager._handle_emit(message)``: a message from another process is delivered to this
-    process's clients in a PRODUCER span that continues the emitter's trace (the message is passed on as it
-    came: the library reads only the keys it knows)."""
+def handle_emit(settings: Settings) -> Pair:
+    """Wrap ``_handle_emit(message)``: a message from another process is delivered to this process's clients in a
+    PRODUCER span that continues the emitter's trace (the message is passed on as it came: the library reads only
+    the keys it knows)."""
 
-    async def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def prepare(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Optional[Call]:
         if current_emit() is not None or not args or not is_instrumentation_enabled():
-            return await wrapped(*args, **kwargs)  # this process's own emit: its span is current
+            return None  # this process's own emit: its span is current
         try:
             message = args[0]
             parent, links = _parent(settings, message.get(PUBSUB_KEY))
-            span = emitting(
+            return emitting(
                 settings,
                 message.get("event"),
                 message.get("namespace") or "/",
                 message.get("room"),
                 parent=parent if parent is not None else Context(),
                 links=links,
+                args=args,
+                kwargs=kwargs,
             )
         except Exception as exc:
             warn_once("starting a Socket.IO delivery span", exc)
-            return await wrapped(*args, **kwargs)
-        with span:
-            return await wrapped(*args, **kwargs)
+            return None
 
-    return wrapper
+    return pair(prepare)

@@ -1,10 +1,9 @@
-"""``socketio.AsyncServer``: the connection's handshake span, the carrier's answer, emit and handler spans."""
+"""``socketio.Server`` and ``socketio.AsyncServer``: the connection's handshake span, the carrier's answer, emit and
+handler spans."""
 
 from __future__ import annotations
 
 from typing import Any, Callable, Optional
-
-from opentelemetry import context as otel_context
 
 from wstrace._log import warn_once
 from wstrace.connection import ConnectionTracer
@@ -13,14 +12,17 @@ from wstrace.instrumentation.socketio._common import (
     ANSWER_KEY,
     ANSWER_VALUE,
     ATTR_CONN,
+    Call,
+    Handshake,
+    Pair,
+    after,
     current_emit,
-    emitting,
-    handler_span,
+    handling,
     offered,
-    run_in_span,
+    pair,
+    record_close,
     splice,
-    split_carrier,
-    wrap_callback,
+    starting_emit,
 )
 
 
@@ -33,8 +35,6 @@ __all__ = [
     "send_packet",
 ]
 
-Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
-
 # socketio.packet / engineio.packet type codes (stable protocol numbers).
 _CONNECT = 0
 _EVENT = 2
@@ -42,14 +42,13 @@ _BINARY_EVENT = 5
 _EIO_MESSAGE = 4
 
 _EMIT_ARGS = ("event", "data", "to", "room", "skip_sid", "namespace", "callback", "ignore_queue")
-_CALLBACK_AT = _EMIT_ARGS.index("callback")
 
 
 def _connections(server: Any) -> dict[str, ConnectionTracer]:
-    found: Optional[dict[str, ConnectionTracer]] = server.__dict__.get(ATTR_CONN)
+    found = server.__dict__.get(ATTR_CONN)
     if found is None:
-        found = server.__dict__[ATTR_CONN] = {}
-    return found
+        found = server.__dict__.setdefault(ATTR_CONN, {})  # one dict, whichever thread gets here first
+    return found  # type: ignore[no-any-return]
 
 
 def _agreed(server: Any, eio_sid: Any) -> bool:
@@ -80,60 +79,45 @@ def _new_tracer(settings: Settings, environ: dict[str, Any]) -> ConnectionTracer
     )
 
 
-def handle_eio_connect(settings: Settings) -> Wrapper:
-    """Wrap ``AsyncServer._handle_eio_connect(eio_sid, environ)``: the engine.io connection request is the
-    Socket.IO connection's handshake."""
+def handle_eio_connect(settings: Settings) -> Pair:
+    """Wrap ``_handle_eio_connect(eio_sid, environ)``: the engine.io connection request is the Socket.IO
+    connection's handshake."""
 
-    async def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if not is_instrumentation_enabled():
-            return await wrapped(*args, **kwargs)
-        ct: Optional[ConnectionTracer] = None
+    def prepare(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Optional[Call]:
+        if not is_instrumentation_enabled() or len(args) < 2:
+            return None
         try:
             eio_sid, environ = args[0], args[1]
-            if isinstance(environ, dict):
-                ct = _new_tracer(settings, environ)
-                _connections(instance)[eio_sid] = ct
+            if not isinstance(environ, dict):
+                return None
+            ct = _new_tracer(settings, environ)
+            _connections(instance)[eio_sid] = ct
+            websocket = "transport=websocket" in str(environ.get("QUERY_STRING") or "").split("&")
+            return Handshake(ct, args, kwargs, websocket=websocket)
         except Exception as exc:  # a request we cannot read: untraced
             warn_once("reading an engine.io connection request", exc)
-        if ct is None:
-            return await wrapped(*args, **kwargs)
-        token = otel_context.attach(ct.handshake_context)
-        try:
-            result = await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            ct.handshake_failed(error=exc)
-            raise
-        finally:
-            otel_context.detach(token)
-        ct.opened()
-        return result
+            return None
 
-    return wrapper
+    return pair(prepare)
 
 
 _REMOTE_REASONS = frozenset({"client disconnect", "transport close"})
+_LOCAL_REASONS = frozenset({"server disconnect"})
 
 
-async def handle_eio_disconnect(
-    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    """Wrap ``AsyncServer._handle_eio_disconnect(eio_sid, reason)``: the connection ended."""
-    try:
-        return await wrapped(*args, **kwargs)
-    finally:
-        try:
-            eio_sid: Any = args[0] if args else kwargs.get("eio_sid")
-            ct = _connections(instance).pop(eio_sid, None)
-            if ct is not None:
-                reason = str(args[1] if len(args) > 1 else kwargs.get("reason", ""))
-                if reason in _REMOTE_REASONS:
-                    ct.closed(code=1000, initiator="remote")
-                elif reason == "server disconnect":
-                    ct.closed(code=1000, initiator="local")
-                else:
-                    ct.closed(code=1006, reason=reason, initiator=None)
-        except Exception as exc:
-            warn_once("recording a Socket.IO disconnect", exc)
+def _disconnect(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
+    def then() -> None:
+        eio_sid: Any = args[0] if args else kwargs.get("eio_sid")
+        ct = _connections(instance).pop(eio_sid, None)
+        if ct is not None:
+            reason = args[1] if len(args) > 1 else kwargs.get("reason", "")
+            record_close(ct, reason, _LOCAL_REASONS, _REMOTE_REASONS)
+
+    return after(then, args, kwargs)
+
+
+handle_eio_disconnect = pair(_disconnect)
+"""Wrap ``_handle_eio_disconnect(eio_sid, reason)``: the connection ended."""
 
 
 def send_packet(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -181,64 +165,24 @@ def send_eio_packet(wrapped: Callable[..., Any], instance: Any, args: tuple[Any,
     return wrapped(*args, **kwargs)
 
 
-def _arg(args: tuple[Any, ...], kwargs: dict[str, Any], names: tuple[str, ...], name: str, default: Any = None) -> Any:
-    at = names.index(name)
-    return args[at] if len(args) > at else kwargs.get(name, default)
+def emit(settings: Settings) -> Pair:
+    """Wrap ``emit``: one PRODUCER span per emit, whatever the number of recipients."""
+
+    def prepare(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Optional[Call]:
+        started = starting_emit(settings, _EMIT_ARGS, args, kwargs)
+        return started[0] if started is not None else None
+
+    return pair(prepare)
 
 
-def emit(settings: Settings) -> Wrapper:
-    """Wrap ``AsyncServer.emit``: one PRODUCER span per emit, whatever the number of recipients."""
+def handle_event_internal(settings: Settings) -> Pair:
+    """Wrap ``_handle_event_internal(server, sid, eio_sid, data, namespace, id)``: the handler runs in a CONSUMER
+    span, with the carrier (where agreed) stripped from its arguments."""
 
-    async def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if not is_instrumentation_enabled():
-            return await wrapped(*args, **kwargs)
-        try:
-            event = _arg(args, kwargs, _EMIT_ARGS, "event")
-            namespace = _arg(args, kwargs, _EMIT_ARGS, "namespace") or "/"
-            room = _arg(args, kwargs, _EMIT_ARGS, "to") or _arg(args, kwargs, _EMIT_ARGS, "room")
-            span = emitting(settings, event, namespace, room)
-        except Exception as exc:
-            warn_once("starting a Socket.IO emit span", exc)
-            return await wrapped(*args, **kwargs)
-        with span as emit_:
-            try:
-                callback = _arg(args, kwargs, _EMIT_ARGS, "callback")
-                if callable(callback):  # anything else is passed on untouched
-                    acked = wrap_callback(settings, callback, emit_, event, namespace, None)
-                    if len(args) > _CALLBACK_AT:
-                        args = (*args[:_CALLBACK_AT], acked, *args[_CALLBACK_AT + 1 :])
-                    else:
-                        kwargs = {**kwargs, "callback": acked}
-            except Exception as exc:
-                warn_once("wrapping a Socket.IO ack callback", exc)
-            return await wrapped(*args, **kwargs)
-
-    return wrapper
-
-
-def handle_event_internal(settings: Settings) -> Wrapper:
-    """Wrap ``AsyncServer._handle_event_internal(server, sid, eio_sid, data, namespace, id)``: the handler runs in
-    a CONSUMER span, with the carrier (where agreed) stripped from its arguments."""
-
-    async def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def prepare(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Optional[Call]:
         if len(args) < 5 or kwargs:
-            return await wrapped(*args, **kwargs)
-        span = None
-        try:
-            server, _sid, eio_sid, data, namespace = args[:5]
-            namespace = namespace or "/"
-            carrier = None
-            if isinstance(data, list) and len(data) > 1 and _agreed(server, eio_sid):
-                rest, carrier = split_carrier(data)
-                if carrier is not None:  # removed even with instrumentation suppressed: the peer sent it for us
-                    args = (*args[:3], rest, *args[4:])
-            if is_instrumentation_enabled():
-                ct = _connections(server).get(eio_sid)
-                span, ctx = handler_span(settings, carrier, ct, data, namespace)
-        except Exception as exc:
-            warn_once("starting a Socket.IO handler span", exc)
-        if span is None:
-            return await wrapped(*args, **kwargs)
-        return await run_in_span(span, ctx, wrapped(*args, **kwargs))
+            return None
+        server, eio_sid = args[0], args[2]
+        return handling(settings, args, 3, _agreed(server, eio_sid), _connections(server).get(eio_sid), args[4] or "/")
 
-    return wrapper
+    return pair(prepare)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-from wstrace.instrumentation._instrumentor import Settings, Wrapper, is_instrumentation_enabled
+from wstrace.instrumentation._instrumentor import Settings, Wrapper, engineio_request, is_instrumentation_enabled
 from wstrace.instrumentation.tornado._common import (
     ATTR,
     Traced,
@@ -26,11 +26,16 @@ from wstrace.instrumentation.tornado._limits import raise_limit
 __all__ = ["accept_connection", "detach_stream", "get"]
 
 
+def _engineio(handler: Any) -> bool:
+    """An engine.io connection (python-socketio's tornado mount), which the Socket.IO adapter traces."""
+    return engineio_request(getattr(getattr(handler, "request", None), "query", ""))
+
+
 def get(settings: Settings) -> Wrapper:
     """``WebSocketHandler.get``: the upgrade request has arrived; it returns when the connection is over."""
 
     async def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if not is_instrumentation_enabled() or traced(instance) is not None:
+        if not is_instrumentation_enabled() or traced(instance) is not None or _engineio(instance):
             return await wrapped(*args, **kwargs)
         t = Traced(new_server_tracer(settings, instance), loop_delivers=True)
         setattr(instance, ATTR, t)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from wstrace.instrumentation._instrumentor import Settings, Wrapper, is_instrumentation_enabled
+from wstrace.instrumentation._instrumentor import Settings, Wrapper, engineio_request, is_instrumentation_enabled
 from wstrace.instrumentation.websocket_client._common import (
     ATTR,
     done_here,
@@ -22,6 +22,10 @@ from wstrace.instrumentation.websocket_client._common import (
 __all__ = ["connect"]
 
 
+def _query(url: Any) -> str:
+    return url.partition("?")[2] if isinstance(url, str) else ""
+
+
 def connect(settings: Settings) -> Wrapper:
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         previous = tracer_of(instance)
@@ -30,9 +34,10 @@ def connect(settings: Settings) -> Wrapper:
             done_here(instance, previous)
             previous.closed()
             delattr(instance, ATTR)
-        if not is_instrumentation_enabled():
+        url = args[0] if args else kwargs.get("url")
+        if not is_instrumentation_enabled() or engineio_request(_query(url)):  # Socket.IO's: traced there
             return wrapped(*args, **kwargs)
-        ct = new_client_tracer(settings, args[0] if args else kwargs.get("url"))
+        ct = new_client_tracer(settings, url)
         if ct is None:
             return wrapped(*args, **kwargs)
         kwargs["header"] = merged_header(kwargs.get("header"), ct.request_headers())
