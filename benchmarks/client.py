@@ -90,13 +90,15 @@ async def probe(label: str, what: str = "probe") -> None:
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
 
 
-async def echo(peer: Peer, count: int, size: int, deadline: float) -> dict[str, Any]:
+async def echo(peer: Peer, count: int, size: int, deadline: float, server_cpu: bool = False) -> dict[str, Any]:
     payload = "e" * size
     wire = peer.wire(payload)
     async with peer.connect() as ws:
         for _ in range(min(500, count)):  # warm-up
             await ws.send(wire)
             await ws.recv()
+        if server_cpu:
+            await probe("start", "cpu")
         latencies = []
         start = time.perf_counter()
         stop_at = start + deadline
@@ -108,6 +110,8 @@ async def echo(peer: Peer, count: int, size: int, deadline: float) -> dict[str, 
             if i & 255 == 0 and sent > stop_at:
                 break
         elapsed = time.perf_counter() - start
+        if server_cpu:
+            await probe("end", "cpu")
         if unwrap(reply) != payload:
             raise SystemExit(f"bad echo: {str(reply)[:80]!r}")
     latencies.sort()
@@ -318,7 +322,7 @@ def main() -> None:
     parser.add_argument("--traced-peer", action="store_true")
     parser.add_argument("--fast-read", action="store_true", help="stream, push: no wait_for per message")
     parser.add_argument("--rounds", type=int, default=1, help="stream, push, uplink: measured rounds of --count")
-    parser.add_argument("--server-cpu", action="store_true", help="stream, push: ask for the server's CPU time")
+    parser.add_argument("--server-cpu", action="store_true", help="echo, stream, push: ask for the server's CPU time")
     parser.add_argument(
         "--instrument", choices=("off", "sdk", "wstrace"), default="off", help="uplink: instrument the client"
     )
@@ -338,7 +342,7 @@ def main() -> None:
         tracer = trace.get_tracer("bench.client")
     peer = Peer(args.url, args.traced_peer)
     if args.workload == "echo":
-        work = echo(peer, args.count, args.size, args.deadline)
+        work = echo(peer, args.count, args.size, args.deadline, args.server_cpu)
     elif args.workload in ("stream", "push"):
         prefix = STREAM_PREFIX if args.workload == "stream" else PUSH_PREFIX
         work = stream(peer, args.count, args.deadline, prefix, args.fast_read, args.rounds, args.server_cpu)
