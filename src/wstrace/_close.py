@@ -40,6 +40,9 @@ NO_STATUS = 1005
 ABNORMAL = 1006
 """No close frame arrived: the TCP connection dropped (RFC 6455, section 7.1.5); never sent on the wire."""
 
+MESSAGE_TOO_BIG = 1009
+"""A message over the receiver's size limit; libraries close with it, and so do the adapters where they apply
+the application's limit under the envelope."""
 INTERNAL_ERROR = 1011
 """The server failed; websockets closes with it when a connection handler raises."""
 SERVICE_RESTART = 1012

@@ -35,11 +35,12 @@ from typing import Any, Callable, Generic, Iterator, Mapping, Optional, ParamSpe
 
 from opentelemetry import context as otel_context, trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, Span, SpanKind
 from opentelemetry.util.types import AttributeValue
 
 from wstrace import _context, propagation, semconv as sc
 from wstrace._log import warn_once
+from wstrace._spans import record_error
 from wstrace.config import CARRY_LINK_ENV, CarryLink, carry_link as _carry_link
 from wstrace.version import __version__
 
@@ -134,9 +135,7 @@ class _Processing:
     def fail(self, exc: BaseException) -> None:
         try:
             if self.span.is_recording():
-                self.span.record_exception(exc)
-                self.span.set_attribute(sc.ERROR_TYPE, type(exc).__qualname__)
-                self.span.set_status(Status(StatusCode.ERROR, str(exc)))
+                record_error(self.span, exc)
         except Exception as err:  # pragma: no cover - defensive
             warn_once("recording a processing error", err, logger=_log)
 

@@ -34,11 +34,12 @@ from typing import Any, AsyncIterator, Iterable, Iterator, Mapping, NamedTuple, 
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Span, SpanKind
 from opentelemetry.util.types import AttributeValue
 
 from wstrace import _context, envelope as codec, propagation, semconv as sc
 from wstrace._log import warn_once
+from wstrace._spans import record_error
 from wstrace.envelope import DEFAULT_MAX_HEADER_BYTES
 from wstrace.exceptions import EnvelopeEncodeError
 from wstrace.queues import Carried, _messaging, _tracer
@@ -306,9 +307,7 @@ class _Write:
         if span is None:
             return
         if exc is not None and span.is_recording():
-            span.record_exception(exc)
-            span.set_attribute(sc.ERROR_TYPE, type(exc).__qualname__)
-            span.set_status(Status(StatusCode.ERROR, str(exc)))
+            record_error(span, exc)
         span.end()
 
 

@@ -23,10 +23,11 @@ from typing import Any, Callable, Mapping, Optional
 
 from opentelemetry import context as otel_context, trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, SpanKind
 
 from wstrace import _context, propagation, semconv as sc
 from wstrace._log import warn_once
+from wstrace._spans import record_error
 from wstrace.instrumentation._instrumentor import Settings, is_instrumentation_enabled
 from wstrace.queues import _messaging, _Processing
 
@@ -297,8 +298,6 @@ _AMBIENT = {sc.LINK_KIND: "ambient"}
 def _fail(span: trace.Span, exc: BaseException) -> None:
     try:
         if span.is_recording():
-            span.record_exception(exc)
-            span.set_attribute(sc.ERROR_TYPE, type(exc).__qualname__)
-            span.set_status(Status(StatusCode.ERROR, str(exc)))
+            record_error(span, exc)
     except Exception as err:  # pragma: no cover - defensive
         warn_once("recording a channel-layer send error", err, logger=_log)

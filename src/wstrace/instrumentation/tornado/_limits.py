@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from wstrace._close import MESSAGE_TOO_BIG
 from wstrace._limits import Limit, overhead
 from wstrace._log import warn_once
 from wstrace.instrumentation.tornado._common import Traced
@@ -51,7 +52,7 @@ def refused(t: Traced, protocol: Any, message: Any) -> bool:
         return False
     try:
         compressed = getattr(protocol, "_frame_compressed", False) is True
-        protocol.close(1009, "message too big after decompression" if compressed else "message too big")
+        protocol.close(MESSAGE_TOO_BIG, "message too big after decompression" if compressed else "message too big")
         protocol._abort()
     except Exception as exc:
         warn_once("refusing a message over tornado's max_message_size", exc)
