@@ -1,7 +1,7 @@
 """Instructions per unit, counted by valgrind: a measure the machine's noise leaves alone.
 
     python -m benchmarks.instructions [--only SUBSTRING] [--iterations 20000]
-    python -m benchmarks.instructions --workloads stream-unpinned,push,uplink [--only SUBSTRING] [--count 10000]
+    python -m benchmarks.instructions --workloads stream-unpinned,push,uplink,echo64 [--only SUBSTRING] [--count 10000]
 
 On a shared or throttled machine the timings of :mod:`benchmarks.micro` (wall clock or a thread's CPU time
 alike) can move by 2x between hours, the same work running at half the pace. The number of instructions a case
@@ -12,10 +12,10 @@ count), but a change that removes work shows as fewer instructions whatever the 
 compare two versions of the code, and the micro-benchmark for µs. Needs valgrind (``apt-get install valgrind``);
 about 10 s per case.
 
-With ``--workloads``, the same for the socket suite's round-based workloads (:mod:`benchmarks.run`): the
-instrumented process of each variant (the server; the client in ``uplink``) runs under valgrind, its peer
-normally, once with 1 round of ``--count`` messages and once with 3, and the difference is divided by the
-messages between: instructions per message of the whole process (library, event loop, instrumentation),
+With ``--workloads``, the same for the socket suite's round-based workloads and ``echo64``
+(:mod:`benchmarks.run`): the instrumented process of each variant (the server; the client in ``uplink``) runs
+under valgrind, its peer normally, once with 1 round of ``--count`` messages (round trips, for echo) and once
+with 3, and the difference is divided by the messages between: instructions per message of the whole process (library, event loop, instrumentation),
 bare included, and the ratio bare / variant, which is what the throughput ratio would be if that process set
 the pace and an instruction cost the same everywhere. About 1 minute per variant.
 """
