@@ -15,9 +15,10 @@ about 10 s per case.
 With ``--workloads``, the same for the socket suite's round-based workloads and ``echo64``
 (:mod:`benchmarks.run`): the instrumented process of each variant (the server; the client in ``uplink``) runs
 under valgrind, its peer normally, once with 1 round of ``--count`` messages (round trips, for echo) and once
-with 3, and the difference is divided by the messages between: instructions per message of the whole process (library, event loop, instrumentation),
-bare included, and the ratio bare / variant, which is what the throughput ratio would be if that process set
-the pace and an instruction cost the same everywhere. About 1 minute per variant.
+with 3, and the difference is divided by the messages between: instructions per message of the whole process
+(library, event loop, instrumentation), bare included, and the ratio bare / variant, which is what the
+throughput ratio would be if that process set the pace and an instruction cost the same everywhere. About 1
+minute per variant.
 """
 
 from __future__ import annotations
