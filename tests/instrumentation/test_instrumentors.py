@@ -790,11 +790,6 @@ def test_socketio_instrument_again_with_other_options_says_what_it_ignored(
     sio_only(telemetry, (CLIENT, SERVER))  # still the first options: event spans, the handler the sender's child
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the Socket.IO adapter checks excluded_urls for the handshake and close spans only: an excluded "
-    "connection's emits, handlers and acks still get event spans (and its carrier offer is still sent)",
-)
 def test_socketio_excluded_urls_leave_the_connection_alone(
     telemetry: Telemetry, sio_instrument: Callable[..., None]
 ) -> None:

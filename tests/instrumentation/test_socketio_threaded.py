@@ -93,6 +93,7 @@ def test_event_spans_and_ack(telemetry: Telemetry, instrument: Callable[..., Non
         session
     }
     assert sorted(s.attributes["websocket.close.code"] for s in closed(telemetry, 2)) == [1000, 1000]
+    shared.check_server_addresses(telemetry)  # WSGI's own SERVER_NAME, SERVER_PORT, REMOTE_ADDR and REMOTE_PORT
 
 
 @CLIENTS
@@ -369,3 +370,4 @@ def test_tornado_mount(telemetry: Telemetry, instrument: Callable[..., None]) ->
     assert parent(send) == sid(telemetry.one("job")) and parent(handler) == sid(send)
     assert [r["span_id"] for r in records if r["event"] == "echo"] == [sid(handler)]
     assert parent(telemetry.one("process echoed /")) == sid(telemetry.one("send echoed /"))
+    shared.check_server_addresses(telemetry)  # from tornado's request, not engine.io's placeholders

@@ -33,6 +33,8 @@ from wstrace.instrumentation._instrumentor import Settings, is_instrumentation_e
 __all__ = [
     "ANSWER_KEY",
     "ANSWER_VALUE",
+    "ATTR_CONN",
+    "ATTR_EXCLUDED",
     "CARRIER_KEY",
     "OFFER_ENVIRON",
     "OFFER_HEADER",
@@ -88,6 +90,8 @@ MAX_VALUE = 4096
 
 ATTR_CONN = "_wstrace_connections"
 """Server attribute: engine.io session id → its ConnectionTracer."""
+ATTR_EXCLUDED = "_wstrace_excluded"
+"""Server attribute: the engine.io session ids of the connections ``excluded_urls`` leaves alone."""
 
 
 Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
