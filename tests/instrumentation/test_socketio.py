@@ -510,6 +510,45 @@ def test_redis_message_from_a_bare_process_and_a_bad_key(
     assert not [s for s in telemetry.spans if s.name == "process news /" and s.parent is None]  # carried from B
 
 
+def test_redis_delivery_calls_the_message_hook(
+    telemetry: Telemetry, instrument: Callable[..., None], redis_port: int
+) -> None:
+    """A server delivering another process's emit calls the message hook on its ``send`` span with the event and
+    the published arguments; not for a binary emit, whose arguments are published taken apart."""
+    import redis  # noqa: PLC0415
+
+    calls: list[tuple[str, Any, str]] = []
+    instrument(message_hook=lambda span, payload, direction: calls.append((span.name, payload, direction)))
+    received: list[tuple[str, list[Any]]] = []
+
+    async def scenario() -> None:
+        manager = socketio.AsyncRedisManager(f"redis://127.0.0.1:{redis_port}/0")
+        sio = make_server([], client_manager=manager)
+        async with aiohttp_server(sio) as url:
+            listener = make_client(received)
+            await listener.connect(url, transports=["websocket"])
+            assert await listener.call("join") == "joined"
+            await asyncio.sleep(0.3)  # the manager subscribed
+            calls.clear()
+            publisher = redis.Redis(port=redis_port)
+            common = {"method": "emit", "event": "news", "namespace": "/", "room": "lobby", "skip_sid": None}
+            for data, binary in (([{"a": 1}, "two"], False), ([[{"_placeholder": True, "num": 0}], "aGk="], True)):
+                message = {**common, "data": data, "binary": binary, "callback": None, "host_id": "elsewhere"}
+                publisher.publish("socketio", json.dumps(message))
+            publisher.close()
+            for _ in range(100):
+                if len(received) >= 2:
+                    break
+                await asyncio.sleep(0.05)
+            await listener.disconnect()
+        await close_manager(manager)
+
+    run(scenario())
+    assert received == [("news", [{"a": 1}, "two"]), ("news", [b"hi"])]
+    assert len(telemetry.named("send news /")) == 2
+    assert [c for c in calls if c[0] == "send news /"] == [("send news /", ["news", {"a": 1}, "two"], "sent")]
+
+
 def test_uninstrument_restores(telemetry: Telemetry) -> None:
     """``uninstrument()`` removes every patch: no spans, and the CONNECT answer is gone."""
     instrumentor = SocketioInstrumentor()
