@@ -131,6 +131,32 @@ def test_broadcast_is_one_emit_span(telemetry: Telemetry, instrument: Callable[.
     shared.check_broadcast(telemetry, received)
 
 
+@CLIENTS
+def test_excluded_connection_is_left_alone(
+    telemetry: Telemetry, instrument: Callable[..., None], asynchronous: bool
+) -> None:
+    """``excluded_urls`` matching engine.io's path, against the threaded server over long-polling: no span on
+    either end, no wstrace header on the request, and every event and ack as without wstrace."""
+    instrument(excluded_urls=r"/socket\.io/")
+    records: list[dict[str, Any]] = []
+    received: list[tuple[str, list[Any]]] = []
+    sio = make_threaded_server(records)
+    with wsgi_server(socketio.WSGIApp(sio)) as url:
+        client = Driver(asynchronous, received)
+        client.connect(url)
+        (environ,) = sio.environ.values()
+        headers = {k[5:].replace("_", "-").lower() for k in environ if k.startswith("HTTP_")}
+        assert client.call("echo", "x") == "x"
+        assert client.call("ask", "why?") == "why?"
+        wait_for(lambda: ("echoed", ["x"]) in received)
+        client.disconnect()
+        wait_for(lambda: len(sio.environ) == 0)
+    assert not headers & {"traceparent", "wstrace-session", "wstrace-socketio"}
+    assert sorted(received, key=str) == [("echoed", ["x"]), ("question", ["why?"])]
+    assert [r.get("args", r.get("answer")) for r in records if r["event"] != "connect"] == [["x"], "why?"]
+    assert telemetry.spans == [] and not telemetry.open_spans.names()
+
+
 def _serve_and_run(client: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
     with wsgi_server(socketio.WSGIApp(make_threaded_server([]))) as url:
         return client(url)
