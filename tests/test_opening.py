@@ -212,6 +212,17 @@ def test_what_an_opening_tells_the_adapter(telemetry: Telemetry) -> None:
 def test_an_excluded_connection_has_no_handshake_context(telemetry: Telemetry) -> None:
     s = server(telemetry, excluded_urls="/chat")
     assert trace.get_current_span(s.handshake_context) is trace.INVALID_SPAN and not s.recording
+    assert s.excluded
+
+
+def test_only_an_excluded_connection_says_so(telemetry: Telemetry) -> None:
+    """``excluded`` is the option's verdict, not "closed": a failed or ended connection was still traced."""
+    c, s = client(telemetry), server(telemetry)
+    assert not c.excluded and not s.excluded
+    s.handshake_failed(status=403)
+    c.closed(code=1000, initiator="local")
+    assert not c.excluded and not s.excluded
+    assert client(telemetry, excluded_urls="/chat").excluded
 
 
 def test_a_sampled_out_handshake_that_fails_ends_its_span_and_counts(telemetry: Telemetry) -> None:

@@ -49,6 +49,7 @@ class Opening:
         "_started_ns",
         "_wire",
         "config",
+        "excluded",
         "route",
         "side",
     )
@@ -80,6 +81,9 @@ class Opening:
         self._answer = False
         self._wire: Optional[Wire] = None
         self._closed = False
+        self.excluded = False
+        """Whether ``excluded_urls`` leaves this connection alone (adapters with traffic of their own to trace,
+        such as Socket.IO's events, leave it alone too)."""
 
     @property
     def session_id(self) -> str:
@@ -119,6 +123,7 @@ class Opening:
         counted, offered or enveloped."""
         self = cls(side, tracer, config, route=None, session_id="-")
         self._closed = True
+        self.excluded = True
         return self
 
     def request_headers(self) -> dict[str, str]:

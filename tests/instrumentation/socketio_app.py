@@ -159,6 +159,20 @@ def check_stood_down(telemetry: Telemetry) -> None:
     assert all(s.attributes.get("websocket.envelope") in (None, "none") for s in telemetry.spans)
 
 
+def check_server_addresses(telemetry: Telemetry) -> None:
+    """The server's handshake span names the socket the client connected to (the loopback address and the port
+    the client's span has) and the client's end of it (an ephemeral port), not an engine.io driver's
+    placeholders (``aiohttp``/``asgi``, port 0)."""
+    (client_hs,) = [s for s in telemetry.spans if s.kind == SpanKind.CLIENT and s.name.startswith("GET")]
+    (server_hs,) = [s for s in telemetry.spans if s.kind == SpanKind.SERVER]
+    attributes = server_hs.attributes or {}
+    assert attributes["server.address"] == "127.0.0.1"
+    assert attributes["server.port"] == (client_hs.attributes or {})["server.port"]
+    assert attributes["client.address"] == "127.0.0.1"
+    client_port = attributes["client.port"]
+    assert isinstance(client_port, int) and 0 < client_port < 65536 and client_port != attributes["server.port"]
+
+
 BAD_CARRIERS: list[Any] = [
     {"__wstrace__": "not an object"},
     {"__wstrace__": {"traceparent": "00-" + "f" * 5000}},  # oversized
@@ -364,6 +378,23 @@ async def aiohttp_server(sio: socketio.AsyncServer) -> AsyncIterator[str]:
     port = runner.addresses[0][1]
     try:
         yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+@asynccontextmanager
+async def aiohttp_two_sites(sio: socketio.AsyncServer) -> AsyncIterator[tuple[str, str]]:
+    """``sio`` attached to one aiohttp app served on two free loopback ports (one server, two URLs, which
+    ``excluded_urls`` can tell apart); yields both ``http://127.0.0.1:<port>``."""
+    app = web.Application()
+    sio.attach(app)
+    runner = web.AppRunner(app, shutdown_timeout=1)
+    await runner.setup()
+    for _ in range(2):
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+    first, second = (f"http://127.0.0.1:{address[1]}" for address in runner.addresses)
+    try:
+        yield first, second
     finally:
         await runner.cleanup()
 

@@ -27,6 +27,7 @@ from tests.instrumentation.socketio_app import (
     PEERS,
     ServerProcess,
     aiohttp_server,
+    aiohttp_two_sites,
     asgi_server,
     check_bad_carriers,
     check_bare_client,
@@ -509,6 +510,45 @@ def test_redis_message_from_a_bare_process_and_a_bad_key(
     assert not [s for s in telemetry.spans if s.name == "process news /" and s.parent is None]  # carried from B
 
 
+def test_redis_delivery_calls_the_message_hook(
+    telemetry: Telemetry, instrument: Callable[..., None], redis_port: int
+) -> None:
+    """A server delivering another process's emit calls the message hook on its ``send`` span with the event and
+    the published arguments; not for a binary emit, whose arguments are published taken apart."""
+    import redis  # noqa: PLC0415
+
+    calls: list[tuple[str, Any, str]] = []
+    instrument(message_hook=lambda span, payload, direction: calls.append((span.name, payload, direction)))
+    received: list[tuple[str, list[Any]]] = []
+
+    async def scenario() -> None:
+        manager = socketio.AsyncRedisManager(f"redis://127.0.0.1:{redis_port}/0")
+        sio = make_server([], client_manager=manager)
+        async with aiohttp_server(sio) as url:
+            listener = make_client(received)
+            await listener.connect(url, transports=["websocket"])
+            assert await listener.call("join") == "joined"
+            await asyncio.sleep(0.3)  # the manager subscribed
+            calls.clear()
+            publisher = redis.Redis(port=redis_port)
+            common = {"method": "emit", "event": "news", "namespace": "/", "room": "lobby", "skip_sid": None}
+            for data, binary in (([{"a": 1}, "two"], False), ([[{"_placeholder": True, "num": 0}], "aGk="], True)):
+                message = {**common, "data": data, "binary": binary, "callback": None, "host_id": "elsewhere"}
+                publisher.publish("socketio", json.dumps(message))
+            publisher.close()
+            for _ in range(100):
+                if len(received) >= 2:
+                    break
+                await asyncio.sleep(0.05)
+            await listener.disconnect()
+        await close_manager(manager)
+
+    run(scenario())
+    assert received == [("news", [{"a": 1}, "two"]), ("news", [b"hi"])]
+    assert len(telemetry.named("send news /")) == 2
+    assert [c for c in calls if c[0] == "send news /"] == [("send news /", ["news", {"a": 1}, "two"], "sent")]
+
+
 def test_uninstrument_restores(telemetry: Telemetry) -> None:
     """``uninstrument()`` removes every patch: no spans, and the CONNECT answer is gone."""
     instrumentor = SocketioInstrumentor()
@@ -595,6 +635,116 @@ def test_message_spans_off(telemetry: Telemetry, instrument: Callable[..., None]
     run(scenario())
     assert not [s for s in telemetry.spans if s.attributes.get("messaging.system") == "socket.io"]
     assert [r["span_id"] for r in records if r["event"] == "echo"] == [sid(telemetry.one("caller"))]
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {"asgi.scope": {"server": None, "client": ["x"]}},
+        {"asgi.scope": {"server": ("h", "not a port"), "client": (None, 1)}},
+        {"aiohttp.request": object()},
+        {"tornado.handler": object()},
+        {"SERVER_NAME": "asgi", "SERVER_SOFTWARE": "asgi", "SERVER_PORT": "0", "REMOTE_ADDR": "127.0.0.1"},
+        {"SERVER_NAME": 3, "SERVER_PORT": "99999", "REMOTE_ADDR": b"x", "REMOTE_PORT": True},
+    ],
+    ids=["asgi-short", "asgi-bad-port", "aiohttp-no-transport", "tornado-no-request", "placeholders", "garbage"],
+)
+def test_odd_environs_give_no_address(environ: dict[str, Any]) -> None:
+    """What an environ holds that is not an address is left out (``None``), never raised."""
+    from wstrace.instrumentation.socketio._server import _addresses  # noqa: PLC0415
+
+    (server_host, server_port), (client_host, client_port) = _addresses(environ)
+    assert server_port is None and client_host is None and client_port is None
+    assert server_host in (None, "h")
+
+
+# excluded_urls ----------------------------------------------------------------------------------------------------
+
+
+def excluding(port_of: Callable[[], str], server_only: bool = False) -> Callable[[str], bool]:
+    """An ``excluded_urls`` callable matching the URLs of the port in ``port_of()`` (the server's ``ws://`` one
+    only with ``server_only``; the client's is ``http://``)."""
+
+    def excluded(url: str) -> bool:
+        return f":{port_of().rsplit(':', 1)[1]}/" in url and (not server_only or url.startswith("ws://"))
+
+    return excluded
+
+
+def test_excluded_server_end_answers_nothing(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """Only the server excludes the connection: it records nothing and never answers the traced client's offer,
+    so no event carries a carrier either way; the client traces its own end, its handler in a new trace."""
+    urls: list[str] = []
+    instrument(excluded_urls=excluding(lambda: urls[1], server_only=True))
+    records: list[dict[str, Any]] = []
+    received: list[tuple[str, list[Any]]] = []
+
+    async def scenario() -> Any:
+        sio = make_server(records)
+        async with aiohttp_two_sites(sio) as both:
+            urls.extend(both)
+            client = make_client(received)
+            await client.connect(urls[1], transports=["websocket"])
+            answer = await client.call("echo", "x")
+            await asyncio.sleep(0.2)
+            await client.disconnect()
+            return answer
+
+    assert run(scenario()) == "x"
+    assert [r["args"] for r in records if r["event"] == "echo"] == [["x"]]
+    assert received == [("echoed", ["x"])]
+    assert not [s.name for s in telemetry.spans if s.kind in (SpanKind.SERVER,) or s.name == "process echo /"]
+    assert sorted(s.name for s in telemetry.spans) == [
+        "GET /socket.io/",
+        "ack echo /",
+        "close /socket.io/",
+        "process echoed /",
+        "send echo /",
+    ]
+    handler = telemetry.one("process echoed /")
+    assert handler.parent is None and [lk.attributes["wstrace.link.kind"] for lk in handler.links] == ["handshake"]
+
+
+def test_broadcast_to_excluded_and_traced_clients(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """A room holds a traced client and one whose URL is excluded (on both ends): an emit to the room is one span
+    counting the traced recipient only, the excluded client gets the event without a carrier and records
+    nothing; its own ``shout`` gets no handler span, while the emit it makes reaches the traced client in a
+    span; an emit to it alone (``echoed``) gets none."""
+    urls: list[str] = []
+    instrument(excluded_urls=excluding(lambda: urls[1]))
+    records: list[dict[str, Any]] = []
+    traced: list[tuple[str, list[Any]]] = []
+    alone: list[tuple[str, list[Any]]] = []
+
+    async def scenario() -> None:
+        sio = make_server(records)
+        async with aiohttp_two_sites(sio) as both:
+            urls.extend(both)
+            clients = [make_client(traced), make_client(alone)]
+            for client, url in zip(clients, urls, strict=True):
+                await client.connect(url, transports=["websocket"])
+                assert await client.call("join") == "joined"
+            telemetry.exporter.clear()
+            assert await clients[0].call("shout", "hello") == "shouted"
+            await asyncio.sleep(0.2)
+            first = sorted(s.name for s in telemetry.spans)
+            assert first == ["ack shout /", "process news /", "process shout /", "send news /", "send shout /"]
+            news = telemetry.one("send news /")
+            assert news.attributes["wstrace.socketio.recipients"] == 1
+            assert parent(telemetry.one("process news /")) == sid(news)
+            telemetry.exporter.clear()
+            assert await clients[1].call("shout", "psst") == "shouted"
+            assert await clients[1].call("echo", "me") == "me"
+            await asyncio.sleep(0.2)
+            news = telemetry.one("send news /")
+            assert news.parent is None and news.attributes["wstrace.socketio.recipients"] == 1
+            assert sorted(s.name for s in telemetry.spans) == ["process news /", "send news /"]
+            for client in clients:
+                await client.disconnect()
+
+    run(scenario())
+    assert traced == [("news", ["hello"]), ("news", ["psst"])]
+    assert alone == [("news", ["hello"]), ("news", ["psst"]), ("echoed", ["me"])]
 
 
 def test_zero_code(telemetry: Telemetry, instrument: Callable[..., None]) -> None:

@@ -93,6 +93,7 @@ def test_event_spans_and_ack(telemetry: Telemetry, instrument: Callable[..., Non
         session
     }
     assert sorted(s.attributes["websocket.close.code"] for s in closed(telemetry, 2)) == [1000, 1000]
+    shared.check_server_addresses(telemetry)  # WSGI's own SERVER_NAME, SERVER_PORT, REMOTE_ADDR and REMOTE_PORT
 
 
 @CLIENTS
@@ -128,6 +129,32 @@ def test_broadcast_is_one_emit_span(telemetry: Telemetry, instrument: Callable[.
         for client in clients:
             client.disconnect()
     shared.check_broadcast(telemetry, received)
+
+
+@CLIENTS
+def test_excluded_connection_is_left_alone(
+    telemetry: Telemetry, instrument: Callable[..., None], asynchronous: bool
+) -> None:
+    """``excluded_urls`` matching engine.io's path, against the threaded server over long-polling: no span on
+    either end, no wstrace header on the request, and every event and ack as without wstrace."""
+    instrument(excluded_urls=r"/socket\.io/")
+    records: list[dict[str, Any]] = []
+    received: list[tuple[str, list[Any]]] = []
+    sio = make_threaded_server(records)
+    with wsgi_server(socketio.WSGIApp(sio)) as url:
+        client = Driver(asynchronous, received)
+        client.connect(url)
+        (environ,) = sio.environ.values()
+        headers = {k[5:].replace("_", "-").lower() for k in environ if k.startswith("HTTP_")}
+        assert client.call("echo", "x") == "x"
+        assert client.call("ask", "why?") == "why?"
+        wait_for(lambda: ("echoed", ["x"]) in received)
+        client.disconnect()
+        wait_for(lambda: len(sio.environ) == 0)
+    assert not headers & {"traceparent", "wstrace-session", "wstrace-socketio"}
+    assert sorted(received, key=str) == [("echoed", ["x"]), ("question", ["why?"])]
+    assert [r.get("args", r.get("answer")) for r in records if r["event"] != "connect"] == [["x"], "why?"]
+    assert telemetry.spans == [] and not telemetry.open_spans.names()
 
 
 def _serve_and_run(client: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
@@ -369,3 +396,4 @@ def test_tornado_mount(telemetry: Telemetry, instrument: Callable[..., None]) ->
     assert parent(send) == sid(telemetry.one("job")) and parent(handler) == sid(send)
     assert [r["span_id"] for r in records if r["event"] == "echo"] == [sid(handler)]
     assert parent(telemetry.one("process echoed /")) == sid(telemetry.one("send echoed /"))
+    shared.check_server_addresses(telemetry)  # from tornado's request, not engine.io's placeholders

@@ -40,6 +40,11 @@ def _ct(client: Any) -> Optional[ConnectionTracer]:
     return client.__dict__.get(ATTR_CT)  # type: ignore[no-any-return]
 
 
+def _left_alone(ct: Optional[ConnectionTracer]) -> bool:
+    """Whether ``excluded_urls`` leaves the client's connection alone: its events get no span and no carrier."""
+    return ct is not None and ct.excluded
+
+
 def _agreed(client: Any) -> set[str]:
     found = client.__dict__.get(ATTR_AGREED)
     if found is None:
@@ -103,13 +108,15 @@ def connect(settings: Settings) -> Pair:
         try:
             found = given(_CONNECT_ARGS, args[:6], kwargs)
             ct = client_tracer(settings, _trace_url(found.get("url"), found.get("socketio_path", "socket.io")))
-            headers = ct.request_headers()
-            headers[OFFER_HEADER] = ANSWER_VALUE
             _agreed(instance).clear()
             old = instance.__dict__.get(ATTR_CT)
             if old is not None:
                 old.closed(code=1000, initiator="local")
-            instance.__dict__[ATTR_CT] = ct
+            instance.__dict__[ATTR_CT] = ct  # an excluded one too: its events are left alone
+            if ct.excluded:
+                return None  # no header, no offer: the connection goes as it would without wstrace
+            headers = ct.request_headers()
+            headers[OFFER_HEADER] = ANSWER_VALUE
         except Exception as exc:
             warn_once("starting a Socket.IO client handshake", exc)
             return None
@@ -160,8 +167,11 @@ def handle_event(settings: Settings) -> Pair:
     def prepare(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Optional[Call]:
         if len(args) < 3 or kwargs:
             return None
+        ct = _ct(instance)
+        if _left_alone(ct):
+            return None
         namespace = args[0] or "/"
-        return handling(settings, args, 2, namespace in _agreed(instance), _ct(instance), namespace)
+        return handling(settings, args, 2, namespace in _agreed(instance), ct, namespace)
 
     return pair(prepare)
 
@@ -173,7 +183,10 @@ def emit(settings: Settings) -> Pair:
     """Wrap ``emit(event, data=None, namespace=None, callback=None)``: its span, and the carrier where agreed."""
 
     def prepare(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Optional[Call]:
-        started = starting_emit(settings, _EMIT_ARGS, args, kwargs, ct=_ct(instance), count=False)
+        ct = _ct(instance)
+        if _left_alone(ct):
+            return None
+        started = starting_emit(settings, _EMIT_ARGS, args, kwargs, ct=ct, count=False)
         if started is None:
             return None
         call, found = started

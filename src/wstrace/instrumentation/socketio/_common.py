@@ -24,7 +24,7 @@ from opentelemetry.trace import Link, Span, SpanKind
 
 from wstrace import _handshake as hs, propagation, semconv as sc
 from wstrace._log import warn_once
-from wstrace._spans import link, receive_parent, record_error
+from wstrace._spans import IN, OUT, link, receive_parent, record_error
 from wstrace.config import Config
 from wstrace.connection import ConnectionTracer
 from wstrace.instrumentation._instrumentor import Settings, is_instrumentation_enabled
@@ -33,6 +33,8 @@ from wstrace.instrumentation._instrumentor import Settings, is_instrumentation_e
 __all__ = [
     "ANSWER_KEY",
     "ANSWER_VALUE",
+    "ATTR_CONN",
+    "ATTR_EXCLUDED",
     "CARRIER_KEY",
     "OFFER_ENVIRON",
     "OFFER_HEADER",
@@ -46,10 +48,12 @@ __all__ = [
     "after",
     "current_emit",
     "emitting",
+    "event_payload",
     "given",
     "handler_span",
     "handling",
     "handshake_links",
+    "message_hook",
     "offered",
     "pair",
     "process_span",
@@ -88,6 +92,8 @@ MAX_VALUE = 4096
 
 ATTR_CONN = "_wstrace_connections"
 """Server attribute: engine.io session id → its ConnectionTracer."""
+ATTR_EXCLUDED = "_wstrace_excluded"
+"""Server attribute: the engine.io session ids of the connections ``excluded_urls`` leaves alone."""
 
 
 Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
@@ -302,6 +308,27 @@ def rooms_of(room: Any) -> Optional[list[str]]:
     return [str(room)]
 
 
+def event_payload(event: Any, data: Any) -> list[Any]:
+    """An emit's event and arguments as the ``message_hook`` gets them, ``[event, *arguments]`` (the packet's
+    array), ``data`` expanded as python-socketio does: a tuple is several arguments, ``None`` none, anything else
+    one."""
+    if isinstance(data, tuple):
+        return [event, *data]
+    return [event] if data is None else [event, data]
+
+
+def message_hook(config: Config, span: Span, payload: list[Any], direction: str) -> None:
+    """Call the ``message_hook`` for an event span that just started (``direction``: ``sent`` or ``received``);
+    what it raises is logged once, never passed on."""
+    hook = config.message_hook
+    if hook is None or not span.is_recording():
+        return
+    try:
+        hook(span, payload, direction)
+    except Exception as exc:
+        warn_once("the message_hook", exc)
+
+
 class Emit:
     """One emit in progress: its span, its carrier (encoded once), and how many packets it sent."""
 
@@ -347,6 +374,7 @@ class emitting(Call):
         links: Sequence[Link] = (),
         session_id: Optional[str] = None,
         count: bool = True,
+        payload: Optional[list[Any]] = None,
         args: tuple[Any, ...] = (),
         kwargs: Optional[dict[str, Any]] = None,
     ) -> None:
@@ -361,6 +389,8 @@ class emitting(Call):
             span = settings.tracer.start_span(
                 f"send {event} {namespace}", parent, kind=SpanKind.PRODUCER, attributes=attrs, links=links
             )
+            if payload is not None:
+                message_hook(settings.config, span, payload, OUT)
         else:  # no event spans: the carrier holds the context current at the emit
             span = trace.NonRecordingSpan(trace.get_current_span(base).get_span_context())
         ctx = trace.set_span_in_context(span, base)
@@ -435,6 +465,9 @@ def handling(
         if not is_instrumentation_enabled():
             return Call(args)
         span, ctx = handler_span(settings, carrier, ct, data, namespace)
+        delivered = args[at]  # what the handler gets: the event and its arguments, without the carrier
+        if settings.config.message_hook is not None and isinstance(delivered, list):
+            message_hook(settings.config, span, list(delivered), IN)  # a copy: the hook cannot change them
         return InSpan(span, ctx, args)
     except Exception as exc:
         warn_once("starting a Socket.IO handler span", exc)
@@ -461,7 +494,18 @@ def starting_emit(
         namespace = found.get("namespace") or "/"
         session_id = ct.session_id if ct is not None else None
         room = found.get("to") or found.get("room")
-        call = emitting(settings, event, namespace, room, session_id=session_id, count=count, args=args, kwargs=kwargs)
+        payload = event_payload(event, found.get("data")) if settings.config.message_hook is not None else None
+        call = emitting(
+            settings,
+            event,
+            namespace,
+            room,
+            session_id=session_id,
+            count=count,
+            payload=payload,
+            args=args,
+            kwargs=kwargs,
+        )
     except Exception as exc:
         warn_once("starting a Socket.IO emit span", exc)
         return None

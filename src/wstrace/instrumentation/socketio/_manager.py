@@ -87,13 +87,17 @@ def handle_emit(settings: Settings) -> Pair:
         try:
             message = args[0]
             parent, links = _parent(settings, message.get(PUBSUB_KEY))
+            event, data = message.get("event"), message.get("data")
+            # The published arguments, as the clients get them; a binary emit's are published taken apart.
+            plain = settings.config.message_hook is not None and isinstance(data, list) and not message.get("binary")
             return emitting(
                 settings,
-                message.get("event"),
+                event,
                 message.get("namespace") or "/",
                 message.get("room"),
                 parent=parent if parent is not None else Context(),
                 links=links,
+                payload=[event, *data] if plain else None,
                 args=args,
                 kwargs=kwargs,
             )

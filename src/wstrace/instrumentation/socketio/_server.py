@@ -4,6 +4,7 @@ handler spans."""
 from __future__ import annotations
 
 from typing import Any, Callable, Optional
+from urllib.parse import urlsplit
 
 from wstrace._log import warn_once
 from wstrace.connection import ConnectionTracer
@@ -12,11 +13,13 @@ from wstrace.instrumentation.socketio._common import (
     ANSWER_KEY,
     ANSWER_VALUE,
     ATTR_CONN,
+    ATTR_EXCLUDED,
     Call,
     Handshake,
     Pair,
     after,
     current_emit,
+    given,
     handling,
     offered,
     pair,
@@ -51,10 +54,19 @@ def _connections(server: Any) -> dict[str, ConnectionTracer]:
     return found  # type: ignore[no-any-return]
 
 
+def _excluded(server: Any) -> set[Any]:
+    """The engine.io session ids of this server's connections that ``excluded_urls`` leaves alone."""
+    found = server.__dict__.get(ATTR_EXCLUDED)
+    if found is None:
+        found = server.__dict__.setdefault(ATTR_EXCLUDED, set())  # one set, whichever thread gets here first
+    return found  # type: ignore[no-any-return]
+
+
 def _agreed(server: Any, eio_sid: Any) -> bool:
-    """Whether this engine.io session offered the carrier (the server answers every offer)."""
+    """Whether this engine.io session offered the carrier (the server answers every offer, except on a connection
+    it leaves alone)."""
     environ = getattr(server, "environ", None)
-    return isinstance(environ, dict) and offered(environ.get(eio_sid))
+    return isinstance(environ, dict) and offered(environ.get(eio_sid)) and eio_sid not in _excluded(server)
 
 
 def _environ_headers(environ: dict[str, Any]) -> list[tuple[str, str]]:
@@ -62,8 +74,74 @@ def _environ_headers(environ: dict[str, Any]) -> list[tuple[str, str]]:
     return [(k, v) for k, v in headers if isinstance(v, str)]
 
 
+Address = tuple[Optional[str], Optional[int]]
+
+_PLACEHOLDER_NAMES = frozenset({"aiohttp", "asgi"})
+"""What python-engineio's aiohttp, ASGI and tornado drivers put in ``SERVER_NAME`` (with ``SERVER_PORT`` and
+``REMOTE_PORT`` ``"0"`` and ``REMOTE_ADDR`` ``"127.0.0.1"``) instead of the request's values."""
+
+
+def _port(value: Any) -> Optional[int]:
+    """A port from a socket address or an environ value; ``None`` for anything else and for 0 (a placeholder:
+    no connected socket has port 0)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    return value if isinstance(value, int) and 0 < value < 65536 else None
+
+
+def _pair(value: Any) -> Address:
+    """A ``(host, port)`` socket address (an ASGI scope's, a transport's); ``(None, None)`` for anything else."""
+    if isinstance(value, (tuple, list)) and len(value) >= 2 and isinstance(value[0], str):
+        return value[0], _port(value[1])
+    return None, None
+
+
+def _host_header(host: Any) -> Address:
+    if not isinstance(host, str) or not host:
+        return None, None
+    try:
+        parts = urlsplit(f"//{host}")
+        return parts.hostname, parts.port
+    except ValueError:
+        return None, None
+
+
+def _addresses(environ: dict[str, Any]) -> tuple[Address, Address]:
+    """The server's and the client's address and port of an engine.io request: from the request object the
+    async drivers keep in the environ (aiohttp's, the ASGI scope, tornado's handler), else from the WSGI keys
+    (``SERVER_NAME``, ``SERVER_PORT``, ``REMOTE_ADDR``, ``REMOTE_PORT``) when they are not the drivers'
+    placeholders. Never raises: what cannot be read is ``None``."""
+    try:
+        scope = environ.get("asgi.scope")
+        if isinstance(scope, dict):
+            return _pair(scope.get("server")), _pair(scope.get("client"))
+        request = environ.get("aiohttp.request")
+        if request is not None:
+            transport = request.transport
+            if transport is None:
+                return (None, None), (None, None)
+            return _pair(transport.get_extra_info("sockname")), _pair(transport.get_extra_info("peername"))
+        handler = environ.get("tornado.handler")
+        if handler is not None:  # as the tornado adapter reads it: the Host header, the remote IP and its port
+            request = handler.request
+            client_address = request.remote_ip if isinstance(request.remote_ip, str) else None
+            socket_host, socket_port = _pair(getattr(getattr(request.connection, "context", None), "address", None))
+            client_port = socket_port if socket_host == client_address else None  # unless xheaders replaced it
+            return _host_header(request.host), (client_address, client_port)
+    except Exception as exc:
+        warn_once("reading an engine.io request's addresses", exc)
+        return (None, None), (None, None)
+    name, remote = environ.get("SERVER_NAME"), environ.get("REMOTE_ADDR")
+    if name in _PLACEHOLDER_NAMES and environ.get("SERVER_SOFTWARE") == name:  # a driver we do not read
+        return (None, None), (None, None)
+    server = (name if isinstance(name, str) else None, _port(environ.get("SERVER_PORT")))
+    return server, (remote if isinstance(remote, str) else None, _port(environ.get("REMOTE_PORT")))
+
+
 def _new_tracer(settings: Settings, environ: dict[str, Any]) -> ConnectionTracer:
-    port = environ.get("SERVER_PORT")
+    (server_address, server_port), (client_address, client_port) = _addresses(environ)
     return ConnectionTracer.server(
         settings.tracer,
         settings.config,
@@ -72,9 +150,10 @@ def _new_tracer(settings: Settings, environ: dict[str, Any]) -> ConnectionTracer
         headers=_environ_headers(environ),
         method=str(environ.get("REQUEST_METHOD") or "GET"),
         scheme="wss" if environ.get("wsgi.url_scheme") == "https" else "ws",
-        server_address=environ.get("SERVER_NAME") if isinstance(environ.get("SERVER_NAME"), str) else None,
-        server_port=int(port) if isinstance(port, (int, str)) and str(port).isdigit() else None,
-        client_address=environ.get("REMOTE_ADDR") if isinstance(environ.get("REMOTE_ADDR"), str) else None,
+        server_address=server_address,
+        server_port=server_port,
+        client_address=client_address,
+        client_port=client_port,
         instruments=settings.instruments,
     )
 
@@ -91,6 +170,9 @@ def handle_eio_connect(settings: Settings) -> Pair:
             if not isinstance(environ, dict):
                 return None
             ct = _new_tracer(settings, environ)
+            if ct.excluded:  # left alone: no spans, no answer, no carrier, for as long as it lasts
+                _excluded(instance).add(eio_sid)
+                return None
             _connections(instance)[eio_sid] = ct
             websocket = "transport=websocket" in str(environ.get("QUERY_STRING") or "").split("&")
             return Handshake(ct, args, kwargs, websocket=websocket)
@@ -108,6 +190,7 @@ _LOCAL_REASONS = frozenset({"server disconnect"})
 def _disconnect(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
     def then() -> None:
         eio_sid: Any = args[0] if args else kwargs.get("eio_sid")
+        _excluded(instance).discard(eio_sid)
         ct = _connections(instance).pop(eio_sid, None)
         if ct is not None:
             reason = args[1] if len(args) > 1 else kwargs.get("reason", "")
@@ -134,7 +217,7 @@ def send_packet(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...
                 args = (eio_sid, type(pkt)(pkt.packet_type, answered, namespace=pkt.namespace, id=pkt.id))
         elif kind in (_EVENT, _BINARY_EVENT):
             emit_ = current_emit()
-            if emit_ is not None:
+            if emit_ is not None and eio_sid not in _excluded(instance):  # the span describes traced recipients
                 emit_.recipients += 1
                 if emit_.carrier is not None and kind == _EVENT and _agreed(instance, eio_sid):
                     data = [*list(pkt.data), emit_.carrier]
@@ -153,7 +236,12 @@ def send_eio_packet(wrapped: Callable[..., Any], instance: Any, args: tuple[Any,
     try:
         eio_sid, eio_pkt = args[0], args[1]
         data = eio_pkt.data
-        if eio_pkt.packet_type == _EIO_MESSAGE and isinstance(data, str) and data[:1] in ("2", "5"):
+        if (
+            eio_pkt.packet_type == _EIO_MESSAGE
+            and isinstance(data, str)
+            and data[:1] in ("2", "5")
+            and eio_sid not in _excluded(instance)  # the span describes traced recipients
+        ):
             emit_.recipients += 1
             encoded = emit_.encoded()
             if encoded is not None and _agreed(instance, eio_sid):
@@ -169,10 +257,40 @@ def emit(settings: Settings) -> Pair:
     """Wrap ``emit``: one PRODUCER span per emit, whatever the number of recipients."""
 
     def prepare(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Optional[Call]:
+        if _only_excluded(instance, args, kwargs):
+            return None
         started = starting_emit(settings, _EMIT_ARGS, args, kwargs)
         return started[0] if started is not None else None
 
     return pair(prepare)
+
+
+def _only_excluded(server: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether an emit goes only to connections ``excluded_urls`` leaves alone (at least one): it is theirs, and
+    gets no span. Asked only while the server has such connections; an emit a pub/sub manager also sends to the
+    other processes is never theirs only."""
+    excluded = server.__dict__.get(ATTR_EXCLUDED)
+    if not excluded:
+        return False
+    try:
+        manager = server.manager
+        if callable(getattr(manager, "_publish", None)):
+            return False
+        found = given(_EMIT_ARGS, args, kwargs)
+        room = found.get("to") or found.get("room")
+        skip = found.get("skip_sid")
+        skipped = set(skip) if isinstance(skip, list) else {skip}
+        seen = False
+        for sid, eio_sid in manager.get_participants(found.get("namespace") or "/", room):
+            if sid in skipped:
+                continue
+            if eio_sid not in excluded:
+                return False  # one traced recipient: the emit is traced
+            seen = True
+        return seen
+    except Exception as exc:
+        warn_once("reading a Socket.IO emit's recipients", exc)
+        return False
 
 
 def handle_event_internal(settings: Settings) -> Pair:
@@ -183,6 +301,8 @@ def handle_event_internal(settings: Settings) -> Pair:
         if len(args) < 5 or kwargs:
             return None
         server, eio_sid = args[0], args[2]
+        if eio_sid in _excluded(server):
+            return None
         return handling(settings, args, 3, _agreed(server, eio_sid), _connections(server).get(eio_sid), args[4] or "/")
 
     return pair(prepare)
