@@ -23,6 +23,7 @@ from wstrace.instrumentation.socketio._common import (
     record_close,
     starting_emit,
 )
+from wstrace.instrumentation.socketio._streams import closed, fold, handling_streams
 
 
 __all__ = ["connect", "eio_connect", "emit", "handle_connect", "handle_eio_disconnect", "handle_event"]
@@ -161,7 +162,8 @@ def handle_event(settings: Settings) -> Pair:
         if len(args) < 3 or kwargs:
             return None
         namespace = args[0] or "/"
-        return handling(settings, args, 2, namespace in _agreed(instance), _ct(instance), namespace)
+        inner = handling(settings, args, 2, namespace in _agreed(instance), _ct(instance), namespace)
+        return handling_streams(settings, instance, inner)
 
     return pair(prepare)
 
@@ -173,7 +175,10 @@ def emit(settings: Settings) -> Pair:
     """Wrap ``emit(event, data=None, namespace=None, callback=None)``: its span, and the carrier where agreed."""
 
     def prepare(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Optional[Call]:
-        started = starting_emit(settings, _EMIT_ARGS, args, kwargs, ct=_ct(instance), count=False)
+        ct = _ct(instance)
+        started = fold(settings, instance, _EMIT_ARGS, args, kwargs, ct=ct, count=False) or starting_emit(
+            settings, _EMIT_ARGS, args, kwargs, ct=ct, count=False
+        )
         if started is None:
             return None
         call, found = started
@@ -202,6 +207,7 @@ _REMOTE_REASONS = frozenset({"server disconnect"})
 def _disconnect(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
     def then() -> None:
         _agreed(instance).clear()
+        closed(instance)
         ct = instance.__dict__.pop(ATTR_CT, None)
         if ct is not None:
             record_close(ct, args[0] if args else kwargs.get("reason", ""), _LOCAL_REASONS, _REMOTE_REASONS)
