@@ -1,7 +1,8 @@
 """Socket.IO streams: a run of emits of one event to one destination, answering one handled event, is one
 ``send`` stream span with the stream attributes and histograms (``docs/adapters/socketio.md``, "Streams").
 
-A real ``AsyncServer`` attached to aiohttp on loopback and a real ``AsyncClient``, both instrumented.
+Real servers on loopback (``AsyncServer`` attached to aiohttp, the threaded ``Server`` as a WSGI app under
+werkzeug) and real clients (``AsyncClient``, the threaded ``Client``), both ends instrumented.
 """
 
 from __future__ import annotations
@@ -17,7 +18,18 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.trace import SpanKind
 
 from tests.conftest import Telemetry
-from tests.instrumentation.socketio_app import aiohttp_server, instrumenting, parent, run, sid, span_id_now, tid
+from tests.instrumentation.socketio_app import (
+    Driver,
+    aiohttp_server,
+    instrumenting,
+    parent,
+    run,
+    sid,
+    span_id_now,
+    tid,
+    wait_for as threaded_wait,
+    wsgi_server,
+)
 
 
 TOKENS = 20
@@ -230,3 +242,73 @@ def test_streams_off_is_a_span_per_emit(telemetry: Telemetry, instrument: Callab
     sends = telemetry.named("send token /")
     assert len(sends) == TOKENS
     assert all("wstrace.stream.chunk_count" not in (s.attributes or {}) for s in sends)
+
+
+def test_a_task_the_handler_started_and_the_idle_gap(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """A task the handler started, emitting after the handler returned, makes a run that is the handler span's
+    child (no time to first chunk); the idle gap ends that run by itself, before anything else happens; a run to
+    another destination is another stream."""
+    instrument(stream_idle=0.2)
+    received: list[tuple[str, Any, int]] = []
+    exported: list[int] = []
+
+    async def scenario() -> None:
+        sio = socketio.AsyncServer(async_mode="aiohttp")
+        tasks: list[asyncio.Task[None]] = []
+
+        async def later(to: str) -> None:
+            await asyncio.sleep(0.05)
+            for i in range(4):
+                await sio.emit("tick", i, to=to)
+            await sio.emit("tick", "all")  # the whole namespace: another destination
+
+        @sio.event
+        async def start(sid_: str) -> None:
+            tasks.append(asyncio.create_task(later(sid_)))
+
+        async with aiohttp_server(sio) as url:
+            client = recording_client(received)
+            await client.connect(url, transports=["websocket"])
+            await client.emit("start")
+            await wait_for(received, 5)
+            await asyncio.sleep(0.6)  # the idle gap has passed: the runs ended on their own
+            exported.append(len(telemetry.named("send tick /")))
+            await client.disconnect()
+
+    run(scenario())
+    assert exported == [2]
+    handler = telemetry.one("process start /")
+    ticks = sorted(telemetry.named("send tick /"), key=lambda s: s.start_time or 0)
+    assert [(t.attributes or {})["wstrace.stream.chunk_count"] for t in ticks] == [4, 1]
+    assert all(parent(t) == sid(handler) for t in ticks)
+    assert "wstrace.stream.time_to_first_chunk" not in (ticks[0].attributes or {})
+    assert (ticks[0].attributes or {})["messaging.destination.name"] != "/"
+    assert (ticks[1].attributes or {})["messaging.destination.name"] == "/"
+
+
+def test_threaded_server_and_client(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """The threaded ``socketio.Server`` (WSGI) streaming to the threaded ``socketio.Client``: one stream span of 20
+    chunks, the client's 20 handler spans its children."""
+    instrument()
+    received: list[tuple[str, list[Any]]] = []
+    sio = socketio.Server(async_mode="threading")
+
+    def prompt(sid_: str, text: str) -> None:
+        for i in range(TOKENS):
+            sio.emit("token", f"{text}-{i}", to=sid_)
+        sio.emit("done", to=sid_)
+
+    sio.on("prompt", prompt)
+    with wsgi_server(socketio.WSGIApp(sio)) as url:
+        client = Driver(False, received)
+        client.connect(url, transports=["websocket"])
+        client.emit("prompt", "hi")
+        assert threaded_wait(lambda: len(received) >= TOKENS + 1)
+        client.disconnect()
+    assert [event for event, _ in received] == ["token"] * TOKENS + ["done"]
+    handler = telemetry.one("process prompt /")
+    stream = telemetry.one("send token /")
+    assert parent(stream) == sid(handler)
+    assert (stream.attributes or {})["wstrace.stream.chunk_count"] == TOKENS
+    token_handlers = telemetry.named("process token /")
+    assert len(token_handlers) == TOKENS and all(parent(h) == sid(stream) for h in token_handlers)
