@@ -312,3 +312,42 @@ def test_threaded_server_and_client(telemetry: Telemetry, instrument: Callable[.
     assert (stream.attributes or {})["wstrace.stream.chunk_count"] == TOKENS
     token_handlers = telemetry.named("process token /")
     assert len(token_handlers) == TOKENS and all(parent(h) == sid(stream) for h in token_handlers)
+
+
+def test_a_failed_emit_ends_its_stream_failed(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """An emit that raises (an argument JSON cannot encode) ends its stream with status ERROR, keeping its
+    figures; the application gets the library's exception; a ``stream_end`` that raises is not the end."""
+
+    def broken_marker(data: Any) -> bool:
+        raise RuntimeError("marker bug")
+
+    instrument(stream_end=broken_marker)
+    received: list[tuple[str, Any, int]] = []
+    errors: list[str] = []
+
+    async def scenario() -> None:
+        sio = socketio.AsyncServer(async_mode="aiohttp")
+
+        @sio.event
+        async def prompt(sid_: str) -> None:
+            await sio.emit("token", "a", to=sid_)
+            await sio.emit("token", "b", to=sid_)
+            try:
+                await sio.emit("token", object(), to=sid_)
+            except TypeError as exc:
+                errors.append(type(exc).__name__)
+
+        async with aiohttp_server(sio) as url:
+            client = recording_client(received)
+            await client.connect(url, transports=["websocket"])
+            await client.emit("prompt")
+            await wait_for(received, 2)
+            await asyncio.sleep(0.1)
+            await client.disconnect()
+
+    run(scenario())
+    assert errors == ["TypeError"]
+    stream = telemetry.one("send token /")
+    assert (stream.attributes or {})["wstrace.stream.chunk_count"] == 3
+    assert stream.status.status_code.name == "ERROR"
+    assert parent(stream) == sid(telemetry.one("process prompt /"))

@@ -28,6 +28,7 @@ from opentelemetry.trace import SpanKind
 from wstrace import semconv as sc
 from wstrace._log import warn_once
 from wstrace._replies import safe_predicate
+from wstrace._spans import record_error
 from wstrace.connection import ConnectionTracer
 from wstrace.instrumentation._instrumentor import Settings, is_instrumentation_enabled
 from wstrace.instrumentation.socketio._common import (
@@ -53,6 +54,7 @@ ATTR_RUNS = "_wstrace_runs"
 
 _MAX_RUNS = 1024
 """Open runs per emitter; beyond it the oldest ends at its last chunk."""
+_SWEEP_FLOOR = 64
 
 _METRIC_ATTRIBUTES = {sc.MESSAGING_SYSTEM: SYSTEM, sc.STREAM_DIRECTION: "outbound"}
 
@@ -156,15 +158,22 @@ class handled(Call):
 class Runs:
     """An emitter's runs: emits outside a handler, per owning span (0: no context)."""
 
-    __slots__ = ("owners",)
+    __slots__ = ("owners", "sweep_at")
 
     def __init__(self) -> None:
         self.owners: dict[int, Owner] = {}
+        self.sweep_at = _SWEEP_FLOOR
 
     def owner(self, key: int) -> Owner:
         owners = self.owners
         found = owners.get(key)
         if found is None:
+            if len(owners) >= self.sweep_at:
+                # Owners whose run ended (idle timer, end marker) are dropped, amortised: the next sweep waits
+                # until the registry has doubled.
+                for old in [k for k, o in owners.items() if o.open is None or o.open.recorder.ended]:
+                    owners.pop(old, None)
+                self.sweep_at = max(_SWEEP_FLOOR, 2 * len(owners))
             found = owners[key] = Owner(0, False)
             if len(owners) > _MAX_RUNS:
                 oldest = next(iter(owners))
@@ -266,6 +275,8 @@ class chunk_emit(Call):
             if self._chunk is not None:
                 if self._open.count and self._chunk.is_recording():
                     self._chunk.set_attribute(RECIPIENTS, self.emit.recipients)
+                if exc is not None:
+                    record_error(self._chunk, exc)
                 self._chunk.end()
             ended = exc is not None or self._ends
             with _LOCK:
@@ -304,8 +315,11 @@ def streaming(
 ) -> chunk_emit:
     """The emit as a chunk of its owner's stream to its destination, opening the stream if none is open."""
     current = otel_context.get_current()
-    owner: Optional[Owner] = _HANDLED.get()
-    if owner is None or owner.done:  # type: ignore[attr-defined]
+    handling = _HANDLED.get()
+    owner: Owner
+    if handling is not None and not handling.done:
+        owner = handling
+    else:  # a run, per current span (a task the handler started and that outlived it: the handler's span)
         span_context = trace.get_current_span(current).get_span_context()
         owner = _runs(emitter).owner(span_context.span_id if span_context.is_valid else 0)
     rooms = rooms_of(room)
