@@ -23,6 +23,7 @@ from wstrace.instrumentation.socketio._common import (
     record_close,
     starting_emit,
 )
+from wstrace.instrumentation.socketio._streams import closed, fold, handling_streams
 
 
 __all__ = ["connect", "eio_connect", "emit", "handle_connect", "handle_eio_disconnect", "handle_event"]
@@ -171,7 +172,8 @@ def handle_event(settings: Settings) -> Pair:
         if _left_alone(ct):
             return None
         namespace = args[0] or "/"
-        return handling(settings, args, 2, namespace in _agreed(instance), ct, namespace)
+        inner = handling(settings, args, 2, namespace in _agreed(instance), ct, namespace)
+        return handling_streams(settings, instance, inner)
 
     return pair(prepare)
 
@@ -186,7 +188,9 @@ def emit(settings: Settings) -> Pair:
         ct = _ct(instance)
         if _left_alone(ct):
             return None
-        started = starting_emit(settings, _EMIT_ARGS, args, kwargs, ct=ct, count=False)
+        started = fold(settings, instance, _EMIT_ARGS, args, kwargs, ct=ct, count=False) or starting_emit(
+            settings, _EMIT_ARGS, args, kwargs, ct=ct, count=False
+        )
         if started is None:
             return None
         call, found = started
@@ -215,6 +219,7 @@ _REMOTE_REASONS = frozenset({"server disconnect"})
 def _disconnect(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
     def then() -> None:
         _agreed(instance).clear()
+        closed(instance)
         ct = instance.__dict__.pop(ATTR_CT, None)
         if ct is not None:
             record_close(ct, args[0] if args else kwargs.get("reason", ""), _LOCAL_REASONS, _REMOTE_REASONS)

@@ -334,13 +334,16 @@ class Emit:
 
     __slots__ = ("_encoded", "carrier", "context", "recipients", "span")
 
-    def __init__(self, span: Span, context: Context) -> None:
+    def __init__(
+        self, span: Span, context: Context, carrier: Optional[dict[str, Any]] = None, encoded: Optional[str] = None
+    ) -> None:
         self.span = span
         self.context = context
         self.recipients = 0
-        self.carrier: Optional[dict[str, Any]] = None
-        self._encoded: Optional[str] = None
-        if span.get_span_context().is_valid:
+        self.carrier = carrier
+        """Given: a stream's, shared by its chunks (with its JSON, ``encoded``); else made for ``span``."""
+        self._encoded = encoded
+        if carrier is None and span.get_span_context().is_valid:
             self.carrier = carrier_arg(context)
 
     def encoded(self) -> Optional[str]:

@@ -27,6 +27,7 @@ from wstrace.instrumentation.socketio._common import (
     splice,
     starting_emit,
 )
+from wstrace.instrumentation.socketio._streams import closed, fold, handling_streams
 
 
 __all__ = [
@@ -195,6 +196,7 @@ def _disconnect(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
         if ct is not None:
             reason = args[1] if len(args) > 1 else kwargs.get("reason", "")
             record_close(ct, reason, _LOCAL_REASONS, _REMOTE_REASONS)
+        closed(instance)
 
     return after(then, args, kwargs)
 
@@ -254,12 +256,15 @@ def send_eio_packet(wrapped: Callable[..., Any], instance: Any, args: tuple[Any,
 
 
 def emit(settings: Settings) -> Pair:
-    """Wrap ``emit``: one PRODUCER span per emit, whatever the number of recipients."""
+    """Wrap ``emit``: one PRODUCER span per stream of emits (``_streams``), or per emit with an ack callback,
+    whatever the number of recipients."""
 
     def prepare(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Optional[Call]:
         if _only_excluded(instance, args, kwargs):
             return None
-        started = starting_emit(settings, _EMIT_ARGS, args, kwargs)
+        started = fold(settings, instance, _EMIT_ARGS, args, kwargs) or starting_emit(
+            settings, _EMIT_ARGS, args, kwargs
+        )
         return started[0] if started is not None else None
 
     return pair(prepare)
@@ -303,6 +308,9 @@ def handle_event_internal(settings: Settings) -> Pair:
         server, eio_sid = args[0], args[2]
         if eio_sid in _excluded(server):
             return None
-        return handling(settings, args, 3, _agreed(server, eio_sid), _connections(server).get(eio_sid), args[4] or "/")
+        ct = _connections(server).get(eio_sid)
+        return handling_streams(
+            settings, server, handling(settings, args, 3, _agreed(server, eio_sid), ct, args[4] or "/")
+        )
 
     return pair(prepare)

@@ -1,0 +1,353 @@
+"""Socket.IO streams: a run of emits of one event to one destination, answering one handled event, is one
+``send`` stream span with the stream attributes and histograms (``docs/adapters/socketio.md``, "Streams").
+
+Real servers on loopback (``AsyncServer`` attached to aiohttp, the threaded ``Server`` as a WSGI app under
+werkzeug) and real clients (``AsyncClient``, the threaded ``Client``), both ends instrumented.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import socketio
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.trace import SpanKind
+
+from tests.conftest import Telemetry
+from tests.instrumentation.socketio_app import (
+    Driver,
+    aiohttp_server,
+    instrumenting,
+    parent,
+    run,
+    sid,
+    span_id_now,
+    tid,
+    wait_for as threaded_wait,
+    wsgi_server,
+)
+
+
+TOKENS = 20
+
+
+@pytest.fixture
+def instrument(telemetry: Telemetry) -> Iterator[Callable[..., None]]:
+    yield from instrumenting(telemetry)
+
+
+def streaming_server() -> socketio.AsyncServer:
+    """``prompt`` answers with :data:`TOKENS` ``token`` emits, then one ``done``; ``acked`` emits three ``token``
+    with an ack callback each; ``push`` starts a context-less task that emits three ``tick``."""
+    sio = socketio.AsyncServer(async_mode="aiohttp")
+
+    @sio.event
+    async def prompt(sid_: str, text: str) -> None:
+        for i in range(TOKENS):
+            await sio.emit("token", f"{text}-{i}", to=sid_)
+            await asyncio.sleep(0.001)
+        await sio.emit("done", to=sid_)
+
+    @sio.event
+    async def acked(sid_: str) -> None:
+        for i in range(3):
+            await sio.emit("token", i, to=sid_, callback=lambda *args: None)
+
+    return sio
+
+
+def recording_client(received: list[tuple[str, Any, int]]) -> socketio.AsyncClient:
+    """A client recording each event it handles: name, argument, and the span its handler ran in."""
+    client = socketio.AsyncClient(reconnection=False)
+
+    @client.on("*")
+    async def any_event(event: str, *args: Any) -> Any:
+        received.append((event, args[0] if args else None, span_id_now()))
+        return "ok"
+
+    return client
+
+
+async def wait_for(received: list[Any], count: int) -> None:
+    for _ in range(200):
+        if len(received) >= count:
+            return
+        await asyncio.sleep(0.01)
+
+
+def prompts(*texts: str, options: dict[str, Any] | None = None) -> list[tuple[str, Any, int]]:
+    """Connect, send each prompt (a plain emit) and wait for its ``done``; returns what the client handled."""
+    received: list[tuple[str, Any, int]] = []
+
+    async def scenario() -> None:
+        sio = streaming_server()
+        async with aiohttp_server(sio) as url:
+            client = recording_client(received)
+            await client.connect(url, transports=["websocket"])
+            for n, text in enumerate(texts, 1):
+                await client.emit("prompt", text)
+                await wait_for(received, n * (TOKENS + 1))
+            await client.disconnect()
+
+    run(scenario())
+    return received
+
+
+def test_a_handlers_token_emits_are_one_stream(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """20 ``token`` emits then ``done`` in one handler: one ``send token /`` stream span (20 chunks, time to first
+    and last chunk from the handler's start, interval stats) and one ``send done /``; the client's 20 handler spans
+    are children of the stream span."""
+    instrument()
+    received = prompts("hi")
+    assert [event for event, _, _ in received] == ["token"] * TOKENS + ["done"]
+    assert [arg for _, arg, _ in received[:TOKENS]] == [f"hi-{i}" for i in range(TOKENS)]
+    handler = telemetry.one("process prompt /")
+    stream = telemetry.one("send token /")
+    assert stream.kind == SpanKind.PRODUCER and parent(stream) == sid(handler)
+    attrs = stream.attributes or {}
+    assert attrs["wstrace.stream.chunk_count"] == TOKENS
+    assert attrs["wstrace.stream.size"] == sum(len(f"hi-{i}") for i in range(TOKENS))
+    assert 0 < attrs["wstrace.stream.time_to_first_chunk"] < attrs["wstrace.stream.time_to_last_chunk"]
+    assert attrs["wstrace.stream.chunk_interval.mean"] > 0
+    assert attrs["wstrace.stream.chunk_interval.max"] >= attrs["wstrace.stream.chunk_interval.p50"]
+    assert attrs["wstrace.socketio.recipients"] == 1
+    assert attrs["messaging.socket.io.event_name"] == "token"
+    assert (stream.end_time or 0) <= (handler.end_time or 0)
+    done = telemetry.one("send done /")
+    assert parent(done) == sid(handler)
+    assert (done.attributes or {})["wstrace.stream.chunk_count"] == 1  # a stream of one
+    assert "wstrace.stream.chunk_interval.mean" not in (done.attributes or {})
+    token_handlers = [s for s in telemetry.named("process token /") if s.kind == SpanKind.CONSUMER]
+    assert len(token_handlers) == TOKENS
+    assert all(parent(h) == sid(stream) for h in token_handlers)
+    assert {span for event, _, span in received if event == "token"} == {sid(h) for h in token_handlers}
+    assert parent(telemetry.one("process done /")) == sid(done)
+    assert len({tid(s) for s in telemetry.spans if s.name.endswith(("prompt /", "token /", "done /"))}) == 1
+
+
+def test_chunk_spans_keep_a_span_per_emit(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """``chunk_spans=True``: the stream span, plus one ``send token /`` span per emit under it."""
+    instrument(chunk_spans=True)
+    prompts("hi")
+    handler = telemetry.one("process prompt /")
+    sends = telemetry.named("send token /")
+    stream = next(s for s in sends if parent(s) == sid(handler))
+    chunks = [s for s in sends if parent(s) == sid(stream)]
+    assert len(sends) == TOKENS + 1 and len(chunks) == TOKENS
+    assert (stream.attributes or {})["wstrace.stream.chunk_count"] == TOKENS
+    assert all((c.attributes or {})["wstrace.socketio.recipients"] == 1 for c in chunks)
+    assert all(c.kind == SpanKind.PRODUCER for c in chunks)
+    token_handlers = telemetry.named("process token /")
+    assert {parent(h) for h in token_handlers} == {sid(c) for c in chunks}
+
+
+def test_two_requests_are_two_streams(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """Each handled ``prompt`` owns its own stream: two prompts, two ``send token /`` spans of 20 chunks."""
+    instrument()
+    prompts("one", "two")
+    handlers = telemetry.named("process prompt /")
+    streams = telemetry.named("send token /")
+    assert len(handlers) == len(streams) == 2
+    assert {parent(s) for s in streams} == {sid(h) for h in handlers}
+    assert all((s.attributes or {})["wstrace.stream.chunk_count"] == TOKENS for s in streams)
+    assert len({tid(s) for s in streams}) == 2
+
+
+def test_emits_with_a_callback_are_never_folded(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """Three ``token`` emits with an ack callback are three spans, each with its ack span as its child."""
+    instrument()
+    received: list[tuple[str, Any, int]] = []
+
+    async def scenario() -> None:
+        sio = streaming_server()
+        async with aiohttp_server(sio) as url:
+            client = recording_client(received)
+            await client.connect(url, transports=["websocket"])
+            await client.call("acked")
+            await wait_for(received, 3)
+            await asyncio.sleep(0.1)  # the acks come back
+            await client.disconnect()
+
+    run(scenario())
+    sends = telemetry.named("send token /")
+    assert len(sends) == 3
+    assert all("wstrace.stream.chunk_count" not in (s.attributes or {}) for s in sends)
+    acks = telemetry.named("ack token /")
+    assert sorted(parent(a) or 0 for a in acks) == sorted(sid(s) for s in sends)
+
+
+def test_stream_histograms_are_recorded(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """The stream histograms: one ``token`` stream of 20 chunks and the ``done`` reply (time to first chunk only)."""
+    reader = InMemoryMetricReader()
+    instrument(meter_provider=MeterProvider(metric_readers=[reader]))
+    prompts("hi")
+    data = reader.get_metrics_data()
+    points: dict[str, list[Any]] = {}
+    for resource in data.resource_metrics if data is not None else ():
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                points.setdefault(metric.name, []).extend(metric.data.data_points)
+    chunks = points["wstrace.stream.chunks"]
+    assert [(p.count, p.sum) for p in chunks] == [(1, TOKENS)]
+    assert dict(chunks[0].attributes) == {"messaging.system": "socket.io", "wstrace.stream.direction": "outbound"}
+    assert sum(p.count for p in points["wstrace.stream.time_to_first_chunk"]) == 2  # token, and done
+    assert sum(p.count for p in points["wstrace.stream.time_to_last_chunk"]) == 1
+    assert sum(p.count for p in points["wstrace.stream.chunk_interval"]) == 1
+
+
+def test_runs_outside_a_handler(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """Emits under an application span are one run (child of it, no time to first chunk); another event ends it;
+    an end marker (``stream_end``) ends a run with its chunk; the client's disconnect ends the rest."""
+    instrument(stream_end=lambda data: data == "last")
+    received: list[tuple[str, Any, int]] = []
+    tracer = telemetry.provider.get_tracer("test")
+
+    async def scenario() -> None:
+        sio = streaming_server()
+        async with aiohttp_server(sio) as url:
+            client = recording_client(received)
+            await client.connect(url, transports=["websocket"])
+            with tracer.start_as_current_span("turn"):
+                for i in range(5):
+                    await client.emit("frame", i)
+                await client.emit("end")
+                for word in ("a", "last", "b"):
+                    await client.emit("word", word)
+            await asyncio.sleep(0.1)
+            await client.disconnect()
+
+    run(scenario())
+    turn = telemetry.one("turn")
+    frames = telemetry.one("send frame /")
+    assert parent(frames) == sid(turn)
+    attrs = frames.attributes or {}
+    assert attrs["wstrace.stream.chunk_count"] == 5
+    assert "wstrace.stream.time_to_first_chunk" not in attrs
+    assert "wstrace.socketio.recipients" not in attrs  # a client's emit has none
+    assert parent(telemetry.one("send end /")) == sid(turn)
+    words = sorted(telemetry.named("send word /"), key=lambda s: s.start_time or 0)
+    assert [(w.attributes or {})["wstrace.stream.chunk_count"] for w in words] == [2, 1]
+    server_frames = telemetry.named("process frame /")
+    assert len(server_frames) == 5 and all(parent(h) == sid(frames) for h in server_frames)
+
+
+def test_streams_off_is_a_span_per_emit(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """``streams=False``: a span per emit, as before streams, without the stream attributes."""
+    instrument(streams=False)
+    prompts("hi")
+    sends = telemetry.named("send token /")
+    assert len(sends) == TOKENS
+    assert all("wstrace.stream.chunk_count" not in (s.attributes or {}) for s in sends)
+
+
+def test_a_task_the_handler_started_and_the_idle_gap(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """A task the handler started, emitting after the handler returned, makes a run that is the handler span's
+    child (no time to first chunk); the idle gap ends that run by itself, before anything else happens; a run to
+    another destination is another stream."""
+    instrument(stream_idle=0.2)
+    received: list[tuple[str, Any, int]] = []
+    exported: list[int] = []
+
+    async def scenario() -> None:
+        sio = socketio.AsyncServer(async_mode="aiohttp")
+        tasks: list[asyncio.Task[None]] = []
+
+        async def later(to: str) -> None:
+            await asyncio.sleep(0.05)
+            for i in range(4):
+                await sio.emit("tick", i, to=to)
+            await sio.emit("tick", "all")  # the whole namespace: another destination
+
+        @sio.event
+        async def start(sid_: str) -> None:
+            tasks.append(asyncio.create_task(later(sid_)))
+
+        async with aiohttp_server(sio) as url:
+            client = recording_client(received)
+            await client.connect(url, transports=["websocket"])
+            await client.emit("start")
+            await wait_for(received, 5)
+            await asyncio.sleep(0.6)  # the idle gap has passed: the runs ended on their own
+            exported.append(len(telemetry.named("send tick /")))
+            await client.disconnect()
+
+    run(scenario())
+    assert exported == [2]
+    handler = telemetry.one("process start /")
+    ticks = sorted(telemetry.named("send tick /"), key=lambda s: s.start_time or 0)
+    assert [(t.attributes or {})["wstrace.stream.chunk_count"] for t in ticks] == [4, 1]
+    assert all(parent(t) == sid(handler) for t in ticks)
+    assert "wstrace.stream.time_to_first_chunk" not in (ticks[0].attributes or {})
+    assert (ticks[0].attributes or {})["messaging.destination.name"] != "/"
+    assert (ticks[1].attributes or {})["messaging.destination.name"] == "/"
+
+
+def test_threaded_server_and_client(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """The threaded ``socketio.Server`` (WSGI) streaming to the threaded ``socketio.Client``: one stream span of 20
+    chunks, the client's 20 handler spans its children."""
+    instrument()
+    received: list[tuple[str, list[Any]]] = []
+    sio = socketio.Server(async_mode="threading")
+
+    def prompt(sid_: str, text: str) -> None:
+        for i in range(TOKENS):
+            sio.emit("token", f"{text}-{i}", to=sid_)
+        sio.emit("done", to=sid_)
+
+    sio.on("prompt", prompt)
+    with wsgi_server(socketio.WSGIApp(sio)) as url:
+        client = Driver(False, received)
+        client.connect(url, transports=["websocket"])
+        client.emit("prompt", "hi")
+        assert threaded_wait(lambda: len(received) >= TOKENS + 1)
+        client.disconnect()
+    assert [event for event, _ in received] == ["token"] * TOKENS + ["done"]
+    handler = telemetry.one("process prompt /")
+    stream = telemetry.one("send token /")
+    assert parent(stream) == sid(handler)
+    assert (stream.attributes or {})["wstrace.stream.chunk_count"] == TOKENS
+    token_handlers = telemetry.named("process token /")
+    assert len(token_handlers) == TOKENS and all(parent(h) == sid(stream) for h in token_handlers)
+
+
+def test_a_failed_emit_ends_its_stream_failed(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """An emit that raises (an argument JSON cannot encode) ends its stream with status ERROR, keeping its
+    figures; the application gets the library's exception; a ``stream_end`` that raises is not the end."""
+
+    def broken_marker(data: Any) -> bool:
+        raise RuntimeError("marker bug")
+
+    instrument(stream_end=broken_marker)
+    received: list[tuple[str, Any, int]] = []
+    errors: list[str] = []
+
+    async def scenario() -> None:
+        sio = socketio.AsyncServer(async_mode="aiohttp")
+
+        @sio.event
+        async def prompt(sid_: str) -> None:
+            await sio.emit("token", "a", to=sid_)
+            await sio.emit("token", "b", to=sid_)
+            try:
+                await sio.emit("token", object(), to=sid_)
+            except TypeError as exc:
+                errors.append(type(exc).__name__)
+
+        async with aiohttp_server(sio) as url:
+            client = recording_client(received)
+            await client.connect(url, transports=["websocket"])
+            await client.emit("prompt")
+            await wait_for(received, 2)
+            await asyncio.sleep(0.1)
+            await client.disconnect()
+
+    run(scenario())
+    assert errors == ["TypeError"]
+    stream = telemetry.one("send token /")
+    assert (stream.attributes or {})["wstrace.stream.chunk_count"] == 3
+    assert stream.status.status_code.name == "ERROR"
+    assert parent(stream) == sid(telemetry.one("process prompt /"))
