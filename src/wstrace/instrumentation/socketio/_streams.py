@@ -23,12 +23,12 @@ import time
 from typing import Any, Optional, Sequence
 
 from opentelemetry import context as otel_context, trace
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import Span, SpanKind
 
 from wstrace import semconv as sc
 from wstrace._log import warn_once
 from wstrace._replies import safe_predicate
-from wstrace._spans import record_error
+from wstrace._spans import OUT, record_error
 from wstrace.connection import ConnectionTracer
 from wstrace.instrumentation._instrumentor import Settings, is_instrumentation_enabled
 from wstrace.instrumentation.socketio._common import (
@@ -41,7 +41,9 @@ from wstrace.instrumentation.socketio._common import (
     InSpan,
     attributes,
     carrier_arg,
+    event_payload,
     given,
+    message_hook,
     rooms_of,
 )
 from wstrace.streams import StreamRecorder, StreamStats
@@ -328,6 +330,7 @@ def streaming(
     config = settings.config
     now = time.monotonic_ns()
     stale: Optional[Open] = None
+    started: Optional[Span] = None
     with _LOCK:
         stream = owner.open
         if stream is not None:
@@ -348,7 +351,7 @@ def streaming(
             attrs = _send_attributes(event, namespace, rooms, session_id)
             if count:
                 attrs[RECIPIENTS] = 0
-            span = settings.tracer.start_span(name, current, kind=SpanKind.PRODUCER, attributes=attrs)
+            span = started = settings.tracer.start_span(name, current, kind=SpanKind.PRODUCER, attributes=attrs)
             recorder = StreamRecorder(
                 span,
                 StreamStats(owner.start_ns if owner.answers else now, config.stall_threshold),
@@ -362,6 +365,8 @@ def streaming(
                 _watch(owner, stream, config.stream_idle)
     if stale is not None:
         stale.end()
+    if started is not None and config.message_hook is not None:  # a stream's span: with its first emit, as on WebSocket
+        message_hook(config, started, event_payload(event, data), OUT)
     chunk = (name, _send_attributes(event, namespace, rooms, session_id)) if config.chunk_spans else None
     return chunk_emit(settings, owner, stream, data, args, kwargs, chunk)
 
