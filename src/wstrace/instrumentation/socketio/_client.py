@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextvars
 from typing import Any, Callable, Optional
 
+from wstrace._close import NORMAL
 from wstrace._log import warn_once
 from wstrace.connection import ConnectionTracer
 from wstrace.instrumentation._instrumentor import Settings, client_tracer, is_instrumentation_enabled
@@ -112,7 +113,7 @@ def connect(settings: Settings) -> Pair:
             _agreed(instance).clear()
             old = instance.__dict__.get(ATTR_CT)
             if old is not None:
-                old.closed(code=1000, initiator="local")
+                old.closed(code=NORMAL, initiator="local")
             instance.__dict__[ATTR_CT] = ct  # an excluded one too: its events are left alone
             if ct.excluded:
                 return None  # no header, no offer: the connection goes as it would without wstrace

@@ -23,11 +23,13 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Link, Span, SpanKind
 
 from wstrace import _handshake as hs, propagation, semconv as sc
+from wstrace._close import ABNORMAL, NORMAL
 from wstrace._log import warn_once
 from wstrace._spans import IN, OUT, link, receive_parent, record_error
 from wstrace.config import Config
 from wstrace.connection import ConnectionTracer
 from wstrace.instrumentation._instrumentor import Settings, is_instrumentation_enabled
+from wstrace.queues import _messaging
 
 
 __all__ = [
@@ -215,15 +217,15 @@ class after(Call):
 
 
 def record_close(ct: ConnectionTracer, reason: Any, local: frozenset[str], remote: frozenset[str]) -> None:
-    """End a connection for an engine.io disconnect ``reason``: 1000 when one end closed it (``local`` or ``remote``
-    reasons), else 1006 with the reason."""
+    """End a connection for an engine.io disconnect ``reason``: engine.io has no close frames, so a normal
+    closure when one end closed it (``local`` or ``remote`` reasons), else the transport was lost."""
     text = str(reason)
     if text in remote:
-        ct.closed(code=1000, initiator="remote")
+        ct.closed(code=NORMAL, initiator="remote")
     elif text in local:
-        ct.closed(code=1000, initiator="local")
+        ct.closed(code=NORMAL, initiator="local")
     else:
-        ct.closed(code=1006, reason=text, initiator=None)
+        ct.closed(code=ABNORMAL, reason=text, initiator=None)
 
 
 def offered(environ: Any) -> bool:
@@ -287,14 +289,10 @@ def handshake_links(ct: Optional[ConnectionTracer]) -> Sequence[Link]:
 
 
 def attributes(event: Any, namespace: str, operation: str, session_id: Optional[str]) -> dict[str, Any]:
-    attrs: dict[str, Any] = {
-        sc.MESSAGING_SYSTEM: SYSTEM,
-        sc.MESSAGING_OPERATION_TYPE: operation,
-        sc.MESSAGING_OPERATION_NAME: operation,
-        sc.MESSAGING_DESTINATION_NAME: namespace,
-        EVENT_NAME: str(event),
-        NAMESPACE: namespace,
-    }
+    """An event span's attributes: the messaging conventions' (the core's one builder) and Socket.IO's own."""
+    attrs: dict[str, Any] = _messaging(SYSTEM, operation, operation, namespace)
+    attrs[EVENT_NAME] = str(event)
+    attrs[NAMESPACE] = namespace
     if session_id is not None:
         attrs[sc.SESSION_ID] = session_id
     return attrs
