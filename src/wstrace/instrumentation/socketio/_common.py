@@ -49,6 +49,7 @@ __all__ = [
     "Wrapper",
     "after",
     "current_emit",
+    "EmitCall",
     "emitting",
     "event_payload",
     "given",
@@ -358,11 +359,38 @@ def current_emit() -> Optional[Emit]:
     return _EMIT.get()
 
 
-class emitting(Call):
+class EmitCall(Call):
+    """Around an emit: its :class:`Emit` (``emit``, set by the subclass) and its context current for the emit's
+    sends; :meth:`leave` restores both."""
+
+    __slots__ = ("_attachment", "_token", "emit")
+
+    emit: Emit
+
+    def __init__(self, args: tuple[Any, ...], kwargs: Optional[dict[str, Any]]) -> None:
+        super().__init__(args, kwargs)
+        self._token: Optional[contextvars.Token[Optional[Emit]]] = None
+        self._attachment: Optional[object] = None
+
+    def __enter__(self) -> EmitCall:
+        self._token = _EMIT.set(self.emit)
+        self._attachment = otel_context.attach(self.emit.context)
+        return self
+
+    def leave(self) -> None:
+        try:
+            otel_context.detach(self._attachment)  # type: ignore[arg-type]
+            if self._token is not None:
+                _EMIT.reset(self._token)
+        except Exception as error:  # another context: leave it
+            warn_once("restoring the context after a Socket.IO emit", error)
+
+
+class emitting(EmitCall):
     """Around an emit: its PRODUCER span and :class:`Emit` current for the emit's sends (``emit``), then the span
     ends with the recipient count."""
 
-    __slots__ = ("_attachment", "_count", "_token", "emit")
+    __slots__ = ("_count",)
 
     def __init__(
         self,
@@ -397,13 +425,6 @@ class emitting(Call):
         ctx = trace.set_span_in_context(span, base)
         self.emit = Emit(span, ctx)
         self._count = count
-        self._token: Optional[contextvars.Token[Optional[Emit]]] = None
-        self._attachment: Optional[object] = None
-
-    def __enter__(self) -> emitting:
-        self._token = _EMIT.set(self.emit)
-        self._attachment = otel_context.attach(self.emit.context)
-        return self
 
     def __exit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> None:
         span = self.emit.span
@@ -415,12 +436,7 @@ class emitting(Call):
             span.end()
         except Exception as error:
             warn_once("ending a Socket.IO emit span", error)
-        try:
-            otel_context.detach(self._attachment)  # type: ignore[arg-type]
-            if self._token is not None:
-                _EMIT.reset(self._token)
-        except Exception as error:  # another context: leave it
-            warn_once("restoring the context after a Socket.IO emit", error)
+        self.leave()
 
 
 def remote_parent(

@@ -32,12 +32,12 @@ from wstrace._spans import OUT, record_error
 from wstrace.connection import ConnectionTracer
 from wstrace.instrumentation._instrumentor import Settings, is_instrumentation_enabled
 from wstrace.instrumentation.socketio._common import (
-    _EMIT,
     RECIPIENTS,
     ROOMS,
     SYSTEM,
     Call,
     Emit,
+    EmitCall,
     InSpan,
     attributes,
     carrier_arg,
@@ -232,11 +232,11 @@ def _size(data: Any) -> int:
     return 0
 
 
-class chunk_emit(Call):
+class chunk_emit(EmitCall):
     """Around an emit that is a chunk of a stream: the stream span (or, with ``chunk_spans``, the chunk's own
     span under it) current for the emit's sends, then the chunk counted."""
 
-    __slots__ = ("_attachment", "_chunk", "_data", "_ends", "_open", "_owner", "_token", "emit")
+    __slots__ = ("_chunk", "_data", "_ends", "_open", "_owner")
 
     def __init__(
         self,
@@ -262,13 +262,6 @@ class chunk_emit(Call):
             self.emit = Emit(self._chunk, trace.set_span_in_context(self._chunk, stream.context))
         else:
             self.emit = Emit(stream.recorder.span, stream.context, stream.carrier, stream.encoded)
-        self._token: Optional[contextvars.Token[Optional[Emit]]] = None
-        self._attachment: Optional[object] = None
-
-    def __enter__(self) -> chunk_emit:
-        self._token = _EMIT.set(self.emit)
-        self._attachment = otel_context.attach(self.emit.context)
-        return self
 
     def __exit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> None:
         stream = self._open
@@ -295,12 +288,7 @@ class chunk_emit(Call):
                 stream.end(exc)
         except Exception as error:
             warn_once("counting a Socket.IO stream chunk", error)
-        try:
-            otel_context.detach(self._attachment)  # type: ignore[arg-type]
-            if self._token is not None:
-                _EMIT.reset(self._token)
-        except Exception as error:  # another context: leave it
-            warn_once("restoring the context after a Socket.IO emit", error)
+        self.leave()
 
 
 def streaming(
