@@ -2,6 +2,7 @@
 
     python -m benchmarks.instructions [--only SUBSTRING] [--iterations 20000]
     python -m benchmarks.instructions --workloads stream-unpinned,push,uplink,echo64 [--only SUBSTRING] [--count 10000]
+        [--stacks websockets,aiohttp,starlette,tornado]
 
 On a shared or throttled machine the timings of :mod:`benchmarks.micro` (wall clock or a thread's CPU time
 alike) can move by 2x between hours, the same work running at half the pace. The number of instructions a case
@@ -96,22 +97,23 @@ def count_socket(variant: Variant, rounds: int, messages: int) -> int:
     return _refs(client.stderr if on_client else server_err)
 
 
-def sockets(workloads: list[str], only: str, messages: int) -> None:
-    print("| workload | variant | measured process | instructions per message | bare / variant |")
-    print("|---|---|---|---:|---:|")
-    bare: dict[str, float] = {}
+def sockets(workloads: list[str], only: str, messages: int, stacks: list[str]) -> None:
+    print("| workload | stack | variant | measured process | instructions per message | bare / variant |")
+    print("|---|---|---|---|---:|---:|")
+    bare: dict[tuple[str, str], float] = {}
     for variant in variants():
-        if variant.workload not in workloads or variant.stack != "websockets":
+        if variant.workload not in workloads or variant.stack not in stacks:
             continue
         if not variant.bare and only not in variant.name:
             continue
         per_message = (count_socket(variant, 3, messages) - count_socket(variant, 1, messages)) / (2 * messages)
         if variant.bare:
-            bare[variant.workload] = per_message
-        base = bare.get(variant.workload)
+            bare[variant.workload, variant.stack] = per_message
+        base = bare.get((variant.workload, variant.stack))
         ratio = f"{base / per_message:.2f}" if base else ""
         side = "client" if variant.workload == "uplink" else "server"
-        print(f"| {variant.workload} | {variant.name} | {side} | {per_message:,.0f} | {ratio} |", flush=True)
+        row = f"| {variant.workload} | {variant.stack} | {variant.name} | {side} | {per_message:,.0f} | {ratio} |"
+        print(row, flush=True)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -120,6 +122,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--iterations", type=int, default=20_000)
     parser.add_argument("--workloads", default="", help=f"socket workloads instead, among {','.join(ROUND_WORKLOADS)}")
     parser.add_argument("--count", type=int, default=10_000, help="with --workloads: messages per round")
+    parser.add_argument("--stacks", default="websockets", help="with --workloads: comma-separated server stacks")
     args = parser.parse_args(argv)
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
@@ -128,7 +131,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         unknown = set(chosen) - set(ROUND_WORKLOADS)
         if unknown:
             parser.error(f"not a round-based workload: {', '.join(sorted(unknown))}")
-        sockets(chosen, args.only, args.count)
+        sockets(chosen, args.only, args.count, args.stacks.split(","))
         return 0
     args.only = args.only or "chunk"
     names = [name for name in CASES if args.only in name]

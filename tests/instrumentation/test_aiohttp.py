@@ -627,3 +627,22 @@ def test_import_loads_no_aiohttp() -> None:
     code = "import sys, wstrace.instrumentation.aiohttp; print(any(m.split('.')[0] == 'aiohttp' for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+@pytest.mark.parametrize("name", ["send_str", "send_bytes", "receive"])
+@pytest.mark.parametrize("side", ["client", "server"])
+def test_hot_methods_have_the_library_signature(instrument: Callable[..., None], name: str, side: str) -> None:
+    """The replacements of the methods every message takes are written with aiohttp's own parameters (no
+    argument tuple to build on every message): an aiohttp release that changes them must fail here."""
+    import inspect  # noqa: PLC0415
+
+    from aiohttp.client_ws import ClientWebSocketResponse  # noqa: PLC0415
+    from aiohttp.web_ws import WebSocketResponse  # noqa: PLC0415
+
+    instrument()
+    patched = getattr(ClientWebSocketResponse if side == "client" else WebSocketResponse, name)
+    ours = inspect.signature(patched, follow_wrapped=False).parameters
+    theirs = inspect.signature(patched.__wrapped__).parameters
+    assert [(p.name, p.kind, p.default) for p in ours.values()] == [
+        (p.name, p.kind, p.default) for p in theirs.values()
+    ]

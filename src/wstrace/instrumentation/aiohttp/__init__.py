@@ -51,3 +51,5 @@ class AiohttpInstrumentor(WstraceInstrumentor):
             for name, wrapper in _connection.WRAPPERS.items():
                 if name in vars(cls):  # send_frame is missing before aiohttp 3.11
                     self._wrap(module, f"{cls.__name__}.{name}", wrapper, hot=name.startswith("send"))
+            for name, make in _connection.METHODS.items():
+                self._replace(cls, name, make)

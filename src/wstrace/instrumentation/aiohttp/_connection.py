@@ -10,12 +10,13 @@ suppressed) have none and pass straight through.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable, Optional
 
 from wstrace._close import ABNORMAL, NORMAL, as_code
-from wstrace.connection import ConnectionTracer
+from wstrace.connection import NOTHING_TO_END, ConnectionTracer
 from wstrace.instrumentation._instrumentor import Wrapped, end_after
 from wstrace.instrumentation.aiohttp._common import (
+    ATTR,
     BINARY,
     CLOSE,
     CLOSED,
@@ -30,7 +31,7 @@ from wstrace.instrumentation.aiohttp._common import (
 from wstrace.instrumentation.aiohttp._limits import refuse
 
 
-__all__ = ["WRAPPERS", "close", "receive", "send_bytes", "send_frame", "send_str"]
+__all__ = ["METHODS", "WRAPPERS", "close", "receive_method", "send_frame", "send_method"]
 
 
 def _argument(args: tuple[Any, ...], kwargs: dict[str, Any], index: int, name: str) -> Any:
@@ -61,22 +62,29 @@ async def _send(
         in_send.reset(token)
 
 
-def send_str(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    # Plain functions returning a coroutine, not coroutines themselves: an untraced send gets
-    # aiohttp's own coroutine, a traced one a single frame around it.
-    ct = tracer_of(instance)
-    # Anything but a str is aiohttp's TypeError to raise, about the caller's own value.
-    if ct is None or in_send.get() or not isinstance(_argument(args, kwargs, 0, "data"), str):
-        return wrapped(*args, **kwargs)
-    return _send(ct, wrapped, args, kwargs, "data", True)
+def send_method(text: bool) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
+    """``send_str`` (``text``) or ``send_bytes``, written as the method itself with aiohttp's signature (a test
+    pins it): one frame around aiohttp's own coroutine, and no helper call for a chunk of a stream."""
+    kinds: tuple[type, ...] = (str,) if text else (bytes, bytearray, memoryview)
 
+    def make(original: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def send(self: Any, data: Any, compress: Optional[int] = None) -> Any:
+            ct = getattr(self, ATTR, None)  # tracer_of(), written out
+            # Anything but the method's own type is aiohttp's TypeError to raise, about the caller's own value.
+            if not isinstance(ct, ConnectionTracer) or not isinstance(data, kinds) or in_send.get():
+                return await original(self, data, compress)
+            wire, handle = ct.send_start(data, text=text)
+            token = in_send.set(True)
+            try:
+                if handle is NOTHING_TO_END:
+                    return await original(self, wire, compress)
+                return await end_after(ct, handle, original(self, wire, compress))
+            finally:
+                in_send.reset(token)
 
-def send_bytes(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    ct = tracer_of(instance)
-    data = _argument(args, kwargs, 0, "data")
-    if ct is None or in_send.get() or not isinstance(data, (bytes, bytearray, memoryview)):
-        return wrapped(*args, **kwargs)
-    return _send(ct, wrapped, args, kwargs, "data", False)
+        return send
+
+    return make
 
 
 def send_frame(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -94,26 +102,36 @@ def send_frame(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: d
     return _send(ct, wrapped, args, kwargs, "message", opcode == TEXT)
 
 
-async def receive(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    ct = tracer_of(instance)
-    if ct is None or in_receive.get():
-        return await wrapped(*args, **kwargs)
-    ct.receive_done()
-    token = in_receive.set(True)
-    setattr(instance, RECEIVING, True)
-    try:
-        msg = await wrapped(*args, **kwargs)
-        if (msg.type == TEXT or msg.type == BINARY) and refuse(instance, msg.data):
-            # Over the application's limit: aiohttp handles the error its reader now holds (close 1009, ERROR).
-            msg = await wrapped(*args, **kwargs)
-    except BaseException as exc:
-        # A receive timeout leaves the connection open; only a closed one has ended.
-        if getattr(instance, "closed", False) and not getattr(instance, LOCAL_CLOSE, False):
-            ct.closed(error=exc)
-        raise
-    finally:
-        setattr(instance, RECEIVING, False)
-        in_receive.reset(token)
+def receive_method(original: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """``receive``, written as the method itself with aiohttp's signature: an idle connection waits in one frame."""
+
+    async def receive(self: Any, timeout: Optional[float] = None) -> Any:
+        ct = getattr(self, ATTR, None)  # tracer_of(), written out
+        if not isinstance(ct, ConnectionTracer) or in_receive.get():
+            return await original(self, timeout)
+        ct.receive_done()
+        token = in_receive.set(True)
+        setattr(self, RECEIVING, True)
+        try:
+            msg = await original(self, timeout)
+            if (msg.type == TEXT or msg.type == BINARY) and refuse(self, msg.data):
+                # Over the application's limit: aiohttp handles the error its reader now holds (close 1009, ERROR).
+                msg = await original(self, timeout)
+        except BaseException as exc:
+            # A receive timeout leaves the connection open; only a closed one has ended.
+            if getattr(self, "closed", False) and not getattr(self, LOCAL_CLOSE, False):
+                ct.closed(error=exc)
+            raise
+        finally:
+            setattr(self, RECEIVING, False)
+            in_receive.reset(token)
+        return _received(ct, self, msg)
+
+    return receive
+
+
+def _received(ct: ConnectionTracer, ws: Any, msg: Any) -> Any:
+    """What ``receive()`` returned: a message (its envelope stripped), or the end of the connection."""
     kind = msg.type
     if kind == TEXT or kind == BINARY:
         payload = ct.received(msg.data, text=kind == TEXT)
@@ -125,7 +143,7 @@ async def receive(wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs
     elif kind == CLOSED:
         # No close frame came first (it would have been returned as CLOSE):
         # the TCP connection ended, unless our own close() is under way.
-        if not getattr(instance, LOCAL_CLOSE, False):
+        if not getattr(ws, LOCAL_CLOSE, False):
             ct.closed()
     elif kind == ERROR:
         _failed(ct, msg.data)
@@ -171,11 +189,12 @@ def _text(message: Any) -> str:
     return message if isinstance(message, str) else ""
 
 
-WRAPPERS: dict[str, Callable[..., Any]] = {
-    "send_str": send_str,
-    "send_bytes": send_bytes,
-    "send_frame": send_frame,
-    "receive": receive,
-    "close": close,
-}
+WRAPPERS: dict[str, Callable[..., Any]] = {"send_frame": send_frame, "close": close}
 """Method name to wrapper, for both WebSocket classes (``send_frame`` exists since aiohttp 3.11)."""
+
+METHODS: dict[str, Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]] = {
+    "send_str": send_method(text=True),
+    "send_bytes": send_method(text=False),
+    "receive": receive_method,
+}
+"""The methods every message takes, replaced by the functions these make (see ``_instrumentor._replace``)."""
