@@ -481,3 +481,19 @@ def test_read_response_ignores_a_malformed_session_and_odd_headers() -> None:
     headers: list[Any] = [(7, "x"), ("wstrace-session", "ZZ"), ("wstrace-envelope", "frame/1", "extra")]
     assert hs.read_response(Config.load(), headers) == (None, None)
     assert hs.read_response(Config.load(), RawHeaders(("wstrace-envelope", "frame/1"))) == ("frame", None)
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("example.com:8080", ("example.com", 8080)),
+        ("example.com", ("example.com", None)),
+        ("[::1]:9000", ("::1", 9000)),
+        ("example.com:notaport", (None, None)),
+        ("", (None, None)),
+        (None, (None, None)),
+        (b"example.com", (None, None)),
+    ],
+)
+def test_host_and_port_from_a_host_header(host: object, expected: tuple[object, object]) -> None:
+    assert hs.host_and_port(host) == expected

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from typing import Any, Iterable, Mapping, NamedTuple, Optional, Sequence
+from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context, trace
 from opentelemetry.context import Context
@@ -37,6 +38,7 @@ __all__ = [
     "extract",
     "extract_handshake",
     "header_pairs",
+    "host_and_port",
     "offer_header",
     "parse_offer",
     "read_request",
@@ -108,6 +110,18 @@ def _text(value: Any) -> str:
     if isinstance(value, (bytes, bytearray)):
         return bytes(value).decode("latin-1")
     raise TypeError(type(value).__name__)
+
+
+def host_and_port(host: Any) -> tuple[Optional[str], Optional[int]]:
+    """The server's address and port from a ``Host`` header's value (``example.com:8080``, ``[::1]``); both
+    ``None`` for anything that is not one."""
+    if not isinstance(host, str) or not host:
+        return None, None
+    try:
+        parts = urlsplit(f"//{host}")
+        return parts.hostname, parts.port
+    except ValueError:
+        return None, None
 
 
 def strip_query(url: str) -> str:

@@ -676,14 +676,7 @@ SIO_SPANS = {
 
 @pytest.fixture
 def sio_instrument(telemetry: Telemetry) -> Iterator[Callable[..., None]]:
-    instrumentor = SocketioInstrumentor()
-
-    def do(**options: Any) -> None:
-        options.setdefault("tracer_provider", telemetry.provider)
-        instrumentor.instrument(**options)
-
-    yield do
-    instrumentor.uninstrument()
+    yield from socketio_app.instrumenting(telemetry)
 
 
 def sio_roundtrip(telemetry: Telemetry, suppressed: Collection[SpanKind] = ()) -> set[str]:

@@ -4,8 +4,8 @@ handler spans."""
 from __future__ import annotations
 
 from typing import Any, Callable, Optional
-from urllib.parse import urlsplit
 
+from wstrace import _handshake as hs
 from wstrace._log import warn_once
 from wstrace.connection import ConnectionTracer
 from wstrace.instrumentation._instrumentor import Settings, is_instrumentation_enabled
@@ -99,16 +99,6 @@ def _pair(value: Any) -> Address:
     return None, None
 
 
-def _host_header(host: Any) -> Address:
-    if not isinstance(host, str) or not host:
-        return None, None
-    try:
-        parts = urlsplit(f"//{host}")
-        return parts.hostname, parts.port
-    except ValueError:
-        return None, None
-
-
 def _addresses(environ: dict[str, Any]) -> tuple[Address, Address]:
     """The server's and the client's address and port of an engine.io request: from the request object the
     async drivers keep in the environ (aiohttp's, the ASGI scope, tornado's handler), else from the WSGI keys
@@ -130,7 +120,7 @@ def _addresses(environ: dict[str, Any]) -> tuple[Address, Address]:
             client_address = request.remote_ip if isinstance(request.remote_ip, str) else None
             socket_host, socket_port = _pair(getattr(getattr(request.connection, "context", None), "address", None))
             client_port = socket_port if socket_host == client_address else None  # unless xheaders replaced it
-            return _host_header(request.host), (client_address, client_port)
+            return hs.host_and_port(request.host), (client_address, client_port)
     except Exception as exc:
         warn_once("reading an engine.io request's addresses", exc)
         return (None, None), (None, None)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 from typing import Any, Optional
-from urllib.parse import urlsplit
 
 from opentelemetry import trace
 from opentelemetry.context import Context
 
+from wstrace import _handshake as hs
 from wstrace._context import Attachment, attach, detach
 from wstrace._limits import Limit
 from wstrace.carriers import hide_trace_tokens
@@ -114,7 +114,7 @@ def _offered(headers: Any) -> list[str]:
 def new_server_tracer(settings: Settings, handler: Any) -> ConnectionTracer:
     """Start the server's handshake span from the handler's ``HTTPServerRequest``."""
     request = handler.request
-    server_host, server_port = _host_and_port(getattr(request, "host", None))
+    server_host, server_port = hs.host_and_port(getattr(request, "host", None))
     client_address = getattr(request, "remote_ip", None)
     client_port = None
     socket_address = getattr(getattr(request.connection, "context", None), "address", None)
@@ -191,13 +191,3 @@ def hide_subprotocol_tokens(handler: Any) -> None:
         headers[_SUBPROTOCOL] = ", ".join(rest)
     else:
         handler.set_header(_SUBPROTOCOL, echo)
-
-
-def _host_and_port(host: Optional[str]) -> tuple[Optional[str], Optional[int]]:
-    if not host:
-        return None, None
-    try:
-        parts = urlsplit(f"//{host}")
-        return parts.hostname, parts.port
-    except ValueError:
-        return None, None
