@@ -437,6 +437,16 @@ def make_client(received: list[tuple[str, list[Any]]], answer: Optional[Any] = N
     return client
 
 
+async def call_once(url: str, data: Any) -> Any:
+    """Connect a :func:`make_client` over WebSocket, ``call("echo", data)``, disconnect; the answer."""
+    client = make_client([])
+    await client.connect(url, transports=["websocket"])
+    try:
+        return await client.call("echo", data)
+    finally:
+        await client.disconnect()
+
+
 class Driver:
     """A threaded ``socketio.Client`` or a ``socketio.AsyncClient`` driven from synchronous test code, recording
     what it receives as :func:`make_client`'s does. The asyncio client runs on an event loop in a thread of its

@@ -29,6 +29,7 @@ from tests.instrumentation.socketio_app import (
     aiohttp_server,
     aiohttp_two_sites,
     asgi_server,
+    call_once,
     check_bad_carriers,
     check_bare_client,
     check_broadcast,
@@ -339,14 +340,7 @@ def test_instrumented_client_with_bare_server(telemetry: Telemetry, instrument: 
         url = server.url
         instrument()
 
-        async def scenario() -> Any:
-            client = make_client([])
-            await client.connect(url, transports=["websocket"])
-            answer = await client.call("echo", ({"a": 1}, "two"))
-            await client.disconnect()
-            return answer
-
-        assert run(scenario()) == ({"a": 1}, "two")
+        assert run(call_once(url, ({"a": 1}, "two"))) == ({"a": 1}, "two")
     finally:
         server.stop()
     assert server.wait_for("echo")["args"] == [{"a": 1}, "two"]
@@ -558,11 +552,7 @@ def test_uninstrument_restores(telemetry: Telemetry) -> None:
     async def scenario() -> Any:
         sio = make_server([])
         async with aiohttp_server(sio) as url:
-            client = make_client([])
-            await client.connect(url, transports=["websocket"])
-            answer = await client.call("echo", "x")
-            await client.disconnect()
-            return answer
+            return await call_once(url, "x")
 
     assert run(scenario()) == "x"
     assert telemetry.spans == []
@@ -763,14 +753,7 @@ def test_zero_code(telemetry: Telemetry, instrument: Callable[..., None]) -> Non
         url = server.url
         instrument()
 
-        async def scenario() -> Any:
-            client = make_client([])
-            await client.connect(url, transports=["websocket"])
-            answer = await client.call("echo", "zero")
-            await client.disconnect()
-            return answer
-
-        assert run(scenario()) == "zero"
+        assert run(call_once(url, "zero")) == "zero"
     finally:
         output = server.stop()
     assert server.wait_for("echo")["args"] == ["zero"]  # the carrier was removed before the handler

@@ -20,6 +20,7 @@ from wstrace.instrumentation.socketio._common import (
     after,
     given,
     handling,
+    held,
     pair,
     record_close,
     starting_emit,
@@ -48,10 +49,7 @@ def _left_alone(ct: Optional[ConnectionTracer]) -> bool:
 
 
 def _agreed(client: Any) -> set[str]:
-    found = client.__dict__.get(ATTR_AGREED)
-    if found is None:
-        found = client.__dict__.setdefault(ATTR_AGREED, set())  # one set, whichever thread gets here first
-    return found  # type: ignore[no-any-return]
+    return held(client, ATTR_AGREED, set)
 
 
 def _trace_url(url: Any, path: Any) -> str:

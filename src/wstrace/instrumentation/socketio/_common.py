@@ -16,7 +16,7 @@ import contextvars
 import inspect
 import json
 import weakref
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence, TypeVar
 
 from opentelemetry import context as otel_context, trace
 from opentelemetry.context import Context
@@ -53,6 +53,7 @@ __all__ = [
     "emitting",
     "event_payload",
     "given",
+    "held",
     "handler_span",
     "handling",
     "handshake_links",
@@ -350,6 +351,18 @@ class Emit:
         if self._encoded is None and self.carrier is not None:
             self._encoded = json.dumps(self.carrier, separators=(",", ":"))
         return self._encoded
+
+
+_T = TypeVar("_T")
+
+
+def held(owner: Any, name: str, make: Callable[[], _T]) -> _T:
+    """What a server or client keeps for wstrace under ``name`` in its own ``__dict__``, made by ``make`` the first
+    time (one, whichever thread gets there first)."""
+    found = owner.__dict__.get(name)
+    if found is None:
+        found = owner.__dict__.setdefault(name, make())
+    return found  # type: ignore[no-any-return]
 
 
 _EMIT: contextvars.ContextVar[Optional[Emit]] = contextvars.ContextVar("wstrace_socketio_emit", default=None)

@@ -21,6 +21,7 @@ from wstrace.instrumentation.socketio._common import (
     current_emit,
     given,
     handling,
+    held,
     offered,
     pair,
     record_close,
@@ -49,18 +50,12 @@ _EMIT_ARGS = ("event", "data", "to", "room", "skip_sid", "namespace", "callback"
 
 
 def _connections(server: Any) -> dict[str, ConnectionTracer]:
-    found = server.__dict__.get(ATTR_CONN)
-    if found is None:
-        found = server.__dict__.setdefault(ATTR_CONN, {})  # one dict, whichever thread gets here first
-    return found  # type: ignore[no-any-return]
+    return held(server, ATTR_CONN, dict)
 
 
 def _excluded(server: Any) -> set[Any]:
     """The engine.io session ids of this server's connections that ``excluded_urls`` leaves alone."""
-    found = server.__dict__.get(ATTR_EXCLUDED)
-    if found is None:
-        found = server.__dict__.setdefault(ATTR_EXCLUDED, set())  # one set, whichever thread gets here first
-    return found  # type: ignore[no-any-return]
+    return held(server, ATTR_EXCLUDED, set)
 
 
 def _agreed(server: Any, eio_sid: Any) -> bool:

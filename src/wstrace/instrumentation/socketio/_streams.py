@@ -43,6 +43,7 @@ from wstrace.instrumentation.socketio._common import (
     carrier_arg,
     event_payload,
     given,
+    held,
     message_hook,
     rooms_of,
 )
@@ -194,10 +195,7 @@ class Runs:
 
 
 def _runs(emitter: Any) -> Runs:
-    found = emitter.__dict__.get(ATTR_RUNS)
-    if found is None:
-        found = emitter.__dict__.setdefault(ATTR_RUNS, Runs())  # one, whichever thread gets here first
-    return found  # type: ignore[no-any-return]
+    return held(emitter, ATTR_RUNS, Runs)
 
 
 def closed(emitter: Any) -> None:
