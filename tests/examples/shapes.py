@@ -7,14 +7,14 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Sequence
 
 from opentelemetry.sdk.trace import ReadableSpan
 
 from tests.instrumentation import contract
 
 
-__all__ = ["Node", "count", "load_example", "tree"]
+__all__ = ["Node", "count", "load_example", "traces", "tree"]
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -30,6 +30,16 @@ def load_example(name: str) -> ModuleType:
 
 
 Node = tuple[str, str, str, tuple[Any, ...]]
+
+
+def traces(spans: Sequence[ReadableSpan], names: tuple[str, ...] = ()) -> list[list[ReadableSpan]]:
+    """``spans`` (those whose name starts with one of ``names``, or all) by trace, the trace that started first
+    first."""
+    found: dict[int, list[ReadableSpan]] = defaultdict(list)
+    for span in spans:
+        if not names or span.name.startswith(names):
+            found[contract.trace_id(span)].append(span)
+    return sorted(found.values(), key=lambda group: min(s.start_time or 0 for s in group))
 
 
 def tree(spans: list[ReadableSpan]) -> Node:

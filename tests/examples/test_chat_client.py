@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
 from types import ModuleType
 
 from opentelemetry.sdk.trace import ReadableSpan
@@ -24,11 +23,7 @@ def link_kinds(span: ReadableSpan) -> list[str]:
 
 def message_traces(telemetry: Telemetry) -> list[list[ReadableSpan]]:
     """The traces of send/receive spans, oldest first (handshakes and closes are traces of their own)."""
-    traces: dict[int, list[ReadableSpan]] = defaultdict(list)
-    for span in telemetry.spans:
-        if span.name.startswith(("send", "receive")):
-            traces[contract.trace_id(span)].append(span)
-    return sorted(traces.values(), key=lambda spans: min(s.start_time or 0 for s in spans))
+    return shapes.traces(telemetry.spans, ("send", "receive"))
 
 
 def test_one_trace_per_prompt(telemetry: Telemetry) -> None:

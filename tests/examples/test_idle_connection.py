@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
 from types import ModuleType
 
 from opentelemetry.sdk.trace import ReadableSpan
@@ -41,11 +40,7 @@ def run(telemetry: Telemetry) -> tuple[ModuleType, list[list[ReadableSpan]]]:
     assert reports == [{"status": "ok", "seq": n} for n in range(1, example.REPORTS + 1)]
     assert notices == [example.NOTICE]
     contract.no_open_spans(telemetry)
-    traces: dict[int, list[ReadableSpan]] = defaultdict(list)
-    for span in telemetry.spans:
-        if span.name.startswith(("send", "receive")):
-            traces[contract.trace_id(span)].append(span)
-    return example, sorted(traces.values(), key=lambda spans: min(s.start_time or 0 for s in spans))
+    return example, shapes.traces(telemetry.spans, ("send", "receive"))
 
 
 def test_nothing_outlives_its_message(telemetry: Telemetry) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections import defaultdict
 from collections.abc import Iterator
 from types import ModuleType
 
@@ -71,11 +70,7 @@ def test_each_answer_is_one_run_linked_to_its_prompt(telemetry: Telemetry, examp
     assert answers == [f"you said: {p}" for p in PROMPTS]
     contract.no_open_spans(telemetry)
 
-    traces: dict[int, list[ReadableSpan]] = defaultdict(list)
-    for span in telemetry.spans:
-        if span.name.startswith(("send", "receive")):
-            traces[contract.trace_id(span)].append(span)
-    ordered = sorted(traces.values(), key=lambda spans: min(s.start_time or 0 for s in spans))
+    ordered = shapes.traces(telemetry.spans, ("send", "receive"))
     assert len(ordered) == 2 * len(PROMPTS), [sorted(s.name for s in t) for t in ordered]
     previous_answer: ReadableSpan | None = None
     for n, prompt in enumerate(PROMPTS):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
 from collections.abc import Iterator
 from types import ModuleType
 
@@ -32,11 +31,7 @@ def example(telemetry: Telemetry) -> Iterator[ModuleType]:
 
 def event_traces(telemetry: Telemetry) -> list[list[ReadableSpan]]:
     """The traces of events (``send``, ``process``), in the order they started."""
-    traces: dict[int, list[ReadableSpan]] = defaultdict(list)
-    for span in telemetry.spans:
-        if span.name.startswith(("send ", "process ")):
-            traces[contract.trace_id(span)].append(span)
-    return sorted(traces.values(), key=lambda spans: min(s.start_time or 0 for s in spans))
+    return shapes.traces(telemetry.spans, ("send ", "process "))
 
 
 def test_each_question_is_one_trace_with_one_stream_of_tokens(telemetry: Telemetry, example: ModuleType) -> None:
