@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+import weakref
 from collections import OrderedDict
 from typing import Any, Callable, Hashable, Optional, cast
 
@@ -238,6 +239,52 @@ class InRun:
         self.base: Optional[Context] = None
 
 
+class Lane:
+    """The stream the last chunk joined, for the next chunk sent under the very same context object.
+
+    :meth:`Replies.again` keeps one per connection once a stream is under way; ``ConnectionTracer.send_start``
+    tries it before anything else, so a chunk of a long stream skips the context lookups and the owner and run
+    rules (the same context object means the same owner, run and decision: contexts are immutable). What can
+    change between two chunks is tested there again: the stream's end, the idle gap and stall limit
+    (``gap_limit``), the run limit (``until_ns``), the interval reservoir's start and the frame type.
+    """
+
+    __slots__ = ("ctx", "gap_limit", "is_text", "prefix", "prefixes", "request", "stats", "stream", "until_ns", "wire")
+
+    def __init__(
+        self,
+        ctx: Context,
+        holder: Inbound | Run,
+        stream: Outbound,
+        wire: Optional[Wire],
+        is_text: bool,
+        replies: Replies,
+    ) -> None:
+        # A weak reference: the message being handled must be able to go when the last context holding it
+        # goes (``Inbound.__del__`` releases its stream); so the lane holds neither that context nor the owner.
+        self.ctx = weakref.ref(ctx)
+        self.stream = stream
+        self.stats = stats = stream.stats
+        self.wire = wire
+        self.is_text = is_text
+        self.gap_limit = min(replies.idle_ns, stats.stall_limit)
+        run = holder if type(holder) is Run else None
+        self.until_ns = stats.first_ns + replies.limit_ns if run is not None else _NO_LIMIT
+        self.request = run.request if run is not None else None
+        prefixes = holder.prefixes
+        if prefixes is None:
+            prefixes = holder.prefixes = Prefixes()
+        self.prefixes = prefixes
+        # Wire.in_stream's first case: a text stream's chunk is its prefix and itself.
+        self.prefix = prefixes.text if is_text and type(wire) is Wire else None
+
+    def frame(self, payload: Any) -> Any:
+        """A chunk in its envelope, when that is more than the text prefix before it."""
+        wire = self.wire
+        assert wire is not None  # only called with one
+        return wire.in_stream(self.prefixes, self.stream.span, payload, self.is_text)
+
+
 class Replies:
     """One connection's open reply streams and, on a client, its requests in flight."""
 
@@ -248,6 +295,7 @@ class Replies:
         "inrun",
         "instruments",
         "keyed",
+        "lane",
         "last_request",
         "limit_ns",
         "loop",
@@ -298,6 +346,8 @@ class Replies:
         self.inrun: Optional[InRun] = None
         """The run the peer is sending, as far as this end has received it."""
         self.sweep_at = _SWEEP_FLOOR
+        self.lane: Optional[Lane] = None
+        """The stream under way and the context its chunks are sent under: the next chunk's short way."""
         self.sent_to: Optional[StreamRecorder] = None
         """The stream the last chunk sent joined (for a message sent as fragments, whose size is known at its end)."""
 
@@ -590,6 +640,11 @@ class Replies:
         stats.last_ns = now
         stats.intervals.append(gap)
         self.sent_to = stream
+        lane = self.lane
+        if (lane is None or lane.ctx() is not current or lane.stream is not stream) and (
+            wire is None or type(wire) is Wire  # not a SplitWire: the lane serves calls that take no Parts
+        ):
+            self.lane = Lane(current, holder, stream, wire, is_text, self)
         if wire is None:
             return payload, NOTHING_TO_END
         prefixes = holder.prefixes
@@ -718,7 +773,10 @@ class Replies:
         """A stream ended (its ``on_end``)."""
         sent_to = self.sent_to
         if sent_to is not None and sent_to.stats is stats:
-            self.sent_to = None  # an ended stream, its span with it, is not kept for an idle connection
+            self.sent_to = None
+        lane = self.lane
+        if lane is not None and lane.stats is stats:
+            self.lane = None  # an ended stream, its span with it, is not kept for an idle connection
         streams = self.streams
         streams.pop(stats, None)
         if not streams:
@@ -771,6 +829,7 @@ class Replies:
 
     def end_all(self, error: Optional[str]) -> None:
         """The connection closed: every open stream ends, failed with ``error`` if the close was abnormal."""
+        self.lane = None
         for stream in list(self.streams.values()):
             if not stream.ended:
                 stream.end(error, at_last_chunk=error is None)

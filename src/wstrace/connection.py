@@ -28,7 +28,7 @@ from wstrace._spans import record_error, size
 from wstrace._wire import split_wire
 from wstrace.config import Config
 from wstrace.metrics import Instruments
-from wstrace.streams import StreamRecorder
+from wstrace.streams import APPEND_UNTIL, StreamRecorder
 
 
 __all__ = ["NOTHING_TO_END", "ConnectionTracer", "SendHandle", "Side"]
@@ -37,6 +37,7 @@ __all__ = ["NOTHING_TO_END", "ConnectionTracer", "SendHandle", "Side"]
 # The key suppress_instrumentation() sets; read from the same context lookup as OWNER.
 _SUPPRESS = otel_context._SUPPRESS_INSTRUMENTATION_KEY
 _lock, _unlock = COUNT_LOCK.acquire, COUNT_LOCK.release
+_monotonic_ns = time.monotonic_ns
 
 
 class ConnectionTracer(Opening):
@@ -99,6 +100,39 @@ class ConnectionTracer(Opening):
         :class:`~wstrace._wire.Parts` (prefix, payload) instead of copied behind the prefix. ``fragment=True``:
         ``payload`` is a message's first fragment; pass the whole message's size to :meth:`send_end`.
         """
+        replies = self._replies
+        if replies is not None and record and not split and not fragment:
+            lane = replies.lane
+            if lane is not None and lane.ctx() is current_context():
+                # The next chunk of the stream under way, under the very same context: Lane's rules, written
+                # out here, where every chunk of every stream passes (a call would cost as much as the rest).
+                stats = lane.stats
+                now = _monotonic_ns()
+                gap = now - stats.last_ns
+                count = stats.count
+                kind = type(payload)
+                if (
+                    (kind is str or kind is bytes)
+                    and (kind is str if text is None else text) == lane.is_text
+                    and gap <= lane.gap_limit
+                    and count < APPEND_UNTIL
+                    and now <= lane.until_ns
+                    and not lane.stream.ended
+                ):
+                    request = lane.request
+                    if request is not None:
+                        request.start_ns = now  # a reply to a run answers its latest message
+                    stats.count = count + 1
+                    stats.size += len(payload) if kind is bytes or payload.isascii() else (size(payload) or 0)
+                    stats.last_ns = now
+                    stats.intervals.append(gap)
+                    self._sent += 1
+                    prefix = lane.prefix
+                    if prefix is not None and kind is str:
+                        return prefix + payload, NOTHING_TO_END
+                    if lane.wire is None:
+                        return payload, NOTHING_TO_END
+                    return lane.frame(payload), NOTHING_TO_END
         is_text = isinstance(payload, str) if text is None else text
         if fragment:
             return self._first_fragment(payload, is_text, record, split)
@@ -344,6 +378,8 @@ class ConnectionTracer(Opening):
         if self._closed:
             return
         self._closed = True
+        if self._replies is not None:
+            self._replies.lane = None  # no chunk after the close takes the short way
         try:
             closing = self._close_frames()
             if not closing.reported:
