@@ -224,7 +224,8 @@ class SocketioDevice(Device):
     async def connect(self) -> AsyncIterator[Link]:
         # Imported here: python-socketio is the demo-socketio extra, needed only by this stack.
         socketio: Any = importlib.import_module("socketio")
-        client = socketio.AsyncClient()
+        # The demo handles Ctrl-C (it stops its children); python-socketio's own handler would cancel every task.
+        client = socketio.AsyncClient(handle_sigint=False)
         link = _SocketioLink(client)
 
         async def on_audio(packet: object) -> None:
