@@ -15,7 +15,7 @@ from types import TracebackType
 from typing import Optional
 
 
-__all__ = ["INSTALL", "RedisServer", "executable", "free_port", "start"]
+__all__ = ["INSTALL", "RedisServer", "answers", "executable", "free_port", "start"]
 
 INSTALL = "apt-get install redis-server (macOS: brew install redis)"
 """How to get the binary, for the messages that say it is missing."""
@@ -33,7 +33,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _answers(port: int) -> bool:
+def answers(port: int) -> bool:
     """Whether a redis-server on ``port`` answers ``PING`` (inline command, no client library)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
@@ -83,7 +83,7 @@ def start(path: str, *, timeout: float = 5.0, attempts: int = 3) -> RedisServer:
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and process.poll() is None:
-            if _answers(port):
+            if answers(port):
                 return RedisServer(process, port)
             time.sleep(0.02)
         RedisServer(process, port).stop()
