@@ -108,13 +108,17 @@ class RedisAssistant:
             await self._redis.aclose()
 
     async def _consume(self, name: str) -> None:
-        while True:
-            # Block a second at most per read, so that a cancelled consumer is not left waiting on Redis.
-            entries = await self.hop.xreadgroup(GROUP, name, {protocol.UTTERANCES: ">"}, count=1, block=1000)
-            for carried in entries:
-                with wstrace.restore(carried) as entry:
-                    await self._answer(entry.fields)
-                await self._redis.xack(protocol.UTTERANCES, GROUP, entry.id)
+        try:
+            while True:
+                # Block a second at most per read, so that a cancelled consumer is not left waiting on Redis.
+                entries = await self.hop.xreadgroup(GROUP, name, {protocol.UTTERANCES: ">"}, count=1, block=1000)
+                for carried in entries:
+                    with wstrace.restore(carried) as entry:
+                        await self._answer(entry.fields)
+                    await self._redis.xack(protocol.UTTERANCES, GROUP, entry.id)
+        except Exception:  # Redis went away: say so, or the device would wait for an answer in silence
+            _log.exception("consumer %s stopped", name)
+            raise
 
     async def _answer(self, fields: Any) -> None:
         try:

@@ -343,7 +343,9 @@ async def _converse_socketio(options: Options, tel: telemetry.Telemetry, progres
     if executable is None:  # missing_requirements said so already, unless it went away since
         raise DemoError(f"--stack socketio needs redis-server on PATH: {redis_server.INSTALL}")
     try:
-        redis = await asyncio.to_thread(redis_server.start, executable)
+        # Not in a thread: a Ctrl-C now cancels this task at its next await, with the server's stop in the finally
+        # below; a thread would start it unseen. Blocking the loop costs nothing yet.
+        redis = redis_server.start(executable)
     except OSError as exc:
         raise DemoError(f"redis-server did not start: {exc}") from None
     children: list[asyncio.subprocess.Process] = []
