@@ -7,6 +7,7 @@ that file, never on the printed output.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
@@ -17,6 +18,7 @@ from typing import Any, Optional
 import pytest
 
 from tests.demo.fakes import fake_collector, url
+from tests.redis_server import require_redis_server
 from wstrace.cli.export import SpanRecord, read_spans
 
 
@@ -137,3 +139,12 @@ def plain_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoRun]:
         )
         run.extra["collector"] = list(collector.requests)
     yield run
+
+
+@pytest.fixture(scope="session")
+def socketio_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    """``--stack socketio``, two turns, seed 7; needs redis-server on PATH (missing: a skip here, a failure in CI)."""
+    require_redis_server([shutil.which("redis-server")], os.environ)
+    return run_demo(
+        tmp_path_factory.mktemp("socketio"), "--stack", "socketio", "--turns", "2", "--speed", SPEED, "--seed", "7"
+    )

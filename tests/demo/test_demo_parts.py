@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.missing import skip_or_fail
 from wstrace.cli import demo as cli_demo
-from wstrace.demo import audio, dialogue, protocol, run, telemetry
+from wstrace.demo import audio, dialogue, protocol, redis_server, run, telemetry
 from wstrace.demo.profile import PROFILES, Pacing, Stage
 
 
@@ -46,6 +47,23 @@ def test_only_reply_done_ends_the_reply_stream() -> None:
     assert not protocol.is_reply_end(protocol.end_of_turn(1))
     assert not protocol.is_reply_end(b'{"type": "reply.done"}')  # audio is binary, never the end marker
     assert not protocol.is_reply_end(None)
+
+
+def test_socketio_events_round_trip_and_garbage_is_ignored() -> None:
+    assert protocol.parse_auth(protocol.sio_auth("abc123")) == (protocol.AudioFormat(), "abc123")
+    for garbage in (None, "x", {}, {"encoding": "linear16", "sample_rate": "fast", "channels": 1}):
+        with pytest.raises(ValueError):
+            protocol.parse_auth(garbage)
+    pcm = audio.speech("hello", "p")[: audio.REPLY_CHUNK_BYTES * 3]
+    packet = protocol.audio_packet(4, pcm)
+    assert packet["turn"] == 4 and isinstance(packet["pcm"], str)  # text: it keeps its trace context
+    assert protocol.parse_audio_packet(packet) == pcm
+    for garbage in (None, b"raw", {"pcm": 1}, {"pcm": "not base64!"}):
+        assert protocol.parse_audio_packet(garbage) is None
+    done = protocol.ReplyDone(2, transcript="hi", reply="hello", audio_ms=12.5, error="boom")
+    assert protocol.parse_reply_done(protocol.reply_done_fields(done)) == done
+    for garbage in (None, [], {"turn": "two"}, {"reply": "no turn"}):
+        assert protocol.parse_reply_done(garbage) is None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -154,13 +172,45 @@ def test_missing_optional_requirements_are_named_with_how_to_get_them(
     assert not (tmp_path / "t").exists()
 
 
+def test_socketio_packages_missing_are_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.setattr(run, "_installed", lambda module: module != "socketio")
+    monkeypatch.setattr(redis_server, "executable", lambda: "/usr/bin/redis-server")
+    assert run.run(run.Options(stack="socketio", out=tmp_path / "t")) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == "wstrace demo: --stack socketio needs python-socketio: pip install 'wstrace[demo-socketio]'"
+    assert not (tmp_path / "t").exists()
+
+
+def test_the_launcher_runs_a_private_redis_server_and_stops_it() -> None:
+    path = redis_server.executable()
+    if path is None:
+        skip_or_fail(f"redis-server is not on PATH: {redis_server.INSTALL}")
+    with redis_server.start(path) as server:
+        assert server.url == f"redis://127.0.0.1:{server.port}/0"
+        assert redis_server.answers(server.port)
+    assert server.process.returncode is not None and not redis_server.answers(server.port)
+    with pytest.raises(OSError, match="did not answer PING"):
+        redis_server.start("/bin/false", timeout=0.2, attempts=1)
+
+
 def test_options_are_checked_by_the_parser(capsys: pytest.CaptureFixture[str]) -> None:
     parser = argparse.ArgumentParser()
     cli_demo.add_arguments(parser)
     defaults = parser.parse_args([])
     assert (defaults.turns, defaults.model, defaults.envelope, defaults.speed) == (3, "message", "negotiate", 1.0)
     assert defaults.out == Path("wstrace-traces.jsonl")
-    for bad in (["--turns", "0"], ["--speed", "0"], ["--model", "session"], ["--envelope", "maybe"]):
+    assert defaults.stack == "websockets"
+    assert parser.parse_args(["--stack", "socketio"]).stack == "socketio"
+    bad_options = (
+        ["--turns", "0"],
+        ["--speed", "0"],
+        ["--model", "session"],
+        ["--envelope", "maybe"],
+        ["--stack", "x"],
+    )
+    for bad in bad_options:
         with pytest.raises(SystemExit):
             parser.parse_args(bad)
     capsys.readouterr()

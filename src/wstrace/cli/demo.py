@@ -77,6 +77,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--llm-model", default="gpt-4o-mini", metavar="NAME", help="model name for --llm-url (default gpt-4o-mini)"
     )
+    parser.add_argument(
+        "--stack",
+        choices=("websockets", "socketio"),
+        default="websockets",
+        help="websockets (default), or socketio: the device over Socket.IO, the server a gateway and an assistant "
+        "process behind a private redis-server (needs redis-server and pip install 'wstrace[demo-socketio]')",
+    )
     parser.add_argument("--html", type=Path, metavar="PATH", help="also write the trace as an HTML page")
     parser.add_argument("--no-waterfall", action="store_true", help="print the latency table only")
 
@@ -101,5 +108,6 @@ def run_from_args(args: argparse.Namespace) -> int:
         llm_model=args.llm_model,
         html=args.html,
         waterfall=not args.no_waterfall,
+        stack=args.stack,
     )
     return run(options)

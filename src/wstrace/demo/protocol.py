@@ -15,10 +15,20 @@ server →   ``{"type": "reply.done", "turn": N, ...}``    the reply is complete
 
 Every uplink frame is a WebSocket message of its own, as a real device sends it. ``reply.done`` is the end
 marker of the reply stream on both ends (:func:`is_reply_end`, given to the instrumentor as ``stream_end``).
+
+Over Socket.IO (``--stack socketio``) the same turn is a few events: the device connects with the audio format and
+the conversation id as its ``auth`` data (:func:`sio_auth`), emits ``audio`` (one 20 ms frame, ``bytes``) per
+frame and ``end_of_turn`` (the turn number); the assistant answers with ``reply.audio`` (:func:`audio_packet`:
+the turn and base64 PCM) and ``reply.done`` (:func:`reply_done_fields`). The reply audio is text, not ``bytes``:
+a binary event sent through a pub/sub manager is several engine.io packets and carries no per-event trace
+context (docs/adapters/socketio.md, "Not yet covered"), so its handler would start a new trace. The gateway hands
+each utterance to the assistant through the Redis stream :data:`UTTERANCES`.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from dataclasses import dataclass
 from typing import Any, Optional, Union
@@ -26,19 +36,37 @@ from urllib.parse import parse_qs, urlencode
 
 
 __all__ = [
+    "AUDIO",
+    "END_OF_TURN",
+    "REPLY_AUDIO",
+    "REPLY_DONE",
     "ROUTE",
+    "UTTERANCES",
     "AudioFormat",
     "EndOfTurn",
     "ReplyDone",
+    "audio_packet",
     "connect_url",
     "end_of_turn",
     "is_reply_end",
+    "parse_audio_packet",
+    "parse_auth",
     "parse_control",
     "parse_query",
+    "parse_reply_done",
     "reply_done",
+    "reply_done_fields",
+    "sio_auth",
 ]
 
 ROUTE = "/voice"
+
+# Socket.IO events, and the Redis stream from the gateway to the assistant.
+AUDIO = "audio"
+END_OF_TURN = "end_of_turn"
+REPLY_AUDIO = "reply.audio"
+REPLY_DONE = "reply.done"
+UTTERANCES = "voice:utterances"
 
 
 @dataclass(frozen=True)
@@ -98,6 +126,11 @@ def end_of_turn(turn: int) -> str:
 
 
 def reply_done(done: ReplyDone) -> str:
+    return json.dumps(reply_done_fields(done))
+
+
+def reply_done_fields(done: ReplyDone) -> dict[str, Any]:
+    """``reply.done`` as a JSON object: the WebSocket message's text, the Socket.IO event's argument."""
     message: dict[str, Any] = {
         "type": "reply.done",
         "turn": done.turn,
@@ -107,7 +140,7 @@ def reply_done(done: ReplyDone) -> str:
     }
     if done.error:
         message["error"] = done.error
-    return json.dumps(message)
+    return message
 
 
 def parse_control(text: str) -> Optional[Union[EndOfTurn, ReplyDone]]:
@@ -117,17 +150,61 @@ def parse_control(text: str) -> Optional[Union[EndOfTurn, ReplyDone]]:
         kind = message.get("type") if isinstance(message, dict) else None
         if kind == "end_of_turn":
             return EndOfTurn(int(message["turn"]))
-        if kind == "reply.done":
-            return ReplyDone(
-                turn=int(message["turn"]),
-                transcript=str(message.get("transcript", "")),
-                reply=str(message.get("reply", "")),
-                audio_ms=float(message.get("audio_ms", 0.0)),
-                error=str(message.get("error", "")),
-            )
     except (ValueError, KeyError, TypeError):
-        pass
-    return None
+        return None
+    return parse_reply_done(message) if kind == "reply.done" else None
+
+
+def parse_reply_done(message: object) -> Optional[ReplyDone]:
+    """A ``reply.done`` object (:func:`reply_done_fields`), or ``None`` if malformed."""
+    if not isinstance(message, dict):
+        return None
+    try:
+        return ReplyDone(
+            turn=int(message["turn"]),
+            transcript=str(message.get("transcript", "")),
+            reply=str(message.get("reply", "")),
+            audio_ms=float(message.get("audio_ms", 0.0)),
+            error=str(message.get("error", "")),
+        )
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def sio_auth(conversation: str, fmt: AudioFormat = AudioFormat()) -> dict[str, Any]:
+    """The Socket.IO device's ``auth`` data: the audio format and the conversation id."""
+    return {
+        "encoding": fmt.encoding,
+        "sample_rate": fmt.sample_rate,
+        "channels": fmt.channels,
+        "conversation": conversation,
+    }
+
+
+def parse_auth(auth: object) -> tuple[AudioFormat, str]:
+    """The audio format and conversation id from ``auth`` data; raises ``ValueError`` if malformed."""
+    if not isinstance(auth, dict):
+        raise ValueError("expected an object")
+    try:
+        fmt = AudioFormat(str(auth["encoding"]), int(auth["sample_rate"]), int(auth["channels"]))
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"bad audio format: {exc}") from None
+    return fmt, str(auth.get("conversation", ""))
+
+
+def audio_packet(turn: int, pcm: bytes) -> dict[str, Any]:
+    """A ``reply.audio`` event's argument: the turn and its PCM, base64 (see the module docstring)."""
+    return {"turn": turn, "pcm": base64.b64encode(pcm).decode("ascii")}
+
+
+def parse_audio_packet(packet: object) -> Optional[bytes]:
+    """The PCM of a ``reply.audio`` argument, or ``None`` if malformed."""
+    if not isinstance(packet, dict) or not isinstance(packet.get("pcm"), str):
+        return None
+    try:
+        return base64.b64decode(packet["pcm"], validate=True)
+    except (binascii.Error, ValueError):
+        return None
 
 
 def is_reply_end(payload: object) -> bool:

@@ -13,6 +13,13 @@ waterfall comes from ``wstrace view``'s renderer, folded as ``wstrace view FILE`
 identical sibling spans shows as its first, a summary row and its last; here, a long run of identical traces
 too, such as the one-span traces of the uplink frames with ``--envelope off``; ``wstrace view FILE --no-fold``
 shows every span), and the latency table from the spans' attributes.
+
+With ``--stack socketio`` the same conversation runs over Socket.IO, and its server is two processes behind a
+private redis-server (started here on a free loopback port, stopped last): the gateway (``voice-gateway``,
+:mod:`.gateway`), a python-socketio server the device connects to, and the assistant (``voice-assistant``,
+:mod:`.assistant`), which takes each utterance off a Redis stream and answers through a write-only Redis manager
+that the gateway's manager delivers from. Both are children as the server is (:mod:`.socketio_process`), stopped
+the same way; one trace per turn runs device → gateway → Redis → assistant → Redis → gateway → device.
 """
 
 from __future__ import annotations
@@ -40,16 +47,19 @@ from websockets.exceptions import ConnectionClosed
 from wstrace.cli.export import SpanRecord, read_spans
 from wstrace.cli.fold import FOLD_MIN, fold, runs, service
 from wstrace.cli.view import Omitted, Trace, build_traces, render_terminal, services_of
-from wstrace.demo import audio, dialogue, protocol, telemetry
-from wstrace.demo.device import LATENCY, Device, TurnResult
+from wstrace.demo import audio, dialogue, protocol, redis_server, telemetry
+from wstrace.demo.device import LATENCY, Device, SocketioDevice, TurnResult
 from wstrace.demo.profile import PROFILES, Pacing
 from wstrace.demo.server import STAGE
 
 
-__all__ = ["DEFAULT_OUT", "Options", "TurnLatency", "latencies", "missing_requirements", "run"]
+__all__ = ["DEFAULT_OUT", "STACKS", "Options", "TurnLatency", "latencies", "missing_requirements", "run"]
 
 DEFAULT_OUT = Path("wstrace-traces.jsonl")
 NUMBER = "wstrace.voice.turn.number"
+STACKS = ("websockets", "socketio")
+ASSISTANTS = ("voice-server", "voice-assistant")
+"""The services that run the pipeline: the WebSocket stack's server, the Socket.IO stack's assistant."""
 
 
 class DemoError(Exception):
@@ -72,6 +82,7 @@ class Options:
     llm_model: str = "gpt-4o-mini"
     html: Optional[Path] = None
     waterfall: bool = True
+    stack: str = "websockets"
 
 
 def _installed(module: str) -> bool:
@@ -91,7 +102,16 @@ def missing_requirements(options: Options) -> list[str]:
             missing.append("--real-audio needs pocketsphinx: pip install 'wstrace[demo-audio]'")
     if options.llm_url and not _installed("openai"):
         missing.append("--llm-url needs the openai SDK: pip install 'wstrace[demo-llm]'")
+    if options.stack == "socketio":
+        if redis_server.executable() is None:
+            missing.append(f"--stack socketio needs redis-server on PATH: {redis_server.INSTALL}")
+        absent = [name for name, module in SOCKETIO_MODULES if not _installed(module)]
+        if absent:
+            missing.append(f"--stack socketio needs {', '.join(absent)}: pip install 'wstrace[demo-socketio]'")
     return missing
+
+
+SOCKETIO_MODULES = (("python-socketio", "socketio"), ("aiohttp", "aiohttp"), ("redis", "redis"))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -107,15 +127,18 @@ class Progress:
 
     DEVICE = ("device", "cyan")
     SERVER = ("server", "magenta")
+    GATEWAY = ("gateway", "blue")
+    ASSISTANT = ("assistant", "magenta")
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, width: int = 7) -> None:
         self.console = console
+        self.width = width  # of the process column: the longest name of the stack's processes
 
     def note(self, message: str) -> None:
         self.console.print(Text(message, style="dim"))
 
     def _line(self, turn: Any, who: tuple[str, str], *parts: Any) -> None:
-        head = Text.assemble((f"turn {turn:<3}", "bold"), " ", (f"{who[0]:<7}", who[1]), " ")
+        head = Text.assemble((f"turn {turn:<3}", "bold"), " ", (who[0].ljust(self.width), who[1]), " ")
         self.console.print(Text.assemble(head, *parts), overflow="fold")
 
     def device(self, event: dict[str, Any]) -> None:
@@ -157,24 +180,30 @@ class Progress:
                     (f"  {event['reply_audio']:.2f} s of audio", "dim"),
                 )
 
-    def server(self, event: dict[str, Any]) -> None:
+    def server(self, event: dict[str, Any], who: Optional[tuple[str, str]] = None) -> None:
         kind, turn = event.get("event"), event.get("turn", "")
-        if kind == "speech_to_text":
+        who = who or self.SERVER
+        if kind == "queued":
             self._line(
                 turn,
-                self.SERVER,
+                who,
+                (f"→ {protocol.UTTERANCES}  ", "bold"),
+                (f"{event['audio_seconds']:.2f} s of audio, for the assistant", "dim"),
+            )
+        elif kind == "speech_to_text":
+            self._line(
+                turn,
+                who,
                 ("speech_to_text  ", "bold"),
                 f"{_ms(event['seconds'])} ms  ",
                 (f"“{event['transcript']}”", "italic"),
             )
         elif kind == "chat":
-            self._line(turn, self.SERVER, ("chat            ", "bold"), f"first token after {_ms(event['ttft'])} ms")
+            self._line(turn, who, ("chat            ", "bold"), f"first token after {_ms(event['ttft'])} ms")
         elif kind == "text_to_speech":
-            self._line(
-                turn, self.SERVER, ("text_to_speech  ", "bold"), f"first audio chunk after {_ms(event['ttfb'])} ms"
-            )
+            self._line(turn, who, ("text_to_speech  ", "bold"), f"first audio chunk after {_ms(event['ttfb'])} ms")
         elif kind == "error":
-            self._line(turn, self.SERVER, ("✗ ", "bold red"), (str(event["error"]), "red"))
+            self._line(turn, who, ("✗ ", "bold red"), (str(event["error"]), "red"))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -193,13 +222,23 @@ async def _next_event(stream: asyncio.StreamReader) -> Optional[dict[str, Any]]:
     return None
 
 
-async def _relay(stream: asyncio.StreamReader, progress: Progress) -> None:
+async def _relay(stream: asyncio.StreamReader, progress: Progress, who: Optional[tuple[str, str]] = None) -> None:
     while (event := await _next_event(stream)) is not None:
-        progress.server(event)
+        progress.server(event, who)
+
+
+def _engine_arguments(options: Options) -> list[str]:
+    """The options of the process that runs the pipeline."""
+    command = ["--seed", str(options.seed), "--speed", repr(options.speed), "--profile", options.profile]
+    if options.real_audio:
+        command.append("--real-audio")
+    if options.llm_url:
+        command += ["--llm-url", options.llm_url, "--llm-model", options.llm_model]
+    return command
 
 
 def _server_command(options: Options) -> list[str]:
-    command = [
+    return [
         sys.executable,
         "-m",
         "wstrace.demo.server_process",
@@ -209,69 +248,130 @@ def _server_command(options: Options) -> list[str]:
         options.model,
         "--envelope",
         options.envelope,
-        "--seed",
-        str(options.seed),
-        "--speed",
-        repr(options.speed),
-        "--profile",
-        options.profile,
+        *_engine_arguments(options),
     ]
-    if options.real_audio:
-        command.append("--real-audio")
-    if options.llm_url:
-        command += ["--llm-url", options.llm_url, "--llm-model", options.llm_model]
-    return command
+
+
+def _socketio_command(options: Options, role: str, redis_url: str) -> list[str]:
+    command = [sys.executable, "-m", "wstrace.demo.socketio_process", role, "--redis-url", redis_url]
+    command += ["--out", str(options.out), "--model", options.model]
+    return command + (_engine_arguments(options) if role == "assistant" else [])
+
+
+async def _spawn(command: list[str]) -> asyncio.subprocess.Process:
+    # A session of its own: Ctrl-C reaches only this process, whose finally stops the child. Its stdin closes if
+    # this process dies too, so it never outlives the demo.
+    return await asyncio.create_subprocess_exec(
+        *command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, start_new_session=True
+    )
+
+
+async def _ready(child: asyncio.subprocess.Process, expected: str, what: str) -> dict[str, Any]:
+    """The child's first event, which must be ``expected``; else the demo cannot run."""
+    assert child.stdout is not None
+    try:
+        ready = await asyncio.wait_for(_next_event(child.stdout), timeout=60)
+    except asyncio.TimeoutError:
+        ready = None
+    if ready is None or ready.get("event") != expected:
+        reason = ready.get("error") if ready else None
+        raise DemoError(f"{what} did not start{f': {reason}' if reason else ''}")
+    return ready
+
+
+async def _stop(children: Sequence[asyncio.subprocess.Process]) -> None:
+    """Close each child's stdin, its signal to stop and flush its spans; kill one that takes over 20 s."""
+    for child in children:
+        if child.stdin is not None:
+            child.stdin.close()
+    for child in children:
+        try:
+            await asyncio.wait_for(child.wait(), timeout=20)
+        except asyncio.TimeoutError:
+            child.kill()
+            await child.wait()
+
+
+def _device(options: Options, tel: telemetry.Telemetry, progress: Progress, url: str, conversation: str) -> Device:
+    pacing = Pacing(PROFILES[options.profile], options.seed, options.speed)
+
+    async def speak(line: str, turn: int) -> bytes:
+        if options.real_audio:
+            return await audio.espeak(line)
+        return await asyncio.to_thread(audio.speech, line, f"{options.seed}:{turn}:user")
+
+    kind = SocketioDevice if options.stack == "socketio" else Device
+    return kind(
+        url,
+        conversation,
+        speak=speak,
+        endpointing=lambda turn: pacing.sample(pacing.profile.endpointing, pacing.rng(turn, "endpointing")),
+        speed=options.speed,
+        conversation_span=options.model == "connection",
+        tracer=tel.provider.get_tracer("wstrace.demo.device"),
+        on_event=progress.device,
+    )
+
+
+async def _talk(options: Options, device: Device) -> list[TurnResult]:
+    utterances = [dialogue.utterance(options.seed, turn) for turn in range(1, options.turns + 1)]
+    # A generous bound, so that a hung LLM endpoint cannot hang the demo.
+    return await asyncio.wait_for(device.converse(utterances), timeout=60 + 60 * options.turns)
 
 
 async def _converse(options: Options, tel: telemetry.Telemetry, progress: Progress) -> list[TurnResult]:
-    # A session of its own: Ctrl-C reaches only this process, whose finally below stops the server. Its stdin
-    # closes if this process dies too, so it never outlives the demo.
-    server = await asyncio.create_subprocess_exec(
-        *_server_command(options), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, start_new_session=True
-    )
-    assert server.stdin is not None and server.stdout is not None
+    if options.stack == "socketio":
+        return await _converse_socketio(options, tel, progress)
+    server = await _spawn(_server_command(options))
+    assert server.stdout is not None
     relay: Optional[asyncio.Task[None]] = None
     try:
-        try:
-            ready = await asyncio.wait_for(_next_event(server.stdout), timeout=60)
-        except asyncio.TimeoutError:
-            ready = None
-        if ready is None or ready.get("event") != "listening":
-            reason = ready.get("error") if ready else None
-            raise DemoError(f"the voice server did not start{f': {reason}' if reason else ''}")
+        ready = await _ready(server, "listening", "the voice server")
         progress.note(f"server  listening on 127.0.0.1:{ready['port']}  (pid {ready['pid']}, service voice-server)")
         relay = asyncio.create_task(_relay(server.stdout, progress))
-
-        pacing = Pacing(PROFILES[options.profile], options.seed, options.speed)
-
-        async def speak(line: str, turn: int) -> bytes:
-            if options.real_audio:
-                return await audio.espeak(line)
-            return await asyncio.to_thread(audio.speech, line, f"{options.seed}:{turn}:user")
-
         conversation = uuid.uuid4().hex
-        device = Device(
-            protocol.connect_url("127.0.0.1", int(ready["port"]), conversation),
-            conversation,
-            speak=speak,
-            endpointing=lambda turn: pacing.sample(pacing.profile.endpointing, pacing.rng(turn, "endpointing")),
-            speed=options.speed,
-            conversation_span=options.model == "connection",
-            tracer=tel.provider.get_tracer("wstrace.demo.device"),
-            on_event=progress.device,
-        )
-        utterances = [dialogue.utterance(options.seed, turn) for turn in range(1, options.turns + 1)]
-        # A generous bound, so that a hung LLM endpoint cannot hang the demo.
-        return await asyncio.wait_for(device.converse(utterances), timeout=60 + 60 * options.turns)
+        url = protocol.connect_url("127.0.0.1", int(ready["port"]), conversation)
+        return await _talk(options, _device(options, tel, progress, url, conversation))
     finally:
-        server.stdin.close()  # the server's signal to stop and flush
-        try:
-            await asyncio.wait_for(server.wait(), timeout=20)
-        except asyncio.TimeoutError:
-            server.kill()
-            await server.wait()
+        await _stop([server])
         if relay is not None:
             await relay
+
+
+async def _converse_socketio(options: Options, tel: telemetry.Telemetry, progress: Progress) -> list[TurnResult]:
+    executable = redis_server.executable()
+    if executable is None:  # missing_requirements said so already, unless it went away since
+        raise DemoError(f"--stack socketio needs redis-server on PATH: {redis_server.INSTALL}")
+    try:
+        # Not in a thread: a Ctrl-C now cancels this task at its next await, with the server's stop in the finally
+        # below; a thread would start it unseen. Blocking the loop costs nothing yet.
+        redis = redis_server.start(executable)
+    except OSError as exc:
+        raise DemoError(f"redis-server did not start: {exc}") from None
+    children: list[asyncio.subprocess.Process] = []
+    relays: list[asyncio.Task[None]] = []
+    try:
+        progress.note(f"redis   listening on 127.0.0.1:{redis.port}  (pid {redis.process.pid}, a private redis-server)")
+        for role in ("gateway", "assistant"):
+            children.append(await _spawn(_socketio_command(options, role, redis.url)))
+        gateway, assistant = children
+        listening = await _ready(gateway, "listening", "the gateway")
+        ready = await _ready(assistant, "ready", "the assistant")
+        port = int(listening["port"])
+        progress.note(
+            f"gateway listening on 127.0.0.1:{port}  (pid {listening['pid']}, service voice-gateway, python-socketio)"
+        )
+        progress.note(f"assistant reading {protocol.UTTERANCES}  (pid {ready['pid']}, service voice-assistant)")
+        for child, who in ((gateway, progress.GATEWAY), (assistant, progress.ASSISTANT)):
+            assert child.stdout is not None
+            relays.append(asyncio.create_task(_relay(child.stdout, progress, who)))
+        device = _device(options, tel, progress, f"http://127.0.0.1:{port}", uuid.uuid4().hex)
+        return await _talk(options, device)
+    finally:
+        await _stop(children)
+        for relay in relays:
+            await relay
+        redis.stop()  # last: the children used it until they stopped
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -334,7 +434,7 @@ def latencies(spans: Sequence[SpanRecord]) -> list[TurnLatency]:
         parent, seen = by_id.get(span.parent_span_id or ""), 0
         while parent is not None and not parent.name.startswith("invoke_agent") and seen < 64:
             parent, seen = by_id.get(parent.parent_span_id or ""), seen + 1
-        if parent is not None and service(span) == "voice-server":
+        if parent is not None and service(span) in ASSISTANTS:
             key = (str(parent.attributes.get("gen_ai.conversation.id")), int(parent.attributes.get(NUMBER, 0)))
             stages[key][str(operation)] = span
     rows = []
@@ -398,13 +498,16 @@ def latency_table(rows: Sequence[TurnLatency]) -> Table:
 
 
 def _header(options: Options, console: Console) -> None:
-    console.print(Text("wstrace demo · an AI voice assistant over WebSockets, traced end to end", style="bold"))
+    over = "over Socket.IO, its server two processes behind Redis" if options.stack == "socketio" else "over WebSockets"
+    console.print(Text(f"wstrace demo · an AI voice assistant {over}, traced end to end", style="bold"))
     audio_engines = "espeak-ng, pocketsphinx" if options.real_audio else "simulated ASR and TTS"
     llm = f"LLM {options.llm_model} at {options.llm_url}" if options.llm_url else "simulated LLM"
     console.print(
         Text(
-            f"model={options.model} envelope={options.envelope} seed={options.seed} speed={options.speed:g} "
-            f"profile={options.profile} · {audio_engines}, {llm}",
+            # Socket.IO events carry their context in their own carrier: the envelope does not apply.
+            (f"model={options.model} envelope={options.envelope} " if options.stack == "websockets" else "")
+            + (f"stack=socketio model={options.model} " if options.stack == "socketio" else "")
+            + f"seed={options.seed} speed={options.speed:g} profile={options.profile} · {audio_engines}, {llm}",
             style="dim",
         )
     )
@@ -426,12 +529,13 @@ def run(options: Options, console: Optional[Console] = None) -> int:
         print(f"wstrace demo: cannot write {out}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     _header(options, console)
-    progress = Progress(console)
+    progress = Progress(console, width=9 if options.stack == "socketio" else 7)
     tel = telemetry.start(
         "voice-device",
         out,
         model=options.model,
         envelope=options.envelope,
+        stack=options.stack,
         say=lambda message: print(f"wstrace demo: {message}", file=sys.stderr),
     )
     status = 0

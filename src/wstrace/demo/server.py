@@ -18,6 +18,10 @@ span (the OpenAI SDK, instrumented by opentelemetry-instrumentation-openai-v2), 
 pipeline saw, and the SDK's span (and its HTTP request's) nest under it. The WebSocket spans come from
 ``WebsocketsInstrumentor``: the reply's audio is sent while the ``end_of_turn`` message's context is current,
 so it forms that message's outbound stream.
+
+A turn answers through its :class:`Replies`: here the connection itself (:class:`WebSocketReplies`); the
+Socket.IO stack's assistant (:mod:`.assistant`) runs the same pipeline, :meth:`VoiceAssistant.respond`, and
+answers through the Redis manager instead.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import logging
 import re
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Protocol
 
 from opentelemetry import trace
 from websockets.asyncio.server import ServerConnection, serve
@@ -39,7 +43,7 @@ from wstrace.demo import audio, protocol
 from wstrace.demo.engines import ASR, LLM, TTS, Message
 
 
-__all__ = ["Turn", "VoiceAssistant"]
+__all__ = ["Replies", "Turn", "VoiceAssistant", "WebSocketReplies"]
 
 _log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("wstrace.demo.server")
@@ -58,11 +62,32 @@ def _stage_attributes(engine: ASR | LLM | TTS, stage: str) -> dict[str, Any]:
     return {"gen_ai.request.model": engine.model, "gen_ai.provider.name": engine.provider, STAGE: stage}
 
 
+class Replies(Protocol):
+    """Where a turn's answer goes: its audio as it is synthesized, then ``reply.done``."""
+
+    async def audio(self, chunk: bytes) -> None: ...
+
+    async def done(self, done: protocol.ReplyDone) -> None: ...
+
+
+class WebSocketReplies:
+    """A turn's answer on the device's connection: binary audio messages, then ``reply.done`` as text."""
+
+    def __init__(self, ws: ServerConnection) -> None:
+        self.ws = ws
+
+    async def audio(self, chunk: bytes) -> None:
+        await self.ws.send(chunk)
+
+    async def done(self, done: protocol.ReplyDone) -> None:
+        await self.ws.send(protocol.reply_done(done))
+
+
 @dataclass(frozen=True)
 class Turn:
     """A user's turn, from the handler to a worker."""
 
-    ws: ServerConnection
+    reply: Replies
     conversation: str
     number: int
     audio: bytes
@@ -123,7 +148,7 @@ class VoiceAssistant:
                     continue
                 control = protocol.parse_control(message)
                 if isinstance(control, protocol.EndOfTurn):
-                    await self.turns.put(Turn(ws, conversation, control.turn, bytes(buffer)))
+                    await self.turns.put(Turn(WebSocketReplies(ws), conversation, control.turn, bytes(buffer)))
                     buffer.clear()
         except ConnectionClosed:
             # The device left without a clean close (Ctrl-C, a dropped network): nothing is left to do,
@@ -134,7 +159,7 @@ class VoiceAssistant:
         while True:
             turn = await self.turns.get()
             try:
-                await self._respond(turn)
+                await self.respond(turn)
             except ConnectionClosed:
                 _log.info("turn %d: the device left before the reply was sent", turn.number)
             except Exception:
@@ -142,7 +167,9 @@ class VoiceAssistant:
             finally:
                 self.turns.task_done()
 
-    async def _respond(self, turn: Turn) -> None:
+    async def respond(self, turn: Turn) -> None:
+        """Answer one turn: the pipeline in an ``invoke_agent`` span, then ``reply.done`` (with the error, if the
+        pipeline failed: the device must still hear back)."""
         try:
             with _tracer.start_as_current_span(
                 "invoke_agent voice-assistant",
@@ -160,7 +187,7 @@ class VoiceAssistant:
             _log.info("turn %d failed: %s", turn.number, exc)
             done = protocol.ReplyDone(turn.number, error=f"{type(exc).__name__}: {exc}")
             self._on_event({"event": "error", "turn": turn.number, "error": done.error})
-        await turn.ws.send(protocol.reply_done(done))
+        await turn.reply.done(done)
 
     async def _pipeline(self, turn: Turn) -> protocol.ReplyDone:
         loop = asyncio.get_running_loop()
@@ -251,7 +278,7 @@ class VoiceAssistant:
                         self._on_event(
                             {"event": "text_to_speech", "turn": turn.number, "ttfb": speech.stats.time_to_first_chunk}
                         )
-                    await turn.ws.send(chunk)
+                    await turn.reply.audio(chunk)
                     sent += len(chunk)
                 index += 1
                 text = await sentences.get()

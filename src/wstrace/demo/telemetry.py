@@ -1,4 +1,5 @@
-"""OpenTelemetry SDK set-up for the demo's two processes (``voice-device`` and ``voice-server``).
+"""OpenTelemetry SDK set-up for the demo's processes (``voice-device`` and ``voice-server``; with ``--stack
+socketio``, ``voice-device``, ``voice-gateway`` and ``voice-assistant``).
 
 Each process has its own ``TracerProvider`` with its own ``service.name`` and exports to the same
 OTLP/JSON lines file: both open it in append mode and the exporter writes each batch as one whole line with
@@ -24,6 +25,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 
 from wstrace.cli.export import OtlpJsonFileExporter
 from wstrace.demo import protocol
+from wstrace.instrumentation.socketio import SocketioInstrumentor
 from wstrace.instrumentation.websockets import WebsocketsInstrumentor
 from wstrace.version import __version__
 
@@ -105,10 +107,12 @@ def start(
     *,
     model: str,
     envelope: str,
+    stack: str = "websockets",
     instrument_openai: bool = False,
     say: Optional[Callable[[str], None]] = None,
 ) -> Telemetry:
-    """A tracer provider for ``service`` exporting to ``out`` (and OTLP if asked), with websockets instrumented.
+    """A tracer provider for ``service`` exporting to ``out`` (and OTLP if asked), with the ``stack``'s library
+    instrumented: websockets, or python-socketio (``socketio``; it has no envelope, so ``envelope`` is unused).
 
     ``say`` reports what the user should know (a missing OTLP exporter); the server passes none, since the
     device already said it.
@@ -135,15 +139,20 @@ def start(
             telemetry.otlp = Tally(http.OTLPSpanExporter())
             provider.add_span_processor(BatchSpanProcessor(telemetry.otlp))
 
-    websockets = WebsocketsInstrumentor()
-    websockets.instrument(
-        tracer_provider=provider,
-        model=model,
-        envelope=envelope,
-        stream_end=protocol.is_reply_end,
-        routes=[protocol.ROUTE],  # websockets has no router: name the demo's one route
-    )
-    telemetry.instrumentors.append(websockets)
+    if stack == "socketio":
+        socketio = SocketioInstrumentor()
+        socketio.instrument(tracer_provider=provider, model=model)
+        telemetry.instrumentors.append(socketio)
+    else:
+        websockets = WebsocketsInstrumentor()
+        websockets.instrument(
+            tracer_provider=provider,
+            model=model,
+            envelope=envelope,
+            stream_end=protocol.is_reply_end,
+            routes=[protocol.ROUTE],  # websockets has no router: name the demo's one route
+        )
+        telemetry.instrumentors.append(websockets)
     if instrument_openai:
         # Optional: the OpenAI SDK's own chat spans, and its HTTP requests (httpx) as client spans that carry
         # traceparent to the LLM server, join the trace when the instrumentations are installed.
