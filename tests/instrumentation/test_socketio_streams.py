@@ -60,13 +60,17 @@ def streaming_server() -> socketio.AsyncServer:
     return sio
 
 
-def recording_client(received: list[tuple[str, Any, int]]) -> socketio.AsyncClient:
-    """A client recording each event it handles: name, argument, and the span its handler ran in."""
+def recording_client(received: list[tuple[str, Any, int]], tracer: Any = None) -> socketio.AsyncClient:
+    """A client recording each event it handles: name, argument, and the span its handler ran in; with ``tracer``,
+    each handler call makes a span of its own, ``handle {event}``."""
     client = socketio.AsyncClient(reconnection=False)
 
     @client.on("*")
     async def any_event(event: str, *args: Any) -> Any:
         received.append((event, args[0] if args else None, span_id_now()))
+        if tracer is not None:
+            with tracer.start_as_current_span(f"handle {event}"):
+                await asyncio.sleep(0)
         return "ok"
 
     return client
@@ -79,14 +83,15 @@ async def wait_for(received: list[Any], count: int) -> None:
         await asyncio.sleep(0.01)
 
 
-def prompts(*texts: str, options: dict[str, Any] | None = None) -> list[tuple[str, Any, int]]:
-    """Connect, send each prompt (a plain emit) and wait for its ``done``; returns what the client handled."""
+def prompts(*texts: str, tracer: Any = None) -> list[tuple[str, Any, int]]:
+    """Connect, send each prompt (a plain emit) and wait for its ``done``; returns what the client handled (its
+    handlers make spans with ``tracer``)."""
     received: list[tuple[str, Any, int]] = []
 
     async def scenario() -> None:
         sio = streaming_server()
         async with aiohttp_server(sio) as url:
-            client = recording_client(received)
+            client = recording_client(received, tracer)
             await client.connect(url, transports=["websocket"])
             for n, text in enumerate(texts, 1):
                 await client.emit("prompt", text)
@@ -99,10 +104,11 @@ def prompts(*texts: str, options: dict[str, Any] | None = None) -> list[tuple[st
 
 def test_a_handlers_token_emits_are_one_stream(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
     """20 ``token`` emits then ``done`` in one handler: one ``send token /`` stream span (20 chunks, time to first
-    and last chunk from the handler's start, interval stats) and one ``send done /``; the client's 20 handler spans
-    are children of the stream span."""
+    and last chunk from the handler's start, interval stats) and one ``send done /``; on the client, one ``process
+    token /`` receive stream (a child of the stream span) in which all 20 handler calls ran, and the spans they
+    made are its children; ``done`` is a span as without streams."""
     instrument()
-    received = prompts("hi")
+    received = prompts("hi", tracer=telemetry.provider.get_tracer("test"))
     assert [event for event, _, _ in received] == ["token"] * TOKENS + ["done"]
     assert [arg for _, arg, _ in received[:TOKENS]] == [f"hi-{i}" for i in range(TOKENS)]
     handler = telemetry.one("process prompt /")
@@ -121,11 +127,23 @@ def test_a_handlers_token_emits_are_one_stream(telemetry: Telemetry, instrument:
     assert parent(done) == sid(handler)
     assert (done.attributes or {})["wstrace.stream.chunk_count"] == 1  # a stream of one
     assert "wstrace.stream.chunk_interval.mean" not in (done.attributes or {})
-    token_handlers = [s for s in telemetry.named("process token /") if s.kind == SpanKind.CONSUMER]
-    assert len(token_handlers) == TOKENS
-    assert all(parent(h) == sid(stream) for h in token_handlers)
-    assert {span for event, _, span in received if event == "token"} == {sid(h) for h in token_handlers}
-    assert parent(telemetry.one("process done /")) == sid(done)
+    receiving = telemetry.one("process token /")
+    assert receiving.kind == SpanKind.CONSUMER and parent(receiving) == sid(stream)
+    got = receiving.attributes or {}
+    assert got["wstrace.stream.chunk_count"] == TOKENS
+    assert got["wstrace.stream.size"] == attrs["wstrace.stream.size"]
+    assert got["messaging.operation.type"] == "process" and got["messaging.socket.io.event_name"] == "token"
+    # It answers the client's emit of prompt (same trace): timed from that emit, as the user waits.
+    assert 0 < got["wstrace.stream.time_to_first_chunk"] < got["wstrace.stream.time_to_last_chunk"]
+    assert got["wstrace.stream.chunk_interval.mean"] > 0
+    assert {span for event, _, span in received if event == "token"} == {sid(receiving)}
+    handled = telemetry.named("handle token")
+    assert len(handled) == TOKENS and all(parent(h) == sid(receiving) for h in handled)
+    assert (receiving.end_time or 0) >= max(h.end_time or 0 for h in handled)
+    single = telemetry.one("process done /")
+    assert parent(single) == sid(done)
+    assert not [k for k in single.attributes or {} if k.startswith("wstrace.stream.")]  # as without streams
+    assert parent(telemetry.one("handle done")) == sid(single)
     assert len({tid(s) for s in telemetry.spans if s.name.endswith(("prompt /", "token /", "done /"))}) == 1
 
 
@@ -141,8 +159,9 @@ def test_chunk_spans_keep_a_span_per_emit(telemetry: Telemetry, instrument: Call
     assert (stream.attributes or {})["wstrace.stream.chunk_count"] == TOKENS
     assert all((c.attributes or {})["wstrace.socketio.recipients"] == 1 for c in chunks)
     assert all(c.kind == SpanKind.PRODUCER for c in chunks)
-    token_handlers = telemetry.named("process token /")
-    assert {parent(h) for h in token_handlers} == {sid(c) for c in chunks}
+    token_handlers = telemetry.named("process token /")  # the receiving end keeps a span per event
+    assert len(token_handlers) == TOKENS and {parent(h) for h in token_handlers} == {sid(c) for c in chunks}
+    assert all("wstrace.stream.chunk_count" not in (h.attributes or {}) for h in token_handlers)
 
 
 def test_two_requests_are_two_streams(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
@@ -155,6 +174,9 @@ def test_two_requests_are_two_streams(telemetry: Telemetry, instrument: Callable
     assert {parent(s) for s in streams} == {sid(h) for h in handlers}
     assert all((s.attributes or {})["wstrace.stream.chunk_count"] == TOKENS for s in streams)
     assert len({tid(s) for s in streams}) == 2
+    receiving = telemetry.named("process token /")  # the client: one receive stream per stream
+    assert len(receiving) == 2 and {parent(r) for r in receiving} == {sid(s) for s in streams}
+    assert all((r.attributes or {})["wstrace.stream.chunk_count"] == TOKENS for r in receiving)
 
 
 def test_emits_with_a_callback_are_never_folded(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
@@ -178,6 +200,9 @@ def test_emits_with_a_callback_are_never_folded(telemetry: Telemetry, instrument
     assert all("wstrace.stream.chunk_count" not in (s.attributes or {}) for s in sends)
     acks = telemetry.named("ack token /")
     assert sorted(parent(a) or 0 for a in acks) == sorted(sid(s) for s in sends)
+    handlers = telemetry.named("process token /")  # requests: the receiving end never folds them either
+    assert sorted(parent(h) or 0 for h in handlers) == sorted(sid(s) for s in sends)
+    assert all("wstrace.stream.chunk_count" not in (h.attributes or {}) for h in handlers)
 
 
 def test_stream_histograms_are_recorded(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
@@ -191,12 +216,24 @@ def test_stream_histograms_are_recorded(telemetry: Telemetry, instrument: Callab
         for scope in resource.scope_metrics:
             for metric in scope.metrics:
                 points.setdefault(metric.name, []).extend(metric.data.data_points)
-    chunks = points["wstrace.stream.chunks"]
-    assert [(p.count, p.sum) for p in chunks] == [(1, TOKENS)]
-    assert dict(chunks[0].attributes) == {"messaging.system": "socket.io", "wstrace.stream.direction": "outbound"}
-    assert sum(p.count for p in points["wstrace.stream.time_to_first_chunk"]) == 2  # token, and done
-    assert sum(p.count for p in points["wstrace.stream.time_to_last_chunk"]) == 1
-    assert sum(p.count for p in points["wstrace.stream.chunk_interval"]) == 1
+
+    def counts(name: str, direction: str) -> list[tuple[int, float]]:
+        found = [p for p in points[name] if p.attributes["wstrace.stream.direction"] == direction]
+        assert all(
+            dict(p.attributes) == {"messaging.system": "socket.io", "wstrace.stream.direction": direction}
+            for p in found
+        )
+        return [(p.count, p.sum) for p in found]
+
+    assert counts("wstrace.stream.chunks", "outbound") == [(1, TOKENS)]
+    assert sum(c for c, _ in counts("wstrace.stream.time_to_first_chunk", "outbound")) == 2  # token, and done
+    assert sum(c for c, _ in counts("wstrace.stream.time_to_last_chunk", "outbound")) == 1
+    assert sum(c for c, _ in counts("wstrace.stream.chunk_interval", "outbound")) == 1
+    # The client's receive stream of the tokens; its single events (done) record nothing, as without streams.
+    assert counts("wstrace.stream.chunks", "inbound") == [(1, TOKENS)]
+    assert [c for c, _ in counts("wstrace.stream.time_to_first_chunk", "inbound")] == [1]
+    assert [c for c, _ in counts("wstrace.stream.time_to_last_chunk", "inbound")] == [1]
+    assert [c for c, _ in counts("wstrace.stream.chunk_interval", "inbound")] == [1]
 
 
 def test_runs_outside_a_handler(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
@@ -231,8 +268,13 @@ def test_runs_outside_a_handler(telemetry: Telemetry, instrument: Callable[..., 
     assert parent(telemetry.one("send end /")) == sid(turn)
     words = sorted(telemetry.named("send word /"), key=lambda s: s.start_time or 0)
     assert [(w.attributes or {})["wstrace.stream.chunk_count"] for w in words] == [2, 1]
-    server_frames = telemetry.named("process frame /")
-    assert len(server_frames) == 5 and all(parent(h) == sid(frames) for h in server_frames)
+    received_frames = telemetry.one("process frame /")  # the server: one receive stream of the run
+    assert parent(received_frames) == sid(frames)
+    assert (received_frames.attributes or {})["wstrace.stream.chunk_count"] == 5
+    # The end marker ends the receive stream with its event; "b" is a run of one, a span as without streams.
+    received_words = sorted(telemetry.named("process word /"), key=lambda s: s.start_time or 0)
+    assert [parent(w) for w in received_words] == [sid(w) for w in words]
+    assert [(w.attributes or {}).get("wstrace.stream.chunk_count") for w in received_words] == [2, None]
 
 
 def test_streams_off_is_a_span_per_emit(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
@@ -310,8 +352,10 @@ def test_threaded_server_and_client(telemetry: Telemetry, instrument: Callable[.
     stream = telemetry.one("send token /")
     assert parent(stream) == sid(handler)
     assert (stream.attributes or {})["wstrace.stream.chunk_count"] == TOKENS
-    token_handlers = telemetry.named("process token /")
-    assert len(token_handlers) == TOKENS and all(parent(h) == sid(stream) for h in token_handlers)
+    receiving = telemetry.one("process token /")
+    assert parent(receiving) == sid(stream)
+    assert (receiving.attributes or {})["wstrace.stream.chunk_count"] == TOKENS
+    assert parent(telemetry.one("process done /")) == sid(telemetry.one("send done /"))
 
 
 def test_a_failed_emit_ends_its_stream_failed(telemetry: Telemetry, instrument: Callable[..., None]) -> None:

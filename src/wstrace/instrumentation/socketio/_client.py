@@ -25,6 +25,7 @@ from wstrace.instrumentation.socketio._common import (
     record_close,
     starting_emit,
 )
+from wstrace.instrumentation.socketio._receiving import ATTR_RECEIVER, Receiver, asked, close, folding, receiver_of
 from wstrace.instrumentation.socketio._streams import closed, fold, handling_streams
 
 
@@ -46,6 +47,11 @@ def _ct(client: Any) -> Optional[ConnectionTracer]:
 def _left_alone(ct: Optional[ConnectionTracer]) -> bool:
     """Whether ``excluded_urls`` leaves the client's connection alone: its events get no span and no carrier."""
     return ct is not None and ct.excluded
+
+
+def _receiver(settings: Settings, client: Any) -> Optional[Receiver]:
+    """The connected client's :class:`Receiver` (made on first use; none once it has disconnected)."""
+    return receiver_of(settings, client, ATTR_RECEIVER) if _ct(client) is not None else None
 
 
 def _agreed(client: Any) -> set[str]:
@@ -112,6 +118,7 @@ def connect(settings: Settings) -> Pair:
             old = instance.__dict__.get(ATTR_CT)
             if old is not None:
                 old.closed(code=NORMAL, initiator="local")
+            close(instance.__dict__.pop(ATTR_RECEIVER, None))
             instance.__dict__[ATTR_CT] = ct  # an excluded one too: its events are left alone
             if ct.excluded:
                 return None  # no header, no offer: the connection goes as it would without wstrace
@@ -171,7 +178,8 @@ def handle_event(settings: Settings) -> Pair:
         if _left_alone(ct):
             return None
         namespace = args[0] or "/"
-        inner = handling(settings, args, 2, namespace in _agreed(instance), ct, namespace)
+        fold = folding(settings, lambda: _receiver(settings, instance), ct, namespace, args[1] is not None)
+        inner = handling(settings, args, 2, namespace in _agreed(instance), ct, namespace, fold)
         return handling_streams(settings, instance, inner)
 
     return pair(prepare)
@@ -193,6 +201,8 @@ def emit(settings: Settings) -> Pair:
         if started is None:
             return None
         call, found = started
+        if ct is not None:
+            asked(settings, instance, call.emit.span)
         try:
             carrier = call.emit.carrier
             if carrier is not None and (found.get("namespace") or "/") in _agreed(instance):
@@ -219,6 +229,7 @@ def _disconnect(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
     def then() -> None:
         _agreed(instance).clear()
         closed(instance)
+        close(instance.__dict__.pop(ATTR_RECEIVER, None))
         ct = instance.__dict__.pop(ATTR_CT, None)
         if ct is not None:
             record_close(ct, args[0] if args else kwargs.get("reason", ""), _LOCAL_REASONS, _REMOTE_REASONS)
