@@ -15,9 +15,11 @@ import pytest
 import socketio
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
 
 from tests.conftest import Telemetry
+from tests.instrumentation import contract
 from tests.instrumentation.socketio_app import (
     Driver,
     aiohttp_server,
@@ -30,6 +32,7 @@ from tests.instrumentation.socketio_app import (
     wait_for as threaded_wait,
     wsgi_server,
 )
+from wstrace.instrumentation.socketio import SocketioInstrumentor
 
 
 TOKENS = 20
@@ -395,3 +398,201 @@ def test_a_failed_emit_ends_its_stream_failed(telemetry: Telemetry, instrument: 
     assert (stream.attributes or {})["wstrace.stream.chunk_count"] == 3
     assert stream.status.status_code.name == "ERROR"
     assert parent(stream) == sid(telemetry.one("process prompt /"))
+
+
+FRAMES = 50
+
+
+def test_uplink_frames_are_one_receive_stream(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """A client emits ``frame`` 50 times under its span ``voice turn``: the client's run ``send frame /``, and on the
+    server one ``process frame /`` receive stream (its child, 50 chunks, no time to first chunk: it answers nothing
+    the server sent), in which every handler call ran; the handlers' spans are its children."""
+    instrument()
+    tracer = telemetry.provider.get_tracer("test")
+    seen: list[tuple[Any, int]] = []
+
+    async def scenario() -> None:
+        sio = socketio.AsyncServer(async_mode="aiohttp")
+
+        @sio.event
+        async def frame(sid_: str, data: Any) -> None:
+            seen.append((data, span_id_now()))
+            with tracer.start_as_current_span("transcribe"):
+                await asyncio.sleep(0)
+
+        async with aiohttp_server(sio) as url:
+            client = recording_client([])
+            await client.connect(url, transports=["websocket"])
+            with tracer.start_as_current_span("voice turn"):
+                for i in range(FRAMES):
+                    await client.emit("frame", f"f{i:02}")
+            await wait_for(seen, FRAMES)
+            await client.disconnect()
+
+    run(scenario())
+    assert [data for data, _ in seen] == [f"f{i:02}" for i in range(FRAMES)]
+    run_span = telemetry.one("send frame /")
+    assert parent(run_span) == sid(telemetry.one("voice turn"))
+    receiving = telemetry.one("process frame /")
+    assert receiving.kind == SpanKind.CONSUMER and parent(receiving) == sid(run_span)
+    attrs = receiving.attributes or {}
+    assert attrs["wstrace.stream.chunk_count"] == FRAMES and attrs["wstrace.stream.size"] == 3 * FRAMES
+    assert "wstrace.stream.time_to_first_chunk" not in attrs and "wstrace.stream.time_to_last_chunk" not in attrs
+    assert attrs["wstrace.stream.chunk_interval.mean"] >= 0
+    assert {span for _, span in seen} == {sid(receiving)}
+    transcribed = telemetry.named("transcribe")
+    assert len(transcribed) == FRAMES and all(parent(t) == sid(receiving) for t in transcribed)
+    contract.no_open_spans(telemetry)
+
+
+def test_threaded_uplink_is_one_receive_stream(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """The threaded client's run of 50 ``frame`` emits to the threaded server, which handles each event in a thread
+    of its own: one ``process frame /`` receive stream of 50 chunks, in which every handler call ran."""
+    instrument()
+    seen: list[int] = []
+    sio = socketio.Server(async_mode="threading")
+    sio.on("frame", lambda sid_, data: seen.append(span_id_now()))
+    with wsgi_server(socketio.WSGIApp(sio)) as url:
+        client = Driver(False, [])
+        client.connect(url, transports=["websocket"])
+        with telemetry.provider.get_tracer("test").start_as_current_span("voice turn"):
+            for i in range(FRAMES):
+                client.emit("frame", i)
+        assert threaded_wait(lambda: len(seen) >= FRAMES)
+        client.disconnect()
+        assert threaded_wait(lambda: telemetry.named("process frame /"))
+    receiving = telemetry.one("process frame /")
+    assert parent(receiving) == sid(telemetry.one("send frame /"))
+    assert (receiving.attributes or {})["wstrace.stream.chunk_count"] == FRAMES
+    assert set(seen) == {sid(receiving)}
+    assert sio.__dict__.get("_wstrace_receivers") == {}  # the connection's state went with it
+    contract.no_open_spans(telemetry)
+
+
+def test_a_single_event_is_the_span_it_was(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """An event that is not followed by another of its sender's stream (a run of one) keeps the span it has without
+    streams: same name, kind, parent, links and attributes, ending when its handler returned (not when the run was
+    found to be over), no stream attribute."""
+
+    def one_question() -> ReadableSpan:
+        telemetry.exporter.clear()
+        received: list[tuple[str, Any, int]] = []
+
+        async def scenario() -> None:
+            sio = socketio.AsyncServer(async_mode="aiohttp")
+
+            @sio.event
+            async def question(sid_: str, text: str) -> None:
+                await asyncio.sleep(0.05)
+                await sio.emit("answer", text.upper(), to=sid_)
+
+            async with aiohttp_server(sio) as url:
+                client = recording_client(received)
+                await client.connect(url, transports=["websocket"])
+                await client.emit("question", "why")
+                await wait_for(received, 1)
+                await asyncio.sleep(0.3)  # the runs stay open this long (stream_idle is 5 s): the spans end earlier
+                await client.disconnect()
+
+        run(scenario())
+        assert [(event, arg) for event, arg, _ in received] == [("answer", "WHY")]
+        return telemetry.one("process question /")
+
+    instrument(streams=False)
+    bare = one_question()
+    SocketioInstrumentor().uninstrument()
+    instrument()
+    streamed = one_question()
+    assert (streamed.name, streamed.kind) == (bare.name, bare.kind)
+    assert parent(streamed) == sid(telemetry.one("send question /"))
+    keys = {k for k in streamed.attributes or {} if k != "websocket.session.id"}
+    assert keys == {k for k in bare.attributes or {} if k != "websocket.session.id"}
+    assert [dict(link.attributes or {}) for link in streamed.links] == [
+        dict(link.attributes or {}) for link in bare.links
+    ]
+    assert 0.04 < ((streamed.end_time or 0) - (streamed.start_time or 0)) * 1e-9 < 0.25
+    answer = telemetry.one("process answer /")
+    assert parent(answer) == sid(telemetry.one("send answer /"))
+    assert not [k for k in answer.attributes or {} if k.startswith("wstrace.stream.")]
+
+
+def test_a_handler_that_raises_on_one_chunk(
+    telemetry: Telemetry, instrument: Callable[..., None], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The client's token handler raises on the third chunk: the error is recorded on the receive stream (status
+    ERROR, the exception event), the remaining chunks are still handled, and the library sees and logs the same
+    exception as without wstrace."""
+
+    def stream_to_a_failing_handler() -> tuple[list[Any], list[tuple[str, str]]]:
+        handled: list[Any] = []
+        caplog.clear()
+
+        async def scenario() -> None:
+            sio = streaming_server()
+            async with aiohttp_server(sio) as url:
+                client = socketio.AsyncClient(reconnection=False)
+
+                @client.on("token")
+                async def token(text: str) -> None:
+                    handled.append(text)
+                    if text == "hi-2":
+                        raise ValueError("bad token")
+
+                @client.on("done")
+                async def done() -> None:
+                    handled.append("done")
+
+                await client.connect(url, transports=["websocket"])
+                await client.emit("prompt", "hi")
+                await wait_for(handled, TOKENS + 1)
+                await client.disconnect()
+
+        run(scenario())
+        logged = [
+            (type(r.exc_info[1]).__name__, str(r.exc_info[1])) for r in caplog.records if r.exc_info and r.exc_info[1]
+        ]
+        return handled, logged
+
+    bare = stream_to_a_failing_handler()
+    assert bare[1] == [("ValueError", "bad token")]
+    instrument()
+    assert stream_to_a_failing_handler() == bare
+    receiving = telemetry.one("process token /")
+    assert receiving.status.status_code.name == "ERROR"
+    assert (receiving.attributes or {})["error.type"] == "ValueError"
+    assert (receiving.attributes or {})["wstrace.stream.chunk_count"] == TOKENS
+    assert [e.attributes["exception.message"] for e in receiving.events if e.name == "exception"] == ["bad token"]
+
+
+def test_the_idle_gap_and_the_close_end_a_receive_stream(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """A receive stream followed by nothing ends by itself once the idle gap has passed (a timer: exported before
+    anything else happens), at its last handler's return; the client's disconnect drops the connection's state."""
+    instrument(stream_idle=0.2)
+    received: list[tuple[str, Any, int]] = []
+    exported: list[list[str]] = []
+    clients: list[socketio.AsyncClient] = []
+
+    async def scenario() -> None:
+        sio = socketio.AsyncServer(async_mode="aiohttp")
+
+        @sio.event
+        async def prompt(sid_: str) -> None:
+            for i in range(5):
+                await sio.emit("token", i, to=sid_)
+
+        async with aiohttp_server(sio) as url:
+            client = recording_client(received)
+            clients.append(client)
+            await client.connect(url, transports=["websocket"])
+            await client.emit("prompt")
+            await wait_for(received, 5)
+            await asyncio.sleep(0.6)
+            exported.append([s.name for s in telemetry.spans if s.name.startswith("process ")])
+            await client.disconnect()
+
+    run(scenario())
+    assert sorted(exported[0]) == ["process prompt /", "process token /"]
+    receiving = telemetry.one("process token /")
+    assert (receiving.attributes or {})["wstrace.stream.chunk_count"] == 5
+    assert "_wstrace_receiver" not in clients[0].__dict__
+    contract.no_open_spans(telemetry)
