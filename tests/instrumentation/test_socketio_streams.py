@@ -8,6 +8,7 @@ werkzeug) and real clients (``AsyncClient``, the threaded ``Client``), both ends
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -596,3 +597,66 @@ def test_the_idle_gap_and_the_close_end_a_receive_stream(telemetry: Telemetry, i
     assert (receiving.attributes or {})["wstrace.stream.chunk_count"] == 5
     assert "_wstrace_receiver" not in clients[0].__dict__
     contract.no_open_spans(telemetry)
+
+
+def paced_tokens(count: int, pause: float) -> list[tuple[str, Any, int]]:
+    """A handler emits ``count`` ``token`` (``pause`` apart), then ``done``, to the client that asked; returns what
+    the client handled."""
+    received: list[tuple[str, Any, int]] = []
+
+    async def scenario() -> None:
+        sio = socketio.AsyncServer(async_mode="aiohttp")
+
+        @sio.event
+        async def prompt(sid_: str) -> None:
+            for i in range(count):
+                await sio.emit("token", i, to=sid_)
+                await asyncio.sleep(pause)
+            await sio.emit("done", to=sid_)
+
+        async with aiohttp_server(sio) as url:
+            client = recording_client(received)
+            await client.connect(url, transports=["websocket"])
+            await client.emit("prompt")
+            await wait_for(received, count + 1)
+            await client.disconnect()
+
+    run(scenario())
+    return received
+
+
+def test_run_limit_splits_a_receive_stream(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """A handler's stream answers its event and is not split by ``run_limit``; the receiving end's is: a receive
+    stream that has lasted ``run_limit`` ends, and the next event starts one linked to it (``previous``)."""
+    instrument(run_limit=0.1)
+    paced_tokens(12, 0.02)
+    stream = telemetry.one("send token /")
+    assert (stream.attributes or {})["wstrace.stream.chunk_count"] == 12
+    receiving = sorted(telemetry.named("process token /"), key=lambda s: s.start_time or 0)
+    assert len(receiving) >= 2 and all(parent(r) == sid(stream) for r in receiving)
+    assert sum((r.attributes or {}).get("wstrace.stream.chunk_count", 1) for r in receiving) == 12
+    for before, after in itertools.pairwise(receiving):
+        previous = [link for link in after.links if (link.attributes or {}).get("wstrace.link.kind") == "previous"]
+        assert [link.context.span_id for link in previous] == [sid(before)]
+
+
+def test_trust_link_and_the_message_hook(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """``trust=link``: the receive stream is a new trace linked to the sender's stream span; the ``message_hook``
+    is called once per receive stream, with its first event."""
+    hooked: list[tuple[str, list[Any]]] = []
+
+    def hook(span: Any, payload: list[Any], direction: str) -> None:
+        if direction == "received":
+            hooked.append((span.name, payload))
+
+    instrument(trust="link", message_hook=hook)
+    paced_tokens(5, 0.001)
+    stream = telemetry.one("send token /")
+    receiving = telemetry.one("process token /")
+    assert parent(receiving) is None and tid(receiving) != tid(stream)
+    assert [link.context.span_id for link in receiving.links if link.context.span_id == sid(stream)] == [sid(stream)]
+    assert (receiving.attributes or {})["wstrace.stream.chunk_count"] == 5
+    assert [entry for entry in hooked if entry[0] != "process prompt /"] == [
+        ("process token /", ["token", 0]),
+        ("process done /", ["done"]),
+    ]

@@ -51,7 +51,13 @@ def _left_alone(ct: Optional[ConnectionTracer]) -> bool:
 
 def _receiver(settings: Settings, client: Any) -> Optional[Receiver]:
     """The connected client's :class:`Receiver` (made on first use; none once it has disconnected)."""
-    return receiver_of(settings, client, ATTR_RECEIVER) if _ct(client) is not None else None
+    if _ct(client) is None:
+        return None
+    found = receiver_of(settings, client, ATTR_RECEIVER)
+    if _ct(client) is None:  # it disconnected meanwhile (another thread): keep nothing for it
+        close(client.__dict__.pop(ATTR_RECEIVER, None))
+        return None
+    return found
 
 
 def _agreed(client: Any) -> set[str]:
@@ -229,8 +235,8 @@ def _disconnect(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
     def then() -> None:
         _agreed(instance).clear()
         closed(instance)
+        ct = instance.__dict__.pop(ATTR_CT, None)  # first: no receiver is made for it after this
         close(instance.__dict__.pop(ATTR_RECEIVER, None))
-        ct = instance.__dict__.pop(ATTR_CT, None)
         if ct is not None:
             record_close(ct, args[0] if args else kwargs.get("reason", ""), _LOCAL_REASONS, _REMOTE_REASONS)
 

@@ -65,6 +65,9 @@ def _receiver(settings: Settings, server: Any, eio_sid: Any) -> Optional[Receive
     found = receivers.get(eio_sid)
     if found is None and eio_sid in _connections(server):
         found = receivers.setdefault(eio_sid, Receiver(settings.config.stream_idle, settings.config.run_limit))
+        if eio_sid not in _connections(server):  # it closed meanwhile (another thread): keep nothing for it
+            close(receivers.pop(eio_sid, None))
+            return None
     return found
 
 
