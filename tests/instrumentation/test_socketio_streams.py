@@ -256,7 +256,7 @@ def test_runs_outside_a_handler(telemetry: Telemetry, instrument: Callable[..., 
                 for i in range(5):
                     await client.emit("frame", i)
                 await client.emit("end")
-                for word in ("a", "last", "b"):
+                for word in ("last", "a", "last", "b"):
                     await client.emit("word", word)
             await asyncio.sleep(0.1)
             await client.disconnect()
@@ -271,14 +271,14 @@ def test_runs_outside_a_handler(telemetry: Telemetry, instrument: Callable[..., 
     assert "wstrace.socketio.recipients" not in attrs  # a client's emit has none
     assert parent(telemetry.one("send end /")) == sid(turn)
     words = sorted(telemetry.named("send word /"), key=lambda s: s.start_time or 0)
-    assert [(w.attributes or {})["wstrace.stream.chunk_count"] for w in words] == [2, 1]
+    assert [(w.attributes or {})["wstrace.stream.chunk_count"] for w in words] == [1, 2, 1]
     received_frames = telemetry.one("process frame /")  # the server: one receive stream of the run
     assert parent(received_frames) == sid(frames)
     assert (received_frames.attributes or {})["wstrace.stream.chunk_count"] == 5
-    # The end marker ends the receive stream with its event; "b" is a run of one, a span as without streams.
+    # The end marker ends a receive stream with its event (alone, a run of one); "b" is a run of one too.
     received_words = sorted(telemetry.named("process word /"), key=lambda s: s.start_time or 0)
     assert [parent(w) for w in received_words] == [sid(w) for w in words]
-    assert [(w.attributes or {}).get("wstrace.stream.chunk_count") for w in received_words] == [2, None]
+    assert [(w.attributes or {}).get("wstrace.stream.chunk_count") for w in received_words] == [None, 2, None]
 
 
 def test_streams_off_is_a_span_per_emit(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
