@@ -40,6 +40,7 @@ from wstrace.instrumentation.socketio._common import (
     SYSTEM,
     Call,
     Fold,
+    Sender,
     data_size,
     held,
     message_hook,
@@ -70,10 +71,15 @@ class Received:
     """A run of received events: the first event's span (the receive stream's, from the second on), its recorder,
     and its handler calls still running."""
 
-    __slots__ = ("active", "ctx", "done", "key", "over", "recorder", "returned_ns")
+    __slots__ = ("active", "carrier", "ctx", "done", "key", "over", "recorder", "returned_ns")
 
-    def __init__(self, key: tuple[str, str, int], recorder: StreamRecorder, ctx: Context) -> None:
+    def __init__(
+        self, key: tuple[str, str, int], carrier: dict[str, str], recorder: StreamRecorder, ctx: Context
+    ) -> None:
         self.key = key
+        """The event's name, its namespace and the sender's span id."""
+        self.carrier = carrier
+        """The first event's carrier: an event with an equal one has the same sender span."""
         self.recorder = recorder
         self.ctx = ctx
         self.active = 1
@@ -279,13 +285,18 @@ def _chunk(
     """The event as a chunk of the run under way, or as the first of a new run; ``None``: the carrier holds no
     sender span (a span of its own, as without streams)."""
     config = settings.config
-    sender = hs.remote(config, carrier)
-    remote_span = sender[1]
-    if remote_span is None:
-        return None
     event, arguments = delivered[0], delivered[1:]
+    name = str(event)
+    sender: Optional[Sender] = None
+    hint = receiver.current  # read without the lock: a hint that spares reading the same carrier once per chunk
+    if hint is not None and hint.carrier == carrier and hint.key[0] == name and hint.key[1] == namespace:
+        key = hint.key
+    else:
+        sender = hs.remote(config, carrier)
+        if sender[1] is None:
+            return None
+        key = (name, namespace, sender[1].span_id)
     data = None if not arguments else arguments[0] if len(arguments) == 1 else tuple(arguments)
-    key = (str(event), namespace, remote_span.span_id)
     ends = config.stream_end is not None and safe_predicate(config.stream_end, data)
     size = data_size(data)
     now = time.monotonic_ns()
@@ -324,6 +335,11 @@ def _chunk(
                 warn_once("recording a Socket.IO receive stream's stall", exc)
         return InStream(joined, args)
     # The first event of a run: its span as without streams, kept open for the events that may follow.
+    if sender is None:
+        sender = hs.remote(config, carrier)
+    remote_span = sender[1]
+    if remote_span is None:
+        return None
     parent, links = remote_parent(config, carrier, ct, sender)
     if previous is not None:
         links = (*links, link(previous, "previous"))
@@ -343,7 +359,7 @@ def _chunk(
         answers=answers,
     )
     recorder.stats.add(size, now)
-    fresh = Received(key, recorder, ctx)
+    fresh = Received(key, carrier, recorder, ctx)
     displaced: Optional[Received] = None
     with _LOCK:
         if ends or receiver.closed:
