@@ -1,5 +1,6 @@
 """Socket.IO streams: a run of emits of one event to one destination, answering one handled event, is one
-``send`` stream span with the stream attributes and histograms (``docs/adapters/socketio.md``, "Streams").
+``send`` stream span with the stream attributes and histograms, and the receiving end handles the events of one such
+stream in one ``process`` receive stream span (``docs/adapters/socketio.md``, "Streams" and "The receiving end").
 
 Real servers on loopback (``AsyncServer`` attached to aiohttp, the threaded ``Server`` as a WSGI app under
 werkzeug) and real clients (``AsyncClient``, the threaded ``Client``), both ends instrumented.
