@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -461,8 +462,12 @@ def test_threaded_uplink_is_one_receive_stream(telemetry: Telemetry, instrument:
             for i in range(FRAMES):
                 client.emit("frame", i)
         assert threaded_wait(lambda: len(seen) >= FRAMES)
+        (receiver,) = sio.__dict__["_wstrace_receivers"].values()
+        timer = receiver.timer  # the idle gap's, a daemon thread (the run is still open)
+        assert isinstance(timer, threading.Timer) and timer.is_alive()
         client.disconnect()
         assert threaded_wait(lambda: telemetry.named("process frame /"))
+        assert threaded_wait(lambda: not timer.is_alive(), 2)  # cancelled at the close, not left to run out
     receiving = telemetry.one("process frame /")
     assert parent(receiving) == sid(telemetry.one("send frame /"))
     assert (receiving.attributes or {})["wstrace.stream.chunk_count"] == FRAMES
