@@ -666,3 +666,16 @@ def test_trust_link_and_the_message_hook(telemetry: Telemetry, instrument: Calla
         ("process token /", ["token", 0]),
         ("process done /", ["done"]),
     ]
+
+
+def test_the_connection_model(telemetry: Telemetry, instrument: Callable[..., None]) -> None:
+    """``model="connection"``: the receive stream is a child of the client's connection span, linked to the sender's
+    stream span, and still one span for the stream."""
+    instrument(model="connection")
+    paced_tokens(5, 0.001)
+    stream = telemetry.one("send token /")
+    receiving = telemetry.one("process token /")
+    assert (receiving.attributes or {})["wstrace.stream.chunk_count"] == 5
+    connection = next(s for s in telemetry.spans if sid(s) == parent(receiving))
+    assert connection.name.startswith("websocket") and connection.kind == SpanKind.INTERNAL
+    assert [link.context.span_id for link in receiving.links] == [sid(stream)]
