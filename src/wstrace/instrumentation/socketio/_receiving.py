@@ -50,7 +50,7 @@ from wstrace.instrumentation.socketio._common import (
 from wstrace.streams import StreamRecorder, StreamStats, wall_ns
 
 
-__all__ = ["ATTR_RECEIVER", "ATTR_RECEIVERS", "InStream", "Receiver", "asked", "close", "folding"]
+__all__ = ["ATTR_RECEIVER", "ATTR_RECEIVERS", "InStream", "Receiver", "asked", "close", "folding", "receiver_of"]
 
 ATTR_RECEIVER = "_wstrace_receiver"
 """Client attribute: its :class:`Receiver`."""
@@ -243,6 +243,7 @@ def asked(settings: Settings, client: Any, span: Span) -> None:
 
 
 def close(receiver: Optional[Receiver]) -> None:
+    """A connection's close, for its :class:`Receiver` if it has one; never raises."""
     if receiver is not None:
         try:
             receiver.close()
