@@ -4,8 +4,9 @@ The server is an ``AsyncServer`` served as an ASGI app; its ``chat`` handler emi
 the asking client, then one ``done`` event. The client has no spans of its own: it emits ``chat`` and collects the
 tokens until ``done``. With wstrace on both ends, each question is **one trace**: the client's ``send chat /``, the
 server's ``process chat /`` under it, one ``send token /`` stream span for all the words (with the stream
-attributes: chunk count, time to first and last chunk), each of the client's ``process token /`` under that
-stream span, and ``send done /`` with the client's ``process done /``. Run it::
+attributes: chunk count, time to first and last chunk), the client's one ``process token /`` receive stream under
+it (every word's handler runs in it; its time to first and last chunk start at the client's emit), and ``send done
+/`` with the client's ``process done /``. Run it::
 
     python examples/socketio_chat.py serve    # http://127.0.0.1:8000
     python examples/socketio_chat.py ask      # three questions, in another terminal

@@ -15,7 +15,7 @@ from tests.conftest import Telemetry
 from tests.routes import ROUTES_ENV
 from wstrace.config import Config
 from wstrace.connection import ConnectionTracer
-from wstrace.streams import MAX_INTERVALS, StreamStats
+from wstrace.streams import MAX_INTERVALS, StreamRecorder, StreamStats, wall_ns
 
 
 MS = 1_000_000
@@ -109,6 +109,19 @@ def test_explicit_stream_error(telemetry: Telemetry) -> None:
     span = telemetry.one("tts")
     assert span.status.status_code is StatusCode.ERROR
     assert span.attributes["wstrace.stream.chunk_count"] == 1
+
+
+def test_recorder_ends_its_span_at_a_given_time(telemetry: Telemetry) -> None:
+    """``end(end_ns=...)`` ends the span at that monotonic time (a receive stream ends when its last handler
+    returned, after its last chunk arrived), whatever ``at_last_chunk`` says."""
+    span = telemetry.provider.get_tracer("test").start_span("s")
+    recorder = StreamRecorder(span, StreamStats(time.monotonic_ns(), 1.0))
+    recorder.chunk(3)
+    later = time.monotonic_ns() + 250_000_000
+    recorder.end(at_last_chunk=True, end_ns=later)
+    exported = telemetry.one("s")
+    assert exported.end_time == wall_ns(later)
+    assert exported.attributes["wstrace.stream.chunk_count"] == 1
 
 
 @pytest.mark.parametrize("bad", [{"name": ""}, {"name": "x", "stall_threshold": -1}])

@@ -153,10 +153,10 @@ class Outbound(StreamRecorder):
         assert self.counts is not None  # only a stream with counts is ever open in the totals
         return self.counts, self.index, stats.count - others, stats.size - other_size, others, other_size
 
-    def end(self, error: Optional[BaseException | str] = None, *, at_last_chunk: bool = False) -> None:
+    def end(self, error: Optional[BaseException | str] = None, *, at_last_chunk: bool = False, end_ns: int = 0) -> None:
         if not self.ended and self.totals is not None:
             self.totals.fold(self)  # first: the messages count even if ending the span fails
-        super().end(error, at_last_chunk=at_last_chunk)
+        super().end(error, at_last_chunk=at_last_chunk, end_ns=end_ns)
 
 
 class Inbound:

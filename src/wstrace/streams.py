@@ -217,8 +217,10 @@ class StreamRecorder:
                 {"wstrace.stream.stall.duration": gap * _NS, "wstrace.stream.chunk.index": stats.count},
             )
 
-    def end(self, error: Optional[BaseException | str] = None, *, at_last_chunk: bool = False) -> None:
-        """End the stream; idempotent. ``error`` marks it failed (partial metrics are kept)."""
+    def end(self, error: Optional[BaseException | str] = None, *, at_last_chunk: bool = False, end_ns: int = 0) -> None:
+        """End the stream; idempotent. ``error`` marks it failed (partial metrics are kept). The span ends at
+        ``end_ns`` (a ``time.monotonic_ns()`` reading) when given, else at its last chunk (``at_last_chunk``) or
+        now."""
         if self.ended:
             return
         self.ended = True
@@ -228,7 +230,9 @@ class StreamRecorder:
             span.set_attributes(self._span_attributes())
             if error is not None:
                 record_error(span, error)
-        if at_last_chunk and stats.count:
+        if end_ns:
+            span.end(end_time=wall_ns(end_ns))
+        elif at_last_chunk and stats.count:
             span.end(end_time=wall_ns(stats.last_ns))
         else:
             span.end()

@@ -18,14 +18,15 @@ Spans are per Socket.IO **event**, not per engine.io frame:
 * ``emit`` is one PRODUCER span ``send {event} {namespace}`` whatever the number of recipients (their count in
   ``wstrace.socketio.recipients``), and a run of emits of one event to one destination (a handler's tokens) is
   one stream span with the stream attributes (an emit with an ack callback always has its own); a handler runs
-  in a CONSUMER span ``process {event} {namespace}``; an ack callback runs in ``ack {event} {namespace}``, a
-  child of the emit it answers;
+  in a CONSUMER span ``process {event} {namespace}``, and consecutive events carrying one sender stream's context
+  (the receiving end of a stream) run in one such span, a receive stream; an ack callback runs in ``ack {event}
+  {namespace}``, a child of the emit it answers;
 * between two instrumented ends (negotiated in the handshake), each event carries its sender's context; a peer
   without wstrace sees exactly what it would see from a bare end;
 * through a pub/sub manager, the emit's context travels in the published message, and the other processes
   deliver it in spans of the same trace.
 
-Not covered yet: receive streams, and message metrics per event. ``docs/adapters/socketio.md`` is
+Not covered yet: message metrics per event. ``docs/adapters/socketio.md`` is
 the guide.
 
 Options (keyword or environment variable) are listed in ``docs/configuration.md``.

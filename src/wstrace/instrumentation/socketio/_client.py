@@ -25,6 +25,7 @@ from wstrace.instrumentation.socketio._common import (
     record_close,
     starting_emit,
 )
+from wstrace.instrumentation.socketio._receiving import ATTR_RECEIVER, Receiver, asked, close, folding, receiver_of
 from wstrace.instrumentation.socketio._streams import closed, fold, handling_streams
 
 
@@ -46,6 +47,17 @@ def _ct(client: Any) -> Optional[ConnectionTracer]:
 def _left_alone(ct: Optional[ConnectionTracer]) -> bool:
     """Whether ``excluded_urls`` leaves the client's connection alone: its events get no span and no carrier."""
     return ct is not None and ct.excluded
+
+
+def _receiver(settings: Settings, client: Any) -> Optional[Receiver]:
+    """The connected client's :class:`Receiver` (made on first use; none once it has disconnected)."""
+    if _ct(client) is None:
+        return None
+    found = receiver_of(settings, client, ATTR_RECEIVER)
+    if _ct(client) is None:  # it disconnected meanwhile (another thread): keep nothing for it
+        close(client.__dict__.pop(ATTR_RECEIVER, None))
+        return None
+    return found
 
 
 def _agreed(client: Any) -> set[str]:
@@ -112,6 +124,7 @@ def connect(settings: Settings) -> Pair:
             old = instance.__dict__.get(ATTR_CT)
             if old is not None:
                 old.closed(code=NORMAL, initiator="local")
+            close(instance.__dict__.pop(ATTR_RECEIVER, None))
             instance.__dict__[ATTR_CT] = ct  # an excluded one too: its events are left alone
             if ct.excluded:
                 return None  # no header, no offer: the connection goes as it would without wstrace
@@ -171,7 +184,8 @@ def handle_event(settings: Settings) -> Pair:
         if _left_alone(ct):
             return None
         namespace = args[0] or "/"
-        inner = handling(settings, args, 2, namespace in _agreed(instance), ct, namespace)
+        fold = folding(settings, lambda: _receiver(settings, instance), ct, namespace, args[1] is not None)
+        inner = handling(settings, args, 2, namespace in _agreed(instance), ct, namespace, fold)
         return handling_streams(settings, instance, inner)
 
     return pair(prepare)
@@ -193,6 +207,8 @@ def emit(settings: Settings) -> Pair:
         if started is None:
             return None
         call, found = started
+        if ct is not None:
+            asked(settings, instance, call.emit.span)
         try:
             carrier = call.emit.carrier
             if carrier is not None and (found.get("namespace") or "/") in _agreed(instance):
@@ -219,7 +235,8 @@ def _disconnect(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
     def then() -> None:
         _agreed(instance).clear()
         closed(instance)
-        ct = instance.__dict__.pop(ATTR_CT, None)
+        ct = instance.__dict__.pop(ATTR_CT, None)  # first: no receiver is made for it after this
+        close(instance.__dict__.pop(ATTR_RECEIVER, None))
         if ct is not None:
             record_close(ct, args[0] if args else kwargs.get("reason", ""), _LOCAL_REASONS, _REMOTE_REASONS)
 

@@ -49,7 +49,10 @@ __all__ = [
     "Wrapper",
     "after",
     "current_emit",
+    "data_size",
     "EmitCall",
+    "Fold",
+    "Sender",
     "emitting",
     "event_payload",
     "given",
@@ -317,6 +320,18 @@ def event_payload(event: Any, data: Any) -> list[Any]:
     return [event] if data is None else [event, data]
 
 
+def data_size(data: Any) -> int:
+    """The bytes of an emit's ``str`` and ``bytes`` arguments (``data``, a tuple for several); others, JSON
+    objects, count 0: encoding them to measure them would cost as much as the emit."""
+    if isinstance(data, tuple):
+        return sum(data_size(item) for item in data)
+    if isinstance(data, str):
+        return len(data) if data.isascii() else len(data.encode("utf-8", "replace"))
+    if isinstance(data, (bytes, bytearray)):
+        return len(data)
+    return 0
+
+
 def message_hook(config: Config, span: Span, payload: list[Any], direction: str) -> None:
     """Call the ``message_hook`` for an event span that just started (``direction``: ``sent`` or ``received``);
     what it raises is logged once, never passed on."""
@@ -452,12 +467,18 @@ class emitting(EmitCall):
         self.leave()
 
 
+Sender = tuple[Optional[Context], Optional[trace.SpanContext]]
+"""An event's sender context and span context, as ``_handshake.remote`` reads them from the carrier."""
+
+
 def remote_parent(
-    config: Config, carrier: Optional[dict[str, str]], ct: Optional[ConnectionTracer]
+    config: Config, carrier: Optional[dict[str, str]], ct: Optional[ConnectionTracer], sender: Optional[Sender] = None
 ) -> tuple[Context, Sequence[Link]]:
-    """Parent and links of an inbound event's span, per the trust policy: the sender's context from the carrier,
-    else a fresh trace linked to the connection's handshake."""
-    remote, remote_span = hs.remote(config, carrier) if carrier else (None, None)
+    """Parent and links of an inbound event's span, per the trust policy: the sender's context from the carrier
+    (or ``sender``, already read from it), else a fresh trace linked to the connection's handshake."""
+    if sender is None:
+        sender = hs.remote(config, carrier) if carrier else (None, None)
+    remote, remote_span = sender
     connection = ct.connection_context if ct is not None else None
     parent, _base, links = receive_parent(
         config.trust, connection, handshake_links(ct), remote, remote_span, otel_context.get_current(), None
@@ -475,6 +496,11 @@ def handler_span(
     return process_span(settings, "process", event, namespace, parent, links, session_id)
 
 
+Fold = Callable[[dict[str, str], Any, tuple[Any, ...]], Optional[Call]]
+"""Makes an inbound event a chunk of a receive stream (``_receiving``), from its carrier, the event as the handler
+gets it (``[event, *arguments]``) and the call's arguments; ``None``: a span of its own."""
+
+
 def handling(
     settings: Settings,
     args: tuple[Any, ...],
@@ -482,9 +508,11 @@ def handling(
     agreed: bool,
     ct: Optional[ConnectionTracer],
     namespace: str,
+    fold: Optional[Fold] = None,
 ) -> Optional[Call]:
     """Around an inbound event's handler (its arguments ``args[at]``): the carrier, where agreed, removed from the
-    arguments, and the handler run in a CONSUMER span per the trust policy."""
+    arguments, and the handler run in a CONSUMER span per the trust policy, or, through ``fold``, in a receive
+    stream's span."""
     data = args[at]
     carrier = None
     try:
@@ -494,6 +522,10 @@ def handling(
                 args = (*args[:at], rest, *args[at + 1 :])
         if not is_instrumentation_enabled():
             return Call(args)
+        if fold is not None and carrier is not None:
+            folded = fold(carrier, args[at], args)
+            if folded is not None:
+                return folded
         span, ctx = handler_span(settings, carrier, ct, data, namespace)
         delivered = args[at]  # what the handler gets: the event and its arguments, without the carrier
         if settings.config.message_hook is not None and isinstance(delivered, list):

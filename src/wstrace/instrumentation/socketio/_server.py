@@ -28,6 +28,7 @@ from wstrace.instrumentation.socketio._common import (
     splice,
     starting_emit,
 )
+from wstrace.instrumentation.socketio._receiving import ATTR_RECEIVERS, Receiver, close, folding
 from wstrace.instrumentation.socketio._streams import closed, fold, handling_streams
 
 
@@ -56,6 +57,18 @@ def _connections(server: Any) -> dict[str, ConnectionTracer]:
 def _excluded(server: Any) -> set[Any]:
     """The engine.io session ids of this server's connections that ``excluded_urls`` leaves alone."""
     return held(server, ATTR_EXCLUDED, set)
+
+
+def _receiver(settings: Settings, server: Any, eio_sid: Any) -> Optional[Receiver]:
+    """A traced connection's :class:`Receiver` (made on first use; none once it has closed)."""
+    receivers: dict[Any, Receiver] = held(server, ATTR_RECEIVERS, dict)
+    found = receivers.get(eio_sid)
+    if found is None and eio_sid in _connections(server):
+        found = receivers.setdefault(eio_sid, Receiver(settings.config.stream_idle, settings.config.run_limit))
+        if eio_sid not in _connections(server):  # it closed meanwhile (another thread): keep nothing for it
+            close(receivers.pop(eio_sid, None))
+            return None
+    return found
 
 
 def _agreed(server: Any, eio_sid: Any) -> bool:
@@ -178,6 +191,9 @@ def _disconnect(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
         eio_sid: Any = args[0] if args else kwargs.get("eio_sid")
         _excluded(instance).discard(eio_sid)
         ct = _connections(instance).pop(eio_sid, None)
+        receivers = instance.__dict__.get(ATTR_RECEIVERS)
+        if receivers is not None:
+            close(receivers.pop(eio_sid, None))
         if ct is not None:
             reason = args[1] if len(args) > 1 else kwargs.get("reason", "")
             record_close(ct, reason, _LOCAL_REASONS, _REMOTE_REASONS)
@@ -294,8 +310,10 @@ def handle_event_internal(settings: Settings) -> Pair:
         if eio_sid in _excluded(server):
             return None
         ct = _connections(server).get(eio_sid)
-        return handling_streams(
-            settings, server, handling(settings, args, 3, _agreed(server, eio_sid), ct, args[4] or "/")
-        )
+        namespace = args[4] or "/"
+        acked = len(args) > 5 and args[5] is not None
+        fold = folding(settings, lambda: _receiver(settings, server, eio_sid), ct, namespace, acked)
+        inner = handling(settings, args, 3, _agreed(server, eio_sid), ct, namespace, fold)
+        return handling_streams(settings, server, inner)
 
     return pair(prepare)

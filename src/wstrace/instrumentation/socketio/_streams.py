@@ -41,12 +41,14 @@ from wstrace.instrumentation.socketio._common import (
     InSpan,
     attributes,
     carrier_arg,
+    data_size,
     event_payload,
     given,
     held,
     message_hook,
     rooms_of,
 )
+from wstrace.instrumentation.socketio._receiving import InStream
 from wstrace.streams import StreamRecorder, StreamStats
 
 
@@ -218,18 +220,6 @@ def _send_attributes(
     return attrs
 
 
-def _size(data: Any) -> int:
-    """The bytes of an emit's ``str`` and ``bytes`` arguments (others, JSON objects, count 0: encoding them to
-    measure them would cost as much as the emit)."""
-    if isinstance(data, tuple):
-        return sum(_size(item) for item in data)
-    if isinstance(data, str):
-        return len(data) if data.isascii() else len(data.encode("utf-8", "replace"))
-    if isinstance(data, (bytes, bytearray)):
-        return len(data)
-    return 0
-
-
 class chunk_emit(EmitCall):
     """Around an emit that is a chunk of a stream: the stream span (or, with ``chunk_spans``, the chunk's own
     span under it) current for the emit's sends, then the chunk counted."""
@@ -274,7 +264,7 @@ class chunk_emit(EmitCall):
             ended = exc is not None or self._ends
             with _LOCK:
                 if not recorder.ended:
-                    gap = recorder.stats.add(_size(self._data), time.monotonic_ns())
+                    gap = recorder.stats.add(data_size(self._data), time.monotonic_ns())
                     if gap:
                         recorder.stalled(gap)
                     if stream.count and self.emit.recipients > stream.recipients and recorder.span.is_recording():
@@ -434,6 +424,6 @@ def handling_streams(settings: Settings, emitter: Any, inner: Optional[Call]) ->
     """Around a handler of ``emitter`` (server or client): ``inner`` (its span), and, with streams on, the event
     owning its emits' streams."""
     config = settings.config
-    if inner is None or not (config.streams and config.message_spans) or not isinstance(inner, InSpan):
+    if inner is None or not (config.streams and config.message_spans) or not isinstance(inner, (InSpan, InStream)):
         return inner
     return handled(inner, emitter)
