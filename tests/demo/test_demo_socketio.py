@@ -30,8 +30,8 @@ def one(spans: list[SpanRecord], name: str, where: str) -> SpanRecord:
 
 
 def uplink_frames(spans: list[SpanRecord]) -> list[SpanRecord]:
-    """The gateway's spans of the device's audio frames: one per frame until the Socket.IO adapter folds a run of
-    handled events into one receive stream (docs/adapters/socketio.md, "Not yet covered")."""
+    """The gateway's spans of the device's audio frames (one receive stream per turn: docs/adapters/socketio.md,
+    "The receiving end")."""
     return [s for s in spans if s.name == "process audio /" and service(s) == "voice-gateway"]
 
 
@@ -100,24 +100,16 @@ def test_the_turn_goes_device_gateway_redis_assistant_redis_gateway_device(socke
         assert 0 < turn.attributes["wstrace.voice.turn.latency"] < 5
 
 
-def test_spans_per_turn_are_bounded(socketio_run: DemoRun) -> None:
-    """However long the utterance, a turn stays within the budget, counting the gateway's spans of the frames as
-    one (they are one per frame until the Socket.IO adapter folds receive streams)."""
+def test_a_turns_uplink_is_one_stream_on_each_side_and_the_turn_within_the_budget(socketio_run: DemoRun) -> None:
+    """However long the utterance, a turn stays within the budget: the device's frames are one `send audio /`
+    stream span on the device and one `process audio /` receive stream span on the gateway."""
     for turn in socketio_run.turns():
         spans = members(socketio_run, turn)
-        frames = uplink_frames(spans)
-        assert frames
-        assert len(spans) - len(frames) + 1 <= BUDGET, sorted(s.name for s in spans)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="the Socket.IO adapter makes a process span per handled event (receive streams are not yet covered), "
-    "so the gateway has one span per 20 ms audio frame",
-)
-def test_spans_per_turn_within_the_budget_as_they_are(socketio_run: DemoRun) -> None:
-    for turn in socketio_run.turns():
-        assert len(members(socketio_run, turn)) <= BUDGET
+        assert len(spans) <= BUDGET, sorted(s.name for s in spans)
+        (received,) = uplink_frames(spans)
+        (sent,) = [s for s in spans if s.name == "send audio /" and service(s) == "voice-device"]
+        assert received.attributes["wstrace.stream.chunk_count"] == sent.attributes["wstrace.stream.chunk_count"] > 10
+        assert received.parent_span_id == sent.span_id
 
 
 def test_latency_table_reads_the_assistants_stages(socketio_run: DemoRun) -> None:
