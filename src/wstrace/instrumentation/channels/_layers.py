@@ -21,8 +21,9 @@ import logging
 from contextvars import ContextVar
 from typing import Any, Callable, Mapping, Optional
 
-from opentelemetry import trace
+from opentelemetry import context as otel_context, trace
 from opentelemetry.context import Context
+from opentelemetry.instrumentation.utils import _SUPPRESS_INSTRUMENTATION_KEY_PLAIN
 from opentelemetry.trace import Link, SpanKind
 from opentelemetry.util.types import AttributeValue
 
@@ -52,6 +53,11 @@ _SENDING: ContextVar[bool] = ContextVar("wstrace.channels.sending", default=Fals
 ``group_send`` calls ``send`` per channel) are not traced again."""
 
 _log = logging.getLogger("wstrace.instrumentation.channels")
+
+# The keys suppress_instrumentation() sets (is_instrumentation_enabled() reads both), read from a context
+# the dispatch looks up anyway.
+_SUPPRESS = otel_context._SUPPRESS_INSTRUMENTATION_KEY
+_SUPPRESS_PLAIN = _SUPPRESS_INSTRUMENTATION_KEY_PLAIN
 
 _MISSING = object()
 
@@ -210,7 +216,8 @@ class Layers:
         kind = message.get("type")
         if not isinstance(kind, str) or kind.startswith(_ASGI_PREFIXES) or not self._active():
             return message, None
-        if not is_instrumentation_enabled():
+        here = _context.current()
+        if here.get(_SUPPRESS) or here.get(_SUPPRESS_PLAIN):  # is_instrumentation_enabled(), one lookup
             return message, None
         event = message
         try:
@@ -220,7 +227,7 @@ class Layers:
             else:
                 opened = self._read(message)
             event = opened.event  # a span that fails to start still leaves the handler its event, carrier removed
-            return event, self._handle(opened.group, kind)
+            return event, self._handle(opened.group, kind, here)
         except Exception as exc:
             warn_once("tracing a channel-layer event", exc, logger=_log)
             return event, None
@@ -266,7 +273,7 @@ class Layers:
         linked = propagation.remote_span_context(remote) if trust == "link" else None
         return _Group(dict(raw), Context(), linked, destination)
 
-    def _handle(self, group: _Group, kind: str) -> Handling:
+    def _handle(self, group: _Group, kind: str, here: Context) -> Handling:
         """Start the handler's ``process`` span and make it current; with ``group_spans="first"``, a handler
         call of a group message whose span another handler call of this process started joins that span.
 
@@ -277,11 +284,12 @@ class Layers:
         span belongs to its event's trace.
         """
         parent = group.parent
-        here = _context.current()
         first = group.first
         if first is not None:
             # With a parent, the first span's own context; else this call's, as its own span's would be.
-            ctx = group.joined or trace.set_span_in_context(first, here)
+            ctx = group.joined
+            if ctx is None:
+                ctx = trace.set_span_in_context(first, here)
             return Handling(None, _context.attach(ctx))
         links: Optional[list[Link]] = None
         if group.linked is not None:
