@@ -27,6 +27,9 @@ What it does:
   new trace linked to it (``"link"``) or a new trace (``"ignore"``). The handler receives the event exactly
   as it was sent, without the key; a process without wstrace would see the key: turn the carrier off with
   ``layer_carrier=False`` (``WSTRACE_CHANNELS_LAYER_CARRIER=false``) while such consumers remain.
+* **Broadcasts**: a ``group_send`` to N consumers makes N ``process`` spans (``group_spans="each"``, the
+  default); ``group_spans="first"`` (``WSTRACE_CHANNELS_GROUP_SPANS=first``) makes one per group message and
+  consumer process, the first handler call's, and runs the other handler calls in its context.
 
 Options (keyword or environment variable) are listed in ``docs/configuration.md``; ``docs/adapters/channels.md``
 is the guide.
