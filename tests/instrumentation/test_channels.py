@@ -26,9 +26,11 @@ from tests.conftest import Telemetry
 from tests.instrumentation import channels_app, uvicorn_server
 from tests.instrumentation.conftest import PeerProcess, peer_env
 from tests.instrumentation.contract import parent_id, span_id, trace_id
+from wstrace.config import Config
 from wstrace.exceptions import ConfigError
+from wstrace.instrumentation._instrumentor import Settings
 from wstrace.instrumentation.channels import GROUP_SPANS_ENV, ChannelsInstrumentor, group_spans
-from wstrace.instrumentation.channels._layers import KEY
+from wstrace.instrumentation.channels._layers import KEY, Layers
 from wstrace.instrumentation.websockets import WebsocketsInstrumentor
 
 
@@ -592,3 +594,33 @@ def test_group_spans_across_processes(telemetry: Telemetry, redis_port: int, lay
     # The bare sender's event carries no context: each handler call in a trace of B's own, none in the sender's.
     bare = [e for e in events if e["body"]["text"] == "bare"]
     assert all(int(e["span_id"], 16) not in {_sid(p) for p in processes} for e in bare)
+
+
+def test_first_joins_copies_of_a_carrier_only_when_exactly_ours(telemetry: Telemetry) -> None:
+    """With ``group_spans="first"``, a copy of a carrier read a moment ago (the in-memory and pub/sub layers give
+    each consumer its own dict) joins that span; a value equal to it but not made of plain strings is not a
+    carrier: it stays in the event, whose handler runs in a trace of its own."""
+
+    class Text(str):
+        pass
+
+    layers = Layers(Settings(telemetry.provider.get_tracer("test"), Config()), True, lambda: True, first=True)
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    odd = {"type": "job.done", "n": 1, KEY: {"traceparent": Text(traceparent), "destination": "jobs"}}
+    opened = [
+        layers.open({"type": "job.done", "n": 1, KEY: {"traceparent": traceparent, "destination": "jobs"}}),
+        layers.open({"type": "job.done", "n": 1, KEY: {"traceparent": traceparent, "destination": "jobs"}}),
+        layers.open(odd),
+    ]
+    for _, handling in reversed(opened):
+        assert handling is not None
+        handling.finish()
+    (first, h1), (second, h2), (third, h3) = opened
+    assert first == second == {"type": "job.done", "n": 1}
+    assert third is odd and type(odd[KEY]["traceparent"]) is Text, "the look-alike was not left as it came"
+    assert h1 is not None and h2 is not None and h3 is not None
+    assert h1.span is not None and h2.span is None and h3.span is not None
+    spans = telemetry.spans
+    assert sorted(s.name for s in spans) == ["process", "process jobs"]
+    assert f"{_one(spans, 'process jobs').context.trace_id:032x}" == traceparent.split("-")[1]
+    assert _one(spans, "process").parent is None

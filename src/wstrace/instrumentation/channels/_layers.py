@@ -246,10 +246,12 @@ class Layers:
         group: Optional[_Group] = None
         raw = message.get(KEY, _MISSING)
         if type(raw) is dict:
-            for opened in self._recent:
-                if opened.group.carrier is not None and opened.group.carrier == raw:
-                    group = opened.group
-                    break
+            # Only plain strings, as parse() demands: a str subclass or an odd __eq__ must not pass as ours.
+            if all(type(k) is str and type(v) is str for k, v in raw.items()):
+                for opened in self._recent:
+                    if opened.group.carrier == raw:
+                        group = opened.group
+                        break
             if group is None:
                 group = self._parse(raw)
             if group is not None:
