@@ -62,6 +62,19 @@ def _layer_config(kind: str, port: int) -> dict[str, Any]:
     return {"BACKEND": backend, "CONFIG": config}
 
 
+_TELEMETRY: list[Any] = []
+"""The traced variants' tracer provider and span exporter (which counts the spans), in a child process."""
+
+
+def _spans_made() -> int:
+    """Spans ended in this process so far (0 when bare)."""
+    if not _TELEMETRY:
+        return 0
+    provider, spans = _TELEMETRY
+    provider.force_flush()
+    return int(spans.count)
+
+
 def _setup(variant: str, kind: str, port: int) -> None:
     import django  # noqa: PLC0415
     from django.conf import settings  # noqa: PLC0415
@@ -73,7 +86,8 @@ def _setup(variant: str, kind: str, port: int) -> None:
         from benchmarks.common import sdk  # noqa: PLC0415
         from wstrace.instrumentation.channels import ChannelsInstrumentor  # noqa: PLC0415
 
-        tracer_provider, meter_provider, _ = sdk()
+        tracer_provider, meter_provider, spans = sdk()
+        _TELEMETRY.extend((tracer_provider, spans))
         options = {"group_spans": "first"} if variant == "wstrace-first" else {}
         ChannelsInstrumentor().instrument(tracer_provider=tracer_provider, meter_provider=meter_provider, **options)
 
@@ -123,6 +137,7 @@ async def _consume(count: int, expected: int) -> None:
 
     tasks = [start(Sink()) for _ in range(count)]
     await asyncio.wait_for(all_joined.wait(), 30)
+    spans = _spans_made()
     _say(event="ready")
     cpu = time.process_time()
     profile_to = os.environ.get("BENCH_PROFILE")  # a file: cProfile of the handling, for looking into costs
@@ -137,7 +152,8 @@ async def _consume(count: int, expected: int) -> None:
         profiler.disable()
         profiler.dump_stats(f"{profile_to}.{os.getpid()}")
     cpu = time.process_time() - cpu  # every thread of the process: the span processor's too
-    _say(event="done", last=last, handled=handled, cpu=cpu, consumers=len(tasks))
+    spans = _spans_made() - spans
+    _say(event="done", last=last, handled=handled, cpu=cpu, consumers=len(tasks), spans=spans)
     # Consumers blocked in channels_redis' receive take their time to cancel: the run is over, leave now.
     os._exit(0)
 
@@ -327,8 +343,9 @@ def _flush(port: int) -> None:
         sock.recv(64)
 
 
-def run_once(variant: str, kind: str, port: int, sends: int, consumers: int) -> tuple[float, float]:
-    """Handler calls per second for one run of ``variant``, and the consumer processes' CPU µs per call."""
+def run_once(variant: str, kind: str, port: int, sends: int, consumers: int) -> tuple[float, float, float]:
+    """Handler calls per second for one run of ``variant``, the consumer processes' CPU µs per call, and the
+    ``process`` spans they made per group message and process."""
     _flush(port)
     expected = sends * consumers
     common = [variant, kind, str(port)]
@@ -343,7 +360,8 @@ def run_once(variant: str, kind: str, port: int, sends: int, consumers: int) -> 
     for proc in (sender, *sinks):
         proc.finish()
     elapsed = max(d["last"] for d in done) - sent["first"]
-    return 2 * expected / elapsed, sum(d["cpu"] for d in done) / (2 * expected) * 1e6
+    per_message = sum(d["spans"] for d in done) / (2 * sends)
+    return 2 * expected / elapsed, sum(d["cpu"] for d in done) / (2 * expected) * 1e6, per_message
 
 
 def main() -> None:
@@ -377,7 +395,7 @@ def main() -> None:
         for rep in range(args.reps):
             order = chosen if rep % 2 == 0 else list(reversed(chosen))
             measured = {v: run_once(v, args.layer, port, args.sends, args.consumers) for v in order}
-            for v, (rate, per_call) in measured.items():
+            for v, (rate, per_call, _) in measured.items():
                 results[v].append(rate)
                 cpu[v].append(per_call)
                 if v != "bare":
@@ -385,7 +403,8 @@ def main() -> None:
             print(
                 f"rep {rep + 1}: "
                 + ", ".join(
-                    f"{v} {measured[v][0]:,.0f}/s ({measured[v][1]:.0f} µs CPU/call)"
+                    f"{v} {measured[v][0]:,.0f}/s ({measured[v][1]:.0f} µs CPU/call"
+                    + (f", {measured[v][2]:.2f} spans per group message and process)" if v != "bare" else ")")
                     + (f" ratio {ratios[v][-1]:.3f}" if v != "bare" else "")
                     for v in chosen
                 ),
