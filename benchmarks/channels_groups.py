@@ -1,6 +1,9 @@
 """Django Channels: ``group_send`` to 100 consumers in two processes through a real redis-server, bare and traced.
 
     python -m benchmarks.channels_groups [--reps 5] [--sends 200] [--consumers 50] [--layer redis|pubsub] [--json OUT]
+        [--variants bare,wstrace,wstrace-first]
+    python -m benchmarks.channels_groups --instructions [--consumers 50] [--variants ...]
+    python -m benchmarks.channels_groups --profile OUT [--variants wstrace]
 
 Not part of ``make bench``. A private redis-server runs for the whole benchmark. Each run starts, in fresh
 processes, two consumer processes (``--consumers`` Channels ``AsyncConsumer``s each, all in the group
@@ -13,6 +16,15 @@ Variants: ``bare`` (no wstrace anywhere) and ``wstrace`` (``ChannelsInstrumentor
 default options, the real SDK with a discarding exporter: a ``send bench`` span per ``group_send``, the carrier
 in each event, and a ``process bench`` span around every handler call). They run interleaved (A B, then B A);
 each ``wstrace`` run's ratio is taken to the ``bare`` run of its pair, and the medians are reported.
+``wstrace-first`` is ``wstrace`` with ``group_spans="first"`` in the consumer processes (one ``process`` span
+per group message per process); ``--variants`` picks which run, in that rotating order.
+
+``--instructions`` and ``--profile`` look at one consumer process's dispatch alone, in-process and without
+Redis: ``--consumers`` ``AsyncConsumer``s, each fed by a queue, get the same event dict (with a carrier, as a
+traced sender's ``group_send`` delivers it through ``channels_redis``' core layer), group message after group
+message. ``--instructions`` runs it under ``valgrind --tool=cachegrind --cache-sim=no`` with 20 and 60 group
+messages and reports the difference per handler call (load-independent); ``--profile OUT`` runs it under cProfile
+(``OUT.<variant>``) and prints the top functions.
 """
 
 from __future__ import annotations
@@ -34,7 +46,7 @@ from typing import Any, Iterator
 
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("bare", "wstrace")
+VARIANTS = ("bare", "wstrace", "wstrace-first")
 GROUP = "bench"
 EVENT = {"type": "bench.event", "text": "tick", "n": 1}
 
@@ -50,18 +62,34 @@ def _layer_config(kind: str, port: int) -> dict[str, Any]:
     return {"BACKEND": backend, "CONFIG": config}
 
 
+_TELEMETRY: list[Any] = []
+"""The traced variants' tracer provider and span exporter (which counts the spans), in a child process."""
+
+
+def _spans_made() -> int:
+    """Spans ended in this process so far (0 when bare)."""
+    if not _TELEMETRY:
+        return 0
+    provider, spans = _TELEMETRY
+    provider.force_flush()
+    return int(spans.count)
+
+
 def _setup(variant: str, kind: str, port: int) -> None:
     import django  # noqa: PLC0415
     from django.conf import settings  # noqa: PLC0415
 
-    settings.configure(INSTALLED_APPS=["channels"], DATABASES={}, CHANNEL_LAYERS={"default": _layer_config(kind, port)})
+    layers = {"default": _layer_config(kind, port)} if kind != "none" else {}
+    settings.configure(INSTALLED_APPS=["channels"], DATABASES={}, CHANNEL_LAYERS=layers)
     django.setup()
-    if variant == "wstrace":
+    if variant != "bare":
         from benchmarks.common import sdk  # noqa: PLC0415
         from wstrace.instrumentation.channels import ChannelsInstrumentor  # noqa: PLC0415
 
-        tracer_provider, meter_provider, _ = sdk()
-        ChannelsInstrumentor().instrument(tracer_provider=tracer_provider, meter_provider=meter_provider)
+        tracer_provider, meter_provider, spans = sdk()
+        _TELEMETRY.extend((tracer_provider, spans))
+        options = {"group_spans": "first"} if variant == "wstrace-first" else {}
+        ChannelsInstrumentor().instrument(tracer_provider=tracer_provider, meter_provider=meter_provider, **options)
 
 
 def _say(**fields: Any) -> None:
@@ -109,6 +137,7 @@ async def _consume(count: int, expected: int) -> None:
 
     tasks = [start(Sink()) for _ in range(count)]
     await asyncio.wait_for(all_joined.wait(), 30)
+    spans = _spans_made()
     _say(event="ready")
     cpu = time.process_time()
     profile_to = os.environ.get("BENCH_PROFILE")  # a file: cProfile of the handling, for looking into costs
@@ -123,7 +152,8 @@ async def _consume(count: int, expected: int) -> None:
         profiler.disable()
         profiler.dump_stats(f"{profile_to}.{os.getpid()}")
     cpu = time.process_time() - cpu  # every thread of the process: the span processor's too
-    _say(event="done", last=last, handled=handled, cpu=cpu, consumers=len(tasks))
+    spans = _spans_made() - spans
+    _say(event="done", last=last, handled=handled, cpu=cpu, consumers=len(tasks), spans=spans)
     # Consumers blocked in channels_redis' receive take their time to cancel: the run is over, leave now.
     os._exit(0)
 
@@ -145,6 +175,103 @@ async def _send(sends: int) -> None:
     close = getattr(layer, "close_pools", None)
     if close is not None:
         await close()
+
+
+# One consumer process's dispatch, in-process (--instructions, --profile) ---------------------------------------
+
+
+async def _dispatch(consumers: int, messages: int, profile_to: str = "") -> None:
+    """``messages`` group messages to ``consumers`` consumers of this process (after 10 to warm up)."""
+    from channels.consumer import AsyncConsumer  # noqa: PLC0415
+
+    from wstrace.instrumentation.channels._layers import KEY  # noqa: PLC0415
+
+    handled = 0
+    finished = asyncio.Event()
+
+    class Sink(AsyncConsumer):  # type: ignore[misc]
+        async def bench_event(self, event: dict[str, Any]) -> None:
+            nonlocal handled
+            handled += 1
+            if handled % consumers == 0:
+                finished.set()
+
+    queues: list[asyncio.Queue[dict[str, Any]]] = [asyncio.Queue() for _ in range(consumers)]
+
+    async def send(message: Any) -> None:
+        pass
+
+    # No channel layer configured: each consumer dispatches what its queue gives it, as a layer event.
+    tasks = [asyncio.create_task(Sink()({"type": "channel"}, q.get, send)) for q in queues]
+
+    async def broadcast(count: int, first: int) -> None:
+        for n in range(first, first + count):
+            # What channels_redis' core layer hands to every consumer of a process: one dict, with the carrier.
+            carrier = {"traceparent": f"00-{0x5EED:032x}-{n + 1:016x}-01", "destination": GROUP}
+            event = dict(EVENT, n=n, **{KEY: carrier})
+            for q in queues:
+                q.put_nowait(event)
+            await finished.wait()
+            finished.clear()
+
+    await broadcast(10, 0)
+    profiler = None
+    if profile_to:
+        import cProfile  # noqa: PLC0415
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+    await broadcast(messages, 10)
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(profile_to)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+_VALGRIND = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null"]
+
+
+def _instructions(variant: str, consumers: int, messages: int) -> int:
+    import re  # noqa: PLC0415
+
+    command = [*_VALGRIND, sys.executable, "-m", "benchmarks.channels_groups", "dispatch", variant, "none", "0"]
+    env = dict(os.environ, PYTHONPATH=f"{ROOT / 'src'}:{ROOT}", PYTHONHASHSEED="0")
+    env = {k: v for k, v in env.items() if not k.startswith(("WSTRACE_", "OTEL_"))}
+    args = [*command, str(consumers), str(messages)]
+    done = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, env=env, timeout=900, check=True)
+    found = re.search(r"I\s+refs:\s+([\d,]+)", done.stderr)
+    if found is None:
+        raise SystemExit(f"no instruction count from valgrind:\n{done.stderr[-2000:]}")
+    return int(found.group(1).replace(",", ""))
+
+
+def instructions(variants: list[str], consumers: int) -> None:
+    """Instructions per handler call of each variant's dispatch (60 minus 20 group messages)."""
+    print("| variant | instructions per handler call | over bare |")
+    print("|---|---:|---:|")
+    bare = 0.0
+    for variant in variants:
+        per_call = (_instructions(variant, consumers, 60) - _instructions(variant, consumers, 20)) / (40 * consumers)
+        if variant == "bare":
+            bare = per_call
+        over = f"+{per_call - bare:,.0f}" if bare and variant != "bare" else ""
+        print(f"| {variant} | {per_call:,.0f} | {over} |", flush=True)
+
+
+def profile(variants: list[str], consumers: int, out: str) -> None:
+    """cProfile of each variant's dispatch (200 group messages), saved to ``out.<variant>``; the top functions."""
+    import pstats  # noqa: PLC0415
+
+    for variant in variants:
+        target = f"{out}.{variant}"
+        args = [sys.executable, "-m", "benchmarks.channels_groups", "dispatch", variant, "none", "0"]
+        env = dict(os.environ, PYTHONPATH=f"{ROOT / 'src'}:{ROOT}", BENCH_PROFILE=target)
+        env = {k: v for k, v in env.items() if not k.startswith(("WSTRACE_", "OTEL_"))}
+        subprocess.run([*args, str(consumers), "200"], cwd=ROOT, env=env, timeout=600, check=True)
+        print(f"== {variant} ({200 * consumers} handler calls): {target}")
+        pstats.Stats(target).sort_stats("tottime").print_stats(25)
 
 
 # Driver -----------------------------------------------------------------------------------------------------
@@ -216,8 +343,9 @@ def _flush(port: int) -> None:
         sock.recv(64)
 
 
-def run_once(variant: str, kind: str, port: int, sends: int, consumers: int) -> tuple[float, float]:
-    """Handler calls per second for one run of ``variant``, and the consumer processes' CPU µs per call."""
+def run_once(variant: str, kind: str, port: int, sends: int, consumers: int) -> tuple[float, float, float]:
+    """Handler calls per second for one run of ``variant``, the consumer processes' CPU µs per call, and the
+    ``process`` spans they made per group message and process."""
     _flush(port)
     expected = sends * consumers
     common = [variant, kind, str(port)]
@@ -232,7 +360,8 @@ def run_once(variant: str, kind: str, port: int, sends: int, consumers: int) -> 
     for proc in (sender, *sinks):
         proc.finish()
     elapsed = max(d["last"] for d in done) - sent["first"]
-    return 2 * expected / elapsed, sum(d["cpu"] for d in done) / (2 * expected) * 1e6
+    per_message = sum(d["spans"] for d in done) / (2 * sends)
+    return 2 * expected / elapsed, sum(d["cpu"] for d in done) / (2 * expected) * 1e6, per_message
 
 
 def main() -> None:
@@ -241,57 +370,77 @@ def main() -> None:
     parser.add_argument("--sends", type=int, default=200)
     parser.add_argument("--consumers", type=int, default=50, help="per process (two processes)")
     parser.add_argument("--layer", choices=("redis", "pubsub"), default="redis")
+    parser.add_argument("--variants", default="bare,wstrace", help=f"comma-separated, among {','.join(VARIANTS)}")
+    parser.add_argument("--instructions", action="store_true", help="instructions per handler call (valgrind)")
+    parser.add_argument("--profile", metavar="OUT", help="cProfile of one process's dispatch, to OUT.<variant>")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    results: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    cpu: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    ratios: list[float] = []
+    chosen = [v for v in args.variants.split(",") if v]
+    unknown = set(chosen) - set(VARIANTS)
+    if unknown:
+        parser.error(f"unknown variants: {', '.join(sorted(unknown))}")
+    if args.instructions:
+        instructions(chosen, args.consumers)
+        return
+    if args.profile:
+        profile(chosen, args.consumers, args.profile)
+        return
+    if "bare" not in chosen:
+        parser.error("the throughput runs need the bare variant (each ratio is to its rep's bare run)")
+    results: dict[str, list[float]] = {v: [] for v in chosen}
+    cpu: dict[str, list[float]] = {v: [] for v in chosen}
+    ratios: dict[str, list[float]] = {v: [] for v in chosen if v != "bare"}
     with _redis() as port:
         run_once("bare", args.layer, port, 20, args.consumers)  # warm-up: imports, page cache
         for rep in range(args.reps):
-            order = VARIANTS if rep % 2 == 0 else tuple(reversed(VARIANTS))
+            order = chosen if rep % 2 == 0 else list(reversed(chosen))
             measured = {v: run_once(v, args.layer, port, args.sends, args.consumers) for v in order}
-            rates = {v: m[0] for v, m in measured.items()}
-            for v, (rate, per_call) in measured.items():
+            for v, (rate, per_call, _) in measured.items():
                 results[v].append(rate)
                 cpu[v].append(per_call)
-            ratios.append(rates["wstrace"] / rates["bare"])
+                if v != "bare":
+                    ratios[v].append(rate / measured["bare"][0])
             print(
-                f"rep {rep + 1}: bare {rates['bare']:,.0f}/s ({measured['bare'][1]:.0f} µs CPU/call), "
-                f"wstrace {rates['wstrace']:,.0f}/s ({measured['wstrace'][1]:.0f} µs CPU/call), ratio {ratios[-1]:.3f}",
+                f"rep {rep + 1}: "
+                + ", ".join(
+                    f"{v} {measured[v][0]:,.0f}/s ({measured[v][1]:.0f} µs CPU/call"
+                    + (f", {measured[v][2]:.2f} spans per group message and process)" if v != "bare" else ")")
+                    + (f" ratio {ratios[v][-1]:.3f}" if v != "bare" else "")
+                    for v in chosen
+                ),
                 flush=True,
             )
-    summary = {
+    summary: dict[str, Any] = {
         "layer": args.layer,
         "sends": args.sends,
         "consumers": 2 * args.consumers,
-        "bare_median_per_s": statistics.median(results["bare"]),
-        "wstrace_median_per_s": statistics.median(results["wstrace"]),
-        "ratio_median": statistics.median(ratios),
-        "ratio_min": min(ratios),
-        "ratio_max": max(ratios),
-        "bare_cpu_us_per_call": statistics.median(cpu["bare"]),
-        "wstrace_cpu_us_per_call": statistics.median(cpu["wstrace"]),
+        "median_per_s": {v: statistics.median(r) for v, r in results.items()},
+        "cpu_us_per_call": {v: statistics.median(c) for v, c in cpu.items()},
+        "ratio_median": {v: statistics.median(r) for v, r in ratios.items()},
+        "ratio_range": {v: [min(r), max(r)] for v, r in ratios.items()},
         "runs": results,
-        "cpu_us_per_call": cpu,
+        "cpu_runs": cpu,
     }
-    print(
-        f"group_send to {2 * args.consumers} consumers in 2 processes ({args.layer}): "
-        f"bare {summary['bare_median_per_s']:,.0f} handler calls/s, wstrace {summary['wstrace_median_per_s']:,.0f}/s, "
-        f"ratio median {summary['ratio_median']:.3f} (range {summary['ratio_min']:.3f}..{summary['ratio_max']:.3f}); "
-        f"consumer CPU per handler call: bare {summary['bare_cpu_us_per_call']:.0f} µs, "
-        f"wstrace {summary['wstrace_cpu_us_per_call']:.0f} µs"
-    )
+    print(f"group_send to {2 * args.consumers} consumers in 2 processes ({args.layer}), medians of {args.reps}:")
+    for v in chosen:
+        rate, per_call = summary["median_per_s"][v], summary["cpu_us_per_call"][v]
+        line = f"  {v}: {rate:,.0f} handler calls/s, {per_call:.0f} µs CPU/call"
+        if v != "bare":
+            low, high = summary["ratio_range"][v]
+            line += f", ratio {summary['ratio_median'][v]:.3f} ({low:.3f}..{high:.3f})"
+        print(line)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(summary, indent=2) + "\n")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] in ("consumer", "sender"):
+    if len(sys.argv) > 1 and sys.argv[1] in ("consumer", "sender", "dispatch"):
         role, variant, kind, port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
         _setup(variant, kind, port)
-        if role == "consumer":
+        if role == "dispatch":
+            asyncio.run(_dispatch(int(sys.argv[5]), int(sys.argv[6]), os.environ.get("BENCH_PROFILE", "")))
+        elif role == "consumer":
             asyncio.run(_consume(int(sys.argv[5]), int(sys.argv[6])))
         else:
             asyncio.run(_send(int(sys.argv[5])))

@@ -13,6 +13,7 @@ from opentelemetry import context as otel_context, trace
 from opentelemetry.context import Context
 from opentelemetry.context.context import _RuntimeContext
 
+from wstrace import _context
 from wstrace._context import Attachment, attach, detach
 
 
@@ -166,6 +167,10 @@ def test_a_runtime_context_of_another_kind_detaches_through_its_own_detach(monke
     runtime = _StackRuntime()
     with monkeypatch.context() as patch:
         patch.setattr(otel_context, "_RUNTIME_CONTEXT", runtime)
+        # What the module picks when it is imported with this runtime: the public functions.
+        patch.setattr(_context, "current", _context._current_getter())
+        patch.setattr(_context, "_attach", _context._attacher())
+        assert _context._attach is otel_context.attach
         attachment = attach(_ctx("receive"))
         assert runtime.get_current() is attachment.ctx
         assert attachment.detach() is True

@@ -34,7 +34,7 @@ def test_public_names_are_pinned() -> None:
     ]
     assert wstrace.instrumentation.websockets.__all__ == ["WebsocketsInstrumentor", "server_options"]
     assert wstrace.instrumentation.socketio.__all__ == ["SocketioInstrumentor"]
-    assert wstrace.instrumentation.channels.__all__ == ["LAYER_CARRIER_ENV", "ChannelsInstrumentor"]
+    assert wstrace.instrumentation.channels.__all__ == ["GROUP_SPANS_ENV", "LAYER_CARRIER_ENV", "ChannelsInstrumentor"]
     for name in wstrace.__all__:
         assert getattr(wstrace, name) is not None
 

@@ -41,6 +41,22 @@ current = _current_getter()
 """The current OpenTelemetry context (:func:`opentelemetry.context.get_current`)."""
 
 
+def _attacher() -> Callable[[Context], object]:
+    """``opentelemetry.context.attach``, or, with the default runtime context, the bound ``set`` of its
+    ``ContextVar``: the same token without two Python calls (a channel-layer handler call attaches one)."""
+    try:
+        runtime = otel_context._RUNTIME_CONTEXT
+        if type(runtime) is ContextVarsRuntimeContext:
+            setter: Callable[[Context], object] = runtime._current_context.set
+            return setter
+    except Exception:  # another API version's internals: the public function is always right
+        pass
+    return otel_context.attach
+
+
+_attach = _attacher()
+
+
 class Attachment:
     """A context made current by :func:`attach`; :meth:`detach` undoes it where that is safe."""
 
@@ -54,7 +70,7 @@ class Attachment:
         """Make the previous context current again, if this is still the current one in its own
         ``contextvars.Context``. Returns whether it did; never raises."""
         token = self.token
-        if token is None or otel_context.get_current() is not self.ctx:
+        if token is None or current() is not self.ctx:
             return False
         if isinstance(token, Token):
             # The default runtime context: reset the ContextVar directly, so that a token from
@@ -71,7 +87,7 @@ class Attachment:
 
 def attach(ctx: Context) -> Attachment:
     """Make ``ctx`` current and return what detaches it."""
-    return Attachment(ctx, otel_context.attach(ctx))
+    return Attachment(ctx, _attach(ctx))
 
 
 def detach(attachment: Optional[Attachment]) -> bool:

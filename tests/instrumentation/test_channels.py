@@ -9,6 +9,7 @@ exporter and each channel-layer event their handlers received.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 import time
 from collections.abc import Iterator
@@ -25,8 +26,11 @@ from tests.conftest import Telemetry
 from tests.instrumentation import channels_app, uvicorn_server
 from tests.instrumentation.conftest import PeerProcess, peer_env
 from tests.instrumentation.contract import parent_id, span_id, trace_id
-from wstrace.instrumentation.channels import ChannelsInstrumentor
-from wstrace.instrumentation.channels._layers import KEY
+from wstrace.config import Config
+from wstrace.exceptions import ConfigError
+from wstrace.instrumentation._instrumentor import Settings
+from wstrace.instrumentation.channels import GROUP_SPANS_ENV, ChannelsInstrumentor, group_spans
+from wstrace.instrumentation.channels._layers import KEY, Layers
 from wstrace.instrumentation.websockets import WebsocketsInstrumentor
 
 
@@ -485,3 +489,138 @@ def test_connection_model_and_inside_the_opentelemetry_asgi_server_span(telemetr
     pushes = _by_name(spans, f"send {CHAT}")
     assert span_id(process) in {parent_id(p) for p in pushes}
     assert len({trace_id(s) for s in spans}) == 1, "connection model: one trace"
+
+
+# group_spans: one process span per recipient (each), or per group message and process (first) ----------------
+
+
+def test_group_spans_option_keyword_and_variable(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The keyword wins and a bad one raises; the variable applies when there is no keyword, and a bad one is
+    logged and ignored; the default is ``each``."""
+    assert group_spans() == "each"
+    assert group_spans(" First ") == "first"
+    with pytest.raises(ConfigError, match="group_spans"):
+        group_spans("all")
+    with pytest.raises(ConfigError, match="group_spans"):
+        group_spans(True)
+    assert group_spans(environ={GROUP_SPANS_ENV: "first"}) == "first"
+    assert group_spans("each", environ={GROUP_SPANS_ENV: "first"}) == "each"
+    with caplog.at_level(logging.WARNING, logger="wstrace"):
+        assert group_spans(environ={GROUP_SPANS_ENV: "bogus-value-for-the-test"}) == "each"
+    assert "bogus-value-for-the-test" in caplog.text
+    monkeypatch.setenv(GROUP_SPANS_ENV, "first")
+    assert group_spans() == "first"
+
+
+@pytest.mark.parametrize("mode", ["each", "first"])
+def test_group_spans_in_one_process(telemetry: Telemetry, mode: str) -> None:
+    """A broadcast to three consumers of one process through the in-memory layer (each gets a copy of its own):
+    ``each``, three ``process`` spans; ``first``, one, and the other two handler calls run in its context (their
+    pushes are its children). Every handler gets the event exactly as it was sent."""
+    channels_app.use_layer("memory")
+    channels_app.EVENTS.clear()
+    instrumentor = ChannelsInstrumentor()
+    instrumentor.instrument(tracer_provider=telemetry.provider, group_spans=mode)
+    try:
+        with uvicorn_server.serve(channels_app.build()) as base:
+
+            async def exchange() -> list[Any]:
+                url = base + "/ws/chat/lobby/"
+                async with connect(url) as ws, connect(url) as other, connect(url) as third:
+                    await ws.send("broadcast:hello")
+                    return [await asyncio.wait_for(w.recv(), 10) for w in (ws, other, third)]
+
+            assert asyncio.run(exchange()) == ["hello"] * 3
+            uvicorn_server.settle(telemetry)
+    finally:
+        instrumentor.uninstrument()
+    assert channels_app.EVENTS == [SENT] * 3, "a handler got something else than was sent"
+    spans = telemetry.spans
+    produce = _one(spans, "send chat_lobby")
+    processes = _by_name(spans, "process chat_lobby")
+    assert len(processes) == (3 if mode == "each" else 1)
+    assert all(parent_id(p) == span_id(produce) for p in processes)
+    pushes = _by_name(spans, f"send {CHAT}")
+    assert len(pushes) == 3
+    if mode == "each":
+        assert {parent_id(p) for p in pushes} == {span_id(p) for p in processes}
+    else:
+        assert {parent_id(p) for p in pushes} == {span_id(processes[0])}
+    assert len({trace_id(s) for s in (produce, *processes, *pushes)}) == 1
+
+
+@pytest.mark.parametrize("mode", ["each", "first"])
+@pytest.mark.parametrize("layer", ["redis", "pubsub"])
+def test_group_spans_across_processes(telemetry: Telemetry, redis_port: int, layer: str, mode: str) -> None:
+    """A ``group_send`` from this process to three consumers of server B (``WSTRACE_CHANNELS_GROUP_SPANS``),
+    through a real redis-server: with ``first``, B makes one ``process`` span for the three handler calls, each
+    of which runs in its context; with ``each``, one per handler call. Traced and un-instrumented sends alike
+    reach every handler exactly as they were sent."""
+    with peer("uvicorn", layer, redis_port, WSTRACE_CHANNELS_GROUP_SPANS=mode) as b:
+        url_b = base_url(b) + "/ws/chat/room/"
+        sender = make_layer(layer, redis_port)
+
+        async def exchange(event: dict[str, Any]) -> list[Any]:
+            async with connect(url_b) as one, connect(url_b) as two, connect(url_b) as three:
+                await sender.group_send("chat_room", event)
+                return [await asyncio.wait_for(ws.recv(), 10) for ws in (one, two, three)]
+
+        async def run_all() -> list[Any]:
+            got = await exchange(dict(SENT, text="bare"))  # not instrumented here yet
+            instrumentor = ChannelsInstrumentor()
+            instrumentor.instrument(tracer_provider=telemetry.provider)
+            try:
+                got += await exchange(dict(SENT, text="traced"))
+            finally:
+                instrumentor.uninstrument()
+                await close_layer(sender)
+            return got
+
+        assert asyncio.run(run_all()) == ["bare"] * 3 + ["traced"] * 3
+        events = layer_events(b, 6)
+        spans_b = peer_spans(b, f"close {CHAT}")
+    bodies = [e["body"] for e in events]
+    assert bodies == [dict(SENT, text="bare")] * 3 + [dict(SENT, text="traced")] * 3
+    produce = _one(telemetry.spans, "send chat_room")
+    traced = [e for e in events if e["body"]["text"] == "traced"]
+    processes = [p for p in _named(spans_b, "process chat_room") if _id(p["parent_id"]) == span_id(produce)]
+    assert len(processes) == (3 if mode == "each" else 1)
+    assert sorted({e["span_id"] for e in traced}) == sorted(p["context"]["span_id"] for p in processes)
+    pushes = [p for p in _named(spans_b, f"send {CHAT}") if _id(p["parent_id"]) in {_sid(p) for p in processes}]
+    assert len(pushes) == 3, "a handler call's push is not under the broadcast's process span"
+    assert {_tid(s) for s in (*processes, *pushes)} == {trace_id(produce)}
+    # The bare sender's event carries no context: each handler call in a trace of B's own, none in the sender's.
+    bare = [e for e in events if e["body"]["text"] == "bare"]
+    assert all(int(e["span_id"], 16) not in {_sid(p) for p in processes} for e in bare)
+
+
+def test_first_joins_copies_of_a_carrier_only_when_exactly_ours(telemetry: Telemetry) -> None:
+    """With ``group_spans="first"``, a copy of a carrier read a moment ago (the in-memory and pub/sub layers give
+    each consumer its own dict) joins that span; a value equal to it but not made of plain strings is not a
+    carrier: it stays in the event, whose handler runs in a trace of its own."""
+
+    class Text(str):
+        pass
+
+    layers = Layers(Settings(telemetry.provider.get_tracer("test"), Config()), True, lambda: True, first=True)
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    odd = {"type": "job.done", "n": 1, KEY: {"traceparent": Text(traceparent), "destination": "jobs"}}
+    opened = [
+        layers.open({"type": "job.done", "n": 1, KEY: {"traceparent": traceparent, "destination": "jobs"}}),
+        layers.open({"type": "job.done", "n": 1, KEY: {"traceparent": traceparent, "destination": "jobs"}}),
+        layers.open(odd),
+    ]
+    for _, handling in reversed(opened):
+        assert handling is not None
+        handling.finish()
+    (first, h1), (second, h2), (third, h3) = opened
+    assert first == second == {"type": "job.done", "n": 1}
+    assert third is odd and type(odd[KEY]["traceparent"]) is Text, "the look-alike was not left as it came"
+    assert h1 is not None and h2 is not None and h3 is not None
+    assert h1.span is not None and h2.span is None and h3.span is not None
+    spans = telemetry.spans
+    assert sorted(s.name for s in spans) == ["process", "process jobs"]
+    assert f"{_one(spans, 'process jobs').context.trace_id:032x}" == traceparent.split("-")[1]
+    assert _one(spans, "process").parent is None

@@ -27,6 +27,9 @@ What it does:
   new trace linked to it (``"link"``) or a new trace (``"ignore"``). The handler receives the event exactly
   as it was sent, without the key; a process without wstrace would see the key: turn the carrier off with
   ``layer_carrier=False`` (``WSTRACE_CHANNELS_LAYER_CARRIER=false``) while such consumers remain.
+* **Broadcasts**: a ``group_send`` to N consumers makes N ``process`` spans (``group_spans="each"``, the
+  default); ``group_spans="first"`` (``WSTRACE_CHANNELS_GROUP_SPANS=first``) makes one per group message and
+  consumer process, the first handler call's, and runs the other handler calls in its context.
 
 Options (keyword or environment variable) are listed in ``docs/configuration.md``; ``docs/adapters/channels.md``
 is the guide.
@@ -43,10 +46,14 @@ from wstrace.instrumentation._instrumentor import Settings, WstraceInstrumentor
 from wstrace.instrumentation.channels import _layers, _server
 
 
-__all__ = ["LAYER_CARRIER_ENV", "ChannelsInstrumentor"]
+__all__ = ["GROUP_SPANS_ENV", "LAYER_CARRIER_ENV", "ChannelsInstrumentor"]
 
 LAYER_CARRIER_ENV = "WSTRACE_CHANNELS_LAYER_CARRIER"
 """Environment variable for ``layer_carrier`` (default on)."""
+GROUP_SPANS_ENV = "WSTRACE_CHANNELS_GROUP_SPANS"
+"""Environment variable for ``group_spans`` (default ``each``)."""
+GROUP_SPANS = ("each", "first")
+"""``group_spans`` values: a ``process`` span per handler call, or per group message and consumer process."""
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -83,11 +90,32 @@ def layer_carrier(value: Any = None, environ: Optional[Mapping[str, str]] = None
         return True
 
 
+def group_spans(value: Any = None, environ: Optional[Mapping[str, str]] = None) -> str:
+    """The ``group_spans`` option: the keyword if given (a bad one raises
+    :class:`~wstrace.exceptions.ConfigError`), else ``WSTRACE_CHANNELS_GROUP_SPANS`` (a bad one is logged once
+    and ignored), else ``each``."""
+    if value is not None:
+        text = value.strip().lower() if isinstance(value, str) else value
+        if text not in GROUP_SPANS:
+            raise ConfigError(f"group_spans: expected one of {', '.join(GROUP_SPANS)}, got {value!r}")
+        return str(text)
+    raw = (os.environ if environ is None else environ).get(GROUP_SPANS_ENV)
+    if raw is None or not raw.strip():
+        return "each"
+    text = raw.strip().lower()
+    if text not in GROUP_SPANS:
+        choices = ", ".join(GROUP_SPANS)
+        warn_once(f"ignoring {GROUP_SPANS_ENV}={raw!r} (expected one of {choices}); using the default, each")
+        return "each"
+    return text
+
+
 class ChannelsInstrumentor(WstraceInstrumentor):
     """Traces Django Channels consumers (through the ASGI middleware) and carries context through channel layers."""
 
     def _instrument(self, **kwargs: Any) -> None:
         self.__dict__["_wstrace_layer_carrier"] = layer_carrier(kwargs.pop("layer_carrier", None))
+        self.__dict__["_wstrace_group_spans"] = group_spans(kwargs.pop("group_spans", None))
         super()._instrument(**kwargs)
 
     def _patch(self, settings: Settings) -> None:
@@ -101,11 +129,13 @@ class ChannelsInstrumentor(WstraceInstrumentor):
 
         switch = _server.Switch()
         self.__dict__["_wstrace_switch"] = switch
-        carry = _layers.Layers(settings, bool(self.__dict__.get("_wstrace_layer_carrier", True)), switch)
+        carrier = bool(self.__dict__.get("_wstrace_layer_carrier", True))
+        first = self.__dict__.get("_wstrace_group_spans", "each") == "first"
+        carry = _layers.Layers(settings, carrier, switch, first)
         self._wrap(routing, "ProtocolTypeRouter.__call__", _server.protocol_router_wrapper(settings, switch))
         self._wrap(routing, "URLRouter.__call__", _server.url_router_wrapper(settings, switch))
         # consumer.py looks the function up in its own module when a consumer starts.
-        self._wrap(consumer, "await_many_dispatch", _server.dispatch_wrapper(carry, switch, (StopConsumer,)))
+        self._replace(consumer, "await_many_dispatch", _server.dispatch_patch(carry, switch, (StopConsumer,)))
         for name in ("send", "group_send"):
             self._wrap(layers, f"InMemoryChannelLayer.{name}", carry.sender(name))
 

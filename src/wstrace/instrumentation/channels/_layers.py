@@ -23,16 +23,18 @@ from typing import Any, Callable, Mapping, Optional
 
 from opentelemetry import context as otel_context, trace
 from opentelemetry.context import Context
+from opentelemetry.instrumentation.utils import _SUPPRESS_INSTRUMENTATION_KEY_PLAIN
 from opentelemetry.trace import Link, SpanKind
+from opentelemetry.util.types import AttributeValue
 
 from wstrace import _context, propagation, semconv as sc
 from wstrace._log import warn_once
 from wstrace._spans import record_error
 from wstrace.instrumentation._instrumentor import Settings, is_instrumentation_enabled
-from wstrace.queues import _messaging, _Processing
+from wstrace.queues import _messaging
 
 
-__all__ = ["KEY", "MAX_ENTRIES", "SYSTEM", "Layers", "parse"]
+__all__ = ["KEY", "MAX_ENTRIES", "SYSTEM", "Handling", "Layers", "parse"]
 
 KEY = "wstrace.context"
 """The event key that carries the sender's context."""
@@ -51,6 +53,11 @@ _SENDING: ContextVar[bool] = ContextVar("wstrace.channels.sending", default=Fals
 ``group_send`` calls ``send`` per channel) are not traced again."""
 
 _log = logging.getLogger("wstrace.instrumentation.channels")
+
+# The keys suppress_instrumentation() sets (is_instrumentation_enabled() reads both), read from a context
+# the dispatch looks up anyway.
+_SUPPRESS = otel_context._SUPPRESS_INSTRUMENTATION_KEY
+_SUPPRESS_PLAIN = _SUPPRESS_INSTRUMENTATION_KEY_PLAIN
 
 _MISSING = object()
 
@@ -92,15 +99,18 @@ def span_destination(name: str) -> str:
 class Layers:
     """The tracer and options the layer wrappers and the dispatch wrapper share."""
 
-    __slots__ = ("_active", "_last", "carrier", "settings")
+    __slots__ = ("_active", "_recent", "carrier", "first", "settings")
 
-    def __init__(self, settings: Settings, carrier: bool, active: Callable[[], bool]) -> None:
+    def __init__(self, settings: Settings, carrier: bool, active: Callable[[], bool], first: bool = False) -> None:
         self.settings = settings
         self.carrier = carrier
         """Whether ``send`` and ``group_send`` add :data:`KEY` to the events (the spans are made either way)."""
+        self.first = first
+        """``group_spans="first"``: one ``process`` span per group message (or event) in this process."""
         self._active = active
-        self._last: Optional[_Opened] = None
-        """The last event opened, as the layer handed it over (kept, so that its identity stays its own)."""
+        self._recent: list[_Opened] = []
+        """The last events opened, newest first, as the layer handed them over (kept, so that their identity
+        stays their own)."""
 
     def enabled(self) -> bool:
         return self._active() and is_instrumentation_enabled()
@@ -195,100 +205,176 @@ class Layers:
 
     # Receiving -------------------------------------------------------------------------------------------
 
-    def open(self, message: Any) -> tuple[Any, Optional[_Processing]]:
-        """A layer event about to be dispatched: the event the handler gets, and its ``process`` span (current).
+    def open(self, message: Any) -> tuple[Any, Optional[Handling]]:
+        """A layer event about to be dispatched: the event the handler gets, and its context (current).
 
         ASGI messages (``websocket.*``, ``http.*``, ``lifespan.*``) and anything that is not a dict come back
-        as they are, with no span. A well-formed carrier is removed from a copy; anything else is left.
+        as they are, with nothing attached. A well-formed carrier is removed from a copy; anything else is left.
         """
         if type(message) is not dict:
             return message, None
         kind = message.get("type")
-        if not isinstance(kind, str) or kind.startswith(_ASGI_PREFIXES) or not self.enabled():
+        if not isinstance(kind, str) or kind.startswith(_ASGI_PREFIXES) or not self._active():
+            return message, None
+        here = _context.current()
+        if here.get(_SUPPRESS) or here.get(_SUPPRESS_PLAIN):  # is_instrumentation_enabled(), one lookup
             return message, None
         event = message
         try:
-            last = self._last
-            if last is None or last.message is not message:
-                last = self._last = self._read(message)
-            event = last.event  # a span that fails to start still leaves the handler its event, carrier removed
-            return event, self._process(kind, last.destination, last.parent, last.linked)
+            for opened in self._recent:
+                if opened.message is message:
+                    break
+            else:
+                opened = self._read(message)
+            event = opened.event  # a span that fails to start still leaves the handler its event, carrier removed
+            return event, self._handle(opened.group, kind, here)
         except Exception as exc:
             warn_once("tracing a channel-layer event", exc, logger=_log)
             return event, None
 
     def _read(self, message: dict[Any, Any]) -> _Opened:
-        """What the carrier of a layer event says, and the event the handler gets.
+        """What the carrier of a layer event says, and the event the handler gets; remembered among the last
+        :data:`_RECENT` events read.
 
         ``channels_redis``' core layer hands one dict to every consumer of a process that the event is for
         (a ``group_send`` to 50 consumers of one process: the same dict, 50 times): it is read once, and
-        they share its stripped copy, as they would share the dict without wstrace.
+        they share its stripped copy, as they would share the dict without wstrace. The in-memory and pub/sub
+        layers give each consumer a copy of its own: a carrier equal to one read recently is the same
+        ``group_send`` (one ``send`` span, one carrier), so it is not parsed again and belongs to the same group.
         """
         event = message
-        linked: Optional[trace.SpanContext] = None
-        parent = Context()
-        destination: Optional[str] = None
+        group: Optional[_Group] = None
         raw = message.get(KEY, _MISSING)
-        if raw is not _MISSING:
-            parsed = parse(raw, self.settings.config.max_envelope_bytes)
-            if parsed is not None:
+        if type(raw) is dict:
+            # Only plain strings, as parse() demands: a str subclass or an odd __eq__ must not pass as ours.
+            if all(type(k) is str and type(v) is str for k, v in raw.items()):
+                for opened in self._recent:
+                    if opened.group.carrier == raw:
+                        group = opened.group
+                        break
+            if group is None:
+                group = self._parse(raw)
+            if group is not None:
                 event = {k: v for k, v in message.items() if k != KEY}
-                remote, destination = parsed
-                trust = self.settings.config.trust
-                if trust == "parent":
-                    parent = remote  # the parent, and the base: the sender's baggage comes along
-                elif trust == "link":
-                    linked = propagation.remote_span_context(remote)
-        return _Opened(message, event, parent, linked, destination)
+        if group is None:  # no carrier, or not a well-formed one (left in the event): a trace of its own
+            group = _Group(None, Context(), None, None)
+        opened = _Opened(message, event, group)
+        recent = self._recent
+        recent.insert(0, opened)
+        del recent[_RECENT:]
+        return opened
 
-    def _process(
-        self, kind: str, destination: Optional[str], parent: Context, linked: Optional[trace.SpanContext]
-    ) -> _Processing:
-        """Start the handler's ``process`` span and make it current.
+    def _parse(self, raw: dict[Any, Any]) -> Optional[_Group]:
+        parsed = parse(raw, self.settings.config.max_envelope_bytes)
+        if parsed is None:
+            return None
+        remote, destination = parsed
+        trust = self.settings.config.trust
+        if trust == "parent":  # the parent, and the base: the sender's baggage comes along
+            return _Group(dict(raw), remote, None, destination)
+        linked = propagation.remote_span_context(remote) if trust == "link" else None
+        return _Group(dict(raw), Context(), linked, destination)
 
-        ``parent``: the sender's context under ``trust="parent"`` (then also the base of the new context, so
-        that the sender's baggage comes along), else empty (a new trace, based on the current context);
-        ``linked``: the sender's span under ``trust="link"``. A span current where the event is dispatched
-        (the connection span, in the ``connection`` model) is linked, never the parent: a process span
-        belongs to its event's trace.
+    def _handle(self, group: _Group, kind: str, here: Context) -> Handling:
+        """Start the handler's ``process`` span and make it current; with ``group_spans="first"``, a handler
+        call of a group message whose span another handler call of this process started joins that span.
+
+        The group's parent: the sender's context under ``trust="parent"`` (then also the base of the new
+        context, so that the sender's baggage comes along), else empty (a new trace, based on the current
+        context); ``linked``: the sender's span under ``trust="link"``. A span current where the event is
+        dispatched (the connection span, in the ``connection`` model) is linked, never the parent: a process
+        span belongs to its event's trace.
         """
-        links = []
-        if linked is not None:
-            links.append(Link(linked, _CREATION))
-        ambient = trace.get_current_span().get_span_context()
+        parent = group.parent
+        first = group.first
+        if first is not None:
+            # With a parent, the first span's own context; else this call's, as its own span's would be.
+            ctx = group.joined
+            if ctx is None:
+                ctx = trace.set_span_in_context(first, here)
+            return Handling(None, _context.attach(ctx))
+        links: Optional[list[Link]] = None
+        if group.linked is not None:
+            links = [Link(group.linked, _CREATION)]
+        ambient = trace.get_current_span(here).get_span_context()
         if ambient.is_valid:
-            links.append(Link(ambient, _AMBIENT))
-        attributes = _messaging(SYSTEM, "process", "process", destination or None)
-        attributes[sc.DJANGO_CHANNELS_EVENT_TYPE] = kind
+            links = [*links, Link(ambient, _AMBIENT)] if links else [Link(ambient, _AMBIENT)]
+        attributes = group.attributes
+        if attributes is None or group.kind != kind:
+            attributes = group.attributes = _messaging(SYSTEM, "process", "process", group.destination)
+            attributes[sc.DJANGO_CHANNELS_EVENT_TYPE] = group.kind = kind
         span = self.settings.tracer.start_span(
-            f"process {destination}" if destination else "process",
-            context=parent,
-            kind=SpanKind.CONSUMER,
-            attributes=attributes,
-            links=links,
+            group.name, context=parent, kind=SpanKind.CONSUMER, attributes=attributes, links=links
         )
-        base = parent if parent else otel_context.get_current()
-        return _Processing(span, _context.attach(trace.set_span_in_context(span, base)))
+        ctx = trace.set_span_in_context(span, parent if parent else here)
+        if self.first:
+            group.first = span
+            group.joined = ctx if parent else None
+        return Handling(span, _context.attach(ctx))
 
 
-class _Opened:
-    """A layer event read: the dict the layer handed over, the event for the handler, and its span's relations."""
+_RECENT = 4
+"""Layer events remembered, newest first: the handler calls of two group messages can interleave in a process."""
 
-    __slots__ = ("destination", "event", "linked", "message", "parent")
+
+class _Group:
+    """One group message (or event) as this process reads it: the carrier, the ``process`` span's relations,
+    name and attributes (built once, shared by its spans), and with ``group_spans="first"`` its one span."""
+
+    __slots__ = ("attributes", "carrier", "destination", "first", "joined", "kind", "linked", "name", "parent")
 
     def __init__(
         self,
-        message: dict[Any, Any],
-        event: dict[Any, Any],
+        carrier: Optional[dict[str, str]],
         parent: Context,
         linked: Optional[trace.SpanContext],
         destination: Optional[str],
     ) -> None:
-        self.message = message
-        self.event = event
+        self.carrier = carrier
+        """A copy of the well-formed carrier read (``None``: none), to know other copies of the same event."""
         self.parent = parent
         self.linked = linked
         self.destination = destination
+        self.name = f"process {destination}" if destination else "process"
+        self.attributes: Optional[dict[str, AttributeValue]] = None
+        self.kind: Optional[str] = None
+        self.first: Optional[trace.Span] = None
+        self.joined: Optional[Context] = None
+
+
+class _Opened:
+    """A layer event read: the dict the layer handed over, the event for the handler, and its group."""
+
+    __slots__ = ("event", "group", "message")
+
+    def __init__(self, message: dict[Any, Any], event: dict[Any, Any], group: _Group) -> None:
+        self.message = message
+        self.event = event
+        self.group = group
+
+
+class Handling:
+    """A handler call's context, attached: its ``process`` span, or none when it joined another call's."""
+
+    __slots__ = ("attachment", "span")
+
+    def __init__(self, span: Optional[trace.Span], attachment: _context.Attachment) -> None:
+        self.span = span
+        self.attachment = attachment
+
+    def fail(self, exc: BaseException) -> None:
+        if self.span is not None:
+            _fail(self.span, exc)
+
+    def finish(self) -> None:
+        try:
+            # Detaches only if still current, in the Context that attached: resetting a stale
+            # token would roll back what the application attached after us.
+            self.attachment.detach()
+            if self.span is not None:
+                self.span.end()
+        except Exception as exc:  # pragma: no cover - defensive
+            warn_once("ending a process span", exc, logger=_log)
 
 
 _CREATION = {sc.LINK_KIND: "creation"}

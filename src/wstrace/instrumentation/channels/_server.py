@@ -39,7 +39,7 @@ __all__ = [
     "ChannelsMiddleware",
     "Handoff",
     "Switch",
-    "dispatch_wrapper",
+    "dispatch_patch",
     "join_route",
     "protocol_router_wrapper",
     "url_router_wrapper",
@@ -221,41 +221,51 @@ def url_router_wrapper(settings: Settings, switch: Switch) -> Wrapper:
     return wrapper
 
 
-def dispatch_wrapper(layers: Layers, switch: Switch, stop: tuple[type[BaseException], ...]) -> Wrapper:
-    """Wrap ``channels.consumer.await_many_dispatch``: each message is dispatched in its context.
+def dispatch_patch(
+    layers: Layers, switch: Switch, stop: tuple[type[BaseException], ...]
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """In place of ``channels.consumer.await_many_dispatch``, a function with its signature that hands it a
+    ``dispatch`` dispatching each message in its context.
 
     A WebSocket message in the receive span the ASGI layer started for it; a channel-layer event in a
-    ``process`` span continuing its sender's context, with the carrier removed. ``stop``: exceptions that
-    end a consumer normally (``StopConsumer``), not recorded as errors.
+    ``process`` span continuing its sender's context (or the span of another handler call of the same group
+    message, with ``group_spans="first"``), with the carrier removed. ``stop``: exceptions that end a consumer
+    normally (``StopConsumer``), not recorded as errors. A plain function, not a ``wrapt`` wrapper, and one
+    coroutine per message (``traced``) around the consumer's own ``dispatch``: the only layer a handler call
+    goes through.
     """
 
-    def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if not switch.on or len(args) != 2 or kwargs:
-            return wrapped(*args, **kwargs)
-        callables, dispatch = args
-        handoff = _HANDOFF.get()
+    def make(original: Callable[..., Any]) -> Callable[..., Any]:
+        async def await_many_dispatch(consumer_callables: Any, dispatch: Any) -> Any:
+            if not switch.on:
+                return await original(consumer_callables, dispatch)
+            handoff = _HANDOFF.get()
+            layer_open = layers.open
 
-        async def traced(message: Any) -> Any:
-            ctx = handoff.take(message) if handoff is not None else None
-            if ctx is not None:
-                attachment = attach(ctx)
-                del ctx
+            async def traced(message: Any) -> Any:
+                if handoff is not None:
+                    ctx = handoff.take(message)
+                    if ctx is not None:
+                        attachment = attach(ctx)
+                        del ctx
+                        try:
+                            return await dispatch(message)
+                        finally:
+                            attachment.detach()
+                event, handling = layer_open(message)
+                if handling is None:
+                    return await dispatch(event)
                 try:
-                    return await dispatch(message)
+                    return await dispatch(event)
+                except Exception as exc:
+                    if not isinstance(exc, stop):
+                        handling.fail(exc)
+                    raise
                 finally:
-                    attachment.detach()
-            event, processing = layers.open(message)
-            if processing is None:
-                return await dispatch(event)
-            try:
-                return await dispatch(event)
-            except Exception as exc:
-                if not isinstance(exc, stop):
-                    processing.fail(exc)
-                raise
-            finally:
-                processing.finish()
+                    handling.finish()
 
-        return wrapped(callables, traced)
+            return await original(consumer_callables, traced)
 
-    return wrapper
+        return await_many_dispatch
+
+    return make
