@@ -14,6 +14,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from tests.conftest import Telemetry
 from tests.tracers import Metered, connect
 from wstrace import envelope as codec
+from wstrace._replies import NOTHING_TO_END
 from wstrace._wire import SPLIT_AT, Parts
 
 
@@ -416,3 +417,57 @@ def test_hand_off_moves_a_messages_context_to_the_task_that_handles_it(telemetry
     receive = next(x for x in telemetry.named("receive /chat") if x.kind is SpanKind.CONSUMER)
     replies = [x for x in telemetry.named("send /chat") if x.parent and x.parent.span_id == receive.context.span_id]
     assert len(replies) == 1, "the answer is not the handed-off message's reply"
+
+
+# The lane: the next chunk of the stream under way, under the same context object ---------------------------------
+
+
+def test_the_lane_frames_and_counts_chunks_as_the_full_path_does(telemetry: Telemetry) -> None:
+    """From a reply stream's third chunk ``send_start`` takes its short way; the peer reads the same payloads in
+    the one stream's trace, and the stream counts every chunk, of either type, once."""
+    c, s = connect(telemetry, {"envelope": "always"}, {"envelope": "always"})
+    s.received(c.send_start("stream please")[0])
+    chunks: list[Any] = [f"token {n}" for n in range(6)] + [b"\x00\x01", "token 6"]
+    frames = [s.send_start(chunk)[0] for chunk in chunks]
+    assert s._replies is not None and s._replies.lane is not None  # the short way was open
+    s.receive_done()
+    assert s._replies.lane is None  # gone with its stream
+    stream = telemetry.one("send /chat", **{"wstrace.stream.chunk_count": len(chunks)})
+    assert stream.attributes["wstrace.stream.size"] == sum(len(chunk) for chunk in chunks)
+    assert [c.received(frame) for frame in frames] == chunks
+    c.closed(code=1000, initiator="local")
+    received = [r for r in telemetry.named("receive /chat") if r.parent and r.parent.span_id == stream.context.span_id]
+    assert received, "the client's receiving end continues the stream's trace"
+
+
+def test_the_lane_is_not_taken_after_the_close_or_under_suppression(telemetry: Telemetry) -> None:
+    metered = Metered(telemetry)
+    metered.server.received(metered.client.send_start("stream please")[0])
+    for n in range(4):
+        metered.server.send_start(f"token {n}")
+    suppressed = otel_context.attach(otel_context.set_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY, True))
+    try:
+        quiet, handle = metered.server.send_start("quiet")
+    finally:
+        otel_context.detach(suppressed)
+    assert handle is NOTHING_TO_END and metered.client.received(quiet) == "quiet"
+    metered.server.closed(code=1000, initiator="remote")
+    late, handle = metered.server.send_start("late")
+    assert handle is NOTHING_TO_END and metered.client.received(late) == "late"
+    telemetry.one("send /chat", **{"wstrace.stream.chunk_count": 4})
+    sent = metered.total("wstrace.message.count", **{"websocket.message.direction": "sent"})
+    assert sent == 1 + 4  # the client's request and the four chunks: neither the suppressed one nor the late one
+
+
+def test_the_lane_keeps_neither_the_message_nor_its_context_alive(telemetry: Telemetry) -> None:
+    """The lane refers to its context weakly: when the handler is done, the last reference to the message goes and
+    its reply stream ends there (``Inbound.__del__``), lane or not."""
+    c, s = connect(telemetry)
+    s.received(c.send_start("stream please")[0])
+    for n in range(4):
+        s.send_start(f"token {n}")
+    lane = s._replies.lane
+    assert lane is not None and lane.ctx() is otel_context.get_current()
+    s.receive_done()
+    assert lane.ctx() is None
+    telemetry.one("send /chat", **{"wstrace.stream.chunk_count": 4})  # ended: exported
