@@ -471,3 +471,17 @@ def test_the_lane_keeps_neither_the_message_nor_its_context_alive(telemetry: Tel
     s.receive_done()
     assert lane.ctx() is None
     telemetry.one("send /chat", **{"wstrace.stream.chunk_count": 4})  # ended: exported
+
+
+def test_a_message_sent_as_fragments_mid_stream_counts_whole_while_the_lane_is_open(telemetry: Telemetry) -> None:
+    metered = Metered(telemetry)
+    metered.server.received(metered.client.send_start("stream please")[0])
+    for n in range(4):
+        metered.server.send_start(f"t{n}")
+    assert metered.server._replies is not None and metered.server._replies.lane is not None
+    first, handle = metered.server.send_start("ab", fragment=True)
+    metered.server.send_end(handle, size=len("abcd"))
+    metered.server.send_start("t4")
+    metered.server.receive_done()
+    stream = telemetry.one("send /chat", **{"wstrace.stream.chunk_count": 6})
+    assert stream.attributes["wstrace.stream.size"] == 5 * len("t0") + len("abcd")

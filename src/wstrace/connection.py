@@ -186,6 +186,7 @@ class ConnectionTracer(Opening):
         replies = self._replies
         if replies is not None:
             replies.sent_to = None
+            replies.lane = None  # the full path: it tells which stream the fragment joined (sent_to)
         counted = record and not self._closed and not otel_context.get_value(_SUPPRESS)
         frame, handle = self.send_start(payload, text=is_text, record=record, split=split)
         replies = self._replies
