@@ -479,7 +479,7 @@ def test_a_message_sent_as_fragments_mid_stream_counts_whole_while_the_lane_is_o
     for n in range(4):
         metered.server.send_start(f"t{n}")
     assert metered.server._replies is not None and metered.server._replies.lane is not None
-    first, handle = metered.server.send_start("ab", fragment=True)
+    _, handle = metered.server.send_start("ab", fragment=True)
     metered.server.send_end(handle, size=len("abcd"))
     metered.server.send_start("t4")
     metered.server.receive_done()
