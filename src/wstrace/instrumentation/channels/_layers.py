@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping, Optional
 
 from opentelemetry import context as otel_context, trace
 from opentelemetry.context import Context
-from opentelemetry.instrumentation.utils import _SUPPRESS_INSTRUMENTATION_KEY_PLAIN
+from opentelemetry.instrumentation import utils as _otel_utils
 from opentelemetry.trace import Link, SpanKind
 from opentelemetry.util.types import AttributeValue
 
@@ -57,7 +57,9 @@ _log = logging.getLogger("wstrace.instrumentation.channels")
 # The keys suppress_instrumentation() sets (is_instrumentation_enabled() reads both), read from a context
 # the dispatch looks up anyway.
 _SUPPRESS = otel_context._SUPPRESS_INSTRUMENTATION_KEY
-_SUPPRESS_PLAIN = _SUPPRESS_INSTRUMENTATION_KEY_PLAIN
+_SUPPRESS_PLAIN = getattr(
+    _otel_utils, "_SUPPRESS_INSTRUMENTATION_KEY_PLAIN", "suppress_instrumentation"
+)  # private there
 
 _MISSING = object()
 
