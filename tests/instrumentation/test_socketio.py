@@ -453,6 +453,59 @@ def test_redis_emit_from_a_handler_reaches_another_process(
     check_redis_hops(received, telemetry.named("process news /"), hops, server_b.spans())
 
 
+def test_a_stream_through_redis_is_one_span_in_each_process_and_one_receive_stream(
+    telemetry: Telemetry, instrument: Callable[..., None], redis_port: int
+) -> None:
+    """A handler on server A streams 5 ``news`` emits to ``lobby`` through AsyncRedisManager; server B delivers
+    them to its client: one ``send news /`` stream span on A, one on B (its child, the 5 deliveries), and one
+    ``process news /`` receive stream on the client (B's child), not a span per token in each."""
+    instrument()
+    server_b = ServerProcess(redis_port)
+    received: list[tuple[str, list[Any]]] = []
+    try:
+        url_b = server_b.url
+
+        async def scenario() -> None:
+            manager = socketio.AsyncRedisManager(f"redis://127.0.0.1:{redis_port}/0")
+            sio_a = make_server([], client_manager=manager)
+
+            @sio_a.event
+            async def stream(sid: str, count: int) -> str:
+                for n in range(count):
+                    await sio_a.emit("news", f"token {n}", room="lobby")
+                return "streamed"
+
+            async with aiohttp_server(sio_a) as url_a:
+                listener = make_client(received)
+                await listener.connect(url_b, transports=["websocket"])
+                assert await listener.call("join") == "joined"
+                asker = make_client([])
+                await asker.connect(url_a, transports=["websocket"])
+                await asyncio.sleep(0.3)  # both managers subscribed
+                assert await asker.call("stream", 5) == "streamed"
+                for _ in range(100):
+                    if len(received) >= 5:
+                        break
+                    await asyncio.sleep(0.05)
+                await asker.disconnect()
+                await listener.disconnect()  # B's delivery stream ends with its connection
+            await close_manager(manager)
+
+        run(scenario())
+    finally:
+        server_b.stop()
+    assert received == [("news", [f"token {n}"]) for n in range(5)]
+    (a_stream,) = [s for s in telemetry.named("send news /") if s.kind == SpanKind.PRODUCER]
+    assert a_stream.attributes["wstrace.stream.chunk_count"] == 5
+    (b_stream,) = [s for s in server_b.spans() if s["name"] == "send news /"]
+    assert b_stream["parent_id"] == hex_ids(a_stream)[1]  # B's deliveries continue A's stream
+    assert b_stream["attributes"]["wstrace.stream.chunk_count"] == 5
+    assert b_stream["attributes"]["wstrace.socketio.recipients"] == 1
+    (receiving,) = telemetry.named("process news /")
+    assert receiving.attributes["wstrace.stream.chunk_count"] == 5
+    assert f"0x{parent(receiving):016x}" == b_stream["context"]["span_id"]
+
+
 def test_redis_message_from_a_bare_process_and_a_bad_key(
     telemetry: Telemetry, instrument: Callable[..., None], redis_port: int
 ) -> None:

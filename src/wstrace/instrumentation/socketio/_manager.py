@@ -8,8 +8,9 @@ wstrace reads only the keys it knows (``_handle_emit``), so the extra key change
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
+from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 from opentelemetry.trace import Link
 
@@ -27,6 +28,7 @@ from wstrace.instrumentation.socketio._common import (
     starting_emit,
     valid_carrier,
 )
+from wstrace.instrumentation.socketio._streams import streaming
 
 
 __all__ = ["emit", "handle_emit", "publish"]
@@ -43,6 +45,8 @@ def emit(settings: Settings) -> Pair:
         if current_emit() is not None or kwargs.get("ignore_queue"):
             return None
         count = not getattr(instance, "write_only", False)
+        # Not folded into runs: a worker or a script that emits through a write-only manager may exit (or shut
+        # its tracer provider down) before a run's idle gap would end the run's span, which would be lost.
         started = starting_emit(settings, _EMIT_ARGS, args, kwargs, count=count, ack=False)
         return started[0] if started is not None else None
 
@@ -76,6 +80,48 @@ def _parent(settings: Settings, carrier: Any) -> tuple[Optional[Context], tuple[
     return Context(), (link(remote_span, "remote"),)
 
 
+def _folds(settings: Settings, message: Mapping[str, Any]) -> bool:
+    """Whether a delivery is a chunk of a delivered stream: streams on, the sender's context as parent, and
+    neither an ack (a request) nor a binary emit (published taken apart)."""
+    config = settings.config
+    return (
+        config.streams
+        and config.message_spans
+        and config.trust == "parent"
+        and message.get("callback") is None
+        and not message.get("binary")
+    )
+
+
+def _delivered(
+    settings: Settings,
+    manager: Any,
+    parent: Context,
+    message: Mapping[str, Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Call:
+    """A delivery as a chunk of this process's stream of deliveries for the sender's stream span: consecutive
+    emits of one sender stream (same span, event and room) are one ``send`` span here too, a run keyed by that
+    span, as an emit's run is keyed by its current span."""
+    token = otel_context.attach(parent)
+    try:
+        return streaming(
+            settings,
+            getattr(manager, "server", None) or manager,  # the server's runs: its disconnects end them too
+            message.get("event"),
+            message.get("namespace") or "/",
+            message.get("room"),
+            message.get("data"),
+            None,
+            True,
+            args,
+            kwargs,
+        )
+    finally:
+        otel_context.detach(token)
+
+
 def handle_emit(settings: Settings) -> Pair:
     """Wrap ``_handle_emit(message)``: a message from another process is delivered to this process's clients in a
     PRODUCER span that continues the emitter's trace (the message is passed on as it came: the library reads only
@@ -88,6 +134,8 @@ def handle_emit(settings: Settings) -> Pair:
             message = args[0]
             parent, links = _parent(settings, message.get(PUBSUB_KEY))
             event, data = message.get("event"), message.get("data")
+            if parent is not None and _folds(settings, message):
+                return _delivered(settings, instance, parent, message, args, kwargs)
             # The published arguments, as the clients get them; a binary emit's are published taken apart.
             plain = settings.config.message_hook is not None and isinstance(data, list) and not message.get("binary")
             return emitting(
