@@ -35,6 +35,8 @@ class Opening:
     """The handshake half of a connection's telemetry; :class:`~wstrace.connection.ConnectionTracer` is the whole."""
 
     # Slots, and no copies of options: thousands of connections may be open, each with one of these.
+    # ``__weakref__`` for the leak tests only (tests/reliability/test_leaks.py): compiled (docs/architecture.md, "The
+    # compiled core") a native class has none, so the library itself never takes a weak reference to a tracer.
     __slots__ = (
         "__weakref__",
         "_answer",
@@ -262,6 +264,14 @@ class Opening:
         if isinstance(handshake, SpanContext):
             handshake = NonRecordingSpan(handshake)
         return trace.set_span_in_context(handshake)
+
+    @property
+    def handshake_span_context(self) -> Optional[SpanContext]:
+        """The handshake span's context, to link to; ``None`` before the handshake (or if it was excluded)."""
+        handshake = self._handshake
+        if handshake is None or isinstance(handshake, SpanContext):
+            return handshake
+        return handshake.get_span_context()
 
     @property
     def connection_context(self) -> Optional[Context]:
