@@ -35,10 +35,9 @@ class Opening:
     """The handshake half of a connection's telemetry; :class:`~wstrace.connection.ConnectionTracer` is the whole."""
 
     # Slots, and no copies of options: thousands of connections may be open, each with one of these.
-    # ``__weakref__`` for the leak tests only (tests/reliability/test_leaks.py): compiled (docs/architecture.md, "The
-    # compiled core") a native class has none, so the library itself never takes a weak reference to a tracer.
+    # No ``__weakref__``: compiled (docs/architecture.md, "The compiled core") a native class cannot have one, so
+    # nothing may take a weak reference to a tracer (the leak tests count live tracers instead).
     __slots__ = (
-        "__weakref__",
         "_answer",
         "_closed",
         "_counts",
