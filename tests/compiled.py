@@ -26,6 +26,12 @@ def expected() -> bool:
     return os.environ.get("WSTRACE_COMPILED") == "1"
 
 
+def stray() -> list[str]:
+    """Compiled modules left next to the sources (an in-place build: ``pip install .`` with the hook on), which
+    would shadow the pure modules of ``src/`` in a run meant for them."""
+    return sorted(p.name for p in (ROOT / "src").rglob("*") if p.suffix in (".so", ".pyd"))
+
+
 def not_compiled() -> list[str]:
     """The modules of :data:`COMPILED_MODULES` imported as Python source, with where they came from."""
     found = []

@@ -25,6 +25,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     """With ``WSTRACE_COMPILED=1`` (``scripts/compile-core``), stop unless the core modules are the compiled ones."""
     if compiled.expected() and (missing := compiled.not_compiled()):
         pytest.exit(f"WSTRACE_COMPILED=1, but not compiled: {', '.join(missing)}", returncode=4)
+    if not compiled.expected() and (found := compiled.stray()):
+        remove = "find src -name '*.so' -delete"
+        pytest.exit(f"compiled modules in src/ shadow the sources: {', '.join(found)} ({remove})", returncode=4)
 
 
 class OpenSpans(SpanProcessor):
