@@ -6,6 +6,7 @@ import gc
 import os
 import resource
 import socket
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -89,6 +90,31 @@ def sdk(sampled: bool = True) -> tuple[TracerProvider, MeterProvider, DiscardSpa
     tracer_provider.add_span_processor(BatchSpanProcessor(spans))
     reader = PeriodicExportingMetricReader(DiscardMetrics(), export_interval_millis=5_000)
     return tracer_provider, MeterProvider(metric_readers=[reader]), spans
+
+
+COMPILED = ROOT / "build" / "compiled"
+"""Where ``scripts/compile-core`` unpacks the compiled core (the mypyc wheel)."""
+
+
+def use_compiled(path: Path = COMPILED) -> str:
+    """Run every process started from here on on the compiled core in ``path``: it goes first on PYTHONPATH,
+    which the servers and clients inherit. Fails unless a child really imports the compiled modules."""
+    python_path = os.pathsep.join(p for p in (str(path), str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    probe = subprocess.run(
+        [sys.executable, "-c", "import wstrace.connection as c; print(c.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": python_path},
+        timeout=60,
+        check=False,
+    )
+    if not probe.stdout.strip().endswith(".so"):
+        raise SystemExit(
+            f"no compiled core in {path} ({probe.stdout.strip() or probe.stderr[-500:]}): run scripts/compile-core"
+        )
+    os.environ["PYTHONPATH"] = python_path
+    return python_path
 
 
 def free_port() -> int:

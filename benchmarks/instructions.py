@@ -3,6 +3,7 @@
     python -m benchmarks.instructions [--only SUBSTRING] [--iterations 20000]
     python -m benchmarks.instructions --workloads stream-unpinned,push,uplink,echo64 [--only SUBSTRING] [--count 10000]
         [--stacks websockets,aiohttp,starlette,tornado]
+    python -m benchmarks.instructions ... --compiled [DIR]   # on the compiled core (scripts/compile-core)
 
 On a shared or throttled machine the timings of :mod:`benchmarks.micro` (wall clock or a thread's CPU time
 alike) can move by 2x between hours, the same work running at half the pace. The number of instructions a case
@@ -20,6 +21,10 @@ with 3, and the difference is divided by the messages between: instructions per 
 (library, event loop, instrumentation), bare included, and the ratio bare / variant, which is what the
 throughput ratio would be if that process set the pace and an instruction cost the same everywhere. About 1
 minute per variant.
+
+With ``--compiled``, every measured process runs on the mypyc-compiled core that ``scripts/compile-core``
+unpacked into ``build/compiled`` (or DIR), put first on PYTHONPATH; the bare variants are unchanged (they do not
+import wstrace), so the ratios are compiled against bare (``docs/performance.md``, "Compiled core").
 """
 
 from __future__ import annotations
@@ -30,9 +35,10 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 from typing import Optional
 
-from benchmarks.common import ROOT, ROUTE, free_port
+from benchmarks.common import COMPILED, ROOT, ROUTE, free_port, use_compiled
 from benchmarks.micro import CASES
 from benchmarks.run import Variant, client_args, variants
 
@@ -123,9 +129,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--workloads", default="", help=f"socket workloads instead, among {','.join(ROUND_WORKLOADS)}")
     parser.add_argument("--count", type=int, default=10_000, help="with --workloads: messages per round")
     parser.add_argument("--stacks", default="websockets", help="with --workloads: comma-separated server stacks")
+    parser.add_argument(
+        "--compiled",
+        nargs="?",
+        const=COMPILED,
+        type=Path,
+        help=f"run on the compiled core in this directory (default {COMPILED.relative_to(ROOT)}, scripts/compile-core)",
+    )
     args = parser.parse_args(argv)
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
+    if args.compiled is not None:
+        ENV["PYTHONPATH"] = use_compiled(args.compiled)
+        print(f"compiled core: {args.compiled}\n")
     if args.workloads:
         chosen = args.workloads.split(",")
         unknown = set(chosen) - set(ROUND_WORKLOADS)

@@ -1,7 +1,7 @@
 """Run the benchmark suite: bare and instrumented variants interleaved, medians and paired ratios to bare.
 
     python -m benchmarks.run [--reps 3] [--quick] [--only SUBSTRING] [--stacks a,b] [--workloads a,b]
-        [--out benchmarks/results/latest.json] [--markdown OUT] [--budget-minutes 10] [--unpinned]
+        [--out benchmarks/results/latest.json] [--markdown OUT] [--budget-minutes 10] [--unpinned] [--compiled [DIR]]
 
 Every run starts a fresh server process (pinned to CPU 0 when taskset exists) and a fresh measuring client
 (CPU 1), on 127.0.0.1 only, each bounded by a count, a deadline and a timeout; the variants of
@@ -38,7 +38,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import IO, Any, Optional
 
-from benchmarks.common import ROOT, ROUTE, ddtrace_available, free_port
+from benchmarks.common import COMPILED, ROOT, ROUTE, ddtrace_available, free_port, use_compiled
 
 
 WORKLOADS = ("echo64", "echo16k", "stream", "stream-unpinned", "push", "uplink", "concurrent", "idle", "long")
@@ -691,6 +691,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", type=Path, help="also write the tables here")
     p.add_argument("--unpinned", action="store_true", help="run every variant unpinned (no taskset)")
     p.add_argument("--list", action="store_true", help="list the chosen variants and exit")
+    p.add_argument(
+        "--compiled",
+        nargs="?",
+        const=COMPILED,
+        type=Path,
+        help=f"run on the compiled core in this directory (default {COMPILED.relative_to(ROOT)}, scripts/compile-core)",
+    )
     return p
 
 
@@ -720,6 +727,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         for v in chosen:
             print(v.key)
         return 0 if chosen else 1
+    if args.compiled is not None:
+        use_compiled(args.compiled)
     results = {v: Result(v) for v in chosen}
     started = time.monotonic()
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -753,6 +762,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     report["machine"] = machine()
     report["counts"] = counts
     report["unpinned"] = args.unpinned
+    report["compiled"] = None if args.compiled is None else str(args.compiled)
     report["reps"] = reps_done
     report["seconds"] = round(time.monotonic() - started, 1)
     report["command"] = shlex.join([Path(sys.executable).name, "-m", "benchmarks.run", *(argv or sys.argv[1:])])

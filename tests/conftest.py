@@ -13,8 +13,21 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerPro
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from tests import redis_server
+from tests import compiled, redis_server
 from tests.routes import ROUTES_ENV
+
+
+def pytest_report_header() -> str:
+    return "wstrace core: compiled (mypyc)" if compiled.expected() else "wstrace core: as imported"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """With ``WSTRACE_COMPILED=1`` (``scripts/compile-core``), stop unless the core modules are the compiled ones."""
+    if compiled.expected() and (missing := compiled.not_compiled()):
+        pytest.exit(f"WSTRACE_COMPILED=1, but not compiled: {', '.join(missing)}", returncode=4)
+    if not compiled.expected() and (found := compiled.stray()):
+        remove = "find src -name '*.so' -delete"
+        pytest.exit(f"compiled modules in src/ shadow the sources: {', '.join(found)} ({remove})", returncode=4)
 
 
 class OpenSpans(SpanProcessor):

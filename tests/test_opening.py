@@ -198,12 +198,16 @@ def test_what_an_opening_tells_the_adapter(telemetry: Telemetry) -> None:
     s = server(telemetry, c.request_headers(), model="connection")
     assert s.envelope is None and s.recording
     before = trace.get_current_span(s.handshake_context).get_span_context()
+    assert s.handshake_span_context == before
     response = s.response_headers()
     s.opened(response_headers=response)
     c.opened(response_headers=response)
+    handshake_client = handshake(telemetry, SpanKind.CLIENT).get_span_context()
     assert s.envelope == c.envelope == "frame"
     after = trace.get_current_span(s.handshake_context).get_span_context()
     assert after == before == handshake(telemetry, SpanKind.SERVER).get_span_context()
+    # The span to link to, while it is open and (its context only) once it has ended.
+    assert s.handshake_span_context == before and c.handshake_span_context == handshake_client
     connection = s.connection_context
     assert connection is not None and trace.get_current_span(connection).is_recording()
     assert c.connection_context is None  # the message model's default on the client
@@ -212,6 +216,7 @@ def test_what_an_opening_tells_the_adapter(telemetry: Telemetry) -> None:
 def test_an_excluded_connection_has_no_handshake_context(telemetry: Telemetry) -> None:
     s = server(telemetry, excluded_urls="/chat")
     assert trace.get_current_span(s.handshake_context) is trace.INVALID_SPAN and not s.recording
+    assert s.handshake_span_context is None
     assert s.excluded
 
 

@@ -161,7 +161,9 @@ def test_end_all_after_an_abnormal_close_fails_the_open_streams(telemetry: Telem
 
 def _inbound(telemetry: Telemetry, replies: Replies) -> Inbound:
     inbound = Inbound(replies, Context(), time.monotonic_ns())
-    inbound.stream = _start(telemetry, replies)
+    # A reply stream is an Outbound, as the server's send path makes it (the compiled core checks the type).
+    span = telemetry.provider.get_tracer("wstrace").start_span("send /chat")
+    inbound.stream = replies.outbound_stream(span, time.monotonic_ns(), is_text=False)
     inbound.stream.chunk(2)
     return inbound
 

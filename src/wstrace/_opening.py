@@ -35,8 +35,9 @@ class Opening:
     """The handshake half of a connection's telemetry; :class:`~wstrace.connection.ConnectionTracer` is the whole."""
 
     # Slots, and no copies of options: thousands of connections may be open, each with one of these.
+    # No ``__weakref__``: compiled (docs/architecture.md, "The compiled core") a native class cannot have one, so
+    # nothing may take a weak reference to a tracer (the leak tests count live tracers instead).
     __slots__ = (
-        "__weakref__",
         "_answer",
         "_closed",
         "_counts",
@@ -262,6 +263,14 @@ class Opening:
         if isinstance(handshake, SpanContext):
             handshake = NonRecordingSpan(handshake)
         return trace.set_span_in_context(handshake)
+
+    @property
+    def handshake_span_context(self) -> Optional[SpanContext]:
+        """The handshake span's context, to link to; ``None`` before the handshake (or if it was excluded)."""
+        handshake = self._handshake
+        if handshake is None or isinstance(handshake, SpanContext):
+            return handshake
+        return handshake.get_span_context()
 
     @property
     def connection_context(self) -> Optional[Context]:

@@ -66,7 +66,9 @@ _MAX_OPEN_STREAMS = 1024
 _SWEEP_FLOOR = 64
 
 
-def safe_predicate(predicate: Callable[[Any], bool], payload: Any) -> bool:
+def safe_predicate(predicate: Callable[[Any], object], payload: Any) -> bool:
+    """``stream_end``'s verdict on ``payload``: any truthy result ends the stream; ``False`` if it fails."""
+    # ``object``, not ``bool``: a predicate may return any truthy value, and compiled code checks the declared type.
     try:
         return bool(predicate(payload))
     except Exception as exc:

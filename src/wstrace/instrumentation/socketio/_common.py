@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextvars
 import inspect
 import json
-import weakref
 from typing import Any, Callable, NamedTuple, Optional, Sequence, TypeVar
 
 from opentelemetry import context as otel_context, trace
@@ -277,20 +276,11 @@ def carrier_arg(ctx: Optional[Context] = None) -> Optional[dict[str, Any]]:
     return {CARRIER_KEY: carrier} if carrier else None
 
 
-_HANDSHAKE_LINKS: weakref.WeakKeyDictionary[ConnectionTracer, tuple[Link, ...]] = weakref.WeakKeyDictionary()
-
-
 def handshake_links(ct: Optional[ConnectionTracer]) -> Sequence[Link]:
-    """The link to a connection's handshake, one tuple per connection (as the WebSocket receive spans reuse
-    theirs)."""
-    if ct is None:
-        return ()
-    found = _HANDSHAKE_LINKS.get(ct)
-    if found is None:
-        span_context = trace.get_current_span(ct.handshake_context).get_span_context()
-        found = (link(span_context, "handshake"),) if span_context.is_valid else ()
-        _HANDSHAKE_LINKS[ct] = found
-    return found
+    """The link to a connection's handshake, made for each span as the core makes its own (``ConnectionSpans.links``:
+    the SDK wraps a link's attributes in place, so a link kept per connection would keep a copy of them)."""
+    span_context = ct.handshake_span_context if ct is not None else None
+    return (link(span_context, "handshake"),) if span_context is not None and span_context.is_valid else ()
 
 
 def attributes(event: Any, namespace: str, operation: str, session_id: Optional[str]) -> dict[str, Any]:
