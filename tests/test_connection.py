@@ -485,3 +485,25 @@ def test_a_message_sent_as_fragments_mid_stream_counts_whole_while_the_lane_is_o
     metered.server.receive_done()
     stream = telemetry.one("send /chat", **{"wstrace.stream.chunk_count": 6})
     assert stream.attributes["wstrace.stream.size"] == 5 * len("t0") + len("abcd")
+
+
+def test_a_chunk_whose_envelope_fails_on_the_lane_still_goes(
+    telemetry: Telemetry, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Fault injection: if putting a chunk in its envelope fails on the short way, the payload still goes, in an
+    empty envelope, and the failure is logged, as on the full path; nothing raises into the application."""
+    c, s = connect(telemetry, {"envelope": "always"}, {"envelope": "always"})
+    s.received(c.send_start("stream please")[0])
+    for n in range(4):
+        s.send_start(b"audio %d" % n)  # a binary stream: its chunks are framed by Wire.in_stream
+    assert s._replies is not None and s._replies.lane is not None
+
+    def broken(*_args: Any) -> Any:
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr("wstrace._wire.Wire.in_stream", broken)
+    with caplog.at_level(logging.WARNING, logger="wstrace"):
+        frame, handle = s.send_start(b"still goes")
+    assert handle is NOTHING_TO_END
+    assert c.received(frame) == b"still goes"
+    assert "injected" in caplog.text

@@ -773,12 +773,13 @@ class Replies:
 
     def forget(self, stats: StreamStats) -> None:
         """A stream ended (its ``on_end``)."""
+        # An ended stream, its span with it, is not kept for an idle connection.
         sent_to = self.sent_to
         if sent_to is not None and sent_to.stats is stats:
             self.sent_to = None
         lane = self.lane
         if lane is not None and lane.stats is stats:
-            self.lane = None  # an ended stream, its span with it, is not kept for an idle connection
+            self.lane = None
         streams = self.streams
         streams.pop(stats, None)
         if not streams:

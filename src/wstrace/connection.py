@@ -130,9 +130,14 @@ class ConnectionTracer(Opening):
                     prefix = lane.prefix
                     if prefix is not None and kind is str:
                         return prefix + payload, NOTHING_TO_END
-                    if lane.wire is None:
+                    wire = lane.wire
+                    if wire is None:
                         return payload, NOTHING_TO_END
-                    return lane.frame(payload), NOTHING_TO_END
+                    try:
+                        return lane.frame(payload), NOTHING_TO_END
+                    except Exception as exc:  # as the full path: the payload goes, in an empty envelope
+                        warn_once("tracing an outbound message", exc)
+                        return wire.wrap_empty(payload, lane.is_text), NOTHING_TO_END
         is_text = isinstance(payload, str) if text is None else text
         if fragment:
             return self._first_fragment(payload, is_text, record, split)
