@@ -23,7 +23,7 @@ from wstrace.demo.profile import PROFILES, Pacing
 from wstrace.demo.server import VoiceAssistant
 
 
-__all__ = ["build_engines", "main"]
+__all__ = ["add_server_arguments", "build_engines", "main"]
 
 _emit_lock = threading.Lock()
 
@@ -49,19 +49,24 @@ def build_engines(
     return asr, llm, tts
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m wstrace.demo.server_process")
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every server process of the demo takes (this one's, and the Socket.IO stack's two)."""
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--out", required=True)
     parser.add_argument("--model", default="message")
-    parser.add_argument("--envelope", default="negotiate")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--speed", type=float, default=1.0)
     parser.add_argument("--profile", choices=sorted(PROFILES), default="tuned")
     parser.add_argument("--real-audio", action="store_true")
     parser.add_argument("--llm-url")
     parser.add_argument("--llm-model", default="gpt-4o-mini")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m wstrace.demo.server_process")
+    add_server_arguments(parser)
+    parser.add_argument("--envelope", default="negotiate")
     return parser
 
 

@@ -24,7 +24,7 @@ from wstrace.demo.assistant import RedisAssistant
 from wstrace.demo.gateway import Gateway
 from wstrace.demo.profile import PROFILES, Pacing
 from wstrace.demo.server import VoiceAssistant
-from wstrace.demo.server_process import build_engines, emit
+from wstrace.demo.server_process import add_server_arguments, build_engines, emit
 
 
 __all__ = ["SERVICES", "main"]
@@ -36,16 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m wstrace.demo.socketio_process")
     parser.add_argument("role", choices=sorted(SERVICES))
     parser.add_argument("--redis-url", required=True)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--model", default="message")
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--speed", type=float, default=1.0)
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="tuned")
-    parser.add_argument("--real-audio", action="store_true")
-    parser.add_argument("--llm-url")
-    parser.add_argument("--llm-model", default="gpt-4o-mini")
+    add_server_arguments(parser)
     return parser
 
 
