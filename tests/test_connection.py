@@ -502,6 +502,7 @@ def test_a_chunk_whose_envelope_fails_on_the_lane_still_goes(
         raise RuntimeError("injected")
 
     monkeypatch.setattr("wstrace._wire.Wire.in_stream", broken)
+    monkeypatch.setattr("wstrace._log._warned", set())  # logged once per process: another test may have been first
     with caplog.at_level(logging.WARNING, logger="wstrace"):
         frame, handle = s.send_start(b"still goes")
     assert handle is NOTHING_TO_END
