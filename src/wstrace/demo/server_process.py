@@ -23,7 +23,7 @@ from wstrace.demo.profile import PROFILES, Pacing
 from wstrace.demo.server import VoiceAssistant
 
 
-__all__ = ["add_server_arguments", "build_engines", "main"]
+__all__ = ["add_server_arguments", "build_engines", "main", "voice_assistant"]
 
 _emit_lock = threading.Lock()
 
@@ -47,6 +47,20 @@ def build_engines(
     tts: engines.TTS = engines.EspeakTTS() if real_audio else engines.SimulatedTTS(pacing)
     llm: engines.LLM = engines.OpenAICompatibleLLM(llm_url, llm_model) if llm_url else engines.SimulatedLLM(pacing)
     return asr, llm, tts
+
+
+def voice_assistant(args: argparse.Namespace, llm_client_spans: bool) -> Optional[VoiceAssistant]:
+    """The assistant the options (:func:`add_server_arguments`) ask for; ``None``, with the parent told, when an
+    optional engine is not installed."""
+    pacing = Pacing(PROFILES[args.profile], args.seed, args.speed)
+    try:
+        asr, llm, tts = build_engines(
+            pacing, real_audio=args.real_audio, llm_url=args.llm_url, llm_model=args.llm_model
+        )
+    except ImportError as exc:
+        emit({"event": "failed", "error": f"{exc.name or exc} is not installed"})
+        return None
+    return VoiceAssistant(asr, llm, tts, on_event=emit, llm_client_spans=llm_client_spans)
 
 
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
@@ -91,15 +105,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # The application uses the global provider, as applications do (trace.get_tracer, wstrace.stream).
     trace.set_tracer_provider(tel.provider)
     try:
-        pacing = Pacing(PROFILES[args.profile], args.seed, args.speed)
-        try:
-            asr, llm, tts = build_engines(
-                pacing, real_audio=args.real_audio, llm_url=args.llm_url, llm_model=args.llm_model
-            )
-        except ImportError as exc:
-            emit({"event": "failed", "error": f"{exc.name or exc} is not installed"})
+        assistant = voice_assistant(args, tel.llm_client_spans)
+        if assistant is None:
             return 1
-        assistant = VoiceAssistant(asr, llm, tts, on_event=emit, llm_client_spans=tel.llm_client_spans)
         asyncio.run(_serve(assistant, args.host, args.port))
     except KeyboardInterrupt:  # run by hand and interrupted: stop quietly, keep the spans
         return 130

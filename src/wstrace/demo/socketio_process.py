@@ -22,9 +22,7 @@ from opentelemetry import trace
 from wstrace.demo import telemetry
 from wstrace.demo.assistant import RedisAssistant
 from wstrace.demo.gateway import Gateway
-from wstrace.demo.profile import PROFILES, Pacing
-from wstrace.demo.server import VoiceAssistant
-from wstrace.demo.server_process import add_server_arguments, build_engines, emit
+from wstrace.demo.server_process import add_server_arguments, emit, voice_assistant
 
 
 __all__ = ["SERVICES", "main"]
@@ -60,15 +58,9 @@ def _gateway(args: argparse.Namespace) -> int:
 
 
 def _assistant(args: argparse.Namespace, llm_client_spans: bool) -> int:
-    pacing = Pacing(PROFILES[args.profile], args.seed, args.speed)
-    try:
-        asr, llm, tts = build_engines(
-            pacing, real_audio=args.real_audio, llm_url=args.llm_url, llm_model=args.llm_model
-        )
-    except ImportError as exc:
-        emit({"event": "failed", "error": f"{exc.name or exc} is not installed"})
+    voice = voice_assistant(args, llm_client_spans)
+    if voice is None:
         return 1
-    voice = VoiceAssistant(asr, llm, tts, on_event=emit, llm_client_spans=llm_client_spans)
     assistant = RedisAssistant(voice, args.redis_url)
     asyncio.run(
         _until_stdin_closes(
