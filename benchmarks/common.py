@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import gc
 import os
 import resource
@@ -94,6 +95,17 @@ def sdk(sampled: bool = True) -> tuple[TracerProvider, MeterProvider, DiscardSpa
 
 COMPILED = ROOT / "build" / "compiled"
 """Where ``scripts/compile-core`` unpacks the compiled core (the mypyc wheel)."""
+
+
+def add_compiled_argument(parser: argparse.ArgumentParser) -> None:
+    """``--compiled [DIR]``: the option every runner that can measure the compiled core takes (:func:`use_compiled`)."""
+    parser.add_argument(
+        "--compiled",
+        nargs="?",
+        const=COMPILED,
+        type=Path,
+        help=f"run on the compiled core in this directory (default {COMPILED.relative_to(ROOT)}, scripts/compile-core)",
+    )
 
 
 def use_compiled(path: Path = COMPILED) -> str:

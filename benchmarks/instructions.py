@@ -35,10 +35,9 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 from typing import Optional
 
-from benchmarks.common import COMPILED, ROOT, ROUTE, free_port, use_compiled
+from benchmarks.common import ROOT, ROUTE, add_compiled_argument, free_port, use_compiled
 from benchmarks.micro import CASES
 from benchmarks.run import Variant, client_args, variants
 
@@ -129,13 +128,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--workloads", default="", help=f"socket workloads instead, among {','.join(ROUND_WORKLOADS)}")
     parser.add_argument("--count", type=int, default=10_000, help="with --workloads: messages per round")
     parser.add_argument("--stacks", default="websockets", help="with --workloads: comma-separated server stacks")
-    parser.add_argument(
-        "--compiled",
-        nargs="?",
-        const=COMPILED,
-        type=Path,
-        help=f"run on the compiled core in this directory (default {COMPILED.relative_to(ROOT)}, scripts/compile-core)",
-    )
+    add_compiled_argument(parser)
     args = parser.parse_args(argv)
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")

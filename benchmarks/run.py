@@ -38,7 +38,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import IO, Any, Optional
 
-from benchmarks.common import COMPILED, ROOT, ROUTE, ddtrace_available, free_port, use_compiled
+from benchmarks.common import ROOT, ROUTE, add_compiled_argument, ddtrace_available, free_port, use_compiled
 
 
 WORKLOADS = ("echo64", "echo16k", "stream", "stream-unpinned", "push", "uplink", "concurrent", "idle", "long")
@@ -691,13 +691,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", type=Path, help="also write the tables here")
     p.add_argument("--unpinned", action="store_true", help="run every variant unpinned (no taskset)")
     p.add_argument("--list", action="store_true", help="list the chosen variants and exit")
-    p.add_argument(
-        "--compiled",
-        nargs="?",
-        const=COMPILED,
-        type=Path,
-        help=f"run on the compiled core in this directory (default {COMPILED.relative_to(ROOT)}, scripts/compile-core)",
-    )
+    add_compiled_argument(p)
     return p
 
 
