@@ -366,6 +366,14 @@ def wait_for(check: Callable[[], Any], timeout: float = 5.0) -> Any:
         time.sleep(0.02)
 
 
+async def until_received(received: list[Any], count: int, timeout: float = 5.0) -> None:
+    """Wait, on the event loop, until ``received`` holds ``count`` events (or ``timeout`` passes: the test's own
+    assertions then say what is missing)."""
+    deadline = time.monotonic() + timeout
+    while len(received) < count and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+
+
 @asynccontextmanager
 async def aiohttp_server(sio: socketio.AsyncServer) -> AsyncIterator[str]:
     """``sio`` attached to an aiohttp app on a free loopback port; yields ``http://127.0.0.1:<port>``."""

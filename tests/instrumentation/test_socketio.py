@@ -49,6 +49,7 @@ from tests.instrumentation.socketio_app import (
     run,
     sid,
     tid,
+    until_received,
 )
 from wstrace.instrumentation.socketio import SocketioInstrumentor
 from wstrace.instrumentation.socketio._common import CARRIER_KEY
@@ -429,10 +430,7 @@ def test_redis_emit_from_a_handler_reaches_another_process(
                 writer = socketio.AsyncRedisManager(f"redis://127.0.0.1:{redis_port}/0", write_only=True)
                 with tracer.start_as_current_span("external"):
                     await writer.emit("news", "from outside", room="lobby")
-                for _ in range(100):
-                    if len(received) >= 3:
-                        break
-                    await asyncio.sleep(0.05)
+                await until_received(received, 3)
                 await shouter.disconnect()
                 await listener.disconnect()
                 await close_manager(writer)
@@ -483,10 +481,7 @@ def test_a_stream_through_redis_is_one_span_in_each_process_and_one_receive_stre
                 await asker.connect(url_a, transports=["websocket"])
                 await asyncio.sleep(0.3)  # both managers subscribed
                 assert await asker.call("stream", 5) == "streamed"
-                for _ in range(100):
-                    if len(received) >= 5:
-                        break
-                    await asyncio.sleep(0.05)
+                await until_received(received, 5)
                 await asker.disconnect()
                 await listener.disconnect()  # B's delivery stream ends with its connection
             await close_manager(manager)
@@ -540,10 +535,7 @@ def test_redis_message_from_a_bare_process_and_a_bad_key(
                     message["wstrace"] = key
                 publisher.publish("socketio", json.dumps(message))
             publisher.close()
-            for _ in range(100):
-                if len(received) >= 4:
-                    break
-                await asyncio.sleep(0.05)
+            await until_received(received, 4)
             await listener.disconnect()
 
         run(scenario())
@@ -583,10 +575,7 @@ def test_redis_delivery_calls_the_message_hook(
                 message = {**common, "data": data, "binary": binary, "callback": None, "host_id": "elsewhere"}
                 publisher.publish("socketio", json.dumps(message))
             publisher.close()
-            for _ in range(100):
-                if len(received) >= 2:
-                    break
-                await asyncio.sleep(0.05)
+            await until_received(received, 2)
             await listener.disconnect()
         await close_manager(manager)
 

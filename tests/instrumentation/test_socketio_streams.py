@@ -32,6 +32,7 @@ from tests.instrumentation.socketio_app import (
     sid,
     span_id_now,
     tid,
+    until_received,
     wait_for as threaded_wait,
     wsgi_server,
 )
@@ -82,13 +83,6 @@ def recording_client(received: list[tuple[str, Any, int]], tracer: Any = None) -
     return client
 
 
-async def wait_for(received: list[Any], count: int) -> None:
-    for _ in range(200):
-        if len(received) >= count:
-            return
-        await asyncio.sleep(0.01)
-
-
 def prompts(*texts: str, tracer: Any = None) -> list[tuple[str, Any, int]]:
     """Connect, send each prompt (a plain emit) and wait for its ``done``; returns what the client handled (its
     handlers make spans with ``tracer``)."""
@@ -101,7 +95,7 @@ def prompts(*texts: str, tracer: Any = None) -> list[tuple[str, Any, int]]:
             await client.connect(url, transports=["websocket"])
             for n, text in enumerate(texts, 1):
                 await client.emit("prompt", text)
-                await wait_for(received, n * (TOKENS + 1))
+                await until_received(received, n * (TOKENS + 1))
             await client.disconnect()
 
     run(scenario())
@@ -196,7 +190,7 @@ def test_emits_with_a_callback_are_never_folded(telemetry: Telemetry, instrument
             client = recording_client(received)
             await client.connect(url, transports=["websocket"])
             await client.call("acked")
-            await wait_for(received, 3)
+            await until_received(received, 3)
             await asyncio.sleep(0.1)  # the acks come back
             await client.disconnect()
 
@@ -318,7 +312,7 @@ def test_a_task_the_handler_started_and_the_idle_gap(telemetry: Telemetry, instr
             client = recording_client(received)
             await client.connect(url, transports=["websocket"])
             await client.emit("start")
-            await wait_for(received, 5)
+            await until_received(received, 5)
             await asyncio.sleep(0.6)  # the idle gap has passed: the runs ended on their own
             exported.append(len(telemetry.named("send tick /")))
             await client.disconnect()
@@ -391,7 +385,7 @@ def test_a_failed_emit_ends_its_stream_failed(telemetry: Telemetry, instrument: 
             client = recording_client(received)
             await client.connect(url, transports=["websocket"])
             await client.emit("prompt")
-            await wait_for(received, 2)
+            await until_received(received, 2)
             await asyncio.sleep(0.1)
             await client.disconnect()
 
@@ -429,7 +423,7 @@ def test_uplink_frames_are_one_receive_stream(telemetry: Telemetry, instrument: 
             with tracer.start_as_current_span("voice turn"):
                 for i in range(FRAMES):
                     await client.emit("frame", f"f{i:02}")
-            await wait_for(seen, FRAMES)
+            await until_received(seen, FRAMES)
             await client.disconnect()
 
     run(scenario())
@@ -497,7 +491,7 @@ def test_a_single_event_is_the_span_it_was(telemetry: Telemetry, instrument: Cal
                 client = recording_client(received)
                 await client.connect(url, transports=["websocket"])
                 await client.emit("question", "why")
-                await wait_for(received, 1)
+                await until_received(received, 1)
                 await asyncio.sleep(0.3)  # the runs stay open this long (stream_idle is 5 s): the spans end earlier
                 await client.disconnect()
 
@@ -551,7 +545,7 @@ def test_a_handler_that_raises_on_one_chunk(
 
                 await client.connect(url, transports=["websocket"])
                 await client.emit("prompt", "hi")
-                await wait_for(handled, TOKENS + 1)
+                await until_received(handled, TOKENS + 1)
                 await client.disconnect()
 
         run(scenario())
@@ -592,7 +586,7 @@ def test_the_idle_gap_and_the_close_end_a_receive_stream(telemetry: Telemetry, i
             clients.append(client)
             await client.connect(url, transports=["websocket"])
             await client.emit("prompt")
-            await wait_for(received, 5)
+            await until_received(received, 5)
             await asyncio.sleep(0.6)
             exported.append([s.name for s in telemetry.spans if s.name.startswith("process ")])
             await client.disconnect()
@@ -624,7 +618,7 @@ def paced_tokens(count: int, pause: float) -> list[tuple[str, Any, int]]:
             client = recording_client(received)
             await client.connect(url, transports=["websocket"])
             await client.emit("prompt")
-            await wait_for(received, count + 1)
+            await until_received(received, count + 1)
             await client.disconnect()
 
     run(scenario())
