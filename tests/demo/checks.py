@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tests.demo.conftest import DemoRun
 from wstrace.cli.export import SpanRecord
+from wstrace.demo.run import latencies
 from wstrace.demo.server import STAGE
 
 
@@ -116,3 +117,13 @@ def assert_turn_complete(run: DemoRun, members: list[SpanRecord], turn: SpanReco
     latency = turn.attributes["wstrace.voice.turn.latency"]
     # The device's clock starts before end_of_turn leaves and stops after the first audio arrives.
     assert stream["wstrace.stream.time_to_first_chunk"] - 0.001 <= latency < 5
+
+
+def assert_latencies(run: DemoRun, turns: int = 2) -> None:
+    """The latency table, read from the trace file as the demo reads it: every figure of every turn, plausible."""
+    rows = latencies(run.spans)
+    assert [r.turn for r in rows] == list(range(1, turns + 1))
+    for row in rows:
+        assert row.utterance and row.transcript and row.reply
+        for value in (row.asr, row.llm_ttft, row.tts_ttfb, row.voice_to_voice):
+            assert value is not None and 0 < value < 5

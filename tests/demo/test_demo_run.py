@@ -17,6 +17,7 @@ from tests.demo.checks import (
     STAGES,
     STREAM_TIMES,
     assert_asr_chain,
+    assert_latencies,
     assert_no_orphans,
     assert_ran,
     assert_turn_complete,
@@ -26,7 +27,6 @@ from tests.demo.checks import (
 )
 from tests.demo.conftest import SPEED, DemoRun, run_demo
 from wstrace.cli.export import read_trace_file
-from wstrace.demo.run import latencies
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -94,12 +94,7 @@ def test_the_file_is_otlp_json(message_run: DemoRun) -> None:
 
 
 def test_latency_table_reads_every_figure_from_the_file(message_run: DemoRun) -> None:
-    rows = latencies(message_run.spans)
-    assert [r.turn for r in rows] == [1, 2]
-    for row in rows:
-        assert row.utterance and row.transcript and row.reply
-        for value in (row.asr, row.llm_ttft, row.tts_ttfb, row.voice_to_voice):
-            assert value is not None and 0 < value < 5
+    assert_latencies(message_run)
 
 
 def test_spans_per_turn_are_bounded(message_run: DemoRun) -> None:

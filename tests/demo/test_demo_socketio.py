@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.demo.checks import STAGES, STREAM_TIMES, assert_no_orphans, assert_ran, service
+from tests.demo.checks import STAGES, STREAM_TIMES, assert_latencies, assert_no_orphans, assert_ran, service
 from tests.demo.conftest import DemoRun
 from wstrace.cli.export import SpanRecord
 from wstrace.demo import protocol
-from wstrace.demo.run import Options, latencies, missing_requirements, run
+from wstrace.demo.run import Options, missing_requirements, run
 from wstrace.demo.server import STAGE
 
 
@@ -113,12 +113,7 @@ def test_a_turns_uplink_is_one_stream_on_each_side_and_the_turn_within_the_budge
 
 
 def test_latency_table_reads_the_assistants_stages(socketio_run: DemoRun) -> None:
-    rows = latencies(socketio_run.spans)
-    assert [r.turn for r in rows] == [1, 2]
-    for row in rows:
-        assert row.utterance and row.transcript and row.reply
-        for value in (row.asr, row.llm_ttft, row.tts_ttfb, row.voice_to_voice):
-            assert value is not None and 0 < value < 5
+    assert_latencies(socketio_run)
 
 
 def test_the_waterfall_shows_the_hops(socketio_run: DemoRun) -> None:
