@@ -343,22 +343,24 @@ def test_sender_outside_a_consumer_and_bare_and_bad_carriers(
         url_b = base_url(b) + "/ws/chat/room/"
         sender = make_layer(layer, redis_port)
 
-        async def exchange(event: dict[str, Any]) -> Any:
-            async with connect(url_b) as ws:
-                await sender.group_send("chat_room", event)
-                return await asyncio.wait_for(ws.recv(), 10)
+        # One connection for every exchange: a consumer that closes while the next event is sent can lose it
+        # inside channels_redis (its shared receive is cancelled between popping a message and backing it up).
+        async def exchange(ws: Any, event: dict[str, Any]) -> Any:
+            await sender.group_send("chat_room", event)
+            return await asyncio.wait_for(ws.recv(), 10)
 
         async def run_all() -> list[Any]:
-            got = [await exchange(dict(SENT, text="bare"))]  # not instrumented here yet
-            instrumentor = ChannelsInstrumentor()
-            instrumentor.instrument(tracer_provider=telemetry.provider)
-            try:
-                got.append(await exchange(dict(SENT, text="traced")))
-                for i, value in enumerate(bad_values):
-                    got.append(await exchange({"type": "chat.message", "text": f"bad{i}", KEY: value}))
-            finally:
-                instrumentor.uninstrument()
-                await close_layer(sender)
+            async with connect(url_b) as ws:
+                got = [await exchange(ws, dict(SENT, text="bare"))]  # not instrumented here yet
+                instrumentor = ChannelsInstrumentor()
+                instrumentor.instrument(tracer_provider=telemetry.provider)
+                try:
+                    got.append(await exchange(ws, dict(SENT, text="traced")))
+                    for i, value in enumerate(bad_values):
+                        got.append(await exchange(ws, {"type": "chat.message", "text": f"bad{i}", KEY: value}))
+                finally:
+                    instrumentor.uninstrument()
+                    await close_layer(sender)
             return got
 
         assert asyncio.run(run_all()) == ["bare", "traced", *(f"bad{i}" for i in range(len(bad_values)))]
@@ -390,19 +392,16 @@ def test_a_consumer_without_wstrace_sees_the_carrier(telemetry: Telemetry, redis
         url_b = base_url(b) + "/ws/chat/room/"
         sender = make_layer("redis", redis_port)
 
-        async def exchange(text: str) -> Any:
-            async with connect(url_b) as ws:
-                await sender.group_send("chat_room", dict(SENT, text=text))
-                return await asyncio.wait_for(ws.recv(), 10)
-
         async def run_all() -> None:
-            for carrier in (True, False):
-                instrumentor = ChannelsInstrumentor()
-                instrumentor.instrument(tracer_provider=telemetry.provider, layer_carrier=carrier)
-                try:
-                    await exchange(f"carrier={carrier}")
-                finally:
-                    instrumentor.uninstrument()
+            async with connect(url_b) as ws:  # one connection, as above
+                for carrier in (True, False):
+                    instrumentor = ChannelsInstrumentor()
+                    instrumentor.instrument(tracer_provider=telemetry.provider, layer_carrier=carrier)
+                    try:
+                        await sender.group_send("chat_room", dict(SENT, text=f"carrier={carrier}"))
+                        await asyncio.wait_for(ws.recv(), 10)
+                    finally:
+                        instrumentor.uninstrument()
             await close_layer(sender)
 
         asyncio.run(run_all())
