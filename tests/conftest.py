@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,7 +23,15 @@ def pytest_report_header() -> str:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """With ``WSTRACE_COMPILED=1`` (``scripts/compile-core``), stop unless the core modules are the compiled ones."""
+    """With ``WSTRACE_COMPILED=1`` (``scripts/compile-core``), stop unless the core modules are the compiled ones.
+
+    Ctrl-C is made to reach the processes the tests start: a suite started in the background by a
+    non-interactive shell (``cmd &``, some CI runners) inherits SIGINT ignored, children inherit that through
+    exec, and Python then never raises KeyboardInterrupt, so the tests that stop a server or the demo with
+    SIGINT, as a terminal does, would see it run on. A handler of our own resets to the default in children.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     if compiled.expected() and (missing := compiled.not_compiled()):
         pytest.exit(f"WSTRACE_COMPILED=1, but not compiled: {', '.join(missing)}", returncode=4)
     if not compiled.expected() and (found := compiled.stray()):
