@@ -16,6 +16,7 @@ from tests.tracers import Metered, connect
 from wstrace import envelope as codec
 from wstrace._replies import NOTHING_TO_END
 from wstrace._wire import SPLIT_AT, Parts
+from wstrace.streams import gap_bucket
 
 
 @pytest.mark.parametrize("fmt", ["frame", "json"])
@@ -430,6 +431,9 @@ def test_the_lane_frames_and_counts_chunks_as_the_full_path_does(telemetry: Tele
     chunks: list[Any] = [f"token {n}" for n in range(6)] + [b"\x00\x01", "token 6"]
     frames = [s.send_start(chunk)[0] for chunk in chunks]
     assert s._replies is not None and s._replies.lane is not None  # the short way was open
+    stats = s._replies.lane.stats
+    # Every gap is in the histogram, the largest in the top bucket (the bucket rule is written out on each path).
+    assert sum(stats.gaps.values()) == len(chunks) - 1 and max(stats.gaps) == gap_bucket(stats.max_gap_ns)
     s.receive_done()
     assert s._replies.lane is None  # gone with its stream
     stream = telemetry.one("send /chat", **{"wstrace.stream.chunk_count": len(chunks)})

@@ -28,7 +28,7 @@ from wstrace._replies import (
 from wstrace._spans import ConnectionSpans, route
 from wstrace._wire import wire_for
 from wstrace.config import Config
-from wstrace.streams import StreamRecorder, wall_ns
+from wstrace.streams import StreamRecorder, gap_bucket, wall_ns
 
 
 IDLE_NS = 5_000_000_000  # stream_idle = 5 s, the default
@@ -745,7 +745,8 @@ def test_again_continues_a_reply_stream_as_reply_chunk_would(telemetry: Telemetr
     assert replies.again(Context(), owner, None, b"\x00\x01", False) is None  # the other type: the full path
     assert replies.again(Context(), owner, None, "token 3", True) == ("token 3", NOTHING_TO_END)
     stats = stream.stats
-    assert (stats.count, stats.size, len(stats.intervals)) == (4, 4 * len("token 0"), 3)
+    assert (stats.count, stats.size, sum(stats.gaps.values())) == (4, 4 * len("token 0"), 3)
+    assert max(stats.gaps) == gap_bucket(stats.max_gap_ns)
     assert replies.sent_to is stream
     other = _connection(telemetry)
     assert other.again(Context(), owner, None, "x", True) is None  # another connection's message

@@ -15,14 +15,14 @@ from tests.conftest import Telemetry
 from tests.routes import ROUTES_ENV
 from wstrace.config import Config
 from wstrace.connection import ConnectionTracer
-from wstrace.streams import MAX_INTERVALS, StreamRecorder, StreamStats, wall_ns
+from wstrace.streams import StreamRecorder, StreamStats, bucket_gap, gap_bucket, wall_ns
 
 
 MS = 1_000_000
 
 
 def test_stats_exact_figures() -> None:
-    """Known chunk times give exact TTFC, TTLC, mean, max, p50, p95, bytes and stalls."""
+    """Known chunk times give exact TTFC, TTLC, mean, max, bytes and stalls, and p50 and p95 to half a bucket."""
     stats = StreamStats(start_ns=0, stall_threshold=0.025)
     times = [10, 20, 50, 55, 60]  # ms; gaps 10, 30, 5, 5
     for n, t in enumerate(times):
@@ -34,19 +34,35 @@ def test_stats_exact_figures() -> None:
     assert attributes["wstrace.stream.time_to_last_chunk"] == pytest.approx(0.060)
     assert attributes["wstrace.stream.chunk_interval.mean"] == pytest.approx(0.0125)
     assert attributes["wstrace.stream.chunk_interval.max"] == pytest.approx(0.030)
-    assert attributes["wstrace.stream.chunk_interval.p50"] == pytest.approx(0.005)  # sorted 5,5,10,30: rank 2
-    assert attributes["wstrace.stream.chunk_interval.p95"] == pytest.approx(0.030)
+    assert attributes["wstrace.stream.chunk_interval.p50"] == pytest.approx(0.005, rel=0.008)  # 5,5,10,30: rank 2
+    assert attributes["wstrace.stream.chunk_interval.p95"] == pytest.approx(0.030, rel=0.008)
     assert attributes["wstrace.stream.stalls"] == 1
 
 
 def test_stats_memory_is_bounded() -> None:
-    """A very long stream keeps at most MAX_INTERVALS intervals, and the mean stays exact."""
+    """A very long stream keeps a histogram of its gaps, not the gaps: a few keys per power of two. Mean and
+    max stay exact, and the percentiles are those of every gap to within half a bucket."""
     stats = StreamStats(start_ns=0, stall_threshold=0)
-    for n in range(MAX_INTERVALS + 5000):
-        stats.add(size=1, now_ns=n * MS)
-    assert len(stats.intervals) == MAX_INTERVALS
-    assert stats.mean_interval == pytest.approx(0.001)
-    assert stats.attributes()["wstrace.stream.chunk_interval.p50"] == pytest.approx(0.001)
+    now = 0
+    for n in range(200_000):
+        now += MS if n % 10 else 7 * MS  # one gap in ten is 7 ms, the rest 1 ms
+        stats.add(size=1, now_ns=now)
+    assert len(stats.gaps) == 2 and sum(stats.gaps.values()) == 199_999
+    assert stats.mean_interval == pytest.approx((now - 7 * MS) * 1e-9 / 199_999)
+    assert stats.attributes()["wstrace.stream.chunk_interval.max"] == pytest.approx(0.007)
+    assert stats.attributes()["wstrace.stream.chunk_interval.p50"] == pytest.approx(0.001, rel=0.008)
+    assert stats.attributes()["wstrace.stream.chunk_interval.p95"] == pytest.approx(0.007, rel=0.008)
+
+
+@pytest.mark.parametrize("gap", [0, 1, 127, 128, 129, 255, 256, 1000, 999_999, 1_000_000, 10**9, 2**40 + 12345])
+def test_gap_buckets_sort_as_the_gaps_and_hold_them_to_half_a_bucket(gap: int) -> None:
+    """Gaps under 128 ns are exact; above, the bucket's middle is within 1/128 of every gap in it; a larger gap
+    never has a smaller key."""
+    key = gap_bucket(gap)
+    assert abs(bucket_gap(key) - gap) <= max(gap, 1) / 128 + 0.5
+    if gap < 128:
+        assert bucket_gap(key) == gap
+    assert gap_bucket(gap + 1) >= key and gap_bucket(gap * 2 + 1) > key
 
 
 def test_explicit_stream_records_span_and_genai_metrics(telemetry: Telemetry) -> None:

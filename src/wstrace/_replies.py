@@ -30,7 +30,7 @@ from wstrace._spans import ConnectionSpans, link, size
 from wstrace._wire import Prefixes, Wire
 from wstrace.metrics import Instruments
 from wstrace.semconv import MESSAGING_MESSAGE_BODY_SIZE
-from wstrace.streams import APPEND_UNTIL, StreamRecorder, StreamStats, wall_ns
+from wstrace.streams import StreamRecorder, StreamStats, wall_ns
 
 
 __all__ = [
@@ -248,7 +248,7 @@ class Lane:
     tries it before anything else, so a chunk of a long stream skips the context lookups and the owner and run
     rules (the same context object means the same owner, run and decision: contexts are immutable). What can
     change between two chunks is tested there again: the stream's end, the idle gap and stall limit
-    (``gap_limit``), the run limit (``until_ns``), the interval reservoir's start and the frame type.
+    (``gap_limit``), the run limit (``until_ns``) and the frame type.
     """
 
     __slots__ = ("ctx", "gap_limit", "is_text", "prefix", "prefixes", "request", "stats", "stream", "until_ns", "wire")
@@ -600,7 +600,7 @@ class Replies:
         On the path every chunk takes: the next chunk of the reply stream to ``owner`` (the message being
         handled), or of the run last sent under the very same context object (contexts are immutable: the
         same object means the same parent, request and decision), with no end marker, no chunk span, no
-        idle gap, stall or run limit, after the stream's second chunk and before its reservoir. The rules of
+        idle gap, stall or run limit, after the stream's second chunk. The rules of
         :meth:`reply_chunk`, :meth:`outbound`, :meth:`_chunk` and ``StreamStats.add`` for that case, written
         out in one function.
         """
@@ -623,9 +623,7 @@ class Replies:
         stats = stream.stats
         gap = now - stats.last_ns
         count = stats.count
-        if not (
-            gap <= self.idle_ns and 1 < count < APPEND_UNTIL and gap <= stats.stall_limit and is_text == stream.index
-        ):
+        if not (gap <= self.idle_ns and count > 1 and gap <= stats.stall_limit and is_text == stream.index):
             return None
         if run is not None:
             if now - stats.first_ns > self.limit_ns:
@@ -640,7 +638,12 @@ class Replies:
         else:
             stats.size += size(payload) or 0
         stats.last_ns = now
-        stats.intervals.append(gap)
+        if gap > stats.max_gap_ns:
+            stats.max_gap_ns = gap
+        shift = gap.bit_length() - 7  # streams.gap_bucket(gap)
+        key = gap if shift <= 0 else (shift << 6) + (gap >> shift)
+        gaps = stats.gaps
+        gaps[key] = gaps.get(key, 0) + 1
         self.sent_to = stream
         lane = self.lane
         if (lane is None or lane.ctx() is not current or lane.stream is not stream) and (

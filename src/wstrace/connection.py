@@ -28,7 +28,7 @@ from wstrace._spans import record_error, size
 from wstrace._wire import split_wire
 from wstrace.config import Config
 from wstrace.metrics import Instruments
-from wstrace.streams import APPEND_UNTIL, StreamRecorder
+from wstrace.streams import StreamRecorder
 
 
 __all__ = ["NOTHING_TO_END", "ConnectionTracer", "SendHandle", "Side"]
@@ -115,7 +115,6 @@ class ConnectionTracer(Opening):
                     (kind is str or kind is bytes)
                     and (kind is str if text is None else text) == lane.is_text
                     and gap <= lane.gap_limit
-                    and count < APPEND_UNTIL
                     and now <= lane.until_ns
                     and not lane.stream.ended
                 ):
@@ -125,7 +124,12 @@ class ConnectionTracer(Opening):
                     stats.count = count + 1
                     stats.size += len(payload) if kind is bytes or payload.isascii() else (size(payload) or 0)
                     stats.last_ns = now
-                    stats.intervals.append(gap)
+                    if gap > stats.max_gap_ns:
+                        stats.max_gap_ns = gap
+                    shift = gap.bit_length() - 7  # streams.gap_bucket(gap)
+                    key = gap if shift <= 0 else (shift << 6) + (gap >> shift)
+                    gaps = stats.gaps
+                    gaps[key] = gaps.get(key, 0) + 1
                     self._sent += 1
                     prefix = lane.prefix
                     if prefix is not None and kind is str:

@@ -12,10 +12,8 @@ a threshold, as span events), onto its span and into histograms.
 
 from __future__ import annotations
 
-import random
 import time
 import weakref
-from array import array
 from types import TracebackType
 from typing import Any, Callable, Optional
 
@@ -32,16 +30,30 @@ from wstrace.version import __version__
 
 __all__ = ["Stream", "StreamRecorder", "StreamStats", "stream"]
 
-MAX_INTERVALS = 65536
-"""Intervals kept per stream for percentiles; beyond it a uniform sample is kept."""
-
 MAX_STALL_EVENTS = 32
 """Stall events recorded on one span; further stalls are only counted."""
 
 _NS = 1e-9
-_NO_INTERVALS: array[int] = array("q")  # shared and never appended to: see StreamStats.add
-APPEND_UNTIL = MAX_INTERVALS + 1
-"""Chunk counts up to which every gap is kept (chunk k brings gap k - 1); beyond it, a reservoir sample."""
+_NO_GAPS: dict[int, int] = {}  # shared and never written to: see StreamStats.add
+
+
+def gap_bucket(gap_ns: int) -> int:
+    """The key of a gap in a stream's histogram of gaps (log-linear, as HDR Histogram's): gaps under 128 ns are
+    their own key; above, 64 buckets of equal width per power of two. Keys sort as the gaps do.
+
+    Every chunk's path writes this out (``StreamStats.add``, ``Replies.again``, ``ConnectionTracer.send_start``):
+    a call would cost as much as the rest.
+    """
+    shift = gap_ns.bit_length() - 7
+    return gap_ns if shift <= 0 else (shift << 6) + (gap_ns >> shift)
+
+
+def bucket_gap(key: int) -> int:
+    """The middle of the gaps of a :func:`gap_bucket` key, in ns: within half a bucket, 0.8 %, of each of them."""
+    if key < 128:
+        return key
+    shift = (key >> 6) - 1
+    return ((key - (shift << 6)) << shift) + (1 << (shift - 1))
 
 
 class StreamStats:
@@ -50,7 +62,7 @@ class StreamStats:
     __slots__ = (
         "count",
         "first_ns",
-        "intervals",
+        "gaps",
         "last_ns",
         "max_gap_ns",
         "size",
@@ -71,8 +83,10 @@ class StreamStats:
         self.stall_limit = self.stall_ns or 1 << 62
         """The longest gap that is not a stall, in ns (one comparison on a chunk's path)."""
         self.stalls = 0
-        self.intervals = _NO_INTERVALS
-        """Gaps between chunks in ns; allocated with the second chunk (most replies have one)."""
+        self.gaps = _NO_GAPS
+        """Gaps between chunks: how many in each :func:`gap_bucket`. Allocated with the second chunk (most
+        replies have one); a fixed resolution rather than a sample, so a stream of any length costs a few hundred
+        keys at most, and no sort at its end."""
 
     def add(self, size: int, now_ns: int) -> int:
         """Count a chunk; returns the gap before it in ns if that gap was a stall, else 0.
@@ -86,21 +100,15 @@ class StreamStats:
             return 0
         gap = now_ns - self.last_ns
         self.last_ns = now_ns
-        if count <= APPEND_UNTIL:  # the intervals so far (count - 2) are all kept: the largest is among them
-            if count == 2:
-                self.intervals = array("q", (gap,))
-            else:
-                self.intervals.append(gap)
+        if gap > self.max_gap_ns:
+            self.max_gap_ns = gap
+        shift = gap.bit_length() - 7  # gap_bucket(gap)
+        key = gap if shift <= 0 else (shift << 6) + (gap >> shift)
+        if count == 2:
+            self.gaps = {key: 1}
         else:
-            # Reservoir sampling keeps percentiles honest for very long streams; it may drop the largest gap,
-            # so from here on that is kept apart.
-            if count == APPEND_UNTIL + 1:
-                self.max_gap_ns = max(self.intervals)
-            if gap > self.max_gap_ns:
-                self.max_gap_ns = gap
-            slot = random.randrange(count - 1)
-            if slot < MAX_INTERVALS:
-                self.intervals[slot] = gap
+            gaps = self.gaps
+            gaps[key] = gaps.get(key, 0) + 1
         stall_ns = self.stall_ns
         if stall_ns and gap > stall_ns:
             self.stalls += 1
@@ -118,20 +126,29 @@ class StreamStats:
     @property
     def max_interval_ns(self) -> int:
         """The largest gap between two chunks, in ns (0 before the second chunk)."""
-        intervals = self.intervals
-        return max(self.max_gap_ns, max(intervals)) if intervals else self.max_gap_ns
+        return self.max_gap_ns
 
     @property
     def mean_interval(self) -> Optional[float]:
         return (self.last_ns - self.first_ns) * _NS / (self.count - 1) if self.count > 1 else None
 
     def _percentiles(self, *qs: float) -> list[Optional[float]]:
-        """Several percentiles from one sort (a 10,000-chunk stream takes a millisecond to sort)."""
-        if not self.intervals:
+        """Nearest-rank percentiles of the gaps, each the middle of its bucket (never above the largest gap)."""
+        gaps = self.gaps
+        if not gaps:
             return [None for _ in qs]
-        ordered = sorted(self.intervals)
-        n = len(ordered)
-        return [ordered[max(0, min(n - 1, int(q * n + 0.999999) - 1))] * _NS for q in qs]
+        n = sum(gaps.values())
+        ranks = [max(1, min(n, int(q * n + 0.999999))) for q in qs]
+        found: dict[int, float] = {}
+        seen = 0
+        for key in sorted(gaps):
+            seen += gaps[key]
+            for rank in ranks:
+                if rank <= seen and rank not in found:
+                    found[rank] = min(bucket_gap(key), self.max_gap_ns) * _NS
+            if len(found) == len(set(ranks)):
+                break
+        return [found[rank] for rank in ranks]
 
     def attributes(self) -> dict[str, Any]:
         """Span attributes summarising the stream (``wstrace.stream.*``)."""
@@ -296,8 +313,10 @@ class StreamRecorder:
                 genai["error.type"] = str(attributes["error.type"])
             instruments.genai_ttfc.record(stats.time_to_first_chunk or 0.0, genai, ctx)
             instruments.genai_duration.record(stats.time_to_last_chunk or 0.0, genai, ctx)
-            for gap in stats.intervals:
-                instruments.genai_tpoc.record(gap * _NS, genai, ctx)
+            for key, times in stats.gaps.items():
+                seconds = min(bucket_gap(key), stats.max_gap_ns) * _NS
+                for _ in range(times):
+                    instruments.genai_tpoc.record(seconds, genai, ctx)
 
 
 # The wall clock and the monotonic clock differ by a constant for a process's
