@@ -33,7 +33,8 @@ Steps = Callable[[Settings, Any, tuple[Any, ...], dict[str, Any]], ContextManage
 manager given the settings, the connection and the arguments, yielding the arguments to call it with."""
 
 ATTR = "_wstrace"
-"""Attribute under which an open connection holds its ConnectionTracer."""
+"""Attribute under which an open connection holds its ConnectionTracer (``_connection`` reads it as
+``self._wstrace``, a load the interpreter specializes)."""
 HANDSHAKE = "_wstrace_handshake"
 """Attribute under which a server connection holds its ConnectionTracer until the handshake's outcome:
 a connection that never opened must not record a close when its TCP connection goes."""

@@ -18,7 +18,7 @@ from wstrace._wire import SPLIT_AT, Parts
 from wstrace.connection import NOTHING_TO_END, ConnectionTracer, SendHandle
 from wstrace.instrumentation._fragments import Outgoing, afragments, fragments
 from wstrace.instrumentation._instrumentor import Wrapped, end_after, send_then_end
-from wstrace.instrumentation.websockets._common import ATTR, report_close, tracer_of
+from wstrace.instrumentation.websockets._common import report_close, tracer_of
 
 
 __all__ = [
@@ -76,7 +76,11 @@ def async_send_method(original: Callable[..., Awaitable[Any]]) -> Callable[..., 
     :func:`async_send`."""
 
     async def send(self: Any, message: Any, *, text: Optional[bool] = None) -> Any:
-        ct = getattr(self, ATTR, None)
+        try:
+            # ATTR as an attribute: a load the interpreter specializes, where getattr() is a call (a chunk's cost).
+            ct = self._wstrace
+        except AttributeError:
+            ct = None
         if not isinstance(ct, ConnectionTracer):
             return await original(self, message, text=text)
         if text is None:
@@ -151,7 +155,10 @@ def async_recv_method(original: Callable[..., Awaitable[Any]]) -> Callable[..., 
     :func:`async_send_method`): an idle connection waits in it, so it holds one frame, as the library's own does."""
 
     async def recv(self: Any, decode: Optional[bool] = None) -> Any:
-        ct = getattr(self, ATTR, None)  # tracer_of(), written out: every message takes this path
+        try:
+            ct = self._wstrace  # tracer_of(), written out as in send: every message takes this path
+        except AttributeError:
+            ct = None
         if not isinstance(ct, ConnectionTracer):
             return await original(self, decode)
         ct.receive_done()
