@@ -638,12 +638,7 @@ class Replies:
         else:
             stats.size += size(payload) or 0
         stats.last_ns = now
-        if gap > stats.max_gap_ns:
-            stats.max_gap_ns = gap
-        shift = gap.bit_length() - 7  # streams.gap_bucket(gap)
-        key = gap if shift <= 0 else (shift << 6) + (gap >> shift)
-        gaps = stats.gaps
-        gaps[key] = gaps.get(key, 0) + 1
+        stats.add_gap(gap)
         self.sent_to = stream
         lane = self.lane
         if (lane is None or lane.ctx() is not current or lane.stream is not stream) and (

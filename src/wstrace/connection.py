@@ -124,9 +124,9 @@ class ConnectionTracer(Opening):
                     stats.count = count + 1
                     stats.size += len(payload) if kind is bytes or payload.isascii() else (size(payload) or 0)
                     stats.last_ns = now
-                    if gap > stats.max_gap_ns:
+                    if gap > stats.max_gap_ns:  # stats.add_gap(gap), written out as the rest is
                         stats.max_gap_ns = gap
-                    shift = gap.bit_length() - 7  # streams.gap_bucket(gap)
+                    shift = gap.bit_length() - 7
                     key = gap if shift <= 0 else (shift << 6) + (gap >> shift)
                     gaps = stats.gaps
                     gaps[key] = gaps.get(key, 0) + 1
