@@ -112,7 +112,8 @@ class StreamStats:
         """Count a gap between two chunks, in ns, from the second chunk on (the stream then has its own ``gaps``).
 
         ``Replies.again`` counts a chunk itself and calls this; the lane in ``ConnectionTracer.send_start``, which
-        every chunk of a long stream takes, writes it out (in pure Python a call is a tenth of the chunk's cost).
+        every chunk of a long stream takes, writes it out (in pure Python the call would add about 470 instructions
+        a chunk, 6 % of wstrace's own).
         """
         if gap > self.max_gap_ns:
             self.max_gap_ns = gap
@@ -139,7 +140,8 @@ class StreamStats:
         return (self.last_ns - self.first_ns) * _NS / (self.count - 1) if self.count > 1 else None
 
     def _percentiles(self, *qs: float) -> list[Optional[float]]:
-        """Nearest-rank percentiles of the gaps, each the middle of its bucket (never above the largest gap)."""
+        """Nearest-rank percentiles of the gaps, each the middle of its bucket (never above the largest gap); one
+        whose rank is the last is the largest gap, exactly."""
         gaps = self.gaps
         if not gaps:
             return [None for _ in qs]
@@ -151,7 +153,7 @@ class StreamStats:
             seen += gaps[key]
             for rank in ranks:
                 if rank <= seen and rank not in found:
-                    found[rank] = min(bucket_gap(key), self.max_gap_ns) * _NS
+                    found[rank] = (self.max_gap_ns if rank == n else min(bucket_gap(key), self.max_gap_ns)) * _NS
             if len(found) == len(set(ranks)):
                 break
         return [found[rank] for rank in ranks]
