@@ -432,7 +432,7 @@ def test_the_lane_frames_and_counts_chunks_as_the_full_path_does(telemetry: Tele
     frames = [s.send_start(chunk)[0] for chunk in chunks]
     assert s._replies is not None and s._replies.lane is not None  # the short way was open
     stats = s._replies.lane.stats
-    # Every gap is in the histogram, the largest in the top bucket (the bucket rule is written out on each path).
+    # Every gap is in the histogram, the largest in the top bucket (the lane writes out StreamStats.add_gap).
     assert sum(stats.gaps.values()) == len(chunks) - 1 and max(stats.gaps) == gap_bucket(stats.max_gap_ns)
     s.receive_done()
     assert s._replies.lane is None  # gone with its stream
