@@ -565,6 +565,12 @@ class ServerProcess(OutputProcess):
             )
         super().__init__(args, env, stdin=True)
 
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.wait_for('listening')['port']}"

@@ -408,9 +408,8 @@ def test_redis_emit_from_a_handler_reaches_another_process(
     handler. A background emit on A and a write-only manager's emit continue their callers' traces too."""
     instrument()
     tracer = telemetry.provider.get_tracer("test")
-    server_b = ServerProcess(redis_port)
     received: list[tuple[str, list[Any]]] = []
-    try:
+    with ServerProcess(redis_port) as server_b:
         url_b = server_b.url
 
         async def scenario() -> None:
@@ -437,8 +436,6 @@ def test_redis_emit_from_a_handler_reaches_another_process(
             await close_manager(manager)
 
         run(scenario())
-    finally:
-        server_b.stop()
     assert received == [("news", ["from a handler"]), ("news", ["from a task"]), ("news", ["from outside"])]
     a_handler = telemetry.one("process shout /")
     a_sends = [s for s in telemetry.named("send news /") if s.kind == SpanKind.PRODUCER]
@@ -458,9 +455,8 @@ def test_a_stream_through_redis_is_one_span_in_each_process_and_one_receive_stre
     them to its client: one ``send news /`` stream span on A, one on B (its child, the 5 deliveries), and one
     ``process news /`` receive stream on the client (B's child), not a span per token in each."""
     instrument()
-    server_b = ServerProcess(redis_port)
     received: list[tuple[str, list[Any]]] = []
-    try:
+    with ServerProcess(redis_port) as server_b:
         url_b = server_b.url
 
         async def scenario() -> None:
@@ -487,8 +483,6 @@ def test_a_stream_through_redis_is_one_span_in_each_process_and_one_receive_stre
             await close_manager(manager)
 
         run(scenario())
-    finally:
-        server_b.stop()
     assert received == [("news", [f"token {n}"]) for n in range(5)]
     (a_stream,) = [s for s in telemetry.named("send news /") if s.kind == SpanKind.PRODUCER]
     assert a_stream.attributes["wstrace.stream.chunk_count"] == 5
@@ -509,9 +503,8 @@ def test_redis_message_from_a_bare_process_and_a_bad_key(
     import redis  # noqa: PLC0415
 
     instrument()
-    server_b = ServerProcess(redis_port)
     received: list[tuple[str, list[Any]]] = []
-    try:
+    with ServerProcess(redis_port) as server_b:
         url_b = server_b.url
 
         async def scenario() -> None:
@@ -539,8 +532,6 @@ def test_redis_message_from_a_bare_process_and_a_bad_key(
             await listener.disconnect()
 
         run(scenario())
-    finally:
-        server_b.stop()
     assert [args for _e, args in received] == [["None"], ["junk"], ["{'traceparent': 5}"], ["{'traceparent': '00-"]]
     b_sends = [s for s in server_b.spans() if s["name"] == "send news /"]
     assert len(b_sends) == 4

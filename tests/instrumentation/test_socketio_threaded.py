@@ -318,10 +318,8 @@ def test_redis_manager_across_processes(telemetry: Telemetry, instrument: Callab
 
     instrument()
     tracer = telemetry.provider.get_tracer("test")
-    server_a = ServerProcess(redis_port, threaded=True)
-    server_b = ServerProcess(redis_port, threaded=True)
     received: list[tuple[str, list[Any]]] = []
-    try:
+    with ServerProcess(redis_port, threaded=True) as server_a, ServerProcess(redis_port, threaded=True) as server_b:
         listener = Driver(False, received)
         listener.connect(server_b.url, transports=["websocket"])
         assert listener.call("join") == "joined"
@@ -339,9 +337,6 @@ def test_redis_manager_across_processes(telemetry: Telemetry, instrument: Callab
         wait_for(lambda: len(received) >= 2)
         shouter.disconnect()
         listener.disconnect()
-    finally:
-        server_a.stop()
-        server_b.stop()
     assert received == [("news", ["from a handler"]), ("news", ["from outside"])]
     a_spans = server_a.spans()
     a_handler = next(s for s in a_spans if s["name"] == "process shout /")
