@@ -400,6 +400,18 @@ def test_hostile_handshake_never_raises(telemetry: Telemetry, instrument: Callab
 # Across processes, through Redis ------------------------------------------------------------------------------
 
 
+async def across(url_b: str, url_a: str, received: list[tuple[str, list[Any]]]) -> tuple[Any, Any]:
+    """A client of server B in ``lobby``, recording what it receives, and a client of server A, once both servers'
+    managers are subscribed."""
+    listener = make_client(received)
+    await listener.connect(url_b, transports=["websocket"])
+    assert await listener.call("join") == "joined"
+    client = make_client([])
+    await client.connect(url_a, transports=["websocket"])
+    await asyncio.sleep(0.3)  # both managers subscribed
+    return listener, client
+
+
 def test_redis_emit_from_a_handler_reaches_another_process(
     telemetry: Telemetry, instrument: Callable[..., None], redis_port: int
 ) -> None:
@@ -417,12 +429,7 @@ def test_redis_emit_from_a_handler_reaches_another_process(
             manager = socketio.AsyncRedisManager(f"redis://127.0.0.1:{redis_port}/0")
             sio_a = make_server(records, client_manager=manager)
             async with aiohttp_server(sio_a) as url_a:
-                listener = make_client(received)
-                await listener.connect(url_b, transports=["websocket"])
-                assert await listener.call("join") == "joined"
-                shouter = make_client([])
-                await shouter.connect(url_a, transports=["websocket"])
-                await asyncio.sleep(0.3)  # both managers subscribed
+                listener, shouter = await across(url_b, url_a, received)
                 assert await shouter.call("shout", "from a handler") == "shouted"
                 with tracer.start_as_current_span("background"):
                     await sio_a.emit("news", "from a task", room="lobby")
@@ -470,12 +477,7 @@ def test_a_stream_through_redis_is_one_span_in_each_process_and_one_receive_stre
                 return "streamed"
 
             async with aiohttp_server(sio_a) as url_a:
-                listener = make_client(received)
-                await listener.connect(url_b, transports=["websocket"])
-                assert await listener.call("join") == "joined"
-                asker = make_client([])
-                await asker.connect(url_a, transports=["websocket"])
-                await asyncio.sleep(0.3)  # both managers subscribed
+                listener, asker = await across(url_b, url_a, received)
                 assert await asker.call("stream", 5) == "streamed"
                 await until_received(received, 5)
                 await asker.disconnect()
